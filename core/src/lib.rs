@@ -1,1 +1,32 @@
-pub fn x(){}
+//! Freight's data plane: content-defined chunking, package manifests, the single-instance
+//! content library and the block I/O engine it runs on.
+//!
+//! Nothing here knows about sites, databases or sockets; the transport and the appliance build
+//! on these types. See `ARCHITECTURE.md` at the repository root for the map.
+
+pub mod chunker;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod gc;
+pub mod id;
+pub mod ingest;
+pub mod library;
+pub mod manifest;
+pub mod materialize;
+pub mod pack;
+pub mod progress;
+pub mod stats;
+pub mod stream;
+pub mod verify;
+pub mod walk;
+pub mod writer;
+
+pub use chunker::ChunkParams;
+pub use config::LibraryConfig;
+pub use engine::{Engine, EngineKind, IoMode};
+pub use error::{Error, Result};
+pub use id::{ChunkId, PackageId};
+pub use library::Library;
+pub use manifest::{Entry, EntryKind, Manifest};
+pub use progress::Progress;

@@ -1,0 +1,245 @@
+//! `freight demo`: the library's whole life cycle on a generated sample package.
+//!
+//! Until the site server exists this is the README's "main job": it snapshots a sample tree,
+//! updates it, shows the delta, verifies, restores and checks the copy, removes the old version
+//! and collects garbage, with progress bars and a status line per step.
+
+use crate::error::CliError;
+use crate::progress_bar::Bar;
+use crate::size::human;
+use clap::Args;
+use freight_core::ingest::{IngestOptions, ingest};
+use freight_core::{IoMode, Library, PackageId, Progress};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Arguments of `freight demo`.
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Work folder (default: a new temporary folder, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Size of the sample package, e.g. 256MiB.
+    #[arg(long, default_value = "192MiB", value_parser = crate::size::parse_size)]
+    size: u64,
+}
+
+/// Deterministic bytes: BLAKE3 in XOF mode keyed by a label.
+fn noise(label: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(label.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn text(label: &str, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "package",
+        "site",
+        "version",
+        "distribution",
+        "point",
+        "chunk",
+        "status",
+        "sender",
+        "install",
+        "pending",
+        "retry",
+        "schedule",
+        "window",
+        "content",
+        "library",
+        "parcel",
+    ];
+    let seed = noise(label, 4096);
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0usize;
+    while out.len() < len {
+        let w = WORDS[(seed[i % seed.len()] as usize) % WORDS.len()];
+        out.extend_from_slice(w.as_bytes());
+        out.push(if i % 11 == 10 { b'\n' } else { b' ' });
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<(), CliError> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::File::create(path)?.write_all(data)?;
+    Ok(())
+}
+
+/// Builds the sample tree: text, binaries, nested folders, an empty folder, a symlink.
+fn sample(root: &Path, size: u64) -> Result<(), CliError> {
+    let big = (size / 2) as usize;
+    write(&root.join("bin/installer.bin"), &noise("installer", big))?;
+    let small = ((size as usize - big) / 64).max(1);
+    for i in 0..48 {
+        write(
+            &root.join(format!("docs/part{}/readme-{i}.txt", i % 4)),
+            &text(&format!("t{i}"), small),
+        )?;
+    }
+    for i in 0..16 {
+        write(
+            &root.join(format!("lib/module-{i}.so")),
+            &noise(&format!("m{i}"), small),
+        )?;
+    }
+    std::fs::create_dir_all(root.join("logs/empty"))?;
+    write(&root.join("config/empty.cfg"), b"")?;
+    std::os::unix::fs::symlink("../bin/installer.bin", root.join("docs/installer"))?;
+    Ok(())
+}
+
+fn step(title: &str) {
+    println!("\n== {title}");
+}
+
+/// Runs the demonstration.
+pub fn run(a: DemoArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError> {
+    let tmp;
+    let work = match a.dir {
+        Some(d) => d,
+        None => {
+            tmp = TempDir::new()?;
+            tmp.0.clone()
+        }
+    };
+    let src = work.join("source");
+    let lib_dir = work.join("library");
+    let pkg = PackageId::parse("CAS00001")?;
+    let progress = Arc::new(Progress::default());
+
+    step(&format!(
+        "generate a sample package of {} in {}",
+        human(a.size),
+        src.display()
+    ));
+    sample(&src, a.size)?;
+
+    step("snapshot version 1 into the content library");
+    let mut lib = Library::open_or_init(&lib_dir, io)?;
+    let opts = |v| IngestOptions {
+        package: pkg.clone(),
+        version: Some(v),
+    };
+    let r1 = {
+        let _b = Bar::start(progress.clone(), quiet);
+        ingest(&mut lib, &src, &opts(1), &progress)?
+    };
+    println!(
+        "{} v1: {} files, {} -> {} stored in {} chunks (io: {:?})",
+        pkg,
+        r1.files,
+        human(r1.bytes),
+        human(r1.stored_bytes),
+        r1.chunks,
+        lib.engine().kind()
+    );
+
+    step("update: change 1 MiB in the middle of the installer, add a file, drop a file");
+    let inst = src.join("bin/installer.bin");
+    let mut data = std::fs::read(&inst)?;
+    let mid = data.len() / 2;
+    let patch = noise("patch", (1 << 20).min(data.len() / 4));
+    data[mid..mid + patch.len()].copy_from_slice(&patch);
+    std::fs::write(&inst, &data)?;
+    write(&src.join("docs/CHANGES.txt"), &text("changes", 10_000))?;
+    std::fs::remove_file(src.join("lib/module-3.so"))?;
+    let r2 = {
+        let _b = Bar::start(progress.clone(), quiet);
+        ingest(&mut lib, &src, &opts(2), &progress)?
+    };
+    println!(
+        "{} v2: {} new chunks, {} stored for this version",
+        pkg,
+        r2.new_chunks,
+        human(r2.stored_bytes)
+    );
+    let d = lib.manifest(&pkg, 1)?.diff(&lib.manifest(&pkg, 2)?);
+    println!(
+        "delta v1 -> v2: added {:?}, removed {:?}, changed {:?}; {} new chunks, {}",
+        d.added,
+        d.removed,
+        d.changed,
+        d.new_chunks.len(),
+        human(d.new_bytes)
+    );
+
+    step("verify every chunk of every version");
+    let v = {
+        let _b = Bar::start(progress.clone(), quiet);
+        freight_core::verify::verify(&lib, None, &progress)?
+    };
+    println!(
+        "{} versions, {} chunks, {}: {}",
+        v.versions,
+        v.chunks,
+        human(v.bytes),
+        if v.is_clean() { "clean" } else { "BAD" }
+    );
+    if !v.is_clean() {
+        return Err(CliError::VerifyFailed(v.bad.len()));
+    }
+
+    step("materialise v2 and compare with the source");
+    let out = work.join("restored");
+    let m2 = lib.manifest(&pkg, 2)?;
+    {
+        let _b = Bar::start(progress.clone(), quiet);
+        freight_core::materialize::materialize(&lib, &m2, &out, &progress)?;
+    }
+    let same = std::fs::read(out.join("bin/installer.bin"))? == data;
+    println!(
+        "restored to {}: installer identical = {same}",
+        out.display()
+    );
+
+    step("remove v1 and collect garbage");
+    lib.remove_version(&pkg, 1)?;
+    let g = freight_core::gc::gc(&mut lib, &progress)?;
+    println!(
+        "removed {} chunks, freed {}, moved {}",
+        g.chunks_removed,
+        human(g.bytes_freed),
+        human(g.bytes_moved)
+    );
+    let s = freight_core::stats::stats(&lib)?;
+    println!(
+        "library now: {} chunks, {} stored for {} uncompressed",
+        s.chunks,
+        human(s.stored_bytes),
+        human(s.logical_bytes)
+    );
+    if !same {
+        return Err(CliError::Usage(
+            "restored copy differs from the source".into(),
+        ));
+    }
+    println!("\ndemo complete");
+    Ok(())
+}
+
+/// A temporary folder removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let base = std::env::temp_dir().join(format!("freight-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&base)?;
+        Ok(TempDir(base))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

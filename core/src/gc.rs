@@ -1,0 +1,111 @@
+//! Garbage collection: drop chunks no manifest references and reclaim their space.
+//!
+//! Packs are append-only, so space comes back by compaction: the live chunks of a pack with
+//! garbage are copied (still compressed) into a fresh pack, that pack is committed (durable and
+//! indexed), and only then the old pack's index and data file are deleted, in that order. A
+//! crash at any point leaves every live chunk reachable through at least one index; a data
+//! file whose index is already gone is removed at the next open.
+
+use crate::error::{IoContext, Result};
+use crate::id::ChunkId;
+use crate::library::Library;
+use crate::pack::{self, Loc};
+use crate::progress::Progress;
+use std::collections::{HashSet, VecDeque};
+
+/// What a collection did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    /// Distinct chunks dropped.
+    pub chunks_removed: u64,
+    /// Packs deleted outright (nothing live in them).
+    pub packs_deleted: u64,
+    /// Packs rewritten without their garbage.
+    pub packs_compacted: u64,
+    /// Stored bytes of live chunks copied.
+    pub bytes_moved: u64,
+    /// Bytes of pack files released.
+    pub bytes_freed: u64,
+}
+
+/// Collects garbage in `lib`.
+pub fn gc(lib: &mut Library, progress: &Progress) -> Result<GcReport> {
+    lib.require_write();
+    let live: HashSet<ChunkId> = lib.refcounts()?.into_keys().collect();
+    let mut report = GcReport::default();
+    // Per pack: live entries to keep, and whether there is anything dead.
+    let mut plan: Vec<(u32, Vec<(ChunkId, Loc)>)> = Vec::new();
+    for (&n, info) in lib.packs() {
+        let ix = pack::read_index(&info.idx, n)?;
+        let mut keep = Vec::new();
+        let mut dead = false;
+        for (id, loc) in ix.entries {
+            if live.contains(&id) && lib.locate(&id) == Some(loc) {
+                keep.push((id, loc));
+            } else {
+                dead = true;
+            }
+        }
+        if dead || keep.is_empty() {
+            plan.push((n, keep));
+        }
+    }
+    let total: u64 = plan
+        .iter()
+        .flat_map(|(_, k)| k.iter().map(|(_, l)| l.clen as u64))
+        .sum();
+    progress.start("gc", plan.len() as u64, total);
+    let before = lib.chunk_count();
+    let mut writer = lib.writer(false);
+    for (n, keep) in &plan {
+        let f = lib.pack_file(*n)?;
+        let path = lib.pack_path(*n);
+        let mut reads: VecDeque<_> = VecDeque::new();
+        let mut it = keep.iter();
+        loop {
+            while reads.len() < 32 {
+                let Some((id, loc)) = it.next() else { break };
+                reads.push_back((
+                    *id,
+                    *loc,
+                    lib.engine().read_at(&f, loc.offset, loc.clen as usize),
+                ));
+            }
+            let Some((id, loc, p)) = reads.pop_front() else {
+                break;
+            };
+            let bytes = p.wait().ctx(&path, "read pack")?;
+            writer.append(id, loc.ulen, loc.flags, &bytes)?;
+            report.bytes_moved += bytes.len() as u64;
+            progress.add_bytes(bytes.len() as u64);
+        }
+        if keep.is_empty() {
+            report.packs_deleted += 1;
+        } else {
+            report.packs_compacted += 1;
+        }
+    }
+    let committed = writer.commit()?;
+    lib.apply(committed);
+    for (n, _) in &plan {
+        let info = lib.packs()[n].clone();
+        report.bytes_freed += std::fs::metadata(&info.data).map(|m| m.len()).unwrap_or(0);
+        // Index first: a data file without an index is known garbage at the next open.
+        std::fs::remove_file(&info.idx).ctx(&info.idx, "remove index")?;
+        std::fs::remove_file(&info.data).ctx(&info.data, "remove pack")?;
+        lib.forget_pack(*n);
+        progress.add_file();
+    }
+    if !plan.is_empty() {
+        for root in lib.roots() {
+            let d = root.join("packs");
+            std::fs::File::open(&d)
+                .and_then(|f| f.sync_all())
+                .ctx(&d, "fsync directory")?;
+        }
+    }
+    lib.index
+        .retain(|id, loc| live.contains(id) && lib.packs.contains_key(&loc.pack));
+    report.chunks_removed = (before - lib.chunk_count().min(before)) as u64;
+    Ok(report)
+}

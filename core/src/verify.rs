@@ -1,0 +1,130 @@
+//! Verification: re-read and re-hash every chunk that package versions use.
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, PackageId};
+use crate::library::Library;
+use crate::manifest::{EntryKind, Manifest};
+use crate::progress::Progress;
+use crate::stream::for_each_chunk;
+use std::collections::HashMap;
+
+const NAMES_PER_CHUNK: usize = 8;
+
+/// One chunk that failed verification.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BadChunk {
+    /// Chunk ID (hex).
+    pub id: String,
+    /// Why it failed.
+    pub reason: String,
+    /// Files using it, as `PKG vN path` (the first few).
+    pub files: Vec<String>,
+}
+
+/// Outcome of a verification.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Package versions checked.
+    pub versions: u64,
+    /// Distinct chunks checked.
+    pub chunks: u64,
+    /// Uncompressed bytes checked.
+    pub bytes: u64,
+    /// Chunks that are missing or corrupt.
+    pub bad: Vec<BadChunk>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.bad.is_empty()
+    }
+}
+
+/// Verifies `manifests` against `lib`.
+pub fn verify_manifests(
+    lib: &Library,
+    manifests: &[Manifest],
+    progress: &Progress,
+) -> Result<VerifyReport> {
+    let mut users: HashMap<ChunkId, (u32, Vec<String>)> = HashMap::new();
+    for m in manifests {
+        for e in &m.entries {
+            if let EntryKind::File { chunks, .. } = &e.kind {
+                for c in chunks {
+                    let u = users.entry(c.id).or_insert((c.len, Vec::new()));
+                    let name = format!("{} v{} {}", m.package, m.version, e.display_path());
+                    if u.1.len() < NAMES_PER_CHUNK && u.1.last() != Some(&name) {
+                        u.1.push(name);
+                    }
+                }
+            }
+        }
+    }
+    let mut report = VerifyReport {
+        versions: manifests.len() as u64,
+        ..Default::default()
+    };
+    // Read in storage order so the packs are read sequentially.
+    let mut order: Vec<ChunkId> = users.keys().copied().collect();
+    order.sort_by_key(|id| lib.locate(id).map(|l| (l.pack, l.offset)));
+    progress.start(
+        "verify",
+        order.len() as u64,
+        users.values().map(|u| u.0 as u64).sum(),
+    );
+    for_each_chunk(
+        lib,
+        order.into_iter().map(|id| ((), id)),
+        64,
+        |(), id, res| {
+            report.chunks += 1;
+            progress.add_file();
+            match res {
+                Ok(data) => {
+                    report.bytes += data.len() as u64;
+                    progress.add_bytes(data.len() as u64);
+                }
+                Err(e) => {
+                    let reason = match e {
+                        Error::MissingChunk { .. } => "missing from the library".to_string(),
+                        Error::CorruptChunk { reason, pack, .. } => {
+                            format!("{reason} in {}", pack.display())
+                        }
+                        other => other.to_string(),
+                    };
+                    report.bad.push(BadChunk {
+                        id: id.to_hex(),
+                        reason,
+                        files: users.get(&id).map(|u| u.1.clone()).unwrap_or_default(),
+                    });
+                }
+            }
+            Ok(())
+        },
+    )?;
+    report.bad.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(report)
+}
+
+/// Verifies one version, all versions of one package, or (with `None`) the whole library.
+pub fn verify(
+    lib: &Library,
+    only: Option<(&PackageId, Option<u32>)>,
+    progress: &Progress,
+) -> Result<VerifyReport> {
+    let manifests = match only {
+        None => lib.manifests()?,
+        Some((p, Some(v))) => vec![lib.manifest(p, v)?],
+        Some((p, None)) => {
+            let vs = lib
+                .versions()?
+                .remove(p)
+                .ok_or_else(|| Error::NoSuchPackage(p.to_string()))?;
+            vs.into_iter()
+                .map(|v| lib.manifest(p, v))
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    verify_manifests(lib, &manifests, progress)
+}
