@@ -2,6 +2,8 @@
 //! ([`dataset`]) and the timing and memory harness used to compare Freight
 //! against conventional tools ([`harness`]).
 
+#![warn(missing_docs)]
+
 pub mod dataset;
 pub mod harness;
 mod words;
