@@ -14,8 +14,8 @@ use std::sync::Arc;
 #[derive(Args)]
 pub struct LibraryArgs {
     /// The library directory.
-    #[arg(long, short = 'l', env = "FREIGHT_LIBRARY")]
-    library: PathBuf,
+    #[arg(long, short = 'l', env = "FREIGHT_LIBRARY", global = true)]
+    library: Option<PathBuf>,
     #[command(subcommand)]
     cmd: LibCmd,
 }
@@ -124,7 +124,9 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
 
 /// Runs one `freight library` command.
 pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError> {
-    let dir = a.library;
+    let dir = a.library.ok_or_else(|| {
+        CliError::Usage("no library given; pass --library DIR or set FREIGHT_LIBRARY".into())
+    })?;
     let progress = Arc::new(Progress::default());
     match a.cmd {
         LibCmd::Init {

@@ -9,3 +9,4 @@ pub mod harness;
 mod words;
 
 pub use dataset::{DatasetSpec, DatasetSummary, generate, is_generated, write_marker};
+pub mod tree;

@@ -5,14 +5,18 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Whether the peer pipeline's tools are installed; the tests are skipped otherwise.
-fn peer_tools_available() -> bool {
-    ["bash", "tar", "zstd"].iter().all(|tool| {
-        Command::new(tool)
+/// Fails the test when the peer pipeline's tools are missing (`.ci/run` installs them).
+fn require_peer_tools() {
+    for tool in ["bash", "tar", "zstd"] {
+        let ok = Command::new(tool)
             .arg("--version")
             .output()
-            .is_ok_and(|o| o.status.success())
-    })
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "{tool} is not installed; run .ci/run or apt-get install {tool}"
+        );
+    }
 }
 
 /// Writes an executable shell script `name` with `body` into `dir`.
@@ -36,10 +40,7 @@ fn bench(work: &Path, freight: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn ingest_runs_both_sides_and_reports() {
-    if !peer_tools_available() {
-        eprintln!("skipped: bash, tar or zstd missing");
-        return;
-    }
+    require_peer_tools();
     let dir = tempfile::Builder::new()
         .prefix("freight-bench-test-")
         .tempdir()
@@ -105,10 +106,7 @@ mkdir -p "$lib"; tar -cf - -C "$src" . | zstd -1 -q > "$lib/blob.zst""#,
 
 #[test]
 fn ingest_fails_when_freight_fails() {
-    if !peer_tools_available() {
-        eprintln!("skipped: bash, tar or zstd missing");
-        return;
-    }
+    require_peer_tools();
     let dir = tempfile::Builder::new()
         .prefix("freight-bench-test-")
         .tempdir()
