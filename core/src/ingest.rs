@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 const READ_BLOCK: usize = 4 << 20;
-const READ_AHEAD_BYTES: usize = 32 << 20;
+const READ_AHEAD_BYTES: usize = 16 << 20;
 
 /// What to ingest as.
 #[derive(Clone, Debug)]
@@ -114,8 +114,8 @@ pub fn ingest(
     let params = lib_ref.config().chunk;
 
     let sizes = std::thread::scope(|s| -> Result<Vec<u64>> {
-        let (work_tx, work_rx) = bounded::<Work>(workers * 4);
-        let (done_tx, done_rx) = bounded::<Done>(workers * 4);
+        let (work_tx, work_rx) = bounded::<Work>(workers * 2);
+        let (done_tx, done_rx) = bounded::<Done>(workers * 2);
         let reader = {
             let entries = &entries;
             let files = &files;

@@ -96,6 +96,8 @@ impl Library {
         for root in config.resolved_roots(dir) {
             std::fs::create_dir_all(root.join("packs")).ctx(&root, "create storage root")?;
         }
+        let lock = dir.join("lock");
+        File::create(&lock).ctx(&lock, "create lock")?;
         write_atomic(&cfg_path, config.to_toml().as_bytes())
     }
 

@@ -1,0 +1,133 @@
+//! The `freight library` commands as a user runs them.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn freight(lib: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
+    c.arg("library")
+        .arg("--library")
+        .arg(lib)
+        .arg("--quiet")
+        .args(args);
+    c
+}
+
+/// `freight library ... ARGS PATH`.
+fn freight_at(lib: &Path, args: &[&str], path: &Path) -> Command {
+    let mut c = freight(lib, args);
+    c.arg(path);
+    c
+}
+
+fn ok(mut c: Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn one_line_error(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    err
+}
+
+fn tree_state(dir: &Path) -> Vec<(std::path::PathBuf, u64, Vec<u8>)> {
+    freight_bench::tree::snapshot(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, n)| n.kind != "dir")
+        .map(|(p, n)| (p, n.size, n.content))
+        .collect()
+}
+
+#[test]
+fn ingest_stats_diff_verify_materialize_from_the_command_line() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/a.txt"), "hello ".repeat(10_000)).unwrap();
+    std::fs::write(src.join("b.txt"), "b").unwrap();
+    let lib = t.path().join("lib");
+    let out = ok(freight_at(
+        &lib,
+        &["ingest", "-p", "CAS00001", "--json"],
+        &src,
+    ));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["files"], 2);
+    std::fs::write(src.join("b.txt"), "changed").unwrap();
+    ok(freight_at(&lib, &["ingest", "-p", "CAS00001"], &src));
+    let stats: serde_json::Value =
+        serde_json::from_slice(&ok(freight(&lib, &["stats", "--json"])).stdout).unwrap();
+    assert_eq!(stats["packages"][0]["versions"], serde_json::json!([1, 2]));
+    let diff =
+        String::from_utf8(ok(freight(&lib, &["diff", "-p", "CAS00001", "1", "2"])).stdout).unwrap();
+    assert!(diff.lines().any(|l| l == "M b.txt"), "{diff}");
+    assert!(!diff.contains("a.txt"), "{diff}");
+    ok(freight(&lib, &["verify"]));
+    let dest = t.path().join("out");
+    ok(freight_at(&lib, &["materialize", "-p", "CAS00001"], &dest));
+    assert_eq!(std::fs::read(dest.join("b.txt")).unwrap(), b"changed");
+    // Errors are one line naming the object.
+    let err = one_line_error(freight_at(
+        &lib,
+        &["materialize", "-p", "CAS00001", "-v", "9"],
+        &t.path().join("x"),
+    ));
+    assert!(err.contains("CAS00001 version 9"), "{err}");
+    let err = one_line_error(freight_at(&lib, &["ingest", "-p", "bad"], &src));
+    assert!(err.contains("\"bad\": not a package ID"), "{err}");
+}
+
+#[test]
+fn unreadable_source_file_is_refused_and_the_library_unchanged() {
+    // Root reads everything, so the ingest runs as `nobody` against a file only root may read.
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/readable.txt"), "x".repeat(100_000)).unwrap();
+    let secret = src.join("sub/secret.bin");
+    std::fs::write(&secret, "top secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let lib = t.path().join("lib");
+    let as_nobody = |mut c: Command| {
+        c.uid(65534).gid(65534);
+        c
+    };
+    ok(as_nobody(freight(&lib, &["init"])));
+    let before = tree_state(&lib);
+    let err = one_line_error(as_nobody(freight_at(
+        &lib,
+        &["ingest", "-p", "CAS00001"],
+        &src,
+    )));
+    assert!(
+        err.contains(secret.to_str().unwrap()) && err.contains("cannot read source file"),
+        "{err}"
+    );
+    assert_eq!(tree_state(&lib), before);
+}
+
+#[test]
+fn a_running_writer_locks_out_a_second_one() {
+    let t = tempfile::tempdir().unwrap();
+    let lib = t.path().join("lib");
+    ok(freight(&lib, &["init"]));
+    let held =
+        freight_core::Library::open(&lib, freight_core::library::Access::Write, None).unwrap();
+    let err = one_line_error(freight(&lib, &["gc"]));
+    assert!(err.contains("locked by another freight process"), "{err}");
+    drop(held);
+    ok(freight(&lib, &["gc"]));
+}
