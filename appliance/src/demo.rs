@@ -6,9 +6,9 @@
 
 use crate::error::CliError;
 use crate::progress_bar::Bar;
-use crate::size::human;
 use clap::Args;
 use freight_core::ingest::{IngestOptions, ingest};
+use freight_core::units::human;
 use freight_core::{IoMode, Library, PackageId, Progress};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ pub struct DemoArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Size of the sample package, e.g. 256MiB.
-    #[arg(long, default_value = "192MiB", value_parser = crate::size::parse_size)]
+    #[arg(long, default_value = "192MiB", value_parser = freight_core::units::parse_size)]
     size: u64,
 }
 

@@ -2,10 +2,10 @@
 
 use crate::error::CliError;
 use crate::progress_bar::Bar;
-use crate::size::{human, parse_size};
 use clap::{Args, Subcommand};
 use freight_core::ingest::{IngestOptions, ingest};
 use freight_core::library::Access;
+use freight_core::units::{human, parse_size};
 use freight_core::{IoMode, Library, LibraryConfig, PackageId, Progress};
 use std::path::PathBuf;
 use std::sync::Arc;

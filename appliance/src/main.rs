@@ -7,7 +7,6 @@ mod demo;
 mod error;
 mod library_cmd;
 mod progress_bar;
-mod size;
 
 use clap::{Parser, Subcommand};
 use error::CliError;

@@ -17,14 +17,7 @@ fn freight(lib: &Path) -> Command {
     c
 }
 
-fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
+use freight_bench::noise;
 
 /// Runs `cmd` and kills it after `delay`; true when the kill hit a running process.
 fn run_and_kill(mut cmd: Command, delay: Duration) -> bool {

@@ -198,42 +198,7 @@ fn with_path(err: io::Error, action: &str, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("{action} {}: {err}", path.display()))
 }
 
-/// Parses a byte size such as `2GiB`, `256MiB`, `64KiB`, `1.5GiB`, `4096` or
-/// `10MB`. Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`, and the short `K`,
-/// `M`, `G`, `T`) are powers of 1024; `KB`, `MB`, `GB`, `TB` are powers of
-/// 1000. Case-insensitive; `B` alone means bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let multiplier: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        other => return Err(format!("unknown size suffix {other:?} in {text:?}")),
-    };
-    if let Ok(whole) = number.parse::<u64>() {
-        return whole
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("size {text:?} is too large"));
-    }
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected e.g. 2GiB, 256MiB or 4096"))?;
-    let bytes = value * multiplier as f64;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("size {text:?} is too large"));
-    }
-    Ok(bytes.round() as u64)
-}
+pub use freight_core::units::parse_size;
 
 /// Throughput in MB/s (10^6 bytes per second).
 pub fn mb_per_s(bytes: u64, wall: Duration) -> f64 {

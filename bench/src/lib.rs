@@ -10,3 +10,13 @@ mod words;
 
 pub use dataset::{DatasetSpec, DatasetSummary, generate, is_generated, write_marker};
 pub mod tree;
+
+/// Deterministic pseudo-random bytes (BLAKE3 in XOF mode keyed by `seed`), for tests.
+pub fn noise(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}

@@ -283,20 +283,14 @@ fn read_and_chunk(
         sizes[r.file] += data.len() as u64;
         progress.add_bytes(data.len() as u64);
         let mut stop = false;
-        chunker.push(&data, &mut |c| {
-            if !stop
-                && work
-                    .send(Work {
-                        file: r.file,
-                        seq,
-                        data: c,
-                    })
-                    .is_err()
-            {
+        let file = r.file;
+        let mut emit = |data: Bytes| {
+            if !stop && work.send(Work { file, seq, data }).is_err() {
                 stop = true;
             }
             seq += 1;
-        });
+        };
+        chunker.push(&data, &mut emit);
         if r.last {
             let expect = match entries[files[r.file]].kind {
                 SourceKind::File { size } => size,
@@ -311,20 +305,7 @@ fn read_and_chunk(
                     )),
                 });
             }
-            chunker.finish(&mut |c| {
-                if !stop
-                    && work
-                        .send(Work {
-                            file: r.file,
-                            seq,
-                            data: c,
-                        })
-                        .is_err()
-                {
-                    stop = true;
-                }
-                seq += 1;
-            });
+            chunker.finish(&mut emit);
             progress.add_file();
         }
         if stop {

@@ -18,6 +18,7 @@ pub mod pack;
 pub mod progress;
 pub mod stats;
 pub mod stream;
+pub mod units;
 pub mod verify;
 pub mod walk;
 pub mod writer;

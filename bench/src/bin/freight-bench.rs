@@ -151,7 +151,7 @@ fn prepare_dataset(
         }
         eprintln!(
             "generating {} dataset (seed {}) in {} ...",
-            human_bytes(spec.total_bytes),
+            freight_core::units::human(spec.total_bytes),
             spec.seed,
             src.display()
         );
@@ -346,7 +346,7 @@ fn print_ingest(r: &IngestReport) {
     let d = &r.dataset;
     println!(
         "dataset: {} ({} bytes) in {} files, {} dirs, {} symlinks at {}",
-        human_bytes(d.bytes),
+        freight_core::units::human(d.bytes),
         d.bytes,
         d.files,
         d.dirs,
@@ -434,20 +434,4 @@ fn command_line(cmd: &Command) -> String {
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// `1.5 GiB`-style rendering of a byte count.
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

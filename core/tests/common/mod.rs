@@ -12,15 +12,7 @@ pub fn io() -> Option<IoMode> {
     IoMode::from_env()
 }
 
-/// Deterministic pseudo-random bytes.
-pub fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
+pub use freight_bench::noise;
 
 /// Creates a library with `cfg` at `dir` and opens it for writing.
 pub fn new_lib(dir: &Path, cfg: &LibraryConfig) -> Library {
