@@ -235,7 +235,11 @@ impl Writer {
                 return Ok(());
             }
             if !full {
-                // Others may have freed space since the pack was opened: look again.
+                // Others may have freed space since the pack was opened: look again, once our
+                // own writes have landed so the file system's count includes them.
+                self.flush_batch()?;
+                self.wait_all()?;
+                let cur = self.cur.as_mut().expect("open pack");
                 cur.budget = usable_space(&self.roots[cur.root], self.reserve)?;
                 if need <= cur.budget {
                     return Ok(());
@@ -280,6 +284,9 @@ impl Writer {
     }
 
     fn open_new(&mut self, need: u64) -> Result<()> {
+        // Writes still in flight are not yet counted by statvfs; let them land first so the
+        // reserve is judged on true numbers.
+        self.wait_all()?;
         let header = (PACK_MAGIC.len() + IDX_MAGIC.len()) as u64;
         let mut best: Option<(usize, u64)> = None;
         for (i, root) in self.roots.iter().enumerate() {
