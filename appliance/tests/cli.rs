@@ -101,9 +101,14 @@ fn unreadable_source_file_is_refused_and_the_library_unchanged() {
     std::fs::write(&secret, "top secret").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
     let lib = t.path().join("lib");
-    let as_nobody = |mut c: Command| {
-        c.uid(65534).gid(65534);
-        c
+    // A copy of the binary where `nobody` can reach it: the checkout may sit under /root.
+    let bin = t.path().join("freight");
+    std::fs::copy(env!("CARGO_BIN_EXE_freight"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |c: Command| {
+        let mut n = Command::new(&bin);
+        n.args(c.get_args()).uid(65534).gid(65534);
+        n
     };
     ok(as_nobody(freight(&lib, &["init"])));
     let before = tree_state(&lib);
