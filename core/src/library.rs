@@ -21,7 +21,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, PackageId};
 use crate::manifest::Manifest;
 use crate::pack::{self, FLAG_ZSTD, Loc, PACK_MAGIC};
-use crate::writer::{Committed, PackInfo, Reuse, Writer};
+use crate::writer::{Committed, PackInfo, Reuse, Writer, sync_dir};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -50,12 +50,6 @@ pub struct Library {
     pub(crate) packs: BTreeMap<u32, PackInfo>,
     pub(crate) index: HashMap<ChunkId, Loc>,
     files: Mutex<HashMap<u32, Arc<File>>>,
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx(dir, "fsync directory")
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, directory fsync.

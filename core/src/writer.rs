@@ -107,7 +107,8 @@ fn start_writeback(file: &File, off: u64, len: usize) {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+/// fsyncs a directory, making renames and new entries in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx(dir, "fsync directory")
