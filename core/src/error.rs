@@ -158,6 +158,30 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// A parcel file is malformed, truncated or tampered with.
+    #[error(
+        "parcel {path}: {part} at byte {offset}: {reason}; the parcel is damaged, create it again at the sending site"
+    )]
+    BadParcel {
+        /// The parcel file.
+        path: PathBuf,
+        /// Which part failed (header, instruction, manifest, chunk N, index, trailer, checksum).
+        part: String,
+        /// Byte offset of the failing part.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A delta needs a base version this library does not hold.
+    #[error(
+        "package {package}: delta needs base version {version}, which this library does not hold; import a full parcel or the base version first"
+    )]
+    MissingBase {
+        /// Package ID.
+        package: String,
+        /// Missing base version.
+        version: u32,
+    },
     /// io_uring was demanded but cannot be used.
     #[error("io_uring unavailable ({0}); set io = \"auto\" or \"fallback\"")]
     UringUnavailable(std::io::Error),

@@ -15,6 +15,7 @@ pub mod library;
 pub mod manifest;
 pub mod materialize;
 pub mod pack;
+pub mod parcel;
 pub mod progress;
 pub mod stats;
 pub mod stream;
