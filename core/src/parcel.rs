@@ -582,12 +582,10 @@ pub fn import(
                         if first_err.is_none()
                             && !lib_ref.has_chunk(&rec.id)
                             && added.insert(rec.id)
-                        {
-                            if let Err(e) =
+                            && let Err(e) =
                                 writer.append(rec.id, rec.loc.ulen, rec.loc.flags, &rec.data)
-                            {
-                                first_err = Some(e);
-                            }
+                        {
+                            first_err = Some(e);
                         }
                     }
                     Err(e) => {
