@@ -6,7 +6,10 @@
 mod demo;
 mod error;
 mod library_cmd;
+mod parcel_cmd;
 mod progress_bar;
+mod site_cmd;
+mod site_home;
 
 use clap::{Parser, Subcommand};
 use error::CliError;
@@ -30,6 +33,10 @@ struct Cli {
 enum Cmd {
     /// Work on a content library directly (offline).
     Library(library_cmd::LibraryArgs),
+    /// This site's identity and the sites it trusts.
+    Site(site_cmd::SiteArgs),
+    /// Courier parcels: create, inspect, import.
+    Parcel(parcel_cmd::ParcelArgs),
     /// Snapshot a sample tree, update it, verify, restore and collect garbage, printing each step.
     Demo(demo::DemoArgs),
 }
@@ -47,6 +54,8 @@ fn main() {
     let res: Result<(), CliError> = match cli.cmd {
         Cmd::Library(a) => library_cmd::run(a, cli.io, cli.quiet),
         Cmd::Demo(a) => demo::run(a, cli.io, cli.quiet),
+        Cmd::Site(a) => site_cmd::run(a),
+        Cmd::Parcel(a) => parcel_cmd::run(a, cli.io, cli.quiet),
     };
     if let Err(e) = res {
         eprintln!("freight: {e}");
