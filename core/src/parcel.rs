@@ -274,7 +274,7 @@ pub struct Record {
 /// Streaming reader: header, then records, then `finish` checks index and trailer.
 pub struct ParcelReader {
     path: PathBuf,
-    r: BufReader<File>,
+    r: Box<dyn Read + Send>,
     hasher: blake3::Hasher,
     pos: u64,
     len: u64,
@@ -289,9 +289,15 @@ impl ParcelReader {
     pub fn open(path: &Path) -> Result<ParcelReader> {
         let f = File::open(path).ctx(path, "open parcel")?;
         let len = f.metadata().ctx(path, "stat parcel")?.len();
+        ParcelReader::from_reader(Box::new(BufReader::with_capacity(1 << 20, f)), len, path)
+    }
+
+    /// Reads a parcel of `len` bytes from `r`; `name` labels errors.
+    pub fn from_reader(r: Box<dyn Read + Send>, len: u64, name: &Path) -> Result<ParcelReader> {
+        let path = name;
         let mut pr = ParcelReader {
             path: path.to_path_buf(),
-            r: BufReader::with_capacity(1 << 20, f),
+            r,
             hasher: blake3::Hasher::new(),
             pos: 0,
             len,
