@@ -4,6 +4,8 @@
 //! ```text
 //! freight-bench ingest --size 2GiB --work /tmp/freight-bench-data \
 //!     --freight target/release/freight --runs 2 --json ingest.json
+//! freight-bench parcel --size 2GiB --work /tmp/freight-bench-data \
+//!     --freight target/release/freight --runs 2 --json parcel.json
 //! ```
 
 use std::ffi::OsStr;
@@ -30,6 +32,9 @@ struct Cli {
 enum Cmd {
     /// Library ingest vs `tar | zstd -1 -T2` of the same tree.
     Ingest(IngestArgs),
+    /// Parcel create and import vs `tar | zstd -1 -T2` and `zstd -dc | tar -x`
+    /// of the same tree.
+    Parcel(ParcelArgs),
 }
 
 /// Throughput goal: Freight must be at least this many times faster than the peer (median).
@@ -39,6 +44,13 @@ const GOAL_RSS_MIB: f64 = 200.0;
 /// Package name and version given to `freight library ingest`.
 const PACKAGE: &str = "CAS00001";
 const VERSION: &str = "1";
+/// Parcel create goal: at least this many times the peer's `tar | zstd` throughput (median).
+const GOAL_CREATE_RATIO: f64 = 3.0;
+/// Parcel import goal: at least this many times the peer's `zstd -dc | tar -x` throughput (median).
+const GOAL_IMPORT_RATIO: f64 = 1.5;
+/// Site codes of the parcel's origin (owner of [`PACKAGE`]) and destination.
+const ORIGIN: &str = "CAS";
+const DESTINATION: &str = "PS1";
 
 /// Arguments shared by every subcommand: the dataset, the scratch directory,
 /// the binary under test, the number of runs and the JSON report.
@@ -79,6 +91,13 @@ struct IngestArgs {
     freight_args: Vec<String>,
 }
 
+/// Arguments of `freight-bench parcel`.
+#[derive(Debug, Args)]
+struct ParcelArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
     #[error(transparent)]
@@ -103,6 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Ingest(args) => ingest(&args),
+        Cmd::Parcel(args) => parcel(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -261,6 +281,10 @@ fn peer_command(script: &str, work: &Path) -> Command {
 const PEER_PACK: &str =
     r#"set -o pipefail; tar -cf - -C "$1" src | zstd -1 -T2 -q > "$1/peer.tar.zst""#;
 
+/// The peer of unpacking: `zstd -dc | tar -x` of `$1/peer.tar.zst` into `$1/peer-out`.
+const PEER_UNPACK: &str =
+    r#"set -o pipefail; zstd -dc -q "$1/peer.tar.zst" | tar -xf - -C "$1/peer-out""#;
+
 /// One timed command of a benchmark, run once per run.
 struct Step {
     /// Side name in the records, e.g. `peer` or `freight import`.
@@ -282,6 +306,17 @@ impl Step {
             output,
             empty_dir: false,
         }
+    }
+
+    /// The shell equivalent of one run of this step, preparation included.
+    fn shell_line(&self) -> String {
+        let out = quote(self.output.as_os_str());
+        let mkdir = if self.empty_dir {
+            format!("mkdir {out} && ")
+        } else {
+            String::new()
+        };
+        format!("rm -rf {out} && {mkdir}{}", command_line(&self.cmd))
     }
 }
 
@@ -542,6 +577,217 @@ fn write_report(path: Option<&Path>, report: &impl Serialize) -> Result<(), Benc
     fs::write(path, text).map_err(ctx(format!("writing {}", path.display())))?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// Runs an untimed setup command and logs it; its output goes to our standard
+/// error. Fails on an unsuccessful exit.
+fn run_setup(mut cmd: Command, log: &mut Vec<LabeledCommand>) -> Result<(), BenchError> {
+    let line = command_line(&cmd);
+    eprintln!("setup: {line}");
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(io::stderr())
+        .status()
+        .map_err(ctx(format!("spawning {}", cmd.get_program().display())))?;
+    if !status.success() {
+        return Err(BenchError::ChildFailed {
+            what: format!("setup command `{line}`"),
+            status,
+        });
+    }
+    log.push(LabeledCommand::new("setup", line));
+    Ok(())
+}
+
+/// A minimum speed-up of Freight over the peer (median throughputs).
+#[derive(Debug, Serialize)]
+struct RatioGoal {
+    ratio_min: f64,
+    /// The measured median ratio.
+    ratio: f64,
+    met: bool,
+}
+
+impl RatioGoal {
+    fn new(ratio_min: f64, comparison: &Comparison) -> Self {
+        RatioGoal {
+            ratio_min,
+            ratio: comparison.ratio_median,
+            met: comparison.ratio_median >= ratio_min,
+        }
+    }
+}
+
+/// Goals of `parcel`.
+#[derive(Debug, Serialize)]
+struct ParcelGoals {
+    create: RatioGoal,
+    import: RatioGoal,
+}
+
+/// Everything `parcel` measured; the JSON report.
+#[derive(Debug, Serialize)]
+struct ParcelReport {
+    benchmark: &'static str,
+    dataset: DatasetReport,
+    /// The untimed setup commands, then the timed ones (one run each).
+    commands: Vec<LabeledCommand>,
+    runs: Vec<RunRecord>,
+    /// `tar | zstd` vs `freight parcel create`.
+    create: Comparison,
+    /// `zstd -dc | tar -x` vs `freight parcel import`.
+    import: Comparison,
+    /// Size of `peer.tar.zst`, last run.
+    peer_archive_bytes: u64,
+    /// Size of the parcel file, last run.
+    parcel_bytes: u64,
+    goals: ParcelGoals,
+}
+
+fn parcel(args: &ParcelArgs) -> Result<(), BenchError> {
+    let common = &args.common;
+    let work = &common.work;
+    let dataset = prepare(common)?;
+    let source_bytes = dataset.bytes;
+
+    // `freight ARGS...`, with the arguments added by `args`.
+    let freight = |args: &dyn Fn(&mut Command) -> &mut Command| {
+        let mut cmd = Command::new(&common.freight);
+        args(&mut cmd);
+        cmd
+    };
+    let (site_a, site_b) = (work.join("siteA"), work.join("siteB"));
+    let (lib_a, lib_b) = (work.join("libA"), work.join("libB"));
+    let identity = work.join(format!("{ORIGIN}.id"));
+    let parcel_file = work.join("p.parcel");
+
+    // Fresh sites every time, so that the identity exchange never meets an old trust store.
+    let stale = [&site_a, &site_b, &identity, &lib_a];
+    for path in stale {
+        remove_path(path)?;
+    }
+    let stale = stale.map(|p| quote(p.as_os_str())).join(" ");
+    let mut commands = vec![LabeledCommand::new("setup", format!("rm -rf {stale}"))];
+    let setup = [
+        freight(&|c| {
+            c.args(["site", "--site"])
+                .arg(&site_a)
+                .args(["init", "--code", ORIGIN])
+        }),
+        freight(&|c| {
+            c.args(["site", "--site"])
+                .arg(&site_b)
+                .args(["init", "--code", DESTINATION])
+        }),
+        freight(&|c| {
+            c.args(["site", "--site"])
+                .arg(&site_a)
+                .args(["identity", "export", "--out"])
+                .arg(&identity)
+        }),
+        freight(&|c| {
+            c.args(["site", "--site"])
+                .arg(&site_b)
+                .args(["identity", "import"])
+                .arg(&identity)
+        }),
+        freight(&|c| {
+            c.args(["library", "--library"])
+                .arg(&lib_a)
+                .args(["ingest", "--package", PACKAGE, "--version", VERSION])
+                .arg(&dataset.root)
+        }),
+    ];
+    for cmd in setup {
+        run_setup(cmd, &mut commands)?;
+    }
+
+    let create = freight(&|c| {
+        c.args(["--quiet", "parcel", "--site"])
+            .arg(&site_a)
+            .arg("--library")
+            .arg(&lib_a)
+            .args(["create", "--package", PACKAGE, "--version", VERSION])
+            .args(["--to", DESTINATION, "--out"])
+            .arg(&parcel_file)
+    });
+    let import = freight(&|c| {
+        c.args(["--quiet", "parcel", "--site"])
+            .arg(&site_b)
+            .arg("--library")
+            .arg(&lib_b)
+            .arg("import")
+            .arg(&parcel_file)
+    });
+    let mut steps = [
+        Step::new(
+            "peer create",
+            peer_command(PEER_PACK, work),
+            work.join("peer.tar.zst"),
+        ),
+        Step::new("freight create", create, parcel_file),
+        Step {
+            empty_dir: true,
+            ..Step::new(
+                "peer import",
+                peer_command(PEER_UNPACK, work),
+                work.join("peer-out"),
+            )
+        },
+        Step::new("freight import", import, lib_b),
+    ];
+    commands.extend(
+        steps
+            .iter()
+            .map(|s| LabeledCommand::new(s.side, s.shell_line())),
+    );
+    let records = run_steps(&mut steps, common.runs, source_bytes)?;
+    let create = Comparison::of(&records, "peer create", "freight create");
+    let import = Comparison::of(&records, "peer import", "freight import");
+    let report = ParcelReport {
+        benchmark: "parcel",
+        dataset,
+        commands,
+        runs: records,
+        peer_archive_bytes: create.peer.output_bytes,
+        parcel_bytes: create.freight.output_bytes,
+        goals: ParcelGoals {
+            create: RatioGoal::new(GOAL_CREATE_RATIO, &create),
+            import: RatioGoal::new(GOAL_IMPORT_RATIO, &import),
+        },
+        create,
+        import,
+    };
+    print_parcel(&report);
+    write_report(common.json.as_deref(), &report)
+}
+
+fn print_parcel(r: &ParcelReport) {
+    print_header(&r.dataset, &r.commands, &r.runs);
+    print!("{}", r.create.table("create"));
+    println!();
+    print!("{}", r.import.table("import"));
+    println!();
+    let human = freight_core::units::human;
+    println!(
+        "sizes: peer.tar.zst {} ({} bytes), parcel {} ({} bytes), parcel/peer {:.2}x",
+        human(r.peer_archive_bytes),
+        r.peer_archive_bytes,
+        human(r.parcel_bytes),
+        r.parcel_bytes,
+        r.parcel_bytes as f64 / r.peer_archive_bytes as f64
+    );
+    println!();
+    for (what, goal) in [("create", &r.goals.create), ("import", &r.goals.import)] {
+        print_goal(
+            &format!(
+                "freight/peer median {what} throughput >= {:.1}x",
+                goal.ratio_min
+            ),
+            goal.met,
+            &format!("{:.2}x", goal.ratio),
+        );
+    }
 }
 
 /// A shell rendering of a command, for the report.
