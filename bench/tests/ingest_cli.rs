@@ -1,50 +1,21 @@
 //! End-to-end runs of `freight-bench ingest` against stub freight binaries.
 
+mod common;
+
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-/// Fails the test when the peer pipeline's tools are missing (`.ci/run` installs them).
-fn require_peer_tools() {
-    for tool in ["bash", "tar", "zstd"] {
-        let ok = Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            ok,
-            "{tool} is not installed; run .ci/run or apt-get install {tool}"
-        );
-    }
-}
-
-/// Writes an executable shell script `name` with `body` into `dir`.
-fn stub(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, format!("#!/bin/bash\nset -eu\n{body}\n")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
+use common::{require_peer_tools, stub, temp_dir};
 
 fn bench(work: &Path, freight: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_freight-bench"))
-        .args(["ingest", "--size", "3MiB", "--work"])
-        .arg(work)
-        .arg("--freight")
-        .arg(freight)
-        .args(extra)
-        .output()
-        .unwrap()
+    common::bench("ingest", work, freight, extra)
 }
 
 #[test]
 fn ingest_runs_both_sides_and_reports() {
     require_peer_tools();
-    let dir = tempfile::Builder::new()
-        .prefix("freight-bench-test-")
-        .tempdir()
-        .unwrap();
+    let dir = temp_dir();
     // Records its arguments and fills the library like a tiny ingest would.
     let freight = stub(
         dir.path(),
@@ -107,10 +78,7 @@ mkdir -p "$lib"; tar -cf - -C "$src" . | zstd -1 -q > "$lib/blob.zst""#,
 #[test]
 fn ingest_fails_when_freight_fails() {
     require_peer_tools();
-    let dir = tempfile::Builder::new()
-        .prefix("freight-bench-test-")
-        .tempdir()
-        .unwrap();
+    let dir = temp_dir();
     let freight = stub(dir.path(), "freight", "exit 3");
     let out = bench(&dir.path().join("work"), &freight, &["--runs", "1"]);
     assert!(!out.status.success());

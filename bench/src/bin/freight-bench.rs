@@ -4,8 +4,11 @@
 //! ```text
 //! freight-bench ingest --size 2GiB --work /tmp/freight-bench-data \
 //!     --freight target/release/freight --runs 2 --json ingest.json
+//! freight-bench parcel --size 2GiB --work /tmp/freight-bench-data \
+//!     --freight target/release/freight --runs 2 --json parcel.json
 //! ```
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,9 @@ struct Cli {
 enum Cmd {
     /// Library ingest vs `tar | zstd -1 -T2` of the same tree.
     Ingest(IngestArgs),
+    /// Parcel create and import vs `tar | zstd -1 -T2` and `zstd -dc | tar -x`
+    /// of the same tree.
+    Parcel(ParcelArgs),
 }
 
 /// Throughput goal: Freight must be at least this many times faster than the peer (median).
@@ -38,14 +44,23 @@ const GOAL_RSS_MIB: f64 = 200.0;
 /// Package name and version given to `freight library ingest`.
 const PACKAGE: &str = "CAS00001";
 const VERSION: &str = "1";
+/// Parcel create goal: at least this many times the peer's `tar | zstd` throughput (median).
+const GOAL_CREATE_RATIO: f64 = 3.0;
+/// Parcel import goal: at least this many times the peer's `zstd -dc | tar -x` throughput (median).
+const GOAL_IMPORT_RATIO: f64 = 1.5;
+/// Site codes of the parcel's origin (owner of [`PACKAGE`]) and destination.
+const ORIGIN: &str = "CAS";
+const DESTINATION: &str = "PS1";
 
+/// Arguments shared by every subcommand: the dataset, the scratch directory,
+/// the binary under test, the number of runs and the JSON report.
 #[derive(Debug, Args)]
-struct IngestArgs {
+struct CommonArgs {
     /// Size of the generated source tree (e.g. 2GiB, 256MiB, 64KiB).
     #[arg(long, value_parser = harness::parse_size, default_value = "2GiB")]
     size: u64,
-    /// Scratch directory: holds src/ (the dataset, reused when it matches),
-    /// peer.tar.zst and lib/ (deleted before every Freight run).
+    /// Scratch directory: holds src/ (the dataset, reused when it matches)
+    /// and the outputs of the benchmark (deleted before every run).
     #[arg(long, default_value = "/tmp/freight-bench-data")]
     work: PathBuf,
     /// The freight binary to benchmark.
@@ -57,16 +72,30 @@ struct IngestArgs {
     /// Seed of the generated dataset.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Extra argument for `freight library ingest`, placed before the source
-    /// path (repeatable).
-    #[arg(long = "freight-arg", value_name = "ARG", allow_hyphen_values = true)]
-    freight_args: Vec<String>,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Regenerate the dataset even if a matching one exists.
     #[arg(long)]
     regenerate: bool,
+}
+
+/// Arguments of `freight-bench ingest`.
+#[derive(Debug, Args)]
+struct IngestArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Extra argument for `freight library ingest`, placed before the source
+    /// path (repeatable).
+    #[arg(long = "freight-arg", value_name = "ARG", allow_hyphen_values = true)]
+    freight_args: Vec<String>,
+}
+
+/// Arguments of `freight-bench parcel`.
+#[derive(Debug, Args)]
+struct ParcelArgs {
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Ingest(args) => ingest(&args),
+        Cmd::Parcel(args) => parcel(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -188,14 +218,43 @@ fn ignore_not_found(e: io::Error) -> io::Result<()> {
     }
 }
 
+/// Checks the freight binary, makes sure `<work>/src` holds the dataset and
+/// warms the page cache: the untimed setup every subcommand starts with.
+fn prepare(args: &CommonArgs) -> Result<DatasetReport, BenchError> {
+    fs::metadata(&args.freight).map_err(|source| BenchError::Freight {
+        path: args.freight.clone(),
+        source,
+    })?;
+    fs::create_dir_all(&args.work).map_err(ctx(format!("creating {}", args.work.display())))?;
+    let spec = DatasetSpec::mixed(args.size, args.seed);
+    let dataset = prepare_dataset(&args.work, &spec, args.regenerate)?;
+    eprintln!("warming the page cache ...");
+    harness::warm_page_cache(&dataset.root)?;
+    Ok(dataset)
+}
+
+/// Removes a file or a directory tree (symlinks not followed); a missing path is fine.
+fn remove_path(path: &Path) -> Result<(), BenchError> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    removed
+        .or_else(ignore_not_found)
+        .map_err(ctx(format!("removing {}", path.display())))?;
+    Ok(())
+}
+
 /// Runs `cmd` (after a `sync`), fails on an unsuccessful exit, and reports progress.
+/// The child's standard output goes to our standard error, keeping the report clean.
 fn run_measured(
     what: &str,
     cmd: &mut Command,
     source_bytes: u64,
 ) -> Result<Measurement, BenchError> {
     harness::sync_filesystems();
-    let m = harness::measure(cmd.stdin(Stdio::null()))?;
+    let m = harness::measure(cmd.stdin(Stdio::null()).stdout(io::stderr()))?;
     if !m.status.success() {
         return Err(BenchError::ChildFailed {
             what: what.to_owned(),
@@ -209,6 +268,198 @@ fn run_measured(
         m.max_rss_mib()
     );
     Ok(m)
+}
+
+/// `bash -c SCRIPT bash WORK`: a peer pipeline, with the scratch directory as `$1`.
+fn peer_command(script: &str, work: &Path) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script, "bash"]).arg(work);
+    cmd
+}
+
+/// The peer of packing: `tar | zstd -1 -T2` of `$1/src` into `$1/peer.tar.zst`.
+const PEER_PACK: &str =
+    r#"set -o pipefail; tar -cf - -C "$1" src | zstd -1 -T2 -q > "$1/peer.tar.zst""#;
+
+/// The peer of unpacking: `zstd -dc | tar -x` of `$1/peer.tar.zst` into `$1/peer-out`.
+const PEER_UNPACK: &str =
+    r#"set -o pipefail; zstd -dc -q "$1/peer.tar.zst" | tar -xf - -C "$1/peer-out""#;
+
+/// One timed command of a benchmark, run once per run.
+struct Step {
+    /// Side name in the records, e.g. `peer` or `freight import`.
+    side: &'static str,
+    /// The command (spawned afresh for every run).
+    cmd: Command,
+    /// What the command writes: removed before every run, measured after it.
+    output: PathBuf,
+    /// Re-create `output` as an empty directory before every run.
+    empty_dir: bool,
+}
+
+impl Step {
+    /// A step whose `output` is removed before every run.
+    fn new(side: &'static str, cmd: Command, output: PathBuf) -> Self {
+        Step {
+            side,
+            cmd,
+            output,
+            empty_dir: false,
+        }
+    }
+
+    /// The shell equivalent of one run of this step, preparation included.
+    fn shell_line(&self) -> String {
+        let out = quote(self.output.as_os_str());
+        let mkdir = if self.empty_dir {
+            format!("mkdir {out} && ")
+        } else {
+            String::new()
+        };
+        format!("rm -rf {out} && {mkdir}{}", command_line(&self.cmd))
+    }
+}
+
+/// Runs every step `runs` times, the steps alternating within each run, and
+/// records each run's measurement and output size.
+fn run_steps(
+    steps: &mut [Step],
+    runs: u32,
+    source_bytes: u64,
+) -> Result<Vec<RunRecord>, BenchError> {
+    let mut records = Vec::new();
+    for run in 1..=runs {
+        for step in steps.iter_mut() {
+            remove_path(&step.output)?;
+            if step.empty_dir {
+                fs::create_dir(&step.output)
+                    .map_err(ctx(format!("creating {}", step.output.display())))?;
+            }
+            let what = format!("{} run {run}/{runs}", step.side);
+            let m = run_measured(&what, &mut step.cmd, source_bytes)?;
+            let output_bytes = harness::disk_usage(&step.output)?.apparent_bytes;
+            records.push(RunRecord::new(
+                step.side,
+                run as usize,
+                &m,
+                source_bytes,
+                output_bytes,
+            ));
+        }
+    }
+    Ok(records)
+}
+
+/// A peer side and a Freight side of one comparison.
+#[derive(Debug, Serialize)]
+struct Comparison {
+    peer: SideStats,
+    freight: SideStats,
+    /// Freight throughput / peer throughput, medians.
+    ratio_median: f64,
+    /// Freight throughput / peer throughput, best runs.
+    ratio_best: f64,
+}
+
+impl Comparison {
+    /// Compares the records of side `peer` with those of side `freight`.
+    fn of(records: &[RunRecord], peer: &str, freight: &str) -> Self {
+        let (Some(peer), Some(freight)) = (
+            SideStats::of(peer, records),
+            SideStats::of(freight, records),
+        ) else {
+            unreachable!("at least one run of each side");
+        };
+        Comparison {
+            ratio_median: freight.median_mb_per_s / peer.median_mb_per_s,
+            ratio_best: freight.best_mb_per_s / peer.best_mb_per_s,
+            peer,
+            freight,
+        }
+    }
+
+    /// Summary table: best and median throughput, peak RSS, CPU and output
+    /// size of both sides; `title` heads the first column.
+    fn table(&self, title: &str) -> Table {
+        let (p, f) = (&self.peer, &self.freight);
+        let mut table = Table::new([title, "peer", "freight", "freight/peer"]);
+        table
+            .row([
+                "best MB/s".to_owned(),
+                format!("{:.1}", p.best_mb_per_s),
+                format!("{:.1}", f.best_mb_per_s),
+                format!("{:.2}x", self.ratio_best),
+            ])
+            .row([
+                "median MB/s".to_owned(),
+                format!("{:.1}", p.median_mb_per_s),
+                format!("{:.1}", f.median_mb_per_s),
+                format!("{:.2}x", self.ratio_median),
+            ])
+            .row([
+                "max RSS MiB".to_owned(),
+                format!("{:.1}", p.max_rss_mib),
+                format!("{:.1}", f.max_rss_mib),
+                String::new(),
+            ])
+            .row([
+                "median CPU s".to_owned(),
+                format!("{:.2}", p.median_cpu_s),
+                format!("{:.2}", f.median_cpu_s),
+                String::new(),
+            ])
+            .row([
+                "output bytes".to_owned(),
+                p.output_bytes.to_string(),
+                f.output_bytes.to_string(),
+                format!("{:.2}x", f.output_bytes as f64 / p.output_bytes as f64),
+            ]);
+        table
+    }
+}
+
+/// A command as the report shows it.
+#[derive(Debug, Serialize)]
+struct LabeledCommand {
+    /// What the command is for, e.g. `peer` or `setup`.
+    step: String,
+    /// Shell rendering of the command.
+    command: String,
+}
+
+impl LabeledCommand {
+    fn new(step: &str, command: String) -> Self {
+        LabeledCommand {
+            step: step.to_owned(),
+            command,
+        }
+    }
+}
+
+/// Prints the dataset line, the commands and the per-run table.
+fn print_header(d: &DatasetReport, commands: &[LabeledCommand], runs: &[RunRecord]) {
+    println!(
+        "dataset: {} ({} bytes) in {} files, {} dirs, {} symlinks at {}",
+        freight_core::units::human(d.bytes),
+        d.bytes,
+        d.files,
+        d.dirs,
+        d.symlinks,
+        d.root.display()
+    );
+    let width = commands.iter().map(|c| c.step.len() + 1).max().unwrap_or(0);
+    for c in commands {
+        println!("{:<width$} {}", format!("{}:", c.step), c.command);
+    }
+    println!();
+    print!("{}", Table::of_runs(runs));
+    println!();
+}
+
+/// Prints one goal line: `goal: WHAT: MET (ACTUAL)` or `NOT MET`.
+fn print_goal(what: &str, met: bool, actual: &str) {
+    let verdict = if met { "MET" } else { "NOT MET" };
+    println!("goal: {what}: {verdict} ({actual})");
 }
 
 /// Goals and whether they were met.
@@ -228,12 +479,8 @@ struct IngestReport {
     peer_command: String,
     freight_command: String,
     runs: Vec<RunRecord>,
-    peer: SideStats,
-    freight: SideStats,
-    /// Freight throughput / peer throughput, medians.
-    ratio_median: f64,
-    /// Freight throughput / peer throughput, best runs.
-    ratio_best: f64,
+    #[serde(flatten)]
+    comparison: Comparison,
     peer_output_bytes: u64,
     freight_library_bytes: u64,
     freight_library_disk_bytes: u64,
@@ -241,182 +488,86 @@ struct IngestReport {
 }
 
 fn ingest(args: &IngestArgs) -> Result<(), BenchError> {
-    fs::metadata(&args.freight).map_err(|source| BenchError::Freight {
-        path: args.freight.clone(),
-        source,
-    })?;
-    fs::create_dir_all(&args.work).map_err(ctx(format!("creating {}", args.work.display())))?;
-    let spec = DatasetSpec::mixed(args.size, args.seed);
-    let dataset = prepare_dataset(&args.work, &spec, args.regenerate)?;
+    let common = &args.common;
+    let dataset = prepare(common)?;
     let source_bytes = dataset.bytes;
 
-    eprintln!("warming the page cache ...");
-    harness::warm_page_cache(&dataset.root)?;
-
-    let peer_out = args.work.join("peer.tar.zst");
-    let lib = args.work.join("lib");
-    let peer_script =
-        r#"set -o pipefail; tar -cf - -C "$1" src | zstd -1 -T2 -q > "$1/peer.tar.zst""#;
-    let peer_cmd = || {
-        let mut cmd = Command::new("bash");
-        cmd.args(["-c", peer_script, "bash"]).arg(&args.work);
-        cmd
-    };
-    let freight_cmd = || {
-        let mut cmd = Command::new(&args.freight);
-        cmd.args(["library", "ingest", "--library"])
-            .arg(&lib)
-            .args(["--package", PACKAGE, "--version", VERSION])
-            .args(&args.freight_args)
-            .arg(&dataset.root);
-        cmd
-    };
-
-    let mut records = Vec::new();
-    let mut peer_bytes = 0;
-    let mut lib_usage = harness::DiskUsage::default();
-    let runs = args.runs as usize;
-    for run in 1..=runs {
-        fs::remove_file(&peer_out)
-            .or_else(ignore_not_found)
-            .map_err(ctx(format!("removing {}", peer_out.display())))?;
-        let m = run_measured(
-            &format!("peer run {run}/{runs}"),
-            &mut peer_cmd(),
-            source_bytes,
-        )?;
-        peer_bytes = harness::disk_usage(&peer_out)?.apparent_bytes;
-        records.push(RunRecord::new("peer", run, &m, source_bytes, peer_bytes));
-
-        if lib.exists() {
-            fs::remove_dir_all(&lib).map_err(ctx(format!("removing {}", lib.display())))?;
-        }
-        let m = run_measured(
-            &format!("freight run {run}/{runs}"),
-            &mut freight_cmd(),
-            source_bytes,
-        )?;
-        lib_usage = harness::disk_usage(&lib)?;
-        records.push(RunRecord::new(
-            "freight",
-            run,
-            &m,
-            source_bytes,
-            lib_usage.apparent_bytes,
-        ));
-    }
-
-    let (Some(peer), Some(freight)) = (
-        SideStats::of("peer", &records),
-        SideStats::of("freight", &records),
-    ) else {
-        unreachable!("at least one run of each side");
-    };
-    let ratio_median = freight.median_mb_per_s / peer.median_mb_per_s;
-    let ratio_best = freight.best_mb_per_s / peer.best_mb_per_s;
+    let lib = common.work.join("lib");
+    let mut freight_cmd = Command::new(&common.freight);
+    freight_cmd
+        .args(["library", "ingest", "--library"])
+        .arg(&lib)
+        .args(["--package", PACKAGE, "--version", VERSION])
+        .args(&args.freight_args)
+        .arg(&dataset.root);
+    let mut steps = [
+        Step::new(
+            "peer",
+            peer_command(PEER_PACK, &common.work),
+            common.work.join("peer.tar.zst"),
+        ),
+        Step::new("freight", freight_cmd, lib.clone()),
+    ];
+    let records = run_steps(&mut steps, common.runs, source_bytes)?;
+    let comparison = Comparison::of(&records, "peer", "freight");
+    let lib_usage = harness::disk_usage(&lib)?;
+    let [peer_step, freight_step] = &steps;
     let report = IngestReport {
         benchmark: "ingest",
-        peer_command: format!("bash -c '{peer_script}' bash {}", args.work.display()),
-        freight_command: command_line(&freight_cmd()),
+        peer_command: command_line(&peer_step.cmd),
+        freight_command: command_line(&freight_step.cmd),
         dataset,
         runs: records,
         goals: Goals {
             throughput_ratio_min: GOAL_RATIO,
-            throughput_ratio_met: ratio_median >= GOAL_RATIO,
+            throughput_ratio_met: comparison.ratio_median >= GOAL_RATIO,
             rss_max_mib: GOAL_RSS_MIB,
-            rss_met: freight.max_rss_mib <= GOAL_RSS_MIB,
+            rss_met: comparison.freight.max_rss_mib <= GOAL_RSS_MIB,
         },
-        peer,
-        freight,
-        ratio_median,
-        ratio_best,
-        peer_output_bytes: peer_bytes,
+        peer_output_bytes: comparison.peer.output_bytes,
         freight_library_bytes: lib_usage.apparent_bytes,
         freight_library_disk_bytes: lib_usage.disk_bytes,
+        comparison,
     };
     print_ingest(&report);
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    write_report(common.json.as_deref(), &report)
 }
 
 fn print_ingest(r: &IngestReport) {
-    let d = &r.dataset;
-    println!(
-        "dataset: {} ({} bytes) in {} files, {} dirs, {} symlinks at {}",
-        freight_core::units::human(d.bytes),
-        d.bytes,
-        d.files,
-        d.dirs,
-        d.symlinks,
-        d.root.display()
-    );
-    println!("peer:    {}", r.peer_command);
-    println!("freight: {}", r.freight_command);
-    println!();
-    print!("{}", Table::of_runs(&r.runs));
-    println!();
-    let mut summary = Table::new(["", "peer", "freight", "freight/peer"]);
-    summary
-        .row([
-            "best MB/s".to_owned(),
-            format!("{:.1}", r.peer.best_mb_per_s),
-            format!("{:.1}", r.freight.best_mb_per_s),
-            format!("{:.2}x", r.ratio_best),
-        ])
-        .row([
-            "median MB/s".to_owned(),
-            format!("{:.1}", r.peer.median_mb_per_s),
-            format!("{:.1}", r.freight.median_mb_per_s),
-            format!("{:.2}x", r.ratio_median),
-        ])
-        .row([
-            "max RSS MiB".to_owned(),
-            format!("{:.1}", r.peer.max_rss_mib),
-            format!("{:.1}", r.freight.max_rss_mib),
-            String::new(),
-        ])
-        .row([
-            "median CPU s".to_owned(),
-            format!("{:.2}", r.peer.median_cpu_s),
-            format!("{:.2}", r.freight.median_cpu_s),
-            String::new(),
-        ])
-        .row([
-            "output bytes".to_owned(),
-            r.peer_output_bytes.to_string(),
-            r.freight_library_bytes.to_string(),
-            format!(
-                "{:.2}x",
-                r.freight_library_bytes as f64 / r.peer_output_bytes as f64
-            ),
-        ])
-        .row([
-            "output on disk".to_owned(),
-            String::new(),
-            r.freight_library_disk_bytes.to_string(),
-            String::new(),
-        ]);
+    let commands = [
+        LabeledCommand::new("peer", r.peer_command.clone()),
+        LabeledCommand::new("freight", r.freight_command.clone()),
+    ];
+    print_header(&r.dataset, &commands, &r.runs);
+    let mut summary = r.comparison.table("");
+    summary.row([
+        "output on disk".to_owned(),
+        String::new(),
+        r.freight_library_disk_bytes.to_string(),
+        String::new(),
+    ]);
     print!("{summary}");
     println!();
-    let verdict = |met| if met { "MET" } else { "NOT MET" };
-    println!(
-        "goal: freight/peer median throughput >= {:.1}x: {} ({:.2}x)",
-        r.goals.throughput_ratio_min,
-        verdict(r.goals.throughput_ratio_met),
-        r.ratio_median
+    print_goal(
+        &format!(
+            "freight/peer median throughput >= {:.1}x",
+            r.goals.throughput_ratio_min
+        ),
+        r.goals.throughput_ratio_met,
+        &format!("{:.2}x", r.comparison.ratio_median),
     );
-    println!(
-        "goal: freight peak RSS <= {:.0} MiB: {} ({:.1} MiB)",
-        r.goals.rss_max_mib,
-        verdict(r.goals.rss_met),
-        r.freight.max_rss_mib
+    print_goal(
+        &format!("freight peak RSS <= {:.0} MiB", r.goals.rss_max_mib),
+        r.goals.rss_met,
+        &format!("{:.1} MiB", r.comparison.freight.max_rss_mib),
     );
 }
 
-fn write_json(path: &Path, report: &impl Serialize) -> Result<(), BenchError> {
+/// Writes `report` as JSON to `path`, if one was given.
+fn write_report(path: Option<&Path>, report: &impl Serialize) -> Result<(), BenchError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
     let json_err = |source| BenchError::Json {
         path: path.to_owned(),
         source,
@@ -424,14 +575,237 @@ fn write_json(path: &Path, report: &impl Serialize) -> Result<(), BenchError> {
     let mut text = serde_json::to_string_pretty(report).map_err(json_err)?;
     text.push('\n');
     fs::write(path, text).map_err(ctx(format!("writing {}", path.display())))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
-/// A shell-like rendering of a command, for the report.
+/// Runs an untimed setup command and logs it; its output goes to our standard
+/// error. Fails on an unsuccessful exit.
+fn run_setup(mut cmd: Command, log: &mut Vec<LabeledCommand>) -> Result<(), BenchError> {
+    let line = command_line(&cmd);
+    eprintln!("setup: {line}");
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(io::stderr())
+        .status()
+        .map_err(ctx(format!("spawning {}", cmd.get_program().display())))?;
+    if !status.success() {
+        return Err(BenchError::ChildFailed {
+            what: format!("setup command `{line}`"),
+            status,
+        });
+    }
+    log.push(LabeledCommand::new("setup", line));
+    Ok(())
+}
+
+/// A minimum speed-up of Freight over the peer (median throughputs).
+#[derive(Debug, Serialize)]
+struct RatioGoal {
+    ratio_min: f64,
+    /// The measured median ratio.
+    ratio: f64,
+    met: bool,
+}
+
+impl RatioGoal {
+    fn new(ratio_min: f64, comparison: &Comparison) -> Self {
+        RatioGoal {
+            ratio_min,
+            ratio: comparison.ratio_median,
+            met: comparison.ratio_median >= ratio_min,
+        }
+    }
+}
+
+/// Goals of `parcel`.
+#[derive(Debug, Serialize)]
+struct ParcelGoals {
+    create: RatioGoal,
+    import: RatioGoal,
+}
+
+/// Everything `parcel` measured; the JSON report.
+#[derive(Debug, Serialize)]
+struct ParcelReport {
+    benchmark: &'static str,
+    dataset: DatasetReport,
+    /// The untimed setup commands, then the timed ones (one run each).
+    commands: Vec<LabeledCommand>,
+    runs: Vec<RunRecord>,
+    /// `tar | zstd` vs `freight parcel create`.
+    create: Comparison,
+    /// `zstd -dc | tar -x` vs `freight parcel import`.
+    import: Comparison,
+    /// Size of `peer.tar.zst`, last run.
+    peer_archive_bytes: u64,
+    /// Size of the parcel file, last run.
+    parcel_bytes: u64,
+    goals: ParcelGoals,
+}
+
+fn parcel(args: &ParcelArgs) -> Result<(), BenchError> {
+    let common = &args.common;
+    let work = &common.work;
+    let dataset = prepare(common)?;
+    let source_bytes = dataset.bytes;
+
+    // `freight ARGS...`, with the arguments added by `args`.
+    let freight = |args: &dyn Fn(&mut Command) -> &mut Command| {
+        let mut cmd = Command::new(&common.freight);
+        args(&mut cmd);
+        cmd
+    };
+    let (site_a, site_b) = (work.join("siteA"), work.join("siteB"));
+    let (lib_a, lib_b) = (work.join("libA"), work.join("libB"));
+    let identity = work.join(format!("{ORIGIN}.id"));
+    let parcel_file = work.join("p.parcel");
+
+    // Fresh sites every time, so that the identity exchange never meets an old trust store.
+    let stale = [&site_a, &site_b, &identity, &lib_a];
+    for path in stale {
+        remove_path(path)?;
+    }
+    let stale = stale.map(|p| quote(p.as_os_str())).join(" ");
+    let mut commands = vec![LabeledCommand::new("setup", format!("rm -rf {stale}"))];
+    let setup = [
+        freight(&|c| {
+            c.args(["site", "--site"])
+                .arg(&site_a)
+                .args(["init", "--code", ORIGIN])
+        }),
+        freight(&|c| {
+            c.args(["site", "--site"])
+                .arg(&site_b)
+                .args(["init", "--code", DESTINATION])
+        }),
+        freight(&|c| {
+            c.args(["site", "--site"])
+                .arg(&site_a)
+                .args(["identity", "export", "--out"])
+                .arg(&identity)
+        }),
+        freight(&|c| {
+            c.args(["site", "--site"])
+                .arg(&site_b)
+                .args(["identity", "import"])
+                .arg(&identity)
+        }),
+        freight(&|c| {
+            c.args(["library", "--library"])
+                .arg(&lib_a)
+                .args(["ingest", "--package", PACKAGE, "--version", VERSION])
+                .arg(&dataset.root)
+        }),
+    ];
+    for cmd in setup {
+        run_setup(cmd, &mut commands)?;
+    }
+
+    let create = freight(&|c| {
+        c.args(["--quiet", "parcel", "--site"])
+            .arg(&site_a)
+            .arg("--library")
+            .arg(&lib_a)
+            .args(["create", "--package", PACKAGE, "--version", VERSION])
+            .args(["--to", DESTINATION, "--out"])
+            .arg(&parcel_file)
+    });
+    let import = freight(&|c| {
+        c.args(["--quiet", "parcel", "--site"])
+            .arg(&site_b)
+            .arg("--library")
+            .arg(&lib_b)
+            .arg("import")
+            .arg(&parcel_file)
+    });
+    let mut steps = [
+        Step::new(
+            "peer create",
+            peer_command(PEER_PACK, work),
+            work.join("peer.tar.zst"),
+        ),
+        Step::new("freight create", create, parcel_file),
+        Step {
+            empty_dir: true,
+            ..Step::new(
+                "peer import",
+                peer_command(PEER_UNPACK, work),
+                work.join("peer-out"),
+            )
+        },
+        Step::new("freight import", import, lib_b),
+    ];
+    commands.extend(
+        steps
+            .iter()
+            .map(|s| LabeledCommand::new(s.side, s.shell_line())),
+    );
+    let records = run_steps(&mut steps, common.runs, source_bytes)?;
+    let create = Comparison::of(&records, "peer create", "freight create");
+    let import = Comparison::of(&records, "peer import", "freight import");
+    let report = ParcelReport {
+        benchmark: "parcel",
+        dataset,
+        commands,
+        runs: records,
+        peer_archive_bytes: create.peer.output_bytes,
+        parcel_bytes: create.freight.output_bytes,
+        goals: ParcelGoals {
+            create: RatioGoal::new(GOAL_CREATE_RATIO, &create),
+            import: RatioGoal::new(GOAL_IMPORT_RATIO, &import),
+        },
+        create,
+        import,
+    };
+    print_parcel(&report);
+    write_report(common.json.as_deref(), &report)
+}
+
+fn print_parcel(r: &ParcelReport) {
+    print_header(&r.dataset, &r.commands, &r.runs);
+    print!("{}", r.create.table("create"));
+    println!();
+    print!("{}", r.import.table("import"));
+    println!();
+    let human = freight_core::units::human;
+    println!(
+        "sizes: peer.tar.zst {} ({} bytes), parcel {} ({} bytes), parcel/peer {:.2}x",
+        human(r.peer_archive_bytes),
+        r.peer_archive_bytes,
+        human(r.parcel_bytes),
+        r.parcel_bytes,
+        r.parcel_bytes as f64 / r.peer_archive_bytes as f64
+    );
+    println!();
+    for (what, goal) in [("create", &r.goals.create), ("import", &r.goals.import)] {
+        print_goal(
+            &format!(
+                "freight/peer median {what} throughput >= {:.1}x",
+                goal.ratio_min
+            ),
+            goal.met,
+            &format!("{:.2}x", goal.ratio),
+        );
+    }
+}
+
+/// A shell rendering of a command, for the report.
 fn command_line(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
+        .map(quote)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Quotes `arg` for a POSIX shell when it holds anything but plainly safe characters.
+fn quote(arg: &OsStr) -> String {
+    let text = arg.to_string_lossy();
+    let safe = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        text.into_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
