@@ -1,8 +1,9 @@
 //! Freight's data plane: content-defined chunking, package manifests, the single-instance
 //! content library and the block I/O engine it runs on.
 //!
-//! Nothing here knows about sites, databases or sockets; the transport and the appliance build
-//! on these types. See `ARCHITECTURE.md` at the repository root for the map.
+//! Nothing here knows about databases or sockets; sites appear only as keys and trusted
+//! identities (`site`). The transport and the appliance build on these types. See
+//! `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod chunker;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod manifest;
 pub mod materialize;
 pub mod pack;
 pub mod progress;
+pub mod site;
 pub mod stats;
 pub mod stream;
 pub mod units;
@@ -31,3 +33,4 @@ pub use id::{ChunkId, PackageId};
 pub use library::Library;
 pub use manifest::{Entry, EntryKind, Manifest};
 pub use progress::Progress;
+pub use site::{PublicIdentity, SiteCode, SiteKey, TrustEntry, TrustStore};
