@@ -1,9 +1,9 @@
 //! Freight's data plane: content-defined chunking, package manifests, the single-instance
 //! content library and the block I/O engine it runs on.
 //!
-//! Nothing here knows about databases or sockets; sites appear only as keys and trusted
-//! identities (`site`). The transport and the appliance build on these types. See
-//! `ARCHITECTURE.md` at the repository root for the map.
+//! Nothing here knows about databases or sockets; sites appear only as keys, trusted identities
+//! and signed instructions (`site`, `instruction`). The transport and the appliance build on
+//! these types. See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod chunker;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod error;
 pub mod gc;
 pub mod id;
 pub mod ingest;
+pub mod instruction;
 pub mod library;
 pub mod manifest;
 pub mod materialize;
@@ -30,6 +31,7 @@ pub use config::LibraryConfig;
 pub use engine::{Engine, EngineKind, IoMode};
 pub use error::{Error, Result};
 pub use id::{ChunkId, PackageId};
+pub use instruction::{Instruction, InstructionKind, SignedInstruction};
 pub use library::Library;
 pub use manifest::{Entry, EntryKind, Manifest};
 pub use progress::Progress;

@@ -485,6 +485,15 @@ impl TrustStore {
         }
     }
 
+    /// The revoked keys of site `code`, oldest revocation first.
+    pub(crate) fn revoked_keys(&self, code: SiteCode) -> Result<Vec<PublicIdentity>> {
+        Ok(self
+            .revoked_of(code)?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect())
+    }
+
     fn lock(&self) -> Result<File> {
         let path = self.dir.join(".lock");
         let f = OpenOptions::new()
