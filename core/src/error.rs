@@ -185,6 +185,136 @@ pub enum Error {
     /// io_uring was demanded but cannot be used.
     #[error("io_uring unavailable ({0}); set io = \"auto\" or \"fallback\"")]
     UringUnavailable(std::io::Error),
+    /// A site code that is not 3 upper-case ASCII letters or digits.
+    #[error("{0:?}: not a site code; use 3 upper-case letters or digits, e.g. CAS")]
+    BadSiteCode(String),
+    /// A site key file that group or other users may access.
+    #[error(
+        "{path}: site key file has mode {mode:04o}, readable by other users; run `chmod 600` on it (and replace the key if others may have read it)"
+    )]
+    KeyFileMode {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A site key file that cannot be used.
+    #[error("{path}: not a usable site key ({reason}); restore it from backup")]
+    BadKeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A site identity (public key export) that cannot be parsed.
+    #[error("{what}: not a usable site identity ({reason}); ask the site to export it again")]
+    BadIdentity {
+        /// The file or text it came from.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A site identity whose fingerprint line does not match its key.
+    #[error(
+        "{what}: fingerprint line {stated} does not match the key of site {site} (whose fingerprint is {actual}); the identity was altered or damaged, get it again from the site"
+    )]
+    FingerprintMismatch {
+        /// The file or text it came from.
+        what: String,
+        /// The site the identity names.
+        site: String,
+        /// The fingerprint the text states.
+        stated: String,
+        /// The fingerprint of the key it carries.
+        actual: String,
+    },
+    /// An import would replace the trusted key of a site with another one.
+    #[error(
+        "site {site}: already trusted with key {trusted}, refusing key {offered}; revoke the old key first if the site really has a new one"
+    )]
+    KeyConflict {
+        /// The site code.
+        site: String,
+        /// Fingerprint of the key already trusted.
+        trusted: String,
+        /// Fingerprint of the key offered.
+        offered: String,
+    },
+    /// A site whose identity is not in the trust store.
+    #[error("site {0}: not in the trust store; import its identity first")]
+    UnknownSite(String),
+    /// A site key that has been revoked.
+    #[error(
+        "site {site}: key {fingerprint} is revoked; refusing it, import the site's new identity"
+    )]
+    RevokedKey {
+        /// The site code.
+        site: String,
+        /// Fingerprint of the revoked key.
+        fingerprint: String,
+    },
+    /// The trust store directory holds something unusable.
+    #[error(
+        "{path}: trust store is damaged ({reason}); remove the file and import the identity again"
+    )]
+    BadTrustStore {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An instruction's bytes are not a valid instruction.
+    #[error(
+        "instruction malformed at byte {offset}: {reason}; ask the sending site to send it again"
+    )]
+    BadInstruction {
+        /// Byte offset where decoding failed.
+        offset: usize,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An instruction was to be signed with the key of another site.
+    #[error(
+        "instruction from site {origin} cannot be signed with the key of site {key_site}; sign it at site {origin}"
+    )]
+    WrongSigningKey {
+        /// The instruction's origin.
+        origin: String,
+        /// The site of the key offered.
+        key_site: String,
+    },
+    /// An instruction's signature does not verify against its origin's trusted key.
+    #[error(
+        "instruction from site {origin}: signature does not match its trusted key {fingerprint}; refused, check the site's identity and ask it to send again"
+    )]
+    BadSignature {
+        /// The site the instruction claims to come from.
+        origin: String,
+        /// Fingerprint of the trusted key it was checked against.
+        fingerprint: String,
+    },
+    /// An instruction addressed to another site.
+    #[error(
+        "instruction for site {destination} arrived at site {this_site}; refused, forward it to site {destination}"
+    )]
+    WrongDestination {
+        /// The site it is addressed to.
+        destination: String,
+        /// The site that received it.
+        this_site: String,
+    },
+    /// An instruction offering an older version than the one stored.
+    #[error(
+        "package {package}: version {offered} offered but version {stored} is already here; nothing to do, a newer version is stored"
+    )]
+    OlderVersion {
+        /// Package ID.
+        package: String,
+        /// Version the instruction carries.
+        offered: u32,
+        /// Version already stored.
+        stored: u32,
+    },
 }
 
 impl Error {

@@ -1,8 +1,9 @@
 //! Freight's data plane: content-defined chunking, package manifests, the single-instance
 //! content library and the block I/O engine it runs on.
 //!
-//! Nothing here knows about sites, databases or sockets; the transport and the appliance build
-//! on these types. See `ARCHITECTURE.md` at the repository root for the map.
+//! Nothing here knows about databases or sockets; sites appear only as keys, trusted identities
+//! and signed instructions (`site`, `instruction`). The transport and the appliance build on
+//! these types. See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod chunker;
 pub mod config;
@@ -11,12 +12,14 @@ pub mod error;
 pub mod gc;
 pub mod id;
 pub mod ingest;
+pub mod instruction;
 pub mod library;
 pub mod manifest;
 pub mod materialize;
 pub mod pack;
 pub mod parcel;
 pub mod progress;
+pub mod site;
 pub mod stats;
 pub mod stream;
 pub mod units;
@@ -29,6 +32,8 @@ pub use config::LibraryConfig;
 pub use engine::{Engine, EngineKind, IoMode};
 pub use error::{Error, Result};
 pub use id::{ChunkId, PackageId};
+pub use instruction::{Instruction, InstructionKind, SignedInstruction};
 pub use library::Library;
 pub use manifest::{Entry, EntryKind, Manifest};
 pub use progress::Progress;
+pub use site::{PublicIdentity, SiteCode, SiteKey, TrustEntry, TrustStore};
