@@ -72,7 +72,9 @@ enum ParcelCmd {
 }
 
 fn library_dir(l: Option<PathBuf>) -> Result<PathBuf, CliError> {
-    l.ok_or_else(|| CliError::Usage("no library given; pass --library DIR or set FREIGHT_LIBRARY".into()))
+    l.ok_or_else(|| {
+        CliError::Usage("no library given; pass --library DIR or set FREIGHT_LIBRARY".into())
+    })
 }
 
 fn mismatch(path: &Path, reason: String) -> Error {
@@ -88,10 +90,19 @@ fn mismatch(path: &Path, reason: String) -> Error {
 fn matches_content(path: &Path, i: &Instruction, h: &Header) -> Result<(), Error> {
     let m = &h.manifest;
     if i.package != m.package || i.version != m.version {
-        return Err(mismatch(path, format!("instruction is for {} v{}, content is {} v{}", i.package, i.version, m.package, m.version)));
+        return Err(mismatch(
+            path,
+            format!(
+                "instruction is for {} v{}, content is {} v{}",
+                i.package, i.version, m.package, m.version
+            ),
+        ));
     }
     if i.manifest_hash != h.manifest_hash {
-        return Err(mismatch(path, "manifest hash differs from the signed instruction".into()));
+        return Err(mismatch(
+            path,
+            "manifest hash differs from the signed instruction".into(),
+        ));
     }
     let base = h.base.as_ref().map(|b| b.version);
     let kind_ok = match i.kind {
@@ -100,7 +111,10 @@ fn matches_content(path: &Path, i: &Instruction, h: &Header) -> Result<(), Error
         _ => false,
     };
     if !kind_ok {
-        return Err(mismatch(path, format!("a {:?} instruction cannot carry this content", i.kind)));
+        return Err(mismatch(
+            path,
+            format!("a {:?} instruction cannot carry this content", i.kind),
+        ));
     }
     Ok(())
 }
@@ -123,12 +137,18 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
             let p = PackageId::parse(&package)?;
             let v = match version {
                 Some(v) => v,
-                None => lib.latest(&p)?.ok_or_else(|| Error::NoSuchPackage(p.to_string()))?,
+                None => lib
+                    .latest(&p)?
+                    .ok_or_else(|| Error::NoSuchPackage(p.to_string()))?,
             };
             let m = lib.manifest(&p, v)?;
             let bm = base.map(|b| lib.manifest(&p, b)).transpose()?;
             let instr = Instruction {
-                kind: if base.is_some() { InstructionKind::Delta } else { InstructionKind::Package },
+                kind: if base.is_some() {
+                    InstructionKind::Delta
+                } else {
+                    InstructionKind::Package
+                },
                 origin: home.code,
                 destination: SiteCode::parse(&to)?,
                 package: p.clone(),
@@ -147,7 +167,10 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                 parcel::create(&lib, &m, bm.as_ref(), &signed.encode(), &out, &progress)?
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| CliError::Usage(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| CliError::Usage(e.to_string()))?
+                );
             } else {
                 println!(
                     "{} {p} v{v}{} for site {to}: {} chunks, {} -> {}",
@@ -185,14 +208,28 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                     "sequence": instr.sequence, "created_unix": instr.created_unix, "notes": instr.notes,
                     "bytes": info.bytes, "chunks": info.chunks, "signature": status,
                 });
-                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| CliError::Usage(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(|e| CliError::Usage(e.to_string()))?
+                );
             } else {
                 println!("parcel       {}", file.display());
                 println!("origin       {}", instr.origin);
                 println!("destination  {}", instr.destination);
-                println!("package      {} v{}{}", instr.package, instr.version,
-                    instr.base_version.map(|b| format!(" (delta against v{b})")).unwrap_or_default());
-                println!("size         {} ({} chunks)", human(info.bytes), info.chunks);
+                println!(
+                    "package      {} v{}{}",
+                    instr.package,
+                    instr.version,
+                    instr
+                        .base_version
+                        .map(|b| format!(" (delta against v{b})"))
+                        .unwrap_or_default()
+                );
+                println!(
+                    "size         {} ({} chunks)",
+                    human(info.bytes),
+                    info.chunks
+                );
                 println!("sequence     {}", instr.sequence);
                 println!("notes        {}", instr.notes);
                 println!("signature    {status}");
@@ -210,7 +247,9 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                     |h| {
                         let signed = SignedInstruction::decode(&h.instruction)
                             .map_err(|e| mismatch(&file, e.to_string()))?;
-                        let newest = stored.get(&h.manifest.package).and_then(|v| v.last().copied());
+                        let newest = stored
+                            .get(&h.manifest.package)
+                            .and_then(|v| v.last().copied());
                         let i = signed.verify(&home.trust, &home.code, newest)?;
                         matches_content(&file, &i, h)
                     },
@@ -218,7 +257,10 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                 )?
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| CliError::Usage(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).map_err(|e| CliError::Usage(e.to_string()))?
+                );
             } else {
                 println!(
                     "imported {} v{}: {} chunks, {} new{}",

@@ -67,7 +67,12 @@ pub fn run(a: SiteArgs) -> Result<(), CliError> {
         SiteCmd::Init { code } => {
             let home = SiteHome::init(&dir, SiteCode::parse(&code)?)?;
             let id = home.key.identity();
-            println!("site {} created in {}; key fingerprint {}", home.code, dir.display(), id.fingerprint());
+            println!(
+                "site {} created in {}; key fingerprint {}",
+                home.code,
+                dir.display(),
+                id.fingerprint()
+            );
         }
         SiteCmd::Identity(cmd) => {
             let home = SiteHome::open(&dir)?;
@@ -83,11 +88,19 @@ pub fn run(a: SiteArgs) -> Result<(), CliError> {
                     }
                 }
                 IdentityCmd::Import { file } => {
-                    let text = std::fs::read_to_string(&file)
-                        .map_err(|e| CliError::Usage(format!("{}: cannot read identity file: {e}", file.display())))?;
+                    let text = std::fs::read_to_string(&file).map_err(|e| {
+                        CliError::Usage(format!(
+                            "{}: cannot read identity file: {e}",
+                            file.display()
+                        ))
+                    })?;
                     let id = PublicIdentity::from_text(&text)?;
                     home.trust.import(&id)?;
-                    println!("trusting site {} with key fingerprint {}", id.code, id.fingerprint());
+                    println!(
+                        "trusting site {} with key fingerprint {}",
+                        id.code,
+                        id.fingerprint()
+                    );
                 }
                 IdentityCmd::List { json } => {
                     let list = home.trust.list()?;
@@ -102,7 +115,11 @@ pub fn run(a: SiteArgs) -> Result<(), CliError> {
                                 })
                             })
                             .collect();
-                        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| CliError::Usage(e.to_string()))?);
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&v)
+                                .map_err(|e| CliError::Usage(e.to_string()))?
+                        );
                     } else {
                         println!("{:<5} {:<50} status", "site", "fingerprint");
                         for e in list {

@@ -75,7 +75,10 @@ impl SiteHome {
         let path = self.dir.join("sequence");
         let last: u64 = match std::fs::read_to_string(&path) {
             Ok(s) => s.trim().parse().map_err(|_| {
-                CliError::Usage(format!("{}: corrupt sequence file; fix or remove it", path.display()))
+                CliError::Usage(format!(
+                    "{}: corrupt sequence file; fix or remove it",
+                    path.display()
+                ))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e.into()),

@@ -27,7 +27,11 @@ impl World {
     }
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
     fn fail(&self, args: &[&str]) -> String {
@@ -47,17 +51,46 @@ impl World {
     /// `to` trusts `from`.
     fn trust(&self, from: &str, to: &str) {
         let id = self.s(&format!("{from}.id"));
-        self.ok(&["site", "--site", &self.s(from), "identity", "export", "--out", &id]);
+        self.ok(&[
+            "site",
+            "--site",
+            &self.s(from),
+            "identity",
+            "export",
+            "--out",
+            &id,
+        ]);
         self.ok(&["site", "--site", &self.s(to), "identity", "import", &id]);
     }
     fn ingest(&self, lib: &str, v: u32, src: &Path) {
-        self.ok(&["library", "--library", &self.s(lib), "ingest", "-p", "CAS00001", "-v", &v.to_string(), src.to_str().unwrap()]);
+        self.ok(&[
+            "library",
+            "--library",
+            &self.s(lib),
+            "ingest",
+            "-p",
+            "CAS00001",
+            "-v",
+            &v.to_string(),
+            src.to_str().unwrap(),
+        ]);
     }
     fn create(&self, v: u32, to: &str, base: Option<u32>, out: &str) -> String {
         let mut a: Vec<String> = ["parcel", "--site"].map(String::from).to_vec();
-        a.extend([self.s("a-site"), "--library".into(), self.s("a-lib"), "create".into()]);
+        a.extend([
+            self.s("a-site"),
+            "--library".into(),
+            self.s("a-lib"),
+            "create".into(),
+        ]);
         a.extend(["-p", "CAS00001", "-v"].map(String::from));
-        a.extend([v.to_string(), "--to".into(), to.into(), "--notes".into(), "box 7 of 12".into()]);
+        a.extend([
+            v.to_string(),
+            "--to".into(),
+            to.into(),
+            "--notes".into(),
+            "box 7 of 12".into(),
+        ]);
         a.extend(["--out".into(), self.s(out)]);
         if let Some(b) = base {
             a.extend(["--base".into(), b.to_string()]);
@@ -65,7 +98,15 @@ impl World {
         self.ok(&args(&a))
     }
     fn import_args(&self, file: &str) -> Vec<String> {
-        vec!["parcel".into(), "--site".into(), self.s("b-site"), "--library".into(), self.s("b-lib"), "import".into(), self.s(file)]
+        vec![
+            "parcel".into(),
+            "--site".into(),
+            self.s("b-site"),
+            "--library".into(),
+            self.s("b-lib"),
+            "import".into(),
+            self.s(file),
+        ]
     }
 }
 
@@ -94,8 +135,20 @@ fn setup() -> World {
 fn parcel_round_trip_delta_and_inspect() {
     let w = setup();
     w.create(1, "PS1", None, "v1.parcel");
-    let inspect = w.ok(&["parcel", "--site", &w.s("b-site"), "inspect", &w.s("v1.parcel")]);
-    for needle in ["origin       CAS", "destination  PS1", "package      CAS00001 v1", "box 7 of 12", "signature    valid, signed by CAS"] {
+    let inspect = w.ok(&[
+        "parcel",
+        "--site",
+        &w.s("b-site"),
+        "inspect",
+        &w.s("v1.parcel"),
+    ]);
+    for needle in [
+        "origin       CAS",
+        "destination  PS1",
+        "package      CAS00001 v1",
+        "box 7 of 12",
+        "signature    valid, signed by CAS",
+    ] {
         assert!(inspect.contains(needle), "{needle:?} in\n{inspect}");
     }
     let before = std::fs::read_dir(w.p("a-lib")).unwrap().count();
@@ -107,10 +160,26 @@ fn parcel_round_trip_delta_and_inspect() {
     w.create(2, "PS1", Some(1), "v2.delta");
     let full = std::fs::metadata(w.p("v1.parcel")).unwrap().len();
     let delta = std::fs::metadata(w.p("v2.delta")).unwrap().len();
-    assert!(delta < 64 << 10, "delta parcel is {delta} bytes (full {full})");
+    assert!(
+        delta < 64 << 10,
+        "delta parcel is {delta} bytes (full {full})"
+    );
     w.ok(&args(&w.import_args("v2.delta")));
-    w.ok(&["library", "--library", &w.s("b-lib"), "materialize", "-p", "CAS00001", "-v", "2", &w.s("out")]);
-    assert_eq!(freight_bench::tree::difference(&w.p("src"), &w.p("out")).unwrap(), None);
+    w.ok(&[
+        "library",
+        "--library",
+        &w.s("b-lib"),
+        "materialize",
+        "-p",
+        "CAS00001",
+        "-v",
+        "2",
+        &w.s("out"),
+    ]);
+    assert_eq!(
+        freight_bench::tree::difference(&w.p("src"), &w.p("out")).unwrap(),
+        None
+    );
     w.ok(&["library", "--library", &w.s("b-lib"), "verify"]);
 }
 
@@ -123,8 +192,29 @@ fn refusals_name_the_problem_and_change_nothing() {
     assert!(err.contains("PS2") && err.contains("PS1"), "{err}");
     // Unknown origin: a third site C that B never trusted.
     w.site("c-site", "CS3");
-    w.ok(&["library", "--library", &w.s("c-lib"), "ingest", "-p", "CAS00001", w.s("src").as_str()]);
-    w.ok(&["parcel", "--site", &w.s("c-site"), "--library", &w.s("c-lib"), "create", "-p", "CAS00001", "--to", "PS1", "--out", &w.s("c.parcel")]);
+    w.ok(&[
+        "library",
+        "--library",
+        &w.s("c-lib"),
+        "ingest",
+        "-p",
+        "CAS00001",
+        w.s("src").as_str(),
+    ]);
+    w.ok(&[
+        "parcel",
+        "--site",
+        &w.s("c-site"),
+        "--library",
+        &w.s("c-lib"),
+        "create",
+        "-p",
+        "CAS00001",
+        "--to",
+        "PS1",
+        "--out",
+        &w.s("c.parcel"),
+    ]);
     let err = w.fail(&args(&w.import_args("c.parcel")));
     assert!(err.contains("CS3"), "{err}");
     // Delta whose base B lacks.
@@ -140,7 +230,14 @@ fn refusals_name_the_problem_and_change_nothing() {
     let err = w.fail(&args(&w.import_args("v1.parcel")));
     assert!(err.contains("v1") || err.contains("version 1"), "{err}");
     // Revoked key.
-    w.ok(&["site", "--site", &w.s("b-site"), "identity", "revoke", "CAS"]);
+    w.ok(&[
+        "site",
+        "--site",
+        &w.s("b-site"),
+        "identity",
+        "revoke",
+        "CAS",
+    ]);
     let list = w.ok(&["site", "--site", &w.s("b-site"), "identity", "list"]);
     assert!(list.contains("revoked"), "{list}");
     std::fs::write(w.p("src/new2.txt"), "newer").unwrap();
@@ -169,7 +266,13 @@ fn a_tampered_instruction_fails_the_signature_even_with_a_fixed_checksum() {
     let sum = *blake3::hash(&b[..n - 40]).as_bytes();
     b[n - 40..n - 8].copy_from_slice(&sum);
     std::fs::write(w.p("forged.parcel"), &b).unwrap();
-    let inspect = w.ok(&["parcel", "--site", &w.s("b-site"), "inspect", &w.s("forged.parcel")]);
+    let inspect = w.ok(&[
+        "parcel",
+        "--site",
+        &w.s("b-site"),
+        "inspect",
+        &w.s("forged.parcel"),
+    ]);
     assert!(inspect.contains("INVALID"), "{inspect}");
     let err = w.fail(&args(&w.import_args("forged.parcel")));
     assert!(err.to_lowercase().contains("signature"), "{err}");
