@@ -1,6 +1,7 @@
 //! `freight library ...`: offline commands on a content library directory.
 
 use crate::error::CliError;
+use crate::output::print_json;
 use crate::progress_bar::Bar;
 use clap::{Args, Subcommand};
 use freight_core::ingest::{IngestOptions, ingest};
@@ -112,14 +113,6 @@ enum LibCmd {
 
 fn pkg(s: &str) -> Result<PackageId, CliError> {
     Ok(PackageId::parse(s)?)
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).map_err(|e| CliError::Usage(e.to_string()))?
-    );
-    Ok(())
 }
 
 /// Runs one `freight library` command.

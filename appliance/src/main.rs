@@ -6,6 +6,7 @@
 mod demo;
 mod error;
 mod library_cmd;
+mod output;
 mod parcel_cmd;
 mod progress_bar;
 mod site_cmd;

@@ -1,6 +1,7 @@
 //! `freight parcel ...`: courier parcels (create, inspect, import).
 
 use crate::error::CliError;
+use crate::output::print_json;
 use crate::progress_bar::Bar;
 use crate::site_cmd::site_dir;
 use crate::site_home::SiteHome;
@@ -167,10 +168,7 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                 parcel::create(&lib, &m, bm.as_ref(), &signed.encode(), &out, &progress)?
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r).map_err(|e| CliError::Usage(e.to_string()))?
-                );
+                print_json(&r)?;
             } else {
                 println!(
                     "{} {p} v{v}{} for site {to}: {} chunks, {} -> {}",
@@ -208,10 +206,7 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                     "sequence": instr.sequence, "created_unix": instr.created_unix, "notes": instr.notes,
                     "bytes": info.bytes, "chunks": info.chunks, "signature": status,
                 });
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).map_err(|e| CliError::Usage(e.to_string()))?
-                );
+                print_json(&v)?;
             } else {
                 println!("parcel       {}", file.display());
                 println!("origin       {}", instr.origin);
@@ -257,10 +252,7 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                 )?
             };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&r).map_err(|e| CliError::Usage(e.to_string()))?
-                );
+                print_json(&r)?;
             } else {
                 println!(
                     "imported {} v{}: {} chunks, {} new{}",

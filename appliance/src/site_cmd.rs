@@ -1,6 +1,7 @@
 //! `freight site ...`: this site's identity and the trust store of other sites.
 
 use crate::error::CliError;
+use crate::output::print_json;
 use crate::site_home::SiteHome;
 use clap::{Args, Subcommand};
 use freight_core::site::{PublicIdentity, SiteCode};
@@ -115,11 +116,7 @@ pub fn run(a: SiteArgs) -> Result<(), CliError> {
                                 })
                             })
                             .collect();
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&v)
-                                .map_err(|e| CliError::Usage(e.to_string()))?
-                        );
+                        print_json(&v)?;
                     } else {
                         println!("{:<5} {:<50} status", "site", "fingerprint");
                         for e in list {

@@ -31,6 +31,7 @@
 //! The body starts with its own magic, which keeps these signatures apart from anything else a
 //! site key signs.
 
+use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::id::PackageId;
 use crate::site::{SiteCode, SiteKey, TrustStore};
@@ -135,7 +136,7 @@ impl Instruction {
 
     /// Decodes and validates canonical bytes.
     pub fn decode(bytes: &[u8]) -> Result<Instruction> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        let mut r = Decoder::new(bytes, |o, reason: &str| err(o, reason));
         if bytes.len() > MAX_ENCODED {
             return Err(err(MAX_ENCODED, "longer than any instruction"));
         }
@@ -242,7 +243,7 @@ impl SignedInstruction {
     /// Decodes the framing strictly (length limit, exact size). The body itself is decoded and
     /// checked by [`SignedInstruction::verify`].
     pub fn decode(bytes: &[u8]) -> Result<SignedInstruction> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        let mut r = Decoder::new(bytes, |o, reason: &str| err(o, reason));
         let body = r.bytes(MAX_ENCODED)?.to_vec();
         let signature: [u8; 64] = r.take(SIGNATURE_LEN)?.try_into().expect("64 bytes");
         if r.pos != bytes.len() {
@@ -312,53 +313,6 @@ fn err(offset: usize, reason: &str) -> Error {
     Error::BadInstruction {
         offset,
         reason: reason.to_string(),
-    }
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.buf.len() - self.pos < n {
-            return Err(err(self.pos, "truncated"));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-
-    fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-
-    /// A length-prefixed byte string of at most `max` bytes; the limit is checked before the
-    /// bytes are touched.
-    fn bytes(&mut self, max: usize) -> Result<&'a [u8]> {
-        let at = self.pos;
-        let len = self.u32()? as usize;
-        if len > max {
-            return Err(err(at, &format!("length {len} exceeds the limit of {max}")));
-        }
-        self.take(len)
     }
 }
 

@@ -18,6 +18,7 @@
 //! `.` or `..` component. Decoding accepts exactly what encoding produces: nothing trails, every
 //! limit is checked before anything is allocated. The package hash is BLAKE3 of these bytes.
 
+use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackageId};
 use std::collections::{BTreeMap, HashSet};
@@ -160,11 +161,11 @@ impl Manifest {
 
     /// Decodes and validates canonical bytes; `what` names the manifest in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let mut r = Reader {
-            buf: bytes,
-            pos: 0,
-            what,
-        };
+        let mut r = Decoder::new(bytes, |offset, reason: &str| Error::BadManifest {
+            what: what.to_string(),
+            offset,
+            reason: reason.to_string(),
+        });
         if r.take(8)? != MAGIC {
             return Err(r.err(0, "not a Freight manifest (bad magic)"));
         }
@@ -407,56 +408,6 @@ pub fn check_symlink_target(link: &[u8], target: &[u8]) -> std::result::Result<(
         return Err("symlink target climbs above the package root");
     }
     Ok(())
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    what: &'a str,
-}
-
-impl<'a> Reader<'a> {
-    fn err(&self, offset: usize, reason: &str) -> Error {
-        Error::BadManifest {
-            what: self.what.to_string(),
-            offset,
-            reason: reason.to_string(),
-        }
-    }
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.remaining() < n {
-            return Err(self.err(self.pos, "truncated"));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn bytes(&mut self, max: usize) -> Result<&'a [u8]> {
-        let at = self.pos;
-        let n = self.u32()? as usize;
-        if n > max {
-            return Err(self.err(at, "length field exceeds its limit"));
-        }
-        self.take(n)
-    }
 }
 
 #[cfg(test)]
