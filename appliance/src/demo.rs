@@ -6,8 +6,11 @@
 
 use crate::error::CliError;
 use crate::progress_bar::Bar;
+use crate::site_home::SiteHome;
 use clap::Args;
 use freight_core::ingest::{IngestOptions, ingest};
+use freight_core::instruction::{Instruction, InstructionKind, SignedInstruction};
+use freight_core::site::SiteCode;
 use freight_core::units::human;
 use freight_core::{IoMode, Library, PackageId, Progress};
 use std::io::Write;
@@ -187,6 +190,59 @@ pub fn run(a: DemoArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError>
     );
     if !v.is_clean() {
         return Err(CliError::VerifyFailed(v.bad.len()));
+    }
+
+    step("courier: site CAS sends v1, then the v1 -> v2 delta, to site PS1 as parcels");
+    let cas = SiteHome::init(&work.join("site-CAS"), SiteCode::parse("CAS")?)?;
+    let ps1 = SiteHome::init(&work.join("site-PS1"), SiteCode::parse("PS1")?)?;
+    let id = cas.key.identity();
+    ps1.trust.import(&id)?;
+    println!("PS1 trusts CAS, key fingerprint {}", id.fingerprint());
+    let mut ps1_lib = Library::open_or_init(&work.join("library-PS1"), io)?;
+    for (v, base) in [(1, None), (2, Some(1))] {
+        let m = lib.manifest(&pkg, v)?;
+        let bm = base.map(|b| lib.manifest(&pkg, b)).transpose()?;
+        let instr = Instruction {
+            kind: if base.is_some() {
+                InstructionKind::Delta
+            } else {
+                InstructionKind::Package
+            },
+            origin: cas.code,
+            destination: ps1.code,
+            package: pkg.clone(),
+            version: v,
+            base_version: base,
+            manifest_hash: *m.hash().as_bytes(),
+            created_unix: 0,
+            sequence: cas.next_sequence()?,
+            notes: format!("demo parcel {v}"),
+        };
+        let signed = instr.sign(&cas.key)?.encode();
+        let file = work.join(format!("CAS00001-v{v}.parcel"));
+        let c = {
+            let _b = Bar::start(progress.clone(), quiet);
+            freight_core::parcel::create(&lib, &m, bm.as_ref(), &signed, &file, &progress)?
+        };
+        let r = {
+            let _b = Bar::start(progress.clone(), quiet);
+            freight_core::parcel::import(
+                &mut ps1_lib,
+                &file,
+                |h| {
+                    let s = SignedInstruction::decode(&h.instruction)?;
+                    s.verify(&ps1.trust, &ps1.code, None).map(|_| ())
+                },
+                &progress,
+            )?
+        };
+        println!(
+            "{} v{v}: {} ({} chunks) -> PS1 imported {} new chunks, signature checked",
+            if c.delta { "delta" } else { "parcel" },
+            human(c.bytes),
+            c.chunks,
+            r.new_chunks
+        );
     }
 
     step("materialise v2 and compare with the source");

@@ -136,3 +136,28 @@ fn a_running_writer_locks_out_a_second_one() {
     drop(held);
     ok(freight(&lib, &["gc"]));
 }
+
+#[test]
+fn the_demo_runs_end_to_end() {
+    let t = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
+        .args(["--quiet", "demo", "--size", "8MiB", "--dir"])
+        .arg(t.path().join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "installer identical = true",
+        "delta v2:",
+        "signature checked",
+        "clean",
+        "demo complete",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing from\n{stdout}");
+    }
+}
