@@ -277,3 +277,37 @@ fn a_tampered_instruction_fails_the_signature_even_with_a_fixed_checksum() {
     let err = w.fail(&args(&w.import_args("forged.parcel")));
     assert!(err.to_lowercase().contains("signature"), "{err}");
 }
+
+#[test]
+fn relative_output_paths_work_and_bad_ones_fail_cleanly() {
+    let w = World::new();
+    w.site("a-site", "CAS");
+    // A bare file name is written in the current directory.
+    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
+        .current_dir(&w.root)
+        .args([
+            "site", "--site", "a-site", "identity", "export", "--out", "CAS.id",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read_to_string(w.p("CAS.id"))
+            .unwrap()
+            .contains("site: CAS")
+    );
+    let err = w.fail(&[
+        "site",
+        "--site",
+        &w.s("a-site"),
+        "identity",
+        "export",
+        "--out",
+        "/",
+    ]);
+    assert!(err.contains("not a file name"), "{err}");
+}

@@ -54,9 +54,16 @@ pub struct Library {
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, directory fsync.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("file in a directory");
-    let name = path.file_name().expect("file name").to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // A bare file name lives in the current directory.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name() else {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name");
+        return Err(Error::io(path, "write", e));
+    };
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let res = (|| {
         let f = OpenOptions::new()
             .write(true)
