@@ -598,12 +598,9 @@ fn negotiate(peer_min: u16, peer_max: u16) -> Option<u16> {
     (peer_min <= peer_max && lo <= hi).then_some(hi)
 }
 
-fn version_mismatch(role: &str, min: u16, max: u16) -> Error {
-    proto(
-        ProtocolError::VersionMismatch,
-        format!(
-            "{role}: peer speaks protocol versions {min}..={max}, this side {VERSION_MIN}..={VERSION_MAX}, no overlap"
-        ),
+fn version_mismatch(role: &str, min: u16, max: u16) -> String {
+    format!(
+        "{role}: peer speaks protocol versions {min}..={max}, this side {VERSION_MIN}..={VERSION_MAX}, no overlap"
     )
 }
 
@@ -741,11 +738,8 @@ impl Sender {
                     Ok(Vec::new())
                 }
                 None => {
-                    let e = version_mismatch(&self.role(), version_min, version_max);
-                    let Error::Protocol { code, detail } = e else {
-                        unreachable!()
-                    };
-                    Err(self.fail(code, detail))
+                    let detail = version_mismatch(&self.role(), version_min, version_max);
+                    Err(self.fail(ProtocolError::VersionMismatch, detail))
                 }
             },
             (SenderState::AwaitNeed, Message::Need { chunks }) => {
@@ -959,12 +953,8 @@ impl Receiver {
                     Ok(Vec::new())
                 }
                 None => {
-                    let Error::Protocol { code, detail } =
-                        version_mismatch(&self.role(), version_min, version_max)
-                    else {
-                        unreachable!()
-                    };
-                    Err(self.fail(code, detail))
+                    let detail = version_mismatch(&self.role(), version_min, version_max);
+                    Err(self.fail(ProtocolError::VersionMismatch, detail))
                 }
             },
             (
@@ -1867,9 +1857,11 @@ mod tests {
         for len in [MAX_FRAME + 1, u32::MAX] {
             let mut d = FrameDecoder::new();
             d.push(&len.to_le_bytes());
+            d.push(&[T_CHUNK; 8]);
             let err = d.next_message().unwrap_err();
             assert_eq!(code_of(&err), Some(ProtocolError::FrameTooLarge));
-            assert!(d.buf.capacity() < 64, "allocated {}", d.buf.capacity());
+            assert!(err.to_string().contains(&len.to_string()), "{err}");
+            assert_eq!(d.buffered(), 0);
             // Poisoned: the same error again, further input ignored.
             d.push(&[0; 16]);
             assert_eq!(d.next_message().unwrap_err(), err);
@@ -1879,6 +1871,7 @@ mod tests {
         d.push(&MAX_FRAME.to_le_bytes());
         d.push(&[T_CHUNK]);
         assert_eq!(d.next_message().unwrap(), None);
+        assert_eq!(d.buffered(), 5);
         assert!(d.buf.capacity() < 1024);
         // A zero length is rejected too.
         let mut d = FrameDecoder::new();
