@@ -1,0 +1,48 @@
+//! The crate's one error enum. Every message is one line that names the object or peer and
+//! says what to do about it.
+
+use crate::protocol::ProtocolError;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the transport.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The peer broke the protocol (or the local side detected a bad frame, chunk or manifest);
+    /// the session is over and, where possible, an `Abort` with `code` was queued for the peer.
+    #[error("{detail} (protocol error {}: {code}); {}", code.code(), code.remedy())]
+    Protocol {
+        /// What kind of violation.
+        code: ProtocolError,
+        /// One line naming the peer and object (chunk, package, frame) concerned.
+        detail: String,
+    },
+    /// The peer sent `Abort`; the session is over.
+    #[error(
+        "peer aborted the transfer with code {code} ({}): {reason}; fix the cause on the peer, then run the session again (it resumes with the missing chunks)",
+        ProtocolError::name_of(*code)
+    )]
+    PeerAborted {
+        /// The peer's error code (see [`ProtocolError`]; unknown codes are kept as sent).
+        code: u16,
+        /// The peer's one-line reason.
+        reason: String,
+    },
+    /// Something is too large for one frame of this protocol version.
+    #[error(
+        "{what} is {size} bytes, more than one protocol frame carries ({max}); split the package or use smaller chunks"
+    )]
+    TooLarge {
+        /// The object, e.g. `chunk 1a2b3c4d5e6f7a8b of CAS00001 v3`.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The I/O shell called the state machine wrongly (a bug in the caller, not the peer);
+    /// nothing was sent.
+    #[error("{0}; this is a bug in the transport's I/O shell, fix the caller")]
+    Misuse(String),
+}
