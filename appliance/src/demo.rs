@@ -9,7 +9,7 @@ use crate::progress_bar::Bar;
 use crate::site_home::SiteHome;
 use clap::Args;
 use freight_core::ingest::{IngestOptions, ingest};
-use freight_core::instruction::{Instruction, InstructionKind, SignedInstruction};
+use freight_core::instruction::SignedInstruction;
 use freight_core::site::SiteCode;
 use freight_core::units::human;
 use freight_core::{IoMode, Library, PackageId, Progress};
@@ -202,23 +202,7 @@ pub fn run(a: DemoArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError>
     for (v, base) in [(1, None), (2, Some(1))] {
         let m = lib.manifest(&pkg, v)?;
         let bm = base.map(|b| lib.manifest(&pkg, b)).transpose()?;
-        let instr = Instruction {
-            kind: if base.is_some() {
-                InstructionKind::Delta
-            } else {
-                InstructionKind::Package
-            },
-            origin: cas.code,
-            destination: ps1.code,
-            package: pkg.clone(),
-            version: v,
-            base_version: base,
-            manifest_hash: *m.hash().as_bytes(),
-            created_unix: 0,
-            sequence: cas.next_sequence()?,
-            notes: format!("demo parcel {v}"),
-        };
-        let signed = instr.sign(&cas.key)?.encode();
+        let signed = cas.sign_parcel(ps1.code, &m, base, format!("demo parcel {v}"))?;
         let file = work.join(format!("CAS00001-v{v}.parcel"));
         let c = {
             let _b = Bar::start(progress.clone(), quiet);

@@ -144,28 +144,10 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
             };
             let m = lib.manifest(&p, v)?;
             let bm = base.map(|b| lib.manifest(&p, b)).transpose()?;
-            let instr = Instruction {
-                kind: if base.is_some() {
-                    InstructionKind::Delta
-                } else {
-                    InstructionKind::Package
-                },
-                origin: home.code,
-                destination: SiteCode::parse(&to)?,
-                package: p.clone(),
-                version: v,
-                base_version: base,
-                manifest_hash: *m.hash().as_bytes(),
-                created_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64),
-                sequence: home.next_sequence()?,
-                notes,
-            };
-            let signed = instr.sign(&home.key)?;
+            let signed = home.sign_parcel(SiteCode::parse(&to)?, &m, base, notes)?;
             let r = {
                 let _bar = Bar::start(progress.clone(), quiet);
-                parcel::create(&lib, &m, bm.as_ref(), &signed.encode(), &out, &progress)?
+                parcel::create(&lib, &m, bm.as_ref(), &signed, &out, &progress)?
             };
             if json {
                 print_json(&r)?;

@@ -8,6 +8,8 @@
 //! ```
 
 use crate::error::CliError;
+use freight_core::Manifest;
+use freight_core::instruction::{Instruction, InstructionKind};
 use freight_core::site::{SiteCode, SiteKey, TrustStore};
 use std::path::{Path, PathBuf};
 
@@ -86,5 +88,35 @@ impl SiteHome {
         let next = last + 1;
         freight_core::library::write_atomic(&path, next.to_string().as_bytes())?;
         Ok(next)
+    }
+
+    /// Signs the instruction that sends package version `m` (a delta when `base` is given) to
+    /// site `to`, taking the next sequence number; returns its encoding for a parcel.
+    pub fn sign_parcel(
+        &self,
+        to: SiteCode,
+        m: &Manifest,
+        base: Option<u32>,
+        notes: String,
+    ) -> Result<Vec<u8>, CliError> {
+        let instr = Instruction {
+            kind: if base.is_some() {
+                InstructionKind::Delta
+            } else {
+                InstructionKind::Package
+            },
+            origin: self.code,
+            destination: to,
+            package: m.package.clone(),
+            version: m.version,
+            base_version: base,
+            manifest_hash: *m.hash().as_bytes(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            sequence: self.next_sequence()?,
+            notes,
+        };
+        Ok(instr.sign(&self.key)?.encode())
     }
 }

@@ -604,6 +604,40 @@ fn version_mismatch(role: &str, min: u16, max: u16) -> String {
     )
 }
 
+/// What both ends of a session share: the outbox, the negotiated version, and how a session
+/// ends (our Abort queued once, or the peer's Abort received).
+#[derive(Debug, Default)]
+struct Link {
+    outbox: VecDeque<Message>,
+    protocol_version: Option<u16>,
+    aborted: bool,
+}
+
+impl Link {
+    /// Drops whatever was still queued and queues one `Abort`; returns the error to report.
+    fn fail(&mut self, code: ProtocolError, detail: String) -> Error {
+        if !self.aborted {
+            self.aborted = true;
+            self.outbox.clear();
+            self.outbox.push_back(Message::abort(code, &detail));
+        }
+        proto(code, detail)
+    }
+
+    /// The peer aborted: nothing more is sent.
+    fn peer_aborted(&mut self, code: u16, reason: String) -> Error {
+        self.aborted = true;
+        self.outbox.clear();
+        Error::PeerAborted { code, reason }
+    }
+
+    /// Records the version agreed with the peer's `Hello`; false when the ranges do not meet.
+    fn hello(&mut self, version_min: u16, version_max: u16) -> bool {
+        self.protocol_version = negotiate(version_min, version_max);
+        self.protocol_version.is_some()
+    }
+}
+
 /// What the sender's I/O shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SenderEvent {
@@ -635,8 +669,7 @@ pub struct Sender {
     chunks: BTreeMap<ChunkId, u32>,
     pending: HashSet<ChunkId>,
     state: SenderState,
-    outbox: VecDeque<Message>,
-    protocol_version: Option<u16>,
+    link: Link,
 }
 
 impl Sender {
@@ -664,14 +697,16 @@ impl Sender {
             chunks: manifest.chunks(),
             pending: HashSet::new(),
             state: SenderState::AwaitHello,
-            outbox,
-            protocol_version: None,
+            link: Link {
+                outbox,
+                ..Link::default()
+            },
         })
     }
 
     /// The next message to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Message> {
-        self.outbox.pop_front()
+        self.link.outbox.pop_front()
     }
 
     /// True once the receiver confirmed the commit with the right hash.
@@ -686,7 +721,7 @@ impl Sender {
 
     /// The negotiated protocol version, once the peer's `Hello` arrived.
     pub fn protocol_version(&self) -> Option<u16> {
-        self.protocol_version
+        self.link.protocol_version
     }
 
     fn role(&self) -> String {
@@ -694,12 +729,8 @@ impl Sender {
     }
 
     fn fail(&mut self, code: ProtocolError, detail: String) -> Error {
-        if self.state != SenderState::Failed {
-            self.outbox.clear();
-            self.outbox.push_back(Message::abort(code, &detail));
-            self.state = SenderState::Failed;
-        }
-        proto(code, detail)
+        self.state = SenderState::Failed;
+        self.link.fail(code, detail)
     }
 
     fn unexpected(&mut self, msg: &Message) -> Error {
@@ -716,8 +747,7 @@ impl Sender {
     pub fn handle(&mut self, msg: Message) -> Result<Vec<SenderEvent>> {
         if let Message::Abort { code, reason } = msg {
             self.state = SenderState::Failed;
-            self.outbox.clear();
-            return Err(Error::PeerAborted { code, reason });
+            return Err(self.link.peer_aborted(code, reason));
         }
         match (&self.state, msg) {
             (
@@ -726,10 +756,9 @@ impl Sender {
                     version_min,
                     version_max,
                 },
-            ) => match negotiate(version_min, version_max) {
-                Some(v) => {
-                    self.protocol_version = Some(v);
-                    self.outbox.push_back(Message::Offer {
+            ) => match self.link.hello(version_min, version_max) {
+                true => {
+                    self.link.outbox.push_back(Message::Offer {
                         package: self.package.clone(),
                         version: self.version,
                         manifest: self.manifest.clone(),
@@ -737,7 +766,7 @@ impl Sender {
                     self.state = SenderState::AwaitNeed;
                     Ok(Vec::new())
                 }
-                None => {
+                false => {
                     let detail = version_mismatch(&self.role(), version_min, version_max);
                     Err(self.fail(ProtocolError::VersionMismatch, detail))
                 }
@@ -756,7 +785,7 @@ impl Sender {
                 }
                 self.pending = seen;
                 if self.pending.is_empty() {
-                    self.outbox.push_back(Message::Done);
+                    self.link.outbox.push_back(Message::Done);
                     self.state = SenderState::AwaitCommit;
                 } else {
                     self.state = SenderState::Sending;
@@ -799,14 +828,14 @@ impl Sender {
             });
         }
         self.pending.remove(&id);
-        self.outbox.push_back(Message::Chunk {
+        self.link.outbox.push_back(Message::Chunk {
             id,
             ulen,
             flags,
             data,
         });
         if self.pending.is_empty() {
-            self.outbox.push_back(Message::Done);
+            self.link.outbox.push_back(Message::Done);
             self.state = SenderState::AwaitCommit;
         }
         Ok(())
@@ -864,12 +893,11 @@ enum ReceiverState {
 #[derive(Debug)]
 pub struct Receiver {
     state: ReceiverState,
-    outbox: VecDeque<Message>,
     manifest: Option<Manifest>,
     hash: [u8; 32],
     lens: BTreeMap<ChunkId, u32>,
     missing: HashSet<ChunkId>,
-    protocol_version: Option<u16>,
+    link: Link,
 }
 
 impl Default for Receiver {
@@ -883,18 +911,17 @@ impl Receiver {
     pub fn new() -> Receiver {
         Receiver {
             state: ReceiverState::AwaitHello,
-            outbox: VecDeque::new(),
+            link: Link::default(),
             manifest: None,
             hash: [0; 32],
             lens: BTreeMap::new(),
             missing: HashSet::new(),
-            protocol_version: None,
         }
     }
 
     /// The next message to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Message> {
-        self.outbox.pop_front()
+        self.link.outbox.pop_front()
     }
 
     /// True once `Committed` has been queued.
@@ -909,7 +936,7 @@ impl Receiver {
 
     /// The negotiated protocol version, once the peer's `Hello` arrived.
     pub fn protocol_version(&self) -> Option<u16> {
-        self.protocol_version
+        self.link.protocol_version
     }
 
     fn role(&self) -> String {
@@ -920,20 +947,15 @@ impl Receiver {
     }
 
     fn fail(&mut self, code: ProtocolError, detail: String) -> Error {
-        if self.state != ReceiverState::Failed {
-            self.outbox.clear();
-            self.outbox.push_back(Message::abort(code, &detail));
-            self.state = ReceiverState::Failed;
-        }
-        proto(code, detail)
+        self.state = ReceiverState::Failed;
+        self.link.fail(code, detail)
     }
 
     /// Processes one message from the sender.
     pub fn handle(&mut self, msg: Message) -> Result<Vec<ReceiverEvent>> {
         if let Message::Abort { code, reason } = msg {
             self.state = ReceiverState::Failed;
-            self.outbox.clear();
-            return Err(Error::PeerAborted { code, reason });
+            return Err(self.link.peer_aborted(code, reason));
         }
         match (self.state, msg) {
             (
@@ -942,17 +964,16 @@ impl Receiver {
                     version_min,
                     version_max,
                 },
-            ) => match negotiate(version_min, version_max) {
-                Some(v) => {
-                    self.protocol_version = Some(v);
-                    self.outbox.push_back(Message::Hello {
+            ) => match self.link.hello(version_min, version_max) {
+                true => {
+                    self.link.outbox.push_back(Message::Hello {
                         version_min: VERSION_MIN,
                         version_max: VERSION_MAX,
                     });
                     self.state = ReceiverState::AwaitOffer;
                     Ok(Vec::new())
                 }
-                None => {
+                false => {
                     let detail = version_mismatch(&self.role(), version_min, version_max);
                     Err(self.fail(ProtocolError::VersionMismatch, detail))
                 }
@@ -1080,7 +1101,7 @@ impl Receiver {
             }
         }
         self.missing = seen;
-        self.outbox.push_back(Message::Need { chunks: need });
+        self.link.outbox.push_back(Message::Need { chunks: need });
         self.state = ReceiverState::Receiving;
         Ok(())
     }
@@ -1095,7 +1116,8 @@ impl Receiver {
                 self.state
             )));
         }
-        self.outbox
+        self.link
+            .outbox
             .push_back(Message::Committed { hash: self.hash });
         self.state = ReceiverState::Done;
         Ok(())
