@@ -240,6 +240,18 @@ pub enum Error {
         /// Fingerprint of the key offered.
         offered: String,
     },
+    /// A peer presented a key other than the one trusted for its site.
+    #[error(
+        "site {site}: presented key {presented}, but the trust store holds {trusted} for {site}; refusing it (if {site} really has a new key, revoke the old one and import its new identity)"
+    )]
+    WrongKey {
+        /// The site code the peer claims.
+        site: String,
+        /// Fingerprint of the key presented.
+        presented: String,
+        /// Fingerprint of the key trusted for the site.
+        trusted: String,
+    },
     /// A site whose identity is not in the trust store.
     #[error("site {0}: not in the trust store; import its identity first")]
     UnknownSite(String),

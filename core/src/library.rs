@@ -345,7 +345,11 @@ impl Library {
     }
 
     /// Starts an append transaction. `reuse_last` lets it continue the newest pack.
-    pub(crate) fn writer(&self, reuse_last: bool) -> Writer {
+    ///
+    /// One transaction at a time per library: the caller serialises them (two open writers
+    /// would pick the same new pack number). Nothing appended is visible until
+    /// [`Writer::commit`] and [`apply`](Self::apply).
+    pub fn writer(&self, reuse_last: bool) -> Writer {
         self.require_write();
         let next = self.packs.keys().next_back().map_or(1, |n| n + 1);
         let reuse = if reuse_last {
@@ -366,8 +370,8 @@ impl Library {
         )
     }
 
-    /// Records a committed transaction in the in-memory state.
-    pub(crate) fn apply(&mut self, c: Committed) {
+    /// Records a committed transaction in the in-memory state: its chunks become visible.
+    pub fn apply(&mut self, c: Committed) {
         for (n, info) in c.packs {
             self.packs.insert(n, info);
         }

@@ -320,6 +320,20 @@ impl SiteKey {
         self.key.sign(msg).to_bytes()
     }
 
+    /// The secret key as PKCS#8 v1 DER (RFC 8410), for TLS: a site's QUIC certificate is
+    /// made with, and its handshakes are signed by, the site key itself.
+    pub fn pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }
+        const PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let mut der = Zeroizing::new(Vec::with_capacity(48));
+        der.extend_from_slice(&PREFIX);
+        der.extend_from_slice(self.key.as_bytes());
+        der
+    }
+
     /// The public identity to hand to other sites.
     pub fn identity(&self) -> PublicIdentity {
         PublicIdentity {
@@ -482,6 +496,33 @@ impl TrustStore {
                 }),
                 None => Err(Error::UnknownSite(code.to_string())),
             },
+        }
+    }
+
+    /// Checks that `key` is the trusted key of site `code` (a peer authenticating itself).
+    ///
+    /// Fails with [`Error::UnknownSite`] when the site is not trusted at all,
+    /// [`Error::RevokedKey`] (naming `key`'s fingerprint) when `key` is a revoked key of the
+    /// site or the site's key was revoked, and [`Error::WrongKey`] when the site is trusted
+    /// with another key.
+    pub fn authenticate(&self, code: SiteCode, key: &[u8; 32]) -> Result<PublicIdentity> {
+        let presented = PublicIdentity { code, key: *key };
+        let revoked = |fingerprint| Error::RevokedKey {
+            site: code.to_string(),
+            fingerprint,
+        };
+        if self.revoked_keys(code)?.iter().any(|r| r.key == *key) {
+            return Err(revoked(presented.fingerprint()));
+        }
+        match self.lookup(code) {
+            Ok(id) if id.key == *key => Ok(id),
+            Ok(id) => Err(Error::WrongKey {
+                site: code.to_string(),
+                presented: presented.fingerprint(),
+                trusted: id.fingerprint(),
+            }),
+            Err(Error::RevokedKey { .. }) => Err(revoked(presented.fingerprint())),
+            Err(e) => Err(e),
         }
     }
 
@@ -677,7 +718,8 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line.strip_prefix(name)?.strip_prefix(": ")
 }
 
-fn fingerprint_of(key: &[u8; 32]) -> String {
+/// The fingerprint of an Ed25519 public key (see [`PublicIdentity::fingerprint`]).
+pub fn fingerprint_of(key: &[u8; 32]) -> String {
     let h = blake3::hash(key);
     let hexed = hex(&h.as_bytes()[..20]).to_ascii_uppercase();
     hexed

@@ -340,6 +340,72 @@ fn trust_store_import_conflict_revoke_and_reimport() {
 }
 
 #[test]
+fn authenticate_names_the_presented_key_in_each_refusal() {
+    let p = pair();
+    let old = p.cas.identity();
+    let stranger = SiteKey::load_or_create(&p.root.join("x/site.key"), code("CAS")).unwrap();
+    let stranger = stranger.identity();
+
+    assert_eq!(p.trust.authenticate(code("CAS"), &old.key).unwrap(), old);
+    match p.trust.authenticate(code("ZZZ"), &old.key) {
+        Err(ref e @ Error::UnknownSite(ref s)) => {
+            assert_eq!(s, "ZZZ");
+            one_line(e);
+        }
+        r => panic!("{r:?}"),
+    }
+    match p.trust.authenticate(code("CAS"), &stranger.key) {
+        Err(
+            ref e @ Error::WrongKey {
+                ref presented,
+                ref trusted,
+                ..
+            },
+        ) => {
+            assert_eq!(presented, &stranger.fingerprint());
+            assert_eq!(trusted, &old.fingerprint());
+            one_line(e);
+        }
+        r => panic!("{r:?}"),
+    }
+    // Revoked, with or without a newer key imported: the presented key is named.
+    p.trust.revoke(code("CAS")).unwrap();
+    for presented in [old, stranger] {
+        match p.trust.authenticate(code("CAS"), &presented.key) {
+            Err(
+                ref e @ Error::RevokedKey {
+                    ref fingerprint, ..
+                },
+            ) => {
+                assert_eq!(fingerprint, &presented.fingerprint());
+                one_line(e);
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    p.trust.import(&stranger).unwrap();
+    assert_eq!(
+        p.trust.authenticate(code("CAS"), &stranger.key).unwrap(),
+        stranger
+    );
+    match p.trust.authenticate(code("CAS"), &old.key) {
+        Err(Error::RevokedKey { fingerprint, .. }) => assert_eq!(fingerprint, old.fingerprint()),
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn pkcs8_export_holds_the_site_key() {
+    let p = pair();
+    let der = p.cas.pkcs8_der();
+    assert_eq!(der.len(), 48);
+    // The last 32 bytes are the seed: the public key derived from it is the site's.
+    let seed: [u8; 32] = der[16..].try_into().unwrap();
+    let derived = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    assert_eq!(derived.to_bytes(), p.cas.identity().key);
+}
+
+#[test]
 fn a_crash_during_revoke_never_brings_the_key_back() {
     let p = pair();
     let trusted = p.root.join("ps1/trust/CAS.identity");

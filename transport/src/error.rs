@@ -7,7 +7,7 @@ use crate::protocol::ProtocolError;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the transport.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The peer broke the protocol (or the local side detected a bad frame, chunk or manifest);
     /// the session is over and, where possible, an `Abort` with `code` was queued for the peer.
@@ -41,6 +41,37 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// TLS could not be set up locally (certificate or configuration).
+    #[error("{0}; check the site key and trust store")]
+    Tls(String),
+    /// A peer's certificate was refused at the handshake (unknown, revoked or unbound key,
+    /// wrong site); the message names the site and the key's fingerprint.
+    #[error("{0}")]
+    PeerRefused(String),
+    /// The QUIC connection to or from a peer failed or was lost.
+    #[error("connection with {peer}: {reason}; {remedy}")]
+    Connection {
+        /// The peer's address and, once known, its site.
+        peer: String,
+        /// What happened.
+        reason: String,
+        /// What to do.
+        remedy: &'static str,
+    },
+    /// A local socket or endpoint operation failed.
+    #[error("{what}: {source}; {remedy}")]
+    Io {
+        /// What was being done, e.g. `bind UDP 127.0.0.1:4433`.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+        /// What to do.
+        remedy: &'static str,
+    },
+    /// The content library or trust store failed (its message names the object and the fix).
+    #[error(transparent)]
+    Core(#[from] freight_core::Error),
     /// The I/O shell called the state machine wrongly (a bug in the caller, not the peer);
     /// nothing was sent.
     #[error("{0}; this is a bug in the transport's I/O shell, fix the caller")]

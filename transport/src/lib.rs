@@ -6,8 +6,13 @@
 
 pub mod error;
 pub mod protocol;
+pub mod quic;
+pub mod session;
+pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub use protocol::{
-    FrameDecoder, MAX_FRAME, Message, ProtocolError, Receiver, ReceiverEvent, Sender, SenderEvent,
+    ChunkVerifier, FrameDecoder, MAX_FRAME, Message, ProtocolError, Receiver, ReceiverEvent,
+    Sender, SenderEvent, VerifiedChunk,
 };

@@ -67,6 +67,7 @@ use freight_core::manifest::MAX_CHUNK;
 use freight_core::{ChunkId, Manifest, PackageId};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 /// Largest frame length (type byte + payload): 8 MiB + 64.
 pub const MAX_FRAME: u32 = (8 << 20) + 64;
@@ -354,10 +355,7 @@ impl Message {
                 flags,
                 data,
             } => {
-                out.push(T_CHUNK);
-                out.extend_from_slice(&id.0);
-                out.extend_from_slice(&ulen.to_le_bytes());
-                out.push(*flags);
+                out.extend_from_slice(&chunk_header(id, *ulen, *flags, data.len())[4..]);
                 out.extend_from_slice(data);
             }
             Message::Done => out.push(T_DONE),
@@ -469,6 +467,21 @@ impl Message {
     }
 }
 
+/// Bytes of a `Chunk` frame before its data.
+pub const CHUNK_HEADER: usize = 4 + 1 + 32 + 4 + 1;
+
+/// The start of a `Chunk` frame whose data (`data_len` bytes) follows separately, so an I/O
+/// shell can send the data without copying it. The peer checks the frame length as usual.
+pub fn chunk_header(id: &ChunkId, ulen: u32, flags: u8, data_len: usize) -> [u8; CHUNK_HEADER] {
+    let mut h = [0u8; CHUNK_HEADER];
+    h[..4].copy_from_slice(&((CHUNK_HEADER - 4 + data_len) as u32).to_le_bytes());
+    h[4] = T_CHUNK;
+    h[5..37].copy_from_slice(&id.0);
+    h[37..41].copy_from_slice(&ulen.to_le_bytes());
+    h[41] = flags;
+    h
+}
+
 /// Frames `msg`: length, type, payload.
 pub fn encode(msg: &Message) -> Vec<u8> {
     let mut out = Vec::new();
@@ -526,7 +539,7 @@ impl<'a> Reader<'a> {
 pub struct FrameDecoder {
     buf: Vec<u8>,
     start: usize,
-    failed: Option<Error>,
+    failed: Option<(ProtocolError, String)>,
 }
 
 impl FrameDecoder {
@@ -557,8 +570,8 @@ impl FrameDecoder {
 
     /// The next complete message; `Ok(None)` if more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Message>> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
+        if let Some((code, detail)) = &self.failed {
+            return Err(proto(*code, detail.clone()));
         }
         let avail = &self.buf[self.start..];
         if avail.len() < 4 {
@@ -585,7 +598,9 @@ impl FrameDecoder {
     }
 
     fn fail(&mut self, e: Error) -> Error {
-        self.failed = Some(e.clone());
+        if let Error::Protocol { code, detail } = &e {
+            self.failed = Some((*code, detail.clone()));
+        }
         self.buf = Vec::new();
         self.start = 0;
         e
@@ -895,9 +910,81 @@ pub struct Receiver {
     state: ReceiverState,
     manifest: Option<Manifest>,
     hash: [u8; 32],
-    lens: BTreeMap<ChunkId, u32>,
+    verifier: Option<ChunkVerifier>,
     missing: HashSet<ChunkId>,
     link: Link,
+}
+
+/// Checks chunks against one offered manifest. Cheap to clone and `Send`, so the I/O shell can
+/// verify chunks on several threads and hand only [`VerifiedChunk`]s to the [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct ChunkVerifier {
+    lens: Arc<BTreeMap<ChunkId, u32>>,
+    hash: [u8; 32],
+    role: Arc<str>,
+}
+
+/// A chunk whose bytes were checked against its ID and the manifest; only a
+/// [`ChunkVerifier`] makes one.
+#[derive(Debug)]
+pub struct VerifiedChunk {
+    id: ChunkId,
+    ulen: u32,
+    flags: u8,
+    data: Vec<u8>,
+    manifest_hash: [u8; 32],
+}
+
+impl VerifiedChunk {
+    /// The chunk's ID.
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// Stored bytes (compressed when `flags` has [`FLAG_ZSTD`]).
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl ChunkVerifier {
+    /// Verifies one received chunk: named by the manifest, flags known, length as the manifest
+    /// says, bytes decompress to exactly that and hash to the ID. Pure; safe on any thread.
+    pub fn verify(
+        &self,
+        id: ChunkId,
+        ulen: u32,
+        flags: u8,
+        data: Vec<u8>,
+    ) -> Result<VerifiedChunk> {
+        let Some(&expected) = self.lens.get(&id) else {
+            return Err(proto(
+                ProtocolError::UnexpectedChunk,
+                format!(
+                    "{}: sending peer sent chunk {} which the manifest does not name",
+                    self.role,
+                    id.short()
+                ),
+            ));
+        };
+        if let Err(why) = verify_chunk(id, ulen, flags, &data, expected) {
+            return Err(proto(
+                ProtocolError::BadChunk,
+                format!(
+                    "{}: chunk {} from the sending peer is bad: {why}; not stored",
+                    self.role,
+                    id.short()
+                ),
+            ));
+        }
+        Ok(VerifiedChunk {
+            id,
+            ulen,
+            flags,
+            data,
+            manifest_hash: self.hash,
+        })
+    }
 }
 
 impl Default for Receiver {
@@ -914,7 +1001,7 @@ impl Receiver {
             link: Link::default(),
             manifest: None,
             hash: [0; 32],
-            lens: BTreeMap::new(),
+            verifier: None,
             missing: HashSet::new(),
         }
     }
@@ -994,7 +1081,11 @@ impl Receiver {
                     flags,
                     data,
                 },
-            ) => self.chunk(id, ulen, flags, data).map(|e| vec![e]),
+            ) => {
+                let verifier = self.verifier.clone().expect("verifier set in Receiving");
+                let checked = verifier.verify(id, ulen, flags, data);
+                self.handle_checked(checked).map(|e| vec![e])
+            }
             (ReceiverState::Receiving, Message::Done) => {
                 if !self.missing.is_empty() {
                     let mut first: Vec<&ChunkId> = self.missing.iter().collect();
@@ -1044,35 +1135,58 @@ impl Receiver {
             return Err(self.fail(ProtocolError::BadManifest, detail));
         }
         self.hash = *blake3::hash(&bytes).as_bytes();
-        self.lens = manifest.chunks();
         self.manifest = Some(manifest.clone());
+        self.verifier = Some(ChunkVerifier {
+            lens: Arc::new(manifest.chunks()),
+            hash: self.hash,
+            role: self.role().into(),
+        });
         self.state = ReceiverState::AwaitLacking;
         Ok(vec![ReceiverEvent::Lookup { manifest }])
     }
 
-    fn chunk(&mut self, id: ChunkId, ulen: u32, flags: u8, data: Vec<u8>) -> Result<ReceiverEvent> {
-        if !self.missing.contains(&id) {
+    /// The verifier of the offered manifest's chunks, once an `Offer` was accepted.
+    pub fn verifier(&self) -> Option<ChunkVerifier> {
+        self.verifier.clone()
+    }
+
+    /// Takes a chunk of a `Chunk` message that the shell verified with
+    /// [`verifier`](Self::verifier), or the verification error, which ends the session as a bad
+    /// chunk handed to [`handle`](Self::handle) would.
+    pub fn handle_checked(&mut self, checked: Result<VerifiedChunk>) -> Result<ReceiverEvent> {
+        if self.state != ReceiverState::Receiving {
+            let detail = format!(
+                "{}: sending peer sent Chunk in state {:?}",
+                self.role(),
+                self.state
+            );
+            return Err(self.fail(ProtocolError::UnexpectedMessage, detail));
+        }
+        let chunk = match checked {
+            Ok(c) => c,
+            Err(Error::Protocol { code, detail }) => return Err(self.fail(code, detail)),
+            Err(e) => return Err(e),
+        };
+        if chunk.manifest_hash != self.hash {
+            return Err(Error::Misuse(format!(
+                "{}: chunk {} was verified against another manifest",
+                self.role(),
+                chunk.id.short()
+            )));
+        }
+        if !self.missing.remove(&chunk.id) {
             let detail = format!(
                 "{}: sending peer sent chunk {} which was not needed or already received",
                 self.role(),
-                id.short()
+                chunk.id.short()
             );
             return Err(self.fail(ProtocolError::UnexpectedChunk, detail));
         }
-        if let Err(why) = verify_chunk(id, ulen, flags, &data, self.lens[&id]) {
-            let detail = format!(
-                "{}: chunk {} from the sending peer is bad: {why}; not stored",
-                self.role(),
-                id.short()
-            );
-            return Err(self.fail(ProtocolError::BadChunk, detail));
-        }
-        self.missing.remove(&id);
         Ok(ReceiverEvent::Store {
-            id,
-            ulen,
-            flags,
-            data,
+            id: chunk.id,
+            ulen: chunk.ulen,
+            flags: chunk.flags,
+            data: chunk.data,
         })
     }
 
@@ -1089,7 +1203,11 @@ impl Receiver {
         let mut need = Vec::new();
         let mut seen = HashSet::new();
         for id in ids {
-            if !self.lens.contains_key(&id) {
+            if !self
+                .verifier
+                .as_ref()
+                .is_some_and(|v| v.lens.contains_key(&id))
+            {
                 return Err(Error::Misuse(format!(
                     "{}: lacking() names chunk {} which the manifest does not",
                     self.role(),
@@ -1726,12 +1844,9 @@ mod tests {
         let err = s
             .handle(Message::abort(ProtocolError::Aborted, "disk full"))
             .unwrap_err();
-        assert_eq!(
-            err,
-            Error::PeerAborted {
-                code: 11,
-                reason: "disk full".into()
-            }
+        assert!(
+            matches!(&err, Error::PeerAborted { code: 11, reason } if reason == "disk full"),
+            "{err:?}"
         );
         assert!(err.to_string().contains("aborted"));
         assert!(s.is_failed());
@@ -1886,7 +2001,7 @@ mod tests {
             assert_eq!(d.buffered(), 0);
             // Poisoned: the same error again, further input ignored.
             d.push(&[0; 16]);
-            assert_eq!(d.next_message().unwrap_err(), err);
+            assert_eq!(d.next_message().unwrap_err().to_string(), err.to_string());
         }
         // The largest legal length only waits for more.
         let mut d = FrameDecoder::new();

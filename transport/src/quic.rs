@@ -1,0 +1,317 @@
+//! The QUIC shell: one endpoint per site process, serving and connecting, mutually
+//! authenticated with site keys (see [`crate::tls`]).
+//!
+//! A connection carries any number of sessions. Each session is one bidirectional control
+//! stream, opened by the connecting side, plus data streams opened by the session's sender.
+//! Stream preambles (all integers little-endian):
+//! ```text
+//! control stream   kind u8 = 1 (push: the opener sends), data_streams u16
+//! data stream      kind u8 = 2, session u64 (the control stream's ID), index u16
+//! ```
+//! After its preamble a stream carries protocol frames ([`crate::protocol`]): every message
+//! but `Chunk` on the control stream, `Chunk`s only on data streams. Announcing the number of
+//! data streams up front lets the receiver hold the sender's `Done` until every data stream
+//! has ended, so no chunk is overtaken by it.
+
+use crate::error::{Error, Result};
+use crate::tls::SiteTls;
+use freight_core::{PublicIdentity, SiteCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Control stream preamble kind: the connecting side pushes a package.
+pub(crate) const KIND_PUSH: u8 = 1;
+/// Data stream preamble kind.
+pub(crate) const KIND_DATA: u8 = 2;
+
+/// Tunables of an endpoint. The defaults suit a LAN or WAN link; tests shorten the timeouts.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// A connection with no packet from the peer for this long is dead.
+    pub idle_timeout: Duration,
+    /// Keep-alive pings while a connection is open but quiet.
+    pub keep_alive: Duration,
+    /// Data streams per session (chunks travel on them in parallel).
+    pub data_streams: u16,
+    /// Receive window per stream, bytes.
+    pub stream_window: u32,
+    /// Receive window per connection, bytes.
+    pub connection_window: u32,
+    /// Unacknowledged bytes the sender keeps in flight, per connection.
+    pub send_window: u64,
+    /// Largest UDP payload: MTU discovery probes up to it. Loopback carries 64 KiB datagrams,
+    /// most links 1500-byte frames (discovery settles there).
+    pub max_udp_payload: u16,
+    /// UDP packet size to start with (at least 1200).
+    pub initial_mtu: u16,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            data_streams: 4,
+            stream_window: 4 << 20,
+            connection_window: 16 << 20,
+            send_window: 16 << 20,
+            max_udp_payload: 65_527,
+            initial_mtu: 1200,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Bytes a sender can have sent that a receiver has not yet stored when a connection is
+    /// cut: what the send window allows in flight plus what the receiver may hold in its
+    /// stream buffers and its uncommitted store batch. Re-sent after a cut at most this much.
+    pub fn in_flight_window(&self) -> u64 {
+        self.send_window.max(self.connection_window as u64) + crate::store::COMMIT_BYTES
+    }
+
+    fn transport(&self) -> Result<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            Error::Tls(format!(
+                "idle timeout {:?} is out of range; use at most a few hours",
+                self.idle_timeout
+            ))
+        })?;
+        t.max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive))
+            .stream_receive_window(self.stream_window.into())
+            .receive_window(self.connection_window.into())
+            .send_window(self.send_window)
+            .max_concurrent_uni_streams(1024u32.into())
+            .max_concurrent_bidi_streams(256u32.into())
+            .initial_mtu(self.initial_mtu.max(1200));
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(self.max_udp_payload);
+        t.mtu_discovery_config(Some(mtu));
+        Ok(t)
+    }
+}
+
+/// One site's QUIC endpoint: accepts connections from trusted sites and connects to them.
+#[derive(Debug, Clone)]
+pub struct Node {
+    endpoint: quinn::Endpoint,
+    tls: Arc<SiteTls>,
+    transport: Arc<quinn::TransportConfig>,
+    config: NodeConfig,
+}
+
+/// An authenticated connection to another site.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub(crate) inner: quinn::Connection,
+    peer: PublicIdentity,
+    pub(crate) config: NodeConfig,
+}
+
+impl Conn {
+    /// The peer's site and key, as authenticated at the handshake.
+    pub fn peer(&self) -> PublicIdentity {
+        self.peer
+    }
+
+    /// The peer's address.
+    pub fn remote(&self) -> SocketAddr {
+        self.inner.remote_address()
+    }
+
+    /// `"PS1 at 127.0.0.1:4433"`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} at {}", self.peer.code, self.remote())
+    }
+
+    /// Closes the connection now (sessions on it fail).
+    pub fn close(&self, reason: &str) {
+        self.inner.close(0u32.into(), reason.as_bytes());
+    }
+
+    /// Current path statistics (round trip, congestion window, lost packets).
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.inner.stats()
+    }
+}
+
+/// Maps a connection error to the crate's error, naming the peer.
+pub(crate) fn conn_error(peer: &str, e: quinn::ConnectionError) -> Error {
+    use quinn::ConnectionError as C;
+    let (reason, remedy) = match &e {
+        C::TimedOut => (
+            "no answer within the idle timeout".to_string(),
+            "check that the peer runs and the network path is open; the transfer resumes where it stopped",
+        ),
+        C::Reset => (
+            "the peer reset the connection (it restarted?)".to_string(),
+            "retry; the transfer resumes where it stopped",
+        ),
+        C::LocallyClosed => ("closed by this side".to_string(), "nothing to do"),
+        C::TransportError(t) => (
+            format!("refused at the handshake or protocol level: {t}"),
+            "check both sites' keys and trust stores (`freight site identity list`)",
+        ),
+        C::ConnectionClosed(c) => (
+            format!(
+                "peer closed the connection: {}",
+                String::from_utf8_lossy(&c.reason)
+            ),
+            "check both sites' keys and trust stores (`freight site identity list`), then retry",
+        ),
+        C::ApplicationClosed(c) => (
+            format!(
+                "peer closed the connection: {}",
+                String::from_utf8_lossy(&c.reason)
+            ),
+            "see the peer's log; retry to resume",
+        ),
+        other => (
+            other.to_string(),
+            "retry; the transfer resumes where it stopped",
+        ),
+    };
+    Error::Connection {
+        peer: peer.to_string(),
+        reason,
+        remedy,
+    }
+}
+
+fn set_socket_buffers(socket: &std::net::UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    // Bursts of 64 KiB datagrams overflow the default buffers on fast paths; the kernel caps
+    // the request at net.core.[rw]mem_max, which is fine.
+    let size = 4 << 20;
+    let _ = setsockopt(socket, sockopt::RcvBuf, &size);
+    let _ = setsockopt(socket, sockopt::SndBuf, &size);
+}
+
+impl Node {
+    /// Binds a UDP socket at `addr` (port 0 picks one) and serves trusted sites on it. Must be
+    /// called inside a Tokio runtime.
+    pub fn bind(addr: SocketAddr, tls: SiteTls, config: NodeConfig) -> Result<Node> {
+        let io = |what: String, remedy| {
+            move |source| Error::Io {
+                what,
+                source,
+                remedy,
+            }
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(io(
+            format!("bind UDP {addr}"),
+            "pick a free port or stop the process that holds it",
+        ))?;
+        set_socket_buffers(&socket);
+        let transport = Arc::new(config.transport()?);
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config()?)
+            .map_err(|e| Error::Tls(format!("QUIC server TLS: {e}")))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport.clone());
+        let mut ep = quinn::EndpointConfig::default();
+        ep.max_udp_payload_size(config.max_udp_payload)
+            .map_err(|e| Error::Tls(format!("max UDP payload {}: {e}", config.max_udp_payload)))?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Misuse("Node::bind outside a Tokio runtime".to_string()))?;
+        let endpoint = quinn::Endpoint::new(ep, Some(server), socket, runtime).map_err(io(
+            format!("start QUIC endpoint on {addr}"),
+            "check the address",
+        ))?;
+        Ok(Node {
+            endpoint,
+            tls: Arc::new(tls),
+            transport,
+            config,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.endpoint.local_addr().map_err(|source| Error::Io {
+            what: "read the endpoint's address".into(),
+            source,
+            remedy: "restart the process",
+        })
+    }
+
+    /// This node's site.
+    pub fn site(&self) -> SiteCode {
+        self.tls.code()
+    }
+
+    /// The endpoint's tunables.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Connects to site `peer` at `addr`; its certificate must be `peer`'s trusted one.
+    pub async fn connect(&self, addr: SocketAddr, peer: SiteCode) -> Result<Conn> {
+        let what = format!("{peer} at {addr}");
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(self.tls.client_config(peer)?)
+                .map_err(|e| Error::Tls(format!("QUIC client TLS: {e}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(self.transport.clone());
+        let connecting = self
+            .endpoint
+            .connect_with(client, addr, &crate::tls::site_dns_name(peer))
+            .map_err(|e| Error::Connection {
+                peer: what.clone(),
+                reason: format!("cannot start connecting: {e}"),
+                remedy: "check the address",
+            })?;
+        let inner = connecting.await.map_err(|e| conn_error(&what, e))?;
+        let peer = self.identify(&inner, &what)?;
+        Ok(Conn {
+            inner,
+            peer,
+            config: self.config.clone(),
+        })
+    }
+
+    /// The next incoming connection, authenticated; `None` once the endpoint is closed.
+    /// A refused handshake is returned as an error (the loop should go on accepting).
+    pub async fn accept(&self) -> Option<Result<Conn>> {
+        let incoming = self.endpoint.accept().await?;
+        let what = format!("{}", incoming.remote_address());
+        Some(
+            async {
+                let inner = incoming.await.map_err(|e| conn_error(&what, e))?;
+                let peer = self.identify(&inner, &what)?;
+                Ok(Conn {
+                    inner,
+                    peer,
+                    config: self.config.clone(),
+                })
+            }
+            .await,
+        )
+    }
+
+    fn identify(&self, conn: &quinn::Connection, what: &str) -> Result<PublicIdentity> {
+        let certs = conn
+            .peer_identity()
+            .and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .ok_or_else(|| Error::PeerRefused(format!("{what}: presented no certificate")))?;
+        let first = certs
+            .first()
+            .ok_or_else(|| Error::PeerRefused(format!("{what}: presented no certificate")))?;
+        // The handshake's verifier already checked it against the trust store.
+        crate::tls::certificate_identity(first)
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+
+    /// Waits until every connection has closed cleanly (after [`close`](Self::close)).
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}

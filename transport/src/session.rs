@@ -1,0 +1,857 @@
+//! Push sessions over QUIC: the sans-IO [`protocol`](crate::protocol) state machines driven on
+//! a connection's streams, reading from and writing to content libraries.
+//!
+//! The sender ([`push`]) reads the chunks the receiver lacks from its library through the
+//! block engine, spreads them over the session's data streams and paces them with the route's
+//! limiter. The receiver ([`serve_connection`]) verifies every chunk on a blocking thread
+//! before the state machine accepts it, hands it to the library's store thread, and commits
+//! the manifest once every data stream has ended and every chunk is stored. Resuming after a
+//! cut or a restart is [`push_resuming`]: the same session again, on a new connection, where
+//! the receiver now lacks only what it had not stored.
+
+use crate::error::{Error, Result};
+use crate::protocol::{
+    FrameDecoder, Message, ProtocolError, Receiver, ReceiverEvent, Sender, chunk_header,
+};
+use crate::quic::{Conn, KIND_DATA, KIND_PUSH, Node, conn_error};
+use crate::store::SharedLibrary;
+use bytes::Bytes;
+use freight_core::{ChunkId, Manifest, Progress, SiteCode};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
+
+/// Data of a chunk is written in slices of at most this many bytes, each paced on its own, so
+/// a limiter's bursts stay small and a rate change applies within a slice.
+pub const SLICE: usize = 64 << 10;
+/// Chunk reads in flight on the block engine per session.
+const READ_AHEAD: usize = 16;
+/// Chunks read but not yet written to a data stream, per session (memory bound).
+const QUEUED: usize = 8;
+
+/// How one push behaves.
+#[derive(Clone, Default)]
+pub struct PushOptions {
+    /// Byte counters for a progress bar: total = bytes the receiver lacks, done = sent.
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl std::fmt::Debug for PushOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushOptions").finish_non_exhaustive()
+    }
+}
+
+/// What one push session did, also when it failed part-way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Chunks the receiver said it lacked.
+    pub chunks_needed: u64,
+    /// Their stored (compressed) bytes.
+    pub bytes_needed: u64,
+    /// Chunks written to data streams.
+    pub chunks_sent: u64,
+    /// Stored chunk bytes written to data streams (frame headers not counted).
+    pub bytes_sent: u64,
+    /// True once the receiver confirmed the commit.
+    pub committed: bool,
+    /// Wall time of the session.
+    pub elapsed: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// A chunk read from the library, ready to go on a data stream.
+struct Outgoing {
+    id: ChunkId,
+    ulen: u32,
+    flags: u8,
+    data: Bytes,
+}
+
+async fn write_control(send: &mut quinn::SendStream, who: &str, msgs: Vec<Message>) -> Result<()> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let mut buf = Vec::new();
+    for m in &msgs {
+        m.encode_into(&mut buf);
+    }
+    send.write_all(&buf).await.map_err(|e| write_error(who, e))
+}
+
+fn write_error(who: &str, e: quinn::WriteError) -> Error {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => conn_error(who, c),
+        other => Error::Connection {
+            peer: who.to_string(),
+            reason: format!("stream closed by the peer: {other}"),
+            remedy: "see the peer's log; retry to resume",
+        },
+    }
+}
+
+fn read_error(who: &str, e: quinn::ReadError) -> Error {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => conn_error(who, c),
+        other => Error::Connection {
+            peer: who.to_string(),
+            reason: format!("stream failed: {other}"),
+            remedy: "see the peer's log; retry to resume",
+        },
+    }
+}
+
+/// Reads protocol messages from a stream into a channel until it ends or fails. A clean end
+/// of stream closes the channel.
+fn spawn_reader(mut recv: quinn::RecvStream, who: String) -> mpsc::Receiver<Result<Message>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut dec = FrameDecoder::new();
+        loop {
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    dec.push(&chunk.bytes);
+                    loop {
+                        match dec.next_message() {
+                            Ok(Some(m)) => {
+                                if tx.send(Ok(m)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if dec.buffered() > 0 {
+                        let _ = tx
+                            .send(Err(Error::Protocol {
+                                code: ProtocolError::Malformed,
+                                detail: format!("{who}: stream ended inside a frame"),
+                            }))
+                            .await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(read_error(&who, e))).await;
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Pushes `manifest`'s package version from `lib` to the peer of `conn` in one session.
+/// Returns when the receiver confirmed the commit; `report` counts what was sent even when
+/// the session fails (a cut connection, an abort by the peer).
+pub async fn push(
+    conn: &Conn,
+    lib: &SharedLibrary,
+    manifest: &Manifest,
+    opts: &PushOptions,
+    report: &mut PushReport,
+) -> Result<()> {
+    let started = Instant::now();
+    let who = conn.describe();
+    let counters = Arc::new(Counters::default());
+    let res = push_inner(conn, lib, manifest, opts, report, &counters, &who).await;
+    report.chunks_sent += counters.chunks.load(Ordering::Relaxed);
+    report.bytes_sent += counters.bytes.load(Ordering::Relaxed);
+    report.committed = res.is_ok();
+    report.elapsed = started.elapsed();
+    res
+}
+
+async fn push_inner(
+    conn: &Conn,
+    lib: &SharedLibrary,
+    manifest: &Manifest,
+    opts: &PushOptions,
+    report: &mut PushReport,
+    counters: &Arc<Counters>,
+    who: &str,
+) -> Result<()> {
+    let streams = conn.config.data_streams.max(1);
+    let (mut csend, crecv) = conn.inner.open_bi().await.map_err(|e| conn_error(who, e))?;
+    let session = quinn::VarInt::from(csend.id()).into_inner();
+    let mut preamble = vec![KIND_PUSH];
+    preamble.extend_from_slice(&streams.to_le_bytes());
+    csend
+        .write_all(&preamble)
+        .await
+        .map_err(|e| write_error(who, e))?;
+    let mut sender = Sender::new(manifest)?;
+    let mut ctl = spawn_reader(crecv, who.to_string());
+
+    // Hello, then Offer, until the receiver's Need names what it lacks.
+    let mut needed = None;
+    while needed.is_none() {
+        flush_sender(&mut sender, &mut csend, who).await?;
+        let msg = next_control(&mut ctl, who).await?;
+        let is_need = matches!(msg, Message::Need { .. });
+        let events = handle_or_abort(&mut sender, msg, &mut csend, who).await?;
+        if is_need {
+            needed = Some(
+                events
+                    .into_iter()
+                    .map(|crate::protocol::SenderEvent::ReadChunk(id)| id)
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    let needed = needed.unwrap_or_default();
+    let locs = {
+        let guard = lib.read();
+        needed
+            .iter()
+            .map(|id| {
+                guard.locate(id).ok_or_else(|| {
+                    Error::Core(freight_core::Error::MissingChunk {
+                        id: id.to_hex(),
+                        package: manifest.package.to_string(),
+                        version: manifest.version,
+                    })
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let locs = match locs {
+        Ok(l) => l,
+        Err(e) => {
+            sender.abort(&e.to_string());
+            flush_sender(&mut sender, &mut csend, who).await?;
+            return Err(e);
+        }
+    };
+    report.chunks_needed += needed.len() as u64;
+    report.bytes_needed += locs.iter().map(|l| l.clen as u64).sum::<u64>();
+    if let Some(p) = &opts.progress {
+        p.start(
+            "send",
+            needed.len() as u64,
+            locs.iter().map(|l| l.clen as u64).sum(),
+        );
+    }
+
+    // Data streams pull chunks from one queue, so a slow stream never holds the others up.
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(QUEUED);
+    let out_rx = Arc::new(tokio::sync::Mutex::new(out_rx));
+    let mut writers = tokio::task::JoinSet::new();
+    for index in 0..streams {
+        let conn = conn.inner.clone();
+        let rx = out_rx.clone();
+        let counters = counters.clone();
+        let progress = opts.progress.clone();
+        let who = who.to_string();
+        writers.spawn(async move {
+            let mut s = conn.open_uni().await.map_err(|e| conn_error(&who, e))?;
+            let mut head = vec![KIND_DATA];
+            head.extend_from_slice(&session.to_le_bytes());
+            head.extend_from_slice(&index.to_le_bytes());
+            s.write_all(&head).await.map_err(|e| write_error(&who, e))?;
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(c) = next else { break };
+                let header = chunk_header(&c.id, c.ulen, c.flags, c.data.len());
+                s.write_all(&header)
+                    .await
+                    .map_err(|e| write_error(&who, e))?;
+                let mut off = 0;
+                while off < c.data.len() {
+                    let end = (off + SLICE).min(c.data.len());
+                    s.write_chunk(c.data.slice(off..end))
+                        .await
+                        .map_err(|e| write_error(&who, e))?;
+                    counters
+                        .bytes
+                        .fetch_add((end - off) as u64, Ordering::Relaxed);
+                    if let Some(p) = &progress {
+                        p.add_bytes((end - off) as u64);
+                    }
+                    off = end;
+                }
+                counters.chunks.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &progress {
+                    p.add_file();
+                }
+            }
+            s.finish().map_err(|e| Error::Connection {
+                peer: who.clone(),
+                reason: format!("cannot finish a data stream: {e}"),
+                remedy: "retry to resume",
+            })?;
+            Ok::<(), Error>(())
+        });
+    }
+
+    // Chunk reads run on a blocking thread with several in flight on the block engine.
+    let (read_tx, mut read_rx) = mpsc::channel::<Result<(ChunkId, u32, u8, Vec<u8>)>>(QUEUED);
+    let reader_lib = lib.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut inflight = VecDeque::new();
+        let mut todo = needed.into_iter().zip(locs);
+        loop {
+            while inflight.len() < READ_AHEAD {
+                let Some((id, loc)) = todo.next() else { break };
+                let pending = reader_lib.read().read_stored(&loc);
+                inflight.push_back((id, loc, pending));
+            }
+            let Some((id, loc, pending)) = inflight.pop_front() else {
+                return;
+            };
+            let res = pending.map_err(Error::from).and_then(|p| {
+                p.wait().map_err(|e| {
+                    let path = reader_lib.read().pack_path(loc.pack);
+                    Error::Core(freight_core::Error::io(&path, "read pack", e))
+                })
+            });
+            let item = res.map(|data| (id, loc.ulen, loc.flags, data));
+            let failed = item.is_err();
+            if read_tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+
+    let mut done_held = false;
+    let result: Result<()> = async {
+        loop {
+            tokio::select! {
+                item = read_rx.recv() => {
+                    let Some(item) = item else { break };
+                    let (id, ulen, flags, data) = item?;
+                    sender.chunk_ready(id, ulen, flags, data)?;
+                    while let Some(m) = sender.poll_transmit() {
+                        match m {
+                            Message::Chunk { id, ulen, flags, data } => {
+                                let c = Outgoing { id, ulen, flags, data: Bytes::from(data) };
+                                if out_tx.send(c).await.is_err() {
+                                    // Every writer failed: its error is reported below.
+                                    return Ok(());
+                                }
+                            }
+                            Message::Done => done_held = true,
+                            other => write_control(&mut csend, who, vec![other]).await?,
+                        }
+                    }
+                }
+                msg = next_control(&mut ctl, who) => {
+                    // The receiver speaks before Done only to abort.
+                    handle_or_abort(&mut sender, msg?, &mut csend, who).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(out_tx);
+    if let Err(e) = result {
+        reader.abort();
+        writers.abort_all();
+        if !matches!(e, Error::Connection { .. } | Error::PeerAborted { .. }) {
+            if !sender.is_failed() {
+                sender.abort(&e.to_string());
+            }
+            let _ = flush_sender(&mut sender, &mut csend, who).await;
+        }
+        return Err(e);
+    }
+    while let Some(joined) = writers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                writers.abort_all();
+                return Err(e);
+            }
+            Err(e) => return Err(Error::Misuse(format!("a data stream task failed: {e}"))),
+        }
+    }
+    // Empty Need: the state machine queued Done right away.
+    while let Some(m) = sender.poll_transmit() {
+        if m == Message::Done {
+            done_held = true;
+        } else {
+            write_control(&mut csend, who, vec![m]).await?;
+        }
+    }
+    if !done_held {
+        return Err(Error::Misuse(format!(
+            "{who}: every chunk was sent but the sender queued no Done"
+        )));
+    }
+    write_control(&mut csend, who, vec![Message::Done]).await?;
+    while !sender.is_done() {
+        let msg = next_control(&mut ctl, who).await?;
+        handle_or_abort(&mut sender, msg, &mut csend, who).await?;
+    }
+    let _ = csend.finish();
+    Ok(())
+}
+
+async fn flush_sender(sender: &mut Sender, send: &mut quinn::SendStream, who: &str) -> Result<()> {
+    let msgs: Vec<Message> = std::iter::from_fn(|| sender.poll_transmit()).collect();
+    write_control(send, who, msgs).await
+}
+
+async fn next_control(ctl: &mut mpsc::Receiver<Result<Message>>, who: &str) -> Result<Message> {
+    match ctl.recv().await {
+        Some(m) => m,
+        None => Err(Error::Connection {
+            peer: who.to_string(),
+            reason: "the peer closed the session's control stream".into(),
+            remedy: "see the peer's log; retry to resume",
+        }),
+    }
+}
+
+/// Hands `msg` to the sender; on a protocol error the queued Abort goes out before returning.
+async fn handle_or_abort(
+    sender: &mut Sender,
+    msg: Message,
+    send: &mut quinn::SendStream,
+    who: &str,
+) -> Result<Vec<crate::protocol::SenderEvent>> {
+    match sender.handle(msg) {
+        Ok(ev) => Ok(ev),
+        Err(e) => {
+            let _ = flush_sender(sender, send, who).await;
+            let _ = send.finish();
+            Err(e)
+        }
+    }
+}
+
+/// How [`push_resuming`] retries after a connection fails.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// Sessions to try in all (the first included).
+    pub attempts: u32,
+    /// Wait between attempts.
+    pub delay: Duration,
+}
+
+impl Default for Resume {
+    fn default() -> Self {
+        Resume {
+            attempts: 3,
+            delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Pushes until the receiver committed: after a cut connection or a restart of the receiver,
+/// connects again and runs the same session, in which the receiver asks only for what it still
+/// lacks. Only connection failures are retried; a refusal or a protocol error is final.
+/// Returns one report per session tried.
+pub async fn push_resuming(
+    node: &Node,
+    addr: SocketAddr,
+    peer: SiteCode,
+    lib: &SharedLibrary,
+    manifest: &Manifest,
+    opts: &PushOptions,
+    resume: &Resume,
+) -> (Vec<PushReport>, Result<()>) {
+    let mut reports = Vec::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut report = PushReport::default();
+        let res = match node.connect(addr, peer).await {
+            Ok(conn) => {
+                let r = push(&conn, lib, manifest, opts, &mut report).await;
+                if r.is_ok() {
+                    conn.close("done");
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        reports.push(report);
+        match res {
+            Err(Error::Connection { .. }) if attempt < resume.attempts => {
+                tracing::info!(attempt, "connection to {peer} at {addr} failed; resuming");
+                tokio::time::sleep(resume.delay).await;
+            }
+            other => return (reports, other),
+        }
+    }
+}
+
+/// One session on the receiving side, shared by its control and data stream tasks.
+struct Session {
+    receiver: Mutex<Receiver>,
+    streams: u16,
+    ended: AtomicU64,
+    /// Woken when a data stream ends or a data stream task fails.
+    changed: Notify,
+    failure: Mutex<Option<Error>>,
+}
+
+impl Session {
+    fn fail(&self, e: Error) {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        self.changed.notify_one();
+    }
+
+    fn take_failure(&self) -> Option<Error> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn receiver(&self) -> std::sync::MutexGuard<'_, Receiver> {
+        self.receiver.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type Sessions = Arc<Mutex<HashMap<u64, Arc<Session>>>>;
+
+/// What a receiving session ended with.
+#[derive(Debug)]
+pub struct Received {
+    /// The peer's site.
+    pub peer: SiteCode,
+    /// The package and version offered, once known.
+    pub package: Option<(freight_core::PackageId, u32)>,
+    /// Ok once committed.
+    pub result: Result<()>,
+}
+
+/// Serves push sessions on one connection into `lib` until the connection closes. Each
+/// finished session is reported on `events` (if given).
+pub async fn serve_connection(
+    conn: Conn,
+    lib: SharedLibrary,
+    events: Option<mpsc::UnboundedSender<Received>>,
+) {
+    let sessions: Sessions = Arc::default();
+    let who = conn.describe();
+    loop {
+        tokio::select! {
+            bi = conn.inner.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let (lib, sessions, who, events) = (lib.clone(), sessions.clone(), who.clone(), events.clone());
+                    let peer = conn.peer().code;
+                    tokio::spawn(async move {
+                        let mut offered = None;
+                        let result = receive_session(send, recv, &lib, &sessions, &who, &mut offered).await;
+                        if let Err(e) = &result {
+                            tracing::warn!(peer = %who, error = %e, "receiving session failed");
+                            // Keep what was verified: the resumed session will not ask for it.
+                            if let Err(e) = lib.flush().await {
+                                tracing::warn!(error = %e, "storing received chunks failed");
+                            }
+                        }
+                        if let Some(tx) = events {
+                            let _ = tx.send(Received { peer, package: offered, result });
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %who, error = %e, "connection ended");
+                    break;
+                }
+            },
+            uni = conn.inner.accept_uni() => match uni {
+                Ok(recv) => {
+                    let (lib, sessions, who) = (lib.clone(), sessions.clone(), who.clone());
+                    let conn = conn.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = receive_data(recv, &lib, &sessions, &who).await {
+                            tracing::warn!(peer = %who, error = %e, "data stream refused");
+                            conn.close(&e.to_string());
+                        }
+                    });
+                }
+                Err(_) => break,
+            },
+        }
+    }
+    let _ = lib.flush().await;
+}
+
+async fn receive_session(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    lib: &SharedLibrary,
+    sessions: &Sessions,
+    who: &str,
+    offered: &mut Option<(freight_core::PackageId, u32)>,
+) -> Result<()> {
+    let mut pre = [0u8; 3];
+    recv.read_exact(&mut pre)
+        .await
+        .map_err(|e| Error::Connection {
+            peer: who.to_string(),
+            reason: format!("session preamble not received: {e}"),
+            remedy: "retry to resume",
+        })?;
+    if pre[0] != KIND_PUSH {
+        return Err(Error::Protocol {
+            code: ProtocolError::UnknownType,
+            detail: format!("{who}: control stream of unknown kind {}", pre[0]),
+        });
+    }
+    let id = quinn::VarInt::from(send.id()).into_inner();
+    let session = Arc::new(Session {
+        receiver: Mutex::new(Receiver::new()),
+        streams: u16::from_le_bytes([pre[1], pre[2]]),
+        ended: AtomicU64::new(0),
+        changed: Notify::new(),
+        failure: Mutex::new(None),
+    });
+    sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, session.clone());
+    let res = drive_receiver(&session, &mut send, recv, lib, who, offered).await;
+    sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    if res.is_err() {
+        let abort: Vec<Message> =
+            std::iter::from_fn(|| session.receiver().poll_transmit()).collect();
+        let _ = write_control(&mut send, who, abort).await;
+    }
+    let _ = send.finish();
+    res
+}
+
+async fn drive_receiver(
+    session: &Arc<Session>,
+    send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
+    lib: &SharedLibrary,
+    who: &str,
+    offered: &mut Option<(freight_core::PackageId, u32)>,
+) -> Result<()> {
+    let mut ctl = spawn_reader(recv, who.to_string());
+    loop {
+        let msgs: Vec<Message> =
+            std::iter::from_fn(|| session.receiver().poll_transmit()).collect();
+        write_control(send, who, msgs).await?;
+        if session.receiver().is_done() {
+            return Ok(());
+        }
+        let msg = tokio::select! {
+            m = next_control(&mut ctl, who) => m?,
+            _ = session.changed.notified() => {
+                match session.take_failure() {
+                    Some(e) => return Err(e),
+                    None => continue,
+                }
+            }
+        };
+        if let Message::Offer {
+            package, version, ..
+        } = &msg
+        {
+            *offered = Some((package.clone(), *version));
+        }
+        if matches!(msg, Message::Chunk { .. }) {
+            let detail = format!("{who}: sent a Chunk on the control stream");
+            let mut r = session.receiver();
+            r.abort(&detail);
+            return Err(Error::Protocol {
+                code: ProtocolError::UnexpectedMessage,
+                detail,
+            });
+        }
+        if msg == Message::Done {
+            // Every data stream must have ended, so no chunk is still on its way.
+            loop {
+                if let Some(e) = session.take_failure() {
+                    return Err(e);
+                }
+                let notified = session.changed.notified();
+                if session.ended.load(Ordering::Acquire) >= session.streams as u64 {
+                    break;
+                }
+                notified.await;
+            }
+        }
+        let events = session.receiver().handle(msg)?;
+        for ev in events {
+            match ev {
+                ReceiverEvent::Lookup { manifest } => {
+                    let lacking = match lib.lacking(&manifest).await {
+                        Ok(l) => l,
+                        Err(e) => return Err(abort_with(session, e)),
+                    };
+                    session.receiver().lacking(lacking)?;
+                }
+                ReceiverEvent::Commit { manifest } => {
+                    if let Err(e) = lib.commit_manifest(&manifest).await {
+                        return Err(abort_with(session, e));
+                    }
+                    session.receiver().committed()?;
+                    tracing::info!(peer = %who, package = %manifest.package, version = manifest.version, "received and stored package version");
+                }
+                ReceiverEvent::Store { .. } => unreachable!("chunks arrive on data streams"),
+            }
+        }
+    }
+}
+
+fn abort_with(session: &Session, e: Error) -> Error {
+    session.receiver().abort(&e.to_string());
+    e
+}
+
+async fn receive_data(
+    mut recv: quinn::RecvStream,
+    lib: &SharedLibrary,
+    sessions: &Sessions,
+    who: &str,
+) -> Result<()> {
+    let mut pre = [0u8; 11];
+    recv.read_exact(&mut pre)
+        .await
+        .map_err(|e| Error::Connection {
+            peer: who.to_string(),
+            reason: format!("data stream preamble not received: {e}"),
+            remedy: "retry to resume",
+        })?;
+    let id = u64::from_le_bytes(pre[1..9].try_into().expect("8 bytes"));
+    let session = sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .cloned();
+    let (true, Some(session)) = (pre[0] == KIND_DATA, session) else {
+        return Err(Error::Protocol {
+            code: ProtocolError::UnexpectedMessage,
+            detail: format!(
+                "{who}: data stream (kind {}) for unknown session {id}",
+                pre[0]
+            ),
+        });
+    };
+    let res = receive_chunks(&mut recv, lib, &session, who).await;
+    match res {
+        Ok(()) => {
+            session.ended.fetch_add(1, Ordering::AcqRel);
+            session.changed.notify_one();
+        }
+        Err(e) => {
+            let _ = recv.stop(0u32.into());
+            session.fail(e);
+        }
+    }
+    Ok(())
+}
+
+async fn receive_chunks(
+    recv: &mut quinn::RecvStream,
+    lib: &SharedLibrary,
+    session: &Session,
+    who: &str,
+) -> Result<()> {
+    let mut dec = FrameDecoder::new();
+    let verifier = session.receiver().verifier();
+    let Some(verifier) = verifier else {
+        let e = Error::Protocol {
+            code: ProtocolError::UnexpectedMessage,
+            detail: format!("{who}: data stream opened before the receiver asked for chunks"),
+        };
+        return Err(abort_with(session, e));
+    };
+    loop {
+        let chunk = recv
+            .read_chunk(usize::MAX, true)
+            .await
+            .map_err(|e| read_error(who, e))?;
+        let Some(chunk) = chunk else {
+            if dec.buffered() > 0 {
+                let e = Error::Protocol {
+                    code: ProtocolError::Malformed,
+                    detail: format!("{who}: data stream ended inside a frame"),
+                };
+                return Err(abort_with(session, e));
+            }
+            return Ok(());
+        };
+        dec.push(&chunk.bytes);
+        loop {
+            let msg = match dec.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    let (code, detail) = match &e {
+                        Error::Protocol { code, detail } => (*code, detail.clone()),
+                        _ => (ProtocolError::Malformed, e.to_string()),
+                    };
+                    session.receiver().abort(&detail);
+                    return Err(Error::Protocol { code, detail });
+                }
+            };
+            let Message::Chunk {
+                id,
+                ulen,
+                flags,
+                data,
+            } = msg
+            else {
+                let detail = format!("{who}: sent {} on a data stream", msg.name());
+                session.receiver().abort(&detail);
+                return Err(Error::Protocol {
+                    code: ProtocolError::UnexpectedMessage,
+                    detail,
+                });
+            };
+            // Decompressing and hashing is CPU work: keep it off the async workers.
+            let v = verifier.clone();
+            let checked = tokio::task::spawn_blocking(move || v.verify(id, ulen, flags, data))
+                .await
+                .map_err(|e| Error::Misuse(format!("chunk verification task failed: {e}")))?;
+            let event = session.receiver().handle_checked(checked)?;
+            if let ReceiverEvent::Store {
+                id,
+                ulen,
+                flags,
+                data,
+            } = event
+            {
+                lib.append(id, ulen, flags, data).await?;
+            }
+        }
+    }
+}
+
+/// Accepts connections on `node` and serves each (see [`serve_connection`]) until the
+/// endpoint closes. Refused handshakes are logged with the peer's fingerprint.
+pub async fn serve(
+    node: Node,
+    lib: SharedLibrary,
+    events: Option<mpsc::UnboundedSender<Received>>,
+) {
+    while let Some(incoming) = node.accept().await {
+        match incoming {
+            Ok(conn) => {
+                tracing::info!(peer = %conn.describe(), "accepted connection");
+                tokio::spawn(serve_connection(conn, lib.clone(), events.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "refused a connection"),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Helpers for the transport's integration tests: two sites that trust each other, libraries
+//! with a generated package, QUIC nodes on loopback.
+#![allow(dead_code)]
+
+use freight_bench::dataset::{DatasetSpec, generate};
+use freight_core::ingest::{IngestOptions, ingest};
+use freight_core::library::Access;
+use freight_core::{
+    IoMode, Library, LibraryConfig, Manifest, PackageId, Progress, SiteCode, SiteKey, TrustStore,
+};
+use freight_transport::quic::{Node, NodeConfig};
+use freight_transport::session::{self, Received};
+use freight_transport::store::SharedLibrary;
+use freight_transport::tls::SiteTls;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The I/O mode under test: `FREIGHT_IO` (CI runs some suites once per path), default auto.
+pub fn io() -> Option<IoMode> {
+    IoMode::from_env()
+}
+
+pub fn code(s: &str) -> SiteCode {
+    SiteCode::parse(s).unwrap()
+}
+
+/// A site's folder: key and trust store.
+pub struct Site {
+    pub key: SiteKey,
+    pub trust: PathBuf,
+}
+
+impl Site {
+    pub fn new(dir: &Path, c: &str) -> Site {
+        let key = SiteKey::load_or_create(&dir.join(format!("{c}.key")), code(c)).unwrap();
+        let trust = dir.join(format!("{c}-trust"));
+        TrustStore::open(&trust).unwrap();
+        Site { key, trust }
+    }
+
+    pub fn trusts(&self, other: &Site) {
+        TrustStore::open(&self.trust)
+            .unwrap()
+            .import(&other.key.identity())
+            .unwrap();
+    }
+
+    pub fn tls(&self) -> SiteTls {
+        SiteTls::new(&self.key, &self.trust).unwrap()
+    }
+}
+
+/// Test tunables: short timeouts so cuts are noticed quickly.
+pub fn fast_config() -> NodeConfig {
+    NodeConfig {
+        idle_timeout: Duration::from_millis(1500),
+        keep_alive: Duration::from_millis(300),
+        ..NodeConfig::default()
+    }
+}
+
+/// A library at `dir` opened for writing.
+pub fn library(dir: &Path) -> Library {
+    Library::open_or_init(dir, io()).unwrap()
+}
+
+/// Generates a mixed tree of `bytes` at `src` (unless it exists) and ingests it as `pkg`
+/// version `v` into the library at `lib_dir`; returns the manifest.
+pub fn ingest_tree(
+    lib_dir: &Path,
+    src: &Path,
+    pkg: &str,
+    v: u32,
+    bytes: u64,
+    seed: u64,
+) -> Manifest {
+    if !src.exists() {
+        generate(src, &DatasetSpec::mixed(bytes, seed)).unwrap();
+    }
+    ingest_into(&mut library(lib_dir), src, pkg, v)
+}
+
+/// Ingests `src` as `pkg` version `v` into `lib`; returns the manifest.
+pub fn ingest_into(lib: &mut Library, src: &Path, pkg: &str, v: u32) -> Manifest {
+    ingest(
+        lib,
+        src,
+        &IngestOptions {
+            package: PackageId::parse(pkg).unwrap(),
+            version: Some(v),
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    lib.manifest(&PackageId::parse(pkg).unwrap(), v).unwrap()
+}
+
+/// A receiving node serving `lib` on loopback; sessions are reported on the channel.
+pub struct Receiving {
+    pub node: Node,
+    pub lib: SharedLibrary,
+    pub events: mpsc::UnboundedReceiver<Received>,
+}
+
+pub fn receiving(site: &Site, lib_dir: &Path, cfg: NodeConfig) -> Receiving {
+    let node = Node::bind("127.0.0.1:0".parse().unwrap(), site.tls(), cfg).unwrap();
+    let lib = SharedLibrary::new(library(lib_dir));
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(session::serve(node.clone(), lib.clone(), Some(tx)));
+    Receiving { node, lib, events }
+}
+
+/// Opens a library read-only (after the nodes using it are gone).
+pub fn open_read(dir: &Path) -> Library {
+    Library::open(dir, Access::Read, io()).unwrap()
+}
+
+pub fn config() -> LibraryConfig {
+    LibraryConfig::default()
+}
