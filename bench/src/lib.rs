@@ -1,14 +1,17 @@
 //! Freight benchmarks: a deterministic generator of realistic package trees
-//! ([`dataset`]) and the timing and memory harness used to compare Freight
-//! against conventional tools ([`harness`]).
+//! ([`dataset`]), the timing and memory harness used to compare Freight
+//! against conventional tools ([`harness`]), and a UDP impairment proxy for
+//! network tests ([`netem`]).
 
 #![warn(missing_docs)]
 
 pub mod dataset;
 pub mod harness;
+pub mod netem;
 mod words;
 
 pub use dataset::{DatasetSpec, DatasetSummary, generate, is_generated, write_marker};
+pub use netem::{Impairment, PathStats, ProxyStats, UdpProxy};
 pub mod tree;
 
 /// Deterministic pseudo-random bytes (BLAKE3 in XOF mode keyed by `seed`), for tests.
