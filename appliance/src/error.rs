@@ -6,6 +6,9 @@ pub enum CliError {
     /// An error from the data plane (already names the object and the remedy).
     #[error(transparent)]
     Core(#[from] freight_core::Error),
+    /// An error of the transport (already names the peer or object and the remedy).
+    #[error(transparent)]
+    Transport(#[from] freight_transport::Error),
     /// A command-line value that cannot be used.
     #[error("{0}")]
     Usage(String),

@@ -11,6 +11,7 @@ mod parcel_cmd;
 mod progress_bar;
 mod site_cmd;
 mod site_home;
+mod transfer_cmd;
 
 use clap::{Parser, Subcommand};
 use error::CliError;
@@ -38,6 +39,8 @@ enum Cmd {
     Site(site_cmd::SiteArgs),
     /// Courier parcels: create, inspect, import.
     Parcel(parcel_cmd::ParcelArgs),
+    /// Send a package version to another site's library over QUIC, or receive them.
+    Transfer(transfer_cmd::TransferArgs),
     /// Snapshot a sample tree, update it, verify, restore and collect garbage, printing each step.
     Demo(demo::DemoArgs),
 }
@@ -58,6 +61,7 @@ fn main() {
         Cmd::Demo(a) => demo::run(a, cli.io, cli.quiet),
         Cmd::Site(a) => site_cmd::run(a),
         Cmd::Parcel(a) => parcel_cmd::run(a, cli.io, cli.quiet),
+        Cmd::Transfer(a) => transfer_cmd::run(a, cli.io, cli.quiet),
     };
     if let Err(e) = res {
         eprintln!("freight: {e}");

@@ -72,6 +72,11 @@ impl SiteHome {
         })
     }
 
+    /// The trust store's folder.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.dir.join("trust")
+    }
+
     /// Takes the next instruction sequence number (persisted before it is used).
     pub fn next_sequence(&self) -> Result<u64, CliError> {
         let path = self.dir.join("sequence");

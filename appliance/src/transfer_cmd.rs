@@ -1,0 +1,266 @@
+//! `freight transfer ...`: send a package version from one library to another over QUIC.
+//!
+//! `serve` runs a receiving site on a UDP port until stopped (SIGTERM or Ctrl-C); `send`
+//! pushes one package version to it with a progress bar, resuming after cuts. Both sides
+//! authenticate with their site keys and pin each other against their trust stores.
+
+use crate::error::CliError;
+use crate::output::print_json;
+use crate::progress_bar::Bar;
+use crate::site_cmd::site_dir;
+use crate::site_home::SiteHome;
+use clap::{Args, Subcommand};
+use freight_core::units::human;
+use freight_core::{IoMode, Library, PackageId, Progress, SiteCode};
+use freight_transport::quic::{Node, NodeConfig};
+use freight_transport::session::{self, PushOptions, Resume};
+use freight_transport::store::SharedLibrary;
+use freight_transport::tls::SiteTls;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Arguments of `freight transfer`.
+#[derive(Args)]
+pub struct TransferArgs {
+    /// The site folder (code, key, trust store).
+    #[arg(long, env = "FREIGHT_SITE", global = true)]
+    site: Option<PathBuf>,
+    /// The library directory.
+    #[arg(long, short = 'l', env = "FREIGHT_LIBRARY", global = true)]
+    library: Option<PathBuf>,
+    /// Seconds without a packet after which a connection counts as cut.
+    #[arg(long, global = true, default_value = "30", value_parser = parse_secs)]
+    idle_timeout: Duration,
+    #[command(subcommand)]
+    cmd: TransferCmd,
+}
+
+#[derive(Subcommand)]
+enum TransferCmd {
+    /// Receive package versions from trusted sites into the library until stopped.
+    Serve {
+        /// UDP address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "0.0.0.0:4433")]
+        listen: SocketAddr,
+    },
+    /// Push a package version to a receiving site; only the chunks it lacks travel.
+    Send {
+        /// Address of the receiving site.
+        #[arg(long)]
+        to: SocketAddr,
+        /// The receiving site's code (its certificate must be its trusted key).
+        #[arg(long)]
+        peer: String,
+        /// Package ID.
+        #[arg(long, short)]
+        package: String,
+        /// Version (default: newest).
+        #[arg(long, short)]
+        version: Option<u32>,
+        /// Parallel data streams.
+        #[arg(long, default_value = "4")]
+        streams: u16,
+        /// Sessions to try before giving up (a cut connection resumes in the next one).
+        #[arg(long, default_value = "5")]
+        attempts: u32,
+        /// Seconds to wait before resuming after a cut.
+        #[arg(long, default_value = "1", value_parser = parse_secs)]
+        retry_delay: Duration,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v < 1e6) {
+        return Err(format!("{s:?}: give a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Output)
+}
+
+/// Runs `freight transfer`.
+pub fn run(a: TransferArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError> {
+    let home = SiteHome::open(&site_dir(a.site)?)?;
+    let lib_dir = a.library.ok_or_else(|| {
+        CliError::Usage("no library given; pass --library DIR or set FREIGHT_LIBRARY".into())
+    })?;
+    let lib = Library::open_or_init(&lib_dir, io)?;
+    let tls = SiteTls::new(&home.key, &home.trust_dir())?;
+    let base = NodeConfig {
+        idle_timeout: a.idle_timeout,
+        keep_alive: (a.idle_timeout / 4).min(Duration::from_secs(5)),
+        ..NodeConfig::default()
+    };
+    let rt = runtime()?;
+    match a.cmd {
+        TransferCmd::Serve { listen } => rt.block_on(serve(listen, tls, base, lib)),
+        TransferCmd::Send {
+            to,
+            peer,
+            package,
+            version,
+            streams,
+            attempts,
+            retry_delay,
+            json,
+        } => {
+            let peer = SiteCode::parse(&peer)?;
+            let package = PackageId::parse(&package)?;
+            let version = match version {
+                Some(v) => v,
+                None => lib.latest(&package)?.ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "package {package} has no version in {}; ingest it first",
+                        lib_dir.display()
+                    ))
+                })?,
+            };
+            let manifest = lib.manifest(&package, version)?;
+            let cfg = NodeConfig {
+                data_streams: streams.max(1),
+                ..base
+            };
+            let resume = Resume {
+                attempts: attempts.max(1),
+                delay: retry_delay,
+            };
+            rt.block_on(send(to, peer, tls, cfg, lib, manifest, resume, json, quiet))
+        }
+    }
+}
+
+async fn serve(listen: SocketAddr, tls: SiteTls, cfg: NodeConfig, lib: Library) -> Result<(), CliError> {
+    let code = tls.code();
+    let node = Node::bind(listen, tls, cfg)?;
+    let lib = SharedLibrary::new(lib);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(session::serve(node.clone(), lib.clone(), Some(tx)));
+    // The readiness line: tests and scripts wait for it.
+    println!("serving site {code} on {}", node.local_addr()?);
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                let what = ev
+                    .package
+                    .as_ref()
+                    .map_or("a package".to_string(), |(p, v)| format!("{p} v{v}"));
+                match ev.result {
+                    Ok(()) => println!("received {what} from {}", ev.peer),
+                    Err(e) => eprintln!("freight: receiving {what} from {} failed: {e}", ev.peer),
+                }
+                std::io::stdout().flush()?;
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    node.close();
+    lib.flush().await?;
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct SendSummary {
+    package: String,
+    version: u32,
+    peer: String,
+    sessions: usize,
+    chunks_sent: u64,
+    bytes_sent: u64,
+    bytes_needed_first: u64,
+    seconds: f64,
+    per_session: Vec<SessionJson>,
+}
+
+#[derive(serde::Serialize)]
+struct SessionJson {
+    chunks_needed: u64,
+    bytes_needed: u64,
+    chunks_sent: u64,
+    bytes_sent: u64,
+    committed: bool,
+    seconds: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    to: SocketAddr,
+    peer: SiteCode,
+    tls: SiteTls,
+    cfg: NodeConfig,
+    lib: Library,
+    manifest: freight_core::Manifest,
+    resume: Resume,
+    json: bool,
+    quiet: bool,
+) -> Result<(), CliError> {
+    let node = Node::bind("0.0.0.0:0".parse().expect("address"), tls, cfg)?;
+    let lib = SharedLibrary::new(lib);
+    let progress = Arc::new(Progress::default());
+    let bar = Bar::start(progress.clone(), quiet || json);
+    let opts = PushOptions {
+        progress: Some(progress),
+    };
+    let started = Instant::now();
+    let (reports, res) =
+        session::push_resuming(&node, to, peer, &lib, &manifest, &opts, &resume).await;
+    drop(bar);
+    node.close();
+    tokio::time::timeout(Duration::from_secs(2), node.wait_idle())
+        .await
+        .ok();
+    res?;
+    let summary = SendSummary {
+        package: manifest.package.to_string(),
+        version: manifest.version,
+        peer: peer.to_string(),
+        sessions: reports.len(),
+        chunks_sent: reports.iter().map(|r| r.chunks_sent).sum(),
+        bytes_sent: reports.iter().map(|r| r.bytes_sent).sum(),
+        bytes_needed_first: reports.first().map_or(0, |r| r.bytes_needed),
+        seconds: started.elapsed().as_secs_f64(),
+        per_session: reports
+            .iter()
+            .map(|r| SessionJson {
+                chunks_needed: r.chunks_needed,
+                bytes_needed: r.bytes_needed,
+                chunks_sent: r.chunks_sent,
+                bytes_sent: r.bytes_sent,
+                committed: r.committed,
+                seconds: r.elapsed.as_secs_f64(),
+            })
+            .collect(),
+    };
+    if json {
+        return print_json(&summary);
+    }
+    let rate = summary.bytes_sent as f64 / summary.seconds.max(1e-9);
+    println!(
+        "sent {} v{} to {peer}: {} chunks, {} in {:.2} s ({}/s), {} session(s)",
+        summary.package,
+        summary.version,
+        summary.chunks_sent,
+        human(summary.bytes_sent),
+        summary.seconds,
+        human(rate as u64),
+        summary.sessions
+    );
+    Ok(())
+}
