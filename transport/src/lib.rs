@@ -1,13 +1,18 @@
 //! Freight's transport: how package versions travel between sites and distribution points.
 //!
-//! For now this crate holds only [`protocol`], the pure, deterministic, sans-IO transfer
-//! protocol (message framing and the sender/receiver state machines). The QUIC shell and the
-//! throttle build on it. See `ARCHITECTURE.md` at the repository root for the map.
+//! - [`protocol`]: the pure, deterministic, sans-IO transfer protocol (message framing and the
+//!   sender/receiver state machines).
+//! - [`schedule`]: a route's bandwidth windows (weekly schedule, rate limits) and their text
+//!   and TOML forms.
+//!
+//! The QUIC shell builds on these. See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod error;
 pub mod protocol;
+pub mod schedule;
 
 pub use error::{Error, Result};
 pub use protocol::{
     FrameDecoder, MAX_FRAME, Message, ProtocolError, Receiver, ReceiverEvent, Sender, SenderEvent,
 };
+pub use schedule::{Allowed, Cell, CellSpan, Priority, Rate, RouteThrottle, Schedule};
