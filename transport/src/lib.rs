@@ -3,16 +3,18 @@
 //! - [`protocol`]: the pure, deterministic, sans-IO transfer protocol (message framing and the
 //!   sender/receiver state machines).
 //! - [`schedule`]: a route's bandwidth windows (weekly schedule, rate limits) and their text
-//!   and TOML forms.
+//!   and TOML forms; [`throttle`]: the pure limiter that enforces them.
 //!
 //! The QUIC shell builds on these. See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod error;
 pub mod protocol;
 pub mod schedule;
+pub mod throttle;
 
 pub use error::{Error, Result};
 pub use protocol::{
     FrameDecoder, MAX_FRAME, Message, ProtocolError, Receiver, ReceiverEvent, Sender, SenderEvent,
 };
 pub use schedule::{Allowed, Cell, CellSpan, Priority, Rate, RouteThrottle, Schedule};
+pub use throttle::{Admit, Limiter, LimiterStats, Pacing};
