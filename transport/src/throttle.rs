@@ -3,7 +3,7 @@
 //! bytes may go out ([`Limiter::reserve`]) under the route's [`RouteThrottle`].
 //!
 //! Pure and deterministic: no clock, no sleeping, no async. Every call takes `now`;
-//! `RouteLimiter` (module `route_limiter`) is the thin async shell that supplies it and sleeps.
+//! [`crate::route_limiter::RouteLimiter`] is the thin async shell that supplies it and sleeps.
 //!
 //! # Admission
 //! A transfer calls `admit(now, priority)` before each chunk. In a cell that does not permit
