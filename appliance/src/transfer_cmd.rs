@@ -143,7 +143,12 @@ pub fn run(a: TransferArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliEr
     }
 }
 
-async fn serve(listen: SocketAddr, tls: SiteTls, cfg: NodeConfig, lib: Library) -> Result<(), CliError> {
+async fn serve(
+    listen: SocketAddr,
+    tls: SiteTls,
+    cfg: NodeConfig,
+    lib: Library,
+) -> Result<(), CliError> {
     let code = tls.code();
     let node = Node::bind(listen, tls, cfg)?;
     let lib = SharedLibrary::new(lib);

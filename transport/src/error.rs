@@ -72,8 +72,43 @@ pub enum Error {
     /// The content library or trust store failed (its message names the object and the fix).
     #[error(transparent)]
     Core(#[from] freight_core::Error),
+    /// A route throttle in the compact text form does not parse or is invalid.
+    #[error("{}", bad_schedule_message(input, *at, token, reason))]
+    BadSchedule {
+        /// The whole text as given.
+        input: String,
+        /// Byte offset in `input` of the offending word (or of where one is missing).
+        at: usize,
+        /// The offending word; empty when something is missing.
+        token: String,
+        /// Why, and what to write instead.
+        reason: String,
+    },
+    /// A route throttle in the TOML form does not parse or is invalid.
+    #[error("throttle schedule (TOML), {place}: {reason}")]
+    BadScheduleToml {
+        /// Where: `line 3 column 7`, `window 2: days = "Mun"`, `time_zone = "Mars/Base"`.
+        place: String,
+        /// Why, and what to write instead.
+        reason: String,
+    },
+    /// A route throttle built in code is invalid; names the cell or setting and the fix.
+    #[error("invalid route throttle: {0}")]
+    BadThrottle(String),
+    /// A package priority that is not low, medium or high.
+    #[error("unknown package priority {0:?}; write low, medium or high")]
+    BadPriority(String),
     /// The I/O shell called the state machine wrongly (a bug in the caller, not the peer);
     /// nothing was sent.
     #[error("{0}; this is a bug in the transport's I/O shell, fix the caller")]
     Misuse(String),
+}
+
+fn bad_schedule_message(input: &str, at: usize, token: &str, reason: &str) -> String {
+    let column = input.get(..at).map_or(at, |before| before.chars().count()) + 1;
+    if token.is_empty() {
+        format!("throttle schedule {input:?}, at column {column}: {reason}")
+    } else {
+        format!("throttle schedule {input:?}, {token:?} at column {column}: {reason}")
+    }
 }

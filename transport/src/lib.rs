@@ -1,18 +1,30 @@
 //! Freight's transport: how package versions travel between sites and distribution points.
 //!
-//! For now this crate holds only [`protocol`], the pure, deterministic, sans-IO transfer
-//! protocol (message framing and the sender/receiver state machines). The QUIC shell and the
-//! throttle build on it. See `ARCHITECTURE.md` at the repository root for the map.
+//! - [`protocol`]: the pure, deterministic, sans-IO transfer protocol (message framing and the
+//!   sender/receiver state machines).
+//! - [`schedule`]: a route's bandwidth windows (weekly schedule, rate limits) and their text
+//!   and TOML forms; [`throttle`]: the pure limiter that enforces them; [`clock`] and
+//!   [`route_limiter`]: the injectable clock and the async shell shared by a route's streams.
+//!
+//! The QUIC shell builds on these. See `ARCHITECTURE.md` at the repository root for the map.
 
+pub mod clock;
 pub mod error;
 pub mod protocol;
 pub mod quic;
+pub mod route_limiter;
+pub mod schedule;
 pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Error, Result};
 pub use protocol::{
     ChunkVerifier, FrameDecoder, MAX_FRAME, Message, ProtocolError, Receiver, ReceiverEvent,
     Sender, SenderEvent, VerifiedChunk,
 };
+pub use route_limiter::RouteLimiter;
+pub use schedule::{Allowed, Cell, CellSpan, Priority, Rate, RouteThrottle, Schedule};
+pub use throttle::{Admit, Limiter, LimiterStats, Pacing};

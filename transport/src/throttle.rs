@@ -1,0 +1,553 @@
+//! The route limiter: one per route (address or DP), shared by all the route's streams and
+//! sessions. It decides when a chunk may start ([`Limiter::admit`]) and when each slice of
+//! bytes may go out ([`Limiter::reserve`]) under the route's [`RouteThrottle`].
+//!
+//! Pure and deterministic: no clock, no sleeping, no async. Every call takes `now`;
+//! [`crate::route_limiter::RouteLimiter`] is the thin async shell that supplies it and sleeps.
+//!
+//! # Admission
+//! A transfer calls `admit(now, priority)` before each chunk. In a cell that does not permit
+//! the priority the answer is [`Admit::Closed`] with the start of the next cell that does
+//! (searching eight days ahead). So at a closing window a transfer stops after its current
+//! chunk and resumes with the next one when the window opens.
+//!
+//! # Pacing
+//! Virtual scheduling (GCRA). The limiter keeps `next_free`, the instant by which everything
+//! reserved so far has gone out at the cell's rate. `reserve(now, n)` takes
+//! `start = max(next_free, now - τ)`, sets `next_free = start + n / rate`, and returns
+//! `max(start, now)`: the caller waits until then and sends the `n` bytes.
+//! - The long-run rate is exact: while busy, `next_free` moves by exactly `n / rate` per
+//!   reservation (rounded up to the nanosecond, so never faster).
+//! - Bursts are small. The burst allowance is `τ = min(10 ms, 64 KiB / rate)`, i.e. at most
+//!   `min(rate × 10 ms, 64 KiB)` of credit. So an idle limiter lets one slice (callers reserve
+//!   at most [`SLICE`] = 64 KiB at a time) plus that credit go at once, and no more however
+//!   long it was idle. 10 ms is below any loss-recovery timescale that matters on a WAN.
+//!   The 64 KiB cap keeps the extra burst at one slice on fast links.
+//! - A cell's rate applies to reservations made in it. When the pacing differs from the
+//!   previous reservation's (a new cell, or [`Limiter::set_throttle`]), the debt still
+//!   outstanding (`next_free - now`) is turned back into bytes at the old rate and timed again
+//!   at the new one. So a new rate holds from the next reservation, within one slice.
+//! - A percent is of the declared link bandwidth, rounded down to a whole byte per second.
+//! - In a closed cell (the tail of a chunk that started before the close) reservations use
+//!   the pacing of the last open cell before it.
+//! - Unlimited: `reserve` returns `now` and leaves no debt.
+//! - Pulse: reservations are paced at the link bandwidth if the route declares one, else not at
+//!   all. Once `block` bytes have been reserved, the next reservation waits until `delay` after
+//!   the block ended: the block ends at `next_free` when paced, or at its last reservation's
+//!   start when not. A slice that crosses the block's end is sent whole and its excess counts
+//!   toward the next block. A quiet spell of at least `delay` ends a partial block.
+
+use crate::schedule::{Allowed, CellSpan, Priority, Rate, RouteThrottle, timestamp};
+use jiff::Timestamp;
+use std::time::Duration;
+
+/// The largest reservation callers should make: slices of at most this many bytes keep bursts
+/// small and let a rate change apply within one slice.
+pub const SLICE: u64 = 64 * 1024;
+/// Longest burst allowance, as time.
+pub const BURST_TIME: Duration = Duration::from_millis(10);
+/// Largest burst allowance, in bytes.
+pub const BURST_BYTES: u64 = 64 * 1024;
+
+const NS_PER_SEC: u128 = 1_000_000_000;
+
+/// Answer of [`Limiter::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// The current cell permits the priority: send the next chunk.
+    Open,
+    /// It does not: wait.
+    Closed {
+        /// Start of the next cell that permits the priority, within eight days; `None` if
+        /// the schedule never does.
+        reopens: Option<Timestamp>,
+    },
+}
+
+/// How reservations are paced, once a cell's [`Rate`] is resolved against the route's link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// No pacing.
+    Unlimited,
+    /// Bytes per second (at least 1).
+    Rate(u64),
+    /// Pulse mode.
+    Pulse {
+        /// Bytes per block.
+        block: u64,
+        /// Pause after each block.
+        delay: Duration,
+        /// Pacing within a block: the link bandwidth, if declared.
+        rate: Option<u64>,
+    },
+}
+
+impl Pacing {
+    /// The rate at which bytes are paced, if they are.
+    pub fn rate(self) -> Option<u64> {
+        match self {
+            Pacing::Unlimited => None,
+            Pacing::Rate(r) => Some(r),
+            Pacing::Pulse { rate, .. } => rate,
+        }
+    }
+}
+
+impl RouteThrottle {
+    /// The pacing of `rate` on this route: percents resolved against the link bandwidth.
+    pub fn pacing(&self, rate: Rate) -> Pacing {
+        match rate {
+            Rate::Unlimited => Pacing::Unlimited,
+            Rate::Percent(p) => match self.link_bandwidth() {
+                Some(link) => {
+                    let r = u128::from(link) * u128::from(p) / 100;
+                    Pacing::Rate(u64::try_from(r).unwrap_or(u64::MAX).max(1))
+                }
+                // A RouteThrottle never holds a percent without a link; stay safe anyway.
+                None => Pacing::Unlimited,
+            },
+            Rate::BytesPerSec(r) => Pacing::Rate(r.max(1)),
+            Rate::Pulse { block, delay } => Pacing::Pulse {
+                block: block.max(1),
+                delay,
+                rate: self.link_bandwidth(),
+            },
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimiterStats {
+    /// Bytes reserved (sent or about to be) since the limiter was made.
+    pub bytes_reserved: u64,
+    /// Calls to [`Limiter::reserve`].
+    pub reservations: u64,
+    /// Calls to [`Limiter::admit`] that answered closed.
+    pub refusals: u64,
+}
+
+/// The cell `now` falls in, cached until the next boundary, with its pacing.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    span: CellSpan,
+    pacing: Pacing,
+}
+
+/// One route's limiter; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    throttle: RouteThrottle,
+    current: Option<Current>,
+    /// Pacing of the last reservation.
+    pacing: Pacing,
+    /// Nanoseconds since the epoch at which all reserved bytes are out at the pacing rate.
+    next_free: i128,
+    /// Start of the last reservation, ns.
+    last_start: i128,
+    /// Bytes of the current pulse block so far.
+    block_sent: u64,
+    stats: LimiterStats,
+}
+
+impl Limiter {
+    /// A limiter for a route, idle.
+    pub fn new(throttle: RouteThrottle) -> Limiter {
+        Limiter {
+            throttle,
+            current: None,
+            pacing: Pacing::Unlimited,
+            // Far in the past, yet far from overflow in the arithmetic below.
+            next_free: i128::MIN / 4,
+            last_start: i128::MIN / 4,
+            block_sent: 0,
+            stats: LimiterStats::default(),
+        }
+    }
+
+    /// The route's throttle.
+    pub fn throttle(&self) -> &RouteThrottle {
+        &self.throttle
+    }
+
+    /// Replaces the route's throttle; it applies at once to admissions and to the next
+    /// reservation.
+    pub fn set_throttle(&mut self, throttle: RouteThrottle) {
+        self.throttle = throttle;
+        self.current = None;
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LimiterStats {
+        self.stats
+    }
+
+    /// The cell in force at `now`, with the span it covers.
+    pub fn cell_at(&mut self, now: Timestamp) -> CellSpan {
+        self.current(now).span
+    }
+
+    /// The pacing a reservation made at `now` gets (for a closed cell, the last open cell's).
+    pub fn pacing_at(&mut self, now: Timestamp) -> Pacing {
+        self.current(now).pacing
+    }
+
+    /// May a chunk of `priority` start at `now`? Call it at every chunk boundary.
+    pub fn admit(&mut self, now: Timestamp, priority: Priority) -> Admit {
+        let current = self.current(now);
+        if current.span.cell.allowed.permits(priority) {
+            return Admit::Open;
+        }
+        self.stats.refusals += 1;
+        let reopens = self
+            .throttle
+            .schedule()
+            .find_from(current.span.end, self.throttle.time_zone(), |cell| {
+                cell.allowed.permits(priority)
+            })
+            .map(|span| span.start);
+        Admit::Closed { reopens }
+    }
+
+    /// Reserves `bytes` (at most [`SLICE`] for smooth pacing) and returns when they may be
+    /// sent: `now` or later. The caller waits until then, then sends.
+    pub fn reserve(&mut self, now: Timestamp, bytes: u64) -> Timestamp {
+        let now_ns = now.as_nanosecond();
+        let pacing = self.current(now).pacing;
+        if pacing != self.pacing {
+            self.switch(now_ns, pacing);
+        }
+        self.stats.bytes_reserved = self.stats.bytes_reserved.saturating_add(bytes);
+        self.stats.reservations += 1;
+        let start = match pacing {
+            Pacing::Unlimited => now_ns,
+            Pacing::Rate(rate) => self.pace(now_ns, bytes, rate, true),
+            Pacing::Pulse { block, delay, rate } => {
+                let delay = delay.as_nanos() as i128;
+                let block_end = match rate {
+                    Some(_) => self.next_free,
+                    None => self.last_start,
+                };
+                let mut earliest = now_ns;
+                let mut credit = true;
+                if self.block_sent >= block {
+                    let blocks = (self.block_sent / block) as i128;
+                    self.block_sent %= block;
+                    earliest = now_ns.max(block_end.saturating_add(delay.saturating_mul(blocks)));
+                    // The pause is the pause: no burst credit eats into it.
+                    credit = false;
+                } else if self.block_sent > 0 && now_ns >= block_end.saturating_add(delay) {
+                    self.block_sent = 0;
+                }
+                self.block_sent = self.block_sent.saturating_add(bytes);
+                match rate {
+                    Some(rate) => self.pace(earliest, bytes, rate, credit),
+                    None => earliest,
+                }
+            }
+        };
+        self.last_start = start;
+        timestamp(start.max(now_ns))
+    }
+
+    /// GCRA step at `rate` from `from`; returns the reservation's start.
+    fn pace(&mut self, from: i128, bytes: u64, rate: u64, credit: bool) -> i128 {
+        let allowance = if credit { burst_ns(rate) } else { 0 };
+        let start = self.next_free.max(from - allowance);
+        self.next_free = start.saturating_add(cost_ns(bytes, rate));
+        start
+    }
+
+    /// The pacing changed (new cell or new throttle): keep the outstanding debt in bytes.
+    fn switch(&mut self, now_ns: i128, new: Pacing) {
+        match (self.pacing.rate(), new.rate()) {
+            (Some(old), Some(new)) if self.next_free > now_ns => {
+                let debt = self.next_free - now_ns;
+                let (old, new) = (i128::from(old), i128::from(new));
+                let retimed = debt.saturating_mul(old).saturating_add(new - 1) / new;
+                self.next_free = now_ns.saturating_add(retimed);
+            }
+            (_, None) => self.next_free = self.next_free.min(now_ns),
+            _ => {}
+        }
+        self.block_sent = 0;
+        self.pacing = new;
+    }
+
+    fn current(&mut self, now: Timestamp) -> Current {
+        if let Some(c) = self.current
+            && c.span.start <= now
+            && now < c.span.end
+        {
+            return c;
+        }
+        let span = self.throttle.cell_at(now);
+        let pacing = if span.cell.allowed == Allowed::Closed {
+            self.last_open_pacing(span)
+        } else {
+            self.throttle.pacing(span.cell.rate)
+        };
+        let current = Current { span, pacing };
+        self.current = Some(current);
+        current
+    }
+
+    /// Pacing of the last open cell before the closed `span` (a week back at most).
+    fn last_open_pacing(&self, span: CellSpan) -> Pacing {
+        let mut at = span.start;
+        for _ in 0..(8 * 24 + 16) {
+            let prev = self.throttle.cell_at(timestamp(at.as_nanosecond() - 1));
+            if prev.cell.allowed != Allowed::Closed {
+                return self.throttle.pacing(prev.cell.rate);
+            }
+            if prev.start >= at {
+                break;
+            }
+            at = prev.start;
+        }
+        // Never open: nothing should flow, and whatever does is not held back.
+        Pacing::Unlimited
+    }
+}
+
+/// Time `bytes` take at `rate`, rounded up.
+fn cost_ns(bytes: u64, rate: u64) -> i128 {
+    let ns = (u128::from(bytes) * NS_PER_SEC).div_ceil(u128::from(rate.max(1)));
+    i128::try_from(ns).unwrap_or(i128::MAX)
+}
+
+/// The burst allowance τ at `rate`: min(10 ms, 64 KiB / rate).
+fn burst_ns(rate: u64) -> i128 {
+    (BURST_TIME.as_nanos() as i128).min(cost_ns(BURST_BYTES, rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Priority::{High, Low, Medium};
+    use jiff::SignedDuration;
+
+    /// A Monday, 00:00 UTC.
+    const MONDAY: &str = "2025-01-06T00:00:00Z";
+
+    fn throttle(text: &str) -> RouteThrottle {
+        RouteThrottle::parse(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn at(offset: &str) -> Timestamp {
+        let base: Timestamp = MONDAY.parse().expect("timestamp");
+        base.checked_add(offset.parse::<SignedDuration>().expect("duration"))
+            .expect("in range")
+    }
+
+    fn ms(n: i64) -> SignedDuration {
+        SignedDuration::from_millis(n)
+    }
+
+    /// Reserves `count` slices back to back (each made when the previous may start, as a
+    /// caller that always has data does) from `now`; returns the starts.
+    fn back_to_back(
+        l: &mut Limiter,
+        mut now: Timestamp,
+        count: usize,
+        bytes: u64,
+    ) -> Vec<Timestamp> {
+        (0..count)
+            .map(|_| {
+                now = l.reserve(now, bytes);
+                now
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unlimited_returns_now_and_leaves_no_debt() {
+        let mut l = Limiter::new(RouteThrottle::default());
+        let t = at("0s");
+        for _ in 0..1000 {
+            assert_eq!(l.reserve(t, SLICE), t);
+        }
+        assert_eq!(
+            l.stats(),
+            LimiterStats {
+                bytes_reserved: 1000 * SLICE,
+                reservations: 1000,
+                refusals: 0
+            }
+        );
+        // The unlimited bytes are not charged to a rate that comes later.
+        l.set_throttle(throttle("daily 1MiB/s"));
+        assert_eq!(l.reserve(t, 4096), t);
+    }
+
+    #[test]
+    fn back_to_back_reservations_hold_the_rate_exactly() {
+        let mut l = Limiter::new(throttle("daily 1MB/s"));
+        let t0 = at("10s");
+        let starts = back_to_back(&mut l, t0, 1001, 10_000);
+        // The first slice and the 10 ms of credit go at once...
+        assert_eq!((starts[0], starts[1]), (t0, t0));
+        // ...then exactly one 10 kB slice per 10 ms at 1 MB/s, with no drift.
+        for (n, s) in starts.iter().enumerate().skip(1) {
+            assert_eq!(s.duration_since(t0), ms(10 * (n as i64 - 1)), "slice {n}");
+        }
+    }
+
+    #[test]
+    fn odd_rates_never_run_fast() {
+        // 3 bytes per second: 1 byte costs 333,333,333.33 ns, rounded up.
+        let mut l = Limiter::new(throttle("daily 3/s"));
+        let t0 = at("0s");
+        let starts = back_to_back(&mut l, t0, 3001, 1);
+        // 2999 bytes from the second start to the last: 999.67 s, plus at most 1 ns each.
+        let elapsed = starts[3000].duration_since(starts[1]).as_nanos();
+        let exact = 2999 * 1_000_000_000 / 3;
+        assert!((exact..=exact + 2999).contains(&elapsed), "{elapsed} ns");
+    }
+
+    #[test]
+    fn an_idle_limiter_allows_only_a_small_burst() {
+        for (text, rate) in [("daily 1MiB/s", 1u64 << 20), ("daily 100MiB/s", 100 << 20)] {
+            let mut l = Limiter::new(throttle(text));
+            back_to_back(&mut l, at("0s"), 50, SLICE);
+            // An hour idle, then many small slices at one instant.
+            let t = at("1h");
+            let mut at_once = 0;
+            while l.reserve(t, 4096) == t {
+                at_once += 4096;
+            }
+            let burst = (rate / 100).min(BURST_BYTES);
+            assert!(
+                at_once <= burst + 4096,
+                "{text}: {at_once} bytes at once, burst {burst}"
+            );
+            assert!(
+                at_once + 4096 >= burst,
+                "{text}: {at_once} bytes at once, burst {burst}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_cell_rate_applies_from_the_next_slice() {
+        // Slow to fast: a 64 KiB slice at 64 KiB/s is a second of debt, which must not
+        // delay the fast hour by a second.
+        let mut l = Limiter::new(throttle("daily 64KiB/s; Mon 01:00-02:00 64MiB/s"));
+        let starts = back_to_back(&mut l, at("59m"), 4000, SLICE);
+        let fast: u64 = starts
+            .iter()
+            .filter(|s| (at("1h1s")..at("1h2s")).contains(s))
+            .map(|_| SLICE)
+            .sum();
+        assert!(
+            fast.abs_diff(64 << 20) <= (64 << 20) / 50,
+            "{fast} bytes in the fast hour's second second"
+        );
+        // Fast to slow: the slow rate holds from the first second on.
+        let mut l = Limiter::new(throttle("daily 1MiB/s; Mon 01:00-02:00 64KiB/s"));
+        let starts = back_to_back(&mut l, at("59m59s"), 20_000, 1024);
+        let slow: u64 = starts
+            .iter()
+            .filter(|s| (at("1h1s")..at("1h11s")).contains(s))
+            .map(|_| 1024)
+            .sum();
+        assert!(
+            slow.abs_diff(640 << 10) <= (640 << 10) / 50,
+            "{slow} bytes in 10 s at 64 KiB/s"
+        );
+    }
+
+    #[test]
+    fn closed_cells_answer_when_each_priority_reopens() {
+        let mut l = Limiter::new(throttle(
+            "daily closed; Mon 08:00-09:00 high; Mon 10:00-11:00 medium; Tue 00:00-01:00 all",
+        ));
+        let closed = |reopens: &str| Admit::Closed {
+            reopens: Some(at(reopens)),
+        };
+        assert_eq!(l.admit(at("7h30m"), Low), closed("24h"));
+        assert_eq!(l.admit(at("7h30m"), Medium), closed("10h"));
+        assert_eq!(l.admit(at("7h30m"), High), closed("8h"));
+        assert_eq!(l.admit(at("8h30m"), High), Admit::Open);
+        assert_eq!(l.admit(at("8h30m"), Medium), closed("10h"));
+        assert_eq!(l.admit(at("10h"), Medium), Admit::Open);
+        assert_eq!(l.admit(at("24h59m"), Low), Admit::Open);
+        // After Monday's last open cell for high, the next is a week later.
+        assert_eq!(l.admit(at("25h"), High), closed("176h"));
+        assert_eq!(l.stats().refusals, 5);
+        // Never open.
+        l.set_throttle(throttle("daily medium"));
+        assert_eq!(l.admit(at("0s"), Low), Admit::Closed { reopens: None });
+        l.set_throttle(throttle("daily closed"));
+        assert_eq!(l.admit(at("0s"), High), Admit::Closed { reopens: None });
+    }
+
+    #[test]
+    fn a_tail_in_a_closed_cell_is_paced_at_the_last_open_rate() {
+        let mut l = Limiter::new(throttle(
+            "daily closed; Mon 08:00-09:00 100KB/s; Mon 10:00-11:00 1MB/s; Mon 11:00-12:00 high",
+        ));
+        assert_eq!(l.pacing_at(at("9h")), Pacing::Rate(100_000));
+        assert_eq!(l.pacing_at(at("12h")), Pacing::Unlimited);
+        // Before Monday 08:00 the last open cell is last week's Monday 11:00.
+        assert_eq!(l.pacing_at(at("7h")), Pacing::Unlimited);
+        l.set_throttle(throttle(
+            "daily closed; Mon 08:00-09:00 100KB/s; Mon 10:00-11:00 1MB/s",
+        ));
+        assert_eq!(l.pacing_at(at("7h")), Pacing::Rate(1_000_000));
+        let starts = back_to_back(&mut l, at("9h"), 11, 10_000);
+        assert_eq!(starts[10].duration_since(starts[1]), ms(900));
+    }
+
+    #[test]
+    fn percents_are_of_the_link() {
+        let mut l = Limiter::new(throttle("link 100Mbit/s; daily 33%; Sun 1%"));
+        assert_eq!(l.pacing_at(at("0s")), Pacing::Rate(4_125_000));
+        assert_eq!(l.pacing_at(at("144h")), Pacing::Rate(125_000));
+    }
+
+    #[test]
+    fn pulse_sends_a_block_then_waits() {
+        // At the link's 1 MiB/s a 64 KiB slice takes 62.5 ms; four make the 256 KiB block.
+        let mut l = Limiter::new(throttle("link 1MiB/s; daily pulse 256KiB/2s"));
+        let starts = back_to_back(&mut l, at("0s"), 21, SLICE);
+        let gaps: Vec<SignedDuration> = starts
+            .windows(2)
+            .map(|w| w[1].duration_since(w[0]))
+            .collect();
+        let slice = SignedDuration::from_micros(62_500);
+        // The first block starts with 10 ms of credit; from then on the pattern is exact.
+        assert_eq!(gaps[0], slice - ms(10));
+        for (n, gap) in gaps.iter().enumerate().skip(1) {
+            let want = if n % 4 == 3 { slice + ms(2000) } else { slice };
+            assert_eq!(*gap, want, "gap {n}: {gaps:?}");
+        }
+        // Without a link, a block goes at once.
+        let mut l = Limiter::new(throttle("daily pulse 256KiB/2s"));
+        let starts = back_to_back(&mut l, at("0s"), 12, SLICE);
+        let offsets: Vec<SignedDuration> =
+            starts.iter().map(|s| s.duration_since(at("0s"))).collect();
+        let want: Vec<SignedDuration> = (0..12).map(|n| ms(2000 * (n / 4))).collect();
+        assert_eq!(offsets, want);
+        // A quiet spell of a whole delay ends a partial block: the next block is whole.
+        let mut l = Limiter::new(throttle("daily pulse 256KiB/2s"));
+        back_to_back(&mut l, at("0s"), 2, SLICE);
+        let starts = back_to_back(&mut l, at("10s"), 5, SLICE);
+        let offsets: Vec<SignedDuration> =
+            starts.iter().map(|s| s.duration_since(at("10s"))).collect();
+        assert_eq!(offsets, [ms(0), ms(0), ms(0), ms(0), ms(2000)]);
+    }
+
+    #[test]
+    fn set_throttle_applies_to_the_next_reservation() {
+        let mut l = Limiter::new(throttle("daily 1MB/s"));
+        let starts = back_to_back(&mut l, at("0s"), 10, 100_000);
+        // Mid-slice (0.1 s of debt at 1 MB/s = 100 kB), the rate becomes 10 MB/s: the
+        // remaining 100 kB take 10 ms, and the next slices 10 ms each.
+        let now = starts[9];
+        l.set_throttle(throttle("daily 10MB/s"));
+        let next = back_to_back(&mut l, now, 3, 100_000);
+        assert_eq!(next[0].duration_since(now), ms(10));
+        assert_eq!(next[2].duration_since(next[0]), ms(20));
+    }
+}
