@@ -16,6 +16,7 @@ use freight_transport::quic::{Node, NodeConfig};
 use freight_transport::session::{self, PushOptions, Resume};
 use freight_transport::store::SharedLibrary;
 use freight_transport::tls::SiteTls;
+use freight_transport::{Priority, RouteLimiter, RouteThrottle};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,16 @@ enum TransferCmd {
         /// Seconds to wait before resuming after a cut.
         #[arg(long, default_value = "1", value_parser = parse_secs)]
         retry_delay: Duration,
+        /// The route's bandwidth windows in the compact form, e.g.
+        /// `link 100Mbit/s; Mon-Fri 08:00-18:00 high 2MiB/s; Sat-Sun closed`.
+        #[arg(long, conflicts_with = "throttle_file")]
+        throttle: Option<String>,
+        /// The route's bandwidth windows as a TOML file.
+        #[arg(long)]
+        throttle_file: Option<PathBuf>,
+        /// The package's priority: low, medium or high.
+        #[arg(long, default_value = "medium")]
+        priority: Priority,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -116,6 +127,9 @@ pub fn run(a: TransferArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliEr
             streams,
             attempts,
             retry_delay,
+            throttle,
+            throttle_file,
+            priority,
             json,
         } => {
             let peer = SiteCode::parse(&peer)?;
@@ -138,7 +152,28 @@ pub fn run(a: TransferArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliEr
                 attempts: attempts.max(1),
                 delay: retry_delay,
             };
-            rt.block_on(send(to, peer, tls, cfg, lib, manifest, resume, json, quiet))
+            let throttle = match (throttle, throttle_file) {
+                (Some(text), _) => Some(RouteThrottle::parse(&text)?),
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        CliError::Usage(format!(
+                            "{}: cannot read throttle file: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    Some(RouteThrottle::from_toml(&text)?)
+                }
+                (None, None) => None,
+            };
+            let opts = PushOptions {
+                progress: Some(Arc::new(Progress::default())),
+                limiter: throttle
+                    .map(|t| RouteLimiter::new(t, Arc::new(freight_transport::SystemClock))),
+                priority,
+            };
+            rt.block_on(send(
+                to, peer, tls, cfg, lib, manifest, resume, opts, json, quiet,
+            ))
         }
     }
 }
@@ -213,16 +248,14 @@ async fn send(
     lib: Library,
     manifest: freight_core::Manifest,
     resume: Resume,
+    opts: PushOptions,
     json: bool,
     quiet: bool,
 ) -> Result<(), CliError> {
     let node = Node::bind("0.0.0.0:0".parse().expect("address"), tls, cfg)?;
     let lib = SharedLibrary::new(lib);
-    let progress = Arc::new(Progress::default());
-    let bar = Bar::start(progress.clone(), quiet || json);
-    let opts = PushOptions {
-        progress: Some(progress),
-    };
+    let progress = opts.progress.clone().unwrap_or_default();
+    let bar = Bar::start(progress, quiet || json);
     let started = Instant::now();
     let (reports, res) =
         session::push_resuming(&node, to, peer, &lib, &manifest, &opts, &resume).await;

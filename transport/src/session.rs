@@ -14,7 +14,10 @@ use crate::protocol::{
     FrameDecoder, Message, ProtocolError, Receiver, ReceiverEvent, Sender, chunk_header,
 };
 use crate::quic::{Conn, KIND_DATA, KIND_PUSH, Node, conn_error};
+use crate::route_limiter::RouteLimiter;
+use crate::schedule::Priority;
 use crate::store::SharedLibrary;
+use crate::throttle;
 use bytes::Bytes;
 use freight_core::{ChunkId, Manifest, Progress, SiteCode};
 use std::collections::{HashMap, VecDeque};
@@ -24,9 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 
-/// Data of a chunk is written in slices of at most this many bytes, each paced on its own, so
-/// a limiter's bursts stay small and a rate change applies within a slice.
-pub const SLICE: usize = 64 << 10;
+/// Data of a chunk is written in slices of at most [`throttle::SLICE`] bytes, each paced on its
+/// own, so a limiter's bursts stay small and a rate change applies within a slice.
+const SLICE: usize = throttle::SLICE as usize;
 /// Chunk reads in flight on the block engine per session.
 const READ_AHEAD: usize = 16;
 /// Chunks read but not yet written to a data stream, per session (memory bound).
@@ -37,6 +40,10 @@ const QUEUED: usize = 8;
 pub struct PushOptions {
     /// Byte counters for a progress bar: total = bytes the receiver lacks, done = sent.
     pub progress: Option<Arc<Progress>>,
+    /// The route's limiter (shared by every session on the route); `None` = unlimited.
+    pub limiter: Option<RouteLimiter>,
+    /// The package's priority: which of the route's windows it may use.
+    pub priority: Priority,
 }
 
 impl std::fmt::Debug for PushOptions {
@@ -256,6 +263,8 @@ async fn push_inner(
         let rx = out_rx.clone();
         let counters = counters.clone();
         let progress = opts.progress.clone();
+        let limiter = opts.limiter.clone();
+        let priority = opts.priority;
         let who = who.to_string();
         writers.spawn(async move {
             let mut s = conn.open_uni().await.map_err(|e| conn_error(&who, e))?;
@@ -266,6 +275,10 @@ async fn push_inner(
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some(c) = next else { break };
+                // A closing window stops the transfer between chunks, never inside one.
+                if let Some(l) = &limiter {
+                    l.admit(priority).await;
+                }
                 let header = chunk_header(&c.id, c.ulen, c.flags, c.data.len());
                 s.write_all(&header)
                     .await
@@ -273,6 +286,9 @@ async fn push_inner(
                 let mut off = 0;
                 while off < c.data.len() {
                     let end = (off + SLICE).min(c.data.len());
+                    if let Some(l) = &limiter {
+                        l.pace((end - off) as u64).await;
+                    }
                     s.write_chunk(c.data.slice(off..end))
                         .await
                         .map_err(|e| write_error(&who, e))?;
