@@ -131,6 +131,12 @@ impl Conn {
         self.inner.close(0u32.into(), reason.as_bytes());
     }
 
+    /// The underlying QUIC connection, for tools that measure the path itself (benchmarks);
+    /// sessions never need it.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.inner
+    }
+
     /// Current path statistics (round trip, congestion window, lost packets).
     pub fn stats(&self) -> quinn::ConnectionStats {
         self.inner.stats()
