@@ -35,6 +35,10 @@ pub struct TransferArgs {
     /// Seconds without a packet after which a connection counts as cut.
     #[arg(long, global = true, default_value = "30", value_parser = parse_secs)]
     idle_timeout: Duration,
+    /// Largest UDP payload MTU discovery may reach (1200..=65527; loopback and jumbo-frame
+    /// links carry large ones).
+    #[arg(long, global = true, default_value_t = NodeConfig::default().max_udp_payload, value_parser = clap::value_parser!(u16).range(1200..=65527))]
+    max_udp_payload: u16,
     #[command(subcommand)]
     cmd: TransferCmd,
 }
@@ -114,6 +118,7 @@ pub fn run(a: TransferArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliEr
     let base = NodeConfig {
         idle_timeout: a.idle_timeout,
         keep_alive: (a.idle_timeout / 4).min(Duration::from_secs(5)),
+        max_udp_payload: a.max_udp_payload,
         ..NodeConfig::default()
     };
     let rt = runtime()?;

@@ -87,8 +87,15 @@ impl NodeConfig {
             .max_concurrent_bidi_streams(256u32.into())
             .initial_mtu(self.initial_mtu.max(1200));
         let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(self.max_udp_payload);
+        // A loss burst on a busy host can look like a black hole and drop the MTU to the
+        // minimum; probe again soon rather than after the default minute.
+        mtu.upper_bound(self.max_udp_payload)
+            .black_hole_cooldown(Duration::from_secs(10));
         t.mtu_discovery_config(Some(mtu));
+        // GSO batches several datagrams into one send; with datagrams above Ethernet size
+        // (loopback, jumbo frames) the batches lose packets here, while one 64 KiB datagram
+        // per send already amortises the system call. Keep GSO for ordinary links only.
+        t.enable_segmentation_offload(self.max_udp_payload <= 1500);
         Ok(t)
     }
 }

@@ -490,6 +490,8 @@ pub async fn push_resuming(
         let res = match node.connect(addr, peer).await {
             Ok(conn) => {
                 let r = push(&conn, lib, manifest, opts, &mut report).await;
+                let stats = conn.stats();
+                tracing::debug!(peer = %conn.describe(), mtu = stats.path.current_mtu, rtt = ?stats.path.rtt, cwnd = stats.path.cwnd, lost = stats.path.lost_packets, sent_packets = stats.path.sent_packets, congestion_events = stats.path.congestion_events, "session ended");
                 if r.is_ok() {
                     conn.close("done");
                 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::{mpsc, oneshot};
 
 /// Appended bytes after which the store thread commits on its own.
-pub const COMMIT_BYTES: u64 = 16 << 20;
+pub const COMMIT_BYTES: u64 = 256 << 20;
 /// Verified chunks queued for the store thread at most (memory bound: about this many chunks).
 const QUEUE: usize = 16;
 
