@@ -861,6 +861,15 @@ impl Sender {
     pub fn abort(&mut self, reason: &str) {
         let _ = self.fail(ProtocolError::Aborted, reason.to_string());
     }
+
+    /// The peer's bytes did not decode (an error of [`FrameDecoder`]): queues `Abort` with the
+    /// error's code and returns the error.
+    pub fn decode_failed(&mut self, e: Error) -> Error {
+        match e {
+            Error::Protocol { code, detail } => self.fail(code, detail),
+            other => other,
+        }
+    }
 }
 
 /// What the receiver's I/O shell must do.
@@ -1014,6 +1023,11 @@ impl Receiver {
     /// True once `Committed` has been queued.
     pub fn is_done(&self) -> bool {
         self.state == ReceiverState::Done
+    }
+
+    /// True while chunks are expected (after `Need`, before `Done`).
+    pub fn is_receiving(&self) -> bool {
+        self.state == ReceiverState::Receiving
     }
 
     /// True once the session ended in an error (either side's).
@@ -1245,6 +1259,15 @@ impl Receiver {
     /// `Abort` with code [`ProtocolError::Aborted`] and `reason`.
     pub fn abort(&mut self, reason: &str) {
         let _ = self.fail(ProtocolError::Aborted, reason.to_string());
+    }
+
+    /// The peer's bytes did not decode (an error of [`FrameDecoder`]), or arrived where the
+    /// shell does not allow them: queues `Abort` with the error's code, returns the error.
+    pub fn decode_failed(&mut self, e: Error) -> Error {
+        match e {
+            Error::Protocol { code, detail } => self.fail(code, detail),
+            other => other,
+        }
     }
 }
 

@@ -7,7 +7,12 @@
 //! ```text
 //! control stream   kind u8 = 1 (push: the opener sends), data_streams u16
 //! data stream      kind u8 = 2, session u64 (the control stream's ID), index u16
+//! welcome stream   kind u8 = 3, opened by the accepting side once it accepted the peer
 //! ```
+//! In TLS 1.3 the client's handshake completes before the server has checked the client's
+//! certificate, so a connecting side waits for the welcome stream (or the server's refusal)
+//! before it counts a connection as made.
+//!
 //! After its preamble a stream carries protocol frames ([`crate::protocol`]): every message
 //! but `Chunk` on the control stream, `Chunk`s only on data streams. Announcing the number of
 //! data streams up front lets the receiver hold the sender's `Done` until every data stream
@@ -24,6 +29,8 @@ use std::time::Duration;
 pub(crate) const KIND_PUSH: u8 = 1;
 /// Data stream preamble kind.
 pub(crate) const KIND_DATA: u8 = 2;
+/// The accepting side's first stream: it accepted the connecting side's certificate.
+const KIND_WELCOME: u8 = 3;
 
 /// Tunables of an endpoint. The defaults suit a LAN or WAN link; tests shorten the timeouts.
 #[derive(Debug, Clone)]
@@ -193,6 +200,31 @@ pub(crate) fn conn_error(peer: &str, e: quinn::ConnectionError) -> Error {
     }
 }
 
+/// Waits for the accepting side's welcome stream: its refusal of our certificate arrives as
+/// the connection's close reason instead.
+async fn welcomed(conn: &quinn::Connection, what: &str) -> Result<()> {
+    let mut s = conn.accept_uni().await.map_err(|e| conn_error(what, e))?;
+    let mut kind = [0u8];
+    s.read_exact(&mut kind).await.map_err(|e| match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
+            conn_error(what, c)
+        }
+        other => Error::Connection {
+            peer: what.to_string(),
+            reason: format!("no welcome from the peer: {other}"),
+            remedy: "check that the peer runs Freight",
+        },
+    })?;
+    if kind[0] != KIND_WELCOME {
+        return Err(Error::Connection {
+            peer: what.to_string(),
+            reason: format!("first stream of kind {} instead of a welcome", kind[0]),
+            remedy: "check that the peer runs a compatible Freight",
+        });
+    }
+    Ok(())
+}
+
 fn set_socket_buffers(socket: &std::net::UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt};
     // Bursts of 64 KiB datagrams overflow the default buffers on fast paths; the kernel caps
@@ -277,6 +309,17 @@ impl Node {
             })?;
         let inner = connecting.await.map_err(|e| conn_error(&what, e))?;
         let peer = self.identify(&inner, &what)?;
+        match tokio::time::timeout(self.config.idle_timeout, welcomed(&inner, &what)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                inner.close(0u32.into(), b"no welcome");
+                return Err(Error::Connection {
+                    peer: what,
+                    reason: "the peer did not confirm the connection".into(),
+                    remedy: "check that the peer runs Freight and trusts this site",
+                });
+            }
+        }
         Ok(Conn {
             inner,
             peer,
@@ -293,6 +336,15 @@ impl Node {
             async {
                 let inner = incoming.await.map_err(|e| conn_error(&what, e))?;
                 let peer = self.identify(&inner, &what)?;
+                let mut s = inner.open_uni().await.map_err(|e| conn_error(&what, e))?;
+                s.write_all(&[KIND_WELCOME])
+                    .await
+                    .map_err(|e| Error::Connection {
+                        peer: what.clone(),
+                        reason: format!("cannot welcome the peer: {e}"),
+                        remedy: "the peer went away; nothing to do",
+                    })?;
+                let _ = s.finish();
                 Ok(Conn {
                     inner,
                     peer,

@@ -208,8 +208,8 @@ async fn push_inner(
     let mut needed = None;
     while needed.is_none() {
         flush_sender(&mut sender, &mut csend, who).await?;
-        let msg = next_control(&mut ctl, who).await?;
-        let is_need = matches!(msg, Message::Need { .. });
+        let msg = next_control(&mut ctl, who).await;
+        let is_need = matches!(msg, Ok(Message::Need { .. }));
         let events = handle_or_abort(&mut sender, msg, &mut csend, who).await?;
         if is_need {
             needed = Some(
@@ -367,7 +367,7 @@ async fn push_inner(
                 }
                 msg = next_control(&mut ctl, who) => {
                     // The receiver speaks before Done only to abort.
-                    handle_or_abort(&mut sender, msg?, &mut csend, who).await?;
+                    handle_or_abort(&mut sender, msg, &mut csend, who).await?;
                 }
             }
         }
@@ -411,7 +411,7 @@ async fn push_inner(
     }
     write_control(&mut csend, who, vec![Message::Done]).await?;
     while !sender.is_done() {
-        let msg = next_control(&mut ctl, who).await?;
+        let msg = next_control(&mut ctl, who).await;
         handle_or_abort(&mut sender, msg, &mut csend, who).await?;
     }
     let _ = csend.finish();
@@ -434,14 +434,20 @@ async fn next_control(ctl: &mut mpsc::Receiver<Result<Message>>, who: &str) -> R
     }
 }
 
-/// Hands `msg` to the sender; on a protocol error the queued Abort goes out before returning.
+/// Hands `msg` (or the error reading it) to the sender; on a protocol error the queued Abort
+/// goes out before returning.
 async fn handle_or_abort(
     sender: &mut Sender,
-    msg: Message,
+    msg: Result<Message>,
     send: &mut quinn::SendStream,
     who: &str,
 ) -> Result<Vec<crate::protocol::SenderEvent>> {
-    match sender.handle(msg) {
+    let res = match msg {
+        Ok(m) => sender.handle(m),
+        Err(e @ Error::Protocol { .. }) => Err(sender.decode_failed(e)),
+        Err(e) => return Err(e),
+    };
+    match res {
         Ok(ev) => Ok(ev),
         Err(e) => {
             let _ = flush_sender(sender, send, who).await;
@@ -672,7 +678,10 @@ async fn drive_receiver(
             return Ok(());
         }
         let msg = tokio::select! {
-            m = next_control(&mut ctl, who) => m?,
+            m = next_control(&mut ctl, who) => match m {
+                Ok(m) => m,
+                Err(e) => return Err(session.receiver().decode_failed(e)),
+            },
             _ = session.changed.notified() => {
                 match session.take_failure() {
                     Some(e) => return Err(e),
@@ -687,15 +696,13 @@ async fn drive_receiver(
             *offered = Some((package.clone(), *version));
         }
         if matches!(msg, Message::Chunk { .. }) {
-            let detail = format!("{who}: sent a Chunk on the control stream");
-            let mut r = session.receiver();
-            r.abort(&detail);
-            return Err(Error::Protocol {
+            let e = Error::Protocol {
                 code: ProtocolError::UnexpectedMessage,
-                detail,
-            });
+                detail: format!("{who}: sent a Chunk on the control stream"),
+            };
+            return Err(session.receiver().decode_failed(e));
         }
-        if msg == Message::Done {
+        if msg == Message::Done && session.receiver().is_receiving() {
             // Every data stream must have ended, so no chunk is still on its way.
             loop {
                 if let Some(e) = session.take_failure() {
@@ -792,7 +799,7 @@ async fn receive_chunks(
             code: ProtocolError::UnexpectedMessage,
             detail: format!("{who}: data stream opened before the receiver asked for chunks"),
         };
-        return Err(abort_with(session, e));
+        return Err(session.receiver().decode_failed(e));
     };
     loop {
         let chunk = recv
@@ -805,7 +812,7 @@ async fn receive_chunks(
                     code: ProtocolError::Malformed,
                     detail: format!("{who}: data stream ended inside a frame"),
                 };
-                return Err(abort_with(session, e));
+                return Err(session.receiver().decode_failed(e));
             }
             return Ok(());
         };
@@ -814,14 +821,7 @@ async fn receive_chunks(
             let msg = match dec.next_message() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
-                Err(e) => {
-                    let (code, detail) = match &e {
-                        Error::Protocol { code, detail } => (*code, detail.clone()),
-                        _ => (ProtocolError::Malformed, e.to_string()),
-                    };
-                    session.receiver().abort(&detail);
-                    return Err(Error::Protocol { code, detail });
-                }
+                Err(e) => return Err(session.receiver().decode_failed(e)),
             };
             let Message::Chunk {
                 id,
@@ -830,12 +830,11 @@ async fn receive_chunks(
                 data,
             } = msg
             else {
-                let detail = format!("{who}: sent {} on a data stream", msg.name());
-                session.receiver().abort(&detail);
-                return Err(Error::Protocol {
+                let e = Error::Protocol {
                     code: ProtocolError::UnexpectedMessage,
-                    detail,
-                });
+                    detail: format!("{who}: sent {} on a data stream", msg.name()),
+                };
+                return Err(session.receiver().decode_failed(e));
             };
             // Decompressing and hashing is CPU work: keep it off the async workers.
             let v = verifier.clone();

@@ -51,6 +51,16 @@ impl Site {
     }
 }
 
+/// Logs to the test's output when `FREIGHT_LOG` is set (e.g. `freight_transport=debug`).
+pub fn log() {
+    if let Ok(filter) = std::env::var("FREIGHT_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Test tunables: short timeouts so cuts are noticed quickly.
 pub fn fast_config() -> NodeConfig {
     NodeConfig {
@@ -104,6 +114,7 @@ pub struct Receiving {
 }
 
 pub fn receiving(site: &Site, lib_dir: &Path, cfg: NodeConfig) -> Receiving {
+    log();
     let node = Node::bind("127.0.0.1:0".parse().unwrap(), site.tls(), cfg).unwrap();
     let lib = SharedLibrary::new(library(lib_dir));
     let (tx, events) = mpsc::unbounded_channel();
