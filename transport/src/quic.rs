@@ -70,13 +70,6 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    /// Bytes a sender can have sent that a receiver has not yet stored when a connection is
-    /// cut: what the send window allows in flight plus what the receiver may hold in its
-    /// stream buffers and its uncommitted store batch. Re-sent after a cut at most this much.
-    pub fn in_flight_window(&self) -> u64 {
-        self.send_window.max(self.connection_window as u64) + crate::store::COMMIT_BYTES
-    }
-
     fn transport(&self) -> Result<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {

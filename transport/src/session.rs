@@ -35,6 +35,22 @@ const READ_AHEAD: usize = 16;
 /// Chunks read but not yet written to a data stream, per session (memory bound).
 const QUEUED: usize = 8;
 
+/// The most chunk bytes one push session can count as sent that the receiver has not made
+/// durable when the connection is cut or the receiver dies, so the most a resumed session sends
+/// again. `max_chunk` is the largest stored chunk of the package, `commit_bytes` the receiver's
+/// commit batch ([`SharedLibrary::with_commit_bytes`]). The terms:
+/// - the sender's unacknowledged data (`send_window`);
+/// - data the receiver's QUIC holds that its streams have not read (`connection_window`);
+/// - per data stream, a frame being reassembled and a chunk being verified;
+/// - chunks queued for the store thread ([`crate::store::STORE_QUEUE`]) and the one it appends;
+/// - the store's uncommitted batch (`commit_bytes`).
+///
+/// After a cut (receiver alive) only the first three can be lost; after a crash all of them.
+pub fn in_flight_window(cfg: &crate::quic::NodeConfig, max_chunk: u64, commit_bytes: u64) -> u64 {
+    let chunks = 2 * cfg.data_streams as u64 + crate::store::STORE_QUEUE as u64 + 1;
+    cfg.send_window + cfg.connection_window as u64 + chunks * max_chunk + commit_bytes
+}
+
 /// How one push behaves.
 #[derive(Clone, Default)]
 pub struct PushOptions {
@@ -59,6 +75,8 @@ pub struct PushReport {
     pub chunks_needed: u64,
     /// Their stored (compressed) bytes.
     pub bytes_needed: u64,
+    /// The largest of them, stored bytes.
+    pub max_chunk: u64,
     /// Chunks written to data streams.
     pub chunks_sent: u64,
     /// Stored chunk bytes written to data streams (frame headers not counted).
@@ -246,6 +264,7 @@ async fn push_inner(
     };
     report.chunks_needed += needed.len() as u64;
     report.bytes_needed += locs.iter().map(|l| l.clen as u64).sum::<u64>();
+    report.max_chunk = locs.iter().map(|l| l.clen as u64).max().unwrap_or(0);
     if let Some(p) = &opts.progress {
         p.start(
             "send",
@@ -289,9 +308,10 @@ async fn push_inner(
                     if let Some(l) = &limiter {
                         l.pace((end - off) as u64).await;
                     }
-                    s.write_chunk(c.data.slice(off..end))
-                        .await
-                        .map_err(|e| write_error(&who, e))?;
+                    s.write_chunk(c.data.slice(off..end)).await.map_err(|e| {
+                        tracing::debug!(index, error = %e, "data stream write failed");
+                        write_error(&who, e)
+                    })?;
                     counters
                         .bytes
                         .fetch_add((end - off) as u64, Ordering::Relaxed);
@@ -305,6 +325,7 @@ async fn push_inner(
                     p.add_file();
                 }
             }
+            tracing::debug!(index, "data stream done");
             s.finish().map_err(|e| Error::Connection {
                 peer: who.clone(),
                 reason: format!("cannot finish a data stream: {e}"),
@@ -313,6 +334,10 @@ async fn push_inner(
             Ok::<(), Error>(())
         });
     }
+
+    // Only the writers hold the queue's receiving end: when they have all failed, sending to
+    // it fails instead of waiting forever.
+    drop(out_rx);
 
     // Chunk reads run on a blocking thread with several in flight on the block engine.
     let (read_tx, mut read_rx) = mpsc::channel::<Result<(ChunkId, u32, u8, Vec<u8>)>>(QUEUED);
@@ -343,6 +368,7 @@ async fn push_inner(
         }
     });
 
+    tracing::debug!(peer = %who, chunks = report.chunks_needed, "sending chunks");
     let mut done_held = false;
     let result: Result<()> = async {
         loop {
@@ -375,6 +401,7 @@ async fn push_inner(
     }
     .await;
     drop(out_tx);
+    tracing::debug!(peer = %who, ok = result.is_ok(), "chunks dispatched");
     if let Err(e) = result {
         reader.abort();
         writers.abort_all();
@@ -386,6 +413,7 @@ async fn push_inner(
         }
         return Err(e);
     }
+    tracing::debug!(peer = %who, "joining data streams");
     while let Some(joined) = writers.join_next().await {
         match joined {
             Ok(Ok(())) => {}

@@ -5,8 +5,8 @@
 //! sessions hand it verified chunks, it appends them through the block engine and commits
 //! (fdatasync, then index) every [`COMMIT_BYTES`] and whenever a session asks it to flush. A
 //! committed chunk survives a cut connection or a crash, so the next session does not ask for
-//! it again; what was appended but not committed when the process dies is re-sent, which bounds
-//! the bytes sent twice after a crash by `COMMIT_BYTES` plus what was in flight.
+//! it again; what was appended but not committed when the process dies is re-sent (see
+//! [`crate::session::in_flight_window`] for the whole bound).
 
 use crate::error::{Error, Result};
 use freight_core::writer::Writer;
@@ -15,10 +15,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::{mpsc, oneshot};
 
-/// Appended bytes after which the store thread commits on its own.
-pub const COMMIT_BYTES: u64 = 256 << 20;
-/// Verified chunks queued for the store thread at most (memory bound: about this many chunks).
-const QUEUE: usize = 16;
+/// Appended bytes after which the store thread commits on its own, by default.
+pub const COMMIT_BYTES: u64 = 16 << 20;
+/// Verified chunks queued for the store thread at most (bounds memory and what a crash loses).
+pub const STORE_QUEUE: usize = 4;
 
 enum Cmd {
     Append(ChunkId, u32, u8, Vec<u8>),
@@ -42,11 +42,18 @@ impl std::fmt::Debug for SharedLibrary {
 
 impl SharedLibrary {
     /// Shares `lib` (opened for writing) and starts its store thread, which ends when the last
-    /// clone is dropped.
+    /// clone is dropped. Commits every [`COMMIT_BYTES`].
     pub fn new(lib: Library) -> SharedLibrary {
+        Self::with_commit_bytes(lib, COMMIT_BYTES)
+    }
+
+    /// Like [`new`](Self::new), committing every `commit_bytes` appended: smaller batches lose
+    /// less to a crash, larger ones sync less often.
+    pub fn with_commit_bytes(lib: Library, commit_bytes: u64) -> SharedLibrary {
         let lib = Arc::new(RwLock::new(lib));
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel(STORE_QUEUE);
         let worker = Store {
+            commit_bytes,
             lib: lib.clone(),
             writer: None,
             pending: HashSet::new(),
@@ -120,6 +127,7 @@ fn stopped() -> Error {
 
 /// The store thread's state.
 struct Store {
+    commit_bytes: u64,
     lib: Arc<RwLock<Library>>,
     writer: Option<Writer>,
     pending: HashSet<ChunkId>,
@@ -137,7 +145,7 @@ impl Store {
                     }
                     if let Err(e) = self.append(id, ulen, flags, &data) {
                         self.fail(e);
-                    } else if self.pending_bytes >= COMMIT_BYTES
+                    } else if self.pending_bytes >= self.commit_bytes
                         && let Err(e) = self.commit()
                     {
                         self.fail(e);

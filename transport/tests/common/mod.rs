@@ -75,6 +75,23 @@ pub fn library(dir: &Path) -> Library {
     Library::open_or_init(dir, io()).unwrap()
 }
 
+/// A library with small chunks (64 KiB / 256 KiB / 1 MiB), so that a package of a few dozen
+/// MiB has many chunks in flight; opened for writing.
+pub fn small_chunk_library(dir: &Path) -> Library {
+    if !dir.join("library.toml").exists() {
+        let cfg = LibraryConfig {
+            chunk: freight_core::ChunkParams {
+                min: 64 << 10,
+                avg: 256 << 10,
+                max: 1 << 20,
+            },
+            ..LibraryConfig::default()
+        };
+        Library::init(dir, &cfg).unwrap();
+    }
+    library(dir)
+}
+
 /// Generates a mixed tree of `bytes` at `src` (unless it exists) and ingests it as `pkg`
 /// version `v` into the library at `lib_dir`; returns the manifest.
 pub fn ingest_tree(
@@ -114,9 +131,13 @@ pub struct Receiving {
 }
 
 pub fn receiving(site: &Site, lib_dir: &Path, cfg: NodeConfig) -> Receiving {
+    receiving_with(site, SharedLibrary::new(library(lib_dir)), cfg)
+}
+
+/// Like [`receiving`] with a library shared by the caller.
+pub fn receiving_with(site: &Site, lib: SharedLibrary, cfg: NodeConfig) -> Receiving {
     log();
     let node = Node::bind("127.0.0.1:0".parse().unwrap(), site.tls(), cfg).unwrap();
-    let lib = SharedLibrary::new(library(lib_dir));
     let (tx, events) = mpsc::unbounded_channel();
     tokio::spawn(session::serve(node.clone(), lib.clone(), Some(tx)));
     Receiving { node, lib, events }
