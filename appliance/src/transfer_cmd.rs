@@ -230,6 +230,9 @@ struct SendSummary {
     chunks_sent: u64,
     bytes_sent: u64,
     bytes_needed_first: u64,
+    /// The most a session may re-send after a cut or a receiver crash (see
+    /// `freight_transport::session::in_flight_window`), for a receiver with default settings.
+    in_flight_window: u64,
     seconds: f64,
     per_session: Vec<SessionJson>,
 }
@@ -278,6 +281,11 @@ async fn send(
         chunks_sent: reports.iter().map(|r| r.chunks_sent).sum(),
         bytes_sent: reports.iter().map(|r| r.bytes_sent).sum(),
         bytes_needed_first: reports.first().map_or(0, |r| r.bytes_needed),
+        in_flight_window: session::in_flight_window(
+            node.config(),
+            reports.iter().map(|r| r.max_chunk).max().unwrap_or(0),
+            freight_transport::store::COMMIT_BYTES,
+        ),
         seconds: started.elapsed().as_secs_f64(),
         per_session: reports
             .iter()

@@ -246,7 +246,7 @@ impl PinnedVerifier {
             ))
         };
         res.map_err(|e| {
-            tracing::warn!(error = %e, "refused peer at the TLS handshake");
+            tracing::debug!(error = %e, "refused peer at the TLS handshake");
             rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
                 Arc::new(e),
             )))

@@ -61,7 +61,7 @@ fn setup(bytes: u64, seed: u64) -> Setup {
 fn assert_complete(lib: &SharedLibrary, m: &Manifest) {
     let l = lib.read();
     assert_eq!(&l.manifest(&m.package, m.version).unwrap(), m);
-    let report = verify_manifests(&l, &[m.clone()], &Progress::default()).unwrap();
+    let report = verify_manifests(&l, std::slice::from_ref(m), &Progress::default()).unwrap();
     assert!(report.is_clean(), "{report:?}");
 }
 

@@ -1,0 +1,436 @@
+//! `freight transfer` between real processes on loopback: a push that survives SIGKILL of the
+//! receiving process at random moments, re-sending at most the in-flight window per kill, and
+//! the refusals an administrator sees on the command line.
+
+use freight_bench::{DatasetSpec, generate};
+use freight_core::library::Access;
+use freight_core::{IoMode, Library, PackageId, Progress};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct World {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        World { _t: t, root }
+    }
+    fn s(&self, name: &str) -> String {
+        self.root.join(name).to_str().unwrap().to_string()
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
+        c.arg("--quiet").args(args);
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn site(&self, name: &str, code: &str) {
+        self.ok(&["site", "--site", &self.s(name), "init", "--code", code]);
+    }
+    /// `to` trusts `from`.
+    fn trust(&self, from: &str, to: &str) {
+        let id = self.s(&format!("{from}.id"));
+        self.ok(&[
+            "site",
+            "--site",
+            &self.s(from),
+            "identity",
+            "export",
+            "--out",
+            &id,
+        ]);
+        self.ok(&["site", "--site", &self.s(to), "identity", "import", &id]);
+    }
+    /// Starts `freight transfer serve` for site folder `site` on `port` and waits for its
+    /// readiness line.
+    fn serve(&self, site: &str, lib: &str, port: u16) -> Child {
+        let mut child = self
+            .cmd(&[
+                "transfer",
+                "--site",
+                &self.s(site),
+                "--library",
+                &self.s(lib),
+                "--idle-timeout",
+                "1",
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("serving site"), "{line:?}");
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        child
+    }
+    fn send_args(&self, port: u16) -> Vec<String> {
+        [
+            "transfer",
+            "--site",
+            &self.s("cas"),
+            "--library",
+            &self.s("cas-lib"),
+            "--idle-timeout",
+            "1",
+            "send",
+            "--to",
+            &format!("127.0.0.1:{port}"),
+            "--peer",
+            "PS1",
+            "-p",
+            "CAS00001",
+            "--attempts",
+            "40",
+            "--retry-delay",
+            "0.1",
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn setup(bytes: u64) -> World {
+    let w = World::new();
+    w.site("cas", "CAS");
+    w.site("ps1", "PS1");
+    w.trust("cas", "ps1");
+    w.trust("ps1", "cas");
+    let src = w.root.join("src");
+    generate(&src, &DatasetSpec::mixed(bytes, 21)).unwrap();
+    w.ok(&[
+        "library",
+        "--library",
+        &w.s("cas-lib"),
+        "ingest",
+        "-p",
+        "CAS00001",
+        src.to_str().unwrap(),
+    ]);
+    w
+}
+
+fn term(mut child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
+}
+
+/// The receiver's library opens (repairing crash leftovers), holds the package, verifies clean,
+/// and materialises to a tree identical to the source.
+fn check_receiver(w: &World) {
+    let lib = Library::open(
+        Path::new(&w.s("ps1-lib")),
+        Access::Write,
+        IoMode::from_env(),
+    )
+    .unwrap();
+    let m = lib
+        .manifest(&PackageId::parse("CAS00001").unwrap(), 1)
+        .unwrap();
+    assert!(lib.missing(&m).is_empty());
+    let v = freight_core::verify::verify(&lib, None, &Progress::default()).unwrap();
+    assert!(v.is_clean(), "{:?}", v.bad);
+    let out = w.root.join("out");
+    freight_core::materialize::materialize(&lib, &m, &out, &Progress::default()).unwrap();
+    assert_eq!(
+        freight_bench::tree::difference(&w.root.join("src"), &out).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn sigkill_of_the_receiver_at_five_moments_still_ends_complete() {
+    let seed: u64 = std::env::var("FREIGHT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("transfer crash seed {seed} (set FREIGHT_CRASH_SEED to replay)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w = setup(160 << 20);
+    let port = free_udp_port();
+    let mut receiver = w.serve("ps1", "ps1-lib", port);
+    let args = w.send_args(port);
+    let sender = w
+        .cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = sender.id();
+    let sender = std::thread::spawn(move || sender.wait_with_output().unwrap());
+    let alive = || Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+
+    // Kill the receiver while data flows: after the receiver's library has grown since the
+    // last restart (the session is moving), wait a random moment more, then SIGKILL it.
+    let mut kills = 0;
+    while kills < 5 && alive() {
+        let base = store_bytes(&w.s("ps1-lib"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store_bytes(&w.s("ps1-lib")) <= base && alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
+        if !alive() {
+            break;
+        }
+        receiver.kill().unwrap(); // SIGKILL
+        receiver.wait().unwrap();
+        kills += 1;
+        receiver = w.serve("ps1", "ps1-lib", port);
+    }
+    let out = sender.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        kills, 5,
+        "the transfer ended before five kills; make the package larger"
+    );
+    term(receiver);
+
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let window = summary["in_flight_window"].as_u64().unwrap();
+    let sessions: Vec<&serde_json::Value> = summary["per_session"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["chunks_needed"].as_u64().unwrap() > 0 || s["committed"].as_bool().unwrap())
+        .collect();
+    assert!(sessions.len() >= 6, "{summary:#}");
+    let mut wasted_total = 0;
+    for pair in sessions.windows(2) {
+        let delivered =
+            pair[0]["bytes_needed"].as_u64().unwrap() - pair[1]["bytes_needed"].as_u64().unwrap();
+        let wasted = pair[0]["bytes_sent"]
+            .as_u64()
+            .unwrap()
+            .saturating_sub(delivered);
+        eprintln!(
+            "session sent {} delivered {delivered} wasted {wasted} (window {window})",
+            pair[0]["bytes_sent"]
+        );
+        assert!(
+            wasted <= window,
+            "re-sent {wasted} > in-flight window {window}: {summary:#}"
+        );
+        wasted_total += wasted;
+    }
+    let first_need = sessions[0]["bytes_needed"].as_u64().unwrap();
+    assert_eq!(
+        summary["bytes_sent"].as_u64().unwrap(),
+        first_need + wasted_total
+    );
+    check_receiver(&w);
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Bytes in the library's pack files (appended data shows before it is committed).
+fn store_bytes(lib: &str) -> u64 {
+    let dir = Path::new(lib).join("store/packs");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn refusals_on_the_command_line_are_one_line() {
+    let w = setup(2 << 20);
+    w.site("xyz", "XYZ");
+    w.trust("ps1", "xyz");
+    let port = free_udp_port();
+    let receiver = w.serve("ps1", "ps1-lib", port);
+    let fail = |args: &[&str]| {
+        let out = w.run(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+        err
+    };
+    let to = format!("127.0.0.1:{port}");
+    // A site PS1 does not trust.
+    let xyz_fp = {
+        w.ok(&[
+            "site",
+            "--site",
+            &w.s("xyz"),
+            "identity",
+            "export",
+            "--out",
+            &w.s("xyz.id"),
+        ]);
+        let text = std::fs::read_to_string(w.s("xyz.id")).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("fingerprint: "))
+            .unwrap()
+            .to_string()
+    };
+    w.ok(&[
+        "library",
+        "--library",
+        &w.s("xyz-lib"),
+        "ingest",
+        "-p",
+        "XYZ00001",
+        &w.s("src"),
+    ]);
+    let e = fail(&[
+        "transfer",
+        "--site",
+        &w.s("xyz"),
+        "--library",
+        &w.s("xyz-lib"),
+        "send",
+        "--to",
+        &to,
+        "--peer",
+        "PS1",
+        "-p",
+        "XYZ00001",
+        "--attempts",
+        "1",
+    ]);
+    assert!(
+        e.contains(&xyz_fp) && e.contains("not in the trust store"),
+        "{e}"
+    );
+    // Expecting another site at that address.
+    let e = fail(&[
+        "transfer",
+        "--site",
+        &w.s("cas"),
+        "--library",
+        &w.s("cas-lib"),
+        "send",
+        "--to",
+        &to,
+        "--peer",
+        "PS2",
+        "-p",
+        "CAS00001",
+        "--attempts",
+        "1",
+    ]);
+    assert!(e.contains("not site PS2"), "{e}");
+    // A package the library does not hold; a bad throttle.
+    let e = fail(&[
+        "transfer",
+        "--site",
+        &w.s("cas"),
+        "--library",
+        &w.s("cas-lib"),
+        "send",
+        "--to",
+        &to,
+        "--peer",
+        "PS1",
+        "-p",
+        "CAS0000F",
+    ]);
+    assert!(e.contains("CAS0000F"), "{e}");
+    let e = fail(&[
+        "transfer",
+        "--site",
+        &w.s("cas"),
+        "--library",
+        &w.s("cas-lib"),
+        "send",
+        "--to",
+        &to,
+        "--peer",
+        "PS1",
+        "-p",
+        "CAS00001",
+        "--throttle",
+        "Mon-Fx closed",
+    ]);
+    assert!(e.contains("Fx"), "{e}");
+    // Nobody listening: gives up after the attempts, naming the address.
+    let dead = format!("127.0.0.1:{}", free_udp_port());
+    let e = fail(&[
+        "transfer",
+        "--site",
+        &w.s("cas"),
+        "--library",
+        &w.s("cas-lib"),
+        "--idle-timeout",
+        "0.5",
+        "send",
+        "--to",
+        &dead,
+        "--peer",
+        "PS1",
+        "-p",
+        "CAS00001",
+        "--attempts",
+        "2",
+        "--retry-delay",
+        "0.1",
+    ]);
+    assert!(e.contains(&dead), "{e}");
+    // The receiver refuses nothing it should accept: a real push still works.
+    let out = w.ok(&[
+        "transfer",
+        "--site",
+        &w.s("cas"),
+        "--library",
+        &w.s("cas-lib"),
+        "send",
+        "--to",
+        &to,
+        "--peer",
+        "PS1",
+        "-p",
+        "CAS00001",
+    ]);
+    assert!(out.contains("sent CAS00001 v1 to PS1"), "{out}");
+    term(receiver);
+}
