@@ -109,6 +109,43 @@ pub struct Node {
     config: NodeConfig,
 }
 
+/// An incoming connection whose handshake has not run yet.
+#[derive(Debug)]
+pub struct Accepting {
+    incoming: quinn::Incoming,
+    node: Node,
+}
+
+impl Accepting {
+    /// The peer's address.
+    pub fn remote(&self) -> SocketAddr {
+        self.incoming.remote_address()
+    }
+
+    /// Runs the handshake: the peer's certificate must be a trusted site's. Then welcomes the
+    /// peer (see the module documentation). A refusal names the site and the key's
+    /// fingerprint.
+    pub async fn establish(self) -> Result<Conn> {
+        let what = self.remote().to_string();
+        let inner = self.incoming.await.map_err(|e| conn_error(&what, e))?;
+        let peer = Node::identify(&inner, &what)?;
+        let mut s = inner.open_uni().await.map_err(|e| conn_error(&what, e))?;
+        s.write_all(&[KIND_WELCOME])
+            .await
+            .map_err(|e| Error::Connection {
+                peer: what.clone(),
+                reason: format!("cannot welcome the peer: {e}"),
+                remedy: "the peer went away; nothing to do",
+            })?;
+        let _ = s.finish();
+        Ok(Conn {
+            inner,
+            peer,
+            config: self.node.config.clone(),
+        })
+    }
+}
+
 /// An authenticated connection to another site.
 #[derive(Debug, Clone)]
 pub struct Conn {
@@ -301,7 +338,7 @@ impl Node {
                 remedy: "check the address",
             })?;
         let inner = connecting.await.map_err(|e| conn_error(&what, e))?;
-        let peer = self.identify(&inner, &what)?;
+        let peer = Node::identify(&inner, &what)?;
         match tokio::time::timeout(self.config.idle_timeout, welcomed(&inner, &what)).await {
             Ok(r) => r?,
             Err(_) => {
@@ -320,35 +357,18 @@ impl Node {
         })
     }
 
-    /// The next incoming connection, authenticated; `None` once the endpoint is closed.
-    /// A refused handshake is returned as an error (the loop should go on accepting).
-    pub async fn accept(&self) -> Option<Result<Conn>> {
+    /// The next incoming connection attempt; `None` once the endpoint is closed. Its
+    /// handshake runs in [`Accepting::establish`], so that a slow or refused peer never holds
+    /// up the others.
+    pub async fn accept(&self) -> Option<Accepting> {
         let incoming = self.endpoint.accept().await?;
-        let what = format!("{}", incoming.remote_address());
-        Some(
-            async {
-                let inner = incoming.await.map_err(|e| conn_error(&what, e))?;
-                let peer = self.identify(&inner, &what)?;
-                let mut s = inner.open_uni().await.map_err(|e| conn_error(&what, e))?;
-                s.write_all(&[KIND_WELCOME])
-                    .await
-                    .map_err(|e| Error::Connection {
-                        peer: what.clone(),
-                        reason: format!("cannot welcome the peer: {e}"),
-                        remedy: "the peer went away; nothing to do",
-                    })?;
-                let _ = s.finish();
-                Ok(Conn {
-                    inner,
-                    peer,
-                    config: self.config.clone(),
-                })
-            }
-            .await,
-        )
+        Some(Accepting {
+            incoming,
+            node: self.clone(),
+        })
     }
 
-    fn identify(&self, conn: &quinn::Connection, what: &str) -> Result<PublicIdentity> {
+    fn identify(conn: &quinn::Connection, what: &str) -> Result<PublicIdentity> {
         let certs = conn
             .peer_identity()
             .and_then(|any| {

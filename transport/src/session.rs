@@ -890,13 +890,17 @@ pub async fn serve(
     lib: SharedLibrary,
     events: Option<mpsc::UnboundedSender<Received>>,
 ) {
-    while let Some(incoming) = node.accept().await {
-        match incoming {
-            Ok(conn) => {
-                tracing::info!(peer = %conn.describe(), "accepted connection");
-                tokio::spawn(serve_connection(conn, lib.clone(), events.clone()));
+    while let Some(accepting) = node.accept().await {
+        let (lib, events) = (lib.clone(), events.clone());
+        tokio::spawn(async move {
+            let from = accepting.remote();
+            match accepting.establish().await {
+                Ok(conn) => {
+                    tracing::info!(peer = %conn.describe(), "accepted connection");
+                    serve_connection(conn, lib, events).await;
+                }
+                Err(e) => tracing::warn!(%from, error = %e, "refused a connection"),
             }
-            Err(e) => tracing::warn!(error = %e, "refused a connection"),
-        }
+        });
     }
 }

@@ -35,7 +35,7 @@ async fn handshake(w: &World, tls: SiteTls) -> (Error, Error) {
     let addr = server.local_addr().unwrap();
     let accepting = tokio::spawn({
         let server = server.clone();
-        async move { server.accept().await.unwrap() }
+        async move { server.accept().await.unwrap().establish().await }
     });
     let client = Node::bind("127.0.0.1:0".parse().unwrap(), tls, fast_config()).unwrap();
     let c = client.connect(addr, code("PS1")).await;
@@ -148,7 +148,7 @@ async fn the_client_refuses_a_server_of_another_site() {
     w.cas.trusts(&ps2);
     let server = Node::bind("127.0.0.1:0".parse().unwrap(), ps2.tls(), fast_config()).unwrap();
     let addr = server.local_addr().unwrap();
-    tokio::spawn(async move { server.accept().await });
+    tokio::spawn(async move { server.accept().await.unwrap().establish().await });
     let client = Node::bind("127.0.0.1:0".parse().unwrap(), w.cas.tls(), fast_config()).unwrap();
     // CAS trusts PS2, but wanted PS1 at this address.
     let e = client.connect(addr, code("PS1")).await.unwrap_err();
