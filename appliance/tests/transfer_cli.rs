@@ -262,6 +262,48 @@ fn sigkill_of_the_receiver_at_five_moments_still_ends_complete() {
     check_receiver(&w);
 }
 
+#[test]
+fn a_restarted_sender_sends_only_what_the_receiver_still_lacks() {
+    let w = setup(96 << 20);
+    let port = free_udp_port();
+    let receiver = w.serve("ps1", "ps1-lib", port);
+    let args = w.send_args(port);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let full: u64 = {
+        let out = w.ok(&["library", "--library", &w.s("cas-lib"), "stats", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["stored_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{v:#}"))
+    };
+    // Kill the sender once a third of the package has reached the receiver's disk.
+    let mut first = w
+        .cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store_bytes(&w.s("ps1-lib")) < full / 3 && Instant::now() < deadline {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let out = w.ok(&args);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let needed = summary["bytes_needed_first"].as_u64().unwrap();
+    assert!(
+        needed > 0 && needed < full,
+        "resumed: needed {needed} of {full}"
+    );
+    term(receiver);
+    check_receiver(&w);
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
