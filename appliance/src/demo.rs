@@ -1,8 +1,9 @@
 //! `freight demo`: the library's whole life cycle on a generated sample package.
 //!
 //! Until the site server exists this is the README's "main job": it snapshots a sample tree,
-//! updates it, shows the delta, verifies, restores and checks the copy, removes the old version
-//! and collects garbage, with progress bars and a status line per step.
+//! updates it, shows the delta, verifies, sends it to other sites as courier parcels and over
+//! QUIC (the update under a bandwidth window), restores and checks the copy, removes the old
+//! version and collects garbage, with progress bars and a status line per step.
 
 use crate::error::CliError;
 use crate::progress_bar::Bar;
@@ -13,6 +14,11 @@ use freight_core::instruction::SignedInstruction;
 use freight_core::site::SiteCode;
 use freight_core::units::human;
 use freight_core::{IoMode, Library, PackageId, Progress};
+use freight_transport::quic::{Node, NodeConfig};
+use freight_transport::session::{self, PushOptions, Resume};
+use freight_transport::store::SharedLibrary;
+use freight_transport::tls::SiteTls;
+use freight_transport::{Priority, RouteLimiter, RouteThrottle, SystemClock};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -229,6 +235,19 @@ pub fn run(a: DemoArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError>
         );
     }
 
+    step("network: CAS pushes v1, then v2 under a bandwidth window, to site PS2 over QUIC");
+    let ps2 = SiteHome::init(&work.join("site-PS2"), SiteCode::parse("PS2")?)?;
+    ps2.trust.import(&cas.key.identity())?;
+    cas.trust.import(&ps2.key.identity())?;
+    println!("CAS and PS2 trust each other's keys; each pins the other's at the QUIC handshake");
+    let ps2_lib = Library::open_or_init(&work.join("library-PS2"), io)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    lib = rt.block_on(network_step(
+        lib, ps2_lib, &cas, &ps2, &pkg, &progress, quiet,
+    ))?;
+
     step("materialise v2 and compare with the source");
     let out = work.join("restored");
     let m2 = lib.manifest(&pkg, 2)?;
@@ -265,6 +284,66 @@ pub fn run(a: DemoArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError>
     }
     println!("\ndemo complete");
     Ok(())
+}
+
+/// Pushes v1 and then v2 (under a bandwidth window) from `lib` at CAS to `ps2_lib` at PS2 over
+/// loopback QUIC; gives CAS's library back.
+async fn network_step(
+    lib: Library,
+    ps2_lib: Library,
+    cas: &SiteHome,
+    ps2: &SiteHome,
+    pkg: &PackageId,
+    progress: &Arc<Progress>,
+    quiet: bool,
+) -> Result<Library, CliError> {
+    let any = "127.0.0.1:0".parse().expect("address");
+    let receiver = Node::bind(
+        any,
+        SiteTls::new(&ps2.key, &ps2.trust_dir())?,
+        NodeConfig::default(),
+    )?;
+    let to = receiver.local_addr()?;
+    let ps2_lib = SharedLibrary::new(ps2_lib);
+    tokio::spawn(session::serve(receiver.clone(), ps2_lib.clone(), None));
+    let sender = Node::bind(
+        any,
+        SiteTls::new(&cas.key, &cas.trust_dir())?,
+        NodeConfig::default(),
+    )?;
+    let lib = SharedLibrary::new(lib);
+    let window = "link 1Gbit/s; daily 10%";
+    for (v, throttle) in [(1, None), (2, Some(window))] {
+        let m = lib.read().manifest(pkg, v)?;
+        let opts = PushOptions {
+            progress: Some(progress.clone()),
+            limiter: throttle
+                .map(|t| {
+                    RouteThrottle::parse(t).map(|t| RouteLimiter::new(t, Arc::new(SystemClock)))
+                })
+                .transpose()?,
+            priority: Priority::Medium,
+        };
+        let started = std::time::Instant::now();
+        let (reports, res) = {
+            let _b = Bar::start(progress.clone(), quiet);
+            session::push_resuming(&sender, to, ps2.code, &lib, &m, &opts, &Resume::default()).await
+        };
+        res?;
+        let sent: u64 = reports.iter().map(|r| r.bytes_sent).sum();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{pkg} v{v} -> PS2 at {to}: PS2 lacked {} chunks, {} sent in {secs:.2} s ({}/s){}",
+            reports.iter().map(|r| r.chunks_needed).sum::<u64>(),
+            human(sent),
+            human((sent as f64 / secs.max(1e-9)) as u64),
+            throttle.map_or(String::new(), |t| format!(", window \"{t}\""))
+        );
+    }
+    sender.close();
+    receiver.close();
+    ps2_lib.flush().await?;
+    Ok(lib.close().await?)
 }
 
 /// A temporary folder removed on drop.

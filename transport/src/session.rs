@@ -413,6 +413,8 @@ async fn push_inner(
         }
         return Err(e);
     }
+    // The reader is done (its channel closed); let it release its library handle.
+    let _ = reader.await;
     tracing::debug!(peer = %who, "joining data streams");
     while let Some(joined) = writers.join_next().await {
         match joined {

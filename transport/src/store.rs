@@ -23,6 +23,7 @@ pub const STORE_QUEUE: usize = 4;
 enum Cmd {
     Append(ChunkId, u32, u8, Vec<u8>),
     Flush(oneshot::Sender<Result<()>>),
+    Stop(oneshot::Sender<Result<()>>),
 }
 
 /// A library open for writing, shared by sessions (cheap to clone).
@@ -113,6 +114,22 @@ impl SharedLibrary {
         .map_err(|_| stopped())?
     }
 
+    /// Commits what is queued, stops the store thread and gives the library back. Fails when
+    /// other handles (running sessions) still share it.
+    pub async fn close(self) -> Result<Library> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Stop(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())??;
+        let SharedLibrary { lib, tx } = self;
+        drop(tx);
+        let lib = Arc::try_unwrap(lib).map_err(|_| {
+            Error::Misuse(
+                "the library is still shared by running sessions; close it after they end".into(),
+            )
+        })?;
+        Ok(lib.into_inner().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Runs `f` with exclusive access (removing versions, tests).
     pub fn with_write<T>(&self, f: impl FnOnce(&mut Library) -> T) -> T {
         f(&mut self.write())
@@ -152,17 +169,27 @@ impl Store {
                     }
                 }
                 Cmd::Flush(reply) => {
-                    let res = match self.failed.take() {
-                        Some(e) => Err(e.into()),
-                        None => self.commit().map_err(Error::from),
-                    };
+                    let _ = reply.send(self.flush());
+                }
+                Cmd::Stop(reply) => {
+                    let res = self.flush();
+                    // Let go of the library before answering, so the caller can take it.
+                    drop(self);
                     let _ = reply.send(res);
+                    return;
                 }
             }
         }
         // Every handle is gone: keep what arrived.
         if let Err(e) = self.commit() {
             tracing::warn!(error = %e, "could not commit the last received chunks");
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self.failed.take() {
+            Some(e) => Err(e.into()),
+            None => self.commit().map_err(Error::from),
         }
     }
 
