@@ -245,6 +245,7 @@ struct SessionJson {
     bytes_sent: u64,
     committed: bool,
     seconds: f64,
+    chunk_latency: Option<freight_transport::session::ChunkLatency>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -296,6 +297,7 @@ async fn send(
                 bytes_sent: r.bytes_sent,
                 committed: r.committed,
                 seconds: r.elapsed.as_secs_f64(),
+                chunk_latency: r.chunk_latency.clone(),
             })
             .collect(),
     };

@@ -69,7 +69,7 @@ impl std::fmt::Debug for PushOptions {
 }
 
 /// What one push session did, also when it failed part-way.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PushReport {
     /// Chunks the receiver said it lacked.
     pub chunks_needed: u64,
@@ -83,6 +83,8 @@ pub struct PushReport {
     pub bytes_sent: u64,
     /// True once the receiver confirmed the commit.
     pub committed: bool,
+    /// How long chunks took to go out, when any did.
+    pub chunk_latency: Option<ChunkLatency>,
     /// Wall time of the session.
     pub elapsed: Duration,
 }
@@ -91,6 +93,29 @@ pub struct PushReport {
 struct Counters {
     chunks: AtomicU64,
     bytes: AtomicU64,
+    /// Microseconds from a chunk's first byte written to its last, pacing included.
+    latency: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl Counters {
+    fn record(&self, took: Duration) {
+        let mut h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let h = h.get_or_insert_with(|| {
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")
+        });
+        h.saturating_record(took.as_micros() as u64);
+    }
+}
+
+/// Time to write one chunk onto its data stream (pacing and flow control included).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ChunkLatency {
+    /// Median, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+    /// Slowest, milliseconds.
+    pub max_ms: f64,
 }
 
 /// A chunk read from the library, ready to go on a data stream.
@@ -195,6 +220,19 @@ pub async fn push(
     let counters = Arc::new(Counters::default());
     let res = push_inner(conn, lib, manifest, opts, report, &counters, &who).await;
     report.chunks_sent += counters.chunks.load(Ordering::Relaxed);
+    if let Some(h) = counters
+        .latency
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        let ms = |us: u64| us as f64 / 1000.0;
+        report.chunk_latency = Some(ChunkLatency {
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        });
+    }
     report.bytes_sent += counters.bytes.load(Ordering::Relaxed);
     report.committed = res.is_ok();
     report.elapsed = started.elapsed();
@@ -298,6 +336,7 @@ async fn push_inner(
                 if let Some(l) = &limiter {
                     l.admit(priority).await;
                 }
+                let begun = Instant::now();
                 let header = chunk_header(&c.id, c.ulen, c.flags, c.data.len());
                 s.write_all(&header)
                     .await
@@ -321,6 +360,7 @@ async fn push_inner(
                     off = end;
                 }
                 counters.chunks.fetch_add(1, Ordering::Relaxed);
+                counters.record(begun.elapsed());
                 if let Some(p) = &progress {
                     p.add_file();
                 }
