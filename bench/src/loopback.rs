@@ -7,8 +7,8 @@
 //! data streams do, optionally paced by a [`RouteLimiter`] slice by slice. The receiver reads
 //! each stream with `read_chunk` and decodes every frame with a [`FrameDecoder`], so what is
 //! measured is chunk transport, not a byte sink. Arrivals are counted in time bins, from which
-//! the rate over a window ([`rate_between`]) and the settling time after a rate change
-//! ([`settle_time`]) are computed.
+//! the rate over a window ([`rate_between`]), the time a rate change takes to show
+//! ([`reach_time`]) and how steadily a rate holds ([`worst_window_error`]) are computed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -495,15 +495,16 @@ pub fn moving_rates(
     out
 }
 
-/// How long after a rate change at `change` the moving rate over `window` settles at
-/// `target` bytes per second: the smallest `d` such that the moving rate at every bin
-/// boundary from `change + d` up to `end` is within `tolerance` (a fraction, 0.03 = ±3%)
-/// of `target`. Evaluated at bin boundaries only, so `d` is a multiple of the bin width
-/// past the first boundary at or after `change`. `None` when it never settles before `end`.
+/// How long after a rate change at `change` the moving rate over `window` first comes
+/// within `tolerance` (a fraction, 0.03 = ±3%) of the new rate `target` (bytes per second):
+/// the first bin boundary `g >= change` whose moving rate is within it, minus `change`.
+/// `None` when that does not happen by `end`.
 ///
-/// A perfect step change reads as about one window here: the window must first fill with
-/// bytes sent at the new rate.
-pub fn settle_time(
+/// The moving rate at `g` still holds bytes sent before the change until `g - window` passes
+/// `change`, so a perfect step change reads as nearly one window: from 10 to 50 units over a
+/// 250 ms window with ±3%, 0.25 s. Whether the new rate then holds is for
+/// [`rate_between`] and [`worst_window_error`] to say.
+pub fn reach_time(
     bins: &[u64],
     bin: Duration,
     window: Duration,
@@ -512,17 +513,27 @@ pub fn settle_time(
     target: f64,
     tolerance: f64,
 ) -> Option<Duration> {
-    let within = |rate: f64| (rate / target - 1.0).abs() <= tolerance;
-    let rates = moving_rates(bins, bin, window, end);
-    let mut settled = None;
-    for &(g, rate) in rates.iter().filter(|(g, _)| *g >= change) {
-        if within(rate) {
-            settled.get_or_insert(g);
-        } else {
-            settled = None;
-        }
-    }
-    settled.map(|g| g - change)
+    moving_rates(bins, bin, window, end)
+        .into_iter()
+        .find(|&(g, rate)| g >= change && (rate / target - 1.0).abs() <= tolerance)
+        .map(|(g, _)| g - change)
+}
+
+/// The largest relative error (signed, 0.05 = 5% above) of the moving rate over `window`
+/// against `target`, at the bin boundaries from `from` to `to`; `None` if there are none.
+pub fn worst_window_error(
+    bins: &[u64],
+    bin: Duration,
+    window: Duration,
+    from: Duration,
+    to: Duration,
+    target: f64,
+) -> Option<f64> {
+    moving_rates(bins, bin, window, to)
+        .into_iter()
+        .filter(|&(g, _)| g >= from)
+        .map(|(_, rate)| rate / target - 1.0)
+        .reduce(|worst, e| if e.abs() > worst.abs() { e } else { worst })
 }
 
 #[cfg(test)]
@@ -573,26 +584,32 @@ mod tests {
     }
 
     #[test]
-    fn settling_after_a_step() {
+    fn reaching_a_new_rate() {
         let mut bins = vec![10u64; 100];
         bins.extend(std::iter::repeat_n(50, 100));
         let window = Duration::from_millis(250);
         let end = Duration::from_secs(2);
         let one = Duration::from_secs(1);
-        // One old bin left in the window reads 4840 B/s (-3.2%): settled once it is gone.
-        let d = settle_time(&bins, MS10, window, one, end, 5000.0, 0.03);
+        // One old bin left in the window reads 4840 B/s (-3.2%): reached once it is gone.
+        let d = reach_time(&bins, MS10, window, one, end, 5000.0, 0.03);
         assert_eq!(d, Some(window));
-        assert_eq!(
-            settle_time(&bins, MS10, window, one, end, 5000.0, 0.04),
-            Some(Duration::from_millis(240))
-        );
-        // A glitch later resets the settling.
-        bins[150] = 0;
-        let d = settle_time(&bins, MS10, window, one, end, 5000.0, 0.03);
-        assert_eq!(d, Some(Duration::from_millis(760)));
+        let d = reach_time(&bins, MS10, window, one, end, 5000.0, 0.04);
+        assert_eq!(d, Some(Duration::from_millis(240)));
         // Never at the target.
         assert_eq!(
-            settle_time(&bins, MS10, window, one, end, 9000.0, 0.03),
+            reach_time(&bins, MS10, window, one, end, 9000.0, 0.03),
+            None
+        );
+        // A later dip shows in the worst window, not in the reach time.
+        bins[150] = 0;
+        let d = reach_time(&bins, MS10, window, one, end, 5000.0, 0.03);
+        assert_eq!(d, Some(window));
+        let worst = worst_window_error(&bins, MS10, window, one + window, end, 5000.0).unwrap();
+        assert!((worst + 0.04).abs() < 1e-9, "{worst}");
+        let worst = worst_window_error(&bins, MS10, window, end, end, 5000.0);
+        assert_eq!(worst, Some(0.0));
+        assert_eq!(
+            worst_window_error(&bins, MS10, window, end + MS10, end, 5000.0),
             None
         );
     }

@@ -278,8 +278,18 @@ fn run_measured(
     cmd: &mut Command,
     source_bytes: u64,
 ) -> Result<Measurement, BenchError> {
+    run_measured_keeping_stdout(what, cmd.stdout(io::stderr()), source_bytes)
+}
+
+/// [`run_measured`], with the standard output `cmd` was given (a file, for a report the
+/// benchmark reads).
+fn run_measured_keeping_stdout(
+    what: &str,
+    cmd: &mut Command,
+    source_bytes: u64,
+) -> Result<Measurement, BenchError> {
     harness::sync_filesystems();
-    let m = harness::measure(cmd.stdin(Stdio::null()).stdout(io::stderr()))?;
+    let m = harness::measure(cmd.stdin(Stdio::null()))?;
     if !m.status.success() {
         return Err(BenchError::ChildFailed {
             what: what.to_owned(),

@@ -22,7 +22,7 @@ use crate::{BenchError, LabeledCommand, command_line, ctx, print_goal, remove_pa
 const GOAL_QUIC_RATIO: f64 = 0.35;
 /// `throttle` goal: measured rates within this fraction of the configured ones.
 const GOAL_THROTTLE_TOLERANCE: f64 = 0.03;
-/// `throttle` goal: a rate change applies (see [`loopback::settle_time`]) within this long.
+/// `throttle` goal: a rate change is reached (see [`loopback::reach_time`]) within this long.
 const GOAL_CHANGE_LATENCY: Duration = Duration::from_secs(1);
 /// Distinct in-memory chunks the sender cycles through.
 const MEMORY_CHUNKS: usize = 16;
@@ -579,10 +579,15 @@ struct RateChange {
     changed_at_s: f64,
     /// Rate from the end of the warm-up to the change, bytes per second.
     before_bytes_per_s: Option<f64>,
-    /// Rate from one second after the change to the end, bytes per second.
+    /// See [`loopback::reach_time`]; `None` if the new rate was never reached.
+    reach_s: Option<f64>,
+    /// Rate from the later of (change + reach time) and (change + window) to the end, bytes
+    /// per second, and its error against the new rate.
     after_bytes_per_s: Option<f64>,
-    /// See [`loopback::settle_time`]; `None` if it never settled.
-    settle_s: Option<f64>,
+    after_error_pct: Option<f64>,
+    /// The largest error of the moving rate over that span ([`loopback::worst_window_error`]).
+    worst_window_error_pct: Option<f64>,
+    /// Reach time within the goal and the rate after it within the tolerance.
     met: bool,
     bins_100ms: Vec<u64>,
 }
@@ -711,34 +716,45 @@ pub fn throttle(args: &ThrottleArgs) -> Result<(), BenchError> {
         let changed = m.changes_at.first().copied().ok_or_else(|| {
             BenchError::Failed("the rate change was not applied before the run ended".into())
         })?;
-        let settle = loopback::settle_time(
+        let target = to.bytes_per_s as f64;
+        let reach = loopback::reach_time(
             &m.bins,
             m.bin,
             CHANGE_WINDOW,
             changed,
             change_len,
-            to.bytes_per_s as f64,
+            target,
             tolerance,
         );
+        // Once the rate is reached and the window holds only bytes sent after the change.
+        let settled = changed + reach.unwrap_or(change_len).max(CHANGE_WINDOW);
+        let after = loopback::rate_between(&m.bins, m.bin, settled, change_len);
+        let after_error = after.map(|r| r / target - 1.0);
+        let worst = loopback::worst_window_error(
+            &m.bins,
+            m.bin,
+            CHANGE_WINDOW,
+            settled,
+            change_len,
+            target,
+        );
         eprintln!(
-            "{} -> {}: settled after {}",
+            "{} -> {}: reached after {}",
             from.text,
             to.text,
-            settle.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+            reach.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64()))
         );
         changes.push(RateChange {
             from: from.text.clone(),
             to: to.text.clone(),
             changed_at_s: changed.as_secs_f64(),
             before_bytes_per_s: loopback::rate_between(&m.bins, m.bin, warmup, changed),
-            after_bytes_per_s: loopback::rate_between(
-                &m.bins,
-                m.bin,
-                changed + Duration::from_secs(1),
-                change_len,
-            ),
-            settle_s: settle.map(|d| d.as_secs_f64()),
-            met: settle.is_some_and(|d| d <= GOAL_CHANGE_LATENCY),
+            reach_s: reach.map(|d| d.as_secs_f64()),
+            after_bytes_per_s: after,
+            after_error_pct: after_error.map(|e| e * 100.0),
+            worst_window_error_pct: worst.map(|e| e * 100.0),
+            met: reach.is_some_and(|d| d <= GOAL_CHANGE_LATENCY)
+                && after_error.is_some_and(|e| e.abs() <= tolerance),
             bins_100ms: rebin(&m.bins, m.bin, REPORT_BIN),
         });
     }
@@ -772,11 +788,14 @@ fn print_throttle(r: &ThrottleReport) {
         r.seconds as f64 - r.warmup_s
     );
     println!(
-        "change latency: from set_throttle until the receiver's {:.0} ms moving rate (read at every 10 ms \
-         boundary) is within ±{:.0}% of the new rate and stays there to the end of the run; \
-         an ideal step reads about one window",
-        r.change_window_s * 1000.0,
-        r.tolerance_pct
+        "rate change: reached after = from set_throttle until the receiver's {w:.0} ms moving rate \
+         (bytes read in the last {w:.0} ms, at every 10 ms boundary) first comes within ±{t:.0}% of the \
+         new rate (an ideal step reads about {w:.0} ms, the window still holding bytes sent before); \
+         after = the rate from then (at least {w:.0} ms after the change) to the end of the run; \
+         goal: reached within {l:.0} s and after within ±{t:.0}%",
+        w = r.change_window_s * 1000.0,
+        t = r.tolerance_pct,
+        l = r.change_latency_max_s,
     );
     println!();
     let mut held = Table::new([
@@ -803,17 +822,25 @@ fn print_throttle(r: &ThrottleReport) {
         "change",
         "at s",
         "before MB/s",
+        "reached after s",
         "after MB/s",
-        "latency s",
-        &format!("<= {:.0} s", r.change_latency_max_s),
+        "after error %",
+        "worst 250 ms error %",
+        &format!(
+            "<= {:.0} s, ±{:.0}%",
+            r.change_latency_max_s, r.tolerance_pct
+        ),
     ]);
+    let pct = |p: Option<f64>| p.map_or("-".into(), |p| format!("{p:+.2}"));
     for c in &r.changes {
         changes.row([
             format!("{} -> {}", c.from, c.to),
             format!("{:.3}", c.changed_at_s),
             c.before_bytes_per_s.map_or("-".into(), mb),
+            c.reach_s.map_or("never".into(), |s| format!("{s:.2}")),
             c.after_bytes_per_s.map_or("-".into(), mb),
-            c.settle_s.map_or("never".into(), |s| format!("{s:.2}")),
+            pct(c.after_error_pct),
+            pct(c.worst_window_error_pct),
             verdict(c.met).to_owned(),
         ]);
     }
@@ -836,8 +863,10 @@ fn print_throttle(r: &ThrottleReport) {
                 c.from, c.to, r.change_latency_max_s
             ),
             c.met,
-            &c.settle_s
-                .map_or("never settled".into(), |s| format!("{s:.2} s")),
+            &match (c.reach_s, c.after_error_pct) {
+                (Some(s), Some(e)) => format!("reached after {s:.2} s, then {e:+.2}%"),
+                _ => "never reached".into(),
+            },
         );
     }
 }

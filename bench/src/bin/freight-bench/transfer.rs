@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::{
     BenchError, CommonArgs, Comparison, DatasetReport, LabeledCommand, PACKAGE, VERSION,
-    command_line, ctx, prepare, print_goal, print_header, quote, remove_path, run_measured,
-    run_setup, write_report,
+    command_line, ctx, prepare, print_goal, print_header, quote, remove_path,
+    run_measured_keeping_stdout, run_setup, write_report,
 };
 
 /// Goal: `freight transfer send` at least this many times faster than `rsync -a` (median times).
@@ -306,7 +306,7 @@ pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
             .map_err(ctx(format!("creating {}", rsync_stats.display())))?;
         rsync.stdout(stats_file);
         let what = format!("{RSYNC_SIDE} run {run}/{}", common.runs);
-        let m = run_measured(&what, &mut rsync, source_bytes)?;
+        let m = run_measured_keeping_stdout(&what, &mut rsync, source_bytes)?;
         let stats = fs::read_to_string(&rsync_stats).map_err(ctx(rsync_stats.display()))?;
         wire_rsync = rsync_bytes_sent(&stats);
         records.push(RunRecord::new(
@@ -324,7 +324,7 @@ pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
             .map_err(ctx(format!("creating {}", send_json.display())))?;
         send.stdout(json_file);
         let what = format!("{FREIGHT_SIDE} run {run}/{}", common.runs);
-        let m = run_measured(&what, &mut send, source_bytes)?;
+        let m = run_measured_keeping_stdout(&what, &mut send, source_bytes)?;
         let (rm, lines) = server.stop()?;
         if !lines.iter().any(|l| l.starts_with("received ")) {
             return Err(BenchError::Failed(format!(
@@ -370,6 +370,9 @@ pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
             .arg(&freight_out)
     });
     run_setup(materialize, &mut commands)?;
+    if let Some(c) = commands.last_mut() {
+        c.step = "check".to_owned();
+    }
     eprintln!("comparing the trees with the source ...");
     let freight_difference = freight_bench::tree::difference(&dataset.root, &freight_out)?;
     let rsync_difference = freight_bench::tree::difference(&dataset.root, &rsync_out)?;
