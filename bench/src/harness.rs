@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -59,6 +59,13 @@ pub fn measure(cmd: &mut Command) -> io::Result<Measurement> {
             format!("spawning {}: {e}", cmd.get_program().to_string_lossy()),
         )
     })?;
+    wait_measured(child, start)
+}
+
+/// Waits for `child` (spawned at `start`) to exit and measures it like [`measure`]: for a
+/// process started in the background, such as a server that is stopped with a signal.
+/// `child` must not have been waited for yet.
+pub fn wait_measured(child: Child, start: Instant) -> io::Result<Measurement> {
     let pid = libc::pid_t::try_from(child.id())
         .map_err(|_| io::Error::other(format!("child pid {} out of range", child.id())))?;
     let mut status: libc::c_int = 0;

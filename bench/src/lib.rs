@@ -1,13 +1,16 @@
 //! Freight benchmarks: a deterministic generator of realistic package trees
 //! ([`dataset`]), the timing and memory harness used to compare Freight
-//! against conventional tools ([`harness`]), and a UDP impairment proxy for
-//! network tests ([`netem`]).
+//! against conventional tools ([`harness`]), a UDP impairment proxy for
+//! network tests ([`netem`]), chunk transport over loopback QUIC in one
+//! process ([`loopback`]) and the peers' servers ([`servers`]).
 
 #![warn(missing_docs)]
 
 pub mod dataset;
 pub mod harness;
+pub mod loopback;
 pub mod netem;
+pub mod servers;
 mod words;
 
 pub use dataset::{DatasetSpec, DatasetSummary, generate, is_generated, write_marker};

@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests of the `freight-bench` subcommands,
-//! which run the real binary against stub freight binaries.
+//! which run the real binary against stub freight binaries (or the real one).
+#![allow(dead_code)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -48,4 +49,55 @@ pub fn bench(subcommand: &str, work: &Path, freight: &Path, extra: &[&str]) -> O
         .args(extra)
         .output()
         .unwrap()
+}
+
+/// Fails the test when one of `tools` (`(program, Debian package)`) is not installed
+/// (`.ci/run` installs them): a program name is looked up on `PATH`, a path is checked as is.
+pub fn require_tools(tools: &[(&str, &str)]) {
+    for (tool, package) in tools {
+        let found = if tool.contains('/') {
+            Path::new(tool).is_file()
+        } else {
+            std::env::var_os("PATH").is_some_and(|paths| {
+                std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
+            })
+        };
+        assert!(
+            found,
+            "{tool} is not installed; run .ci/run or apt-get install {package}"
+        );
+    }
+}
+
+/// The workspace's real `freight` binary, beside this test's `freight-bench` (a workspace
+/// test run builds both). Built with cargo into the same target folder and profile when the
+/// test run did not build it (`cargo test -p freight-bench`).
+pub fn freight_binary() -> PathBuf {
+    let bench = Path::new(env!("CARGO_BIN_EXE_freight-bench"));
+    let path = bench.with_file_name("freight");
+    if path.is_file() {
+        return path;
+    }
+    let profile_dir = bench.parent().unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "freight-appliance",
+            "--bin",
+            "freight",
+        ])
+        .args(["--profile", profile, "--target-dir"])
+        .arg(profile_dir.parent().unwrap())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the freight binary failed");
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
 }

@@ -6,6 +6,10 @@
 //!     --freight target/release/freight --runs 2 --json ingest.json
 //! freight-bench parcel --size 2GiB --work /tmp/freight-bench-data \
 //!     --freight target/release/freight --runs 2 --json parcel.json
+//! freight-bench transfer --size 2GiB --work /tmp/freight-bench-data \
+//!     --freight target/release/freight --runs 2 --json transfer.json
+//! freight-bench quic-raw --seconds 10 --runs 2 --json quic-raw.json
+//! freight-bench throttle --rates 1MB/s,10MB/s,50MB/s --seconds 20 --json throttle.json
 //! ```
 
 use std::ffi::OsStr;
@@ -19,6 +23,9 @@ use clap::{Args, Parser, Subcommand};
 use freight_bench::dataset::{self, DatasetSpec};
 use freight_bench::harness::{self, Measurement, RunRecord, SideStats, Table};
 use serde::Serialize;
+
+mod net;
+mod transfer;
 
 /// Benchmarks Freight against conventional tools.
 #[derive(Debug, Parser)]
@@ -35,6 +42,15 @@ enum Cmd {
     /// Parcel create and import vs `tar | zstd -1 -T2` and `zstd -dc | tar -x`
     /// of the same tree.
     Parcel(ParcelArgs),
+    /// Library-to-library transfer over loopback QUIC (`freight transfer serve` +
+    /// `send`) vs `rsync -a` over ssh to localhost of the same tree.
+    Transfer(transfer::TransferArgs),
+    /// Chunk transport from memory to memory over loopback QUIC (in this process)
+    /// vs `iperf3` over loopback TCP.
+    QuicRaw(net::QuicRawArgs),
+    /// Accuracy of the route limiter on the real clock over loopback QUIC: held
+    /// rates and rate changes.
+    Throttle(net::ThrottleArgs),
 }
 
 /// Throughput goal: Freight must be at least this many times faster than the peer (median).
@@ -116,6 +132,12 @@ enum BenchError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Loopback(#[from] freight_bench::loopback::LoopbackError),
+    #[error(transparent)]
+    Transport(#[from] freight_transport::Error),
+    #[error("{0}")]
+    Failed(String),
 }
 
 fn main() -> ExitCode {
@@ -123,6 +145,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Ingest(args) => ingest(&args),
         Cmd::Parcel(args) => parcel(&args),
+        Cmd::Transfer(args) => transfer::transfer(&args),
+        Cmd::QuicRaw(args) => net::quic_raw(&args),
+        Cmd::Throttle(args) => net::throttle(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,8 +278,18 @@ fn run_measured(
     cmd: &mut Command,
     source_bytes: u64,
 ) -> Result<Measurement, BenchError> {
+    run_measured_keeping_stdout(what, cmd.stdout(io::stderr()), source_bytes)
+}
+
+/// [`run_measured`], with the standard output `cmd` was given (a file, for a report the
+/// benchmark reads).
+fn run_measured_keeping_stdout(
+    what: &str,
+    cmd: &mut Command,
+    source_bytes: u64,
+) -> Result<Measurement, BenchError> {
     harness::sync_filesystems();
-    let m = harness::measure(cmd.stdin(Stdio::null()).stdout(io::stderr()))?;
+    let m = harness::measure(cmd.stdin(Stdio::null()))?;
     if !m.status.success() {
         return Err(BenchError::ChildFailed {
             what: what.to_owned(),
