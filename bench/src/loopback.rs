@@ -205,7 +205,12 @@ pub async fn stream_chunks(
     let addr = rx_node.local_addr()?;
     let accepting = {
         let rx_node = rx_node.clone();
-        tokio::spawn(async move { rx_node.accept().await })
+        tokio::spawn(async move {
+            match rx_node.accept().await {
+                Some(a) => Some(a.establish().await),
+                None => None,
+            }
+        })
     };
     let handshake = async {
         let tx_conn = tx_node.connect(addr, sites.receiver_code()).await?;
