@@ -255,13 +255,21 @@ async fn welcomed(conn: &quinn::Connection, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Socket buffer size asked for: a full send window of datagrams fits, so a burst is queued
+/// rather than dropped (a drop of large datagrams also looks like a path MTU black hole and
+/// sends quinn back to 1200-byte packets).
+const SOCKET_BUFFER: usize = 32 << 20;
+
 fn set_socket_buffers(socket: &std::net::UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt};
-    // Bursts of 64 KiB datagrams overflow the default buffers on fast paths; the kernel caps
-    // the request at net.core.[rw]mem_max, which is fine.
-    let size = 4 << 20;
-    let _ = setsockopt(socket, sockopt::RcvBuf, &size);
-    let _ = setsockopt(socket, sockopt::SndBuf, &size);
+    // The *Force options pass net.core.[rw]mem_max (root, as on the appliance); otherwise the
+    // kernel caps the plain request at that limit.
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
 }
 
 impl Node {
