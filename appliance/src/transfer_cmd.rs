@@ -50,6 +50,10 @@ enum TransferCmd {
         /// UDP address to listen on (port 0 picks a free one).
         #[arg(long, default_value = "0.0.0.0:4433")]
         listen: SocketAddr,
+        /// Received bytes between durable commits: less loses less to a crash (it is sent
+        /// again), more syncs the disk less often.
+        #[arg(long, default_value = "16MiB", value_parser = freight_core::units::parse_size)]
+        commit_every: u64,
     },
     /// Push a package version to a receiving site; only the chunks it lacks travel.
     Send {
@@ -123,7 +127,10 @@ pub fn run(a: TransferArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliEr
     };
     let rt = runtime()?;
     match a.cmd {
-        TransferCmd::Serve { listen } => rt.block_on(serve(listen, tls, base, lib)),
+        TransferCmd::Serve {
+            listen,
+            commit_every,
+        } => rt.block_on(serve(listen, tls, base, lib, commit_every)),
         TransferCmd::Send {
             to,
             peer,
@@ -188,10 +195,11 @@ async fn serve(
     tls: SiteTls,
     cfg: NodeConfig,
     lib: Library,
+    commit_every: u64,
 ) -> Result<(), CliError> {
     let code = tls.code();
     let node = Node::bind(listen, tls, cfg)?;
-    let lib = SharedLibrary::new(lib);
+    let lib = SharedLibrary::with_commit_bytes(lib, commit_every.max(1));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(session::serve(node.clone(), lib.clone(), Some(tx)));
     // The readiness line: tests and scripts wait for it.
