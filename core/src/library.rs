@@ -22,6 +22,7 @@ use crate::id::{ChunkId, PackageId};
 use crate::manifest::Manifest;
 use crate::pack::{self, FLAG_ZSTD, Loc, PACK_MAGIC};
 use crate::writer::{Committed, PackInfo, Reuse, Writer, sync_dir};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -583,29 +584,64 @@ impl Library {
     }
 }
 
+thread_local! {
+    /// One zstd context and scratch buffer per thread: making a context per chunk costs about
+    /// as much as decompressing a small chunk.
+    static SCRATCH: RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
+        const { RefCell::new(None) };
+}
+
+/// Runs `f` on the uncompressed bytes of a stored chunk (decompressed into this thread's
+/// scratch buffer when compressed, the stored bytes themselves when raw).
+fn with_raw<T>(
+    loc: &Loc,
+    stored: &[u8],
+    f: impl FnOnce(&[u8]) -> T,
+) -> std::result::Result<T, String> {
+    if stored.len() != loc.clen as usize {
+        return Err(format!("stored length {} != {}", stored.len(), loc.clen));
+    }
+    if loc.flags & FLAG_ZSTD == 0 {
+        if stored.len() != loc.ulen as usize {
+            return Err(format!("length {} != {}", stored.len(), loc.ulen));
+        }
+        return Ok(f(stored));
+    }
+    SCRATCH.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            let d = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
+            *cell = Some((d, Vec::new()));
+        }
+        let (d, buf) = cell.as_mut().expect("set above");
+        buf.clear();
+        buf.reserve(loc.ulen as usize);
+        d.decompress_to_buffer(stored, buf)
+            .map_err(|e| format!("zstd: {e}"))?;
+        if buf.len() != loc.ulen as usize {
+            return Err(format!("length {} != {}", buf.len(), loc.ulen));
+        }
+        Ok(f(buf))
+    })
+}
+
 /// Decompresses stored chunk bytes and checks them against their ID.
 pub fn decode_chunk(
     id: &ChunkId,
     loc: &Loc,
     stored: &[u8],
 ) -> std::result::Result<Vec<u8>, String> {
-    if stored.len() != loc.clen as usize {
-        return Err(format!("stored length {} != {}", stored.len(), loc.clen));
-    }
-    let data = if loc.flags & FLAG_ZSTD != 0 {
-        let mut out = Vec::with_capacity(loc.ulen as usize);
-        zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(stored, &mut out))
-            .map_err(|e| format!("zstd: {e}"))?;
-        out
-    } else {
-        stored.to_vec()
-    };
-    if data.len() != loc.ulen as usize {
-        return Err(format!("length {} != {}", data.len(), loc.ulen));
-    }
-    if ChunkId::of(&data) != *id {
+    let (hash, data) = with_raw(loc, stored, |raw| (ChunkId::of(raw), raw.to_vec()))?;
+    if hash != *id {
         return Err("hash mismatch".into());
     }
     Ok(data)
+}
+
+/// Checks stored chunk bytes against their ID without keeping the uncompressed bytes.
+pub fn check_chunk(id: &ChunkId, loc: &Loc, stored: &[u8]) -> std::result::Result<(), String> {
+    if with_raw(loc, stored, ChunkId::of)? != *id {
+        return Err("hash mismatch".into());
+    }
+    Ok(())
 }

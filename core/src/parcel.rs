@@ -22,7 +22,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::library::{Library, decode_chunk};
+use crate::library::{Library, check_chunk};
 use crate::manifest::Manifest;
 use crate::pack::{FLAG_ZSTD, Loc};
 use crate::progress::Progress;
@@ -562,7 +562,7 @@ pub fn import(
             let p = &parcel_path;
             s.spawn(move || {
                 for rec in rx.iter() {
-                    let res = match decode_chunk(&rec.id, &rec.loc, &rec.data) {
+                    let res = match check_chunk(&rec.id, &rec.loc, &rec.data) {
                         Ok(_) => Ok(rec),
                         Err(reason) => Err(bad(
                             p,

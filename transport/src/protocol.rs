@@ -1288,23 +1288,14 @@ fn verify_chunk(
             "length {ulen} differs from the manifest's {expected_len}"
         ));
     }
-    let hash = if flags & FLAG_ZSTD != 0 {
-        let raw = zstd::bulk::decompress(data, ulen as usize)
-            .map_err(|e| format!("zstd data does not decompress: {e}"))?;
-        if raw.len() != ulen as usize {
-            return Err(format!("decompresses to {} bytes, not {ulen}", raw.len()));
-        }
-        ChunkId::of(&raw)
-    } else {
-        if data.len() != ulen as usize {
-            return Err(format!("carries {} bytes, not {ulen}", data.len()));
-        }
-        ChunkId::of(data)
+    let loc = freight_core::pack::Loc {
+        pack: 0,
+        offset: 0,
+        clen: data.len() as u32,
+        ulen,
+        flags,
     };
-    if hash != id {
-        return Err(format!("bytes hash to {}, not its ID", hash.short()));
-    }
-    Ok(())
+    freight_core::library::check_chunk(&id, &loc, data)
 }
 
 #[cfg(test)]
