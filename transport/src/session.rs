@@ -453,7 +453,9 @@ async fn push_inner(
         }
         return Err(e);
     }
-    // The reader is done (its channel closed); let it release its library handle.
+    // Let the reader finish (it stops when nobody takes its chunks) and release its library
+    // handle.
+    drop(read_rx);
     let _ = reader.await;
     tracing::debug!(peer = %who, "joining data streams");
     while let Some(joined) = writers.join_next().await {
