@@ -1,67 +1,14 @@
 //! Sites and courier parcels as an administrator uses them: identities, create, inspect, import,
 //! and the refusals of SPEC §8.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-struct World {
-    _t: tempfile::TempDir,
-    root: PathBuf,
-}
+mod common;
+
+use common::World;
 
 impl World {
-    fn new() -> World {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().to_path_buf();
-        World { _t: t, root }
-    }
-    fn p(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_freight"))
-            .arg("--quiet")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-    fn fail(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "{args:?} should fail");
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-        err
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_str().unwrap().to_string()
-    }
-    /// Site `code` in folder `name`.
-    fn site(&self, name: &str, code: &str) {
-        self.ok(&["site", "--site", &self.s(name), "init", "--code", code]);
-    }
-    /// `to` trusts `from`.
-    fn trust(&self, from: &str, to: &str) {
-        let id = self.s(&format!("{from}.id"));
-        self.ok(&[
-            "site",
-            "--site",
-            &self.s(from),
-            "identity",
-            "export",
-            "--out",
-            &id,
-        ]);
-        self.ok(&["site", "--site", &self.s(to), "identity", "import", &id]);
-    }
     fn ingest(&self, lib: &str, v: u32, src: &Path) {
         self.ok(&[
             "library",

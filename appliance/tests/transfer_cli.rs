@@ -7,58 +7,15 @@ use freight_core::library::Access;
 use freight_core::{IoMode, Library, PackageId, Progress};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-struct World {
-    _t: tempfile::TempDir,
-    root: PathBuf,
-}
+mod common;
+
+use common::World;
 
 impl World {
-    fn new() -> World {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().to_path_buf();
-        World { _t: t, root }
-    }
-    fn s(&self, name: &str) -> String {
-        self.root.join(name).to_str().unwrap().to_string()
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
-        c.arg("--quiet").args(args);
-        c
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-    fn site(&self, name: &str, code: &str) {
-        self.ok(&["site", "--site", &self.s(name), "init", "--code", code]);
-    }
-    /// `to` trusts `from`.
-    fn trust(&self, from: &str, to: &str) {
-        let id = self.s(&format!("{from}.id"));
-        self.ok(&[
-            "site",
-            "--site",
-            &self.s(from),
-            "identity",
-            "export",
-            "--out",
-            &id,
-        ]);
-        self.ok(&["site", "--site", &self.s(to), "identity", "import", &id]);
-    }
     /// Starts `freight transfer serve` for site folder `site` on `port` and waits for its
     /// readiness line.
     fn serve(&self, site: &str, lib: &str, port: u16) -> Child {
@@ -323,38 +280,48 @@ fn store_bytes(lib: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `freight transfer --site SITE --library SITE-lib send --to TO --peer PEER -p PKG EXTRA...`
+/// as arguments.
+fn send(w: &World, site: &str, to: &str, peer: &str, pkg: &str, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["transfer", "--site", &w.s(site), "--library"]
+        .map(String::from)
+        .to_vec();
+    a.push(w.s(&format!("{site}-lib")));
+    a.extend(["send", "--to", to, "--peer", peer, "-p", pkg].map(String::from));
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn refusals_on_the_command_line_are_one_line() {
     let w = setup(2 << 20);
     w.site("xyz", "XYZ");
     w.trust("ps1", "xyz");
+    w.ok(&[
+        "site",
+        "--site",
+        &w.s("xyz"),
+        "identity",
+        "export",
+        "--out",
+        &w.s("xyz.id"),
+    ]);
     let port = free_udp_port();
     let receiver = w.serve("ps1", "ps1-lib", port);
-    let fail = |args: &[&str]| {
-        let out = w.run(args);
-        assert!(!out.status.success(), "{args:?} should fail");
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-        err
-    };
     let to = format!("127.0.0.1:{port}");
+    let fail =
+        |site, peer, pkg, extra: &[&str]| w.fail(&strs(&send(&w, site, &to, peer, pkg, extra)));
     // A site PS1 does not trust.
-    let xyz_fp = {
-        w.ok(&[
-            "site",
-            "--site",
-            &w.s("xyz"),
-            "identity",
-            "export",
-            "--out",
-            &w.s("xyz.id"),
-        ]);
-        let text = std::fs::read_to_string(w.s("xyz.id")).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("fingerprint: "))
-            .unwrap()
-            .to_string()
-    };
+    let xyz_fp = std::fs::read_to_string(w.s("xyz.id"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .unwrap()
+        .to_string();
     w.ok(&[
         "library",
         "--library",
@@ -364,115 +331,34 @@ fn refusals_on_the_command_line_are_one_line() {
         "XYZ00001",
         &w.s("src"),
     ]);
-    let e = fail(&[
-        "transfer",
-        "--site",
-        &w.s("xyz"),
-        "--library",
-        &w.s("xyz-lib"),
-        "send",
-        "--to",
-        &to,
-        "--peer",
-        "PS1",
-        "-p",
-        "XYZ00001",
-        "--attempts",
-        "1",
-    ]);
+    let e = fail("xyz", "PS1", "XYZ00001", &["--attempts", "1"]);
     assert!(
         e.contains(&xyz_fp) && e.contains("not in the trust store"),
         "{e}"
     );
     // Expecting another site at that address.
-    let e = fail(&[
-        "transfer",
-        "--site",
-        &w.s("cas"),
-        "--library",
-        &w.s("cas-lib"),
-        "send",
-        "--to",
-        &to,
-        "--peer",
-        "PS2",
-        "-p",
-        "CAS00001",
-        "--attempts",
-        "1",
-    ]);
+    let e = fail("cas", "PS2", "CAS00001", &["--attempts", "1"]);
     assert!(e.contains("not site PS2"), "{e}");
     // A package the library does not hold; a bad throttle.
-    let e = fail(&[
-        "transfer",
-        "--site",
-        &w.s("cas"),
-        "--library",
-        &w.s("cas-lib"),
-        "send",
-        "--to",
-        &to,
-        "--peer",
-        "PS1",
-        "-p",
-        "CAS0000F",
-    ]);
+    let e = fail("cas", "PS1", "CAS0000F", &[]);
     assert!(e.contains("CAS0000F"), "{e}");
-    let e = fail(&[
-        "transfer",
-        "--site",
-        &w.s("cas"),
-        "--library",
-        &w.s("cas-lib"),
-        "send",
-        "--to",
-        &to,
-        "--peer",
-        "PS1",
-        "-p",
-        "CAS00001",
-        "--throttle",
-        "Mon-Fx closed",
-    ]);
+    let e = fail("cas", "PS1", "CAS00001", &["--throttle", "Mon-Fx closed"]);
     assert!(e.contains("Fx"), "{e}");
     // Nobody listening: gives up after the attempts, naming the address.
     let dead = format!("127.0.0.1:{}", free_udp_port());
-    let e = fail(&[
-        "transfer",
-        "--site",
-        &w.s("cas"),
-        "--library",
-        &w.s("cas-lib"),
-        "--idle-timeout",
-        "0.5",
-        "send",
-        "--to",
+    let mut args = send(
+        &w,
+        "cas",
         &dead,
-        "--peer",
         "PS1",
-        "-p",
         "CAS00001",
-        "--attempts",
-        "2",
-        "--retry-delay",
-        "0.1",
-    ]);
+        &["--attempts", "2", "--retry-delay", "0.1"],
+    );
+    args.splice(1..1, ["--idle-timeout".to_string(), "0.5".to_string()]);
+    let e = w.fail(&strs(&args));
     assert!(e.contains(&dead), "{e}");
     // The receiver refuses nothing it should accept: a real push still works.
-    let out = w.ok(&[
-        "transfer",
-        "--site",
-        &w.s("cas"),
-        "--library",
-        &w.s("cas-lib"),
-        "send",
-        "--to",
-        &to,
-        "--peer",
-        "PS1",
-        "-p",
-        "CAS00001",
-    ]);
+    let out = w.ok(&strs(&send(&w, "cas", &to, "PS1", "CAS00001", &[])));
     assert!(out.contains("sent CAS00001 v1 to PS1"), "{out}");
     term(receiver);
 }

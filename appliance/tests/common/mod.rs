@@ -1,0 +1,71 @@
+//! A folder of sites and libraries driven through the real `freight` binary, shared by the
+//! CLI tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// A temporary folder holding sites, libraries and sources by name.
+pub struct World {
+    _t: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl World {
+    pub fn new() -> World {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        World { _t: t, root }
+    }
+    pub fn p(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+    pub fn s(&self, name: &str) -> String {
+        self.p(name).to_str().unwrap().to_string()
+    }
+    /// `freight --quiet ARGS`, not yet run.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
+        c.arg("--quiet").args(args);
+        c
+    }
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+    /// Runs and expects success; returns standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    /// Runs and expects failure with a one-line error; returns it.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+        err
+    }
+    /// Site `code` in folder `name`.
+    pub fn site(&self, name: &str, code: &str) {
+        self.ok(&["site", "--site", &self.s(name), "init", "--code", code]);
+    }
+    /// `to` trusts `from`.
+    pub fn trust(&self, from: &str, to: &str) {
+        let id = self.s(&format!("{from}.id"));
+        self.ok(&[
+            "site",
+            "--site",
+            &self.s(from),
+            "identity",
+            "export",
+            "--out",
+            &id,
+        ]);
+        self.ok(&["site", "--site", &self.s(to), "identity", "import", &id]);
+    }
+}
