@@ -74,7 +74,24 @@ pub fn snapshot(root: &Path) -> std::io::Result<BTreeMap<PathBuf, Node>> {
 
 /// The first difference between two trees, or `None` when they are identical.
 pub fn difference(a: &Path, b: &Path) -> std::io::Result<Option<String>> {
-    let (sa, sb) = (snapshot(a)?, snapshot(b)?);
+    difference_with(a, b, false)
+}
+
+/// Like [`difference`], leaving the mtimes of symlinks out when `ignore_symlink_mtimes` (a
+/// peer tool that does not always keep them, such as rsync over ssh here).
+pub fn difference_with(
+    a: &Path,
+    b: &Path,
+    ignore_symlink_mtimes: bool,
+) -> std::io::Result<Option<String>> {
+    let (mut sa, mut sb) = (snapshot(a)?, snapshot(b)?);
+    if ignore_symlink_mtimes {
+        for n in sa.values_mut().chain(sb.values_mut()) {
+            if n.kind == "symlink" {
+                n.mtime = (0, 0);
+            }
+        }
+    }
     for (p, na) in &sa {
         match sb.get(p) {
             None => {
