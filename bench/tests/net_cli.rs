@@ -15,37 +15,51 @@ fn bench(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `freight-bench ARGS --json JSON`, requires success and every `expected` line piece on
+/// standard output, and returns the output and the JSON report.
+fn bench_reporting(
+    args: &[&str],
+    json: &std::path::Path,
+    expected: &[&str],
+) -> (String, serde_json::Value) {
+    let mut all = args.to_vec();
+    all.extend(["--json", json.to_str().unwrap()]);
+    let out = bench(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for e in expected {
+        assert!(stdout.contains(e), "{e:?} not in\n{stdout}");
+    }
+    let report = serde_json::from_str(&fs::read_to_string(json).unwrap()).unwrap();
+    (stdout, report)
+}
+
 #[test]
 fn quic_raw_runs_both_sides_and_reports_the_ratio() {
     require_tools(&[("iperf3", "iperf3")]);
     let dir = temp_dir();
     let work = dir.path().join("work");
     let json = dir.path().join("quic.json");
-    let out = bench(&[
-        "quic-raw",
-        "--seconds",
-        "1",
-        "--runs",
-        "1",
-        "--work",
-        work.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    for expected in [
-        "iperf3 server: iperf3 -s -1 -B 127.0.0.1 -p ",
-        " -t 1 -J\n",
-        "freight quic:  in this process",
-        "\nmedian MB/s ",
-        "goal: freight quic / iperf3 tcp median throughput >= 0.35: ",
-    ] {
-        assert!(stdout.contains(expected), "{expected:?} not in\n{stdout}");
-    }
-    let report: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, report) = bench_reporting(
+        &[
+            "quic-raw",
+            "--seconds",
+            "1",
+            "--runs",
+            "1",
+            "--work",
+            work.to_str().unwrap(),
+        ],
+        &json,
+        &[
+            "iperf3 server: iperf3 -s -1 -B 127.0.0.1 -p ",
+            " -t 1 -J\n",
+            "freight quic:  in this process",
+            "\nmedian MB/s ",
+            "goal: freight quic / iperf3 tcp median throughput >= 0.35: ",
+        ],
+    );
     let runs = report["runs"].as_array().unwrap();
     let sides: Vec<&str> = runs.iter().map(|r| r["side"].as_str().unwrap()).collect();
     assert_eq!(sides, ["iperf3 tcp", "freight quic"]);
@@ -97,36 +111,30 @@ fn quic_raw_takes_node_settings() {
 fn throttle_holds_rates_and_changes() {
     let dir = temp_dir();
     let json = dir.path().join("throttle.json");
-    let out = bench(&[
-        "throttle",
-        "--rates",
-        "2MB/s",
-        "--seconds",
-        "3",
-        "--change-rates",
-        "2MB/s,4MB/s",
-        "--change-at",
-        "1.5",
-        "--change-seconds",
-        "3",
-        "--work",
-        dir.path().join("work").to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    for expected in [
-        "goal: 2MB/s held within ±3% over 3 s: ",
-        "goal: rate change 2MB/s -> 4MB/s applies within 1 s: ",
-        "goal: rate change 4MB/s -> 2MB/s applies within 1 s: ",
-        "\n2MB/s -> 4MB/s ",
-    ] {
-        assert!(stdout.contains(expected), "{expected:?} not in\n{stdout}");
-    }
-    let report: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, report) = bench_reporting(
+        &[
+            "throttle",
+            "--rates",
+            "2MB/s",
+            "--seconds",
+            "3",
+            "--change-rates",
+            "2MB/s,4MB/s",
+            "--change-at",
+            "1.5",
+            "--change-seconds",
+            "3",
+            "--work",
+            dir.path().join("work").to_str().unwrap(),
+        ],
+        &json,
+        &[
+            "goal: 2MB/s held within ±3% over 3 s: ",
+            "goal: rate change 2MB/s -> 4MB/s applies within 1 s: ",
+            "goal: rate change 4MB/s -> 2MB/s applies within 1 s: ",
+            "\n2MB/s -> 4MB/s ",
+        ],
+    );
     let held = &report["rates"][0];
     assert_eq!(held["configured_bytes_per_s"], 2_000_000);
     // Pacing works at all: a busy machine may slow it, never speed it past the limit.
