@@ -26,3 +26,21 @@ pub fn noise(seed: &str, len: usize) -> Vec<u8> {
         .fill(&mut out);
     out
 }
+
+/// Ingests `src` as version `version` of `package` (an ID such as `CAS00001`), for tests.
+pub fn ingest_version(
+    lib: &mut freight_core::Library,
+    src: &std::path::Path,
+    package: &str,
+    version: u32,
+) -> freight_core::Result<freight_core::ingest::IngestReport> {
+    freight_core::ingest::ingest(
+        lib,
+        src,
+        &freight_core::ingest::IngestOptions {
+            package: freight_core::PackageId::parse(package)?,
+            version: Some(version),
+        },
+        &freight_core::Progress::default(),
+    )
+}

@@ -1,9 +1,8 @@
 //! Helpers shared by the library integration tests.
 #![allow(dead_code)]
 
-use freight_core::ingest::{IngestOptions, IngestReport, ingest};
 use freight_core::library::Access;
-use freight_core::{IoMode, Library, LibraryConfig, PackageId, Progress};
+use freight_core::{IoMode, Library, LibraryConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -21,22 +20,7 @@ pub fn new_lib(dir: &Path, cfg: &LibraryConfig) -> Library {
 }
 
 /// Ingests `src` as `pkg` version `v`.
-pub fn ingest_v(
-    lib: &mut Library,
-    src: &Path,
-    pkg: &str,
-    v: u32,
-) -> freight_core::Result<IngestReport> {
-    ingest(
-        lib,
-        src,
-        &IngestOptions {
-            package: PackageId::parse(pkg).unwrap(),
-            version: Some(v),
-        },
-        &Progress::default(),
-    )
-}
+pub use freight_bench::ingest_version as ingest_v;
 
 /// The library's files with sizes and content hashes (directory mtimes left out: creating and
 /// rolling back a file moves them without changing what the library holds).

@@ -3,10 +3,9 @@
 #![allow(dead_code)]
 
 use freight_bench::dataset::{DatasetSpec, generate};
-use freight_core::ingest::{IngestOptions, ingest};
 use freight_core::library::Access;
 use freight_core::{
-    IoMode, Library, LibraryConfig, Manifest, PackageId, Progress, SiteCode, SiteKey, TrustStore,
+    IoMode, Library, LibraryConfig, Manifest, PackageId, SiteCode, SiteKey, TrustStore,
 };
 use freight_transport::quic::{Node, NodeConfig};
 use freight_transport::session::{self, Received};
@@ -110,16 +109,7 @@ pub fn ingest_tree(
 
 /// Ingests `src` as `pkg` version `v` into `lib`; returns the manifest.
 pub fn ingest_into(lib: &mut Library, src: &Path, pkg: &str, v: u32) -> Manifest {
-    ingest(
-        lib,
-        src,
-        &IngestOptions {
-            package: PackageId::parse(pkg).unwrap(),
-            version: Some(v),
-        },
-        &Progress::default(),
-    )
-    .unwrap();
+    freight_bench::ingest_version(lib, src, pkg, v).unwrap();
     lib.manifest(&PackageId::parse(pkg).unwrap(), v).unwrap()
 }
 
