@@ -28,25 +28,61 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
-/// Collects garbage in `lib`.
+/// Collects garbage in `lib`: every pack with garbage is compacted.
 pub fn gc(lib: &mut Library, progress: &Progress) -> Result<GcReport> {
+    gc_with(lib, &HashSet::new(), 0.0, progress)
+}
+
+/// Collects garbage cheaply after an update: packs with nothing live are deleted, but a pack
+/// is rewritten only when at least `min_garbage` (0.0 to 1.0) of its bytes are garbage. An
+/// update that drops a little of every pack then costs no rewrite of the whole library; the
+/// space comes back once a pack is mostly garbage (or at the next full [`gc`]).
+pub fn gc_partial(lib: &mut Library, min_garbage: f64, progress: &Progress) -> Result<GcReport> {
+    gc_with(lib, &HashSet::new(), min_garbage, progress)
+}
+
+/// Collects garbage and also drops the chunks in `drop` even where a manifest still names them
+/// (corrupt chunks before a repair: the next transfer asks for them again). A manifest that
+/// names a dropped chunk fails verification until it is repaired.
+pub fn gc_dropping(
+    lib: &mut Library,
+    drop: &HashSet<ChunkId>,
+    progress: &Progress,
+) -> Result<GcReport> {
+    gc_with(lib, drop, 0.0, progress)
+}
+
+fn gc_with(
+    lib: &mut Library,
+    drop: &HashSet<ChunkId>,
+    min_garbage: f64,
+    progress: &Progress,
+) -> Result<GcReport> {
     lib.require_write();
-    let live: HashSet<ChunkId> = lib.refcounts()?.into_keys().collect();
+    let live: HashSet<ChunkId> = lib
+        .refcounts()?
+        .into_keys()
+        .filter(|id| !drop.contains(id))
+        .collect();
     let mut report = GcReport::default();
     // Per pack: live entries to keep, and whether there is anything dead.
     let mut plan: Vec<(u32, Vec<(ChunkId, Loc)>)> = Vec::new();
     for (&n, info) in lib.packs() {
         let ix = pack::read_index(&info.idx, n)?;
         let mut keep = Vec::new();
-        let mut dead = false;
+        let (mut dead, mut total) = (0u64, 0u64);
         for (id, loc) in ix.entries {
+            total += loc.clen as u64;
             if live.contains(&id) && lib.locate(&id) == Some(loc) {
                 keep.push((id, loc));
             } else {
-                dead = true;
+                dead += loc.clen as u64;
             }
         }
-        if dead || keep.is_empty() {
+        // A dropped chunk must go whatever the ratio: the next transfer asks for it again.
+        let dropped = !drop.is_empty() && dead > 0;
+        let worth = dead > 0 && dead as f64 >= min_garbage * total.max(1) as f64;
+        if keep.is_empty() || worth || dropped {
             plan.push((n, keep));
         }
     }
@@ -104,8 +140,12 @@ pub fn gc(lib: &mut Library, progress: &Progress) -> Result<GcReport> {
                 .ctx(&d, "fsync directory")?;
         }
     }
-    lib.index
-        .retain(|id, loc| live.contains(id) && lib.packs.contains_key(&loc.pack));
+    // Garbage left in packs not worth rewriting stays indexed: it is intact, and a transfer
+    // that needs it again finds it.
+    let rewritten: HashSet<u32> = plan.iter().map(|(n, _)| *n).collect();
+    lib.index.retain(|id, loc| {
+        lib.packs.contains_key(&loc.pack) && (live.contains(id) || !rewritten.contains(&loc.pack))
+    });
     report.chunks_removed = (before - lib.chunk_count().min(before)) as u64;
     Ok(report)
 }

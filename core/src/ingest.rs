@@ -34,6 +34,11 @@ pub struct IngestOptions {
     pub package: PackageId,
     /// Version; `None` = one past the newest stored.
     pub version: Option<u32>,
+    /// Quick check, as rsync and git do: a file whose path, size and modification time equal
+    /// those of the newest stored version is taken from it without being read (if all its
+    /// chunks are in the library). A file changed in place with its size and mtime restored
+    /// is then missed; leave this off to read everything.
+    pub quick_check: bool,
 }
 
 /// What an ingest did.
@@ -55,6 +60,8 @@ pub struct IngestReport {
     pub chunks: u64,
     /// Chunks that were new to the library.
     pub new_chunks: u64,
+    /// Files taken from the previous version unread (quick check).
+    pub unchanged_files: u64,
     /// Stored (compressed) bytes added to the library.
     pub stored_bytes: u64,
     /// False when this exact version was already stored.
@@ -95,17 +102,49 @@ pub fn ingest(
         .filter(|(_, e)| matches!(e.kind, SourceKind::File { .. }))
         .map(|(i, _)| i)
         .collect();
-    let total: u64 = entries
+    // Per file: its chunk list taken from the previous version (quick check), if any.
+    let reused: Vec<Option<Vec<ChunkRef>>> = {
+        let previous = match (opts.quick_check, lib.latest(&opts.package)?) {
+            (true, Some(v)) => Some(lib.manifest(&opts.package, v)?),
+            _ => None,
+        };
+        let unchanged = quick_check(lib, previous.as_ref());
+        files
+            .iter()
+            .map(|&i| {
+                let e = &entries[i];
+                let SourceKind::File { size } = e.kind else {
+                    return None;
+                };
+                unchanged
+                    .get(e.rel.as_slice())
+                    .filter(|(s, sec, nsec, _)| {
+                        *s == size && *sec == e.mtime_sec && *nsec == e.mtime_nsec
+                    })
+                    .map(|(_, _, _, chunks)| chunks.to_vec())
+            })
+            .collect()
+    };
+    // File positions to read, and the entries they are.
+    let to_read: Vec<usize> = (0..files.len()).filter(|&f| reused[f].is_none()).collect();
+    let read_entries: Vec<usize> = to_read.iter().map(|&f| files[f]).collect();
+    let total: u64 = read_entries
         .iter()
-        .map(|e| match e.kind {
+        .map(|&i| match entries[i].kind {
             SourceKind::File { size } => size,
             _ => 0,
         })
         .sum();
-    progress.start("ingest", files.len() as u64, total);
+    progress.start("ingest", read_entries.len() as u64, total);
 
     let mut writer = lib.writer(true);
-    let mut chunk_lists: Vec<Vec<Option<ChunkRef>>> = vec![Vec::new(); files.len()];
+    let mut chunk_lists: Vec<Vec<Option<ChunkRef>>> = reused
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map_or_else(Vec::new, |c| c.iter().copied().map(Some).collect())
+        })
+        .collect();
     let mut new_chunks = 0u64;
     let lib_ref: &Library = lib;
     let claimed: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
@@ -118,7 +157,7 @@ pub fn ingest(
         let (done_tx, done_rx) = bounded::<Done>(workers * 2);
         let reader = {
             let entries = &entries;
-            let files = &files;
+            let files = &read_entries;
             let engine = lib_ref.engine().clone();
             s.spawn(move || read_and_chunk(entries, files, &engine, params, work_tx, progress))
         };
@@ -139,7 +178,7 @@ pub fn ingest(
                 }
                 new_chunks += 1;
             }
-            let list = &mut chunk_lists[d.file];
+            let list = &mut chunk_lists[to_read[d.file]];
             if list.len() <= d.seq {
                 list.resize(d.seq + 1, None);
             }
@@ -162,6 +201,17 @@ pub fn ingest(
         version,
         entries: Vec::with_capacity(entries.len()),
     };
+    // Sizes per file position: as read, or as the previous version recorded.
+    let mut file_sizes: Vec<u64> = files
+        .iter()
+        .map(|&i| match entries[i].kind {
+            SourceKind::File { size } => size,
+            _ => 0,
+        })
+        .collect();
+    for (k, &f) in to_read.iter().enumerate() {
+        file_sizes[f] = sizes[k];
+    }
     let mut file_no = 0;
     let mut chunks = 0u64;
     for e in &entries {
@@ -176,7 +226,7 @@ pub fn ingest(
                     .map(|c| c.expect("every chunk of a file is hashed"))
                     .collect();
                 chunks += list.len() as u64;
-                let size = sizes[file_no];
+                let size = file_sizes[file_no];
                 file_no += 1;
                 EntryKind::File { size, chunks: list }
             }
@@ -199,12 +249,34 @@ pub fn ingest(
         hash: m.hash().to_hex().to_string(),
         files: files.len() as u64,
         entries: m.entries.len() as u64,
-        bytes: sizes.iter().sum(),
+        bytes: file_sizes.iter().sum(),
         chunks,
         new_chunks,
+        unchanged_files: (files.len() - to_read.len()) as u64,
         stored_bytes,
         created,
     })
+}
+
+/// The previous version's files whose chunks are all in the library, by path: (size, mtime
+/// seconds, mtime nanoseconds, chunks).
+fn quick_check<'m>(
+    lib: &Library,
+    previous: Option<&'m Manifest>,
+) -> std::collections::HashMap<&'m [u8], (u64, i64, u32, &'m [ChunkRef])> {
+    previous
+        .into_iter()
+        .flat_map(|m| &m.entries)
+        .filter_map(|e| match &e.kind {
+            EntryKind::File { size, chunks } if chunks.iter().all(|c| lib.has_chunk(&c.id)) => {
+                Some((
+                    e.path.as_slice(),
+                    (*size, e.mtime_sec, e.mtime_nsec, chunks.as_slice()),
+                ))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Reads every file through the engine with read-ahead and cuts it into chunks.

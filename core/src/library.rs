@@ -22,7 +22,6 @@ use crate::id::{ChunkId, PackageId};
 use crate::manifest::Manifest;
 use crate::pack::{self, FLAG_ZSTD, Loc, PACK_MAGIC};
 use crate::writer::{Committed, PackInfo, Reuse, Writer, sync_dir};
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -584,15 +583,19 @@ impl Library {
     }
 }
 
-thread_local! {
-    /// One zstd context and scratch buffer per thread: making a context per chunk costs about
-    /// as much as decompressing a small chunk.
-    static SCRATCH: RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
-        const { RefCell::new(None) };
-}
+/// A zstd context and a scratch buffer (grown to the largest chunk it decompressed).
+type Scratch = (zstd::bulk::Decompressor<'static>, Vec<u8>);
 
-/// Runs `f` on the uncompressed bytes of a stored chunk (decompressed into this thread's
-/// scratch buffer when compressed, the stored bytes themselves when raw).
+/// Scratch kept for reuse: making a context per chunk costs about as much as decompressing a
+/// small chunk. A shared pool rather than one per thread, so memory follows how many chunks
+/// are decompressed at once, not how many threads ever did it (a tokio blocking pool grows to
+/// dozens of threads, each of which would keep a buffer as large as the largest chunk).
+static SCRATCH: Mutex<Vec<Scratch>> = Mutex::new(Vec::new());
+/// Most scratch sets kept idle; more in use at once are freed after use.
+const SCRATCH_KEPT: usize = 8;
+
+/// Runs `f` on the uncompressed bytes of a stored chunk (decompressed into a pooled scratch
+/// buffer when compressed, the stored bytes themselves when raw).
 fn with_raw<T>(
     loc: &Loc,
     stored: &[u8],
@@ -607,22 +610,28 @@ fn with_raw<T>(
         }
         return Ok(f(stored));
     }
-    SCRATCH.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            let d = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
-            *cell = Some((d, Vec::new()));
+    let pooled = SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let (mut d, mut buf) = match pooled {
+        Some(s) => s,
+        None => (
+            zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?,
+            Vec::new(),
+        ),
+    };
+    buf.clear();
+    buf.reserve(loc.ulen as usize);
+    let res = match d.decompress_to_buffer(stored, &mut buf) {
+        Err(e) => Err(format!("zstd: {e}")),
+        Ok(_) if buf.len() != loc.ulen as usize => {
+            Err(format!("length {} != {}", buf.len(), loc.ulen))
         }
-        let (d, buf) = cell.as_mut().expect("set above");
-        buf.clear();
-        buf.reserve(loc.ulen as usize);
-        d.decompress_to_buffer(stored, buf)
-            .map_err(|e| format!("zstd: {e}"))?;
-        if buf.len() != loc.ulen as usize {
-            return Err(format!("length {} != {}", buf.len(), loc.ulen));
-        }
-        Ok(f(buf))
-    })
+        Ok(_) => Ok(f(&buf)),
+    };
+    let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < SCRATCH_KEPT {
+        pool.push((d, buf));
+    }
+    res
 }
 
 /// Decompresses stored chunk bytes and checks them against their ID.

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use freight_bench::tmpfs::Tmpfs;
 use freight_bench::{DatasetSpec, generate};
 use freight_core::library::Access;
 use freight_core::{Library, LibraryConfig, PackageId, Progress};
@@ -409,4 +410,91 @@ fn io_engine_follows_the_configured_mode() {
         _ => freight_core::EngineKind::Uring,
     };
     assert_eq!(lib.engine().kind(), expect);
+}
+
+#[test]
+fn quick_check_reads_only_changed_files_and_stores_the_same_version_as_a_full_read() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    generate(&src, &DatasetSpec::mixed(24 << 20, 17)).unwrap();
+    let ingest = |lib: &mut Library, v: u32, quick: bool| {
+        let progress = Progress::default();
+        let opts = freight_core::ingest::IngestOptions {
+            package: pid("CAS00001"),
+            version: Some(v),
+            quick_check: quick,
+        };
+        let r = freight_core::ingest::ingest(lib, &src, &opts, &progress).unwrap();
+        (r, progress.bytes().1)
+    };
+    let mut quick = new_lib(&t.path().join("quick"), &LibraryConfig::default());
+    let mut full = new_lib(&t.path().join("full"), &LibraryConfig::default());
+    let (first, read_first) = ingest(&mut quick, 1, true);
+    assert_eq!((first.unchanged_files, read_first), (0, first.bytes));
+    ingest(&mut full, 1, false);
+
+    // Change two files (new content, new mtime), drop one, add one.
+    let files = walk_files(&src);
+    let changed: u64 = files[..2]
+        .iter()
+        .map(|f| {
+            let mut d = std::fs::read(f).unwrap();
+            d.iter_mut().for_each(|b| *b ^= 0x33);
+            d.push(1);
+            std::fs::write(f, &d).unwrap();
+            d.len() as u64
+        })
+        .sum();
+    std::fs::remove_file(&files[2]).unwrap();
+    std::fs::write(src.join("added.txt"), b"new file").unwrap();
+
+    let (second, read) = ingest(&mut quick, 2, true);
+    assert_eq!(
+        read,
+        changed + 8,
+        "only the changed and the added files are read"
+    );
+    assert_eq!(second.unchanged_files, files.len() as u64 - 3);
+    let (reference, _) = ingest(&mut full, 2, false);
+    assert_eq!(
+        second.hash, reference.hash,
+        "the same version as a full read"
+    );
+    let out = t.path().join("out");
+    materialize_to(&quick, "CAS00001", 2, &out).unwrap();
+    assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+}
+
+#[test]
+fn partial_gc_leaves_packs_with_little_garbage_and_full_gc_reclaims_them() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    generate(&src, &DatasetSpec::mixed(32 << 20, 19)).unwrap();
+    let mut lib = new_lib(&t.path().join("lib"), &LibraryConfig::default());
+    freight_bench::ingest_version(&mut lib, &src, "CAS00001", 1).unwrap();
+    // Version 2 changes one file of 64 KiB to 1 MiB: version 1's copy of it is a little garbage.
+    let f = walk_files(&src)
+        .into_iter()
+        .find(|f| (64 << 10..1 << 20).contains(&std::fs::metadata(f).unwrap().len()))
+        .unwrap();
+    std::fs::write(&f, b"changed").unwrap();
+    freight_bench::ingest_version(&mut lib, &src, "CAS00001", 2).unwrap();
+    lib.remove_version(&pid("CAS00001"), 1).unwrap();
+
+    let partial = freight_core::gc::gc_partial(&mut lib, 0.5, &Progress::default()).unwrap();
+    assert_eq!(
+        (partial.packs_compacted, partial.bytes_moved),
+        (0, 0),
+        "{partial:?}"
+    );
+    let v = freight_core::verify::verify(&lib, None, &Progress::default()).unwrap();
+    assert!(v.is_clean());
+    let full = freight_core::gc::gc(&mut lib, &Progress::default()).unwrap();
+    assert!(
+        full.packs_compacted > 0 && full.chunks_removed > 0,
+        "{full:?}"
+    );
+    let out = t.path().join("out");
+    materialize_to(&lib, "CAS00001", 2, &out).unwrap();
+    assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
 }

@@ -33,32 +33,6 @@ pub fn lib_state(dir: &Path) -> BTreeMap<PathBuf, (u64, Vec<u8>)> {
         .collect()
 }
 
-/// A tmpfs mounted for the test's lifetime (tests run as root, as CI does).
-pub struct Tmpfs(pub PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `bytes` at `path` (created).
-    pub fn mount(path: &Path, bytes: u64) -> Tmpfs {
-        std::fs::create_dir_all(path).unwrap();
-        let opts = format!("size={bytes}");
-        nix::mount::mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .unwrap_or_else(|e| panic!("mounting a tmpfs at {} needs root: {e}", path.display()));
-        Tmpfs(path.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 /// Free bytes on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(path).unwrap();
