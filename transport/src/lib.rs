@@ -9,6 +9,7 @@
 //! The QUIC shell builds on these. See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod clock;
+pub mod command;
 pub mod error;
 pub mod protocol;
 pub mod quic;

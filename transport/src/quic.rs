@@ -8,6 +8,7 @@
 //! control stream   kind u8 = 1 (push: the opener sends), data_streams u16
 //! data stream      kind u8 = 2, session u64 (the control stream's ID), index u16
 //! welcome stream   kind u8 = 3, opened by the accepting side once it accepted the peer
+//! command stream   kind u8 = 4, then a request and its reply (see [`crate::command`])
 //! ```
 //! In TLS 1.3 the client's handshake completes before the server has checked the client's
 //! certificate, so a connecting side waits for the welcome stream (or the server's refusal)
@@ -31,6 +32,8 @@ pub(crate) const KIND_PUSH: u8 = 1;
 pub(crate) const KIND_DATA: u8 = 2;
 /// The accepting side's first stream: it accepted the connecting side's certificate.
 const KIND_WELCOME: u8 = 3;
+/// Command stream preamble kind (see [`crate::command`]).
+pub(crate) const KIND_COMMAND: u8 = 4;
 
 /// Tunables of an endpoint. The defaults suit a LAN or WAN link; tests shorten the timeouts.
 #[derive(Debug, Clone)]

@@ -9,11 +9,12 @@
 //! cut or a restart is [`push_resuming`]: the same session again, on a new connection, where
 //! the receiver now lacks only what it had not stored.
 
+use crate::command::{self, CommandHandler};
 use crate::error::{Error, Result};
 use crate::protocol::{
     FrameDecoder, Message, ProtocolError, Receiver, ReceiverEvent, Sender, chunk_header,
 };
-use crate::quic::{Conn, KIND_DATA, KIND_PUSH, Node, conn_error};
+use crate::quic::{Conn, KIND_COMMAND, KIND_DATA, KIND_PUSH, Node, conn_error};
 use crate::route_limiter::RouteLimiter;
 use crate::schedule::Priority;
 use crate::store::SharedLibrary;
@@ -463,7 +464,7 @@ async fn push_inner(
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 writers.abort_all();
-                return Err(e);
+                return Err(abort_reason(&mut sender, &mut ctl, &mut csend, who, e).await);
             }
             Err(e) => return Err(Error::Misuse(format!("a data stream task failed: {e}"))),
         }
@@ -488,6 +489,29 @@ async fn push_inner(
     }
     let _ = csend.finish();
     Ok(())
+}
+
+/// A receiver that aborts a session stops its data streams too, and a writer may see the stop
+/// before the Abort on the control stream is read. The Abort says why: prefer it over the bare
+/// stream error. Waits at most a second (a dead connection fails the read at once).
+async fn abort_reason(
+    sender: &mut Sender,
+    ctl: &mut mpsc::Receiver<Result<Message>>,
+    csend: &mut quinn::SendStream,
+    who: &str,
+    e: Error,
+) -> Error {
+    if !matches!(e, Error::Connection { .. }) {
+        return e;
+    }
+    match tokio::time::timeout(Duration::from_secs(1), next_control(ctl, who)).await {
+        Ok(msg @ Ok(Message::Abort { .. })) => match handle_or_abort(sender, msg, csend, who).await
+        {
+            Err(aborted @ Error::PeerAborted { .. }) => aborted,
+            _ => e,
+        },
+        _ => e,
+    }
 }
 
 async fn flush_sender(sender: &mut Sender, send: &mut quinn::SendStream, who: &str) -> Result<()> {
@@ -633,23 +657,37 @@ pub struct Received {
 }
 
 /// Serves push sessions on one connection into `lib` until the connection closes. Each
-/// finished session is reported on `events` (if given).
+/// finished session is reported on `events` (if given). Command streams are answered by
+/// `commands`; without a handler they are refused like any unknown stream kind.
 pub async fn serve_connection(
     conn: Conn,
     lib: SharedLibrary,
     events: Option<mpsc::UnboundedSender<Received>>,
+    commands: Option<Arc<dyn CommandHandler>>,
 ) {
     let sessions: Sessions = Arc::default();
     let who = conn.describe();
     loop {
         tokio::select! {
             bi = conn.inner.accept_bi() => match bi {
-                Ok((send, recv)) => {
+                Ok((send, mut recv)) => {
                     let (lib, sessions, who, events) = (lib.clone(), sessions.clone(), who.clone(), events.clone());
+                    let (commands, conn) = (commands.clone(), conn.clone());
                     let peer = conn.peer().code;
                     tokio::spawn(async move {
+                        let mut kind = [0u8; 1];
+                        if let Err(e) = recv.read_exact(&mut kind).await {
+                            tracing::debug!(peer = %who, error = %e, "stream ended before its kind");
+                            return;
+                        }
+                        if let (KIND_COMMAND, Some(h)) = (kind[0], commands.as_deref()) {
+                            if let Err(e) = command::answer(conn, send, recv, h).await {
+                                tracing::warn!(peer = %who, error = %e, "command failed");
+                            }
+                            return;
+                        }
                         let mut offered = None;
-                        let result = receive_session(send, recv, &lib, &sessions, &who, &mut offered).await;
+                        let result = receive_session(kind[0], send, recv, &lib, &sessions, &who, &mut offered).await;
                         if let Err(e) = &result {
                             tracing::warn!(peer = %who, error = %e, "receiving session failed");
                             // Keep what was verified: the resumed session will not ask for it.
@@ -686,6 +724,7 @@ pub async fn serve_connection(
 }
 
 async fn receive_session(
+    kind: u8,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     lib: &SharedLibrary,
@@ -693,8 +732,8 @@ async fn receive_session(
     who: &str,
     offered: &mut Option<(freight_core::PackageId, u32)>,
 ) -> Result<()> {
-    let mut pre = [0u8; 3];
-    recv.read_exact(&mut pre)
+    let mut pre = [kind, 0, 0];
+    recv.read_exact(&mut pre[1..])
         .await
         .map_err(|e| Error::Connection {
             peer: who.to_string(),
@@ -933,15 +972,16 @@ pub async fn serve(
     node: Node,
     lib: SharedLibrary,
     events: Option<mpsc::UnboundedSender<Received>>,
+    commands: Option<Arc<dyn CommandHandler>>,
 ) {
     while let Some(accepting) = node.accept().await {
-        let (lib, events) = (lib.clone(), events.clone());
+        let (lib, events, commands) = (lib.clone(), events.clone(), commands.clone());
         tokio::spawn(async move {
             let from = accepting.remote();
             match accepting.establish().await {
                 Ok(conn) => {
                     tracing::info!(peer = %conn.describe(), "accepted connection");
-                    serve_connection(conn, lib, events).await;
+                    serve_connection(conn, lib, events, commands).await;
                 }
                 Err(e) => tracing::warn!(%from, error = %e, "refused a connection"),
             }

@@ -24,6 +24,7 @@ enum Cmd {
     Append(ChunkId, u32, u8, Vec<u8>),
     Flush(oneshot::Sender<Result<()>>),
     Stop(oneshot::Sender<Result<()>>),
+    Exclusive(Box<dyn FnOnce(&mut Library) + Send>),
 }
 
 /// A library open for writing, shared by sessions (cheap to clone).
@@ -130,6 +131,24 @@ impl SharedLibrary {
         Ok(lib.into_inner().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Runs `f` on the store thread with exclusive access, after the open batch is committed,
+    /// so maintenance that writes packs (gc, removing versions) never races the store's own
+    /// writer. Receiving sessions wait meanwhile.
+    pub async fn exclusive<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Library) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move |lib: &mut Library| {
+            let _ = tx.send(f(lib));
+        });
+        self.tx
+            .send(Cmd::Exclusive(job))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
     /// Runs `f` with exclusive access (removing versions, tests).
     pub fn with_write<T>(&self, f: impl FnOnce(&mut Library) -> T) -> T {
         f(&mut self.write())
@@ -170,6 +189,14 @@ impl Store {
                 }
                 Cmd::Flush(reply) => {
                     let _ = reply.send(self.flush());
+                }
+                Cmd::Exclusive(f) => {
+                    // Commit the open batch first: a second writer (gc) must not pick the pack
+                    // number this one holds, and must see every chunk received so far.
+                    if let Err(e) = self.commit() {
+                        self.fail(e);
+                    }
+                    f(&mut self.lib.write().unwrap_or_else(|e| e.into_inner()));
                 }
                 Cmd::Stop(reply) => {
                     let res = self.flush();

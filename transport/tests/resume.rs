@@ -118,11 +118,7 @@ async fn one_percent_loss_with_delay_and_reordering_still_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_cuts_resume_and_resend_at_most_the_in_flight_window() {
-    let seed: u64 = std::env::var("FREIGHT_CUT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("cut seed {seed} (FREIGHT_CUT_SEED replays it)");
+    let seed = freight_bench::replay_seed("FREIGHT_CUT_SEED");
     let s = setup(48 << 20, 12);
     let rx = receiving_with(
         &s.ps1,

@@ -178,11 +178,7 @@ async fn a_chunk_that_does_not_match_its_id_is_rejected_and_not_stored() {
     std::fs::write(&pack, bytes).unwrap();
 
     let mut rx = receiving(&w.ps1, &w.t.path().join("ps1-lib"), fast_config());
-    let node = Node::bind("127.0.0.1:0".parse().unwrap(), w.cas.tls(), fast_config()).unwrap();
-    let conn = node
-        .connect(rx.node.local_addr().unwrap(), code("PS1"))
-        .await
-        .unwrap();
+    let (_node, conn) = connect(&w.cas, &rx, "PS1").await;
     let lib = SharedLibrary::new(library(&cas_lib));
     let mut report = PushReport::default();
     let err = push(&conn, &lib, &m, &PushOptions::default(), &mut report)
@@ -244,11 +240,7 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
     let cas_lib = w.t.path().join("cas-lib");
     let m = ingest_tree(&cas_lib, &w.t.path().join("src"), "CAS00001", 1, 2 << 20, 5);
     let mut rx = receiving(&w.ps1, &w.t.path().join("ps1-lib"), fast_config());
-    let node = Node::bind("127.0.0.1:0".parse().unwrap(), w.cas.tls(), fast_config()).unwrap();
-    let conn = node
-        .connect(rx.node.local_addr().unwrap(), code("PS1"))
-        .await
-        .unwrap();
+    let (_node, conn) = connect(&w.cas, &rx, "PS1").await;
     let raw = conn.connection();
     let hello = encode(&Message::Hello {
         version_min: 1,
@@ -327,10 +319,7 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
     assert!(closed.to_string().contains("unknown session"), "{closed}");
 
     // The receiver still serves: a proper push on a new connection succeeds.
-    let conn = node
-        .connect(rx.node.local_addr().unwrap(), code("PS1"))
-        .await
-        .unwrap();
+    let (_node, conn) = connect(&w.cas, &rx, "PS1").await;
     let lib = SharedLibrary::new(library(&cas_lib));
     let mut report = PushReport::default();
     push(&conn, &lib, &m, &PushOptions::default(), &mut report)

@@ -7,7 +7,7 @@ use freight_core::library::Access;
 use freight_core::{
     IoMode, Library, LibraryConfig, Manifest, PackageId, SiteCode, SiteKey, TrustStore,
 };
-use freight_transport::quic::{Node, NodeConfig};
+use freight_transport::quic::{Conn, Node, NodeConfig};
 use freight_transport::session::{self, Received};
 use freight_transport::store::SharedLibrary;
 use freight_transport::tls::SiteTls;
@@ -129,8 +129,23 @@ pub fn receiving_with(site: &Site, lib: SharedLibrary, cfg: NodeConfig) -> Recei
     log();
     let node = Node::bind("127.0.0.1:0".parse().unwrap(), site.tls(), cfg).unwrap();
     let (tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(session::serve(node.clone(), lib.clone(), Some(tx)));
+    tokio::spawn(session::serve(node.clone(), lib.clone(), Some(tx), None));
     Receiving { node, lib, events }
+}
+
+/// A node of `site` on loopback with the test tunables.
+pub fn node(site: &Site) -> Node {
+    Node::bind("127.0.0.1:0".parse().unwrap(), site.tls(), fast_config()).unwrap()
+}
+
+/// A node of `site` connected to the receiving node `rx` of site `peer`.
+pub async fn connect(site: &Site, rx: &Receiving, peer: &str) -> (Node, Conn) {
+    let node = node(site);
+    let conn = node
+        .connect(rx.node.local_addr().unwrap(), code(peer))
+        .await
+        .unwrap();
+    (node, conn)
 }
 
 /// Opens a library read-only (after the nodes using it are gone).
