@@ -342,6 +342,24 @@ impl Table {
         self
     }
 
+    /// Appends a row comparing one figure of two sides, both with `decimals` digits, and a
+    /// last cell (a ratio, or blank).
+    pub fn figures(
+        &mut self,
+        label: &str,
+        a: f64,
+        b: f64,
+        decimals: usize,
+        last: String,
+    ) -> &mut Self {
+        self.row([
+            label.to_owned(),
+            format!("{a:.decimals$}"),
+            format!("{b:.decimals$}"),
+            last,
+        ])
+    }
+
     /// A table of `records`, one row per run.
     pub fn of_runs(records: &[RunRecord]) -> Self {
         let mut table = Table::new([

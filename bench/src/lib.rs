@@ -11,6 +11,7 @@ pub mod harness;
 pub mod loopback;
 pub mod netem;
 pub mod servers;
+pub mod tmpfs;
 mod words;
 
 pub use dataset::{DatasetSpec, DatasetSummary, generate, is_generated, write_marker};
@@ -27,6 +28,24 @@ pub fn noise(seed: &str, len: usize) -> Vec<u8> {
     out
 }
 
+/// The seed of a randomised test: the one in environment variable `var` (to replay a run), or
+/// a fresh one; printed either way so a failure can be replayed.
+pub fn replay_seed(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            // Fresh entropy without a thread RNG: wall-clock nanoseconds mixed by BLAKE3.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let h = blake3::hash(&now.to_le_bytes());
+            u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+        });
+    eprintln!("{var}={seed} replays this run");
+    seed
+}
+
 /// Ingests `src` as version `version` of `package` (an ID such as `CAS00001`), for tests.
 pub fn ingest_version(
     lib: &mut freight_core::Library,
@@ -40,6 +59,7 @@ pub fn ingest_version(
         &freight_core::ingest::IngestOptions {
             package: freight_core::PackageId::parse(package)?,
             version: Some(version),
+            quick_check: false,
         },
         &freight_core::Progress::default(),
     )

@@ -19,14 +19,7 @@ fn require_transfer_tools() {
 }
 
 fn bench(work: &Path, freight: &Path, extra: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_freight-bench"))
-        .args(["transfer", "--size", "8MiB", "--work"])
-        .arg(work)
-        .arg("--freight")
-        .arg(freight)
-        .args(extra)
-        .output()
-        .unwrap()
+    common::bench_sized("transfer", "8MiB", work, freight, extra)
 }
 
 #[test]

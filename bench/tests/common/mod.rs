@@ -41,8 +41,19 @@ pub fn stub(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 /// Runs `freight-bench SUBCOMMAND --size 3MiB --work WORK --freight FREIGHT EXTRA...`.
 pub fn bench(subcommand: &str, work: &Path, freight: &Path, extra: &[&str]) -> Output {
+    bench_sized(subcommand, "3MiB", work, freight, extra)
+}
+
+/// [`bench`] with a dataset of `size`.
+pub fn bench_sized(
+    subcommand: &str,
+    size: &str,
+    work: &Path,
+    freight: &Path,
+    extra: &[&str],
+) -> Output {
     Command::new(env!("CARGO_BIN_EXE_freight-bench"))
-        .args([subcommand, "--size", "3MiB", "--work"])
+        .args([subcommand, "--size", size, "--work"])
         .arg(work)
         .arg("--freight")
         .arg(freight)

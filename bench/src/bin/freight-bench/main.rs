@@ -24,7 +24,9 @@ use freight_bench::dataset::{self, DatasetSpec};
 use freight_bench::harness::{self, Measurement, RunRecord, SideStats, Table};
 use serde::Serialize;
 
+mod distribute;
 mod net;
+mod serve;
 mod transfer;
 
 /// Benchmarks Freight against conventional tools.
@@ -45,6 +47,9 @@ enum Cmd {
     /// Library-to-library transfer over loopback QUIC (`freight transfer serve` +
     /// `send`) vs `rsync -a` over ssh to localhost of the same tree.
     Transfer(transfer::TransferArgs),
+    /// A site server and DPs (real daemons) on loopback: distribute to one DP and to many, and
+    /// update, vs `rsync -a` over ssh to localhost of the same tree; peak RSS of the daemons.
+    Distribute(distribute::DistributeArgs),
     /// Chunk transport from memory to memory over loopback QUIC (in this process)
     /// vs `iperf3` over loopback TCP.
     QuicRaw(net::QuicRawArgs),
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         Cmd::Ingest(args) => ingest(&args),
         Cmd::Parcel(args) => parcel(&args),
         Cmd::Transfer(args) => transfer::transfer(&args),
+        Cmd::Distribute(args) => distribute::distribute(&args),
         Cmd::QuicRaw(args) => net::quic_raw(&args),
         Cmd::Throttle(args) => net::throttle(&args),
     };
@@ -419,30 +425,34 @@ impl Comparison {
         let (p, f) = (&self.peer, &self.freight);
         let mut table = Table::new([title, "peer", "freight", "freight/peer"]);
         table
-            .row([
-                "best MB/s".to_owned(),
-                format!("{:.1}", p.best_mb_per_s),
-                format!("{:.1}", f.best_mb_per_s),
+            .figures(
+                "best MB/s",
+                p.best_mb_per_s,
+                f.best_mb_per_s,
+                1,
                 format!("{:.2}x", self.ratio_best),
-            ])
-            .row([
-                "median MB/s".to_owned(),
-                format!("{:.1}", p.median_mb_per_s),
-                format!("{:.1}", f.median_mb_per_s),
+            )
+            .figures(
+                "median MB/s",
+                p.median_mb_per_s,
+                f.median_mb_per_s,
+                1,
                 format!("{:.2}x", self.ratio_median),
-            ])
-            .row([
-                "max RSS MiB".to_owned(),
-                format!("{:.1}", p.max_rss_mib),
-                format!("{:.1}", f.max_rss_mib),
+            )
+            .figures(
+                "max RSS MiB",
+                p.max_rss_mib,
+                f.max_rss_mib,
+                1,
                 String::new(),
-            ])
-            .row([
-                "median CPU s".to_owned(),
-                format!("{:.2}", p.median_cpu_s),
-                format!("{:.2}", f.median_cpu_s),
+            )
+            .figures(
+                "median CPU s",
+                p.median_cpu_s,
+                f.median_cpu_s,
+                2,
                 String::new(),
-            ])
+            )
             .row([
                 "output bytes".to_owned(),
                 p.output_bytes.to_string(),

@@ -500,24 +500,27 @@ fn print_quic_raw(r: &QuicRawReport) {
     };
     let mut summary = Table::new(["", "iperf3 tcp", "freight quic", "quic/iperf3"]);
     summary
-        .row([
-            "best MB/s".to_owned(),
-            format!("{:.1}", iperf3.best_mb_per_s),
-            format!("{:.1}", r.quic.best_mb_per_s),
+        .figures(
+            "best MB/s",
+            iperf3.best_mb_per_s,
+            r.quic.best_mb_per_s,
+            1,
             format!("{ratio_best:.3}"),
-        ])
-        .row([
-            "median MB/s".to_owned(),
-            format!("{:.1}", iperf3.median_mb_per_s),
-            format!("{:.1}", r.quic.median_mb_per_s),
+        )
+        .figures(
+            "median MB/s",
+            iperf3.median_mb_per_s,
+            r.quic.median_mb_per_s,
+            1,
             format!("{ratio_median:.3}"),
-        ])
-        .row([
-            "median CPU s".to_owned(),
-            format!("{:.2}", iperf3.median_cpu_s),
-            format!("{:.2}", r.quic.median_cpu_s),
+        )
+        .figures(
+            "median CPU s",
+            iperf3.median_cpu_s,
+            r.quic.median_cpu_s,
+            2,
             String::new(),
-        ]);
+        );
     print!("{summary}");
     println!();
     print_goal(

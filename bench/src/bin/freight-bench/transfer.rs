@@ -3,14 +3,13 @@
 //! localhost, through a private sshd, of the same source tree.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use clap::Args;
-use freight_bench::harness::{self, Measurement, RunRecord, SideStats, Table};
+use freight_bench::harness::{self, RunRecord, SideStats, Table};
+
+use crate::serve::Serve;
 use freight_bench::servers::Sshd;
 use serde::Serialize;
 
@@ -27,8 +26,6 @@ const SENDER: &str = "CAS";
 const RECEIVER: &str = "PS1";
 const RSYNC_SIDE: &str = "rsync";
 const FREIGHT_SIDE: &str = "freight";
-/// How long `freight transfer serve` may take to print its readiness line.
-const SERVE_READY: Duration = Duration::from_secs(30);
 
 /// Arguments of `freight-bench transfer`.
 #[derive(Debug, Args)]
@@ -92,82 +89,8 @@ struct TransferReport {
     goal: SpeedupGoal,
 }
 
-/// A running `freight transfer serve`, stopped with SIGTERM when dropped (the benchmark
-/// failed); [`Serve::stop`] stops it and measures it.
-struct Serve {
-    child: Option<Child>,
-    started: Instant,
-    /// Its standard output after the readiness line, one line at a time.
-    lines: mpsc::Receiver<String>,
-}
-
-impl Serve {
-    /// Starts `cmd` and waits for `serving site CODE on ADDR`; returns the address.
-    fn start(cmd: &mut Command) -> Result<(Serve, String), BenchError> {
-        let started = Instant::now();
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(ctx(format!("starting {}", command_line(cmd))))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let serve = Serve {
-            child: Some(child),
-            started,
-            lines,
-        };
-        let ready = serve.lines.recv_timeout(SERVE_READY).map_err(|_| {
-            BenchError::Failed(format!(
-                "`{}` printed no readiness line within {SERVE_READY:?}",
-                command_line(cmd)
-            ))
-        })?;
-        let addr = ready
-            .strip_prefix("serving site ")
-            .and_then(|rest| rest.split(" on ").nth(1))
-            .ok_or_else(|| {
-                BenchError::Failed(format!("unexpected readiness line from serve: {ready:?}"))
-            })?;
-        Ok((serve, addr.trim().to_owned()))
-    }
-
-    /// SIGTERM, then reap with wait4: peak RSS and CPU of the whole serve process.
-    fn stop(mut self) -> Result<(Measurement, Vec<String>), BenchError> {
-        let child = self.child.take().expect("running");
-        terminate(&child);
-        let m = harness::wait_measured(child, self.started)?;
-        let lines = self.lines.try_iter().collect();
-        Ok((m, lines))
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&child);
-            let _ = child.wait();
-        }
-    }
-}
-
-fn terminate(child: &Child) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-}
-
 /// `rsync --stats`' "Total bytes sent: 1,234" as a number.
-fn rsync_bytes_sent(stats: &str) -> Option<u64> {
+pub(crate) fn rsync_bytes_sent(stats: &str) -> Option<u64> {
     stats.lines().find_map(|line| {
         let n = line.trim().strip_prefix("Total bytes sent:")?;
         n.trim().replace([',', '.'], "").parse().ok()
@@ -318,7 +241,12 @@ pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
         ));
 
         remove_path(&lib_b)?;
-        let (server, addr) = Serve::start(&mut serve)?;
+        let (server, addr) = Serve::start(&mut serve, |ready| {
+            ready
+                .strip_prefix("serving site ")
+                .and_then(|rest| rest.split(" on ").nth(1))
+                .map(|a| a.trim().to_owned())
+        })?;
         let mut send = send_for(&addr);
         let json_file = fs::File::create(&send_json)
             .map_err(ctx(format!("creating {}", send_json.display())))?;
@@ -438,48 +366,54 @@ fn print_transfer(r: &TransferReport) {
     let median_rx_cpu =
         harness::median(&r.receiver_runs.iter().map(|x| x.cpu_s).collect::<Vec<_>>());
     let mut t = Table::new(["", "rsync", "freight", "rsync/freight"]);
-    t.row([
-        "best s".to_owned(),
-        format!("{:.2}", p.best_wall_s),
-        format!("{:.2}", f.best_wall_s),
+    t.figures(
+        "best s",
+        p.best_wall_s,
+        f.best_wall_s,
+        2,
         format!("{:.2}x", r.time_ratio_best),
-    ])
-    .row([
-        "median s".to_owned(),
-        format!("{:.2}", p.median_wall_s),
-        format!("{:.2}", f.median_wall_s),
+    )
+    .figures(
+        "median s",
+        p.median_wall_s,
+        f.median_wall_s,
+        2,
         format!("{:.2}x", r.time_ratio_median),
-    ])
-    .row([
-        "best MB/s".to_owned(),
-        format!("{:.1}", p.best_mb_per_s),
-        format!("{:.1}", f.best_mb_per_s),
+    )
+    .figures(
+        "best MB/s",
+        p.best_mb_per_s,
+        f.best_mb_per_s,
+        1,
         String::new(),
-    ])
-    .row([
-        "median MB/s".to_owned(),
-        format!("{:.1}", p.median_mb_per_s),
-        format!("{:.1}", f.median_mb_per_s),
+    )
+    .figures(
+        "median MB/s",
+        p.median_mb_per_s,
+        f.median_mb_per_s,
+        1,
         String::new(),
-    ])
-    .row([
-        "sender max RSS MiB".to_owned(),
-        format!("{:.1}", p.max_rss_mib),
-        format!("{:.1}", f.max_rss_mib),
+    )
+    .figures(
+        "sender max RSS MiB",
+        p.max_rss_mib,
+        f.max_rss_mib,
+        1,
         String::new(),
-    ])
+    )
     .row([
         "receiver max RSS MiB".to_owned(),
         "-".to_owned(),
         format!("{max_rx:.1}"),
         String::new(),
     ])
-    .row([
-        "sender median CPU s".to_owned(),
-        format!("{:.2}", p.median_cpu_s),
-        format!("{:.2}", f.median_cpu_s),
+    .figures(
+        "sender median CPU s",
+        p.median_cpu_s,
+        f.median_cpu_s,
+        2,
         String::new(),
-    ])
+    )
     .row([
         "receiver median CPU s".to_owned(),
         "-".to_owned(),
