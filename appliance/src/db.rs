@@ -25,6 +25,14 @@
 //! status_messages       ID, severity, component, site, time, package, dp, version,
 //!                       insertion strings (JSON)
 //! ```
+//!
+//! # Version 2
+//! `dp_sources` (a pull DP's ranked sources); DPs gain their HTTP address and key fingerprint;
+//! packages a `deleted` mark (their status rows stay readable); versions their file and byte
+//! counts; jobs the bytes sent so far; statuses the time of the last validation.
+//! `distribution_jobs.next_attempt` is in unix milliseconds (retry delays may be short in
+//! tests); every other time is in unix seconds.
+//!
 //! Sites reference their parent and DPs their site, so the hierarchy of the next issue fits
 //! without a migration of these tables.
 
@@ -34,7 +42,8 @@ use std::time::Duration;
 
 /// The schema, one step per version: `MIGRATIONS[i]` takes a database from version `i` to
 /// `i + 1`. Steps are never edited once released; changes come as new steps.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE sites (
     code        TEXT PRIMARY KEY CHECK (length(code) = 3),
     parent      TEXT REFERENCES sites(code),
@@ -131,7 +140,23 @@ CREATE TABLE status_messages (
     strings     TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX messages_by_package ON status_messages(package, id);
-"#];
+"#,
+    r#"
+CREATE TABLE dp_sources (
+    dp          TEXT NOT NULL REFERENCES dps(name) ON DELETE CASCADE,
+    source      TEXT NOT NULL REFERENCES dps(name),
+    rank        INTEGER NOT NULL,
+    PRIMARY KEY (dp, source)
+);
+ALTER TABLE dps ADD COLUMN http TEXT;
+ALTER TABLE dps ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+ALTER TABLE packages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE package_versions ADD COLUMN files INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE package_versions ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE distribution_jobs ADD COLUMN bytes_sent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE package_dp_status ADD COLUMN last_validated INTEGER;
+"#,
+];
 
 /// Errors of the site database, each naming the file and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +302,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 10);
+        assert_eq!(tables, 11);
     }
 
     #[test]
@@ -300,7 +325,7 @@ mod tests {
         let c = db.conn();
         c.execute_batch(
             "INSERT INTO sites (code, is_self) VALUES ('PS1', 1);
-             INSERT INTO dps VALUES ('dp1', 'PS1', 'standard', '127.0.0.1:1', 'DP1', 'daily unlimited', 0);
+             INSERT INTO dps (name, site, kind, address, key_site, created) VALUES ('dp1', 'PS1', 'standard', '127.0.0.1:1', 'DP1', 0);
              INSERT INTO packages (id, name, source, created) VALUES ('PS100001', 'office', '/src', 0);
              INSERT INTO distribution_jobs (package, version, dp, action, next_attempt, created, updated)
                  VALUES ('PS100001', 1, 'dp1', 'install', 0, 0, 0);",

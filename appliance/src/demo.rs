@@ -1,9 +1,9 @@
-//! `freight demo`: the library's whole life cycle on a generated sample package.
-//!
-//! Until the site server exists this is the README's "main job": it snapshots a sample tree,
-//! updates it, shows the delta, verifies, sends it to other sites as courier parcels and over
-//! QUIC (the update under a bandwidth window), restores and checks the copy, removes the old
-//! version and collects garbage, with progress bars and a status line per step.
+//! `freight demo`: by default a site with its DPs on loopback ([`crate::site_demo`]); with
+//! `--library`, the content library's whole life cycle on a generated sample package: it
+//! snapshots a sample tree, updates it, shows the delta, verifies, sends it to other sites as
+//! courier parcels and over QUIC (the update under a bandwidth window), restores and checks the
+//! copy, removes the old version and collects garbage, with progress bars and a status line
+//! per step.
 
 use crate::error::CliError;
 use crate::progress_bar::Bar;
@@ -30,12 +30,15 @@ pub struct DemoArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Size of the sample package, e.g. 256MiB.
-    #[arg(long, default_value = "192MiB", value_parser = freight_core::units::parse_size)]
+    #[arg(long, default_value = "96MiB", value_parser = freight_core::units::parse_size)]
     size: u64,
+    /// Show the content library, parcels and a bare QUIC push instead of a site.
+    #[arg(long)]
+    library: bool,
 }
 
 /// Deterministic bytes: BLAKE3 in XOF mode keyed by a label.
-fn noise(label: &str, len: usize) -> Vec<u8> {
+pub(crate) fn noise(label: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     blake3::Hasher::new()
         .update(label.as_bytes())
@@ -44,7 +47,7 @@ fn noise(label: &str, len: usize) -> Vec<u8> {
     out
 }
 
-fn text(label: &str, len: usize) -> Vec<u8> {
+pub(crate) fn text(label: &str, len: usize) -> Vec<u8> {
     const WORDS: [&str; 16] = [
         "package",
         "site",
@@ -85,7 +88,7 @@ fn write(path: &Path, data: &[u8]) -> Result<(), CliError> {
 }
 
 /// Builds the sample tree: text, binaries, nested folders, an empty folder, a symlink.
-fn sample(root: &Path, size: u64) -> Result<(), CliError> {
+pub(crate) fn sample(root: &Path, size: u64) -> Result<(), CliError> {
     let big = (size / 2) as usize;
     write(&root.join("bin/installer.bin"), &noise("installer", big))?;
     let small = ((size as usize - big) / 64).max(1);
@@ -107,7 +110,7 @@ fn sample(root: &Path, size: u64) -> Result<(), CliError> {
     Ok(())
 }
 
-fn step(title: &str) {
+pub(crate) fn step(title: &str) {
     println!("\n== {title}");
 }
 
@@ -121,6 +124,9 @@ pub fn run(a: DemoArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError>
             tmp.0.clone()
         }
     };
+    if !a.library {
+        return crate::site_demo::run(&work, a.size, quiet);
+    }
     let src = work.join("source");
     let lib_dir = work.join("library");
     let pkg = PackageId::parse("CAS00001")?;
@@ -138,6 +144,7 @@ pub fn run(a: DemoArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError>
     let opts = |v| IngestOptions {
         package: pkg.clone(),
         version: Some(v),
+        quick_check: false,
     };
     let r1 = {
         let _b = Bar::start(progress.clone(), quiet);
@@ -305,7 +312,12 @@ async fn network_step(
     )?;
     let to = receiver.local_addr()?;
     let ps2_lib = SharedLibrary::new(ps2_lib);
-    tokio::spawn(session::serve(receiver.clone(), ps2_lib.clone(), None));
+    tokio::spawn(session::serve(
+        receiver.clone(),
+        ps2_lib.clone(),
+        None,
+        None,
+    ));
     let sender = Node::bind(
         any,
         SiteTls::new(&cas.key, &cas.trust_dir())?,

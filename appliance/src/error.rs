@@ -15,6 +15,15 @@ pub enum CliError {
     /// Verification found problems (already printed).
     #[error("verification found {0} bad chunk(s); re-ingest or redistribute the affected packages")]
     VerifyFailed(usize),
+    /// The site database failed (names the file and the fix).
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// `freightd` refused a request; its one-line reason names the object and the fix.
+    #[error("{0}")]
+    Api(String),
+    /// The admin socket could not be used (names the socket and the fix).
+    #[error("{0}")]
+    Admin(String),
     /// Writing output failed.
     #[error("output: {0}")]
     Output(#[from] std::io::Error),

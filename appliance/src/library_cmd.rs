@@ -46,6 +46,10 @@ enum LibCmd {
         /// Version number (default: one past the newest stored).
         #[arg(long, short)]
         version: Option<u32>,
+        /// Take files whose size and modification time are unchanged from the newest stored
+        /// version without reading them (rsync's quick check).
+        #[arg(long)]
+        quick: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -150,12 +154,14 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
         LibCmd::Ingest {
             package,
             version,
+            quick,
             json,
             source,
         } => {
             let opts = IngestOptions {
                 package: pkg(&package)?,
                 version,
+                quick_check: quick,
             };
             let mut lib = Library::open_or_init(&dir, io)?;
             let started = std::time::Instant::now();

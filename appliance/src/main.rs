@@ -1,17 +1,18 @@
 //! `freight`: the command-line tool of the Freight appliance.
 //!
-//! Today it works offline on a content library (`freight library ...`) and runs a small
-//! demonstration (`freight demo`); the site commands arrive with the appliance daemon.
+//! It works offline on a content library (`freight library ...`), runs a small demonstration
+//! (`freight demo`), and drives a site server through `freightd`'s admin socket
+//! (`freight dp|dpgroup|package|distribute|status|watch ...`).
 
+mod admin_cmd;
 mod demo;
-mod error;
 mod library_cmd;
-mod output;
 mod parcel_cmd;
-mod progress_bar;
 mod site_cmd;
-mod site_home;
+mod site_demo;
 mod transfer_cmd;
+
+use freight_appliance::{error, output, progress_bar, site_home};
 
 use clap::{Parser, Subcommand};
 use error::CliError;
@@ -41,19 +42,22 @@ enum Cmd {
     Parcel(parcel_cmd::ParcelArgs),
     /// Send a package version to another site's library over QUIC, or receive them.
     Transfer(transfer_cmd::TransferArgs),
-    /// Snapshot a sample tree, update it, verify, restore and collect garbage, printing each step.
+    /// A site server, two standard DPs and a pull DP on loopback: create, distribute, update and
+    /// redistribute a sample package with progress and status (`--library`: the content library).
     Demo(demo::DemoArgs),
+    /// Run the daemon of a config file in the foreground (what `freightd` runs).
+    #[command(hide = true)]
+    Daemon {
+        /// The config file.
+        #[arg(long, short)]
+        config: std::path::PathBuf,
+    },
+    #[command(flatten)]
+    Admin(admin_cmd::AdminCmd),
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FREIGHT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    freight_appliance::logging::init();
     raise_fd_limit();
     let cli = Cli::parse();
     let res: Result<(), CliError> = match cli.cmd {
@@ -62,6 +66,8 @@ fn main() {
         Cmd::Site(a) => site_cmd::run(a),
         Cmd::Parcel(a) => parcel_cmd::run(a, cli.io, cli.quiet),
         Cmd::Transfer(a) => transfer_cmd::run(a, cli.io, cli.quiet),
+        Cmd::Admin(a) => admin_cmd::run(a, cli.quiet),
+        Cmd::Daemon { config } => freight_appliance::daemon::run(&config, cli.io),
     };
     if let Err(e) = res {
         eprintln!("freight: {e}");

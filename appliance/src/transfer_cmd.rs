@@ -94,7 +94,8 @@ enum TransferCmd {
     },
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
+/// A positive number of seconds (fractions allowed), for duration options.
+pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
@@ -201,7 +202,7 @@ async fn serve(
     let node = Node::bind(listen, tls, cfg)?;
     let lib = SharedLibrary::with_commit_bytes(lib, commit_every.max(1));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(session::serve(node.clone(), lib.clone(), Some(tx)));
+    tokio::spawn(session::serve(node.clone(), lib.clone(), Some(tx), None));
     // The readiness line: tests and scripts wait for it.
     println!("serving site {code} on {}", node.local_addr()?);
     std::io::stdout().flush()?;

@@ -138,10 +138,46 @@ fn a_running_writer_locks_out_a_second_one() {
 }
 
 #[test]
-fn the_demo_runs_end_to_end() {
+fn the_site_demo_distributes_updates_and_redistributes_then_stops_its_daemons() {
     let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("demo");
     let out = Command::new(env!("CARGO_BIN_EXE_freight"))
         .args(["--quiet", "demo", "--size", "8MiB", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The last status table: every DP holds version 2.
+    let last = stdout.rsplit("== status").next().unwrap();
+    for dp in ["dp1", "dp2", "pd1"] {
+        let row = last
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(dp))
+            .unwrap_or_else(|| panic!("no status row for {dp} in\n{last}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cells[2..4], ["Installed", "2"], "{row}");
+    }
+    for needle in [
+        "8212", // the pull DP waited for a source
+        "redistribute package PS100001 on distribution point dp1",
+        "demo complete",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing from\n{stdout}");
+    }
+    // Stopped cleanly: a daemon removes its admin socket on SIGTERM.
+    assert!(!dir.join("ps1/admin.sock").exists());
+}
+
+#[test]
+fn the_library_demo_runs_end_to_end() {
+    let t = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
+        .args(["--quiet", "demo", "--library", "--size", "8MiB", "--dir"])
         .arg(t.path().join("demo"))
         .output()
         .unwrap();

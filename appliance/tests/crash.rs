@@ -64,16 +64,7 @@ fn check_library(dir: &Path, ctx: &str) {
 
 #[test]
 fn sigkill_during_ingest_and_gc_never_breaks_the_library() {
-    let seed: u64 = std::env::var("FREIGHT_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("crash test seed {seed} (set FREIGHT_CRASH_SEED to replay)");
+    let seed = freight_bench::replay_seed("FREIGHT_CRASH_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");

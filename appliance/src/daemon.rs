@@ -1,0 +1,156 @@
+//! `freightd`: starts the roles of its config, says when it is ready, and stops cleanly on
+//! SIGTERM. Everything that can be wrong with the host (config, key, library lock, ports) is
+//! checked before the readiness line, so a bad start is one line and exit status 1.
+
+use crate::config::DaemonConfig;
+use crate::db::SiteDb;
+use crate::dp::Dp;
+use crate::error::CliError;
+use crate::site::Site;
+use crate::site_home::SiteHome;
+use freight_core::{IoMode, Library};
+use freight_transport::command::CommandHandler;
+use freight_transport::quic::{Node, NodeConfig};
+use freight_transport::session;
+use freight_transport::store::SharedLibrary;
+use freight_transport::tls::SiteTls;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs the daemon until SIGTERM or Ctrl-C.
+pub fn run(config: &Path, io: Option<IoMode>) -> Result<(), CliError> {
+    let cfg = DaemonConfig::load(config)?;
+    let home = SiteHome::open(&cfg.home)?;
+    let lib = Library::open_or_init(&cfg.library, io)?;
+    let tls = SiteTls::new(&home.key, &home.trust_dir())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Output)?;
+    rt.block_on(serve(cfg, home, lib, tls))
+}
+
+async fn serve(
+    cfg: DaemonConfig,
+    home: SiteHome,
+    lib: Library,
+    tls: SiteTls,
+) -> Result<(), CliError> {
+    let node_cfg = NodeConfig {
+        idle_timeout: cfg.idle_timeout,
+        keep_alive: (cfg.idle_timeout / 4).min(Duration::from_secs(5)),
+        ..NodeConfig::default()
+    };
+    let node = Node::bind(cfg.listen, tls, node_cfg)?;
+    let lib = SharedLibrary::new(lib);
+    let mut ready = vec![
+        format!("{} {}", roles(&cfg), home.code),
+        format!("quic {}", node.local_addr()?),
+    ];
+
+    let handler: Option<Arc<dyn CommandHandler>> = match &cfg.dp {
+        Some(d) => Some(Arc::new(Dp::new(
+            lib.clone(),
+            node.clone(),
+            d.kind == "pull",
+            d.pull_capacity,
+            d.share.clone(),
+        ))),
+        None => None,
+    };
+    if let Some(d) = &cfg.dp {
+        let listener = tokio::net::TcpListener::bind(d.http).await.map_err(|e| {
+            CliError::Usage(format!(
+                "DP content server: cannot listen on {} ({e}); choose a free [dp] http address",
+                d.http
+            ))
+        })?;
+        ready.push(format!("http {}", listener.local_addr()?));
+        let app = crate::dp_http::router(lib.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "DP content server stopped");
+            }
+        });
+    }
+    tokio::spawn(session::serve(node.clone(), lib.clone(), None, handler));
+
+    let mut socket = None;
+    if let Some(s) = &cfg.site {
+        let db = SiteDb::open(&s.database)?;
+        let site = Site::new(
+            home.code,
+            db,
+            lib.clone(),
+            node.clone(),
+            home.trust_dir(),
+            s.clone(),
+        )
+        .map_err(|e| CliError::Usage(e.message))?;
+        let listener = bind_socket(&s.admin_socket)?;
+        ready.push(format!("admin {}", s.admin_socket.display()));
+        socket = Some(s.admin_socket.clone());
+        let app = crate::admin::router(site.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+        tokio::spawn(crate::pkgxfer::run(site));
+    }
+
+    // Readiness: systemd hears it through sd_notify; tests and scripts wait for this line.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    println!("freightd ready: {}", ready.join("; "));
+    std::io::stdout().flush()?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    node.close();
+    lib.flush().await?;
+    if let Some(s) = socket {
+        let _ = std::fs::remove_file(s);
+    }
+    println!("freightd stopped");
+    Ok(())
+}
+
+fn roles(cfg: &DaemonConfig) -> &'static str {
+    match (cfg.site.is_some(), cfg.dp.is_some()) {
+        (true, true) => "site server and DP",
+        (true, false) => "site server",
+        _ => "DP",
+    }
+}
+
+/// Binds the admin socket (owner only). A socket file left by a killed daemon is replaced; one
+/// that answers belongs to a running daemon and is refused.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, CliError> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(CliError::Usage(format!(
+                "{}: another freightd serves this admin socket; stop it or choose another admin_socket",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(|e| {
+        CliError::Usage(format!(
+            "{}: cannot create the admin socket ({e}); check the folder",
+            path.display()
+        ))
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}

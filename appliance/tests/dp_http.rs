@@ -1,0 +1,740 @@
+//! The DP content server (`freight_appliance::dp_http`) on loopback, checked with the real
+//! `curl`: every file byte-identical to its source, listings, ranges, ETags and conditional
+//! requests, `latest`, the one-line errors, hostile paths, and a damaged library that must
+//! never deliver wrong bytes as a success.
+
+use freight_appliance::dp_http::{percent_encode, router};
+use freight_bench::{DatasetSpec, generate, ingest_version};
+use freight_core::{EntryKind, Library, PackageId};
+use freight_transport::store::SharedLibrary;
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const PKG: &str = "PS100001";
+const BIG: usize = 5 << 20;
+
+/// Deterministic bytes that do not compress or deduplicate (xorshift).
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A library serving over HTTP on loopback, with its runtime.
+struct Server {
+    _rt: tokio::runtime::Runtime,
+    base: String,
+}
+
+fn serve(lib: Library) -> Server {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Bound before the server task starts: connections wait in the backlog, no sleep needed.
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(SharedLibrary::new(lib));
+    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server { _rt: rt, base }
+}
+
+/// The shared tree: a generated mixed dataset plus hand-made edge cases, as PS100001 v1 and v2.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    src: PathBuf,
+    server: Server,
+    /// Chunk lengths of `big.bin`.
+    big_chunks: Vec<u32>,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        generate(&src.join("gen"), &DatasetSpec::mixed(3 << 20, 11)).unwrap();
+        std::fs::write(src.join("empty"), b"").unwrap();
+        std::fs::write(src.join("big.bin"), noise(BIG, 1)).unwrap();
+        std::fs::create_dir_all(src.join("copy")).unwrap();
+        std::fs::write(src.join("copy/big-copy.bin"), noise(BIG, 1)).unwrap();
+        std::fs::create_dir_all(src.join("nested/deeper/deepest")).unwrap();
+        std::fs::write(src.join("nested/deeper/deepest/n.txt"), b"deep\n").unwrap();
+        std::fs::write(src.join("a b.txt"), b"spaced out\n").unwrap();
+        std::fs::write(
+            src.join(std::ffi::OsStr::from_bytes(b"caf\xe9.bin")),
+            b"latin-1 name",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("big.bin", src.join("link-to-big")).unwrap();
+        std::os::unix::fs::symlink("../../a b.txt", src.join("nested/deeper/up")).unwrap();
+        std::os::unix::fs::symlink("nested/deeper", src.join("to-deeper")).unwrap();
+
+        let mut lib = Library::open_or_init(&dir.path().join("lib"), None).unwrap();
+        ingest_version(&mut lib, &src, PKG, 1).unwrap();
+        // v2 holds one more file; the rest is identical.
+        let src2 = dir.path().join("src2");
+        std::fs::create_dir(&src2).unwrap();
+        std::fs::write(src2.join("v2-only.txt"), b"new in 2\n").unwrap();
+        std::fs::write(src2.join("big.bin"), noise(BIG, 1)).unwrap();
+        ingest_version(&mut lib, &src2, PKG, 2).unwrap();
+
+        let m = lib.manifest(&PackageId::parse(PKG).unwrap(), 1).unwrap();
+        let big = m.entries.iter().find(|e| e.path == b"big.bin").unwrap();
+        let EntryKind::File { chunks, .. } = &big.kind else {
+            panic!("big.bin is not a file")
+        };
+        let big_chunks: Vec<u32> = chunks.iter().map(|c| c.len).collect();
+        assert!(
+            big_chunks.len() >= 3,
+            "big.bin has {} chunks",
+            big_chunks.len()
+        );
+        Fixture {
+            server: serve(lib),
+            _dir: dir,
+            src,
+            big_chunks,
+        }
+    })
+}
+
+/// One curl answer.
+#[derive(Debug)]
+struct Got {
+    exit: i32,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    stderr: String,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// `curl -sS -i --path-as-is EXTRA... URL` (URL relative to the server).
+fn curl(server: &Server, path: &str, extra: &[&str]) -> Got {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--path-as-is", "--max-time", "20"])
+        .args(extra)
+        .arg(format!("{}{path}", server.base))
+        .output()
+        .expect("run curl");
+    let exit = out.status.code().unwrap_or(-1);
+    let stdout = out.stdout;
+    let split = stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(stdout.len());
+    let head = String::from_utf8_lossy(&stdout[..split]).into_owned();
+    let body = stdout.get(split + 4..).unwrap_or_default().to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Got {
+        exit,
+        status,
+        headers,
+        body,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn file_url(version: &str, path: &[u8]) -> String {
+    format!("/packages/{PKG}/{version}/files/{}", percent_encode(path))
+}
+
+fn json(got: &Got) -> serde_json::Value {
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    serde_json::from_slice(&got.body).unwrap()
+}
+
+/// Every regular file and symlink under `root`, by relative path bytes.
+fn walk(root: &Path) -> BTreeMap<Vec<u8>, PathBuf> {
+    fn go(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let t = std::fs::symlink_metadata(&p).unwrap().file_type();
+            if t.is_dir() {
+                go(root, &p, out);
+            } else {
+                let rel = p
+                    .strip_prefix(root)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec();
+                out.insert(rel, p);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    go(root, root, &mut out);
+    out
+}
+
+#[test]
+fn every_file_is_listed_and_served_byte_identical() {
+    let f = fixture();
+    let files = walk(&f.src);
+    assert!(files.len() > 30, "{} files", files.len());
+
+    // The listing names every file with its kind and size.
+    let listing = json(&curl(&f.server, &format!("/packages/{PKG}/1/"), &[]));
+    assert_eq!(listing["package"], PKG);
+    assert_eq!(listing["version"], 1);
+    assert_eq!(listing["hash"].as_str().unwrap().len(), 64);
+    let listed: BTreeMap<String, &serde_json::Value> = listing["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e))
+        .collect();
+    for (rel, p) in &files {
+        let e = listed
+            .get(&*String::from_utf8_lossy(rel))
+            .unwrap_or_else(|| panic!("{p:?} not listed"));
+        let meta = std::fs::symlink_metadata(p).unwrap();
+        if meta.file_type().is_symlink() {
+            assert_eq!(e["kind"], "symlink", "{p:?}");
+            let target = std::fs::read_link(p).unwrap();
+            assert_eq!(e["target"].as_str().unwrap(), target.to_str().unwrap());
+        } else {
+            assert_eq!(e["kind"], "file", "{p:?}");
+            assert_eq!(e["size"].as_u64(), Some(meta.len()), "{p:?}");
+            assert_eq!(e["mode"].as_u64(), Some(u64::from(meta.mode() & 0o7777)));
+            assert_eq!(e["mtime"].as_i64(), Some(meta.mtime()));
+            assert_eq!(e["etag"].as_str().unwrap().len(), 34);
+        }
+        assert_eq!(
+            e["href"].as_str().unwrap(),
+            format!("files/{}", percent_encode(rel))
+        );
+    }
+    assert_eq!(listed["nested/deeper"]["kind"], "dir");
+    // Dirs, files and links only: the root itself is not listed.
+    assert!(!listed.contains_key(""));
+
+    // One curl run fetches every file and symlink (followed) to its own output file.
+    let out = tempfile::tempdir().unwrap();
+    let mut config = String::new();
+    let mut expected = Vec::new();
+    let fetched: Vec<_> = files
+        .iter()
+        .filter(|(_, p)| std::fs::metadata(p).unwrap().is_file())
+        .collect();
+    assert_eq!(
+        fetched.len(),
+        files.len() - 1,
+        "only to-deeper links to a directory"
+    );
+    for (i, (rel, p)) in fetched.iter().enumerate() {
+        let dest = out.path().join(i.to_string());
+        config.push_str(&format!(
+            "url = \"{}{}\"\noutput = \"{}\"\n",
+            f.server.base,
+            file_url("1", rel),
+            dest.display()
+        ));
+        expected.push((p, dest));
+    }
+    let cfg = out.path().join("curl.cfg");
+    std::fs::write(&cfg, config).unwrap();
+    let o = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-w",
+            "%{http_code} %{url_effective}\n",
+            "-K",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let codes = String::from_utf8(o.stdout).unwrap();
+    let bad: Vec<&str> = codes.lines().filter(|c| !c.starts_with("200 ")).collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(codes.lines().count(), fetched.len());
+    for (src, dest) in expected {
+        // `fs::read` follows symlinks, as the server does.
+        assert!(
+            std::fs::read(src).unwrap() == std::fs::read(&dest).unwrap(),
+            "{src:?} differs"
+        );
+    }
+}
+
+#[test]
+fn a_fetch_has_the_right_headers_and_head_has_no_body() {
+    let f = fixture();
+    let got = curl(&f.server, &file_url("1", b"big.bin"), &[]);
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, noise(BIG, 1));
+    assert_eq!(got.header("content-length"), Some(&*BIG.to_string()));
+    assert_eq!(got.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(got.header("accept-ranges"), Some("bytes"));
+    let mtime = std::fs::metadata(f.src.join("big.bin")).unwrap().mtime();
+    let date = httpdate::fmt_http_date(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime as u64),
+    );
+    assert_eq!(got.header("last-modified"), Some(date.as_str()));
+
+    // An empty file is a 200 with no bytes.
+    let empty = curl(&f.server, &file_url("1", b"empty"), &[]);
+    assert_eq!((empty.status, empty.exit), (200, 0));
+    assert_eq!(empty.header("content-length"), Some("0"));
+    assert!(empty.body.is_empty());
+
+    // HEAD over a raw socket: headers with the full length, and not one byte of body.
+    let addr = f.server.base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "HEAD {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        file_url("1", b"big.bin")
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {BIG}")), "{head}");
+    assert!(head.contains("etag: \""), "{head}");
+    assert_eq!(raw.len(), split + 4, "HEAD sent a body");
+}
+
+#[test]
+fn ranges_return_exactly_the_bytes_asked_for() {
+    let f = fixture();
+    let data = noise(BIG, 1);
+    let size = data.len();
+    let url = file_url("1", b"big.bin");
+    let b1 = f.big_chunks[0] as usize;
+    let b2 = b1 + f.big_chunks[1] as usize;
+    let cases = [
+        ("bytes=0-99".to_string(), 0, 99),
+        (format!("bytes={}-{}", b1 - 10, b1 + 9), b1 - 10, b1 + 9),
+        (format!("bytes={}-{}", b1 - 1, b2), b1 - 1, b2),
+        (format!("bytes={b1}-{}", b2 - 1), b1, b2 - 1),
+        ("bytes=-1000".to_string(), size - 1000, size - 1),
+        ("bytes=3000000-".to_string(), 3_000_000, size - 1),
+        (format!("bytes={}-", size - 1), size - 1, size - 1),
+        (format!("bytes=10-{}", size + 1000), 10, size - 1),
+        (format!("bytes=-{}", size * 2), 0, size - 1),
+    ];
+    for (range, a, b) in cases {
+        let got = curl(&f.server, &url, &["-H", &format!("Range: {range}")]);
+        assert_eq!(got.status, 206, "{range}: {got:?}");
+        assert_eq!(
+            got.header("content-range"),
+            Some(&*format!("bytes {a}-{b}/{size}")),
+            "{range}"
+        );
+        assert_eq!(
+            got.header("content-length"),
+            Some(&*(b - a + 1).to_string())
+        );
+        assert!(got.body == data[a..=b], "{range}: wrong bytes");
+    }
+
+    // Unsatisfiable ranges: 416 naming the size.
+    for (path, range, len) in [
+        (&url, format!("bytes={size}-"), size),
+        (&url, "bytes=-0".to_string(), size),
+        (&file_url("1", b"empty"), "bytes=0-".to_string(), 0),
+    ] {
+        let got = curl(&f.server, path, &["-H", &format!("Range: {range}")]);
+        assert_eq!(got.status, 416, "{range}: {got:?}");
+        assert_eq!(
+            got.header("content-range"),
+            Some(&*format!("bytes */{len}"))
+        );
+        assert!(got.text().contains("ask for bytes 0"), "{}", got.text());
+    }
+
+    // Several ranges or a malformed one: the whole file.
+    for range in ["bytes=0-1,5-6", "bytes=5-1", "bytes=x-", "lines=1-2"] {
+        let got = curl(&f.server, &url, &["-H", &format!("Range: {range}")]);
+        assert_eq!(got.status, 200, "{range}");
+        assert!(got.header("content-range").is_none());
+        assert!(got.body == data, "{range}");
+    }
+
+    // If-Range: the current ETag honours the range, anything else sends the whole file.
+    let tag = curl(&f.server, &url, &["-I"])
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let got = curl(
+        &f.server,
+        &url,
+        &["-H", "Range: bytes=5-9", "-H", &format!("If-Range: {tag}")],
+    );
+    assert_eq!((got.status, &got.body[..]), (206, &data[5..=9]));
+    for other in [
+        "\"0000\"",
+        &format!("W/{tag}"),
+        "Sun, 13 Sep 2020 12:26:40 GMT",
+    ] {
+        let got = curl(
+            &f.server,
+            &url,
+            &[
+                "-H",
+                "Range: bytes=5-9",
+                "-H",
+                &format!("If-Range: {other}"),
+            ],
+        );
+        assert_eq!(got.status, 200, "{other}");
+        assert!(got.body == data);
+    }
+}
+
+#[test]
+fn etags_follow_content_and_answer_conditional_requests() {
+    let f = fixture();
+    let etag_of = |version: &str, path: &[u8]| {
+        let got = curl(&f.server, &file_url(version, path), &["-I"]);
+        assert_eq!(got.status, 200, "{got:?}");
+        got.header("etag").unwrap().to_string()
+    };
+    let big = etag_of("1", b"big.bin");
+    assert!(big.starts_with('"') && big.ends_with('"'), "{big}");
+    assert_eq!(etag_of("1", b"big.bin"), big, "stable across requests");
+    assert_eq!(
+        etag_of("1", b"copy/big-copy.bin"),
+        big,
+        "same content, same tag"
+    );
+    assert_eq!(
+        etag_of("2", b"big.bin"),
+        big,
+        "same content in another version"
+    );
+    assert_eq!(
+        etag_of("1", b"link-to-big"),
+        big,
+        "a symlink serves its target"
+    );
+    assert_ne!(etag_of("1", b"empty"), big);
+    assert_ne!(
+        etag_of("1", b"a b.txt"),
+        etag_of("1", b"nested/deeper/deepest/n.txt")
+    );
+    // The listing shows the same tag.
+    let listing = json(&curl(&f.server, &format!("/packages/{PKG}/1"), &[]));
+    let e = listing["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "big.bin")
+        .unwrap();
+    assert_eq!(e["etag"].as_str(), Some(big.as_str()));
+
+    let url = file_url("1", b"big.bin");
+    for inm in [big.clone(), "*".into(), format!("\"nope\", W/{big}")] {
+        let got = curl(&f.server, &url, &["-H", &format!("If-None-Match: {inm}")]);
+        assert_eq!(got.status, 304, "{inm}");
+        assert!(got.body.is_empty());
+        assert_eq!(got.header("etag"), Some(big.as_str()));
+    }
+    let got = curl(&f.server, &url, &["-H", "If-None-Match: \"nope\""]);
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.len(), BIG);
+}
+
+#[test]
+fn symlinks_are_followed_inside_the_package() {
+    let f = fixture();
+    let got = curl(&f.server, &file_url("1", b"nested/deeper/up"), &[]);
+    assert_eq!((got.status, &got.body[..]), (200, &b"spaced out\n"[..]));
+    // Through a link to a directory.
+    let got = curl(&f.server, &file_url("1", b"to-deeper/deepest/n.txt"), &[]);
+    assert_eq!((got.status, &got.body[..]), (200, &b"deep\n"[..]));
+    let got = curl(&f.server, &file_url("1", b"to-deeper/up"), &[]);
+    assert_eq!((got.status, &got.body[..]), (200, &b"spaced out\n"[..]));
+    // A link to a directory is a directory.
+    let got = curl(&f.server, &file_url("1", b"to-deeper"), &[]);
+    assert_eq!(got.status, 404);
+    assert!(got.text().contains("is a directory"), "{}", got.text());
+}
+
+#[test]
+fn versions_latest_and_one_line_errors() {
+    let f = fixture();
+    let s = &f.server;
+    let all = json(&curl(s, "/packages", &[]));
+    assert_eq!(
+        all,
+        serde_json::json!([{"package": PKG, "versions": [1, 2]}])
+    );
+    let one = json(&curl(s, &format!("/packages/{PKG}"), &[]));
+    assert_eq!(one, serde_json::json!({"package": PKG, "versions": [1, 2]}));
+
+    let latest = json(&curl(s, &format!("/packages/{PKG}/latest/"), &[]));
+    assert_eq!(latest["version"], 2);
+    assert_eq!(latest["files"].as_array().unwrap().len(), 2);
+    let v2 = json(&curl(s, &format!("/packages/{PKG}/2"), &[]));
+    assert_eq!(latest["hash"], v2["hash"]);
+    assert_ne!(
+        latest["hash"],
+        json(&curl(s, &format!("/packages/{PKG}/1"), &[]))["hash"]
+    );
+    let got = curl(s, &file_url("latest", b"v2-only.txt"), &[]);
+    assert_eq!((got.status, &got.body[..]), (200, &b"new in 2\n"[..]));
+
+    let expect = |path: &str, status: u16, line: &str| {
+        let got = curl(s, path, &[]);
+        assert_eq!(got.status, status, "{path}: {got:?}");
+        assert_eq!(got.text(), format!("{line}\n"), "{path}");
+        assert!(
+            got.header("content-type")
+                .unwrap()
+                .starts_with("text/plain"),
+            "{path}"
+        );
+    };
+    expect(
+        "/packages/PS100009/1/files/big.bin",
+        404,
+        "package PS100009 is not on this DP; distribute it here first",
+    );
+    expect(
+        "/packages/PS100009/",
+        404,
+        "package PS100009 is not on this DP; distribute it here first",
+    );
+    expect(
+        &format!("/packages/{PKG}/7/"),
+        404,
+        "PS100001 v7 is not on this DP (it holds v1, v2); distribute that version here first or ask for one of those",
+    );
+    expect(
+        &file_url("1", b"v2-only.txt"),
+        404,
+        "PS100001 v1 has no file \"v2-only.txt\"; list the version at /packages/PS100001/1/",
+    );
+    expect(
+        &file_url("latest", b"a/b.txt"),
+        404,
+        "PS100001 v2 has no file \"a/b.txt\"; list the version at /packages/PS100001/2/",
+    );
+    expect(
+        "/packages/xx/1/",
+        400,
+        "\"xx\" is not a package ID (site code + 5 hex digits, e.g. PS100001)",
+    );
+    expect(
+        "/packages/ps100001/1/files/big.bin",
+        400,
+        "\"ps100001\" is not a package ID (site code + 5 hex digits, e.g. PS100001)",
+    );
+    expect(
+        &format!("/packages/{PKG}/newest/"),
+        400,
+        "\"newest\" is not a version (a number or \"latest\")",
+    );
+    expect(
+        &file_url("1", b"nested/deeper"),
+        404,
+        "\"nested/deeper\" in PS100001 v1 is a directory, not a file; list the version at /packages/PS100001/1/ to see its files",
+    );
+    expect(
+        &format!("/packages/{PKG}/1/files/"),
+        404,
+        "the root in PS100001 v1 is a directory, not a file; list the version at /packages/PS100001/1/ to see its files",
+    );
+    let got = curl(s, "/nothing/here", &[]);
+    assert_eq!(got.status, 404);
+    assert!(
+        got.text().starts_with("nothing at \"/nothing/here\""),
+        "{}",
+        got.text()
+    );
+}
+
+#[test]
+fn hostile_paths_never_read_anything() {
+    let f = fixture();
+    let base = format!("/packages/{PKG}/1/files/");
+    for (path, status) in [
+        ("../../../../../../etc/passwd", 400),
+        ("nested/../big.bin", 400),
+        ("./big.bin", 400),
+        ("%2e%2e/%2e%2e/%2e%2e/etc/passwd", 400),
+        ("..%2f..%2f..%2fetc%2fpasswd", 400),
+        ("nested/%2E%2E/big.bin", 400),
+        ("/etc/passwd", 400),
+        ("%2fetc%2fpasswd", 400),
+        ("nested//deeper/deepest/n.txt", 400),
+        ("big.bin/", 400),
+        ("big.bin%00", 400),
+        ("%00", 400),
+        ("big%zz", 400),
+        ("etc/passwd", 404),
+        ("nested/deeper/up/../../../etc/passwd", 400),
+    ] {
+        let got = curl(&f.server, &format!("{base}{path}"), &[]);
+        assert_eq!(got.status, status, "{path}: {}", got.text());
+        assert!(!got.text().contains("root:"), "{path}");
+        assert_eq!(got.text().lines().count(), 1, "{path}: {}", got.text());
+    }
+    // Climbing out of the route itself lands on no file either.
+    for path in [
+        format!("/packages/{PKG}/1/files/../../../../etc/passwd"),
+        "/packages/..%2f..%2fetc/1/files/passwd".to_string(),
+        format!("/packages/{PKG}/..%2f..%2f/files/big.bin"),
+    ] {
+        let got = curl(&f.server, &path, &[]);
+        assert!(got.status == 400 || got.status == 404, "{path}: {got:?}");
+        assert!(!got.text().contains("root:"), "{path}");
+    }
+}
+
+/// Where to damage `id`: its pack data file (under LIB/packs/) and a byte in the middle of its
+/// stored bytes.
+fn spot(lib: &Library, id: &freight_core::ChunkId) -> (PathBuf, u64) {
+    let loc = lib.locate(id).unwrap();
+    let pack = lib.pack_path(loc.pack);
+    assert!(pack.starts_with(lib.dir()), "{pack:?}");
+    assert_eq!(pack.parent().unwrap().file_name().unwrap(), "packs");
+    (pack, loc.offset + u64::from(loc.clen) / 2)
+}
+
+/// Flips one bit of the byte at `at` in `file`.
+fn flip((file, at): &(PathBuf, u64)) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(*at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(*at)).unwrap();
+    f.write_all(&[b[0] ^ 0x40]).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn a_damaged_chunk_is_never_served_as_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let data = noise(BIG, 2);
+    std::fs::write(src.join("big.bin"), &data).unwrap();
+    std::fs::write(src.join("small.txt"), b"fine\n").unwrap();
+    let mut lib = Library::open_or_init(&dir.path().join("lib"), None).unwrap();
+    ingest_version(&mut lib, &src, PKG, 1).unwrap();
+    let m = lib.manifest(&PackageId::parse(PKG).unwrap(), 1).unwrap();
+    let big = m.entries.iter().find(|e| e.path == b"big.bin").unwrap();
+    let EntryKind::File { chunks, .. } = big.kind.clone() else {
+        panic!()
+    };
+    assert!(chunks.len() >= 3);
+    let first_len = chunks[0].len as usize;
+    let last_start = BIG - chunks.last().unwrap().len as usize;
+    // Damage the last chunk now, the first one below.
+    let first_spot = spot(&lib, &chunks[0].id);
+    flip(&spot(&lib, &chunks.last().unwrap().id));
+    let server = serve(lib);
+    let url = file_url("1", b"big.bin");
+
+    // Mid-stream: the transfer breaks off; what arrived is a true prefix, never wrong bytes.
+    let got = curl(&server, &url, &[]);
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_ne!(got.exit, 0, "curl reported success for a damaged file");
+    assert!(
+        !got.stderr.is_empty(),
+        "curl said nothing of the broken transfer"
+    );
+    assert!(got.body.len() < BIG, "all {} bytes arrived", got.body.len());
+    assert!(got.body == data[..got.body.len()], "wrong bytes delivered");
+
+    // A range in the damaged chunk only: 500 before any byte, naming the remedy.
+    let got = curl(
+        &server,
+        &url,
+        &["-H", &format!("Range: bytes={last_start}-")],
+    );
+    assert_eq!(got.status, 500, "{got:?}");
+    assert_eq!(got.text().lines().count(), 1);
+    assert!(
+        got.text()
+            .contains("freight library verify --package PS100001 --version 1"),
+        "{}",
+        got.text()
+    );
+    assert!(
+        got.text().contains(&chunks.last().unwrap().id.to_hex()),
+        "{}",
+        got.text()
+    );
+    assert!(
+        !got.text().contains("packs"),
+        "the library's paths stay in the log"
+    );
+
+    // Undamaged chunks and files still serve.
+    let got = curl(
+        &server,
+        &url,
+        &["-H", &format!("Range: bytes=0-{}", first_len - 1)],
+    );
+    assert_eq!((got.status, got.exit), (206, 0));
+    assert!(got.body == data[..first_len]);
+    let got = curl(&server, &file_url("1", b"small.txt"), &[]);
+    assert_eq!((got.status, &got.body[..]), (200, &b"fine\n"[..]));
+
+    // The first chunk damaged too: the whole file is a 500, but a range after it is served
+    // without reading it (whole chunks before the start are skipped by their lengths).
+    flip(&first_spot);
+    let got = curl(&server, &url, &[]);
+    assert_eq!(got.status, 500, "{got:?}");
+    assert!(got.text().contains("cannot be served"), "{}", got.text());
+    let got = curl(
+        &server,
+        &url,
+        &[
+            "-H",
+            &format!("Range: bytes={first_len}-{}", last_start - 1),
+        ],
+    );
+    assert_eq!((got.status, got.exit), (206, 0), "{got:?}");
+    assert!(got.body == data[first_len..last_start]);
+}

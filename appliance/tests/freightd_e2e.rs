@@ -1,0 +1,782 @@
+//! End to end: real `freightd` processes (a site server and DPs) on loopback, driven through
+//! the admin API, checked over HTTP with `curl` and in the site database.
+
+mod hosts;
+
+use freight_bench::dataset::{DatasetSpec, generate};
+use hosts::*;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// Position of the first `seq` of IDs in `ids`, in order (each after the previous).
+fn in_order(ids: &[u64], seq: &[u64]) -> bool {
+    let mut it = ids.iter();
+    seq.iter().all(|want| it.any(|id| id == want))
+}
+
+fn tree(dir: &Path, bytes: u64, seed: u64) {
+    generate(dir, &DatasetSpec::mixed(bytes, seed)).unwrap();
+}
+
+/// Rewrites every 20th file (5%) with new content and deletes one other file; returns the
+/// bytes written and the deleted file.
+fn change_five_percent(src: &Path) -> (u64, String) {
+    let all = files(src);
+    let mut written = 0;
+    for (i, f) in all.iter().enumerate().filter(|(i, _)| i % 20 == 7) {
+        let p = src.join(f);
+        let mut data = std::fs::read(&p).unwrap();
+        for (j, b) in data.iter_mut().enumerate() {
+            *b = b.wrapping_add((i + j) as u8 | 1);
+        }
+        written += data.len() as u64;
+        std::fs::write(&p, data).unwrap();
+    }
+    let gone = all[all.len() / 2 + 1].clone();
+    std::fs::remove_file(src.join(&gone)).unwrap();
+    (written, gone)
+}
+
+#[test]
+fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_everywhere() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    // dp1 also keeps a materialised share of what it hosts.
+    let mut dp1 = net.dp("dp1", "DP1", "standard", "share = \"share\"\n");
+    let share = net.p("dp1/share");
+    let mut dp2 = net.dp("dp2", "DP2", "standard", "");
+    for h in [&mut site, &mut dp1, &mut dp2] {
+        h.start();
+    }
+    site.add_dp(&dp1, "dp1", &[]);
+    site.add_dp(&dp2, "dp2", &[]);
+    site.ok(
+        "POST",
+        "/v1/dpgroups",
+        Some(json!({"name": "all", "members": ["dp1", "dp2"]})),
+    );
+
+    let src = net.p("src");
+    tree(&src, 24 << 20, 1);
+    let id = site.create("office", &src);
+    assert_eq!(id, "PS100001");
+
+    // Distribute to a group.
+    site.act(&id, "distribute", json!({"groups": ["all"]}));
+    site.settle(SETTLE);
+    for (dp, state, v) in site.status(&id) {
+        assert_eq!((state.as_str(), v), ("Installed", Some(1)), "{dp}");
+    }
+    for dp in ["dp1", "dp2"] {
+        let ids = site.message_ids(&id, Some(dp));
+        assert!(
+            in_order(
+                &ids,
+                &[2376, 2311, 2300, 2342, 2357, 8200, 2329, 8210, 2330, 2301]
+            ),
+            "{dp}: {ids:?}"
+        );
+    }
+    assert_serves(&dp1, &id, "1", &src);
+    assert_serves(&dp2, &id, "latest", &src);
+    assert_eq!(
+        freight_bench::tree::difference(&src, &share.join(&id)).unwrap(),
+        None
+    );
+    let summary = &site.ok("GET", &format!("/v1/packages/{id}"), None)["package"]["summary"];
+    assert_eq!(
+        summary,
+        &json!({"targeted": 2, "installed": 2, "retrying": 0, "failed": 0})
+    );
+    let first = site.bytes_sent(&id, 1, "dp1", "install");
+    assert!(first > 0);
+
+    // Update with 5% of the files changed and one dropped: only new chunks move.
+    let (changed, gone) = change_five_percent(&src);
+    let v2 = site.act(&id, "update", json!({}));
+    assert_eq!(v2["version"], 2);
+    site.settle(SETTLE);
+    for (dp, state, v) in site.status(&id) {
+        assert_eq!((state.as_str(), v), ("Installed", Some(2)), "{dp}");
+    }
+    for dp in ["dp1", "dp2"] {
+        let sent = site.bytes_sent(&id, 2, dp, "install");
+        // New chunks are at most the changed files plus the chunks at their edges (≤ 4 MiB
+        // per file boundary is far more than ever needed; files here are small).
+        assert!(
+            sent > 0 && sent <= changed + (2 << 20),
+            "{dp}: sent {sent}, changed {changed}"
+        );
+        assert!(
+            sent * 5 < first,
+            "{dp}: update sent {sent} of a {first}-byte first copy"
+        );
+    }
+    assert_serves(&dp1, &id, "2", &src);
+    assert_eq!(
+        freight_bench::tree::difference(&src, &share.join(&id)).unwrap(),
+        None
+    );
+    assert!(
+        fetch(dp1.http.as_deref().unwrap(), &id, "2", &gone).is_none(),
+        "{gone} dropped"
+    );
+    assert!(
+        fetch(dp1.http.as_deref().unwrap(), &id, "1", &files(&src)[0]).is_none(),
+        "v1 gone"
+    );
+
+    // Validate everywhere: clean.
+    site.act(&id, "validate", json!({}));
+    site.settle(SETTLE);
+    let ids = site.message_ids(&id, None);
+    assert_eq!(ids.iter().filter(|i| **i == 2384).count(), 2, "{ids:?}");
+
+    // Corrupt a pack on dp2: validate reports it, redistribute repairs it.
+    corrupt_a_pack(&dp2.library);
+    site.act(&id, "validate", json!({"dps": ["dp2"]}));
+    site.settle(SETTLE);
+    assert!(site.message_ids(&id, Some("dp2")).contains(&2386));
+    let st = site.status(&id);
+    assert!(
+        st.contains(&("dp2".into(), "Failed".into(), Some(2))),
+        "{st:?}"
+    );
+    site.act(&id, "redistribute", json!({"dps": ["dp2"]}));
+    site.settle(SETTLE);
+    let st = site.status(&id);
+    assert!(
+        st.contains(&("dp2".into(), "Installed".into(), Some(2))),
+        "{st:?}"
+    );
+    assert_serves(&dp2, &id, "2", &src);
+    let again = site.bytes_sent(&id, 2, "dp2", "redistribute");
+    assert!(again > first / 2, "redistribute re-sent {again} of {first}");
+
+    // A second package sharing content: removing the first from dp1 keeps the shared content.
+    let src2 = net.p("src2");
+    std::fs::create_dir_all(&src2).unwrap();
+    let shared = files(&src).into_iter().next_back().unwrap();
+    std::fs::copy(src.join(&shared), src2.join("shared.bin")).unwrap();
+    std::fs::write(src2.join("own.txt"), b"only in the second package").unwrap();
+    let id2 = site.create("tools", &src2);
+    site.act(&id2, "distribute", json!({"dps": ["dp1"]}));
+    site.settle(SETTLE);
+    site.ok("DELETE", &format!("/v1/packages/{id}?dp=dp1"), None);
+    site.settle(SETTLE);
+    let st = site.status(&id);
+    assert!(
+        st.contains(&("dp1".into(), "Removed".into(), None)),
+        "{st:?}"
+    );
+    assert!(site.message_ids(&id, Some("dp1")).contains(&2332));
+    assert!(!share.join(&id).exists(), "the share goes with the package");
+    assert!(fetch(dp1.http.as_deref().unwrap(), &id, "latest", &shared).is_none());
+    assert_serves(&dp1, &id2, "1", &src2);
+
+    // The whole package goes: dp2 drops it and the package leaves the list.
+    site.ok("DELETE", &format!("/v1/packages/{id}"), None);
+    site.settle(SETTLE);
+    assert!(site.status(&id).iter().all(|(_, s, _)| s == "Removed"));
+    let (code, _) = site.api("GET", &format!("/v1/packages/{id}"), None);
+    assert_eq!(code, 404);
+
+    for h in [&mut site, &mut dp1, &mut dp2] {
+        h.stop();
+    }
+}
+
+/// Flips bytes in the middle of the largest pack data file.
+fn corrupt_a_pack(lib: &Path) {
+    let mut packs: Vec<_> = walk_files(lib)
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().contains("/packs/") && !p.to_string_lossy().ends_with(".idx")
+        })
+        .collect();
+    packs.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    let p = packs.last().expect("a pack file");
+    let mut data = std::fs::read(p).unwrap();
+    let mid = data.len() / 2;
+    for b in &mut data[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(p, data).unwrap();
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    files(dir).into_iter().map(|f| dir.join(f)).collect()
+}
+
+#[test]
+fn an_unreachable_dp_retries_then_fails_and_recovers_on_redistribute() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    let mut dp = net.dp("dp", "DP1", "standard", "");
+    site.start();
+    dp.start();
+    site.add_dp(&dp, "dp1", &[]);
+    dp.stop();
+    let src = net.p("src");
+    tree(&src, 2 << 20, 3);
+    let id = site.create("p", &src);
+    site.act(&id, "distribute", json!({"dps": ["dp1"]}));
+    site.wait_for("Retrying", SETTLE, |s| {
+        s.status(&id).first().is_some_and(|r| r.1 == "Retrying")
+    });
+    site.settle(SETTLE);
+    let st = site.status(&id);
+    assert_eq!(st[0].1, "Failed", "{st:?}");
+    let ids = site.message_ids(&id, Some("dp1"));
+    assert_eq!(ids.iter().filter(|i| **i == 8201).count(), 2, "{ids:?}");
+    assert!(ids.contains(&8202) && ids.contains(&2302), "{ids:?}");
+    dp.start();
+    site.act(&id, "redistribute", json!({"dps": ["dp1"]}));
+    site.settle(SETTLE);
+    assert_eq!(site.status(&id)[0].1, "Installed");
+    assert_serves(&dp, &id, "1", &src);
+}
+
+#[test]
+fn a_dp_with_an_untrusted_key_is_refused() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    let mut dp = net.dp("dp", "DP1", "standard", "");
+    // Another host claims to be DP1 with its own key: the site trusts that key, not the DP's.
+    let impostor = net.dp("imp", "DP1", "standard", "");
+    site.start();
+    dp.start();
+    dp.trust(&site);
+    site.ok(
+        "POST",
+        "/v1/dps",
+        Some(json!({"name": "dp1", "kind": "standard", "address": dp.quic, "identity": impostor.identity()})),
+    );
+    let src = net.p("src");
+    tree(&src, 1 << 20, 4);
+    let id = site.create("p", &src);
+    site.act(&id, "distribute", json!({"dps": ["dp1"]}));
+    site.settle(SETTLE);
+    assert_eq!(site.status(&id)[0].1, "Failed");
+    let msgs = site.messages(&id);
+    let refusal = msgs.iter().find(|m| m["id"] == 8202).expect("8202");
+    let text = refusal["text"].as_str().unwrap();
+    assert!(
+        text.contains("key") || text.contains("certificate"),
+        "{text}"
+    );
+    assert!(fetch(dp.http.as_deref().unwrap(), &id, "1", &files(&src)[0]).is_none());
+}
+
+#[test]
+fn bad_requests_are_refused_with_one_line_naming_the_object() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    site.start();
+    for (method, path, body, want) in [
+        (
+            "POST",
+            "/v1/packages/PS100009/distribute",
+            json!({"dps": ["x"]}),
+            "no package PS100009",
+        ),
+        (
+            "POST",
+            "/v1/packages",
+            json!({"name": "a", "source": "/nonexistent/src"}),
+            "/nonexistent/src",
+        ),
+        (
+            "POST",
+            "/v1/packages",
+            json!({"name": "a", "source": "relative"}),
+            "not absolute",
+        ),
+        ("DELETE", "/v1/dps/nope", json!(null), "no DP named nope"),
+        (
+            "POST",
+            "/v1/dps",
+            json!({"name": "d", "kind": "standard", "address": "nowhere", "identity": ""}),
+            "not host:port",
+        ),
+        (
+            "POST",
+            "/v1/dps",
+            json!({"name": "d", "kind": "standard", "address": "127.0.0.1:1", "identity": "junk"}),
+            "identity not readable",
+        ),
+    ] {
+        let body = (!body.is_null()).then_some(body);
+        let (code, v) = site.api(method, path, body);
+        assert!((400..500).contains(&code), "{path}: {code} {v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains(want) && !e.contains('\n'), "{path}: {e}");
+    }
+    let src = net.p("src");
+    tree(&src, 1 << 20, 5);
+    let id = site.create("p", &src);
+    let (code, v) = site.api(
+        "POST",
+        &format!("/v1/packages/{id}/distribute"),
+        Some(json!({"dps": ["ghost"]})),
+    );
+    assert_eq!(code, 404);
+    assert!(v["error"].as_str().unwrap().contains("no DP named ghost"));
+}
+
+#[test]
+fn freightd_refuses_a_bad_config_a_locked_library_and_an_unreadable_key() {
+    let net = Net::new();
+    let run = |config: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_freightd"))
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        err
+    };
+    let bad = net.p("bad.toml");
+    std::fs::write(&bad, "home = \"h\"\nlibrary = \"l\"\nlisten = \"127.0.0.1:0\"\n[dp]\nhttp = \"127.0.0.1:0\"\nspeed = 3\n").unwrap();
+    assert!(run(&bad).contains("unknown field"));
+
+    let mut a = net.dp("a", "DP1", "standard", "");
+    a.start();
+    // A second daemon on the same library.
+    let second = net.p("a/second.toml");
+    std::fs::write(
+        &second,
+        format!("home = \"home\"\nlibrary = \"library\"\nlisten = \"127.0.0.1:0\"\n[dp]\nhttp = \"127.0.0.1:{}\"\n", free_port()),
+    )
+    .unwrap();
+    let e = run(&second);
+    assert!(e.contains("library") && e.contains("lock"), "{e}");
+    a.stop();
+
+    let b = net.dp("b", "DP2", "standard", "");
+    let key = b.home().join("site.key");
+    std::fs::write(&key, b"not a key").unwrap();
+    let e = run(&b.config);
+    assert!(e.contains("site.key"), "{e}");
+}
+
+#[test]
+fn a_pull_dp_waits_for_a_source_pulls_from_the_first_that_works_and_reports_capacity() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    let mut dp1 = net.dp("dp1", "DP1", "standard", "");
+    let mut dp2 = net.dp("dp2", "DP2", "standard", "");
+    let mut pull = net.dp("pull", "PD1", "pull", "pull_capacity = 1\n");
+    // A dead source holds the pull back for a whole idle timeout: long enough that a second
+    // notification meets a full pull DP.
+    let text = std::fs::read_to_string(&pull.config)
+        .unwrap()
+        .replace("\"3s\"", "\"10s\"");
+    std::fs::write(&pull.config, text).unwrap();
+    for h in [&mut site, &mut dp1, &mut dp2, &mut pull] {
+        h.start();
+    }
+    for s in [&dp1, &dp2] {
+        pull.trust(s);
+        s.trust(&pull);
+    }
+    site.add_dp(&dp1, "dp1", &[]);
+    site.add_dp(&dp2, "dp2", &[]);
+    site.add_dp(&pull, "pull", &["dp2", "dp1"]);
+    let (a, b) = (net.p("a"), net.p("b"));
+    tree(&a, 4 << 20, 10);
+    tree(&b, 4 << 20, 11);
+    let (ida, idb) = (site.create("a", &a), site.create("b", &b));
+
+    // A is on both sources; then the first-ranked source dies.
+    site.act(&ida, "distribute", json!({"dps": ["dp1", "dp2"]}));
+    site.settle(SETTLE);
+    dp2.kill();
+
+    // B is on no source yet: 8212 and retries.
+    site.act(&idb, "distribute", json!({"dps": ["pull"]}));
+    site.wait_for("8212", SETTLE, |s| {
+        s.message_ids(&idb, Some("pull")).contains(&8212)
+    });
+    assert_eq!(site.status(&idb)[0].1, "Retrying");
+
+    // A to the pull DP: it tries dp2 (dead) for a whole idle timeout, meanwhile B's source
+    // appears and B's notification finds the pull DP full (capacity 1): 8211.
+    site.act(&ida, "distribute", json!({"dps": ["pull"]}));
+    site.act(&idb, "distribute", json!({"dps": ["dp1"]}));
+    site.wait_for("8211", SETTLE, |s| {
+        s.message_ids(&idb, Some("pull")).contains(&8211)
+    });
+    site.settle(SETTLE);
+    for id in [&ida, &idb] {
+        let st = site.status(id);
+        assert!(
+            st.contains(&("pull".into(), "Installed".into(), Some(1))),
+            "{id}: {st:?}"
+        );
+        assert!(in_order(
+            &site.message_ids(id, Some("pull")),
+            &[2357, 8200, 2330]
+        ));
+    }
+    assert_serves(&pull, &ida, "1", &a);
+    assert_serves(&pull, &idb, "1", &b);
+}
+
+#[test]
+fn sigkill_of_the_site_server_and_dps_at_ten_moments_loses_no_job_and_duplicates_none() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    let mut dp1 = net.dp("dp1", "DP1", "standard", "");
+    let mut dp2 = net.dp("dp2", "DP2", "standard", "");
+    for h in [&mut site, &mut dp1, &mut dp2] {
+        h.start();
+    }
+    site.add_dp(&dp1, "dp1", &[]);
+    site.add_dp(&dp2, "dp2", &[]);
+    let mut rng = StdRng::seed_from_u64(freight_bench::replay_seed("FREIGHT_CRASH_SEED"));
+    let mut ids = Vec::new();
+    let mut srcs = Vec::new();
+    for i in 0..3 {
+        let src = net.p(&format!("src{i}"));
+        tree(&src, 12 << 20, 20 + i);
+        let id = site.create(&format!("p{i}"), &src);
+        site.act(&id, "distribute", json!({"dps": ["dp1", "dp2"]}));
+        ids.push(id);
+        srcs.push(src);
+    }
+    for k in 0..10 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..700)));
+        match k % 3 {
+            0 => {
+                site.kill();
+                site.start();
+            }
+            1 => {
+                dp1.kill();
+                dp1.start();
+            }
+            _ => {
+                site.kill();
+                dp2.kill();
+                dp2.start();
+                site.start();
+            }
+        }
+    }
+    site.settle(Duration::from_secs(180));
+    let window = freight_transport::session::in_flight_window(
+        &freight_transport::quic::NodeConfig::default(),
+        4 << 20,
+        freight_transport::store::COMMIT_BYTES,
+    );
+    for (id, src) in ids.iter().zip(&srcs) {
+        for (dp, state, v) in site.status(id) {
+            assert_eq!((state.as_str(), v), ("Installed", Some(1)), "{id} on {dp}");
+        }
+        assert_serves(&dp1, id, "1", src);
+        assert_serves(&dp2, id, "1", src);
+        let size: u64 = files(src)
+            .iter()
+            .map(|f| std::fs::metadata(src.join(f)).unwrap().len())
+            .sum();
+        for dp in ["dp1", "dp2"] {
+            let sent = site.bytes_sent(id, 1, dp, "install");
+            assert!(
+                sent <= size + 10 * window,
+                "{id} to {dp}: sent {sent} for {size}"
+            );
+        }
+    }
+    let db = rusqlite::Connection::open(net.p("site/site.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let live: i64 = db
+        .query_row(
+            "SELECT count(*) FROM distribution_jobs WHERE state != 'done'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(live, 0);
+    let done: i64 = db
+        .query_row(
+            "SELECT count(*) FROM distribution_jobs WHERE state = 'done'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(done, 6, "one job per package and DP, none duplicated");
+    for h in [&mut site, &mut dp1, &mut dp2] {
+        h.stop();
+    }
+    for dp in [&dp1, &dp2] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_freight"))
+            .args(["--quiet", "library", "--library"])
+            .arg(&dp.library)
+            .arg("verify")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            dp.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_freight_cli_drives_a_real_site_server() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    let mut dp = net.dp("dp", "DP1", "standard", "");
+    site.start();
+    dp.start();
+    dp.trust(&site);
+    let admin = site.admin.clone().unwrap();
+    let admin = admin.to_str().unwrap();
+    let id_file = net.p("dp.id");
+    std::fs::write(&id_file, dp.identity()).unwrap();
+    freight(&[
+        "dp",
+        "add",
+        "dp1",
+        "--address",
+        &dp.quic,
+        "--identity",
+        id_file.to_str().unwrap(),
+        "--admin",
+        admin,
+    ]);
+    let src = net.p("src");
+    tree(&src, 2 << 20, 30);
+    let created = freight(&[
+        "package",
+        "create",
+        "--name",
+        "tools",
+        "--source",
+        src.to_str().unwrap(),
+        "--admin",
+        admin,
+        "--json",
+    ]);
+    let id = serde_json::from_str::<serde_json::Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    freight(&["distribute", &id, "--dp", "dp1", "--admin", admin]);
+    let out = freight(&["watch", &id, "--until-settled", "--admin", admin]);
+    assert!(out.contains("Installed"), "{out}");
+    let status = freight(&["status", &id, "--admin", admin]);
+    assert!(
+        status.contains("dp1") && status.contains("Installed"),
+        "{status}"
+    );
+    let msgs = freight(&["messages", "--package", &id, "--admin", admin]);
+    assert!(
+        msgs.contains("2330") && msgs.contains("successfully distributed"),
+        "{msgs}"
+    );
+    assert_serves(&dp, &id, "1", &src);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_freight"))
+        .args(["distribute", "PS1FFFFF", "--dp", "dp1", "--admin", admin])
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success()
+            && err.contains("no package PS1FFFFF")
+            && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+}
+
+/// A folder of `mib` MiB of incompressible bytes in two files.
+fn noise_tree(dir: &Path, mib: usize, seed: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let half = (mib << 20) / 2;
+    std::fs::write(
+        dir.join("a.bin"),
+        freight_bench::noise(&format!("{seed}a"), half),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b.bin"),
+        freight_bench::noise(&format!("{seed}b"), half),
+    )
+    .unwrap();
+}
+
+fn create_with_priority(site: &Host, name: &str, src: &Path, priority: &str) -> String {
+    let v = site.ok(
+        "POST",
+        "/v1/packages",
+        Some(json!({"name": name, "source": src, "priority": priority})),
+    );
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_dp_route_holds_its_rate_and_its_windows_admit_by_priority() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    let mut dp = net.dp("dp", "DP1", "standard", "");
+    site.start();
+    dp.start();
+    site.add_dp(&dp, "dp1", &[]);
+    let rate = 2u64 << 20;
+    site.ok(
+        "PUT",
+        "/v1/dps/dp1/schedule",
+        Some(json!({"throttle": "daily 2MiB/s"})),
+    );
+
+    // The rate: a 6 MiB incompressible package takes its time, never faster than the limit.
+    let src = net.p("paced");
+    noise_tree(&src, 6, "paced");
+    let id = site.create("paced", &src);
+    site.act(&id, "distribute", json!({"dps": ["dp1"]}));
+    site.settle(SETTLE);
+    let st = site.ok("GET", &format!("/v1/status?package={id}"), None);
+    let bytes = st[0]["last_bytes"].as_u64().unwrap();
+    let msgs = site.messages(&id);
+    let sent = msgs.iter().find(|m| m["id"] == 8200).expect("8200");
+    let secs: f64 = sent["strings"][4].as_str().unwrap().parse().unwrap();
+    let measured = bytes as f64 / secs;
+    assert!(bytes >= 6 << 20, "{bytes}");
+    // One burst (at most 64 KiB) may go ahead of the pace.
+    assert!(
+        measured <= rate as f64 * 1.05 + (64 << 10) as f64 / secs,
+        "{measured:.0} B/s over a {rate} B/s route"
+    );
+
+    // Windows: only high priority may send now. A low package waits (and does not hold the DP)
+    // while a high one goes; once the window opens for all, the low one follows.
+    site.ok(
+        "PUT",
+        "/v1/dps/dp1/schedule",
+        Some(json!({"throttle": "daily high 8MiB/s"})),
+    );
+    let (low_src, high_src) = (net.p("low"), net.p("high"));
+    noise_tree(&low_src, 1, "low");
+    noise_tree(&high_src, 1, "high");
+    let low = create_with_priority(&site, "low", &low_src, "low");
+    site.act(&low, "distribute", json!({"dps": ["dp1"]}));
+    let high = create_with_priority(&site, "high", &high_src, "high");
+    site.act(&high, "distribute", json!({"dps": ["dp1"]}));
+    site.wait_for("the high package", SETTLE, |s| {
+        s.status(&high).first().is_some_and(|r| r.1 == "Installed")
+    });
+    assert_eq!(site.status(&low)[0].1, "Install Pending");
+    assert!(!site.message_ids(&low, None).contains(&8200));
+    site.ok(
+        "PUT",
+        "/v1/dps/dp1/schedule",
+        Some(json!({"throttle": "daily unlimited"})),
+    );
+    site.settle(SETTLE);
+    assert_eq!(site.status(&low)[0].1, "Installed");
+    assert_serves(&dp, &low, "1", &low_src);
+}
+
+#[test]
+fn validation_runs_on_its_schedule_and_reports_a_corrupt_copy() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "validate_every = \"1s\"\n");
+    let mut dp = net.dp("dp", "DP1", "standard", "");
+    site.start();
+    dp.start();
+    site.add_dp(&dp, "dp1", &[]);
+    let src = net.p("src");
+    noise_tree(&src, 2, "v");
+    let id = site.create("v", &src);
+    site.act(&id, "distribute", json!({"dps": ["dp1"]}));
+    // Nobody asks for a validation: the schedule does.
+    site.wait_for("a scheduled 2384", SETTLE, |s| {
+        s.message_ids(&id, None).contains(&2384)
+    });
+    corrupt_a_pack(&dp.library);
+    site.wait_for("a scheduled 2386", SETTLE, |s| {
+        s.message_ids(&id, None).contains(&2386)
+    });
+    site.wait_for("Failed", SETTLE, |s| s.status(&id)[0].1 == "Failed");
+}
+
+#[test]
+fn freightd_tells_systemd_it_is_ready() {
+    let net = Net::new();
+    let dp = net.dp("dp", "DP1", "standard", "");
+    let sock_path = net.p("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_freightd"))
+        .arg("--config")
+        .arg(&dp.config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+}
+
+#[test]
+fn a_full_dp_disk_fails_the_copy_cleanly_and_a_redistribute_recovers_once_there_is_room() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    let mut dp = net.dp("dp", "DP1", "standard", "");
+    // The DP's library lives on a 12 MiB file system (less than its reserve); the package
+    // needs 16 MiB.
+    let fs = freight_bench::tmpfs::Tmpfs::mount(&dp.library, 12 << 20);
+    site.start();
+    dp.start();
+    site.add_dp(&dp, "dp1", &[]);
+    let src = net.p("src");
+    noise_tree(&src, 16, "full");
+    let id = site.create("big", &src);
+    site.act(&id, "distribute", json!({"dps": ["dp1"]}));
+    site.settle(SETTLE);
+    let st = site.status(&id);
+    assert_eq!(st[0].1, "Failed", "{st:?}");
+    let msgs = site.messages(&id);
+    let last = msgs.iter().rev().find(|m| m["id"] == 8202).expect("8202");
+    let text = last["text"].as_str().unwrap();
+    assert!(text.contains("space") || text.contains("full"), "{text}");
+    assert!(fetch(dp.http.as_deref().unwrap(), &id, "1", "a.bin").is_none());
+    // Nothing half-written is visible: the DP's library verifies clean.
+    dp.stop();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_freight"))
+        .args(["--quiet", "library", "--library"])
+        .arg(&dp.library)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // More room (a bigger file system, as an administrator would give): redistribute recovers.
+    drop(fs);
+    let _fs = freight_bench::tmpfs::Tmpfs::mount(&dp.library, 256 << 20);
+    dp.start();
+    site.act(&id, "redistribute", json!({"dps": ["dp1"]}));
+    site.settle(SETTLE);
+    assert_eq!(site.status(&id)[0].1, "Installed");
+    assert_serves(&dp, &id, "1", &src);
+}

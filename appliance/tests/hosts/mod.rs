@@ -1,0 +1,421 @@
+//! Real `freightd` processes on loopback for the end-to-end tests: a site server and DPs, each
+//! with its own folder, key, library and fixed ports (so a restarted process keeps its address),
+//! driven through the admin API with `curl` and checked over HTTP with `curl`.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A folder of hosts.
+pub struct Net {
+    _t: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+/// One freightd process and what it announced.
+pub struct Host {
+    pub name: String,
+    pub code: String,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub quic: String,
+    pub http: Option<String>,
+    pub admin: Option<PathBuf>,
+    pub library: PathBuf,
+}
+
+/// A free loopback port (UDP and TCP probed); the tiny race with other tests is accepted.
+pub fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn freight(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "freight {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl Net {
+    pub fn new() -> Net {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        Net { _t: t, root }
+    }
+
+    pub fn p(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Creates a host folder with its key; `extra` is appended to the config (role sections).
+    pub fn host(&self, name: &str, code: &str, extra: &str) -> Host {
+        let dir = self.p(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        freight(&[
+            "site",
+            "--site",
+            dir.join("home").to_str().unwrap(),
+            "init",
+            "--code",
+            code,
+        ]);
+        let config = dir.join("freightd.toml");
+        let text = format!(
+            "home = \"home\"\nlibrary = \"library\"\nlisten = \"127.0.0.1:{}\"\nidle_timeout = \"3s\"\n{extra}",
+            free_port()
+        );
+        std::fs::write(&config, text).unwrap();
+        Host {
+            name: name.into(),
+            code: code.into(),
+            config,
+            child: None,
+            quic: String::new(),
+            http: None,
+            admin: None,
+            library: dir.join("library"),
+        }
+    }
+
+    /// A site server host (fast retries for tests).
+    pub fn site(&self, name: &str, code: &str, extra: &str) -> Host {
+        self.host(
+            name,
+            code,
+            &format!(
+                "[site]\ndatabase = \"site.db\"\nadmin_socket = \"admin.sock\"\ndp_attempts = 3\ndp_retry_delay = \"1s\"\npull_attempts = 30\npull_retry_delay = \"1s\"\npoll_interval = \"200ms\"\nresume_sessions = 1\n{extra}"
+            ),
+        )
+    }
+
+    /// A DP host.
+    pub fn dp(&self, name: &str, code: &str, kind: &str, extra: &str) -> Host {
+        self.host(
+            name,
+            code,
+            &format!(
+                "[dp]\nkind = \"{kind}\"\nhttp = \"127.0.0.1:{}\"\n{extra}",
+                free_port()
+            ),
+        )
+    }
+}
+
+impl Host {
+    pub fn home(&self) -> PathBuf {
+        self.config.parent().unwrap().join("home")
+    }
+
+    /// Its public identity text.
+    pub fn identity(&self) -> String {
+        freight(&[
+            "site",
+            "--site",
+            self.home().to_str().unwrap(),
+            "identity",
+            "export",
+        ])
+    }
+
+    /// This host trusts `other`.
+    pub fn trust(&self, other: &Host) {
+        let f = self
+            .config
+            .parent()
+            .unwrap()
+            .join(format!("{}.id", other.name));
+        std::fs::write(&f, other.identity()).unwrap();
+        freight(&[
+            "site",
+            "--site",
+            self.home().to_str().unwrap(),
+            "identity",
+            "import",
+            f.to_str().unwrap(),
+        ]);
+    }
+
+    /// Starts freightd and waits for its readiness line.
+    pub fn start(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_freightd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "FREIGHT_LOG",
+                std::env::var("FREIGHT_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) if l.starts_with("freightd ready:") => break l,
+                Ok(_) => continue,
+                Err(_) => panic!("{}: freightd did not become ready", self.name),
+            }
+        };
+        let field = |k: &str| {
+            line.split("; ")
+                .find_map(|p| p.strip_prefix(&format!("{k} ")).map(str::to_string))
+                .or_else(|| {
+                    line.split(": ").nth(1).and_then(|rest| {
+                        rest.split("; ")
+                            .find_map(|p| p.strip_prefix(&format!("{k} ")).map(str::to_string))
+                    })
+                })
+        };
+        self.quic = field("quic").expect("quic address");
+        self.http = field("http");
+        self.admin = field("admin").map(PathBuf::from);
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no warning.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            let st = c.wait().unwrap();
+            assert!(st.success(), "{} exited with {st}", self.name);
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// An admin API call: (HTTP status, JSON body).
+    pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let sock = self.admin.as_ref().expect("a site server");
+        let mut c = Command::new("curl");
+        c.args(["-s", "-S", "--unix-socket"]).arg(sock).args([
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if let Some(b) = body {
+            c.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
+        }
+        let out = c.arg(format!("http://freightd{path}")).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// An admin call that must succeed.
+    pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (code, v) = self.api(method, path, body.clone());
+        assert_eq!(code, 200, "{method} {path} {body:?}: {v}");
+        v
+    }
+
+    /// `package create`: returns the new package's ID.
+    pub fn create(&self, name: &str, source: &Path) -> String {
+        let v = self.ok(
+            "POST",
+            "/v1/packages",
+            Some(json!({"name": name, "source": source})),
+        );
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// A package action (`distribute`, `redistribute`, `validate`, `update`) that must succeed.
+    pub fn act(&self, id: &str, action: &str, targets: Value) -> Value {
+        self.ok(
+            "POST",
+            &format!("/v1/packages/{id}/{action}"),
+            Some(targets),
+        )
+    }
+
+    /// Registers `dp` at this site (and makes them trust each other).
+    pub fn add_dp(&self, dp: &Host, name: &str, sources: &[&str]) {
+        dp.trust(self);
+        let kind = if sources.is_empty() {
+            "standard"
+        } else {
+            "pull"
+        };
+        self.ok(
+            "POST",
+            "/v1/dps",
+            Some(
+                json!({"name": name, "kind": kind, "address": dp.quic, "http": dp.http,
+                        "identity": dp.identity(), "sources": sources}),
+            ),
+        );
+    }
+
+    /// Package status rows of `package`: dp → (state, version).
+    pub fn status(&self, package: &str) -> Vec<(String, String, Option<u64>)> {
+        let v = self.ok("GET", &format!("/v1/status?package={package}"), None);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["dp"].as_str().unwrap().to_string(),
+                    s["state"].as_str().unwrap().to_string(),
+                    s["version"].as_u64(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until no job is live (every distribution settled).
+    pub fn settle(&self, within: Duration) {
+        let end = Instant::now() + within;
+        loop {
+            let v = self.ok("GET", "/v1/progress", None);
+            if v.as_array().unwrap().is_empty() {
+                return;
+            }
+            assert!(Instant::now() < end, "{}: jobs still live: {v}", self.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `f` holds.
+    pub fn wait_for(&self, what: &str, within: Duration, mut f: impl FnMut(&Host) -> bool) {
+        let end = Instant::now() + within;
+        while !f(self) {
+            assert!(
+                Instant::now() < end,
+                "{}: timed out waiting for {what}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Message IDs of `package` (optionally of one DP), in order.
+    pub fn message_ids(&self, package: &str, dp: Option<&str>) -> Vec<u64> {
+        let v = self.ok("GET", &format!("/v1/messages?package={package}"), None);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| dp.is_none() || m["dp"].as_str() == dp || m["dp"].is_null())
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// Messages of `package` as text.
+    pub fn messages(&self, package: &str) -> Vec<Value> {
+        self.ok("GET", &format!("/v1/messages?package={package}"), None)
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Bytes sent by the jobs of `package` at `version` to `dp` (from the site database).
+    pub fn bytes_sent(&self, package: &str, version: u32, dp: &str, action: &str) -> u64 {
+        let db = self.config.parent().unwrap().join("site.db");
+        let c =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        c.query_row(
+            "SELECT coalesce(sum(bytes_sent), 0) FROM distribution_jobs WHERE package = ?1 AND version = ?2 AND dp = ?3 AND action = ?4",
+            rusqlite::params![package, version, dp, action],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as u64
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `curl` GET of a DP file: body bytes, or None when curl fails or the status is not 200.
+pub fn fetch(http: &str, package: &str, version: &str, path: &str) -> Option<Vec<u8>> {
+    let out = Command::new("curl")
+        .args(["-s", "-f"])
+        .arg(format!(
+            "http://{http}/packages/{package}/{version}/files/{path}"
+        ))
+        .output()
+        .unwrap();
+    out.status.success().then_some(out.stdout)
+}
+
+/// Every regular file under `dir`, relative, sorted.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(
+                    e.path()
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asserts the DP serves every file of `src` byte-identical as `package` `version`.
+pub fn assert_serves(dp: &Host, package: &str, version: &str, src: &Path) {
+    let http = dp.http.as_deref().expect("a DP");
+    for f in files(src) {
+        let got = fetch(http, package, version, &f)
+            .unwrap_or_else(|| panic!("{}: {package} {version} {f} not served", dp.name));
+        assert!(
+            got == std::fs::read(src.join(&f)).unwrap(),
+            "{}: {package} {version} {f} differs",
+            dp.name
+        );
+    }
+}
