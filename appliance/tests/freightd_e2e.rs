@@ -166,6 +166,7 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     let id2 = site.create("tools", &src2);
     site.act(&id2, "distribute", json!({"dps": ["dp1"]}));
     site.settle(SETTLE);
+    let held = dir_bytes(&dp1.library.join("store"));
     site.ok("DELETE", &format!("/v1/packages/{id}?dp=dp1"), None);
     site.settle(SETTLE);
     let st = site.status(&id);
@@ -177,6 +178,22 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     assert!(!share.join(&id).exists(), "the share goes with the package");
     assert!(fetch(dp1.http.as_deref().unwrap(), &id, "latest", &shared).is_none());
     assert_serves(&dp1, &id2, "1", &src2);
+    // What stays on dp1 is the second package's content and nothing else.
+    dp1.stop();
+    let stats = dp1.library_stats();
+    let kept: u64 = stats["roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pack_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stats["packages"].as_array().unwrap().len(), 1, "{stats}");
+    assert_eq!(stats["packages"][0]["package"], id2.as_str(), "{stats}");
+    assert_eq!(stats["garbage_bytes"], 0, "{stats}");
+    assert!(
+        kept <= dir_bytes(&src2) + (256 << 10) && kept < held,
+        "dp1 keeps {kept} bytes of packs after the removal (held {held})"
+    );
 
     // The whole package goes: dp2 drops it and the package leaves the list.
     site.ok("DELETE", &format!("/v1/packages/{id}"), None);
@@ -188,6 +205,14 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     for h in [&mut site, &mut dp1, &mut dp2] {
         h.stop();
     }
+}
+
+/// Bytes of the regular files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    walk_files(dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum()
 }
 
 /// Flips bytes in the middle of the largest pack data file.
@@ -239,6 +264,27 @@ fn an_unreachable_dp_retries_then_fails_and_recovers_on_redistribute() {
     site.settle(SETTLE);
     assert_eq!(site.status(&id)[0].1, "Installed");
     assert_serves(&dp, &id, "1", &src);
+
+    // A removal from a DP that is down stays Removal Pending through its retries, fails, and
+    // succeeds once asked again with the DP back.
+    dp.stop();
+    site.ok("DELETE", &format!("/v1/packages/{id}?dp=dp1"), None);
+    site.wait_for("a retry of the removal", SETTLE, |s| {
+        s.message_ids(&id, Some("dp1"))
+            .iter()
+            .filter(|i| **i == 8201)
+            .count()
+            >= 3
+    });
+    assert_eq!(site.status(&id)[0].1, "Removal Pending");
+    site.settle(SETTLE);
+    assert_eq!(site.status(&id)[0].1, "Failed");
+    dp.start();
+    assert_serves(&dp, &id, "1", &src);
+    site.ok("DELETE", &format!("/v1/packages/{id}?dp=dp1"), None);
+    site.settle(SETTLE);
+    assert_eq!(site.status(&id), [("dp1".into(), "Removed".into(), None)]);
+    assert!(fetch(dp.http.as_deref().unwrap(), &id, "latest", &files(&src)[0]).is_none());
 }
 
 #[test]
@@ -534,6 +580,16 @@ fn sigkill_of_the_site_server_and_dps_at_ten_moments_loses_no_job_and_duplicates
     }
 }
 
+/// Runs `freight ARGS --admin ADMIN --json` and parses its output.
+fn freight_json(admin: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["--admin", admin, "--json"]);
+    let out = freight(&all);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("freight {args:?}: {e}: {out}"))
+}
+
+/// Every verb of the CLI, in the order an administrator would use them, against a real site
+/// server and DP: groups, schedules, create, distribute, update, validate, redistribute, remove.
 #[test]
 fn the_freight_cli_drives_a_real_site_server() {
     let net = Net::new();
@@ -546,7 +602,12 @@ fn the_freight_cli_drives_a_real_site_server() {
     let admin = admin.to_str().unwrap();
     let id_file = net.p("dp.id");
     std::fs::write(&id_file, dp.identity()).unwrap();
-    freight(&[
+    let adm = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--admin", admin]);
+        freight(&all)
+    };
+    adm(&[
         "dp",
         "add",
         "dp1",
@@ -554,40 +615,114 @@ fn the_freight_cli_drives_a_real_site_server() {
         &dp.quic,
         "--identity",
         id_file.to_str().unwrap(),
-        "--admin",
-        admin,
     ]);
+    adm(&["dpgroup", "create", "branch", "--dp", "dp1"]);
+    let groups = freight_json(admin, &["dpgroup", "list"]);
+    assert_eq!(groups[0]["name"], "branch", "{groups}");
+    assert_eq!(groups[0]["members"], json!(["dp1"]), "{groups}");
+    adm(&["dp", "schedule", "dp1", "--throttle", "daily unlimited"]);
+    let dps = freight_json(admin, &["dp", "list"]);
+    assert_eq!(dps[0]["name"], "dp1", "{dps}");
+    assert_eq!(dps[0]["address"], dp.quic.as_str(), "{dps}");
+    assert_eq!(dps[0]["groups"], json!(["branch"]), "{dps}");
+    let shown = freight_json(admin, &["dp", "show", "dp1"]);
+    assert!(
+        shown["dp"]["throttle"]
+            .as_str()
+            .unwrap()
+            .contains("unlimited"),
+        "{shown}"
+    );
+
     let src = net.p("src");
     tree(&src, 2 << 20, 30);
-    let created = freight(&[
-        "package",
-        "create",
-        "--name",
-        "tools",
-        "--source",
-        src.to_str().unwrap(),
-        "--admin",
+    let created = freight_json(
         admin,
-        "--json",
-    ]);
-    let id = serde_json::from_str::<serde_json::Value>(&created).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    freight(&["distribute", &id, "--dp", "dp1", "--admin", admin]);
-    let out = freight(&["watch", &id, "--until-settled", "--admin", admin]);
+        &[
+            "package",
+            "create",
+            "--name",
+            "tools",
+            "--source",
+            src.to_str().unwrap(),
+        ],
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    adm(&["distribute", &id, "--group", "branch"]);
+    let out = adm(&["watch", &id, "--until-settled"]);
     assert!(out.contains("Installed"), "{out}");
-    let status = freight(&["status", &id, "--admin", admin]);
+    let status = adm(&["status", &id]);
     assert!(
         status.contains("dp1") && status.contains("Installed"),
         "{status}"
     );
-    let msgs = freight(&["messages", "--package", &id, "--admin", admin]);
+    let msgs = adm(&["messages", "--package", &id]);
     assert!(
         msgs.contains("2330") && msgs.contains("successfully distributed"),
         "{msgs}"
     );
     assert_serves(&dp, &id, "1", &src);
+    let listed = freight_json(admin, &["package", "list"]);
+    assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed[0]["summary"]["installed"], 1, "{listed}");
+
+    // Update: a new version reaches the DP.
+    change_five_percent(&src);
+    adm(&["package", "update", &id]);
+    adm(&["watch", &id, "--until-settled"]);
+    let detail = freight_json(admin, &["package", "show", &id]);
+    let versions: Vec<u64> = detail["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2], "{detail}");
+    assert_eq!(detail["status"][0]["state"], "Installed", "{detail}");
+    assert_eq!(detail["status"][0]["version"], 2, "{detail}");
+    assert_serves(&dp, &id, "2", &src);
+
+    // Validate and redistribute, each followed by its messages.
+    let since = freight_json(admin, &["messages", "--package", &id])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .max()
+        .unwrap()
+        .to_string();
+    adm(&["validate", &id]);
+    adm(&["watch", &id, "--until-settled"]);
+    adm(&["redistribute", &id, "--dp", "dp1"]);
+    adm(&["watch", &id, "--until-settled"]);
+    let new: Vec<u64> = freight_json(admin, &["messages", "--package", &id, "--since", &since])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert!(in_order(&new, &[2384, 2300, 2330]), "{new:?}");
+    assert_serves(&dp, &id, "2", &src);
+
+    // A DP holding a package cannot go; once the package is removed from it, it can.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_freight"))
+        .args(["dp", "remove", "dp1", "--admin", admin])
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !out.status.success()
+            && err.contains("DP dp1 still holds")
+            && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    adm(&["package", "remove", &id, "--dp", "dp1"]);
+    adm(&["watch", &id, "--until-settled"]);
+    assert_eq!(site.status(&id), [("dp1".into(), "Removed".into(), None)]);
+    assert!(fetch(dp.http.as_deref().unwrap(), &id, "latest", &files(&src)[0]).is_none());
+    adm(&["dp", "remove", "dp1"]);
+    assert_eq!(freight_json(admin, &["dp", "list"]), json!([]));
+
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_freight"))
         .args(["distribute", "PS1FFFFF", "--dp", "dp1", "--admin", admin])
         .output()

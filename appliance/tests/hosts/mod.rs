@@ -203,6 +203,22 @@ impl Host {
         }
     }
 
+    /// `freight library stats --json` of this host's library (the host must be stopped).
+    pub fn library_stats(&self) -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_freight"))
+            .args(["--quiet", "library", "--library"])
+            .arg(&self.library)
+            .args(["stats", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
