@@ -110,6 +110,20 @@ pub(crate) fn sample(root: &Path, size: u64) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The demos' update of the sample tree: 1 MiB of new bytes in the middle of the installer, a
+/// new file, a dropped file.
+pub(crate) fn change_sample(src: &Path) -> Result<(), CliError> {
+    let inst = src.join("bin/installer.bin");
+    let mut data = std::fs::read(&inst)?;
+    let mid = data.len() / 2;
+    let patch = noise("patch", (1 << 20).min(data.len() / 4));
+    data[mid..mid + patch.len()].copy_from_slice(&patch);
+    std::fs::write(&inst, &data)?;
+    write(&src.join("docs/CHANGES.txt"), &text("changes", 10_000))?;
+    std::fs::remove_file(src.join("lib/module-3.so"))?;
+    Ok(())
+}
+
 pub(crate) fn step(title: &str) {
     println!("\n== {title}");
 }
@@ -161,14 +175,7 @@ pub fn run(a: DemoArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError>
     );
 
     step("update: change 1 MiB in the middle of the installer, add a file, drop a file");
-    let inst = src.join("bin/installer.bin");
-    let mut data = std::fs::read(&inst)?;
-    let mid = data.len() / 2;
-    let patch = noise("patch", (1 << 20).min(data.len() / 4));
-    data[mid..mid + patch.len()].copy_from_slice(&patch);
-    std::fs::write(&inst, &data)?;
-    write(&src.join("docs/CHANGES.txt"), &text("changes", 10_000))?;
-    std::fs::remove_file(src.join("lib/module-3.so"))?;
+    change_sample(&src)?;
     let r2 = {
         let _b = Bar::start(progress.clone(), quiet);
         ingest(&mut lib, &src, &opts(2), &progress)?
@@ -262,7 +269,8 @@ pub fn run(a: DemoArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError>
         let _b = Bar::start(progress.clone(), quiet);
         freight_core::materialize::materialize(&lib, &m2, &out, &progress)?;
     }
-    let same = std::fs::read(out.join("bin/installer.bin"))? == data;
+    let same = std::fs::read(out.join("bin/installer.bin"))?
+        == std::fs::read(src.join("bin/installer.bin"))?;
     println!(
         "restored to {}: installer identical = {same}",
         out.display()

@@ -5,7 +5,7 @@
 
 use crate::admin_cmd::render;
 use crate::admin_cmd::watch::{self, WatchOpts};
-use crate::demo::{noise, sample, step, text};
+use crate::demo::{change_sample, sample, step};
 use crate::error::CliError;
 use crate::site_home::SiteHome;
 use freight_appliance::admin_client::AdminClient;
@@ -195,14 +195,7 @@ pub fn run(work: &Path, size: u64, quiet: bool) -> Result<(), CliError> {
         watch::run(&client, watch(&p.id, since)).await?;
 
         step("update: change 1 MiB of the installer, add a file, drop a file; only new chunks move");
-        let inst = src.join("bin/installer.bin");
-        let mut data = std::fs::read(&inst)?;
-        let mid = data.len() / 2;
-        let patch = noise("patch", (1 << 20).min(data.len() / 4));
-        data[mid..mid + patch.len()].copy_from_slice(&patch);
-        std::fs::write(&inst, &data)?;
-        std::fs::write(src.join("docs/CHANGES.txt"), text("changes", 10_000))?;
-        std::fs::remove_file(src.join("lib/module-3.so"))?;
+        change_sample(&src)?;
         let since = newest(&client).await?;
         let p: PackageInfo = client.post(&format!("/packages/{}/update", p.id), &()).await?;
         println!("{} v{}: {} files, {}", p.id, p.version, p.files, human(p.bytes));

@@ -137,21 +137,29 @@ fn a_running_writer_locks_out_a_second_one() {
     ok(freight(&lib, &["gc"]));
 }
 
-#[test]
-fn the_site_demo_distributes_updates_and_redistributes_then_stops_its_daemons() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path().join("demo");
+/// Runs `freight --quiet demo EXTRA --size 8MiB --dir DIR`; asserts success, returns stdout.
+fn demo(extra: &[&str], dir: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_freight"))
-        .args(["--quiet", "demo", "--size", "8MiB", "--dir"])
-        .arg(&dir)
+        .args(["--quiet", "demo"])
+        .args(extra)
+        .args(["--size", "8MiB", "--dir"])
+        .arg(dir)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_site_demo_distributes_updates_and_redistributes_then_stops_its_daemons() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("demo");
+    let stdout = demo(&[], &dir);
     // The last status table: every DP holds version 2.
     let last = stdout.rsplit("== status").next().unwrap();
     for dp in ["dp1", "dp2", "pd1"] {
@@ -176,17 +184,7 @@ fn the_site_demo_distributes_updates_and_redistributes_then_stops_its_daemons() 
 #[test]
 fn the_library_demo_runs_end_to_end() {
     let t = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
-        .args(["--quiet", "demo", "--library", "--size", "8MiB", "--dir"])
-        .arg(t.path().join("demo"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = demo(&["--library"], &t.path().join("demo"));
     for needle in [
         "installer identical = true",
         "delta v2:",

@@ -240,11 +240,7 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn an_unreachable_dp_retries_then_fails_and_recovers_on_redistribute() {
     let net = Net::new();
-    let mut site = net.site("site", "PS1", "");
-    let mut dp = net.dp("dp", "DP1", "standard", "");
-    site.start();
-    dp.start();
-    site.add_dp(&dp, "dp1", &[]);
+    let (site, mut dp) = net.site_and_dp("");
     dp.stop();
     let src = net.p("src");
     tree(&src, 2 << 20, 3);
@@ -565,18 +561,7 @@ fn sigkill_of_the_site_server_and_dps_at_ten_moments_loses_no_job_and_duplicates
         h.stop();
     }
     for dp in [&dp1, &dp2] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_freight"))
-            .args(["--quiet", "library", "--library"])
-            .arg(&dp.library)
-            .arg("verify")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            dp.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        dp.library_cmd(&["verify"]);
     }
 }
 
@@ -764,11 +749,7 @@ fn create_with_priority(site: &Host, name: &str, src: &Path, priority: &str) -> 
 #[test]
 fn a_dp_route_holds_its_rate_and_its_windows_admit_by_priority() {
     let net = Net::new();
-    let mut site = net.site("site", "PS1", "");
-    let mut dp = net.dp("dp", "DP1", "standard", "");
-    site.start();
-    dp.start();
-    site.add_dp(&dp, "dp1", &[]);
+    let (site, dp) = net.site_and_dp("");
     let rate = 2u64 << 20;
     site.ok(
         "PUT",
@@ -827,11 +808,7 @@ fn a_dp_route_holds_its_rate_and_its_windows_admit_by_priority() {
 #[test]
 fn validation_runs_on_its_schedule_and_reports_a_corrupt_copy() {
     let net = Net::new();
-    let mut site = net.site("site", "PS1", "validate_every = \"1s\"\n");
-    let mut dp = net.dp("dp", "DP1", "standard", "");
-    site.start();
-    dp.start();
-    site.add_dp(&dp, "dp1", &[]);
+    let (site, dp) = net.site_and_dp("validate_every = \"1s\"\n");
     let src = net.p("src");
     noise_tree(&src, 2, "v");
     let id = site.create("v", &src);
@@ -895,17 +872,7 @@ fn a_full_dp_disk_fails_the_copy_cleanly_and_a_redistribute_recovers_once_there_
     assert!(fetch(dp.http.as_deref().unwrap(), &id, "1", "a.bin").is_none());
     // Nothing half-written is visible: the DP's library verifies clean.
     dp.stop();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_freight"))
-        .args(["--quiet", "library", "--library"])
-        .arg(&dp.library)
-        .arg("verify")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dp.library_cmd(&["verify"]);
     // More room (a bigger file system, as an administrator would give): redistribute recovers.
     drop(fs);
     let _fs = freight_bench::tmpfs::Tmpfs::mount(&dp.library, 256 << 20);

@@ -201,6 +201,22 @@ impl Sshd {
             self.client_key().display()
         )
     }
+
+    /// `rsync -a --stats` of the contents of `src` into `dest` on this sshd (as root over
+    /// loopback), the benchmarks' peer.
+    pub fn rsync(&self, src: &Path, dest: &Path) -> Command {
+        let mut src_arg = src.as_os_str().to_owned();
+        src_arg.push("/");
+        let mut dest_arg = std::ffi::OsString::from("root@127.0.0.1:");
+        dest_arg.push(dest.as_os_str());
+        dest_arg.push("/");
+        let mut rsync = Command::new("rsync");
+        rsync
+            .args(["-a", "--stats", "-e", &self.ssh_command()])
+            .arg(src_arg)
+            .arg(dest_arg);
+        rsync
+    }
 }
 
 impl Drop for Sshd {

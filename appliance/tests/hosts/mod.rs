@@ -105,6 +105,17 @@ impl Net {
         )
     }
 
+    /// A running site server "site" (PS1, with `site_extra` config) and a running standard DP
+    /// "dp" (DP1) registered with it as dp1.
+    pub fn site_and_dp(&self, site_extra: &str) -> (Host, Host) {
+        let mut site = self.site("site", "PS1", site_extra);
+        let mut dp = self.dp("dp", "DP1", "standard", "");
+        site.start();
+        dp.start();
+        site.add_dp(&dp, "dp1", &[]);
+        (site, dp)
+    }
+
     /// A DP host.
     pub fn dp(&self, name: &str, code: &str, kind: &str, extra: &str) -> Host {
         self.host(
@@ -203,20 +214,17 @@ impl Host {
         }
     }
 
+    /// `freight library --library LIBRARY ARGS` on this host's library (the host must be
+    /// stopped); asserts success and returns standard output.
+    pub fn library_cmd(&self, args: &[&str]) -> String {
+        let mut all = vec!["library", "--library", self.library.to_str().unwrap()];
+        all.extend(args);
+        freight(&all)
+    }
+
     /// `freight library stats --json` of this host's library (the host must be stopped).
     pub fn library_stats(&self) -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_freight"))
-            .args(["--quiet", "library", "--library"])
-            .arg(&self.library)
-            .args(["stats", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_str(&self.library_cmd(&["stats", "--json"])).unwrap()
     }
 
     /// SIGTERM and wait for a clean exit.

@@ -330,16 +330,7 @@ pub fn distribute(args: &DistributeArgs) -> Result<(), BenchError> {
     let sshd = Sshd::start(&root.join("ssh"))?;
     let rsync_out = root.join("rsync-out");
     let rsync_stats = root.join("rsync-stats.txt");
-    let mut rsync = Command::new("rsync");
-    let mut src_arg = src.clone().into_os_string();
-    src_arg.push("/");
-    let mut dest_arg = std::ffi::OsString::from("root@127.0.0.1:");
-    dest_arg.push(rsync_out.as_os_str());
-    dest_arg.push("/");
-    rsync
-        .args(["-a", "--stats", "-e", &sshd.ssh_command()])
-        .arg(&src_arg)
-        .arg(&dest_arg);
+    let mut rsync = sshd.rsync(&src, &rsync_out);
     commands.push(LabeledCommand::new("rsync", command_line(&rsync)));
     let one = ["distribute", PACKAGE, "--dp", "dp1"];
     commands.push(LabeledCommand::new(

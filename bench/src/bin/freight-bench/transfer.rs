@@ -165,16 +165,7 @@ pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
         ),
     ));
 
-    let mut rsync = Command::new("rsync");
-    let mut src_arg = dataset.root.clone().into_os_string();
-    src_arg.push("/");
-    let mut dest_arg = std::ffi::OsString::from("root@127.0.0.1:");
-    dest_arg.push(rsync_out.as_os_str());
-    dest_arg.push("/");
-    rsync
-        .args(["-a", "--stats", "-e", &sshd.ssh_command()])
-        .arg(&src_arg)
-        .arg(&dest_arg);
+    let mut rsync = sshd.rsync(&dataset.root, &rsync_out);
     let mut serve = freight(&|c| {
         c.args(["transfer", "--site"])
             .arg(&site_b)
