@@ -3,6 +3,7 @@
 //! driven through the admin API with `curl` and checked over HTTP with `curl`.
 #![allow(dead_code)]
 
+use rand::RngExt;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -28,12 +29,20 @@ pub struct Host {
     pub library: PathBuf,
 }
 
-/// A free loopback port (UDP and TCP probed); the tiny race with other tests is accepted.
+/// A free loopback port (UDP and TCP probed) below the kernel's ephemeral range, so that no
+/// outgoing connection of another process takes it while a host is down between a stop and a
+/// restart; the tiny race with other tests choosing at the same moment is accepted.
 pub fn free_port() -> u16 {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut rng = rand::rng();
     loop {
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = rng.random_range(10_000..first_ephemeral.max(10_001));
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }
