@@ -52,6 +52,10 @@ pub fn gc_dropping(
     gc_with(lib, drop, 0.0, progress)
 }
 
+/// Collects garbage: every pack with nothing live is deleted, and every pack whose garbage is
+/// at least `min_garbage` of its bytes is rewritten. A chunk in `drop` counts as garbage even
+/// where a manifest names it; a non-empty `drop` comes only with `min_garbage` 0.0 (from
+/// [`gc_dropping`]), so every pack holding a dropped chunk is rewritten and the chunk is gone.
 fn gc_with(
     lib: &mut Library,
     drop: &HashSet<ChunkId>,
@@ -65,7 +69,7 @@ fn gc_with(
         .filter(|id| !drop.contains(id))
         .collect();
     let mut report = GcReport::default();
-    // Per pack: live entries to keep, and whether there is anything dead.
+    // The packs to delete or rewrite, each with its live entries to keep.
     let mut plan: Vec<(u32, Vec<(ChunkId, Loc)>)> = Vec::new();
     for (&n, info) in lib.packs() {
         let ix = pack::read_index(&info.idx, n)?;
@@ -79,10 +83,8 @@ fn gc_with(
                 dead += loc.clen as u64;
             }
         }
-        // A dropped chunk must go whatever the ratio: the next transfer asks for it again.
-        let dropped = !drop.is_empty() && dead > 0;
         let worth = dead > 0 && dead as f64 >= min_garbage * total.max(1) as f64;
-        if keep.is_empty() || worth || dropped {
+        if keep.is_empty() || worth {
             plan.push((n, keep));
         }
     }
@@ -140,12 +142,11 @@ fn gc_with(
                 .ctx(&d, "fsync directory")?;
         }
     }
-    // Garbage left in packs not worth rewriting stays indexed: it is intact, and a transfer
-    // that needs it again finds it.
-    let rewritten: HashSet<u32> = plan.iter().map(|(n, _)| *n).collect();
-    lib.index.retain(|id, loc| {
-        lib.packs.contains_key(&loc.pack) && (live.contains(id) || !rewritten.contains(&loc.pack))
-    });
+    // Every pack of the plan is gone, and its live chunks are indexed in the new packs (whose
+    // numbers are above every old one): only the entries of the removed packs go. Garbage left
+    // in packs not worth rewriting stays indexed: it is intact, and a transfer that needs it
+    // again finds it.
+    lib.index.retain(|_, loc| lib.packs.contains_key(&loc.pack));
     report.chunks_removed = (before - lib.chunk_count().min(before)) as u64;
     Ok(report)
 }

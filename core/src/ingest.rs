@@ -92,10 +92,13 @@ pub fn ingest(
 ) -> Result<IngestReport> {
     lib.require_write();
     let entries = walk(src)?;
-    let version = match opts.version {
-        Some(v) => v,
-        None => lib.latest(&opts.package)?.map_or(1, |v| v + 1),
+    // The newest stored version, looked up once and only when needed: it numbers the new
+    // version (unless given) and is the quick check's previous version.
+    let latest = match (opts.version, opts.quick_check) {
+        (Some(_), false) => None,
+        _ => lib.latest(&opts.package)?,
     };
+    let version = opts.version.unwrap_or_else(|| latest.map_or(1, |v| v + 1));
     let files: Vec<usize> = entries
         .iter()
         .enumerate()
@@ -104,7 +107,7 @@ pub fn ingest(
         .collect();
     // Per file: its chunk list taken from the previous version (quick check), if any.
     let reused: Vec<Option<Vec<ChunkRef>>> = {
-        let previous = match (opts.quick_check, lib.latest(&opts.package)?) {
+        let previous = match (opts.quick_check, latest) {
             (true, Some(v)) => Some(lib.manifest(&opts.package, v)?),
             _ => None,
         };

@@ -456,28 +456,32 @@ impl Library {
             let Ok(id) = PackageId::parse(&pkg.file_name().to_string_lossy()) else {
                 continue;
             };
-            let mut vs = Vec::new();
-            for f in std::fs::read_dir(pkg.path()).ctx(pkg.path(), "list manifests")? {
-                let f = f.ctx(pkg.path(), "list manifests")?;
-                let name = f.file_name().to_string_lossy().into_owned();
-                if let Some(v) = name.strip_suffix(".fmf").and_then(|v| v.parse().ok()) {
-                    vs.push(v);
-                }
-            }
+            let pdir = pkg.path();
+            let vs = versions_in(
+                &pdir,
+                std::fs::read_dir(&pdir).ctx(&pdir, "list manifests")?,
+            )?;
             if !vs.is_empty() {
-                vs.sort_unstable();
                 out.insert(id, vs);
             }
         }
         Ok(out)
     }
 
+    /// The stored versions of `package`, ascending (empty when it has none). Lists only that
+    /// package's manifests folder.
+    pub fn versions_of(&self, package: &PackageId) -> Result<Vec<u32>> {
+        let pdir = self.dir.join("manifests").join(package.as_str());
+        match std::fs::read_dir(&pdir) {
+            Ok(rd) => versions_in(&pdir, rd),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io(&pdir, "list manifests", e)),
+        }
+    }
+
     /// The newest stored version of `package`.
     pub fn latest(&self, package: &PackageId) -> Result<Option<u32>> {
-        Ok(self
-            .versions()?
-            .get(package)
-            .and_then(|v| v.last().copied()))
+        Ok(self.versions_of(package)?.last().copied())
     }
 
     /// Loads one manifest.
@@ -581,6 +585,21 @@ impl Library {
         }
         Ok(rc)
     }
+}
+
+/// The versions named by the manifests in `rd` (the listing of package folder `pdir`),
+/// ascending.
+fn versions_in(pdir: &Path, rd: std::fs::ReadDir) -> Result<Vec<u32>> {
+    let mut vs = Vec::new();
+    for f in rd {
+        let f = f.ctx(pdir, "list manifests")?;
+        let name = f.file_name().to_string_lossy().into_owned();
+        if let Some(v) = name.strip_suffix(".fmf").and_then(|v| v.parse().ok()) {
+            vs.push(v);
+        }
+    }
+    vs.sort_unstable();
+    Ok(vs)
 }
 
 /// A zstd context and a scratch buffer (grown to the largest chunk it decompressed).

@@ -498,3 +498,38 @@ fn partial_gc_leaves_packs_with_little_garbage_and_full_gc_reclaims_them() {
     materialize_to(&lib, "CAS00001", 2, &out).unwrap();
     assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
 }
+
+#[test]
+fn versions_of_lists_one_package_as_versions_does_and_numbers_new_versions() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"a").unwrap();
+    let mut lib = new_lib(&t.path().join("lib"), &LibraryConfig::default());
+    for (pkg, v) in [("CAS00001", 2), ("CAS00001", 10), ("CAS00002", 1)] {
+        ingest_v(&mut lib, &src, pkg, v).unwrap();
+    }
+    let all = lib.versions().unwrap();
+    assert_eq!(all.len(), 2);
+    for (p, vs) in &all {
+        assert_eq!(&lib.versions_of(p).unwrap(), vs);
+    }
+    assert_eq!(lib.versions_of(&pid("CAS00001")).unwrap(), vec![2, 10]);
+    assert_eq!(
+        lib.versions_of(&pid("CAS00003")).unwrap(),
+        Vec::<u32>::new()
+    );
+    assert_eq!(lib.latest(&pid("CAS00001")).unwrap(), Some(10));
+    assert_eq!(lib.latest(&pid("CAS00003")).unwrap(), None);
+
+    // Without a version number, ingest takes the one after the newest.
+    for (pkg, expect) in [("CAS00001", 11), ("CAS00003", 1)] {
+        let opts = freight_core::ingest::IngestOptions {
+            package: pid(pkg),
+            version: None,
+            quick_check: true,
+        };
+        let r = freight_core::ingest::ingest(&mut lib, &src, &opts, &Progress::default()).unwrap();
+        assert_eq!(r.version, expect);
+    }
+}

@@ -14,7 +14,8 @@
 
 use crate::error::{Error, Result};
 use crate::protocol::ProtocolError;
-use crate::quic::{Conn, KIND_COMMAND};
+use crate::quic::{Conn, KIND_COMMAND, conn_error};
+use crate::session::{read_error, write_error};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -39,26 +40,35 @@ pub async fn request(conn: &Conn, body: &[u8]) -> Result<Vec<u8>> {
             body.len()
         )));
     }
-    let lost = |e: &dyn std::fmt::Display| Error::Connection {
-        peer: who.clone(),
-        reason: format!("command stream failed: {e}"),
-        remedy: "check that the peer runs; retry",
-    };
-    let (mut send, mut recv) = conn.connection().open_bi().await.map_err(|e| lost(&e))?;
+    let on_stream = |e| on_command_stream("command stream", e);
+    let (mut send, mut recv) = conn
+        .connection()
+        .open_bi()
+        .await
+        .map_err(|e| on_stream(conn_error(&who, e)))?;
     let mut head = vec![KIND_COMMAND];
     head.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    send.write_all(&head).await.map_err(|e| lost(&e))?;
-    send.write_all(body).await.map_err(|e| lost(&e))?;
+    send.write_all(&head)
+        .await
+        .map_err(|e| on_stream(write_error(&who, e)))?;
+    send.write_all(body)
+        .await
+        .map_err(|e| on_stream(write_error(&who, e)))?;
     let _ = send.finish();
     read_body(&mut recv, &who).await
 }
 
 /// Reads a length-prefixed body (after the kind byte on the accepting side).
 pub(crate) async fn read_body(recv: &mut quinn::RecvStream, who: &str) -> Result<Vec<u8>> {
-    let ended = |e: quinn::ReadExactError| Error::Connection {
-        peer: who.to_string(),
-        reason: format!("command stream ended early: {e}"),
-        remedy: "check that the peer runs; retry",
+    let ended = |e: quinn::ReadExactError| match e {
+        quinn::ReadExactError::ReadError(e) => {
+            on_command_stream("command stream", read_error(who, e))
+        }
+        early @ quinn::ReadExactError::FinishedEarly(_) => Error::Connection {
+            peer: who.to_string(),
+            reason: format!("command stream ended early: {early}"),
+            remedy: "check that the peer runs; retry",
+        },
     };
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(ended)?;
@@ -86,11 +96,26 @@ pub(crate) async fn answer(
     let reply = handler.handle(conn, body).await;
     let mut out = (reply.len() as u32).to_le_bytes().to_vec();
     out.extend_from_slice(&reply);
-    send.write_all(&out).await.map_err(|e| Error::Connection {
-        peer: who.clone(),
-        reason: format!("command reply not sent: {e}"),
-        remedy: "the peer retries",
-    })?;
+    send.write_all(&out)
+        .await
+        .map_err(|e| on_command_stream("command reply not sent", write_error(&who, e)))?;
     let _ = send.finish();
     Ok(())
+}
+
+/// Says that a connection or stream error (as [`conn_error`], [`write_error`] and
+/// [`read_error`] word it, with its cause and remedy) happened on a command stream.
+fn on_command_stream(what: &str, e: Error) -> Error {
+    match e {
+        Error::Connection {
+            peer,
+            reason,
+            remedy,
+        } => Error::Connection {
+            peer,
+            reason: format!("{what}: {reason}"),
+            remedy,
+        },
+        other => other,
+    }
 }

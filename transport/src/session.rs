@@ -138,7 +138,7 @@ async fn write_control(send: &mut quinn::SendStream, who: &str, msgs: Vec<Messag
     send.write_all(&buf).await.map_err(|e| write_error(who, e))
 }
 
-fn write_error(who: &str, e: quinn::WriteError) -> Error {
+pub(crate) fn write_error(who: &str, e: quinn::WriteError) -> Error {
     match e {
         quinn::WriteError::ConnectionLost(c) => conn_error(who, c),
         other => Error::Connection {
@@ -149,7 +149,7 @@ fn write_error(who: &str, e: quinn::WriteError) -> Error {
     }
 }
 
-fn read_error(who: &str, e: quinn::ReadError) -> Error {
+pub(crate) fn read_error(who: &str, e: quinn::ReadError) -> Error {
     match e {
         quinn::ReadError::ConnectionLost(c) => conn_error(who, c),
         other => Error::Connection {
@@ -680,14 +680,25 @@ pub async fn serve_connection(
                             tracing::debug!(peer = %who, error = %e, "stream ended before its kind");
                             return;
                         }
-                        if let (KIND_COMMAND, Some(h)) = (kind[0], commands.as_deref()) {
-                            if let Err(e) = command::answer(conn, send, recv, h).await {
-                                tracing::warn!(peer = %who, error = %e, "command failed");
-                            }
-                            return;
-                        }
                         let mut offered = None;
-                        let result = receive_session(kind[0], send, recv, &lib, &sessions, &who, &mut offered).await;
+                        let result = match (kind[0], commands.as_deref()) {
+                            (KIND_COMMAND, Some(h)) => {
+                                if let Err(e) = command::answer(conn, send, recv, h).await {
+                                    tracing::warn!(peer = %who, error = %e, "command failed");
+                                }
+                                return;
+                            }
+                            (KIND_PUSH, _) => receive_session(send, recv, &lib, &sessions, &who, &mut offered).await,
+                            // Without a handler a command stream is refused like any unknown
+                            // kind; its streams end at once.
+                            (other, _) => {
+                                drop((send, recv));
+                                Err(Error::Protocol {
+                                    code: ProtocolError::UnknownType,
+                                    detail: format!("{who}: control stream of unknown kind {other}"),
+                                })
+                            }
+                        };
                         if let Err(e) = &result {
                             tracing::warn!(peer = %who, error = %e, "receiving session failed");
                             // Keep what was verified: the resumed session will not ask for it.
@@ -723,8 +734,8 @@ pub async fn serve_connection(
     let _ = lib.flush().await;
 }
 
+/// Receives one push session on a control stream whose kind byte was already read.
 async fn receive_session(
-    kind: u8,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     lib: &SharedLibrary,
@@ -732,24 +743,18 @@ async fn receive_session(
     who: &str,
     offered: &mut Option<(freight_core::PackageId, u32)>,
 ) -> Result<()> {
-    let mut pre = [kind, 0, 0];
-    recv.read_exact(&mut pre[1..])
+    let mut streams = [0u8; 2];
+    recv.read_exact(&mut streams)
         .await
         .map_err(|e| Error::Connection {
             peer: who.to_string(),
             reason: format!("session preamble not received: {e}"),
             remedy: "retry to resume",
         })?;
-    if pre[0] != KIND_PUSH {
-        return Err(Error::Protocol {
-            code: ProtocolError::UnknownType,
-            detail: format!("{who}: control stream of unknown kind {}", pre[0]),
-        });
-    }
     let id = quinn::VarInt::from(send.id()).into_inner();
     let session = Arc::new(Session {
         receiver: Mutex::new(Receiver::new()),
-        streams: u16::from_le_bytes([pre[1], pre[2]]),
+        streams: u16::from_le_bytes(streams),
         ended: AtomicU64::new(0),
         changed: Notify::new(),
         failure: Mutex::new(None),

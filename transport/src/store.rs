@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use freight_core::writer::Writer;
 use freight_core::{ChunkId, Library, Manifest};
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use tokio::sync::{mpsc, oneshot};
 
 /// Appended bytes after which the store thread commits on its own, by default.
@@ -72,10 +72,6 @@ impl SharedLibrary {
     /// Read access to the library.
     pub fn read(&self) -> RwLockReadGuard<'_, Library> {
         self.lib.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Library> {
-        self.lib.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a verified chunk in its stored form (a receiver's `Store` event).
@@ -147,11 +143,6 @@ impl SharedLibrary {
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
-    }
-
-    /// Runs `f` with exclusive access (removing versions, tests).
-    pub fn with_write<T>(&self, f: impl FnOnce(&mut Library) -> T) -> T {
-        f(&mut self.write())
     }
 }
 

@@ -58,7 +58,12 @@ async fn push_is_byte_identical_and_resends_nothing() {
         .map(|e| e.unwrap().path());
     let victim = changed.unwrap_or_else(|| walk_files(&src).into_iter().next().expect("a file"));
     std::fs::write(&victim, b"version two of this file").unwrap();
-    let m2 = lib.with_write(|l| ingest_into(l, &src, "CAS00001", 2));
+    let m2 = {
+        let src = src.clone();
+        lib.exclusive(move |l| ingest_into(l, &src, "CAS00001", 2))
+            .await
+            .unwrap()
+    };
     let mut delta = PushReport::default();
     push(&conn, &lib, &m2, &PushOptions::default(), &mut delta)
         .await

@@ -18,10 +18,10 @@ use freight_bench::servers::Sshd;
 use serde::Serialize;
 
 use crate::serve::Serve;
-use crate::transfer::rsync_bytes_sent;
+use crate::transfer::rsync_measured;
 use crate::{
     BenchError, CommonArgs, DatasetReport, LabeledCommand, command_line, ctx, prepare, print_goal,
-    quote, remove_path, run_measured_keeping_stdout, run_setup, write_report,
+    quote, remove_path, run_setup, write_report,
 };
 
 /// Goals of issue 5.
@@ -340,31 +340,27 @@ pub fn distribute(args: &DistributeArgs) -> Result<(), BenchError> {
             one.join(" ")
         ),
     ));
-    let mut rsync_run = |phase: &str,
-                         run: u32,
-                         fresh: bool|
-     -> Result<(RunRecord, Option<u64>), BenchError> {
-        if fresh {
-            remove_path(&rsync_out)?;
-            fs::create_dir(&rsync_out).map_err(ctx(rsync_out.display()))?;
-        }
-        let f = fs::File::create(&rsync_stats).map_err(ctx(rsync_stats.display()))?;
-        rsync.stdout(f);
-        let m =
-            run_measured_keeping_stdout(&format!("rsync {phase} run {run}"), &mut rsync, bytes)?;
-        let sent = rsync_bytes_sent(&fs::read_to_string(&rsync_stats).unwrap_or_default());
-        let out = harness::disk_usage(&rsync_out)?.apparent_bytes;
-        Ok((
-            RunRecord::new(&format!("rsync {phase}"), run as usize, &m, bytes, out),
-            sent,
-        ))
+    // An unreadable stats file only leaves the bytes sent unknown here.
+    let mut rsync_run = |phase: &str, run: u32| -> Result<(RunRecord, Option<u64>), BenchError> {
+        let (rec, sent) = rsync_measured(
+            &mut rsync,
+            &format!("rsync {phase} run {run}"),
+            &format!("rsync {phase}"),
+            run as usize,
+            &rsync_out,
+            &rsync_stats,
+            bytes,
+        )?;
+        Ok((rec, sent.unwrap_or_default()))
     };
 
     // (a) one DP, alternating with rsync into an empty folder.
     let mut rsync_runs = Vec::new();
     let mut freight_runs = Vec::new();
     for run in 1..=common.runs {
-        rsync_runs.push(rsync_run("a", run, true)?.0);
+        remove_path(&rsync_out)?;
+        fs::create_dir(&rsync_out).map_err(ctx(rsync_out.display()))?;
+        rsync_runs.push(rsync_run("a", run)?.0);
         harness::sync_filesystems();
         let s = hosts.timed(&one)?;
         eprintln!("freight (a) run {run}: {s:.2} s to one DP");
@@ -417,7 +413,7 @@ pub fn distribute(args: &DistributeArgs) -> Result<(), BenchError> {
         let n = change_five_percent(&src, run as usize)?;
         eprintln!("changed {n} files");
         harness::warm_page_cache(&src)?;
-        let (rec, sent) = rsync_run("c", run, false)?;
+        let (rec, sent) = rsync_run("c", run)?;
         rsync_runs.push(rec);
         sent_rsync = sent;
         harness::sync_filesystems();
@@ -478,14 +474,13 @@ pub fn distribute(args: &DistributeArgs) -> Result<(), BenchError> {
             GOAL_ONE_DP,
             true,
         ),
-        many_dps: Ratio {
-            met: median("b") / median("a") <= GOAL_MANY_DPS,
-            what: format!("{} DPs s / one DP s", args.dps),
-            peer_s: median("a"),
-            freight_s: median("b"),
-            ratio: median("b") / median("a"),
-            goal: GOAL_MANY_DPS,
-        },
+        many_dps: ratio(
+            &format!("{} DPs s / one DP s", args.dps),
+            median("a"),
+            median("b"),
+            GOAL_MANY_DPS,
+            false,
+        ),
         dps: args.dps,
         update: ratio(
             "rsync s / freight s",

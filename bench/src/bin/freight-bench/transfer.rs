@@ -3,6 +3,7 @@
 //! localhost, through a private sshd, of the same source tree.
 
 use std::fs;
+use std::io;
 use std::path::Path;
 use std::process::Command;
 
@@ -95,6 +96,30 @@ pub(crate) fn rsync_bytes_sent(stats: &str) -> Option<u64> {
         let n = line.trim().strip_prefix("Total bytes sent:")?;
         n.trim().replace([',', '.'], "").parse().ok()
     })
+}
+
+/// One measured run of `rsync` (a [`Sshd::rsync`] command) into `out`, its standard output
+/// (`--stats`) kept in `stats`: the run's record (side `side`, output `out`'s apparent size)
+/// and rsync's "Total bytes sent", or why `stats` could not be read. `what` names the run in
+/// progress lines and errors.
+pub(crate) fn rsync_measured(
+    rsync: &mut Command,
+    what: &str,
+    side: &str,
+    run: usize,
+    out: &Path,
+    stats: &Path,
+    source_bytes: u64,
+) -> Result<(RunRecord, io::Result<Option<u64>>), BenchError> {
+    let stats_file =
+        fs::File::create(stats).map_err(ctx(format!("creating {}", stats.display())))?;
+    rsync.stdout(stats_file);
+    let m = run_measured_keeping_stdout(what, rsync, source_bytes)?;
+    let sent = fs::read_to_string(stats)
+        .map_err(ctx(stats.display()))
+        .map(|s| rsync_bytes_sent(&s));
+    let out_bytes = harness::disk_usage(out)?.apparent_bytes;
+    Ok((RunRecord::new(side, run, &m, source_bytes, out_bytes), sent))
 }
 
 pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
@@ -216,20 +241,17 @@ pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
         // rsync into an empty folder: a fresh copy, as Freight's into an empty library.
         remove_path(&rsync_out)?;
         fs::create_dir(&rsync_out).map_err(ctx(format!("creating {}", rsync_out.display())))?;
-        let stats_file = fs::File::create(&rsync_stats)
-            .map_err(ctx(format!("creating {}", rsync_stats.display())))?;
-        rsync.stdout(stats_file);
-        let what = format!("{RSYNC_SIDE} run {run}/{}", common.runs);
-        let m = run_measured_keeping_stdout(&what, &mut rsync, source_bytes)?;
-        let stats = fs::read_to_string(&rsync_stats).map_err(ctx(rsync_stats.display()))?;
-        wire_rsync = rsync_bytes_sent(&stats);
-        records.push(RunRecord::new(
+        let (record, sent) = rsync_measured(
+            &mut rsync,
+            &format!("{RSYNC_SIDE} run {run}/{}", common.runs),
             RSYNC_SIDE,
             run_no,
-            &m,
+            &rsync_out,
+            &rsync_stats,
             source_bytes,
-            harness::disk_usage(&rsync_out)?.apparent_bytes,
-        ));
+        )?;
+        wire_rsync = sent?;
+        records.push(record);
 
         remove_path(&lib_b)?;
         let (server, addr) = Serve::start(&mut serve, |ready| {
