@@ -8,11 +8,15 @@ use crate::site::{Site, now, now_ms};
 use crate::statmgr::{self, Msg};
 use rusqlite::{OptionalExtension, params};
 
-/// One pending action.
+/// One pending action, with what the DP holds and whether a job for it is live.
 struct Target {
     dp: String,
     action: String,
     version: u32,
+    /// The DP holds an installed copy of `version` or newer.
+    settled: bool,
+    /// A job of this package to this DP is queued, running or retrying.
+    live: bool,
 }
 
 /// Turns every pending action into a job. Returns how many jobs were created or changed.
@@ -41,15 +45,24 @@ fn plan_package(site: &Site, package: &str, name: &str) -> rusqlite::Result<usiz
     let code = site.code.to_string();
     let mut db = site.db();
     let tx = db.conn().transaction()?;
+    // At most one live job per (package, dp) (index one_live_job), so one row per target.
     let targets: Vec<Target> = tx
         .prepare(
-            "SELECT dp, action, version FROM package_targets WHERE package = ?1 AND action != 'none' ORDER BY dp",
+            "SELECT t.dp, t.action, t.version,
+                 coalesce(s.state = 'installed' AND s.version >= t.version, 0), j.id IS NOT NULL
+             FROM package_targets t
+             LEFT JOIN package_dp_status s ON s.package = t.package AND s.dp = t.dp
+             LEFT JOIN distribution_jobs j ON j.package = t.package AND j.dp = t.dp
+                 AND j.state IN ('queued', 'running', 'retrying')
+             WHERE t.package = ?1 AND t.action != 'none' ORDER BY t.dp",
         )?
         .query_map([package], |r| {
             Ok(Target {
                 dp: r.get(0)?,
                 action: r.get(1)?,
                 version: r.get(2)?,
+                settled: r.get(3)?,
+                live: r.get(4)?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -61,37 +74,14 @@ fn plan_package(site: &Site, package: &str, name: &str) -> rusqlite::Result<usiz
     )?;
     let mut changed = 0;
     for tg in &targets {
-        let held: Option<(String, Option<u32>)> = tx
-            .query_row(
-                "SELECT state, version FROM package_dp_status WHERE package = ?1 AND dp = ?2",
-                params![package, tg.dp],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let live: Option<String> = tx
-            .query_row(
-                "SELECT action FROM distribution_jobs WHERE package = ?1 AND dp = ?2 AND state IN ('queued', 'running', 'retrying')",
-                params![package, tg.dp],
-                |r| r.get(0),
-            )
-            .optional()?;
         // Distributing what a DP already holds, with nothing else going on, moves nothing.
-        let settled = matches!(&held, Some((s, Some(v))) if s == "installed" && *v >= tg.version);
-        if tg.action == "install" && settled && live.is_none() {
-            tx.execute(
-                "UPDATE package_targets SET action = 'none' WHERE package = ?1 AND dp = ?2",
-                params![package, tg.dp],
-            )?;
+        if tg.action == "install" && tg.settled && !tg.live {
             continue;
         }
         // A running job set back to queued is taken again once its task ends (PkgXferMgr
         // runs one job per DP); the task's own result no longer matches and is dropped.
         // A validation never displaces a copy or a removal already queued.
-        if tg.action == "validate" && live.is_some() {
-            tx.execute(
-                "UPDATE package_targets SET action = 'none' WHERE package = ?1 AND dp = ?2",
-                params![package, tg.dp],
-            )?;
+        if tg.action == "validate" && tg.live {
             continue;
         }
         let updated = tx.execute(
@@ -148,12 +138,13 @@ fn plan_package(site: &Site, package: &str, name: &str) -> rusqlite::Result<usiz
                 )?;
             }
         }
-        tx.execute(
-            "UPDATE package_targets SET action = 'none' WHERE package = ?1 AND dp = ?2",
-            params![package, tg.dp],
-        )?;
         changed += 1;
     }
+    // Every target read above is handled (nothing else writes inside this transaction).
+    tx.execute(
+        "UPDATE package_targets SET action = 'none' WHERE package = ?1 AND action != 'none'",
+        [package],
+    )?;
     tx.commit()?;
     Ok(changed)
 }

@@ -7,7 +7,7 @@
 //! again after a restart (its queue is the durable one).
 
 use crate::dp_proto::{DpReply, DpRequest, PullState, Source, decode_reply, encode};
-use freight_core::gc::gc_dropping;
+use freight_core::gc::{GcReport, gc_dropping};
 use freight_core::verify::verify;
 use freight_core::{ChunkId, Library, PackageId, Progress, SiteCode};
 use freight_transport::command::{self, CommandHandler, Reply};
@@ -59,7 +59,7 @@ impl Dp {
                 package,
                 version,
                 hash,
-            } => self.install(package, version, Some(hash)).await,
+            } => self.install(package, version, hash).await,
             DpRequest::Remove { package } => self.remove(package).await,
             DpRequest::Validate { package } => self.validate(package).await,
             DpRequest::Pull {
@@ -67,7 +67,6 @@ impl Dp {
                 version,
                 hash,
                 sources,
-                action: _,
             } => Ok(self.start_pull(package, version, hash, sources)),
             DpRequest::PullStatus { package, version } => Ok(DpReply::Pull(
                 self.pulls()
@@ -102,9 +101,7 @@ impl Dp {
                     .collect(),
                 Err(_) => HashSet::new(),
             };
-            drop_versions(lib, &p, |_| true)?;
-            remove_share(share.as_deref(), &package);
-            let r = gc_dropping(lib, &bad, &Progress::default()).map_err(|e| e.to_string())?;
+            let r = drop_package(lib, &p, &bad, share.as_deref())?;
             Ok(DpReply::Ok {
                 freed: r.bytes_freed,
             })
@@ -116,10 +113,10 @@ impl Dp {
         &self,
         package: String,
         version: u32,
-        hash: Option<String>,
+        hash: String,
     ) -> Result<DpReply, String> {
         let share = self.share.clone();
-        self.maintain(move |lib| install(lib, &package, version, hash.as_deref(), share.as_deref()))
+        self.maintain(move |lib| install(lib, &package, version, &hash, share.as_deref()))
             .await
     }
 
@@ -127,9 +124,7 @@ impl Dp {
         let share = self.share.clone();
         self.maintain(move |lib| {
             let p = PackageId::parse(&package).map_err(|e| e.to_string())?;
-            drop_versions(lib, &p, |_| true)?;
-            remove_share(share.as_deref(), &package);
-            let r = freight_core::gc::gc(lib, &Progress::default()).map_err(|e| e.to_string())?;
+            let r = drop_package(lib, &p, &HashSet::new(), share.as_deref())?;
             Ok(DpReply::Ok {
                 freed: r.bytes_freed,
             })
@@ -264,11 +259,12 @@ impl Dp {
             .connect(addr, code)
             .await
             .map_err(|e| e.to_string())?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // The source pushes on this connection; it answers Pushed only once this side has
+        // committed, and install below checks the manifest and its hash.
         let serving = tokio::spawn(session::serve_connection(
             conn.clone(),
             self.lib.clone(),
-            Some(tx),
+            None,
             None,
         ));
         let req = encode(&DpRequest::PushMe {
@@ -284,12 +280,9 @@ impl Dp {
             DpReply::Error { message } => return Err(message),
             other => return Err(format!("unexpected answer {other:?}")),
         };
-        while let Ok(ev) = rx.try_recv() {
-            ev.result.map_err(|e| e.to_string())?;
-        }
         let share = self.share.clone();
         let (package, hash) = (package.to_string(), hash.to_string());
-        self.maintain(move |lib| install(lib, &package, version, Some(&hash), share.as_deref()))
+        self.maintain(move |lib| install(lib, &package, version, &hash, share.as_deref()))
             .await?;
         Ok(bytes)
     }
@@ -332,6 +325,20 @@ impl CommandHandler for Dp {
 /// Share of a pack's bytes that must be garbage before an install rewrites it.
 const GC_MIN_GARBAGE: f64 = 0.5;
 
+/// Drops every version of `p` and its share folder (if `share`), then collects garbage, also
+/// dropping the chunks in `bad` even where another package still names them. Used by the
+/// DP's forget and remove and by the site server when a package is deleted.
+pub fn drop_package(
+    lib: &mut Library,
+    p: &PackageId,
+    bad: &HashSet<ChunkId>,
+    share: Option<&std::path::Path>,
+) -> Result<GcReport, String> {
+    drop_versions(lib, p, |_| true)?;
+    remove_share(share, p.as_str());
+    gc_dropping(lib, bad, &Progress::default()).map_err(|e| e.to_string())
+}
+
 /// Removes the versions of `p` that `which` selects.
 fn drop_versions(
     lib: &mut Library,
@@ -356,17 +363,15 @@ fn install(
     lib: &mut Library,
     package: &str,
     version: u32,
-    hash: Option<&str>,
+    hash: &str,
     share: Option<&std::path::Path>,
 ) -> Result<DpReply, String> {
     let p = PackageId::parse(package).map_err(|e| e.to_string())?;
     let m = lib.manifest(&p, version).map_err(|e| e.to_string())?;
-    if let Some(h) = hash
-        && m.hash().to_hex().as_str() != h
-    {
+    let have = m.hash().to_hex();
+    if have.as_str() != hash {
         return Err(format!(
-            "{package} v{version} here has hash {}, the site server expects {h}; redistribute the package",
-            m.hash().to_hex()
+            "{package} v{version} here has hash {have}, the site server expects {hash}; redistribute the package"
         ));
     }
     if let Some(newer) = lib

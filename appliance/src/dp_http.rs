@@ -30,6 +30,7 @@ use axum::routing::get;
 use freight_core::manifest::{ChunkRef, check_path};
 use freight_core::{ChunkId, Entry, EntryKind, Library, Manifest, PackageId};
 use freight_transport::store::SharedLibrary;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
@@ -275,17 +276,19 @@ pub fn percent_decode(raw: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Percent-encodes path bytes for a URL (keeps unreserved characters and `/`).
+/// What [`percent_encode`] escapes: everything but unreserved characters and `/` (bytes
+/// outside ASCII always are).
+const PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// Percent-encodes path bytes for a URL (keeps unreserved characters and `/`; `%XX` in
+/// upper case).
 pub fn percent_encode(path: &[u8]) -> String {
-    let mut out = String::with_capacity(path.len());
-    for &c in path {
-        if c.is_ascii_alphanumeric() || b"-._~/".contains(&c) {
-            out.push(c as char);
-        } else {
-            out.push_str(&format!("%{c:02X}"));
-        }
-    }
-    out
+    percent_encoding::percent_encode(path, PATH).to_string()
 }
 
 /// `Last-Modified` text for an mtime (none before the epoch).
@@ -423,6 +426,13 @@ fn load_manifest(lib: &Library, pkg: &PackageId, ver: VersionSel) -> Result<Mani
     }
 }
 
+/// The manifest a URL's `{PKG}` and `{VER}` name.
+async fn manifest_at(lib: &SharedLibrary, pkg: &str, ver: &str) -> Result<Manifest, Fail> {
+    let pkg = parse_package(pkg)?;
+    let ver = parse_version(ver)?;
+    blocking(lib, move |lib| load_manifest(lib, &pkg, ver)).await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Listings.
 
@@ -432,40 +442,35 @@ struct PackageVersions {
     versions: Vec<u32>,
 }
 
-async fn list_packages(State(lib): State<SharedLibrary>) -> Response {
-    let r = blocking(&lib, |lib| {
+async fn list_packages(
+    State(lib): State<SharedLibrary>,
+) -> Result<axum::Json<Vec<PackageVersions>>, Fail> {
+    let all = blocking(&lib, |lib| {
         lib.versions()
             .map_err(|e| library_error("the package list", e))
     })
-    .await;
-    match r {
-        Ok(all) => axum::Json(
-            all.into_iter()
-                .map(|(p, versions)| PackageVersions {
-                    package: p.to_string(),
-                    versions,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(f) => f.into_response(),
-    }
+    .await?;
+    Ok(axum::Json(
+        all.into_iter()
+            .map(|(p, versions)| PackageVersions {
+                package: p.to_string(),
+                versions,
+            })
+            .collect(),
+    ))
 }
 
-async fn package_versions(State(lib): State<SharedLibrary>, Path(pkg): Path<String>) -> Response {
-    let r = async {
-        let pkg = parse_package(&pkg)?;
-        let p = pkg.clone();
-        let versions = blocking(&lib, move |lib| versions_of(lib, &p)).await?;
-        Ok::<_, Fail>(axum::Json(PackageVersions {
-            package: pkg.to_string(),
-            versions,
-        }))
-    };
-    match r.await {
-        Ok(j) => j.into_response(),
-        Err(f) => f.into_response(),
-    }
+async fn package_versions(
+    State(lib): State<SharedLibrary>,
+    Path(pkg): Path<String>,
+) -> Result<axum::Json<PackageVersions>, Fail> {
+    let pkg = parse_package(&pkg)?;
+    let p = pkg.clone();
+    let versions = blocking(&lib, move |lib| versions_of(lib, &p)).await?;
+    Ok(axum::Json(PackageVersions {
+        package: pkg.to_string(),
+        versions,
+    }))
 }
 
 #[derive(Serialize)]
@@ -533,19 +538,9 @@ fn listing_of(m: &Manifest) -> Listing {
 async fn listing(
     State(lib): State<SharedLibrary>,
     Path((pkg, ver)): Path<(String, String)>,
-) -> Response {
-    let r = async {
-        let pkg = parse_package(&pkg)?;
-        let ver = parse_version(&ver)?;
-        blocking(&lib, move |lib| {
-            load_manifest(lib, &pkg, ver).map(|m| listing_of(&m))
-        })
-        .await
-    };
-    match r.await {
-        Ok(l) => axum::Json(l).into_response(),
-        Err(f) => f.into_response(),
-    }
+) -> Result<axum::Json<Listing>, Fail> {
+    let m = manifest_at(&lib, &pkg, &ver).await?;
+    Ok(axum::Json(listing_of(&m)))
 }
 
 /// `.../files/` names the root directory: always a 404 pointing at the listing (once the
@@ -554,12 +549,7 @@ async fn files_root(
     State(lib): State<SharedLibrary>,
     Path((pkg, ver)): Path<(String, String)>,
 ) -> Fail {
-    let manifest = async {
-        let pkg = parse_package(&pkg)?;
-        let ver = parse_version(&ver)?;
-        blocking(&lib, move |lib| load_manifest(lib, &pkg, ver)).await
-    };
-    match manifest.await {
+    match manifest_at(&lib, &pkg, &ver).await {
         Ok(m) => is_directory(&m, b""),
         Err(f) => f,
     }
@@ -642,24 +632,12 @@ fn file_url_parts(path: &str) -> Option<(&str, &str, &str)> {
     Some((pkg, ver, rest))
 }
 
-async fn file(
-    State(lib): State<SharedLibrary>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    match serve_file(lib, method, uri, headers).await {
-        Ok(r) => r,
-        Err(f) => f.into_response(),
-    }
-}
-
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn serve_file(
-    lib: SharedLibrary,
+async fn file(
+    State(lib): State<SharedLibrary>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,

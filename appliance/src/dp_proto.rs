@@ -44,8 +44,6 @@ pub enum DpRequest {
         hash: String,
         /// Source DPs, best first.
         sources: Vec<Source>,
-        /// `add` or `redistribute`.
-        action: String,
     },
     /// Pull DP: how is the fetch of `version` of `package` going?
     PullStatus {

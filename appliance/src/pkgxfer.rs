@@ -64,6 +64,8 @@ enum Outcome {
     NoSource,
     /// A pull DP is full (8211).
     AtCapacity(usize),
+    /// A pull DP could not download from any of its sources (8213): why, per source.
+    PullFailed(String),
     /// Failed this time.
     Failed(String),
 }
@@ -464,11 +466,6 @@ async fn pull(site: &Arc<Site>, job: &Job, r: &Route) -> Result<Outcome, String>
         version: job.version,
         hash,
         sources,
-        action: if job.action == "redistribute" {
-            "redistribute".into()
-        } else {
-            "add".into()
-        },
     };
     forget_if_redistributing(site, r, job).await?;
     match ask(site, r, &job.dp, &notify).await? {
@@ -498,9 +495,7 @@ async fn pull(site: &Arc<Site>, job: &Job, r: &Route) -> Result<Outcome, String>
                     secs: started.elapsed().as_secs_f64(),
                 });
             }
-            DpReply::Pull(PullState::Failed { reason }) => {
-                return Err(format!("could not download from any source: {reason}"));
-            }
+            DpReply::Pull(PullState::Failed { reason }) => return Ok(Outcome::PullFailed(reason)),
             DpReply::Pull(PullState::Unknown) => match ask(site, r, &job.dp, &notify).await? {
                 // Restarted since: notified again.
                 DpReply::AtCapacity { active } => return Ok(Outcome::AtCapacity(active)),
@@ -553,7 +548,8 @@ fn finish(site: &Site, job: &Job, outcome: Outcome) -> rusqlite::Result<()> {
             params![job.id, state, error, t],
         )
     };
-    let retry = |reason: &str, attempts: u32, delay: Duration, id: u32| -> rusqlite::Result<bool> {
+    // Another attempt after `delay` (raising `msg`), or, after `attempts`, a failure (8202).
+    let retry = |reason: &str, attempts: u32, delay: Duration, msg: Msg| -> rusqlite::Result<()> {
         let held: Option<u32> = tx
             .query_row(
                 "SELECT version FROM package_dp_status WHERE package = ?1 AND dp = ?2",
@@ -566,14 +562,12 @@ fn finish(site: &Site, job: &Job, outcome: Outcome) -> rusqlite::Result<()> {
         if job.attempts >= attempts {
             done("failed", Some(reason))?;
             status("failed", held, false, reason)?;
-            raise(Msg::new(8202, &[p, v, dp, &job.attempts, &reason]))?;
-            return Ok(true);
+            return raise(Msg::new(8202, &[p, v, dp, &job.attempts, &reason]));
         }
         tx.execute(
             "UPDATE distribution_jobs SET state = 'retrying', error = ?2, next_attempt = ?3, updated = ?4 WHERE id = ?1",
             params![job.id, reason, now_ms() + delay.as_millis() as i64, t],
         )?;
-        let wait = human_delay(delay);
         if job.action != "validate" {
             status(
                 if removing {
@@ -586,22 +580,13 @@ fn finish(site: &Site, job: &Job, outcome: Outcome) -> rusqlite::Result<()> {
                 reason,
             )?;
         }
-        match id {
-            8212 => raise(Msg::new(8212, &[dp, p, v, &job.attempts, &attempts, &wait]))?,
-            // The caller raises 8211 with the pull DP's load.
-            8211 => {}
-            8213 => raise(Msg::new(
-                8213,
-                &[dp, p, v, &job.attempts, &attempts, &reason, &wait],
-            ))?,
-            _ => raise(Msg::new(
-                8201,
-                &[p, v, dp, &job.attempts, &attempts, &reason, &wait],
-            ))?,
-        }
-        Ok(false)
+        raise(msg)
     };
     let cfg = &site.cfg;
+    let (pull_wait, dp_wait) = (
+        human_delay(cfg.pull_retry_delay),
+        human_delay(cfg.dp_retry_delay),
+    );
     match outcome {
         Outcome::Copied { bytes, secs } => {
             done("done", None)?;
@@ -643,43 +628,40 @@ fn finish(site: &Site, job: &Job, outcome: Outcome) -> rusqlite::Result<()> {
             }
         }
         Outcome::NoSource => {
-            retry(
-                "no source DP holds this version yet",
-                cfg.pull_attempts,
-                cfg.pull_retry_delay,
-                8212,
-            )?;
+            let (n, delay) = (cfg.pull_attempts, cfg.pull_retry_delay);
+            let msg = Msg::new(8212, &[dp, p, v, &job.attempts, &n, &pull_wait]);
+            retry("no source DP holds this version yet", n, delay, msg)?;
         }
         Outcome::AtCapacity(active) => {
-            let gave_up = retry(
-                &format!("pull DP at capacity ({active} active jobs)"),
-                cfg.pull_attempts,
-                cfg.pull_retry_delay,
-                8211,
-            )?;
-            if !gave_up {
-                raise(Msg::new(
-                    8211,
-                    &[dp, &active, p, v, &human_delay(cfg.pull_retry_delay)],
-                ))?;
-            }
+            let reason = format!("pull DP at capacity ({active} active jobs)");
+            let msg = Msg::new(8211, &[dp, &active, p, v, &pull_wait]);
+            retry(&reason, cfg.pull_attempts, cfg.pull_retry_delay, msg)?;
+        }
+        Outcome::PullFailed(reason) => {
+            let reason = one_line(
+                job,
+                &format!("could not download from any source: {reason}"),
+            );
+            let (n, delay) = (cfg.dp_attempts, cfg.dp_retry_delay);
+            let msg = Msg::new(8213, &[dp, p, v, &job.attempts, &n, &reason, &dp_wait]);
+            retry(&reason, n, delay, msg)?;
         }
         Outcome::Failed(reason) => {
-            let one_line = reason.replace('\n', " ");
-            tracing::warn!(package = %p, dp = %dp, error = %one_line, "copy failed");
-            let pull_dp = job.action != "remove"
-                && job.action != "validate"
-                && one_line.contains("could not download");
-            retry(
-                &one_line,
-                cfg.dp_attempts,
-                cfg.dp_retry_delay,
-                if pull_dp { 8213 } else { 8201 },
-            )?;
+            let reason = one_line(job, &reason);
+            let (n, delay) = (cfg.dp_attempts, cfg.dp_retry_delay);
+            let msg = Msg::new(8201, &[p, v, dp, &job.attempts, &n, &reason, &dp_wait]);
+            retry(&reason, n, delay, msg)?;
         }
     }
     distmgr::package_settled(&tx, &code, p, job.version)?;
     tx.commit()
+}
+
+/// A failed attempt's reason on one line (for the status row and messages), logged.
+fn one_line(job: &Job, reason: &str) -> String {
+    let one_line = reason.replace('\n', " ");
+    tracing::warn!(package = %job.package, dp = %job.dp, error = %one_line, "copy failed");
+    one_line
 }
 
 fn human_delay(d: Duration) -> String {

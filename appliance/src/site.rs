@@ -10,6 +10,7 @@ use crate::api::{
 };
 use crate::config::SiteRole;
 use crate::db::SiteDb;
+use crate::dp::drop_package;
 use crate::statmgr::{self, Msg};
 use freight_core::ingest::{IngestOptions, ingest};
 use freight_core::{PackageId, Progress, PublicIdentity, SiteCode, TrustStore};
@@ -17,7 +18,7 @@ use freight_transport::RouteThrottle;
 use freight_transport::quic::Node;
 use freight_transport::store::SharedLibrary;
 use rusqlite::{OptionalExtension, params};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -139,12 +140,6 @@ impl Site {
         p
     }
 
-    /// Records one message outside any other change.
-    pub fn raise(&self, m: &Msg) -> ActionResult<()> {
-        statmgr::raise(self.db().conn(), self.code.as_str(), now(), m)?;
-        Ok(())
-    }
-
     // ---- DPs ----
 
     /// `dp add`: records the DP and trusts its key.
@@ -200,11 +195,7 @@ impl Site {
         {
             let mut db = self.db();
             let tx = db.conn().transaction()?;
-            let exists: bool = tx
-                .query_row("SELECT 1 FROM dps WHERE name = ?1", [&a.name], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if exists {
+            if dp_exists(&tx, &a.name)? {
                 return Err(ActionError::conflict(format!(
                     "DP {} exists already; remove it first or choose another name",
                     a.name
@@ -226,10 +217,7 @@ impl Site {
                 ],
             )?;
             for (rank, s) in a.sources.iter().enumerate() {
-                let ok: Option<String> = tx
-                    .query_row("SELECT kind FROM dps WHERE name = ?1", [s], |r| r.get(0))
-                    .optional()?;
-                if ok.is_none() {
+                if !dp_exists(&tx, s)? {
                     return Err(ActionError::missing(format!(
                         "source DP {s} of pull DP {} is not known; add it first (`freight dp add`)",
                         a.name
@@ -281,13 +269,14 @@ impl Site {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        let mut sources = c.prepare("SELECT source FROM dp_sources WHERE dp = ?1 ORDER BY rank")?;
+        let mut groups =
+            c.prepare("SELECT grp FROM dp_group_members WHERE dp = ?1 ORDER BY grp")?;
         for d in &mut dps {
-            d.sources = c
-                .prepare("SELECT source FROM dp_sources WHERE dp = ?1 ORDER BY rank")?
+            d.sources = sources
                 .query_map([&d.name], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            d.groups = c
-                .prepare("SELECT grp FROM dp_group_members WHERE dp = ?1 ORDER BY grp")?
+            d.groups = groups
                 .query_map([&d.name], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
         }
@@ -297,19 +286,15 @@ impl Site {
     /// `dp show`.
     pub fn dp_detail(&self, name: &str) -> ActionResult<DpDetail> {
         let dp = self.dp(name)?;
-        let packages = self
-            .status(None)?
-            .into_iter()
-            .filter(|s| s.dp == name)
-            .collect();
+        let packages = self.status_of(None, Some(name))?;
         Ok(DpDetail { dp, packages })
     }
 
     /// `dp remove`: refused while the DP holds or is getting packages.
     pub fn remove_dp(&self, name: &str) -> ActionResult<()> {
-        self.dp(name)?;
         let mut db = self.db();
         let c = db.conn();
+        require_dp(c, name)?;
         let held: i64 = c.query_row(
             "SELECT count(*) FROM package_dp_status WHERE dp = ?1 AND state != 'removed'",
             [name],
@@ -430,10 +415,11 @@ impl Site {
             .prepare("SELECT name FROM dp_groups WHERE ?1 IS NULL OR name = ?1 ORDER BY name")?
             .query_map([name], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
+        let mut members_of =
+            c.prepare("SELECT dp FROM dp_group_members WHERE grp = ?1 ORDER BY dp")?;
         let mut out = Vec::new();
         for name in names {
-            let members = c
-                .prepare("SELECT dp FROM dp_group_members WHERE grp = ?1 ORDER BY dp")?
+            let members = members_of
                 .query_map([&name], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             out.push(GroupInfo { name, members });
@@ -477,7 +463,7 @@ impl Site {
         };
         // The row exists before the snapshot so the ID is never handed out twice; a failed
         // snapshot removes it again.
-        match self.snapshot(&id, &source).await {
+        match self.snapshot(&id, &p.name, &source).await {
             Ok(()) => self.package(&id),
             Err(e) => {
                 let _ = self
@@ -492,26 +478,16 @@ impl Site {
     /// `package update`: a new version from the package's source; every DP that holds or is
     /// getting the package gets it.
     pub async fn update_package(&self, id: &str) -> ActionResult<PackageInfo> {
-        let (source, _) = self.package_source(id)?;
+        let (source, name) = self.package_source(id)?;
         check_source(&source)?;
-        self.snapshot(id, &source).await?;
+        self.snapshot(id, &name, &source).await?;
         let info = self.package(id)?;
-        let mut db = self.db();
-        let tx = db.conn().transaction()?;
-        tx.execute(
-            "INSERT INTO package_targets (package, dp, action, version, updated)
-             SELECT package, dp, 'install', ?2, ?3 FROM package_dp_status
-             WHERE package = ?1 AND state NOT IN ('removed', 'removal_pending')
-             ON CONFLICT (package, dp) DO UPDATE SET action = 'install', version = ?2, updated = ?3",
-            params![id, info.version, now()],
-        )?;
-        tx.commit()?;
-        drop(db);
-        self.wake.notify_one();
+        let dps = self.package_dps(id, "state NOT IN ('removed', 'removal_pending')")?;
+        self.set_targets(id, &dps, "install", info.version)?;
         Ok(info)
     }
 
-    async fn snapshot(&self, id: &str, source: &std::path::Path) -> ActionResult<()> {
+    async fn snapshot(&self, id: &str, name: &str, source: &std::path::Path) -> ActionResult<()> {
         let pid = PackageId::parse(id).map_err(|e| ActionError::bad(e.to_string()))?;
         let src = source.to_path_buf();
         let report = self
@@ -535,12 +511,6 @@ impl Site {
                 message: e.to_string(),
             })?
             .map_err(|e| ActionError::bad(format!("package {id}: {e}")))?;
-        let name: String =
-            self.db()
-                .conn()
-                .query_row("SELECT name FROM packages WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })?;
         let hash = blake3::Hash::from_hex(&report.hash)
             .map(|h| h.as_bytes().to_vec())
             .unwrap_or_default();
@@ -635,10 +605,10 @@ impl Site {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        let mut st = c.prepare(
+            "SELECT state, version FROM package_dp_status WHERE package = ?1 AND state != 'removed'",
+        )?;
         for p in &mut out {
-            let mut st = c.prepare(
-                "SELECT state, version FROM package_dp_status WHERE package = ?1 AND state != 'removed'",
-            )?;
             let rows: Vec<(String, Option<u32>)> = st
                 .query_map([&p.id], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
@@ -691,7 +661,7 @@ impl Site {
         let info = self.package(id)?;
         let mut dps: Vec<String> = Vec::new();
         for d in &t.dps {
-            self.dp(d)?;
+            require_dp(self.db().conn(), d)?;
             dps.push(d.clone());
         }
         for g in &t.groups {
@@ -716,27 +686,19 @@ impl Site {
                 "redistribute {id}: name exactly one DP (--dp NAME)"
             )));
         };
-        self.dp(dp)?;
+        require_dp(self.db().conn(), dp)?;
         self.set_targets(id, std::slice::from_ref(dp), "redistribute", info.version)
     }
 
     /// `validate`: the named DPs, or every DP holding the package, re-hash its content.
     pub fn validate(&self, id: &str, t: &Targets) -> ActionResult<usize> {
         let info = self.package(id)?;
-        let holding: Vec<String> = {
-            let mut db = self.db();
-            db.conn()
-                .prepare(
-                    "SELECT dp FROM package_dp_status WHERE package = ?1 AND state IN ('installed', 'failed') ORDER BY dp",
-                )?
-                .query_map([id], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
+        let holding = self.package_dps(id, "state IN ('installed', 'failed')")?;
         let dps = if t.dps.is_empty() {
             holding
         } else {
             for d in &t.dps {
-                self.dp(d)?;
+                require_dp(self.db().conn(), d)?;
                 if !holding.contains(d) {
                     return Err(ActionError::conflict(format!(
                         "DP {d} does not hold {id}; distribute it there first"
@@ -759,18 +721,10 @@ impl Site {
         self.package(id)?;
         let dps: Vec<String> = match dp {
             Some(d) => {
-                self.dp(d)?;
+                require_dp(self.db().conn(), d)?;
                 vec![d.to_string()]
             }
-            None => {
-                let mut db = self.db();
-                db.conn()
-                    .prepare(
-                        "SELECT dp FROM package_dp_status WHERE package = ?1 AND state != 'removed'",
-                    )?
-                    .query_map([id], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?
-            }
+            None => self.package_dps(id, "state != 'removed'")?,
         };
         if !dps.is_empty() {
             self.set_targets(id, &dps, "remove", 0)?;
@@ -784,17 +738,12 @@ impl Site {
             let lib = self.lib.clone();
             tokio::spawn(async move {
                 let r = lib
-                    .exclusive(move |l| -> freight_core::Result<()> {
-                        for v in l.versions()?.remove(&pid).unwrap_or_default() {
-                            l.remove_version(&pid, v)?;
-                        }
-                        freight_core::gc::gc(l, &Progress::default()).map(|_| ())
-                    })
+                    .exclusive(move |l| drop_package(l, &pid, &HashSet::new(), None))
                     .await;
                 let failed = match r {
                     Err(e) => Some(e.to_string()),
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Ok(Ok(_)) => None,
                 };
                 if let Some(e) = failed {
                     tracing::warn!(error = %e, "removing the site's copy of a package failed");
@@ -802,6 +751,20 @@ impl Site {
             });
         }
         Ok(dps.len())
+    }
+
+    /// The DPs of package `id` whose status row meets `state` (an SQL condition on its
+    /// state), by name.
+    fn package_dps(&self, id: &str, state: &'static str) -> ActionResult<Vec<String>> {
+        let mut db = self.db();
+        let dps = db
+            .conn()
+            .prepare(&format!(
+                "SELECT dp FROM package_dp_status WHERE package = ?1 AND {state} ORDER BY dp"
+            ))?
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(dps)
     }
 
     /// Records a pending action per DP; DistMgr turns them into jobs.
@@ -833,6 +796,15 @@ impl Site {
 
     /// Package status per DP, optionally of one package.
     pub fn status(&self, package: Option<&str>) -> ActionResult<Vec<PackageStatus>> {
+        self.status_of(package, None)
+    }
+
+    /// Package status per DP, optionally of one package and of one DP.
+    fn status_of(
+        &self,
+        package: Option<&str>,
+        dp: Option<&str>,
+    ) -> ActionResult<Vec<PackageStatus>> {
         let mut db = self.db();
         let c = db.conn();
         let mut st = c.prepare(
@@ -840,10 +812,11 @@ impl Site {
                  (SELECT bytes_sent FROM distribution_jobs j WHERE j.package = s.package
                   AND j.dp = s.dp AND j.state = 'done' AND j.action IN ('install', 'redistribute')
                   ORDER BY j.id DESC LIMIT 1)
-             FROM package_dp_status s WHERE (?1 IS NULL OR package = ?1) ORDER BY package, dp",
+             FROM package_dp_status s WHERE (?1 IS NULL OR package = ?1) AND (?2 IS NULL OR dp = ?2)
+             ORDER BY package, dp",
         )?;
         let rows = st
-            .query_map([package], |r| {
+            .query_map([package, dp], |r| {
                 let state: String = r.get(2)?;
                 Ok(PackageStatus {
                     package: r.get(0)?,
@@ -924,19 +897,29 @@ pub fn state_label(state: &str) -> &'static str {
 
 fn add_members(tx: &rusqlite::Transaction, group: &str, dps: &[String]) -> ActionResult<()> {
     for dp in dps {
-        let known = tx
-            .query_row("SELECT 1 FROM dps WHERE name = ?1", [dp], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !known {
-            return Err(no_dp(dp));
-        }
+        require_dp(tx, dp)?;
         tx.execute(
             "INSERT OR IGNORE INTO dp_group_members (grp, dp) VALUES (?1, ?2)",
             params![group, dp],
         )?;
     }
     Ok(())
+}
+
+/// Whether a DP called `name` is known.
+fn dp_exists(c: &rusqlite::Connection, name: &str) -> rusqlite::Result<bool> {
+    c.query_row("SELECT 1 FROM dps WHERE name = ?1", [name], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
+/// The DP called `name` must be known: otherwise [`no_dp`].
+fn require_dp(c: &rusqlite::Connection, name: &str) -> ActionResult<()> {
+    if dp_exists(c, name)? {
+        Ok(())
+    } else {
+        Err(no_dp(name))
+    }
 }
 
 fn check_source(source: &std::path::Path) -> ActionResult<()> {
