@@ -41,11 +41,6 @@ impl AdminClient {
         AdminClient { socket }
     }
 
-    /// The socket this client talks to.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// `GET PREFIX+path`. `path` is below [`PREFIX`] (`/dps`, `/status?package=PS100001`);
     /// build it with [`segment`] and [`with_query`].
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
@@ -148,12 +143,8 @@ fn decode<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, CliError> {
     if status.is_success() {
-        return serde_json::from_slice(bytes).map_err(|e| {
-            CliError::Admin(format!(
-                "{method} {full}: freightd's answer does not match this freight ({e}); \
-                 use a freight CLI of the same version as freightd"
-            ))
-        });
+        return serde_json::from_slice(bytes)
+            .map_err(|e| mismatch(&format!("{method} {full}: "), &e));
     }
     match serde_json::from_slice::<ApiError>(bytes) {
         Ok(a) => Err(CliError::Api(one_line(&a.error))),
@@ -171,6 +162,15 @@ fn decode<T: DeserializeOwned>(
             )))
         }
     }
+}
+
+/// The error for an answer this CLI cannot read: `context` (such as `GET /v1/dps: `, or
+/// nothing), the decoder's reason and the remedy.
+pub fn mismatch(context: &str, e: &serde_json::Error) -> CliError {
+    CliError::Admin(format!(
+        "{context}freightd's answer does not match this freight ({e}); use a freight CLI of the \
+         same version as freightd"
+    ))
 }
 
 /// The error for a socket nobody answers on: names the socket and the two ways out.
@@ -264,6 +264,20 @@ mod tests {
             r.unwrap_err().to_string(),
             "GET /v1/nope: freightd answered 404 Not Found; use a freight CLI of the same \
              version as freightd"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_answer_names_the_call_and_the_remedy() {
+        let r: Result<Vec<u32>, _> = decode(&Method::GET, "/v1/dps", StatusCode::OK, b"{}");
+        let msg = r.unwrap_err().to_string();
+        assert!(
+            msg.starts_with("GET /v1/dps: freightd's answer does not match this freight ("),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("); use a freight CLI of the same version as freightd"),
+            "{msg}"
         );
     }
 }

@@ -21,6 +21,7 @@ use freight_core::site::PublicIdentity;
 use hyper::Method;
 use jiff::tz::TimeZone;
 use render::Show;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,7 +70,7 @@ pub struct DpArgs {
 }
 
 #[derive(Subcommand, Debug)]
-enum DpCmd {
+pub(crate) enum DpCmd {
     /// Add a DP and trust its key.
     Add {
         /// The DP's name (unique at the site).
@@ -300,7 +301,7 @@ pub struct WatchArgs {
 
 /// One API call and how to show its answer.
 #[derive(Debug, PartialEq)]
-struct Call {
+pub(crate) struct Call {
     method: Method,
     /// Below the API prefix, segments and query encoded.
     path: String,
@@ -321,10 +322,19 @@ impl Call {
         self.body = Some(serde_json::to_value(body).map_err(|e| CliError::Usage(e.to_string()))?);
         Ok(self)
     }
+    /// Makes the call; the answer decoded as `T`.
+    pub(crate) async fn send<T: DeserializeOwned>(
+        &self,
+        client: &AdminClient,
+    ) -> Result<T, CliError> {
+        client
+            .send(self.method.clone(), &self.path, self.body.as_ref())
+            .await
+    }
 }
 
 /// `dp ...` → its call; `read_identity` reads and checks `--identity`.
-fn dp_call(
+pub(crate) fn dp_call(
     cmd: DpCmd,
     read_identity: impl FnOnce(&Path) -> Result<String, CliError>,
 ) -> Result<Call, CliError> {
@@ -453,7 +463,7 @@ fn package_call(cmd: PackageCmd) -> Result<Call, CliError> {
 }
 
 /// `distribute`, `redistribute`, `validate`: `POST /packages/{id}/{verb}` with the targets.
-fn targets_call(
+pub(crate) fn targets_call(
     verb: &str,
     id: &str,
     dps: Vec<String>,
@@ -503,10 +513,7 @@ async fn run_async(cmd: AdminCmd, quiet: bool) -> Result<(), CliError> {
             return watch::run(&client, opts).await;
         }
     };
-    let client = AdminClient::new(conn.admin);
-    let answer: Value = client
-        .send(call.method.clone(), &call.path, call.body.as_ref())
-        .await?;
+    let answer: Value = call.send(&AdminClient::new(conn.admin)).await?;
     if conn.json {
         print_json(&answer)
     } else {
@@ -535,11 +542,7 @@ async fn status(a: StatusArgs) -> Result<(), CliError> {
         Some(_) => print!("{}", render::status_table(&rows, &tz)),
         None => {
             let pkgs: Vec<PackageInfo> = client.get("/packages").await?;
-            print!("{}", render::status_table(&rows, &tz));
-            if !pkgs.is_empty() {
-                println!();
-                print!("{}", render::summary_table(&pkgs));
-            }
+            print!("{}", render::status_and_summary(&rows, &pkgs, &tz));
         }
     }
     Ok(())
@@ -671,31 +674,12 @@ mod tests {
             Some(json!({"throttle": "link 1Gbit/s"})),
         );
         // --source needs --pull; --pull needs a source.
+        let add = ["dp", "add", "a", "--address", "h:1", "--identity", "f"];
+        let with = |more: &[&'static str]| [&add[..], more].concat();
         assert!(
-            T::try_parse_from([
-                "freight",
-                "dp",
-                "add",
-                "a",
-                "--address",
-                "h:1",
-                "--identity",
-                "f",
-                "--source",
-                "b"
-            ])
-            .is_err()
+            T::try_parse_from(std::iter::once("freight").chain(with(&["--source", "b"]))).is_err()
         );
-        let AdminCmd::Dp(a) = parse(&[
-            "dp",
-            "add",
-            "a",
-            "--address",
-            "h:1",
-            "--identity",
-            "f",
-            "--pull",
-        ]) else {
+        let AdminCmd::Dp(a) = parse(&with(&["--pull"])) else {
             panic!()
         };
         let e = dp_call(a.cmd, |_| Ok(String::new()))

@@ -19,6 +19,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The start of the readiness line; `ROLES CODE; quic ADDR[; http ADDR][; admin SOCKET]` follows.
+pub const READY_PREFIX: &str = "freightd ready: ";
+
+/// Reads a readiness line: what follows [`READY_PREFIX`] and its `key value` fields (`quic`,
+/// `http`, `admin`, after the roles); None if `line` is not the readiness line.
+pub fn ready_fields(line: &str) -> Option<(&str, Vec<(String, String)>)> {
+    let rest = line.trim().strip_prefix(READY_PREFIX)?;
+    let fields = rest
+        .split("; ")
+        .filter_map(|p| p.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some((rest, fields))
+}
+
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub fn run(config: &Path, io: Option<IoMode>) -> Result<(), CliError> {
     let cfg = DaemonConfig::load(config)?;
@@ -103,7 +118,7 @@ async fn serve(
 
     // Readiness: systemd hears it through sd_notify; tests and scripts wait for this line.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    println!("freightd ready: {}", ready.join("; "));
+    println!("{READY_PREFIX}{}", ready.join("; "));
     std::io::stdout().flush()?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -153,4 +168,26 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, CliError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readiness_line_reads_back_into_its_fields() {
+        let line = format!("{READY_PREFIX}DP DP1; quic 127.0.0.1:4433; http 127.0.0.1:8080\n");
+        let (rest, fields) = ready_fields(&line).unwrap();
+        assert_eq!(rest, "DP DP1; quic 127.0.0.1:4433; http 127.0.0.1:8080");
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("quic"), Some("127.0.0.1:4433"));
+        assert_eq!(get("http"), Some("127.0.0.1:8080"));
+        assert_eq!(get("admin"), None);
+        assert!(ready_fields("freightd stopped").is_none());
+    }
 }

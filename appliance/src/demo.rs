@@ -38,7 +38,7 @@ pub struct DemoArgs {
 }
 
 /// Deterministic bytes: BLAKE3 in XOF mode keyed by a label.
-pub(crate) fn noise(label: &str, len: usize) -> Vec<u8> {
+fn noise(label: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     blake3::Hasher::new()
         .update(label.as_bytes())
@@ -47,7 +47,8 @@ pub(crate) fn noise(label: &str, len: usize) -> Vec<u8> {
     out
 }
 
-pub(crate) fn text(label: &str, len: usize) -> Vec<u8> {
+/// Deterministic lines of words, keyed by a label.
+fn text(label: &str, len: usize) -> Vec<u8> {
     const WORDS: [&str; 16] = [
         "package",
         "site",

@@ -3,16 +3,17 @@
 //! updates it, redistributes it to one DP under a bandwidth window, with progress bars, the
 //! status messages and the status table, then stops everything and cleans up.
 
-use crate::admin_cmd::render;
 use crate::admin_cmd::watch::{self, WatchOpts};
+use crate::admin_cmd::{DpCmd, dp_call, render, targets_call};
 use crate::demo::{change_sample, sample, step};
 use crate::error::CliError;
 use crate::site_home::SiteHome;
 use freight_appliance::admin_client::AdminClient;
 use freight_appliance::api::{
-    AddDp, AddGroup, CreatePackage, Done, DpInfo, GroupInfo, PackageInfo, PackageStatus,
-    SetSchedule, StatusMessage, Targets,
+    AddGroup, CreatePackage, Done, DpInfo, GroupInfo, PackageInfo, PackageStatus, SetSchedule,
+    StatusMessage,
 };
+use freight_appliance::daemon::ready_fields;
 use freight_core::SiteCode;
 use freight_core::units::human;
 use std::io::{BufRead, BufReader};
@@ -64,16 +65,11 @@ fn start(name: &'static str, config: &Path) -> Result<Daemon, CliError> {
     let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut line = String::new();
     out.read_line(&mut line)?;
-    let Some(rest) = line.trim().strip_prefix("freightd ready: ") else {
+    let Some((said, fields)) = ready_fields(&line) else {
         let _ = child.kill();
         return Err(CliError::Usage(format!("{name} did not start: {line:?}")));
     };
-    println!("{name}: {rest}");
-    let fields = rest
-        .split("; ")
-        .filter_map(|p| p.split_once(' '))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    println!("{name}: {said}");
     // Keep draining its output so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in out.lines() {});
     Ok(Daemon {
@@ -130,19 +126,18 @@ pub fn run(work: &Path, size: u64, quiet: bool) -> Result<(), CliError> {
             } else {
                 Vec::new()
             };
-            let dp: DpInfo = client
-                .post(
-                    "/dps",
-                    &AddDp {
-                        name: name.to_string(),
-                        kind: if sources.is_empty() { "standard" } else { "pull" }.into(),
-                        address: d.field("quic")?,
-                        http: Some(d.field("http")?),
-                        identity: home.key.identity().to_text(),
-                        sources,
-                        throttle: None,
-                    },
-                )
+            let add = DpCmd::Add {
+                name: name.to_string(),
+                address: d.field("quic")?,
+                // No identity file: the key is at hand.
+                identity: PathBuf::new(),
+                http: Some(d.field("http")?),
+                pull: !sources.is_empty(),
+                sources,
+                throttle: None,
+            };
+            let dp: DpInfo = dp_call(add, |_| Ok(home.key.identity().to_text()))?
+                .send(&client)
                 .await?;
             println!("added {} DP {} ({}), key {}", dp.kind, dp.name, dp.address, dp.fingerprint);
         }
@@ -213,9 +208,7 @@ pub fn run(work: &Path, size: u64, quiet: bool) -> Result<(), CliError> {
         let tz = jiff::tz::TimeZone::system();
         let rows: Vec<PackageStatus> = client.get(&format!("/status?package={}", p.id)).await?;
         let pkgs: Vec<PackageInfo> = client.get("/packages").await?;
-        print!("{}", render::status_table(&rows, &tz));
-        println!();
-        print!("{}", render::summary_table(&pkgs));
+        print!("{}", render::status_and_summary(&rows, &pkgs, &tz));
         let http = dps[2].0.field("http")?;
         println!(
             "every DP serves the files over HTTP, e.g. curl http://{http}/packages/{}/latest/files/docs/CHANGES.txt",
@@ -243,12 +236,7 @@ async fn act(
     dps: Vec<String>,
     groups: Vec<String>,
 ) -> Result<(), CliError> {
-    let d: Done = client
-        .post(
-            &format!("/packages/{id}/{action}"),
-            &Targets { dps, groups },
-        )
-        .await?;
+    let d: Done = targets_call(action, id, dps, groups)?.send(client).await?;
     println!("{}", d.done);
     Ok(())
 }

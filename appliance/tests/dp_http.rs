@@ -4,7 +4,7 @@
 //! never deliver wrong bytes as a success.
 
 use freight_appliance::dp_http::{percent_encode, router};
-use freight_bench::{DatasetSpec, generate, ingest_version};
+use freight_bench::{DatasetSpec, generate, ingest_version, noise};
 use freight_core::{EntryKind, Library, PackageId};
 use freight_transport::store::SharedLibrary;
 use std::collections::BTreeMap;
@@ -17,19 +17,6 @@ use std::sync::OnceLock;
 
 const PKG: &str = "PS100001";
 const BIG: usize = 5 << 20;
-
-/// Deterministic bytes that do not compress or deduplicate (xorshift).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// A library serving over HTTP on loopback, with its runtime.
 struct Server {
@@ -69,9 +56,9 @@ fn fixture() -> &'static Fixture {
         let src = dir.path().join("src");
         generate(&src.join("gen"), &DatasetSpec::mixed(3 << 20, 11)).unwrap();
         std::fs::write(src.join("empty"), b"").unwrap();
-        std::fs::write(src.join("big.bin"), noise(BIG, 1)).unwrap();
+        std::fs::write(src.join("big.bin"), noise("big", BIG)).unwrap();
         std::fs::create_dir_all(src.join("copy")).unwrap();
-        std::fs::write(src.join("copy/big-copy.bin"), noise(BIG, 1)).unwrap();
+        std::fs::write(src.join("copy/big-copy.bin"), noise("big", BIG)).unwrap();
         std::fs::create_dir_all(src.join("nested/deeper/deepest")).unwrap();
         std::fs::write(src.join("nested/deeper/deepest/n.txt"), b"deep\n").unwrap();
         std::fs::write(src.join("a b.txt"), b"spaced out\n").unwrap();
@@ -90,7 +77,7 @@ fn fixture() -> &'static Fixture {
         let src2 = dir.path().join("src2");
         std::fs::create_dir(&src2).unwrap();
         std::fs::write(src2.join("v2-only.txt"), b"new in 2\n").unwrap();
-        std::fs::write(src2.join("big.bin"), noise(BIG, 1)).unwrap();
+        std::fs::write(src2.join("big.bin"), noise("big", BIG)).unwrap();
         ingest_version(&mut lib, &src2, PKG, 2).unwrap();
 
         let m = lib.manifest(&PackageId::parse(PKG).unwrap(), 1).unwrap();
@@ -302,7 +289,7 @@ fn a_fetch_has_the_right_headers_and_head_has_no_body() {
     let f = fixture();
     let got = curl(&f.server, &file_url("1", b"big.bin"), &[]);
     assert_eq!(got.status, 200);
-    assert_eq!(got.body, noise(BIG, 1));
+    assert_eq!(got.body, noise("big", BIG));
     assert_eq!(got.header("content-length"), Some(&*BIG.to_string()));
     assert_eq!(got.header("content-type"), Some("application/octet-stream"));
     assert_eq!(got.header("accept-ranges"), Some("bytes"));
@@ -340,7 +327,7 @@ fn a_fetch_has_the_right_headers_and_head_has_no_body() {
 #[test]
 fn ranges_return_exactly_the_bytes_asked_for() {
     let f = fixture();
-    let data = noise(BIG, 1);
+    let data = noise("big", BIG);
     let size = data.len();
     let url = file_url("1", b"big.bin");
     let b1 = f.big_chunks[0] as usize;
@@ -656,7 +643,7 @@ fn a_damaged_chunk_is_never_served_as_success() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    let data = noise(BIG, 2);
+    let data = noise("damaged", BIG);
     std::fs::write(src.join("big.bin"), &data).unwrap();
     std::fs::write(src.join("small.txt"), b"fine\n").unwrap();
     let mut lib = Library::open_or_init(&dir.path().join("lib"), None).unwrap();

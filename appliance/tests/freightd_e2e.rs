@@ -4,6 +4,7 @@
 mod hosts;
 
 use freight_bench::dataset::{DatasetSpec, generate};
+use freight_bench::harness::disk_usage;
 use hosts::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -25,17 +26,8 @@ fn tree(dir: &Path, bytes: u64, seed: u64) {
 /// Rewrites every 20th file (5%) with new content and deletes one other file; returns the
 /// bytes written and the deleted file.
 fn change_five_percent(src: &Path) -> (u64, String) {
+    let (_, written) = freight_bench::rewrite_every_20th(src, 7).unwrap();
     let all = files(src);
-    let mut written = 0;
-    for (i, f) in all.iter().enumerate().filter(|(i, _)| i % 20 == 7) {
-        let p = src.join(f);
-        let mut data = std::fs::read(&p).unwrap();
-        for (j, b) in data.iter_mut().enumerate() {
-            *b = b.wrapping_add((i + j) as u8 | 1);
-        }
-        written += data.len() as u64;
-        std::fs::write(&p, data).unwrap();
-    }
     let gone = all[all.len() / 2 + 1].clone();
     std::fs::remove_file(src.join(&gone)).unwrap();
     (written, gone)
@@ -166,7 +158,9 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     let id2 = site.create("tools", &src2);
     site.act(&id2, "distribute", json!({"dps": ["dp1"]}));
     site.settle(SETTLE);
-    let held = dir_bytes(&dp1.library.join("store"));
+    let held = disk_usage(&dp1.library.join("store"))
+        .unwrap()
+        .apparent_bytes;
     site.ok("DELETE", &format!("/v1/packages/{id}?dp=dp1"), None);
     site.settle(SETTLE);
     let st = site.status(&id);
@@ -191,7 +185,7 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     assert_eq!(stats["packages"][0]["package"], id2.as_str(), "{stats}");
     assert_eq!(stats["garbage_bytes"], 0, "{stats}");
     assert!(
-        kept <= dir_bytes(&src2) + (256 << 10) && kept < held,
+        kept <= disk_usage(&src2).unwrap().apparent_bytes + (256 << 10) && kept < held,
         "dp1 keeps {kept} bytes of packs after the removal (held {held})"
     );
 
@@ -207,18 +201,11 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     }
 }
 
-/// Bytes of the regular files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    walk_files(dir)
-        .iter()
-        .map(|f| std::fs::metadata(f).unwrap().len())
-        .sum()
-}
-
 /// Flips bytes in the middle of the largest pack data file.
 fn corrupt_a_pack(lib: &Path) {
-    let mut packs: Vec<_> = walk_files(lib)
+    let mut packs: Vec<_> = files(lib)
         .into_iter()
+        .map(|f| lib.join(f))
         .filter(|p| {
             p.to_string_lossy().contains("/packs/") && !p.to_string_lossy().ends_with(".idx")
         })
@@ -231,10 +218,6 @@ fn corrupt_a_pack(lib: &Path) {
         *b ^= 0x5a;
     }
     std::fs::write(p, data).unwrap();
-}
-
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    files(dir).into_iter().map(|f| dir.join(f)).collect()
 }
 
 #[test]
@@ -524,10 +507,7 @@ fn sigkill_of_the_site_server_and_dps_at_ten_moments_loses_no_job_and_duplicates
         }
         assert_serves(&dp1, id, "1", src);
         assert_serves(&dp2, id, "1", src);
-        let size: u64 = files(src)
-            .iter()
-            .map(|f| std::fs::metadata(src.join(f)).unwrap().len())
-            .sum();
+        let size = disk_usage(src).unwrap().apparent_bytes;
         for dp in ["dp1", "dp2"] {
             let sent = site.bytes_sent(id, 1, dp, "install");
             assert!(
@@ -690,17 +670,8 @@ fn the_freight_cli_drives_a_real_site_server() {
     assert_serves(&dp, &id, "2", &src);
 
     // A DP holding a package cannot go; once the package is removed from it, it can.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_freight"))
-        .args(["dp", "remove", "dp1", "--admin", admin])
-        .output()
-        .unwrap();
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        !out.status.success()
-            && err.contains("DP dp1 still holds")
-            && err.trim_end().lines().count() == 1,
-        "{err}"
-    );
+    let err = net.fail(&["dp", "remove", "dp1", "--admin", admin]);
+    assert!(err.contains("DP dp1 still holds"), "{err}");
     adm(&["package", "remove", &id, "--dp", "dp1"]);
     adm(&["watch", &id, "--until-settled"]);
     assert_eq!(site.status(&id), [("dp1".into(), "Removed".into(), None)]);
@@ -708,17 +679,8 @@ fn the_freight_cli_drives_a_real_site_server() {
     adm(&["dp", "remove", "dp1"]);
     assert_eq!(freight_json(admin, &["dp", "list"]), json!([]));
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_freight"))
-        .args(["distribute", "PS1FFFFF", "--dp", "dp1", "--admin", admin])
-        .output()
-        .unwrap();
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        !out.status.success()
-            && err.contains("no package PS1FFFFF")
-            && err.trim_end().lines().count() == 1,
-        "{err}"
-    );
+    let err = net.fail(&["distribute", "PS1FFFFF", "--dp", "dp1", "--admin", admin]);
+    assert!(err.contains("no package PS1FFFFF"), "{err}");
 }
 
 /// A folder of `mib` MiB of incompressible bytes in two files.
@@ -735,15 +697,6 @@ fn noise_tree(dir: &Path, mib: usize, seed: &str) {
         freight_bench::noise(&format!("{seed}b"), half),
     )
     .unwrap();
-}
-
-fn create_with_priority(site: &Host, name: &str, src: &Path, priority: &str) -> String {
-    let v = site.ok(
-        "POST",
-        "/v1/packages",
-        Some(json!({"name": name, "source": src, "priority": priority})),
-    );
-    v["id"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -786,9 +739,9 @@ fn a_dp_route_holds_its_rate_and_its_windows_admit_by_priority() {
     let (low_src, high_src) = (net.p("low"), net.p("high"));
     noise_tree(&low_src, 1, "low");
     noise_tree(&high_src, 1, "high");
-    let low = create_with_priority(&site, "low", &low_src, "low");
+    let low = site.create_with(json!({"name": "low", "source": low_src, "priority": "low"}));
     site.act(&low, "distribute", json!({"dps": ["dp1"]}));
-    let high = create_with_priority(&site, "high", &high_src, "high");
+    let high = site.create_with(json!({"name": "high", "source": high_src, "priority": "high"}));
     site.act(&high, "distribute", json!({"dps": ["dp1"]}));
     site.wait_for("the high package", SETTLE, |s| {
         s.status(&high).first().is_some_and(|r| r.1 == "Installed")

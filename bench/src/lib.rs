@@ -28,6 +28,38 @@ pub fn noise(seed: &str, len: usize) -> Vec<u8> {
     out
 }
 
+/// A 5% update of the tree at `src`: rewrites every 20th regular file (in byte order of their
+/// paths, starting at index `offset % 20`) with different bytes of the same length. Returns the
+/// number of files rewritten and their bytes.
+pub fn rewrite_every_20th(src: &std::path::Path, offset: usize) -> std::io::Result<(usize, u64)> {
+    let mut files = Vec::new();
+    harness::walk(src, &mut |p, meta| {
+        if meta.is_file() {
+            files.push(p.to_path_buf());
+        }
+        Ok(())
+    })?;
+    files.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+    let (mut n, mut bytes) = (0, 0);
+    for (i, f) in files
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 20 == offset % 20)
+    {
+        let io = |e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("rewriting {}: {e}", f.display()))
+        };
+        let mut data = std::fs::read(f).map_err(io)?;
+        for (j, b) in data.iter_mut().enumerate() {
+            *b = b.wrapping_add((i + j) as u8 | 1);
+        }
+        std::fs::write(f, &data).map_err(io)?;
+        n += 1;
+        bytes += data.len() as u64;
+    }
+    Ok((n, bytes))
+}
+
 /// The seed of a randomised test: the one in environment variable `var` (to replay a run), or
 /// a fresh one; printed either way so a failure can be replayed.
 pub fn replay_seed(var: &str) -> u64 {

@@ -2,9 +2,10 @@
 
 use super::table::{Table, key_values};
 use crate::error::CliError;
+use freight_appliance::admin_client::mismatch;
 use freight_appliance::api::{
     Done, DpDetail, DpInfo, GroupInfo, JobProgress, PackageDetail, PackageInfo, PackageStatus,
-    StatusMessage,
+    StatusMessage, Summary,
 };
 use freight_core::units::human;
 use jiff::Timestamp;
@@ -80,12 +81,7 @@ pub fn render(show: Show, answer: serde_json::Value, tz: &TimeZone) -> Result<St
 
 /// Decodes an answer into the type its view needs.
 pub fn typed<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, CliError> {
-    serde_json::from_value(v).map_err(|e| {
-        CliError::Admin(format!(
-            "freightd's answer does not match this freight ({e}); use a freight CLI of the \
-             same version as freightd"
-        ))
-    })
+    serde_json::from_value(v).map_err(|e| mismatch("", &e))
 }
 
 /// Unix seconds as local date and time, e.g. `2026-03-21 14:05:09`.
@@ -118,9 +114,12 @@ fn short_hash(h: &str) -> &str {
 
 /// Per-DP status: package, DP, state, version, last copied, message.
 pub fn status_table(rows: &[PackageStatus], tz: &TimeZone) -> String {
-    if rows.is_empty() {
-        return "no package is targeted at any DP; target one with `freight distribute`\n".into();
-    }
+    status_rows(rows, tz)
+        .render_or("no package is targeted at any DP; target one with `freight distribute`")
+}
+
+/// The table of [`status_table`], for callers with their own hint when it is empty.
+fn status_rows(rows: &[PackageStatus], tz: &TimeZone) -> Table {
     let mut t = Table::new(&[
         "PACKAGE",
         "DP",
@@ -140,40 +139,40 @@ pub fn status_table(rows: &[PackageStatus], tz: &TimeZone) -> String {
             opt(&s.message),
         ]);
     }
-    t.render()
+    t
+}
+
+/// `freight status` without a package: [`status_table`], then, if there are packages, a blank
+/// line and [`summary_table`].
+pub fn status_and_summary(rows: &[PackageStatus], pkgs: &[PackageInfo], tz: &TimeZone) -> String {
+    let mut out = status_table(rows, tz);
+    if !pkgs.is_empty() {
+        out.push('\n');
+        out.push_str(&summary_table(pkgs));
+    }
+    out
+}
+
+/// The DP count columns of a package ([`counts`] are their cells).
+const COUNTS: [&str; 4] = ["TARGETED", "INSTALLED", "RETRYING", "FAILED"];
+
+fn counts(s: &Summary) -> [String; 4] {
+    [s.targeted, s.installed, s.retrying, s.failed].map(|n| n.to_string())
 }
 
 /// Per-package DP counts: Targeted / Installed / Retrying / Failed.
-pub fn summary_table(pkgs: &[PackageInfo]) -> String {
-    let mut t = Table::new(&[
-        "PACKAGE",
-        "NAME",
-        "VERSION",
-        "TARGETED",
-        "INSTALLED",
-        "RETRYING",
-        "FAILED",
-    ])
-    .right(&[2, 3, 4, 5, 6]);
+fn summary_table(pkgs: &[PackageInfo]) -> String {
+    let mut t = Table::new(&[&["PACKAGE", "NAME", "VERSION"][..], &COUNTS].concat())
+        .right(&[2, 3, 4, 5, 6]);
     for p in pkgs {
-        let s = &p.summary;
-        t.row(vec![
-            p.id.clone(),
-            p.name.clone(),
-            p.version.to_string(),
-            s.targeted.to_string(),
-            s.installed.to_string(),
-            s.retrying.to_string(),
-            s.failed.to_string(),
-        ]);
+        let mut row = vec![p.id.clone(), p.name.clone(), p.version.to_string()];
+        row.extend(counts(&p.summary));
+        t.row(row);
     }
     t.render()
 }
 
 fn dp_table(dps: &[DpInfo]) -> String {
-    if dps.is_empty() {
-        return "no DPs; add one with `freight dp add`\n".into();
-    }
     let mut t = Table::new(&[
         "NAME", "KIND", "ADDRESS", "HTTP", "SITE", "THROTTLE", "SOURCES", "GROUPS",
     ]);
@@ -189,7 +188,7 @@ fn dp_table(dps: &[DpInfo]) -> String {
             list_or(&d.groups, "-"),
         ]);
     }
-    t.render()
+    t.render_or("no DPs; add one with `freight dp add`")
 }
 
 fn dp_detail(d: &DpDetail, tz: &TimeZone) -> String {
@@ -207,60 +206,42 @@ fn dp_detail(d: &DpDetail, tz: &TimeZone) -> String {
         ("groups", list_or(&p.groups, "-")),
     ]);
     out.push('\n');
-    if d.packages.is_empty() {
-        out.push_str("no packages targeted at this DP\n");
-    } else {
-        out.push_str(&status_table(&d.packages, tz));
-    }
+    out.push_str(&status_rows(&d.packages, tz).render_or("no packages targeted at this DP"));
     out
 }
 
 fn group_table(groups: &[GroupInfo]) -> String {
-    if groups.is_empty() {
-        return "no DP groups; create one with `freight dpgroup create`\n".into();
-    }
     let mut t = Table::new(&["GROUP", "MEMBERS"]);
     for g in groups {
         t.row(vec![g.name.clone(), list_or(&g.members, "-")]);
     }
-    t.render()
+    t.render_or("no DP groups; create one with `freight dpgroup create`")
 }
 
 fn package_table(pkgs: &[PackageInfo]) -> String {
-    if pkgs.is_empty() {
-        return "no packages; create one with `freight package create`\n".into();
-    }
-    let mut t = Table::new(&[
-        "PACKAGE",
-        "NAME",
-        "PRIORITY",
-        "VERSION",
-        "FILES",
-        "SIZE",
-        "TARGETED",
-        "INSTALLED",
-        "RETRYING",
-        "FAILED",
-        "SOURCE",
-    ])
+    let mut t = Table::new(
+        &[
+            &["PACKAGE", "NAME", "PRIORITY", "VERSION", "FILES", "SIZE"][..],
+            &COUNTS,
+            &["SOURCE"],
+        ]
+        .concat(),
+    )
     .right(&[3, 4, 5, 6, 7, 8, 9]);
     for p in pkgs {
-        let s = &p.summary;
-        t.row(vec![
+        let mut row = vec![
             p.id.clone(),
             p.name.clone(),
             p.priority.clone(),
             p.version.to_string(),
             p.files.to_string(),
             human(p.bytes),
-            s.targeted.to_string(),
-            s.installed.to_string(),
-            s.retrying.to_string(),
-            s.failed.to_string(),
-            p.source.clone(),
-        ]);
+        ];
+        row.extend(counts(&p.summary));
+        row.push(p.source.clone());
+        t.row(row);
     }
-    t.render()
+    t.render_or("no packages; create one with `freight package create`")
 }
 
 fn package_detail(d: &PackageDetail, tz: &TimeZone) -> String {
@@ -293,11 +274,10 @@ fn package_detail(d: &PackageDetail, tz: &TimeZone) -> String {
     }
     out.push_str(&t.render());
     out.push('\n');
-    if d.status.is_empty() {
-        out.push_str("not targeted at any DP; target it with `freight distribute`\n");
-    } else {
-        out.push_str(&status_table(&d.status, tz));
-    }
+    out.push_str(
+        &status_rows(&d.status, tz)
+            .render_or("not targeted at any DP; target it with `freight distribute`"),
+    );
     out
 }
 
@@ -331,7 +311,6 @@ pub fn job_state(j: &JobProgress) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use freight_appliance::api::Summary;
     use jiff::tz::Offset;
 
     fn utc() -> TimeZone {

@@ -30,6 +30,15 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// The rendered table, or the line `empty` (a hint) when it has no rows.
+    pub fn render_or(&self, empty: &str) -> String {
+        if self.rows.is_empty() {
+            format!("{empty}\n")
+        } else {
+            self.render()
+        }
+    }
+
     /// The rendered table, one line per row after the header, each ending in a newline.
     pub fn render(&self) -> String {
         fn cell(r: &[String], c: usize) -> &str {
@@ -93,6 +102,14 @@ mod tests {
              a       1.5 MiB\n\
              longer      7 B  x\n"
         );
+    }
+
+    #[test]
+    fn an_empty_table_is_its_hint() {
+        let mut t = Table::new(&["NAME"]);
+        assert_eq!(t.render_or("nothing yet"), "nothing yet\n");
+        t.row(vec!["a".into()]);
+        assert_eq!(t.render_or("nothing yet"), "NAME\na\n");
     }
 
     #[test]

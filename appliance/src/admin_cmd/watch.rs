@@ -252,7 +252,6 @@ impl Bars {
                 .or_insert_with(|| {
                     let bar = multi.add(ProgressBar::new(j.total));
                     bar.set_style(self.style.clone());
-                    bar.set_prefix(job_label(j));
                     (bar, j.attempts)
                 });
             if *attempt != j.attempts {

@@ -1,5 +1,5 @@
 //! A folder of sites and libraries driven through the real `freight` binary, shared by the
-//! CLI tests.
+//! CLI tests and the end-to-end hosts.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -25,22 +25,14 @@ impl World {
     }
     /// `freight --quiet ARGS`, not yet run.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
-        c.arg("--quiet").args(args);
-        c
+        freight_cmd(args)
     }
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
     /// Runs and expects success; returns standard output.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        freight(args)
     }
     /// Runs and expects failure with a one-line error; returns it.
     pub fn fail(&self, args: &[&str]) -> String {
@@ -68,4 +60,22 @@ impl World {
         ]);
         self.ok(&["site", "--site", &self.s(to), "identity", "import", &id]);
     }
+}
+
+/// `freight --quiet ARGS`, not yet run.
+fn freight_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
+    c.arg("--quiet").args(args);
+    c
+}
+
+/// Runs `freight --quiet ARGS` and expects success; returns standard output.
+pub fn freight(args: &[&str]) -> String {
+    let out = freight_cmd(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

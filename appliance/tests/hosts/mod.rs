@@ -3,6 +3,7 @@
 //! driven through the admin API with `curl` and checked over HTTP with `curl`.
 #![allow(dead_code)]
 
+use freight_appliance::daemon::ready_fields;
 use rand::RngExt;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -11,10 +12,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A folder of hosts.
-pub struct Net {
-    _t: tempfile::TempDir,
-    pub root: PathBuf,
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::freight;
+
+/// A folder of hosts: a [`common::World`] (its paths and `freight` runs) with host builders.
+pub struct Net(common::World);
+
+impl std::ops::Deref for Net {
+    type Target = common::World;
+    fn deref(&self) -> &common::World {
+        &self.0
+    }
 }
 
 /// One freightd process and what it announced.
@@ -48,29 +57,9 @@ pub fn free_port() -> u16 {
     }
 }
 
-pub fn freight(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
-        .arg("--quiet")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "freight {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 impl Net {
     pub fn new() -> Net {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().to_path_buf();
-        Net { _t: t, root }
-    }
-
-    pub fn p(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        Net(common::World::new())
     }
 
     /// Creates a host folder with its key; `extra` is appended to the config (role sections).
@@ -192,22 +181,21 @@ impl Host {
                 let _ = tx.send(line);
             }
         });
-        let line = loop {
+        let fields = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(l) if l.starts_with("freightd ready:") => break l,
-                Ok(_) => continue,
+                Ok(l) => {
+                    if let Some((_, fields)) = ready_fields(&l) {
+                        break fields;
+                    }
+                }
                 Err(_) => panic!("{}: freightd did not become ready", self.name),
             }
         };
         let field = |k: &str| {
-            line.split("; ")
-                .find_map(|p| p.strip_prefix(&format!("{k} ")).map(str::to_string))
-                .or_else(|| {
-                    line.split(": ").nth(1).and_then(|rest| {
-                        rest.split("; ")
-                            .find_map(|p| p.strip_prefix(&format!("{k} ")).map(str::to_string))
-                    })
-                })
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
         };
         self.quic = field("quic").expect("quic address");
         self.http = field("http");
@@ -284,11 +272,12 @@ impl Host {
 
     /// `package create`: returns the new package's ID.
     pub fn create(&self, name: &str, source: &Path) -> String {
-        let v = self.ok(
-            "POST",
-            "/v1/packages",
-            Some(json!({"name": name, "source": source})),
-        );
+        self.create_with(json!({"name": name, "source": source}))
+    }
+
+    /// `package create` with this body (name, source, more): returns the new package's ID.
+    pub fn create_with(&self, body: Value) -> String {
+        let v = self.ok("POST", "/v1/packages", Some(body));
         v["id"].as_str().unwrap().to_string()
     }
 
@@ -361,23 +350,21 @@ impl Host {
         }
     }
 
-    /// Message IDs of `package` (optionally of one DP), in order.
-    pub fn message_ids(&self, package: &str, dp: Option<&str>) -> Vec<u64> {
-        let v = self.ok("GET", &format!("/v1/messages?package={package}"), None);
-        v.as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| dp.is_none() || m["dp"].as_str() == dp || m["dp"].is_null())
-            .map(|m| m["id"].as_u64().unwrap())
-            .collect()
-    }
-
-    /// Messages of `package` as text.
+    /// Messages of `package` as JSON.
     pub fn messages(&self, package: &str) -> Vec<Value> {
         self.ok("GET", &format!("/v1/messages?package={package}"), None)
             .as_array()
             .unwrap()
             .clone()
+    }
+
+    /// Message IDs of `package` (optionally of one DP), in order.
+    pub fn message_ids(&self, package: &str, dp: Option<&str>) -> Vec<u64> {
+        self.messages(package)
+            .iter()
+            .filter(|m| dp.is_none() || m["dp"].as_str() == dp || m["dp"].is_null())
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect()
     }
 
     /// Bytes sent by the jobs of `package` at `version` to `dp` (from the site database).

@@ -176,31 +176,6 @@ impl Hosts {
     }
 }
 
-/// Rewrites every 20th file from `offset` (5%) with different bytes; returns how many.
-fn change_five_percent(src: &Path, offset: usize) -> Result<usize, BenchError> {
-    let mut files = Vec::new();
-    harness::walk(src, &mut |p, meta| {
-        if meta.is_file() {
-            files.push(p.to_path_buf());
-        }
-        Ok(())
-    })?;
-    files.sort();
-    let mut n = 0;
-    for (i, f) in files.iter().enumerate() {
-        if i % 20 != offset % 20 {
-            continue;
-        }
-        let mut data = fs::read(f).map_err(ctx(f.display()))?;
-        for (j, b) in data.iter_mut().enumerate() {
-            *b = b.wrapping_add((j % 251) as u8 | 1);
-        }
-        fs::write(f, data).map_err(ctx(f.display()))?;
-        n += 1;
-    }
-    Ok(n)
-}
-
 fn ratio(what: &str, peer_s: f64, freight_s: f64, goal: f64, higher_is_better: bool) -> Ratio {
     let ratio = if higher_is_better {
         peer_s / freight_s
@@ -410,7 +385,7 @@ pub fn distribute(args: &DistributeArgs) -> Result<(), BenchError> {
     // (c) update with 5% of the files changed: dp1 and rsync's copy hold the previous tree.
     let (mut sent_rsync, mut sent_freight) = (None, None);
     for run in 1..=common.runs {
-        let n = change_five_percent(&src, run as usize)?;
+        let (n, _) = freight_bench::rewrite_every_20th(&src, run as usize)?;
         eprintln!("changed {n} files");
         harness::warm_page_cache(&src)?;
         let (rec, sent) = rsync_run("c", run)?;
