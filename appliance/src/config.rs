@@ -216,9 +216,11 @@ mod tests {
     #[test]
     fn defaults_are_the_specs_and_paths_are_relative_to_the_file() {
         let c = load(
-            "home = \"h\"\nlibrary = \"l\"\nlisten = \"127.0.0.1:0\"\n[site]\ndatabase = \"s.db\"\nadmin_socket = \"a.sock\"\n",
+            "home = \"h\"\nlibrary = \"l\"\nlisten = \"127.0.0.1:0\"\n[site]\ndatabase = \"s.db\"\nadmin_socket = \"a.sock\"\n[dp]\nhttp = \"127.0.0.1:0\"\n",
         )
         .unwrap();
+        let d = c.dp.unwrap();
+        assert_eq!((d.kind.as_str(), d.pull_capacity), ("standard", 50));
         let s = c.site.unwrap();
         assert_eq!(
             (s.packages_parallel, s.dp_workers, s.dp_attempts),

@@ -345,14 +345,8 @@ fn drop_versions(
     p: &PackageId,
     which: impl Fn(u32) -> bool,
 ) -> Result<(), String> {
-    let versions = lib.versions().map_err(|e| e.to_string())?;
-    for v in versions
-        .get(p)
-        .into_iter()
-        .flatten()
-        .copied()
-        .filter(|v| which(*v))
-    {
+    let versions = lib.versions_of(p).map_err(|e| e.to_string())?;
+    for v in versions.into_iter().filter(|v| which(*v)) {
         lib.remove_version(p, v).map_err(|e| e.to_string())?;
     }
     Ok(())

@@ -395,13 +395,13 @@ fn package_absent(pkg: &PackageId) -> Fail {
 }
 
 fn versions_of(lib: &Library, pkg: &PackageId) -> Result<Vec<u32>, Fail> {
-    let all = lib
-        .versions()
+    let vs = lib
+        .versions_of(pkg)
         .map_err(|e| library_error("the package list", e))?;
-    match all.get(pkg) {
-        Some(vs) if !vs.is_empty() => Ok(vs.clone()),
-        _ => Err(package_absent(pkg)),
+    if vs.is_empty() {
+        return Err(package_absent(pkg));
     }
+    Ok(vs)
 }
 
 fn load_manifest(lib: &Library, pkg: &PackageId, ver: VersionSel) -> Result<Manifest, Fail> {
