@@ -26,6 +26,7 @@
 //! ```
 //! Errors answer 4xx/5xx with [`ApiError`]: one line naming the object and the fix.
 
+pub use freight_transport::Priority;
 use serde::{Deserialize, Serialize};
 
 /// Version prefix of every path.
@@ -139,7 +140,7 @@ pub struct CreatePackage {
     /// Source folder (absolute path on the site server).
     pub source: String,
     /// `low`, `medium` (default) or `high`.
-    pub priority: Option<String>,
+    pub priority: Option<Priority>,
 }
 
 /// One package.
@@ -151,8 +152,8 @@ pub struct PackageInfo {
     pub name: String,
     /// Source folder.
     pub source: String,
-    /// Priority.
-    pub priority: String,
+    /// Priority on bandwidth windows.
+    pub priority: Priority,
     /// Newest version.
     pub version: u32,
     /// Hex BLAKE3 of the newest version's manifest (the package hash).

@@ -1,24 +1,17 @@
-//! The site server and DP appliance: what `freightd` and the `freight` CLI share.
+//! The Freight appliance: what `freightd` and the `freight` CLI are made of.
 //!
-//! The site database ([`db`]), the daemon and its components, the admin API and its client,
-//! and the helpers both binaries use (site folders, output, progress bars). See
+//! By role: [`site_server`] (the site database and the components of the seeds), [`dp`] (a
+//! distribution point: commands, pulls, HTTP content), [`daemon`] (`freightd`'s start-up),
+//! [`admin`] (the admin API's server and client, contract in [`api`]) and [`cli`] (the
+//! `freight` command's verbs). [`content`] and [`home`] are shared by the roles. See
 //! `ARCHITECTURE.md` at the repository root.
 
 pub mod admin;
-pub mod admin_client;
 pub mod api;
-pub mod config;
+pub mod cli;
+pub mod content;
 pub mod daemon;
-pub mod db;
-pub mod distmgr;
 pub mod dp;
-pub mod dp_http;
-pub mod dp_proto;
-pub mod error;
+pub mod home;
 pub mod logging;
-pub mod output;
-pub mod pkgxfer;
-pub mod progress_bar;
-pub mod site;
-pub mod site_home;
-pub mod statmgr;
+pub mod site_server;

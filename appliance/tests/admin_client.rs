@@ -7,11 +7,11 @@ use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use freight_appliance::admin_client::{AdminClient, segment, with_query};
+use freight_appliance::admin::client::ClientError;
+use freight_appliance::admin::client::{AdminClient, segment, with_query};
 use freight_appliance::api::{
     AddDp, ApiError, DpInfo, JobProgress, PackageInfo, PackageStatus, StatusMessage, Summary,
 };
-use freight_appliance::error::CliError;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Output;
@@ -113,7 +113,7 @@ fn serve(dir: &std::path::Path) -> PathBuf {
                     id: "OK1".into(),
                     name: "tools".into(),
                     source: "/srv/tools".into(),
-                    priority: "medium".into(),
+                    priority: freight_appliance::api::Priority::Medium,
                     version: 1,
                     hash: "00".repeat(32),
                     files: 3,
@@ -175,7 +175,7 @@ async fn an_api_error_is_one_line() {
         .get::<DpInfo>(&format!("/dps/{}", segment("no such/dp")))
         .await
         .unwrap_err();
-    assert!(matches!(e, CliError::Api(_)), "{e:?}");
+    assert!(matches!(e, ClientError::Refused(_)), "{e:?}");
     assert_eq!(
         e.to_string(),
         "DP no such/dp does not exist; list the DPs with `freight dp list`"

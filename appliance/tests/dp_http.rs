@@ -1,9 +1,9 @@
-//! The DP content server (`freight_appliance::dp_http`) on loopback, checked with the real
+//! The DP content server (`freight_appliance::dp::http`) on loopback, checked with the real
 //! `curl`: every file byte-identical to its source, listings, ranges, ETags and conditional
 //! requests, `latest`, the one-line errors, hostile paths, and a damaged library that must
 //! never deliver wrong bytes as a success.
 
-use freight_appliance::dp_http::{percent_encode, router};
+use freight_appliance::dp::http::{percent_encode, router};
 use freight_bench::{DatasetSpec, generate, ingest_version, noise};
 use freight_core::{EntryKind, Library, PackageId};
 use freight_transport::store::SharedLibrary;

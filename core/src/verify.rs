@@ -10,11 +10,16 @@ use std::collections::HashMap;
 
 const NAMES_PER_CHUNK: usize = 8;
 
+fn as_hex<S: serde::Serializer>(id: &ChunkId, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_hex())
+}
+
 /// One chunk that failed verification.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BadChunk {
-    /// Chunk ID (hex).
-    pub id: String,
+    /// Chunk ID (hex in JSON).
+    #[serde(serialize_with = "as_hex")]
+    pub id: ChunkId,
     /// Why it failed.
     pub reason: String,
     /// Files using it, as `PKG vN path` (the first few).
@@ -94,7 +99,7 @@ pub fn verify_manifests(
                         other => other.to_string(),
                     };
                     report.bad.push(BadChunk {
-                        id: id.to_hex(),
+                        id,
                         reason,
                         files: users.get(&id).map(|u| u.1.clone()).unwrap_or_default(),
                     });
@@ -103,7 +108,7 @@ pub fn verify_manifests(
             Ok(())
         },
     )?;
-    report.bad.sort_by(|a, b| a.id.cmp(&b.id));
+    report.bad.sort_by_key(|b| b.id);
     Ok(report)
 }
 

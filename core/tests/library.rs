@@ -205,7 +205,7 @@ fn corrupted_chunk_is_reported_by_verify_and_refused_by_materialize() {
     let lib = Library::open(&lib_dir, Access::Read, io()).unwrap();
     let v = freight_core::verify::verify(&lib, None, &Progress::default()).unwrap();
     assert_eq!(v.bad.len(), 1, "{v:?}");
-    assert_eq!(v.bad[0].id, chunks[0].id.to_hex());
+    assert_eq!(v.bad[0].id, chunks[0].id);
     assert!(
         v.bad[0].files.iter().any(|f| f.ends_with("victim.bin")),
         "{v:?}"

@@ -1,0 +1,351 @@
+//! `freight library ...`: offline commands on a content library directory.
+
+use crate::cli::error::CliError;
+use crate::cli::output::print_json;
+use crate::cli::progress_bar::Bar;
+use clap::{Args, Subcommand};
+use freight_core::ingest::{IngestOptions, ingest};
+use freight_core::library::Access;
+use freight_core::units::{human, parse_size};
+use freight_core::{IoMode, Library, LibraryConfig, PackageId, Progress};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Arguments of `freight library`.
+#[derive(Args)]
+pub struct LibraryArgs {
+    /// The library directory.
+    #[arg(long, short = 'l', env = "FREIGHT_LIBRARY", global = true)]
+    library: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: LibCmd,
+}
+
+#[derive(Subcommand)]
+enum LibCmd {
+    /// Create an empty library.
+    Init {
+        /// Storage root for pack files (repeat for several; default: LIBRARY/store).
+        #[arg(long = "root")]
+        roots: Vec<PathBuf>,
+        /// Free space never used on any root, e.g. 1GiB.
+        #[arg(long, value_parser = parse_size)]
+        reserve: Option<u64>,
+        /// zstd level for new chunks.
+        #[arg(long, allow_hyphen_values = true)]
+        level: Option<i32>,
+        /// Pack files are sealed at this size, e.g. 256MiB.
+        #[arg(long, value_parser = parse_size)]
+        pack_size: Option<u64>,
+    },
+    /// Snapshot a source folder as a package version.
+    Ingest {
+        /// Package ID (site code + 5 hex digits), e.g. CAS00001.
+        #[arg(long, short)]
+        package: String,
+        /// Version number (default: one past the newest stored).
+        #[arg(long, short)]
+        version: Option<u32>,
+        /// Take files whose size and modification time are unchanged from the newest stored
+        /// version without reading them (rsync's quick check).
+        #[arg(long)]
+        quick: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The source folder.
+        source: PathBuf,
+    },
+    /// Restore a package version into a new or empty folder.
+    Materialize {
+        /// Package ID.
+        #[arg(long, short)]
+        package: String,
+        /// Version (default: newest).
+        #[arg(long, short)]
+        version: Option<u32>,
+        /// Destination folder.
+        dest: PathBuf,
+    },
+    /// Re-hash every chunk packages use and report bad ones.
+    Verify {
+        /// Only this package.
+        #[arg(long, short)]
+        package: Option<String>,
+        /// Only this version (with --package).
+        #[arg(long, short, requires = "package")]
+        version: Option<u32>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one package version (its content stays until gc).
+    Remove {
+        /// Package ID.
+        #[arg(long, short)]
+        package: String,
+        /// Version.
+        #[arg(long, short)]
+        version: u32,
+    },
+    /// Delete chunks no package version uses and reclaim their space.
+    Gc {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the library holds.
+    Stats {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List what changed between two versions of a package.
+    Diff {
+        /// Package ID.
+        #[arg(long, short)]
+        package: String,
+        /// Older version.
+        from: u32,
+        /// Newer version.
+        to: u32,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn pkg(s: &str) -> Result<PackageId, CliError> {
+    Ok(PackageId::parse(s)?)
+}
+
+/// Runs one `freight library` command.
+pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError> {
+    let dir = a.library.ok_or_else(|| {
+        CliError::Usage("no library given; pass --library DIR or set FREIGHT_LIBRARY".into())
+    })?;
+    let progress = Arc::new(Progress::default());
+    match a.cmd {
+        LibCmd::Init {
+            roots,
+            reserve,
+            level,
+            pack_size,
+        } => {
+            let mut cfg = LibraryConfig::default();
+            if !roots.is_empty() {
+                cfg.roots = roots;
+            }
+            if let Some(r) = reserve {
+                cfg.reserve_bytes = r;
+            }
+            if let Some(l) = level {
+                cfg.compression_level = l;
+            }
+            if let Some(p) = pack_size {
+                cfg.pack_size = p;
+            }
+            if let Some(m) = io {
+                cfg.io = m;
+            }
+            Library::init(&dir, &cfg)?;
+            println!("initialised library {}", dir.display());
+        }
+        LibCmd::Ingest {
+            package,
+            version,
+            quick,
+            json,
+            source,
+        } => {
+            let opts = IngestOptions {
+                package: pkg(&package)?,
+                version,
+                quick_check: quick,
+            };
+            let mut lib = Library::open_or_init(&dir, io)?;
+            let started = std::time::Instant::now();
+            let r = {
+                let _bar = Bar::start(progress.clone(), quiet);
+                ingest(&mut lib, &source, &opts, &progress)?
+            };
+            let secs = started.elapsed().as_secs_f64();
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} v{} {}: {} files, {} in {} chunks ({} new, {} stored) in {:.2}s ({:.0} MB/s){}",
+                    r.package,
+                    r.version,
+                    &r.hash[..16],
+                    r.files,
+                    human(r.bytes),
+                    r.chunks,
+                    r.new_chunks,
+                    human(r.stored_bytes),
+                    secs,
+                    r.bytes as f64 / secs.max(1e-9) / 1e6,
+                    if r.created { "" } else { " (already stored)" }
+                );
+            }
+        }
+        LibCmd::Materialize {
+            package,
+            version,
+            dest,
+        } => {
+            let lib = Library::open(&dir, Access::Read, io)?;
+            let p = pkg(&package)?;
+            let v = match version {
+                Some(v) => v,
+                None => lib
+                    .latest(&p)?
+                    .ok_or_else(|| freight_core::Error::NoSuchPackage(p.to_string()))?,
+            };
+            let m = lib.manifest(&p, v)?;
+            let r = {
+                let _bar = Bar::start(progress.clone(), quiet);
+                freight_core::materialize::materialize(&lib, &m, &dest, &progress)?
+            };
+            println!(
+                "{p} v{v} -> {}: {} files, {} dirs, {} symlinks, {}",
+                dest.display(),
+                r.files,
+                r.dirs,
+                r.symlinks,
+                human(r.bytes)
+            );
+        }
+        LibCmd::Verify {
+            package,
+            version,
+            json,
+        } => {
+            let lib = Library::open(&dir, Access::Read, io)?;
+            let p = package.as_deref().map(pkg).transpose()?;
+            let r = {
+                let _bar = Bar::start(progress.clone(), quiet);
+                freight_core::verify::verify(&lib, p.as_ref().map(|p| (p, version)), &progress)?
+            };
+            if json {
+                print_json(&r)?;
+            } else {
+                for b in &r.bad {
+                    println!(
+                        "BAD chunk {} ({}): used by {}",
+                        b.id,
+                        b.reason,
+                        b.files.join(", ")
+                    );
+                }
+                println!(
+                    "verified {} version(s), {} chunks, {}: {}",
+                    r.versions,
+                    r.chunks,
+                    human(r.bytes),
+                    if r.is_clean() {
+                        "clean".to_string()
+                    } else {
+                        format!("{} bad", r.bad.len())
+                    }
+                );
+            }
+            if !r.is_clean() {
+                return Err(CliError::VerifyFailed(r.bad.len()));
+            }
+        }
+        LibCmd::Remove { package, version } => {
+            let mut lib = Library::open(&dir, Access::Write, io)?;
+            let p = pkg(&package)?;
+            lib.remove_version(&p, version)?;
+            println!("removed {p} v{version}; run `freight library gc` to reclaim its space");
+        }
+        LibCmd::Gc { json } => {
+            let mut lib = Library::open(&dir, Access::Write, io)?;
+            let r = {
+                let _bar = Bar::start(progress.clone(), quiet);
+                freight_core::gc::gc(&mut lib, &progress)?
+            };
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "removed {} chunks, deleted {} packs, compacted {} (moved {}), freed {}",
+                    r.chunks_removed,
+                    r.packs_deleted,
+                    r.packs_compacted,
+                    human(r.bytes_moved),
+                    human(r.bytes_freed)
+                );
+            }
+        }
+        LibCmd::Stats { json } => {
+            let lib = Library::open(&dir, Access::Read, io)?;
+            let s = freight_core::stats::stats(&lib)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!("library {} (io: {})", dir.display(), s.io);
+                for p in &s.packages {
+                    let vs: Vec<String> = p.versions.iter().map(|v| v.to_string()).collect();
+                    println!("  package {} versions {}", p.package, vs.join(","));
+                }
+                println!(
+                    "  {} chunks, {} stored ({} uncompressed), {} referenced, {} garbage",
+                    s.chunks,
+                    human(s.stored_bytes),
+                    human(s.logical_bytes),
+                    s.referenced_chunks,
+                    human(s.garbage_bytes)
+                );
+                for r in &s.roots {
+                    println!(
+                        "  root {}: {} packs, {}, {} usable",
+                        r.path,
+                        r.packs,
+                        human(r.pack_bytes),
+                        human(r.usable_bytes)
+                    );
+                }
+            }
+        }
+        LibCmd::Diff {
+            package,
+            from,
+            to,
+            json,
+        } => {
+            let lib = Library::open(&dir, Access::Read, io)?;
+            let p = pkg(&package)?;
+            let d = lib.manifest(&p, from)?.diff(&lib.manifest(&p, to)?);
+            if json {
+                let v = serde_json::json!({
+                    "added": d.added, "removed": d.removed, "changed": d.changed,
+                    "metadata": d.metadata, "new_chunks": d.new_chunks.len(), "new_bytes": d.new_bytes,
+                });
+                print_json(&v)?;
+            } else {
+                for (tag, list) in [
+                    ("A", &d.added),
+                    ("D", &d.removed),
+                    ("M", &d.changed),
+                    ("m", &d.metadata),
+                ] {
+                    for path in list {
+                        println!("{tag} {path}");
+                    }
+                }
+                println!(
+                    "{p} v{from} -> v{to}: {} added, {} removed, {} changed, {} metadata only; {} new chunks ({})",
+                    d.added.len(),
+                    d.removed.len(),
+                    d.changed.len(),
+                    d.metadata.len(),
+                    d.new_chunks.len(),
+                    human(d.new_bytes)
+                );
+            }
+        }
+    }
+    Ok(())
+}

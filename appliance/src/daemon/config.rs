@@ -1,0 +1,272 @@
+//! `freightd.toml`: which roles a host runs and where its state lives.
+//!
+//! ```toml
+//! home = "host"                 # site folder (`freight site init`): code, key, trust store
+//! library = "library"           # content library (created on first start)
+//! listen = "127.0.0.1:4433"     # QUIC (port 0 picks one; the readiness line shows it)
+//!
+//! [site]                        # role: site server
+//! database = "site.db"
+//! admin_socket = "admin.sock"
+//! dp_attempts = 100             # SPEC §6 defaults; durations like "30m", "5s", "500ms"
+//! dp_retry_delay = "30m"
+//!
+//! [dp]                          # role: distribution point
+//! kind = "standard"             # or "pull"
+//! http = "127.0.0.1:8080"
+//! ```
+//! Relative paths are taken from the config file's folder. Unknown keys are refused, so a
+//! typo never silently falls back to a default.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A config that cannot be used: one line naming the file, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// The host's site folder (code, key, trust store).
+    pub home: PathBuf,
+    /// The content library.
+    pub library: PathBuf,
+    /// QUIC listening address.
+    pub listen: SocketAddr,
+    /// Seconds without a packet before a connection counts as cut.
+    #[serde(default = "default_idle", with = "duration")]
+    pub idle_timeout: Duration,
+    /// The site server role.
+    pub site: Option<SiteRole>,
+    /// The DP role.
+    pub dp: Option<DpRole>,
+}
+
+/// Settings of the site server role (SPEC §6 defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteRole {
+    /// The site database file.
+    pub database: PathBuf,
+    /// The admin API's Unix socket.
+    pub admin_socket: PathBuf,
+    /// DistMgr: packages processed at once.
+    #[serde(default = "d3")]
+    pub packages_parallel: usize,
+    /// DistMgr: DP workers per package.
+    #[serde(default = "d5")]
+    pub dp_workers: usize,
+    /// PkgXferMgr: attempts of a DP copy before it fails.
+    #[serde(default = "d100")]
+    pub dp_attempts: u32,
+    /// PkgXferMgr: wait between attempts.
+    #[serde(default = "d30m", with = "duration")]
+    pub dp_retry_delay: Duration,
+    /// Pull DPs: notification attempts before the job fails.
+    #[serde(default = "d30")]
+    pub pull_attempts: u32,
+    /// Pull DPs: wait before notifying again (no source, at capacity).
+    #[serde(default = "d30m", with = "duration")]
+    pub pull_retry_delay: Duration,
+    /// How often a pull DP is polled for its progress.
+    #[serde(default = "d2s", with = "duration")]
+    pub poll_interval: Duration,
+    /// Validate every installed copy this often (off when absent).
+    #[serde(default, with = "opt_duration")]
+    pub validate_every: Option<Duration>,
+    /// Sessions per push attempt before it counts as failed (cuts resume within an attempt).
+    #[serde(default = "d3u")]
+    pub resume_sessions: u32,
+}
+
+/// Settings of the DP role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpRole {
+    /// `standard` (the site server pushes) or `pull` (fetches from source DPs).
+    #[serde(default = "standard")]
+    pub kind: String,
+    /// HTTP content server address.
+    pub http: SocketAddr,
+    /// Pull DP: jobs at once (SPEC §6: 50).
+    #[serde(default = "d50")]
+    pub pull_capacity: usize,
+    /// Materialise installed packages under this folder (`SHARE/PKG/`), optional.
+    pub share: Option<PathBuf>,
+}
+
+fn default_idle() -> Duration {
+    Duration::from_secs(30)
+}
+fn d3() -> usize {
+    3
+}
+fn d5() -> usize {
+    5
+}
+fn d50() -> usize {
+    50
+}
+fn d100() -> u32 {
+    100
+}
+fn d30() -> u32 {
+    30
+}
+fn d3u() -> u32 {
+    3
+}
+fn d30m() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn d2s() -> Duration {
+    Duration::from_secs(2)
+}
+fn standard() -> String {
+    "standard".into()
+}
+
+/// Parses `"30m"`, `"5s"`, `"500ms"`, `"1h 30m"` (jiff's friendly format).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. \"30m\", \"5s\" or \"500ms\""))?;
+    Duration::try_from(d).map_err(|_| format!("{s:?}: a duration cannot be negative"))
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration {
+    use serde::Deserializer;
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
+impl DaemonConfig {
+    /// Reads and checks the file; relative paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "{}: cannot read the config ({e}); pass --config FILE",
+                path.display()
+            ))
+        })?;
+        let mut c: DaemonConfig = toml::from_str(&text).map_err(|e| {
+            ConfigError(format!(
+                "{}: bad config: {}; fix the file (see `freightd --help`)",
+                path.display(),
+                e.message().trim()
+            ))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut c.home);
+        abs(&mut c.library);
+        if let Some(s) = &mut c.site {
+            abs(&mut s.database);
+            abs(&mut s.admin_socket);
+        }
+        if let Some(d) = &mut c.dp {
+            if let Some(share) = &mut d.share {
+                abs(share);
+            }
+            if d.kind != "standard" && d.kind != "pull" {
+                return Err(ConfigError(format!(
+                    "{}: [dp] kind = {:?}; write \"standard\" or \"pull\"",
+                    path.display(),
+                    d.kind
+                )));
+            }
+        }
+        if c.site.is_none() && c.dp.is_none() {
+            return Err(ConfigError(format!(
+                "{}: no role configured; add a [site] or a [dp] section (or both)",
+                path.display()
+            )));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<DaemonConfig, String> {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("freightd.toml");
+        std::fs::write(&p, text).unwrap();
+        DaemonConfig::load(&p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_specs_and_paths_are_relative_to_the_file() {
+        let c = load(
+            "home = \"h\"\nlibrary = \"l\"\nlisten = \"127.0.0.1:0\"\n[site]\ndatabase = \"s.db\"\nadmin_socket = \"a.sock\"\n[dp]\nhttp = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let d = c.dp.unwrap();
+        assert_eq!((d.kind.as_str(), d.pull_capacity), ("standard", 50));
+        let s = c.site.unwrap();
+        assert_eq!(
+            (s.packages_parallel, s.dp_workers, s.dp_attempts),
+            (3, 5, 100)
+        );
+        assert_eq!(s.dp_retry_delay, Duration::from_secs(1800));
+        assert_eq!(s.pull_attempts, 30);
+        assert!(c.home.is_absolute() && c.home.ends_with("h"));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_one_line() {
+        let base = "home = \"h\"\nlibrary = \"l\"\nlisten = \"127.0.0.1:0\"\n";
+        for (text, want) in [
+            (base.to_string(), "no role configured"),
+            (
+                format!("{base}[dp]\nhttp = \"127.0.0.1:0\"\nkind = \"branch\"\n"),
+                "write \"standard\" or \"pull\"",
+            ),
+            (
+                format!("{base}[dp]\nhttp = \"127.0.0.1:0\"\ncolour = 1\n"),
+                "unknown field",
+            ),
+            (
+                format!(
+                    "{base}[site]\ndatabase = \"d\"\nadmin_socket = \"a\"\ndp_retry_delay = \"soon\"\n"
+                ),
+                "not a duration",
+            ),
+            ("home = 1".to_string(), "bad config"),
+        ] {
+            let e = load(&text).unwrap_err();
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("-5s").is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! `freightd`: starts the roles of its config, says when it is ready, and stops cleanly on
+//! SIGTERM. Everything that can be wrong with the host (config, key, library lock, ports) is
+//! checked before the readiness line, so a bad start is one line and exit status 1.
+
+pub mod config;
+
+use crate::dp::Dp;
+use crate::home::{Home, HomeError};
+use crate::site_server::SiteServer;
+use crate::site_server::error::SiteError;
+use crate::site_server::store::{Store, StoreError};
+use config::{ConfigError, DaemonConfig};
+use freight_core::{IoMode, Library};
+use freight_transport::command::CommandHandler;
+use freight_transport::quic::{Node, NodeConfig};
+use freight_transport::session;
+use freight_transport::store::SharedLibrary;
+use freight_transport::tls::SiteTls;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The start of the readiness line; `ROLES CODE; quic ADDR[; http ADDR][; admin SOCKET]` follows.
+pub const READY_PREFIX: &str = "freightd ready: ";
+
+/// Reads a readiness line: what follows [`READY_PREFIX`] and its `key value` fields (`quic`,
+/// `http`, `admin`, after the roles); None if `line` is not the readiness line.
+pub fn ready_fields(line: &str) -> Option<(&str, Vec<(String, String)>)> {
+    let rest = line.trim().strip_prefix(READY_PREFIX)?;
+    let fields = rest
+        .split("; ")
+        .filter_map(|p| p.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some((rest, fields))
+}
+
+/// Why `freightd` could not start or stopped: one line naming the object and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The home folder (site code, key, trust store).
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The content library.
+    #[error(transparent)]
+    Library(#[from] freight_core::Error),
+    /// The QUIC node or the library's store thread.
+    #[error(transparent)]
+    Transport(#[from] freight_transport::Error),
+    /// The site database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The site server could not be assembled.
+    #[error(transparent)]
+    Site(#[from] SiteError),
+    /// A listener could not be set up.
+    #[error("{0}")]
+    Listen(String),
+    /// Standard output, signals or the runtime failed.
+    #[error("freightd: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C.
+pub fn run(config: &Path, io: Option<IoMode>) -> Result<(), DaemonError> {
+    let cfg = DaemonConfig::load(config)?;
+    let home = Home::open(&cfg.home)?;
+    let lib = Library::open_or_init(&cfg.library, io)?;
+    let tls = SiteTls::new(&home.key, &home.trust_dir())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg, home, lib, tls))
+}
+
+async fn serve(
+    cfg: DaemonConfig,
+    home: Home,
+    lib: Library,
+    tls: SiteTls,
+) -> Result<(), DaemonError> {
+    let node_cfg = NodeConfig {
+        idle_timeout: cfg.idle_timeout,
+        keep_alive: (cfg.idle_timeout / 4).min(Duration::from_secs(5)),
+        ..NodeConfig::default()
+    };
+    let node = Node::bind(cfg.listen, tls, node_cfg)?;
+    let lib = SharedLibrary::new(lib);
+    let mut ready = vec![
+        format!("{} {}", roles(&cfg), home.code),
+        format!("quic {}", node.local_addr()?),
+    ];
+
+    let handler: Option<Arc<dyn CommandHandler>> = match &cfg.dp {
+        Some(d) => Some(Arc::new(Dp::new(
+            lib.clone(),
+            node.clone(),
+            d.kind == "pull",
+            d.pull_capacity,
+            d.share.clone(),
+        ))),
+        None => None,
+    };
+    if let Some(d) = &cfg.dp {
+        let listener = tokio::net::TcpListener::bind(d.http).await.map_err(|e| {
+            DaemonError::Listen(format!(
+                "DP content server: cannot listen on {} ({e}); choose a free [dp] http address",
+                d.http
+            ))
+        })?;
+        ready.push(format!("http {}", listener.local_addr()?));
+        let app = crate::dp::http::router(lib.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "DP content server stopped");
+            }
+        });
+    }
+    tokio::spawn(session::serve(node.clone(), lib.clone(), None, handler));
+
+    let mut socket = None;
+    if let Some(s) = &cfg.site {
+        let store = Store::open(&s.database)?;
+        let site = SiteServer::new(
+            home.code,
+            store,
+            lib.clone(),
+            node.clone(),
+            home.trust_dir(),
+            s.clone(),
+        )?;
+        let listener = bind_socket(&s.admin_socket)?;
+        ready.push(format!("admin {}", s.admin_socket.display()));
+        socket = Some(s.admin_socket.clone());
+        let app = crate::admin::server::router(site.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+        site.start();
+    }
+
+    // Readiness: systemd hears it through sd_notify; tests and scripts wait for this line.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    println!("{READY_PREFIX}{}", ready.join("; "));
+    std::io::stdout().flush()?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    node.close();
+    lib.flush().await?;
+    if let Some(s) = socket {
+        let _ = std::fs::remove_file(s);
+    }
+    println!("freightd stopped");
+    Ok(())
+}
+
+fn roles(cfg: &DaemonConfig) -> &'static str {
+    match (cfg.site.is_some(), cfg.dp.is_some()) {
+        (true, true) => "site server and DP",
+        (true, false) => "site server",
+        _ => "DP",
+    }
+}
+
+/// Binds the admin socket (owner only). A socket file left by a killed daemon is replaced; one
+/// that answers belongs to a running daemon and is refused.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::Listen(format!(
+                "{}: another freightd serves this admin socket; stop it or choose another admin_socket",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(|e| {
+        DaemonError::Listen(format!(
+            "{}: cannot create the admin socket ({e}); check the folder",
+            path.display()
+        ))
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readiness_line_reads_back_into_its_fields() {
+        let line = format!("{READY_PREFIX}DP DP1; quic 127.0.0.1:4433; http 127.0.0.1:8080\n");
+        let (rest, fields) = ready_fields(&line).unwrap();
+        assert_eq!(rest, "DP DP1; quic 127.0.0.1:4433; http 127.0.0.1:8080");
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("quic"), Some("127.0.0.1:4433"));
+        assert_eq!(get("http"), Some("127.0.0.1:8080"));
+        assert_eq!(get("admin"), None);
+        assert!(ready_fields("freightd stopped").is_none());
+    }
+}

@@ -1,0 +1,47 @@
+//! The DP role's errors: each becomes the one-line `Error` reply its site server records.
+
+use crate::content::ContentError;
+
+/// Why a DP command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DpError {
+    /// The request does not parse.
+    #[error("request not understood ({0}); run the same Freight version on site server and DP")]
+    BadRequest(#[source] serde_json::Error),
+    /// A package ID or site code in the request is malformed.
+    #[error(transparent)]
+    BadValue(#[from] freight_core::Error),
+    /// Hosting, dropping or sharing content failed.
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    /// The library's store thread or a session failed.
+    #[error(transparent)]
+    Transport(#[from] freight_transport::Error),
+    /// A source was asked for a version it does not hold.
+    #[error("this DP does not hold {package} v{version}: {reason}")]
+    NotHeld {
+        /// Package ID.
+        package: String,
+        /// Version.
+        version: u32,
+        /// The library's reason.
+        reason: freight_core::Error,
+    },
+    /// A standard DP was asked to pull.
+    #[error("this DP is a standard DP; it does not pull (set [dp] kind = \"pull\")")]
+    NotPull,
+    /// A source's address does not parse.
+    #[error("{0:?} is not a QUIC address")]
+    BadSourceAddress(String),
+    /// A source answered with an error line, or with something that does not fit.
+    #[error("{0}")]
+    Source(String),
+    /// A blocking task died.
+    #[error("{what} task failed: {reason}")]
+    Task {
+        /// What the task did.
+        what: &'static str,
+        /// The runtime's reason.
+        reason: String,
+    },
+}

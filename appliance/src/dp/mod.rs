@@ -1,0 +1,184 @@
+//! The DP role: hosts packages in its content library, obeys its site server's commands
+//! ([`command`]), fetches packages from its source DPs as a pull DP ([`pull`]), and serves
+//! content to clients over HTTP ([`http`]).
+//!
+//! Every command that changes the library runs through [`SharedLibrary::exclusive`], so it
+//! never races content arriving in push sessions.
+
+pub mod command;
+pub mod error;
+pub mod http;
+pub mod pull;
+
+use crate::content;
+use command::{DpReply, DpRequest, PullState, encode};
+use error::DpError;
+use freight_core::verify::verify;
+use freight_core::{ChunkId, Library, PackageId, Progress};
+use freight_transport::command::{CommandHandler, Reply};
+use freight_transport::quic::{Conn, Node};
+use freight_transport::session::{self, PushOptions, PushReport};
+use freight_transport::store::SharedLibrary;
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+/// A DP's command handler and pull state (cheap to clone; clones share the state).
+#[derive(Clone)]
+pub struct Dp {
+    lib: SharedLibrary,
+    share: Option<PathBuf>,
+    /// Present on a pull DP.
+    pulls: Option<pull::Pulls>,
+}
+
+impl Dp {
+    /// A DP serving `lib`; a pull DP (`pull`) fetches up to `capacity` packages at once
+    /// through `node`. `share` materialises installed packages under `SHARE/PKG`.
+    pub fn new(
+        lib: SharedLibrary,
+        node: Node,
+        pull: bool,
+        capacity: usize,
+        share: Option<PathBuf>,
+    ) -> Dp {
+        Dp {
+            pulls: pull.then(|| pull::Pulls::new(lib.clone(), node, capacity, share.clone())),
+            lib,
+            share,
+        }
+    }
+
+    async fn answer(self, conn: Conn, req: DpRequest) -> Result<DpReply, DpError> {
+        match req {
+            DpRequest::Forget { package } => self.forget(package).await,
+            DpRequest::Install {
+                package,
+                version,
+                hash,
+            } => {
+                let p = PackageId::parse(&package)?;
+                let share = self.share.clone();
+                let freed = content::install_shared(&self.lib, p, version, hash, share).await?;
+                Ok(DpReply::Ok { freed })
+            }
+            DpRequest::Remove { package } => self.remove(package).await,
+            DpRequest::Validate { package } => self.validate(package).await,
+            DpRequest::Pull {
+                package,
+                version,
+                hash,
+                sources,
+            } => {
+                let pulls = self.pulls.as_ref().ok_or(DpError::NotPull)?;
+                Ok(pulls.start(package, version, hash, sources))
+            }
+            DpRequest::PullStatus { package, version } => Ok(DpReply::Pull(
+                self.pulls
+                    .as_ref()
+                    .map_or(PullState::Unknown, |p| p.state(&package, version)),
+            )),
+            DpRequest::PushMe { package, version } => self.push_to(conn, package, version).await,
+        }
+    }
+
+    async fn forget(&self, package: String) -> Result<DpReply, DpError> {
+        let p = PackageId::parse(&package)?;
+        let share = self.share.clone();
+        let r = self
+            .lib
+            .exclusive(move |lib| {
+                // Corrupt content of this package goes even where another package shares it,
+                // so the redistribute that follows replaces it.
+                let bad: HashSet<ChunkId> =
+                    match verify(lib, Some((&p, None)), &Progress::default()) {
+                        Ok(r) => r.bad.iter().map(|b| b.id).collect(),
+                        Err(_) => HashSet::new(),
+                    };
+                content::drop_package(lib, &p, &bad, share.as_deref())
+            })
+            .await??;
+        Ok(DpReply::Ok {
+            freed: r.bytes_freed,
+        })
+    }
+
+    async fn remove(&self, package: String) -> Result<DpReply, DpError> {
+        let p = PackageId::parse(&package)?;
+        let share = self.share.clone();
+        let r = self
+            .lib
+            .exclusive(move |lib| content::drop_package(lib, &p, &HashSet::new(), share.as_deref()))
+            .await??;
+        Ok(DpReply::Ok {
+            freed: r.bytes_freed,
+        })
+    }
+
+    async fn validate(&self, package: String) -> Result<DpReply, DpError> {
+        let p = PackageId::parse(&package)?;
+        let lib = self.lib.clone();
+        tokio::task::spawn_blocking(move || validate(&lib.read(), &p))
+            .await
+            .map_err(|e| DpError::Task {
+                what: "validation",
+                reason: e.to_string(),
+            })?
+    }
+
+    /// Source side of a pull: pushes on the asker's connection.
+    async fn push_to(&self, conn: Conn, package: String, version: u32) -> Result<DpReply, DpError> {
+        let p = PackageId::parse(&package)?;
+        let m = self
+            .lib
+            .read()
+            .manifest(&p, version)
+            .map_err(|reason| DpError::NotHeld {
+                package,
+                version,
+                reason,
+            })?;
+        let mut report = PushReport::default();
+        session::push(&conn, &self.lib, &m, &PushOptions::default(), &mut report).await?;
+        Ok(DpReply::Pushed {
+            bytes: report.bytes_sent,
+        })
+    }
+}
+
+/// Re-hashes the newest version of `p` the library holds.
+fn validate(lib: &Library, p: &PackageId) -> Result<DpReply, DpError> {
+    let Some(v) = lib.latest(p)? else {
+        return Ok(DpReply::Validated {
+            version: None,
+            chunks: 0,
+            bad: 0,
+            files: Vec::new(),
+        });
+    };
+    let r = verify(lib, Some((p, Some(v))), &Progress::default())?;
+    let mut files: Vec<String> = r.bad.iter().flat_map(|b| b.files.clone()).collect();
+    files.sort();
+    files.dedup();
+    files.truncate(8);
+    Ok(DpReply::Validated {
+        version: Some(v),
+        chunks: r.chunks,
+        bad: r.bad.len() as u64,
+        files,
+    })
+}
+
+impl CommandHandler for Dp {
+    fn handle(&self, conn: Conn, request: Vec<u8>) -> Reply {
+        let me = self.clone();
+        Box::pin(async move {
+            let res = match serde_json::from_slice::<DpRequest>(&request) {
+                Ok(req) => me.answer(conn, req).await,
+                Err(e) => Err(DpError::BadRequest(e)),
+            };
+            encode(&res.unwrap_or_else(|e| DpReply::Error {
+                message: e.to_string(),
+            }))
+        })
+    }
+}

@@ -1,0 +1,529 @@
+//! The admin interface's actions (SPEC §3): each checks its input, writes its rows and status
+//! messages in one transaction of the store, and wakes DistMgr, whose inbox is
+//! `package_targets`. Reads answer from one consistent view.
+//!
+//! Called by the admin API server ([`crate::admin`]); calls only the store and the library.
+
+use super::error::{SiteError, SiteResult};
+use super::statmgr::Msg;
+use super::store::NewDp;
+use super::store::types::{Action, DpKind, DpState};
+use super::{SiteServer, now};
+use crate::api::{
+    AddDp, AddGroup, CreatePackage, DpDetail, DpInfo, GroupInfo, JobProgress, PackageDetail,
+    PackageInfo, PackageStatus, StatusMessage, Targets,
+};
+use freight_core::ingest::{IngestOptions, ingest};
+use freight_core::{PackageId, Progress, PublicIdentity, TrustStore};
+use freight_transport::RouteThrottle;
+use std::path::{Path, PathBuf};
+
+impl SiteServer {
+    // ---- DPs ----
+
+    /// `dp add`: records the DP and trusts its key.
+    pub fn add_dp(&self, a: AddDp) -> SiteResult<DpInfo> {
+        if a.name.is_empty()
+            || a.name.len() > 64
+            || !a
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(SiteError::Invalid(format!(
+                "DP name {:?}: use 1-64 letters, digits, '-', '_' or '.'",
+                a.name
+            )));
+        }
+        let kind: DpKind = a.kind.parse().map_err(|_| {
+            SiteError::Invalid(format!("DP kind {:?}: use standard or pull", a.kind))
+        })?;
+        a.address.parse::<std::net::SocketAddr>().map_err(|_| {
+            SiteError::Invalid(format!(
+                "DP {}: address {:?} is not host:port (e.g. 10.0.0.5:4433)",
+                a.name, a.address
+            ))
+        })?;
+        let identity = PublicIdentity::from_text(&a.identity).map_err(|e| {
+            SiteError::Invalid(format!(
+                "DP {}: identity not readable ({e}); export it on the DP with `freight site identity export`",
+                a.name
+            ))
+        })?;
+        let throttle = a.throttle.as_deref().unwrap_or("daily unlimited");
+        RouteThrottle::parse(throttle)
+            .map_err(|e| SiteError::Invalid(format!("DP {}: throttle: {e}", a.name)))?;
+        match (kind, a.sources.is_empty()) {
+            (DpKind::Standard, false) => {
+                return Err(SiteError::Invalid(format!(
+                    "DP {}: only a pull DP has sources; add --pull or drop --source",
+                    a.name
+                )));
+            }
+            (DpKind::Pull, true) => {
+                return Err(SiteError::Invalid(format!(
+                    "pull DP {}: name at least one source DP (--source)",
+                    a.name
+                )));
+            }
+            _ => {}
+        }
+        self.store.write(|db| {
+            if db.dp_exists(&a.name)? {
+                return Err(SiteError::Conflict(format!(
+                    "DP {} exists already; remove it first or choose another name",
+                    a.name
+                )));
+            }
+            db.insert_dp(&NewDp {
+                name: &a.name,
+                site: self.code.as_str(),
+                kind,
+                address: &a.address,
+                http: a.http.as_deref(),
+                key_site: identity.code.as_str(),
+                fingerprint: &identity.fingerprint(),
+                throttle,
+                created: now(),
+            })?;
+            for (rank, s) in a.sources.iter().enumerate() {
+                if !db.dp_exists(s)? {
+                    return Err(SiteError::NoSourceDp {
+                        missing: s.clone(),
+                        dp: a.name.clone(),
+                    });
+                }
+                db.add_source(&a.name, s, rank)?;
+            }
+            // Trusted inside the transaction: a refused import leaves no DP row behind.
+            TrustStore::open(&self.trust_dir)
+                .and_then(|t| t.import(&identity))
+                .map_err(|e| SiteError::Invalid(format!("DP {}: {e}", a.name)))?;
+            Ok(())
+        })?;
+        self.dp(&a.name)
+    }
+
+    /// One DP.
+    pub fn dp(&self, name: &str) -> SiteResult<DpInfo> {
+        self.store
+            .read(|db| Ok::<_, SiteError>(db.dps(Some(name))?))?
+            .pop()
+            .ok_or_else(|| SiteError::NoDp(name.to_string()))
+    }
+
+    /// Every DP.
+    pub fn dps(&self) -> SiteResult<Vec<DpInfo>> {
+        Ok(self.store.read(|db| db.dps(None))?)
+    }
+
+    /// `dp show`.
+    pub fn dp_detail(&self, name: &str) -> SiteResult<DpDetail> {
+        let dp = self.dp(name)?;
+        let packages = self.store.read(|db| db.status(None, Some(name)))?;
+        Ok(DpDetail { dp, packages })
+    }
+
+    /// `dp remove`: refused while the DP holds or is getting packages, or is a source.
+    pub fn remove_dp(&self, name: &str) -> SiteResult<()> {
+        self.store.write(|db| {
+            require_dp(db, name)?;
+            let held = db.dp_holdings(name)?;
+            if held > 0 {
+                return Err(SiteError::Conflict(format!(
+                    "DP {name} still holds or is getting {held} package(s); remove them from it first (`freight package remove ID --dp {name}`)"
+                )));
+            }
+            let used = db.dp_source_uses(name)?;
+            if used > 0 {
+                return Err(SiteError::Conflict(format!(
+                    "DP {name} is a source of {used} pull DP(s); change their sources first"
+                )));
+            }
+            Ok(db.delete_dp(name)?)
+        })
+    }
+
+    /// `dp schedule`: the route's bandwidth windows (running copies pick them up at once).
+    pub fn set_schedule(&self, name: &str, throttle: &str) -> SiteResult<DpInfo> {
+        RouteThrottle::parse(throttle)
+            .map_err(|e| SiteError::Invalid(format!("DP {name}: throttle: {e}")))?;
+        if !self.store.write(|db| db.set_throttle(name, throttle))? {
+            return Err(SiteError::NoDp(name.to_string()));
+        }
+        self.routes_changed.notify_one();
+        self.distmgr_wake.notify_one();
+        self.dp(name)
+    }
+
+    // ---- DP groups ----
+
+    /// `dpgroup create`.
+    pub fn add_group(&self, g: AddGroup) -> SiteResult<GroupInfo> {
+        if g.name.is_empty() {
+            return Err(SiteError::Invalid("a DP group needs a name".into()));
+        }
+        self.store.write(|db| {
+            if !db.insert_group(&g.name)? {
+                return Err(SiteError::Conflict(format!(
+                    "DP group {} exists already; add members with `freight dpgroup add`",
+                    g.name
+                )));
+            }
+            add_members(db, &g.name, &g.members)
+        })?;
+        self.group(&g.name)
+    }
+
+    /// `dpgroup add`.
+    pub fn add_group_members(&self, name: &str, dps: &[String]) -> SiteResult<GroupInfo> {
+        self.store.write(|db| {
+            require_group(db, name)?;
+            add_members(db, name, dps)
+        })?;
+        self.group(name)
+    }
+
+    /// `dpgroup remove`.
+    pub fn remove_group_member(&self, name: &str, dp: &str) -> SiteResult<GroupInfo> {
+        self.store.write(|db| {
+            require_group(db, name)?;
+            Ok::<_, SiteError>(db.remove_member(name, dp)?)
+        })?;
+        self.group(name)
+    }
+
+    /// `dpgroup delete`.
+    pub fn delete_group(&self, name: &str) -> SiteResult<()> {
+        if !self.store.write(|db| db.delete_group(name))? {
+            return Err(SiteError::NoGroup(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// One group.
+    pub fn group(&self, name: &str) -> SiteResult<GroupInfo> {
+        self.store.read(|db| require_group(db, name))
+    }
+
+    /// Every group.
+    pub fn groups(&self) -> SiteResult<Vec<GroupInfo>> {
+        Ok(self.store.read(|db| db.groups(None))?)
+    }
+
+    // ---- packages ----
+
+    /// `package create`: snapshots the source into the library as version 1. The package row
+    /// and its first version are written in one transaction after the snapshot, so a crash
+    /// leaves no package without a version; the reserved ID is never handed out again.
+    pub async fn create_package(&self, p: CreatePackage) -> SiteResult<PackageInfo> {
+        let priority = p.priority.unwrap_or_default();
+        let source = PathBuf::from(&p.source);
+        check_source(&source)?;
+        let id = self
+            .store
+            .write(|db| db.reserve_package_id(self.code.as_str(), now()))?
+            .ok_or_else(|| {
+                SiteError::Conflict(
+                    "this site has used every package ID (FFFFF); no more packages can be created"
+                        .into(),
+                )
+            })?;
+        let snap = self.snapshot(&id, &source).await?;
+        self.store.write(|db| {
+            db.insert_package(&id, &p.name, &p.source, priority, now())?;
+            record_snapshot(db, self.code.as_str(), &id, &p.name, &snap)
+        })?;
+        self.package(&id)
+    }
+
+    /// `package update`: a new version from the package's source; every DP that holds or is
+    /// getting the package gets it.
+    pub async fn update_package(&self, id: &str) -> SiteResult<PackageInfo> {
+        let (source, name) = self
+            .store
+            .read(|db| db.package_source(id))?
+            .ok_or_else(|| SiteError::NoPackage(id.to_string()))?;
+        let source = PathBuf::from(source);
+        check_source(&source)?;
+        let snap = self.snapshot(id, &source).await?;
+        self.store.write(|db| {
+            record_snapshot(db, self.code.as_str(), id, &name, &snap)?;
+            let dps = db.package_dps(id, |s| {
+                !matches!(s, DpState::Removed | DpState::RemovalPending)
+            })?;
+            db.set_targets(id, &dps, Action::Install, snap.version, now())?;
+            Ok::<_, SiteError>(())
+        })?;
+        self.distmgr_wake.notify_one();
+        self.package(id)
+    }
+
+    /// Snapshots `source` into the library as the next version of `id`.
+    async fn snapshot(&self, id: &str, source: &Path) -> SiteResult<Snapshot> {
+        let pid = PackageId::parse(id).map_err(|e| SiteError::Invalid(e.to_string()))?;
+        let src = source.to_path_buf();
+        let report = self
+            .lib
+            .exclusive(move |lib| {
+                ingest(
+                    lib,
+                    &src,
+                    &IngestOptions {
+                        package: pid,
+                        version: None,
+                        // Like rsync: an update reads only files whose size or mtime changed.
+                        quick_check: true,
+                    },
+                    &Progress::default(),
+                )
+            })
+            .await?
+            .map_err(|source| SiteError::Snapshot {
+                package: id.to_string(),
+                source,
+            })?;
+        Ok(Snapshot {
+            version: report.version,
+            hash: blake3::Hash::from_hex(&report.hash)
+                .map(|h| *h.as_bytes())
+                .map_err(|_| SiteError::Invalid(format!("package {id}: bad snapshot hash")))?,
+            hex: report.hash,
+            files: report.files,
+            bytes: report.bytes,
+        })
+    }
+
+    /// One package (not deleted).
+    pub fn package(&self, id: &str) -> SiteResult<PackageInfo> {
+        self.store.read(|db| require_package(db, id))
+    }
+
+    /// Every package not deleted, with its DP summary.
+    pub fn packages(&self) -> SiteResult<Vec<PackageInfo>> {
+        Ok(self.store.read(|db| db.packages(None))?)
+    }
+
+    /// `package show`.
+    pub fn package_detail(&self, id: &str) -> SiteResult<PackageDetail> {
+        self.store.read(|db| {
+            Ok(PackageDetail {
+                package: require_package(db, id)?,
+                versions: db.versions(id)?,
+                status: db.status(Some(id), None)?,
+            })
+        })
+    }
+
+    /// `distribute`: targets DPs and the members of DP groups with the newest version.
+    pub fn distribute(&self, id: &str, t: &Targets) -> SiteResult<usize> {
+        let n = self.store.write(|db| {
+            let info = require_package(db, id)?;
+            let mut dps: Vec<String> = Vec::new();
+            for d in &t.dps {
+                require_dp(db, d)?;
+                dps.push(d.clone());
+            }
+            for g in &t.groups {
+                dps.extend(require_group(db, g)?.members);
+            }
+            dps.sort();
+            dps.dedup();
+            if dps.is_empty() {
+                return Err(SiteError::Invalid(format!(
+                    "distribute {id}: name a DP (--dp) or a DP group (--group) with members"
+                )));
+            }
+            db.set_targets(id, &dps, Action::Install, info.version, now())?;
+            Ok(dps.len())
+        })?;
+        self.distmgr_wake.notify_one();
+        Ok(n)
+    }
+
+    /// `redistribute`: one DP gets everything again, overwriting what it holds.
+    pub fn redistribute(&self, id: &str, t: &Targets) -> SiteResult<()> {
+        self.store.write(|db| {
+            let info = require_package(db, id)?;
+            let [dp] = t.dps.as_slice() else {
+                return Err(SiteError::Invalid(format!(
+                    "redistribute {id}: name exactly one DP (--dp NAME)"
+                )));
+            };
+            require_dp(db, dp)?;
+            Ok(db.set_targets(
+                id,
+                std::slice::from_ref(dp),
+                Action::Redistribute,
+                info.version,
+                now(),
+            )?)
+        })?;
+        self.distmgr_wake.notify_one();
+        Ok(())
+    }
+
+    /// `validate`: the named DPs, or every DP holding the package, re-hash its content.
+    pub fn validate(&self, id: &str, t: &Targets) -> SiteResult<usize> {
+        let n = self.store.write(|db| {
+            let info = require_package(db, id)?;
+            let holding =
+                db.package_dps(id, |s| matches!(s, DpState::Installed | DpState::Failed))?;
+            let dps = if t.dps.is_empty() {
+                holding
+            } else {
+                for d in &t.dps {
+                    require_dp(db, d)?;
+                    if !holding.contains(d) {
+                        return Err(SiteError::Conflict(format!(
+                            "DP {d} does not hold {id}; distribute it there first"
+                        )));
+                    }
+                }
+                t.dps.clone()
+            };
+            if dps.is_empty() {
+                return Err(SiteError::Conflict(format!(
+                    "no DP holds {id} yet; distribute it first"
+                )));
+            }
+            db.set_targets(id, &dps, Action::Validate, info.version, now())?;
+            Ok(dps.len())
+        })?;
+        self.distmgr_wake.notify_one();
+        Ok(n)
+    }
+
+    /// `package remove`: from one DP, or (no DP) from every DP and then the package itself,
+    /// whose copy in the site's library DistMgr drops (a queued task, so a crash loses it not).
+    pub fn remove_package(&self, id: &str, dp: Option<&str>) -> SiteResult<usize> {
+        let n = self.store.write(|db| {
+            require_package(db, id)?;
+            let dps: Vec<String> = match dp {
+                Some(d) => {
+                    require_dp(db, d)?;
+                    vec![d.to_string()]
+                }
+                None => db.package_dps(id, |s| s != DpState::Removed)?,
+            };
+            db.set_targets(id, &dps, Action::Remove, 0, now())?;
+            if dp.is_none() {
+                db.mark_deleted(id)?;
+            }
+            Ok::<_, SiteError>(dps.len())
+        })?;
+        self.distmgr_wake.notify_one();
+        Ok(n)
+    }
+
+    // ---- status ----
+
+    /// Package status per DP, optionally of one package.
+    pub fn status(&self, package: Option<&str>) -> SiteResult<Vec<PackageStatus>> {
+        Ok(self.store.read(|db| db.status(package, None))?)
+    }
+
+    /// Status messages after `since`.
+    pub fn messages(&self, package: Option<&str>, since: i64) -> SiteResult<Vec<StatusMessage>> {
+        Ok(self.store.read(|db| db.messages(package, since))?)
+    }
+
+    /// Live jobs with the progress of running copies.
+    pub fn jobs(&self) -> SiteResult<Vec<JobProgress>> {
+        let rows = self.store.read(|db| db.live_jobs())?;
+        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rows
+            .into_iter()
+            .map(|(id, mut j)| {
+                if let Some(p) = progress.get(&id) {
+                    (j.done, j.total) = p.bytes();
+                }
+                j
+            })
+            .collect())
+    }
+}
+
+/// A finished snapshot.
+struct Snapshot {
+    version: u32,
+    hash: [u8; 32],
+    hex: String,
+    files: u64,
+    bytes: u64,
+}
+
+/// Records a snapshot as a version with its messages (2376, 2311).
+fn record_snapshot(
+    db: &super::store::Db,
+    site: &str,
+    id: &str,
+    name: &str,
+    s: &Snapshot,
+) -> SiteResult<()> {
+    let t = now();
+    db.insert_version(id, s.version, &s.hash, s.files, s.bytes, t)?;
+    let bytes = freight_core::units::human(s.bytes);
+    db.raise(
+        site,
+        t,
+        &Msg::new(2376, &[&id, &s.version, &s.files, &bytes, &s.hex]).package(id, s.version),
+    )?;
+    db.raise(
+        site,
+        t,
+        &Msg::new(2311, &[&id, &s.version, &name]).package(id, s.version),
+    )?;
+    Ok(())
+}
+
+fn add_members(db: &super::store::Db, group: &str, dps: &[String]) -> SiteResult<()> {
+    for dp in dps {
+        require_dp(db, dp)?;
+        db.add_member(group, dp)?;
+    }
+    Ok(())
+}
+
+/// The DP called `name` must be known.
+fn require_dp(db: &super::store::Db, name: &str) -> SiteResult<()> {
+    if db.dp_exists(name)? {
+        Ok(())
+    } else {
+        Err(SiteError::NoDp(name.to_string()))
+    }
+}
+
+/// The group called `name`, which must exist.
+fn require_group(db: &super::store::Db, name: &str) -> SiteResult<GroupInfo> {
+    db.groups(Some(name))?
+        .pop()
+        .ok_or_else(|| SiteError::NoGroup(name.to_string()))
+}
+
+/// The package `id`, which must exist and not be deleted.
+fn require_package(db: &super::store::Db, id: &str) -> SiteResult<PackageInfo> {
+    db.packages(Some(id))?
+        .pop()
+        .ok_or_else(|| SiteError::NoPackage(id.to_string()))
+}
+
+fn check_source(source: &Path) -> SiteResult<()> {
+    if !source.is_absolute() {
+        return Err(SiteError::Invalid(format!(
+            "source folder {} is not absolute; give the full path",
+            source.display()
+        )));
+    }
+    match std::fs::metadata(source) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(SiteError::Invalid(format!(
+            "source {} is not a folder; point the package at a folder",
+            source.display()
+        ))),
+        Err(reason) => Err(SiteError::SourceUnreadable {
+            path: source.to_path_buf(),
+            reason,
+        }),
+    }
+}

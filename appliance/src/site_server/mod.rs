@@ -1,0 +1,102 @@
+//! The site server role: the site database and the components of the seeds, each owning its
+//! queue and its loop.
+//!
+//! ```text
+//! admin API ─► actions ──► package_targets ──► DistMgr ──► distribution_jobs
+//!                          (its inbox)         plans jobs, │ admits them (3 packages,
+//!                                              settles     │ 5 DP workers each, one copy
+//!                                              packages    ▼ per standard DP)
+//!                                                        PkgXferMgr: push / pull / command,
+//!                                                        the job's result in one transaction
+//! ```
+//! Calls go one way: actions and components call the [`store`] (the only SQL), the pure
+//! [`job`] state machine and the [`statmgr`] catalogue; DistMgr hands admitted jobs to
+//! PkgXferMgr over a channel and hears of their end over another, so neither calls back into
+//! the other.
+
+pub mod actions;
+pub mod distmgr;
+pub mod error;
+pub mod job;
+pub mod pkgxfer;
+pub mod statmgr;
+pub mod store;
+
+use crate::daemon::config::SiteRole;
+use error::SiteResult;
+use freight_core::{Progress, SiteCode};
+use freight_transport::quic::Node;
+use freight_transport::store::SharedLibrary;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use store::Store;
+use tokio::sync::Notify;
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    now_ms() / 1000
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The site server: its database, library, QUIC node, settings, and the signals between its
+/// components.
+pub struct SiteServer {
+    /// This site's code.
+    pub code: SiteCode,
+    /// The site database.
+    pub store: Store,
+    /// The site's content library.
+    pub lib: SharedLibrary,
+    /// The site's QUIC endpoint (pushes to DPs, commands).
+    pub node: Node,
+    /// The trust store's folder (DP keys are imported here).
+    pub trust_dir: PathBuf,
+    /// Settings.
+    pub cfg: SiteRole,
+    /// Wakes DistMgr: its inbox changed.
+    pub distmgr_wake: Notify,
+    /// Tells PkgXferMgr that a DP route's bandwidth windows changed.
+    pub routes_changed: Notify,
+    /// Bytes of running copies by job ID (PkgXferMgr counts, `watch` reads).
+    pub progress: Mutex<HashMap<i64, Arc<Progress>>>,
+}
+
+impl SiteServer {
+    /// Assembles the site server; records this site in its database.
+    pub fn new(
+        code: SiteCode,
+        store: Store,
+        lib: SharedLibrary,
+        node: Node,
+        trust_dir: PathBuf,
+        cfg: SiteRole,
+    ) -> SiteResult<Arc<SiteServer>> {
+        store.write(|db| db.record_self(code.as_str()))?;
+        Ok(Arc::new(SiteServer {
+            code,
+            store,
+            lib,
+            node,
+            trust_dir,
+            cfg,
+            distmgr_wake: Notify::new(),
+            routes_changed: Notify::new(),
+            progress: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Starts DistMgr and PkgXferMgr; they run until the process ends.
+    pub fn start(self: &Arc<SiteServer>) {
+        let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(distmgr::run(self.clone(), jobs_tx, ended_rx));
+        tokio::spawn(pkgxfer::run(self.clone(), jobs_rx, ended_tx));
+    }
+}

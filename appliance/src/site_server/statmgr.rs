@@ -1,0 +1,284 @@
+//! The status manager: the catalogue of status messages (SPEC §7), and how a message reads as
+//! a sentence (the store records messages and reads them back).
+//!
+//! A message is its ID, attributes (package 400, DP 404, version 410) and insertion strings;
+//! the sentence is rendered from the catalogue when read, so stored messages stay data. A
+//! component records its messages in the same transaction as the state change they report.
+//!
+//! IDs with the seeds' meaning: 2300 2301 2311 2329 2330 2342 2357 2376 8200 8210 8211 8212.
+//! Freight's own, in the same ranges:
+//! ```text
+//! 2302 error    DistMgr     package processed with failures on some DPs
+//! 2331 info     DistMgr     started removing a package from a DP
+//! 2332 info     DistMgr     removed a package from a DP
+//! 2380 info     DistMgr     started validating a package on a DP
+//! 2384 info     DistMgr     package verified on a DP
+//! 2386 error    DistMgr     package failed validation on a DP
+//! 8201 warning  PkgXferMgr  a copy to a DP failed; retrying
+//! 8202 error    PkgXferMgr  a copy to a DP failed its last attempt
+//! 8213 warning  PkgXferMgr  a pull DP could not download from any source; retrying
+//! ```
+
+/// Who raises a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// Distribution manager.
+    DistMgr,
+    /// Package transfer manager.
+    PkgXferMgr,
+}
+
+impl Component {
+    fn name(self) -> &'static str {
+        match self {
+            Component::DistMgr => "SMS_DISTRIBUTION_MANAGER",
+            Component::PkgXferMgr => "SMS_PACKAGE_TRANSFER_MANAGER",
+        }
+    }
+}
+
+/// One catalogue entry: ID, severity, component, sentence with `%1`.. insertion points.
+struct Entry(u32, &'static str, Component, &'static str);
+
+const CATALOGUE: &[Entry] = &[
+    Entry(
+        2300,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager started processing package %1 (\"%2\").",
+    ),
+    Entry(
+        2301,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager successfully processed package %1 (\"%2\").",
+    ),
+    Entry(
+        2302,
+        "error",
+        Component::DistMgr,
+        "Distribution Manager processed package %1 (\"%2\") with failures on %3 distribution point(s); see their status and redistribute.",
+    ),
+    Entry(
+        2311,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager successfully created or updated package %1, version %2 (\"%3\").",
+    ),
+    Entry(
+        2329,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager copied the content of package %1 version %2 to distribution point %3.",
+    ),
+    Entry(
+        2330,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager successfully distributed package %1 version %2 to distribution point %3.",
+    ),
+    Entry(
+        2331,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager started removing package %1 from distribution point %2.",
+    ),
+    Entry(
+        2332,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager removed package %1 from distribution point %2; %3 of content no other package uses was freed.",
+    ),
+    Entry(
+        2342,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager is starting to %1 package %2 on distribution point %3.",
+    ),
+    Entry(
+        2357,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager created a transfer job for package %1 version %2 to distribution point %3 (%4).",
+    ),
+    Entry(
+        2376,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager created a snapshot of package %1 version %2: %3 files, %4; package hash %5.",
+    ),
+    Entry(
+        2380,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager started validating package %1 version %2 on distribution point %3.",
+    ),
+    Entry(
+        2384,
+        "info",
+        Component::DistMgr,
+        "Package %1 version %2 on distribution point %3 has been verified successfully (%4 chunks re-hashed).",
+    ),
+    Entry(
+        2386,
+        "error",
+        Component::DistMgr,
+        "Package %1 version %2 on distribution point %3 failed validation: %4 corrupt or missing chunk(s), in %5; redistribute the package to this DP to repair it.",
+    ),
+    Entry(
+        8200,
+        "info",
+        Component::PkgXferMgr,
+        "Package Transfer Manager sent package %1 version %2 to distribution point %3: %4 in %5 s.",
+    ),
+    Entry(
+        8201,
+        "warning",
+        Component::PkgXferMgr,
+        "Package Transfer Manager could not copy package %1 version %2 to distribution point %3 (attempt %4 of %5): %6; retrying in %7.",
+    ),
+    Entry(
+        8202,
+        "error",
+        Component::PkgXferMgr,
+        "Package Transfer Manager gave up copying package %1 version %2 to distribution point %3 after %4 attempt(s): %5; fix the cause and redistribute.",
+    ),
+    Entry(
+        8210,
+        "info",
+        Component::PkgXferMgr,
+        "Package Transfer Manager reported success for package %1 version %2 on distribution point %3 to Distribution Manager.",
+    ),
+    Entry(
+        8211,
+        "error",
+        Component::PkgXferMgr,
+        "Pull distribution point %1 is at capacity (%2 active jobs); package %3 version %4 is retried in %5.",
+    ),
+    Entry(
+        8212,
+        "warning",
+        Component::PkgXferMgr,
+        "No source distribution point of pull distribution point %1 holds package %2 version %3 yet (attempt %4 of %5); retrying in %6.",
+    ),
+    Entry(
+        8213,
+        "warning",
+        Component::PkgXferMgr,
+        "Pull distribution point %1 could not download package %2 version %3 from any source (attempt %4 of %5): %6; retrying in %7.",
+    ),
+];
+
+fn entry(id: u32) -> &'static Entry {
+    CATALOGUE
+        .iter()
+        .find(|e| e.0 == id)
+        .unwrap_or_else(|| panic!("status message {id} is not in the catalogue"))
+}
+
+/// The severity (`info`, `warning`, `error`) and component name of message `id`, which must
+/// be in the catalogue (a message outside it is a programming error, caught by the tests).
+pub fn describe(id: u32) -> (&'static str, &'static str) {
+    let e = entry(id);
+    (e.1, e.2.name())
+}
+
+/// A message to record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Msg {
+    /// Message ID; must be in the catalogue.
+    pub id: u32,
+    /// Package (attribute 400).
+    pub package: Option<String>,
+    /// DP (attribute 404).
+    pub dp: Option<String>,
+    /// Version (attribute 410).
+    pub version: Option<u32>,
+    /// Insertion strings, `%1` first.
+    pub strings: Vec<String>,
+}
+
+impl Msg {
+    /// A message with its insertion strings.
+    pub fn new(id: u32, strings: &[&dyn std::fmt::Display]) -> Msg {
+        Msg {
+            id,
+            strings: strings.iter().map(|s| s.to_string()).collect(),
+            ..Msg::default()
+        }
+    }
+
+    /// Sets the package and version attributes.
+    pub fn package(mut self, package: &str, version: u32) -> Msg {
+        self.package = Some(package.to_string());
+        self.version = Some(version);
+        self
+    }
+
+    /// Sets the DP attribute.
+    pub fn dp(mut self, dp: &str) -> Msg {
+        self.dp = Some(dp.to_string());
+        self
+    }
+}
+
+/// The sentence of message `id` with its insertion strings.
+pub fn render(id: u32, strings: &[String]) -> String {
+    let Some(e) = CATALOGUE.iter().find(|e| e.0 == id) else {
+        return format!("message {id}: {}", strings.join(", "));
+    };
+    let mut out = String::new();
+    let mut rest = e.3;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let digits: String = rest[i + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        match digits.parse::<usize>() {
+            Ok(n) if n >= 1 => {
+                out.push_str(strings.get(n - 1).map_or("?", |s| s.as_str()));
+                rest = &rest[i + 1 + digits.len()..];
+            }
+            _ => {
+                out.push('%');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalogue_entry_renders_all_its_insertion_strings() {
+        for e in CATALOGUE {
+            let n = (1..=9).filter(|i| e.3.contains(&format!("%{i}"))).count();
+            let strings: Vec<String> = (1..=n).map(|i| format!("<{i}>")).collect();
+            let text = render(e.0, &strings);
+            for s in &strings {
+                assert!(text.contains(s.as_str()), "{}: {text}", e.0);
+            }
+            assert!(
+                !text.contains('%') && !text.contains('?'),
+                "{}: {text}",
+                e.0
+            );
+        }
+        let ids: std::collections::HashSet<u32> = CATALOGUE.iter().map(|e| e.0).collect();
+        assert_eq!(ids.len(), CATALOGUE.len(), "IDs are unique");
+    }
+
+    #[test]
+    fn a_message_reads_as_a_sentence() {
+        let s = ["PS100001".to_string(), "2".into(), "DP1".into()];
+        assert_eq!(
+            render(2330, &s),
+            "Distribution Manager successfully distributed package PS100001 version 2 to distribution point DP1."
+        );
+    }
+}

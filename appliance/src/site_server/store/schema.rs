@@ -1,0 +1,136 @@
+//! The site database's schema: one SQL step per version (see the store's documentation).
+
+/// The schema, one step per version: `MIGRATIONS[i]` takes a database from version `i` to
+/// `i + 1`. Steps are never edited once released; changes come as new steps.
+pub const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE sites (
+    code        TEXT PRIMARY KEY CHECK (length(code) = 3),
+    parent      TEXT REFERENCES sites(code),
+    is_self     INTEGER NOT NULL DEFAULT 0 CHECK (is_self IN (0, 1))
+);
+CREATE UNIQUE INDEX one_self_site ON sites(is_self) WHERE is_self = 1;
+
+CREATE TABLE dps (
+    name        TEXT PRIMARY KEY,
+    site        TEXT NOT NULL REFERENCES sites(code),
+    kind        TEXT NOT NULL CHECK (kind IN ('standard', 'pull')),
+    address     TEXT NOT NULL,
+    key_site    TEXT NOT NULL,
+    throttle    TEXT NOT NULL DEFAULT 'daily unlimited',
+    created     INTEGER NOT NULL
+);
+
+CREATE TABLE dp_groups (
+    name        TEXT PRIMARY KEY
+);
+CREATE TABLE dp_group_members (
+    grp         TEXT NOT NULL REFERENCES dp_groups(name) ON DELETE CASCADE,
+    dp          TEXT NOT NULL REFERENCES dps(name) ON DELETE CASCADE,
+    PRIMARY KEY (grp, dp)
+);
+
+CREATE TABLE packages (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    priority    TEXT NOT NULL DEFAULT 'medium' CHECK (priority IN ('low', 'medium', 'high')),
+    sender      TEXT NOT NULL DEFAULT 'any' CHECK (sender IN ('any', 'standard', 'courier')),
+    delta       INTEGER NOT NULL DEFAULT 1 CHECK (delta IN (0, 1)),
+    created     INTEGER NOT NULL
+);
+CREATE TABLE package_versions (
+    package         TEXT NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    version         INTEGER NOT NULL CHECK (version > 0),
+    manifest_hash   BLOB NOT NULL CHECK (length(manifest_hash) = 32),
+    created         INTEGER NOT NULL,
+    PRIMARY KEY (package, version)
+);
+
+CREATE TABLE package_targets (
+    package     TEXT NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    dp          TEXT NOT NULL REFERENCES dps(name) ON DELETE CASCADE,
+    action      TEXT NOT NULL CHECK (action IN ('install', 'redistribute', 'remove', 'validate', 'none')),
+    version     INTEGER NOT NULL,
+    updated     INTEGER NOT NULL,
+    PRIMARY KEY (package, dp)
+);
+
+CREATE TABLE distribution_jobs (
+    id              INTEGER PRIMARY KEY,
+    package         TEXT NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    version         INTEGER NOT NULL,
+    dp              TEXT NOT NULL REFERENCES dps(name) ON DELETE CASCADE,
+    action          TEXT NOT NULL CHECK (action IN ('install', 'redistribute', 'remove', 'validate')),
+    state           TEXT NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'running', 'retrying', 'done', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt    INTEGER NOT NULL,
+    error           TEXT,
+    created         INTEGER NOT NULL,
+    updated         INTEGER NOT NULL
+);
+-- One live job per (package, dp): a second request updates it instead of duplicating it.
+CREATE UNIQUE INDEX one_live_job ON distribution_jobs(package, dp)
+    WHERE state IN ('queued', 'running', 'retrying');
+CREATE INDEX jobs_due ON distribution_jobs(state, next_attempt);
+
+CREATE TABLE package_dp_status (
+    package     TEXT NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    dp          TEXT NOT NULL REFERENCES dps(name) ON DELETE CASCADE,
+    state       TEXT NOT NULL CHECK (state IN ('install_pending', 'retrying', 'installed',
+                    'failed', 'removal_pending', 'removed')),
+    version     INTEGER,
+    last_copied INTEGER,
+    message     TEXT,
+    updated     INTEGER NOT NULL,
+    PRIMARY KEY (package, dp)
+);
+
+CREATE TABLE status_messages (
+    id          INTEGER PRIMARY KEY,
+    message_id  INTEGER NOT NULL,
+    severity    TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'error')),
+    component   TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    time        INTEGER NOT NULL,
+    package     TEXT,
+    dp          TEXT,
+    version     INTEGER,
+    strings     TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX messages_by_package ON status_messages(package, id);
+"#,
+    r#"
+CREATE TABLE dp_sources (
+    dp          TEXT NOT NULL REFERENCES dps(name) ON DELETE CASCADE,
+    source      TEXT NOT NULL REFERENCES dps(name),
+    rank        INTEGER NOT NULL,
+    PRIMARY KEY (dp, source)
+);
+ALTER TABLE dps ADD COLUMN http TEXT;
+ALTER TABLE dps ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+ALTER TABLE packages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE package_versions ADD COLUMN files INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE package_versions ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE distribution_jobs ADD COLUMN bytes_sent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE package_dp_status ADD COLUMN last_validated INTEGER;
+"#,
+    r#"
+-- DistMgr's package threads: a package is processing from the planning of its jobs (2300)
+-- until none is live and its result is reported (2301/2302).
+ALTER TABLE packages ADD COLUMN processing INTEGER NOT NULL DEFAULT 0;
+-- A deleted package's copy in the site's own library is dropped by DistMgr, durably queued.
+ALTER TABLE packages ADD COLUMN purged INTEGER NOT NULL DEFAULT 0;
+-- Package IDs handed out for a snapshot still running: an ID is never reused, and a
+-- package row appears only together with its first version.
+CREATE TABLE package_ids (
+    id          TEXT PRIMARY KEY,
+    reserved    INTEGER NOT NULL
+);
+-- Rows a killed `package create` left without a version were never visible; mark them
+-- deleted so their IDs stay taken and nothing lists them.
+UPDATE packages SET deleted = 1, purged = 1
+    WHERE NOT EXISTS (SELECT 1 FROM package_versions v WHERE v.package = packages.id);
+"#,
+];
