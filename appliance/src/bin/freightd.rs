@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// Freight's daemon: runs the site server and/or DP roles of its config file.
 #[derive(Parser)]
-#[command(name = "freightd", version, about)]
+#[command(name = "freightd", version)]
 struct Args {
     /// The config file (TOML; see the `config` module's documentation for its keys).
     #[arg(

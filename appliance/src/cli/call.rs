@@ -1,291 +1,54 @@
-//! The site server's commands (`freight dp|dpgroup|package|distribute|redistribute|validate|
-//! status|messages|watch`): clients of `freightd`'s admin API on its Unix socket.
-//!
-//! Each command maps to one [`Call`] (method, path, JSON body) and a view of the answer
-//! ([`render::Show`]); `--json` prints the answer as the API sent it.
+//! The site server's commands as calls of `freightd`'s admin API on its Unix socket: the
+//! connection options every such command takes ([`Conn`]), one [`Call`] per command (method,
+//! path, JSON body) and how its answer is shown ([`render::Show`]); `--json` prints the answer
+//! as the API sent it. The commands themselves are one module per noun: [`super::dp`],
+//! [`super::dpgroup`], [`super::package`], [`super::distribution`], [`super::status`].
 
-use crate::admin::client::{AdminClient, DEFAULT_SOCKET, segment, with_query};
-use crate::api::{
-    AddDp, AddGroup, CreatePackage, Members, PackageInfo, PackageStatus, Priority, SetSchedule,
-    StatusMessage, Targets,
-};
+use crate::admin::client::{AdminClient, DEFAULT_SOCKET};
 use crate::cli::error::CliError;
 use crate::cli::output::print_json;
 use crate::cli::render::{self, Show};
-use crate::cli::transfer::parse_secs;
 use crate::cli::watch;
-use clap::{ArgGroup, Args, Subcommand};
-use freight_core::site::PublicIdentity;
+use crate::cli::{distribution, dp, dpgroup, package, status};
+use clap::{Args, Subcommand};
 use hyper::Method;
 use jiff::tz::TimeZone;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 /// `--admin` and `--json`, accepted by every admin command.
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
     /// freightd's admin socket.
     #[arg(long, global = true, env = "FREIGHT_ADMIN", value_name = "SOCKET", default_value = DEFAULT_SOCKET)]
-    admin: PathBuf,
+    pub(crate) admin: PathBuf,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The admin commands, flattened into `freight`'s top-level commands.
 #[derive(Subcommand)]
 pub enum AdminCmd {
     /// Distribution points of this site: add, list, show, remove, bandwidth windows.
-    Dp(DpArgs),
+    Dp(dp::DpArgs),
     /// Named sets of DPs, to target many at once.
-    Dpgroup(GroupArgs),
+    Dpgroup(dpgroup::GroupArgs),
     /// Packages: create from a source folder, update, list, show, remove.
-    Package(PackageArgs),
+    Package(package::PackageArgs),
     /// Send a package to DPs and DP groups (only what each DP lacks travels).
-    Distribute(DistributeArgs),
+    Distribute(distribution::DistributeArgs),
     /// Send a package to one DP again in full, to repair it.
-    Redistribute(RedistributeArgs),
+    Redistribute(distribution::RedistributeArgs),
     /// Have DPs re-hash what they hold of a package and report mismatches.
-    Validate(ValidateArgs),
+    Validate(distribution::ValidateArgs),
     /// Package status per DP; without a package also the DP counts of every package.
-    Status(StatusArgs),
+    Status(status::StatusArgs),
     /// Status messages, oldest first.
-    Messages(MessagesArgs),
+    Messages(status::MessagesArgs),
     /// Live progress bars of running copies, and new status messages as they arrive.
-    Watch(WatchArgs),
-}
-
-/// Arguments of `freight dp`.
-#[derive(Args)]
-pub struct DpArgs {
-    #[command(flatten)]
-    conn: Conn,
-    #[command(subcommand)]
-    cmd: DpCmd,
-}
-
-#[derive(Subcommand, Debug)]
-pub(crate) enum DpCmd {
-    /// Add a DP and trust its key.
-    Add {
-        /// The DP's name (unique at the site).
-        name: String,
-        /// The DP's QUIC address.
-        #[arg(long, value_name = "HOST:PORT")]
-        address: String,
-        /// The DP's identity file (`freight site identity export` on the DP).
-        #[arg(long, value_name = "FILE")]
-        identity: PathBuf,
-        /// The DP's HTTP content address, shown to users.
-        #[arg(long, value_name = "HOST:PORT")]
-        http: Option<String>,
-        /// A pull DP: it fetches content from its source DPs itself.
-        #[arg(long)]
-        pull: bool,
-        /// Pull DP: a source DP, best first (repeat, or separate with commas).
-        #[arg(
-            long = "source",
-            value_name = "DP",
-            requires = "pull",
-            value_delimiter = ','
-        )]
-        sources: Vec<String>,
-        /// Bandwidth windows in the compact form, e.g.
-        /// `link 100Mbit/s; Mon-Fri 08:00-18:00 high 2MiB/s` (default: unlimited, always open).
-        #[arg(long, value_name = "TEXT")]
-        throttle: Option<String>,
-    },
-    /// List the DPs.
-    List,
-    /// A DP and the status of every package targeted at it.
-    Show {
-        /// DP name.
-        name: String,
-    },
-    /// Remove a DP (refused while it holds packages).
-    Remove {
-        /// DP name.
-        name: String,
-    },
-    /// Set a DP's bandwidth windows.
-    Schedule {
-        /// DP name.
-        name: String,
-        /// Bandwidth windows in the compact form.
-        #[arg(long, value_name = "TEXT")]
-        throttle: String,
-    },
-}
-
-/// Arguments of `freight dpgroup`.
-#[derive(Args)]
-pub struct GroupArgs {
-    #[command(flatten)]
-    conn: Conn,
-    #[command(subcommand)]
-    cmd: GroupCmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum GroupCmd {
-    /// Create a DP group.
-    Create {
-        /// Group name.
-        name: String,
-        /// An initial member (repeat, or separate with commas).
-        #[arg(long = "dp", value_name = "DP", value_delimiter = ',')]
-        dps: Vec<String>,
-    },
-    /// Add DPs to a group.
-    Add {
-        /// Group name.
-        name: String,
-        /// DP names.
-        #[arg(required = true, value_name = "DP")]
-        dps: Vec<String>,
-    },
-    /// Remove one DP from a group.
-    Remove {
-        /// Group name.
-        name: String,
-        /// DP name.
-        dp: String,
-    },
-    /// Delete a group (its DPs stay).
-    Delete {
-        /// Group name.
-        name: String,
-    },
-    /// List the groups and their members.
-    List,
-}
-
-/// Arguments of `freight package`.
-#[derive(Args)]
-pub struct PackageArgs {
-    #[command(flatten)]
-    conn: Conn,
-    #[command(subcommand)]
-    cmd: PackageCmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum PackageCmd {
-    /// Create a package: snapshot a source folder into the site's library.
-    Create {
-        /// Display name.
-        #[arg(long)]
-        name: String,
-        /// Source folder, as the site server sees it.
-        #[arg(long, value_name = "DIR")]
-        source: PathBuf,
-        /// Priority for bandwidth windows: low, medium (default) or high.
-        #[arg(long, value_parser = |s: &str| s.parse::<Priority>())]
-        priority: Option<Priority>,
-    },
-    /// Snapshot the package's source again as a new version; DPs holding it get the changes.
-    Update {
-        /// Package ID.
-        id: String,
-    },
-    /// List the packages with their DP counts.
-    List,
-    /// A package, its versions and its status per DP.
-    Show {
-        /// Package ID.
-        id: String,
-    },
-    /// Remove a package from one DP, or from every DP and the site.
-    Remove {
-        /// Package ID.
-        id: String,
-        /// Only from this DP.
-        #[arg(long, value_name = "DP")]
-        dp: Option<String>,
-    },
-}
-
-/// Arguments of `freight distribute`.
-#[derive(Args)]
-#[command(group(ArgGroup::new("targets").required(true).multiple(true).args(["dps", "groups"])))]
-pub struct DistributeArgs {
-    #[command(flatten)]
-    conn: Conn,
-    /// Package ID.
-    id: String,
-    /// A DP (repeat, or separate with commas).
-    #[arg(long = "dp", value_name = "DP", value_delimiter = ',')]
-    dps: Vec<String>,
-    /// A DP group (repeat, or separate with commas).
-    #[arg(long = "group", value_name = "GROUP", value_delimiter = ',')]
-    groups: Vec<String>,
-}
-
-/// Arguments of `freight redistribute`.
-#[derive(Args)]
-pub struct RedistributeArgs {
-    #[command(flatten)]
-    conn: Conn,
-    /// Package ID.
-    id: String,
-    /// The DP to repair.
-    #[arg(long, value_name = "DP")]
-    dp: String,
-}
-
-/// Arguments of `freight validate`.
-#[derive(Args)]
-pub struct ValidateArgs {
-    #[command(flatten)]
-    conn: Conn,
-    /// Package ID.
-    id: String,
-    /// A DP (repeat, or separate with commas; default: every DP holding the package).
-    #[arg(long = "dp", value_name = "DP", value_delimiter = ',')]
-    dps: Vec<String>,
-}
-
-/// Arguments of `freight status`.
-#[derive(Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    conn: Conn,
-    /// Only this package.
-    id: Option<String>,
-}
-
-/// Arguments of `freight messages`.
-#[derive(Args)]
-pub struct MessagesArgs {
-    #[command(flatten)]
-    conn: Conn,
-    /// Only messages about this package.
-    #[arg(long, value_name = "ID")]
-    package: Option<String>,
-    /// Only messages after this sequence number (the first column).
-    #[arg(long, value_name = "N")]
-    since: Option<i64>,
-}
-
-/// Arguments of `freight watch`.
-#[derive(Args)]
-pub struct WatchArgs {
-    #[command(flatten)]
-    conn: Conn,
-    /// Only this package.
-    id: Option<String>,
-    /// Exit once no copy is queued, running or retrying and print the final status; exit
-    /// status 1 if a DP failed.
-    #[arg(long)]
-    until_settled: bool,
-    /// Seconds between polls.
-    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_secs)]
-    interval: Duration,
-    /// With --until-settled: give up (exit status 1) after this many seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, requires = "until_settled")]
-    timeout: Option<Duration>,
+    Watch(status::WatchArgs),
 }
 
 /// One API call and how to show its answer.
@@ -299,7 +62,7 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    fn new(method: Method, path: String, show: Show) -> Call {
+    pub(crate) fn new(method: Method, path: String, show: Show) -> Call {
         Call {
             method,
             path,
@@ -307,7 +70,7 @@ impl Call {
             show,
         }
     }
-    fn body<T: serde::Serialize>(mut self, body: &T) -> Result<Call, CliError> {
+    pub(crate) fn body<T: serde::Serialize>(mut self, body: &T) -> Result<Call, CliError> {
         self.body = Some(serde_json::to_value(body).map_err(|e| CliError::Usage(e.to_string()))?);
         Ok(self)
     }
@@ -323,149 +86,6 @@ impl Call {
     }
 }
 
-/// `dp ...` → its call; `read_identity` reads and checks `--identity`.
-pub(crate) fn dp_call(
-    cmd: DpCmd,
-    read_identity: impl FnOnce(&Path) -> Result<String, CliError>,
-) -> Result<Call, CliError> {
-    Ok(match cmd {
-        DpCmd::Add {
-            name,
-            address,
-            identity,
-            http,
-            pull,
-            sources,
-            throttle,
-        } => {
-            if pull && sources.is_empty() {
-                return Err(CliError::Usage(format!(
-                    "pull DP {name} needs a source; pass --source DP (best first)"
-                )));
-            }
-            let body = AddDp {
-                name,
-                kind: if pull { "pull" } else { "standard" }.into(),
-                address,
-                http,
-                identity: read_identity(&identity)?,
-                sources,
-                throttle,
-            };
-            Call::new(Method::POST, "/dps".into(), Show::DpAdded).body(&body)?
-        }
-        DpCmd::List => Call::new(Method::GET, "/dps".into(), Show::Dps),
-        DpCmd::Show { name } => Call::new(Method::GET, dp_path(&name), Show::DpDetail),
-        DpCmd::Remove { name } => Call::new(Method::DELETE, dp_path(&name), Show::Done),
-        DpCmd::Schedule { name, throttle } => Call::new(
-            Method::PUT,
-            format!("{}/schedule", dp_path(&name)),
-            Show::DpScheduled,
-        )
-        .body(&SetSchedule { throttle })?,
-    })
-}
-
-fn dp_path(name: &str) -> String {
-    format!("/dps/{}", segment(name))
-}
-
-/// Reads a DP's identity file and checks it before it is sent.
-fn read_identity(file: &Path) -> Result<String, CliError> {
-    let f = file.display();
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        CliError::Usage(format!(
-            "{f}: cannot read the DP's identity ({e}); write it on the DP with \
-             `freight site identity export --out FILE`"
-        ))
-    })?;
-    PublicIdentity::from_text(&text).map_err(|e| CliError::Usage(format!("{f}: {e}")))?;
-    Ok(text)
-}
-
-fn group_call(cmd: GroupCmd) -> Result<Call, CliError> {
-    let path = |name: &str| format!("/dpgroups/{}", segment(name));
-    Ok(match cmd {
-        GroupCmd::Create { name, dps } => Call::new(Method::POST, "/dpgroups".into(), Show::Group)
-            .body(&AddGroup { name, members: dps })?,
-        GroupCmd::Add { name, dps } => Call::new(
-            Method::POST,
-            format!("{}/members", path(&name)),
-            Show::Group,
-        )
-        .body(&Members { dps })?,
-        GroupCmd::Remove { name, dp } => Call::new(
-            Method::DELETE,
-            format!("{}/members/{}", path(&name), segment(&dp)),
-            Show::Group,
-        ),
-        GroupCmd::Delete { name } => Call::new(Method::DELETE, path(&name), Show::Done),
-        GroupCmd::List => Call::new(Method::GET, "/dpgroups".into(), Show::Groups),
-    })
-}
-
-fn package_path(id: &str) -> String {
-    format!("/packages/{}", segment(id))
-}
-
-fn package_call(cmd: PackageCmd) -> Result<Call, CliError> {
-    Ok(match cmd {
-        PackageCmd::Create {
-            name,
-            source,
-            priority,
-        } => {
-            // freightd resolves paths from its own working directory, not ours.
-            let abs = std::path::absolute(&source).map_err(|e| {
-                CliError::Usage(format!(
-                    "{}: cannot make the path absolute ({e})",
-                    source.display()
-                ))
-            })?;
-            let source = abs.to_str().map(str::to_string).ok_or_else(|| {
-                CliError::Usage(format!(
-                    "{}: the source path is not UTF-8; rename the folder",
-                    abs.display()
-                ))
-            })?;
-            Call::new(Method::POST, "/packages".into(), Show::Package("created")).body(
-                &CreatePackage {
-                    name,
-                    source,
-                    priority,
-                },
-            )?
-        }
-        PackageCmd::Update { id } => Call::new(
-            Method::POST,
-            format!("{}/update", package_path(&id)),
-            Show::Package("updated"),
-        ),
-        PackageCmd::List => Call::new(Method::GET, "/packages".into(), Show::Packages),
-        PackageCmd::Show { id } => Call::new(Method::GET, package_path(&id), Show::PackageDetail),
-        PackageCmd::Remove { id, dp } => Call::new(
-            Method::DELETE,
-            with_query(&package_path(&id), &[("dp", dp)]),
-            Show::Done,
-        ),
-    })
-}
-
-/// `distribute`, `redistribute`, `validate`: `POST /packages/{id}/{verb}` with the targets.
-pub(crate) fn targets_call(
-    verb: &str,
-    id: &str,
-    dps: Vec<String>,
-    groups: Vec<String>,
-) -> Result<Call, CliError> {
-    Call::new(
-        Method::POST,
-        format!("{}/{verb}", package_path(id)),
-        Show::Done,
-    )
-    .body(&Targets { dps, groups })
-}
-
 /// Runs one admin command; `quiet` hides `watch`'s bars.
 pub fn run(cmd: AdminCmd, quiet: bool) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -477,17 +97,23 @@ pub fn run(cmd: AdminCmd, quiet: bool) -> Result<(), CliError> {
 
 async fn run_async(cmd: AdminCmd, quiet: bool) -> Result<(), CliError> {
     let (conn, call) = match cmd {
-        AdminCmd::Dp(a) => (a.conn, dp_call(a.cmd, read_identity)?),
-        AdminCmd::Dpgroup(a) => (a.conn, group_call(a.cmd)?),
-        AdminCmd::Package(a) => (a.conn, package_call(a.cmd)?),
-        AdminCmd::Distribute(a) => (a.conn, targets_call("distribute", &a.id, a.dps, a.groups)?),
+        AdminCmd::Dp(a) => (a.conn, dp::dp_call(a.cmd, dp::read_identity)?),
+        AdminCmd::Dpgroup(a) => (a.conn, dpgroup::group_call(a.cmd)?),
+        AdminCmd::Package(a) => (a.conn, package::package_call(a.cmd)?),
+        AdminCmd::Distribute(a) => (
+            a.conn,
+            distribution::targets_call("distribute", &a.id, a.dps, a.groups)?,
+        ),
         AdminCmd::Redistribute(a) => (
             a.conn,
-            targets_call("redistribute", &a.id, vec![a.dp], vec![])?,
+            distribution::targets_call("redistribute", &a.id, vec![a.dp], vec![])?,
         ),
-        AdminCmd::Validate(a) => (a.conn, targets_call("validate", &a.id, a.dps, vec![])?),
-        AdminCmd::Status(a) => return status(a).await,
-        AdminCmd::Messages(a) => return messages(a).await,
+        AdminCmd::Validate(a) => (
+            a.conn,
+            distribution::targets_call("validate", &a.id, a.dps, vec![])?,
+        ),
+        AdminCmd::Status(a) => return status::status(a).await,
+        AdminCmd::Messages(a) => return status::messages(a).await,
         AdminCmd::Watch(a) => {
             let client = AdminClient::new(a.conn.admin);
             let opts = watch::WatchOpts {
@@ -514,50 +140,6 @@ async fn run_async(cmd: AdminCmd, quiet: bool) -> Result<(), CliError> {
     }
 }
 
-async fn status(a: StatusArgs) -> Result<(), CliError> {
-    let client = AdminClient::new(a.conn.admin);
-    let answer: Value = client
-        .get(&with_query("/status", &[("package", a.id.clone())]))
-        .await?;
-    if a.conn.json {
-        return print_json(&answer);
-    }
-    let rows: Vec<PackageStatus> = render::typed(answer)?;
-    let tz = TimeZone::system();
-    match &a.id {
-        Some(id) if rows.is_empty() => println!(
-            "package {id} is not targeted at any DP; target it with `freight distribute {id} --dp DP`"
-        ),
-        Some(_) => print!("{}", render::status_table(&rows, &tz)),
-        None => {
-            let pkgs: Vec<PackageInfo> = client.get("/packages").await?;
-            print!("{}", render::status_and_summary(&rows, &pkgs, &tz));
-        }
-    }
-    Ok(())
-}
-
-async fn messages(a: MessagesArgs) -> Result<(), CliError> {
-    let client = AdminClient::new(a.conn.admin);
-    let path = with_query(
-        "/messages",
-        &[
-            ("package", a.package),
-            ("since", a.since.map(|s| s.to_string())),
-        ],
-    );
-    let answer: Value = client.get(&path).await?;
-    if a.conn.json {
-        return print_json(&answer);
-    }
-    let msgs: Vec<StatusMessage> = render::typed(answer)?;
-    let tz = TimeZone::system();
-    for m in &msgs {
-        println!("{}", render::message_line(m, &tz));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,20 +162,23 @@ mod tests {
     /// The call `args` makes (dp add reads the identity "ID-TEXT" from any file).
     fn call(args: &[&str]) -> (Conn, Call) {
         match parse(args) {
-            AdminCmd::Dp(a) => (a.conn, dp_call(a.cmd, |_| Ok("ID-TEXT".into())).unwrap()),
-            AdminCmd::Dpgroup(a) => (a.conn, group_call(a.cmd).unwrap()),
-            AdminCmd::Package(a) => (a.conn, package_call(a.cmd).unwrap()),
+            AdminCmd::Dp(a) => (
+                a.conn,
+                dp::dp_call(a.cmd, |_| Ok("ID-TEXT".into())).unwrap(),
+            ),
+            AdminCmd::Dpgroup(a) => (a.conn, dpgroup::group_call(a.cmd).unwrap()),
+            AdminCmd::Package(a) => (a.conn, package::package_call(a.cmd).unwrap()),
             AdminCmd::Distribute(a) => (
                 a.conn,
-                targets_call("distribute", &a.id, a.dps, a.groups).unwrap(),
+                distribution::targets_call("distribute", &a.id, a.dps, a.groups).unwrap(),
             ),
             AdminCmd::Redistribute(a) => (
                 a.conn,
-                targets_call("redistribute", &a.id, vec![a.dp], vec![]).unwrap(),
+                distribution::targets_call("redistribute", &a.id, vec![a.dp], vec![]).unwrap(),
             ),
             AdminCmd::Validate(a) => (
                 a.conn,
-                targets_call("validate", &a.id, a.dps, vec![]).unwrap(),
+                distribution::targets_call("validate", &a.id, a.dps, vec![]).unwrap(),
             ),
             _ => panic!("{args:?} is not a single call"),
         }
@@ -671,7 +256,7 @@ mod tests {
         let AdminCmd::Dp(a) = parse(&with(&["--pull"])) else {
             panic!()
         };
-        let e = dp_call(a.cmd, |_| Ok(String::new()))
+        let e = dp::dp_call(a.cmd, |_| Ok(String::new()))
             .unwrap_err()
             .to_string();
         assert_eq!(e, "pull DP a needs a source; pass --source DP (best first)");
@@ -799,7 +384,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(w.interval, Duration::from_millis(100));
+        assert_eq!(w.interval, std::time::Duration::from_millis(100));
         assert!(T::try_parse_from(["freight", "watch", "--timeout", "5"]).is_err());
     }
 }

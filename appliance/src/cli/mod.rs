@@ -7,13 +7,18 @@
 
 pub mod call;
 pub mod demo;
+pub mod distribution;
+pub mod dp;
+pub mod dpgroup;
 pub mod error;
 pub mod library;
 pub mod output;
+pub mod package;
 pub mod parcel;
 pub mod progress_bar;
 pub mod render;
 pub mod site;
+pub mod status;
 mod table;
 pub mod transfer;
 pub mod watch;
@@ -24,7 +29,7 @@ use freight_core::IoMode;
 
 /// Freight: content distribution for a hierarchy of sites.
 #[derive(Parser)]
-#[command(name = "freight", version, about)]
+#[command(name = "freight", version)]
 struct Cli {
     /// I/O path: auto, uring or fallback (positioned reads/writes).
     #[arg(long, global = true, env = "FREIGHT_IO")]

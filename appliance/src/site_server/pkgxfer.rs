@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tracing::Instrument;
 
 /// Why an attempt failed before the DP could answer, or what it answered.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,16 @@ pub async fn run(
             j = jobs.recv() => {
                 let Some(j) = j else { return };
                 let (site, limiters, ended) = (site.clone(), limiters.clone(), ended.clone());
+                // Everything the attempt logs, down to its QUIC sessions, names the job.
+                let span = tracing::info_span!(
+                    "job",
+                    id = j.id,
+                    package = %j.package,
+                    version = j.version,
+                    dp = %j.dp,
+                    action = %j.action,
+                    attempt = j.attempts
+                );
                 tokio::spawn(async move {
                     let outcome = match execute(&site, &j, &limiters).await {
                         Ok(o) => o,
@@ -104,7 +115,7 @@ pub async fn run(
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&j.id);
                     let _ = ended.send(j);
-                });
+                }.instrument(span));
             }
             _ = site.routes_changed.notified() => {
                 if let Err(e) = refresh_limiters(&site, &limiters) {

@@ -9,7 +9,8 @@ use crate::api::{
     AddGroup, CreatePackage, Done, DpInfo, GroupInfo, PackageInfo, PackageStatus, SetSchedule,
     StatusMessage,
 };
-use crate::cli::call::{DpCmd, dp_call, targets_call};
+use crate::cli::distribution::targets_call;
+use crate::cli::dp::{DpCmd, dp_call};
 use crate::cli::error::CliError;
 use crate::cli::render;
 use crate::cli::watch::{self, WatchOpts};
