@@ -14,4 +14,5 @@ pub mod daemon;
 pub mod dp;
 pub mod home;
 pub mod logging;
+pub mod model;
 pub mod site_server;

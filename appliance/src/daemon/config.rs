@@ -18,6 +18,7 @@
 //! Relative paths are taken from the config file's folder. Unknown keys are refused, so a
 //! typo never silently falls back to a default.
 
+use crate::model::DpKind;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,8 +90,8 @@ pub struct SiteRole {
 #[serde(deny_unknown_fields)]
 pub struct DpRole {
     /// `standard` (the site server pushes) or `pull` (fetches from source DPs).
-    #[serde(default = "standard")]
-    pub kind: String,
+    #[serde(default = "standard", deserialize_with = "dp_kind")]
+    pub kind: DpKind,
     /// HTTP content server address.
     pub http: SocketAddr,
     /// Pull DP: jobs at once (SPEC §6: 50).
@@ -127,8 +128,15 @@ fn d30m() -> Duration {
 fn d2s() -> Duration {
     Duration::from_secs(2)
 }
-fn standard() -> String {
-    "standard".into()
+fn standard() -> DpKind {
+    DpKind::Standard
+}
+
+fn dp_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DpKind, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!("[dp] kind = {s:?}; write \"standard\" or \"pull\""))
+    })
 }
 
 /// Parses `"30m"`, `"5s"`, `"500ms"`, `"1h 30m"` (jiff's friendly format).
@@ -184,17 +192,8 @@ impl DaemonConfig {
             abs(&mut s.database);
             abs(&mut s.admin_socket);
         }
-        if let Some(d) = &mut c.dp {
-            if let Some(share) = &mut d.share {
-                abs(share);
-            }
-            if d.kind != "standard" && d.kind != "pull" {
-                return Err(ConfigError(format!(
-                    "{}: [dp] kind = {:?}; write \"standard\" or \"pull\"",
-                    path.display(),
-                    d.kind
-                )));
-            }
+        if let Some(share) = c.dp.as_mut().and_then(|d| d.share.as_mut()) {
+            abs(share);
         }
         if c.site.is_none() && c.dp.is_none() {
             return Err(ConfigError(format!(
@@ -224,7 +223,7 @@ mod tests {
         )
         .unwrap();
         let d = c.dp.unwrap();
-        assert_eq!((d.kind.as_str(), d.pull_capacity), ("standard", 50));
+        assert_eq!((d.kind, d.pull_capacity), (DpKind::Standard, 50));
         let s = c.site.unwrap();
         assert_eq!(
             (s.packages_parallel, s.dp_workers, s.dp_attempts),

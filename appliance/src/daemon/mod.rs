@@ -99,7 +99,7 @@ async fn serve(
         Some(d) => Some(Arc::new(Dp::new(
             lib.clone(),
             node.clone(),
-            d.kind == "pull",
+            d.kind == crate::model::DpKind::Pull,
             d.pull_capacity,
             d.share.clone(),
         ))),
