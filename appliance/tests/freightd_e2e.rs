@@ -275,7 +275,7 @@ fn a_dp_with_an_untrusted_key_is_refused() {
     let impostor = net.dp("imp", "DP1", "standard", "");
     site.start();
     dp.start();
-    dp.trust(&site);
+    dp.trust(&site, "site-server");
     site.ok(
         "POST",
         "/v1/dps",
@@ -408,8 +408,8 @@ fn a_pull_dp_waits_for_a_source_pulls_from_the_first_that_works_and_reports_capa
         h.start();
     }
     for s in [&dp1, &dp2] {
-        pull.trust(s);
-        s.trust(&pull);
+        pull.trust(s, "dp");
+        s.trust(&pull, "pull-dp");
     }
     site.add_dp(&dp1, "dp1", &[]);
     site.add_dp(&dp2, "dp2", &[]);
@@ -562,7 +562,7 @@ fn the_freight_cli_drives_a_real_site_server() {
     let mut dp = net.dp("dp", "DP1", "standard", "");
     site.start();
     dp.start();
-    dp.trust(&site);
+    dp.trust(&site, "site-server");
     let admin = site.admin.clone().unwrap();
     let admin = admin.to_str().unwrap();
     let id_file = net.p("dp.id");

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use freight_core::{ChunkId, SiteCode, SiteKey, TrustStore};
+use freight_core::{ChunkId, Role, SiteCode, SiteKey, TrustStore};
 use freight_transport::protocol::chunk_header;
 use freight_transport::quic::{Conn, Node, NodeConfig};
 use freight_transport::tls::SiteTls;
@@ -65,8 +65,9 @@ impl Sites {
         };
         let (sender, sender_trust) = site(SENDER)?;
         let (receiver, receiver_trust) = site(RECEIVER)?;
-        TrustStore::open(&sender_trust)?.import(&receiver.identity())?;
-        TrustStore::open(&receiver_trust)?.import(&sender.identity())?;
+        // The sender is the receiver's parent site: it may push into the receiver's library.
+        TrustStore::open(&sender_trust)?.import(&receiver.identity(), Role::Child)?;
+        TrustStore::open(&receiver_trust)?.import(&sender.identity(), Role::Parent)?;
         Ok(Sites {
             sender,
             receiver,

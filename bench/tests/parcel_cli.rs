@@ -72,7 +72,7 @@ fn parcel_runs_all_steps_and_reports() {
         "site --site {a} init --code CAS\n\
          site --site {b} init --code PS1\n\
          site --site {a} identity export --out {id}\n\
-         site --site {b} identity import {id}\n\
+         site --site {b} identity import {id} --role parent\n\
          library --library {lib_a} ingest --package CAS00001 --version 1 {src}\n",
         a = w("siteA"),
         b = w("siteB"),

@@ -46,7 +46,7 @@ fn transfer_runs_both_sides_and_checks_the_copies() {
             w("siteA")
         ),
         format!(
-            "setup:         {} site --site {} identity import {}",
+            "setup:         {} site --site {} identity import --role parent {}",
             freight.display(),
             w("siteB"),
             w("CAS.id")

@@ -37,4 +37,4 @@ pub use instruction::{Instruction, InstructionKind, SignedInstruction};
 pub use library::Library;
 pub use manifest::{Entry, EntryKind, Manifest};
 pub use progress::Progress;
-pub use site::{PublicIdentity, SiteCode, SiteKey, TrustEntry, TrustStore};
+pub use site::{PublicIdentity, Role, Roles, SiteCode, SiteKey, TrustEntry, TrustStore};

@@ -31,6 +31,8 @@
 //! ```text
 //! DIR/.lock                     flock: held exclusively by import and revoke
 //! DIR/<CODE>.identity           the trusted key of site CODE (identity text)
+//! DIR/<CODE>.roles              what that key was trusted for: `roles: dp pull-dp` (absent in
+//!                               stores written before roles existed: no role, nothing allowed)
 //! DIR/revoked/<CODE>.<n>.identity   keys of CODE revoked so far, n = 1, 2, ...
 //! ```
 //! Every file is written atomically (temporary file, fsync, rename, directory fsync). Revoking
@@ -352,6 +354,128 @@ impl fmt::Debug for SiteKey {
     }
 }
 
+/// What a trusted key was trusted for, seen from this host: the relationship decides what the
+/// peer may do (the authorization table is in the transport's `authz` module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// This site's site server (on a DP: the host that commands it and pushes to it).
+    SiteServer,
+    /// A DP of this site (on the site server: a DP it commands; on a pull DP: a source).
+    Dp,
+    /// A pull DP that may read packages from this DP.
+    PullDp,
+    /// This site's parent site.
+    Parent,
+    /// A child site of this site.
+    Child,
+    /// A client agent of this site.
+    Agent,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 6] = [
+        Role::SiteServer,
+        Role::Dp,
+        Role::PullDp,
+        Role::Parent,
+        Role::Child,
+        Role::Agent,
+    ];
+
+    /// The role's word: `site-server`, `dp`, `pull-dp`, `parent`, `child`, `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::SiteServer => "site-server",
+            Role::Dp => "dp",
+            Role::PullDp => "pull-dp",
+            Role::Parent => "parent",
+            Role::Child => "child",
+            Role::Agent => "agent",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is not a role; use one of: {}",
+                    Role::ALL.map(Role::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// A set of [`Role`]s.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Roles(u8);
+
+impl Roles {
+    /// No role: the key is known but may do nothing.
+    pub const NONE: Roles = Roles(0);
+
+    /// The set holding `role` alone.
+    pub fn of(role: Role) -> Roles {
+        Roles(role.bit())
+    }
+
+    /// Whether `role` is in the set.
+    pub fn contains(self, role: Role) -> bool {
+        self.0 & role.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The set with `role` added.
+    pub fn with(self, role: Role) -> Roles {
+        Roles(self.0 | role.bit())
+    }
+
+    /// The set with `role` removed.
+    pub fn without(self, role: Role) -> Roles {
+        Roles(self.0 & !role.bit())
+    }
+
+    /// The roles in the set, in [`Role::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Role> {
+        Role::ALL.into_iter().filter(move |r| self.contains(*r))
+    }
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("none");
+        }
+        let words: Vec<&str> = self.iter().map(Role::as_str).collect();
+        f.write_str(&words.join(", "))
+    }
+}
+
+impl fmt::Debug for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Roles({self})")
+    }
+}
+
 /// One identity in the trust store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustEntry {
@@ -359,6 +483,9 @@ pub struct TrustEntry {
     pub identity: PublicIdentity,
     /// True when the key has been revoked and is refused.
     pub revoked: bool,
+    /// What the key was trusted for (none for revoked keys and for entries written before
+    /// roles existed).
+    pub roles: Roles,
 }
 
 /// The public keys of other sites this site accepts instructions from, and the revoked ones it
@@ -377,11 +504,12 @@ impl TrustStore {
         })
     }
 
-    /// Trusts `identity` for its site code.
+    /// Trusts `identity` for its site code, in `role` (added to the roles it already has).
     ///
-    /// Re-importing the trusted key is a no-op. Refused: a key that has been revoked (for any
-    /// site), and a different key for a site already trusted (revoke the old one first).
-    pub fn import(&self, identity: &PublicIdentity) -> Result<()> {
+    /// Re-importing the trusted key only adds the role. Refused: a key that has been revoked
+    /// (for any site), and a different key for a site already trusted (revoke the old one
+    /// first).
+    pub fn import(&self, identity: &PublicIdentity, role: Role) -> Result<()> {
         let _lock = self.lock()?;
         if let Some((code, _)) = self
             .revoked_all()?
@@ -395,6 +523,11 @@ impl TrustStore {
         }
         if let Some(old) = self.active(identity.code)? {
             if old.key == identity.key {
+                let roles = self.roles(identity.code)?;
+                if !roles.contains(role) {
+                    self.write_roles(identity.code, roles.with(role))?;
+                    tracing::info!(site = %identity.code, role = %role, "trusted site key for another role");
+                }
                 return Ok(());
             }
             return Err(Error::KeyConflict {
@@ -403,14 +536,84 @@ impl TrustStore {
                 offered: identity.fingerprint(),
             });
         }
+        // Roles first: a crash in between leaves roles without an identity, which trusts
+        // nothing; the other order would leave a trusted key with no role written yet.
+        self.write_roles(identity.code, Roles::of(role))?;
         write_atomic(
             &self.active_path(identity.code),
             identity.to_text().as_bytes(),
             0o644,
             true,
         )?;
-        tracing::info!(site = %identity.code, fingerprint = %identity.fingerprint(), "trusted site key");
+        tracing::info!(site = %identity.code, fingerprint = %identity.fingerprint(), role = %role, "trusted site key");
         Ok(())
+    }
+
+    /// What the trusted key of `code` was trusted for (none if it is not trusted, or was
+    /// trusted before roles existed).
+    pub fn roles(&self, code: SiteCode) -> Result<Roles> {
+        let path = self.roles_path(code);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Roles::NONE),
+            Err(e) => return Err(Error::io(&path, "read", e)),
+        };
+        let bad = |reason: String| Error::BadTrustStore {
+            path: path.clone(),
+            reason,
+        };
+        let line = text_lines(&text)
+            .and_then(|l| (l.len() == 1).then(|| l[0]))
+            .and_then(|l| field(l, "roles"))
+            .ok_or_else(|| bad("not a `roles: ...` line".into()))?;
+        line.split_whitespace()
+            .try_fold(Roles::NONE, |acc, w| Ok(acc.with(w.parse().map_err(bad)?)))
+    }
+
+    /// Adds `role` to the trusted key of `code`.
+    pub fn add_role(&self, code: SiteCode, role: Role) -> Result<Roles> {
+        let _lock = self.lock()?;
+        self.lookup(code)?;
+        let roles = self.roles(code)?.with(role);
+        self.write_roles(code, roles)?;
+        Ok(roles)
+    }
+
+    /// Takes `role` from the trusted key of `code`; a key left with no role is no longer
+    /// trusted (its files are removed; unlike a revocation, it may be imported again).
+    /// Returns the roles left.
+    pub fn remove_role(&self, code: SiteCode, role: Role) -> Result<Roles> {
+        let _lock = self.lock()?;
+        let roles = self.roles(code)?.without(role);
+        if roles.is_empty() {
+            let path = self.active_path(code);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, "remove", e)),
+            }
+            let _ = std::fs::remove_file(self.roles_path(code));
+            sync_dir(&self.dir)?;
+            tracing::info!(site = %code, "site key no longer trusted (no role left)");
+        } else {
+            self.write_roles(code, roles)?;
+        }
+        Ok(roles)
+    }
+
+    fn write_roles(&self, code: SiteCode, roles: Roles) -> Result<()> {
+        let words: Vec<&str> = roles.iter().map(Role::as_str).collect();
+        write_atomic(
+            &self.roles_path(code),
+            format!("roles: {}\n", words.join(" ")).as_bytes(),
+            0o644,
+            true,
+        )?;
+        Ok(())
+    }
+
+    fn roles_path(&self, code: SiteCode) -> PathBuf {
+        self.dir.join(format!("{code}.roles"))
     }
 
     /// Every identity in the store, trusted and revoked, sorted by site code (trusted first,
@@ -443,11 +646,18 @@ impl TrustStore {
         Ok(out
             .into_iter()
             .filter(|(_, n, id)| *n > 0 || !revoked.contains(&id.key))
-            .map(|(_, n, identity)| TrustEntry {
-                identity,
-                revoked: n > 0,
+            .map(|(_, n, identity)| {
+                Ok(TrustEntry {
+                    roles: if n > 0 {
+                        Roles::NONE
+                    } else {
+                        self.roles(identity.code)?
+                    },
+                    identity,
+                    revoked: n > 0,
+                })
             })
-            .collect())
+            .collect::<Result<_>>()?)
     }
 
     /// Revokes the trusted key of site `code`: it stays in the store, marked revoked, so that
@@ -472,6 +682,7 @@ impl TrustStore {
         }
         let path = self.active_path(code);
         std::fs::remove_file(&path).ctx(&path, "remove")?;
+        let _ = std::fs::remove_file(self.roles_path(code));
         sync_dir(&self.dir)?;
         tracing::warn!(site = %code, fingerprint = %active.fingerprint(), "revoked site key");
         Ok(())

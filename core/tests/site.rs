@@ -2,8 +2,8 @@
 //! export/import, revocation, and every refusal of `SignedInstruction::verify`.
 
 use freight_core::{
-    Error, Instruction, InstructionKind, PackageId, PublicIdentity, SignedInstruction, SiteCode,
-    SiteKey, TrustStore,
+    Error, Instruction, InstructionKind, PackageId, PublicIdentity, Role, SignedInstruction,
+    SiteCode, SiteKey, TrustStore,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -50,7 +50,7 @@ fn pair() -> Pair {
     let trust = TrustStore::open(&root.join("ps1/trust")).unwrap();
     let mailed = cas.identity().to_text();
     trust
-        .import(&PublicIdentity::from_text(&mailed).unwrap())
+        .import(&PublicIdentity::from_text(&mailed).unwrap(), Role::Parent)
         .unwrap();
     Pair {
         _dir: dir,
@@ -247,8 +247,8 @@ fn trust_store_import_conflict_revoke_and_reimport() {
     let new = new_key.identity();
 
     // Same key again: no-op. Another key for a trusted site: refused.
-    p.trust.import(&old).unwrap();
-    match p.trust.import(&new) {
+    p.trust.import(&old, Role::Parent).unwrap();
+    match p.trust.import(&new, Role::Parent) {
         Err(
             ref e @ Error::KeyConflict {
                 ref trusted,
@@ -298,7 +298,7 @@ fn trust_store_import_conflict_revoke_and_reimport() {
         }
     }
     assert!(matches!(
-        p.trust.import(&old),
+        p.trust.import(&old, Role::Parent),
         Err(Error::RevokedKey { .. })
     ));
     let listed = p.trust.list().unwrap();
@@ -306,10 +306,10 @@ fn trust_store_import_conflict_revoke_and_reimport() {
     assert!(listed[0].revoked && listed[0].identity == old);
 
     // The site's new key can now be imported; the old one stays refused.
-    p.trust.import(&new).unwrap();
+    p.trust.import(&new, Role::Parent).unwrap();
     assert_eq!(p.trust.lookup(code("CAS")).unwrap(), new);
     assert!(matches!(
-        p.trust.import(&old),
+        p.trust.import(&old, Role::Parent),
         Err(Error::RevokedKey { .. })
     ));
     let listed = p.trust.list().unwrap();
@@ -383,7 +383,7 @@ fn authenticate_names_the_presented_key_in_each_refusal() {
             r => panic!("{r:?}"),
         }
     }
-    p.trust.import(&stranger).unwrap();
+    p.trust.import(&stranger, Role::Parent).unwrap();
     assert_eq!(
         p.trust.authenticate(code("CAS"), &stranger.key).unwrap(),
         stranger
@@ -551,7 +551,7 @@ fn verify_refusals_each_have_their_own_error() {
     ));
 
     // The key of another (even trusted) site, used on an instruction claiming to come from CAS.
-    p.trust.import(&ps2.identity()).unwrap();
+    p.trust.import(&ps2.identity(), Role::Parent).unwrap();
     let body = instruction("CAS", "PS1", 1).encode();
     let by_ps2 = SignedInstruction {
         signature: ps2.sign(&body),

@@ -8,6 +8,7 @@
 //!
 //! The QUIC shell builds on these. See `ARCHITECTURE.md` at the repository root for the map.
 
+pub mod authz;
 pub mod clock;
 pub mod command;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod session;
 pub mod store;
 pub mod throttle;
 pub mod tls;
+pub mod trust;
 
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Error, Result};

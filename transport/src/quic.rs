@@ -19,8 +19,10 @@
 //! data streams up front lets the receiver hold the sender's `Done` until every data stream
 //! has ended, so no chunk is overtaken by it.
 
+use crate::authz::{self, Refused, Request};
 use crate::error::{Error, Result};
 use crate::tls::SiteTls;
+use crate::trust::TrustView;
 use freight_core::{PublicIdentity, SiteCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,6 +112,69 @@ pub struct Node {
     tls: Arc<SiteTls>,
     transport: Arc<quinn::TransportConfig>,
     config: NodeConfig,
+    live: Arc<LiveConns>,
+}
+
+/// The node's open connections, so that a key that loses its trust loses its connections.
+#[derive(Debug, Default)]
+struct LiveConns(
+    std::sync::Mutex<std::collections::HashMap<usize, (PublicIdentity, quinn::Connection)>>,
+);
+
+impl LiveConns {
+    fn add(self: &Arc<Self>, peer: PublicIdentity, conn: &quinn::Connection) {
+        let id = conn.stable_id();
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (peer, conn.clone()));
+        let (me, conn) = (Arc::downgrade(self), conn.clone());
+        tokio::spawn(async move {
+            conn.closed().await;
+            if let Some(me) = me.upgrade() {
+                me.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            }
+        });
+    }
+
+    /// Closes every connection whose peer `trust` no longer authenticates.
+    fn revalidate(&self, trust: &TrustView) {
+        let conns = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (peer, conn) in conns.values() {
+            if let Err(e) = trust.authenticate(peer.code, &peer.key) {
+                tracing::warn!(peer = %peer.code, fingerprint = %peer.fingerprint(), error = %e, "closing the connection of a key no longer trusted");
+                conn.close(CLOSE_UNTRUSTED.into(), b"key no longer trusted");
+            }
+        }
+    }
+}
+
+/// Application close code: the peer's key is not (or no longer) trusted or allowed.
+pub const CLOSE_UNTRUSTED: u32 = 0x46_01;
+
+/// How often the trust store's folder is checked for changes.
+const TRUST_POLL: Duration = Duration::from_millis(500);
+
+/// Watches the trust store: reloads the view on a change and closes connections of keys no
+/// longer trusted. Runs on its own thread (file reads stay off the async runtime) until the
+/// node is gone.
+fn watch_trust(trust: Arc<TrustView>, live: std::sync::Weak<LiveConns>) {
+    let spawned = std::thread::Builder::new()
+        .name("freight-trust".into())
+        .spawn(move || {
+            while let Some(live) = live.upgrade() {
+                match trust.reload_if_changed() {
+                    Ok(true) => live.revalidate(&trust),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the trust store; keeping what was read before"),
+                }
+                drop(live);
+                std::thread::sleep(TRUST_POLL);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot watch the trust store; changes apply after a restart");
+    }
 }
 
 /// An incoming connection whose handshake has not run yet.
@@ -132,6 +197,12 @@ impl Accepting {
         let what = self.remote().to_string();
         let inner = self.incoming.await.map_err(|e| conn_error(&what, e))?;
         let peer = Node::identify(&inner, &what)?;
+        // The table's first check: a trusted key with no role here may not connect at all.
+        let trust = self.node.tls.trust().clone();
+        if let Err(refused) = authz::check(&peer, trust.roles(&peer), Request::Connect) {
+            inner.close(CLOSE_UNTRUSTED.into(), b"no role here");
+            return Err(Error::PeerRefused(refused.to_string()));
+        }
         let mut s = inner.open_uni().await.map_err(|e| conn_error(&what, e))?;
         s.write_all(&[KIND_WELCOME])
             .await
@@ -141,10 +212,12 @@ impl Accepting {
                 remedy: "the peer went away; nothing to do",
             })?;
         let _ = s.finish();
+        self.node.live.add(peer, &inner);
         Ok(Conn {
             inner,
             peer,
             config: self.node.config.clone(),
+            trust,
         })
     }
 }
@@ -155,12 +228,19 @@ pub struct Conn {
     pub(crate) inner: quinn::Connection,
     peer: PublicIdentity,
     pub(crate) config: NodeConfig,
+    trust: Arc<TrustView>,
 }
 
 impl Conn {
     /// The peer's site and key, as authenticated at the handshake.
     pub fn peer(&self) -> PublicIdentity {
         self.peer
+    }
+
+    /// Checks `request` from this peer against the authorization table, with the roles its
+    /// key holds now.
+    pub fn authorize(&self, request: Request) -> std::result::Result<(), Refused> {
+        authz::check(&self.peer, self.trust.roles(&self.peer), request)
     }
 
     /// The peer's address.
@@ -305,11 +385,14 @@ impl Node {
             format!("start QUIC endpoint on {addr}"),
             "check the address",
         ))?;
+        let live = Arc::new(LiveConns::default());
+        watch_trust(tls.trust().clone(), Arc::downgrade(&live));
         Ok(Node {
             endpoint,
             tls: Arc::new(tls),
             transport,
             config,
+            live,
         })
     }
 
@@ -361,11 +444,27 @@ impl Node {
                 });
             }
         }
+        self.live.add(peer, &inner);
         Ok(Conn {
             inner,
             peer,
             config: self.config.clone(),
+            trust: self.tls.trust().clone(),
         })
+    }
+
+    /// The trust store this node authenticates peers with, in memory.
+    pub fn trust(&self) -> &Arc<TrustView> {
+        self.tls.trust()
+    }
+
+    /// Reads the trust store again now (blocking: call it off the async runtime) and closes
+    /// the connections of keys it no longer trusts; changes are also picked up on their own
+    /// within a second.
+    pub fn reload_trust(&self) -> Result<()> {
+        self.tls.trust().reload()?;
+        self.live.revalidate(self.tls.trust());
+        Ok(())
     }
 
     /// The next incoming connection attempt; `None` once the endpoint is closed. Its

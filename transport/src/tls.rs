@@ -16,14 +16,15 @@
 //! Every refusal names the site and the presented key's fingerprint.
 
 use crate::error::{Error, Result};
+use crate::trust::TrustView;
 use freight_core::site::fingerprint_of;
-use freight_core::{PublicIdentity, SiteCode, SiteKey, TrustStore};
+use freight_core::{PublicIdentity, SiteCode, SiteKey};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// ALPN protocol name of Freight's transfer protocol over QUIC.
@@ -112,7 +113,7 @@ pub fn certificate_identity(der: &[u8]) -> Result<PublicIdentity> {
 /// Checks a peer's certificate against the trust store (see the module documentation).
 pub fn authenticate(
     der: &[u8],
-    trust: &TrustStore,
+    trust: &TrustView,
     expected: Option<SiteCode>,
 ) -> Result<PublicIdentity> {
     let id = certificate_identity(der)?;
@@ -139,7 +140,7 @@ pub struct SiteTls {
     code: SiteCode,
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
-    trust_dir: PathBuf,
+    trust: Arc<TrustView>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -147,7 +148,7 @@ impl std::fmt::Debug for SiteTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SiteTls")
             .field("site", &self.code)
-            .field("trust", &self.trust_dir)
+            .field("trust", &self.trust.dir())
             .finish_non_exhaustive()
     }
 }
@@ -166,12 +167,11 @@ impl SiteTls {
         cert: CertificateDer<'static>,
         trust_dir: &Path,
     ) -> Result<SiteTls> {
-        TrustStore::open(trust_dir)?;
         Ok(SiteTls {
             code: key.code(),
             cert,
             key: PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
-            trust_dir: trust_dir.to_path_buf(),
+            trust: TrustView::load(trust_dir)?,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         })
     }
@@ -181,9 +181,14 @@ impl SiteTls {
         self.code
     }
 
+    /// The trust store, in memory.
+    pub fn trust(&self) -> &Arc<TrustView> {
+        &self.trust
+    }
+
     fn verifier(&self, expected: Option<SiteCode>) -> Arc<PinnedVerifier> {
         Arc::new(PinnedVerifier {
-            trust_dir: self.trust_dir.clone(),
+            trust: self.trust.clone(),
             expected,
             algorithms: self.provider.signature_verification_algorithms,
         })
@@ -223,7 +228,7 @@ fn tls_err(e: rustls::Error) -> Error {
 /// signature with the certificate's key (Ed25519 only).
 #[derive(Debug)]
 struct PinnedVerifier {
-    trust_dir: PathBuf,
+    trust: Arc<TrustView>,
     expected: Option<SiteCode>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -235,10 +240,7 @@ impl PinnedVerifier {
         intermediates: &[CertificateDer<'_>],
     ) -> std::result::Result<(), rustls::Error> {
         let res = if intermediates.is_empty() {
-            TrustStore::open(&self.trust_dir)
-                .map_err(Error::from)
-                .and_then(|trust| authenticate(end_entity, &trust, self.expected))
-                .map(|_| ())
+            authenticate(end_entity, &self.trust, self.expected).map(|_| ())
         } else {
             Err(Error::PeerRefused(
                 "peer sent a certificate chain; Freight sites present one self-signed certificate"

@@ -4,7 +4,7 @@ use crate::cli::error::CliError;
 use crate::cli::output::print_json;
 use crate::home::Home;
 use clap::{Args, Subcommand};
-use freight_core::site::{PublicIdentity, SiteCode};
+use freight_core::site::{PublicIdentity, Role, SiteCode};
 use std::path::PathBuf;
 
 /// Arguments of `freight site`.
@@ -38,10 +38,27 @@ enum IdentityCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Trust another site's identity file.
+    /// Trust another site's identity file, in a role: what that key may do here.
     Import {
         /// The identity file.
         file: PathBuf,
+        /// What the key is trusted for: site-server (on a DP: its site server), dp (a DP of
+        /// this site, or a pull DP's source), pull-dp (may read from this DP), parent, child,
+        /// agent.
+        #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
+        role: Role,
+    },
+    /// Add or take away a role of a trusted site's key (a key left with no role is no longer
+    /// trusted).
+    Role {
+        /// Site code.
+        code: String,
+        /// A role to add.
+        #[arg(long, value_parser = |s: &str| s.parse::<Role>(), conflicts_with = "remove")]
+        add: Option<Role>,
+        /// A role to take away.
+        #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
+        remove: Option<Role>,
     },
     /// List trusted sites.
     List {
@@ -88,7 +105,7 @@ pub fn run(a: SiteArgs) -> Result<(), CliError> {
                         None => print!("{text}"),
                     }
                 }
-                IdentityCmd::Import { file } => {
+                IdentityCmd::Import { file, role } => {
                     let text = std::fs::read_to_string(&file).map_err(|e| {
                         CliError::Usage(format!(
                             "{}: cannot read identity file: {e}",
@@ -96,11 +113,12 @@ pub fn run(a: SiteArgs) -> Result<(), CliError> {
                         ))
                     })?;
                     let id = PublicIdentity::from_text(&text)?;
-                    home.trust.import(&id)?;
+                    home.trust.import(&id, role)?;
                     println!(
-                        "trusting site {} with key fingerprint {}",
+                        "trusting site {} with key fingerprint {} as {}",
                         id.code,
-                        id.fingerprint()
+                        id.fingerprint(),
+                        home.trust.roles(id.code)?
                     );
                 }
                 IdentityCmd::List { json } => {
@@ -113,20 +131,39 @@ pub fn run(a: SiteArgs) -> Result<(), CliError> {
                                     "site": e.identity.code.to_string(),
                                     "fingerprint": e.identity.fingerprint(),
                                     "revoked": e.revoked,
+                                    "roles": e.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
                                 })
                             })
                             .collect();
                         print_json(&v)?;
                     } else {
-                        println!("{:<5} {:<50} status", "site", "fingerprint");
+                        println!("{:<5} {:<50} {:<8} roles", "site", "fingerprint", "status");
                         for e in list {
                             println!(
-                                "{:<5} {:<50} {}",
+                                "{:<5} {:<50} {:<8} {}",
                                 e.identity.code.to_string(),
                                 e.identity.fingerprint(),
-                                if e.revoked { "revoked" } else { "trusted" }
+                                if e.revoked { "revoked" } else { "trusted" },
+                                if e.revoked {
+                                    "-".to_string()
+                                } else {
+                                    e.roles.to_string()
+                                }
                             );
                         }
+                    }
+                }
+                IdentityCmd::Role { code, add, remove } => {
+                    let code = SiteCode::parse(&code)?;
+                    let roles = match (add, remove) {
+                        (Some(r), _) => home.trust.add_role(code, r)?,
+                        (None, Some(r)) => home.trust.remove_role(code, r)?,
+                        (None, None) => home.trust.roles(code)?,
+                    };
+                    if roles.is_empty() {
+                        println!("site {code} is no longer trusted (no role left)");
+                    } else {
+                        println!("site {code} is trusted as {roles}");
                     }
                 }
                 IdentityCmd::Revoke { code } => {

@@ -10,7 +10,7 @@ use crate::site_server::SiteServer;
 use crate::site_server::error::SiteError;
 use crate::site_server::store::{Store, StoreError};
 use config::{ConfigError, DaemonConfig};
-use freight_core::{IoMode, Library};
+use freight_core::{IoMode, Library, Role};
 use freight_transport::command::CommandHandler;
 use freight_transport::quic::{Node, NodeConfig};
 use freight_transport::session;
@@ -122,9 +122,13 @@ async fn serve(
     }
     tokio::spawn(session::serve(node.clone(), lib.clone(), None, handler));
 
+    if cfg.site.is_none() {
+        give_roles(&home, None)?;
+    }
     let mut socket = None;
     if let Some(s) = &cfg.site {
         let store = Store::open(&s.database)?;
+        give_roles(&home, Some(&store))?;
         let site = SiteServer::new(
             home.code,
             store,
@@ -162,6 +166,37 @@ async fn serve(
         let _ = std::fs::remove_file(s);
     }
     println!("freightd stopped");
+    Ok(())
+}
+
+/// Trust store entries written before roles existed hold none, and the authorization table
+/// refuses them everything. Where the site database knows what a key is (a DP's key at its
+/// site server), the entry gets that role; every other such entry is named once, with the
+/// command that gives it one.
+fn give_roles(home: &Home, store: Option<&Store>) -> Result<(), DaemonError> {
+    let dps = match store {
+        Some(s) => s.read(|db| db.dps(None))?,
+        None => Vec::new(),
+    };
+    for e in home.trust.list()? {
+        if e.revoked || !e.roles.is_empty() {
+            continue;
+        }
+        let (code, fp) = (e.identity.code, e.identity.fingerprint());
+        if dps
+            .iter()
+            .any(|d| d.key_site == code.as_str() && d.fingerprint == fp)
+        {
+            home.trust.add_role(code, Role::Dp)?;
+            tracing::warn!(
+                "trust store: {code} (key {fp}) was trusted before roles existed; it is a DP of this site, so it gets role dp"
+            );
+        } else {
+            tracing::warn!(
+                "trust store: {code} (key {fp}) was trusted before roles existed and has no role, so it is refused; give it one with `freight site identity role {code} --add ROLE`"
+            );
+        }
+    }
     Ok(())
 }
 

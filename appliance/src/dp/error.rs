@@ -5,6 +5,9 @@ use crate::content::ContentError;
 /// Why a DP command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DpError {
+    /// The authorization table refuses the peer this request (names the peer and the fix).
+    #[error(transparent)]
+    Refused(#[from] freight_transport::authz::Refused),
     /// The request does not parse.
     #[error("request not understood ({0}); run the same Freight version on site server and DP")]
     BadRequest(#[source] serde_json::Error),

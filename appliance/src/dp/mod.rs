@@ -15,6 +15,7 @@ use command::{DpReply, DpRequest, PullState, encode};
 use error::DpError;
 use freight_core::verify::verify;
 use freight_core::{ChunkId, Library, PackageId, Progress};
+use freight_transport::authz::Request;
 use freight_transport::command::{CommandHandler, Reply};
 use freight_transport::quic::{Conn, Node};
 use freight_transport::session::{self, PushOptions, PushReport};
@@ -49,6 +50,12 @@ impl Dp {
     }
 
     async fn answer(self, conn: Conn, req: DpRequest) -> Result<DpReply, DpError> {
+        // Before anything is read or written: only this DP's site server manages it, and only
+        // a pull DP it serves may read from it.
+        conn.authorize(match req {
+            DpRequest::PushMe { .. } => Request::ReadContent,
+            _ => Request::ManageDp,
+        })?;
         match req {
             DpRequest::Forget { package } => self.forget(package).await,
             DpRequest::Install {

@@ -14,7 +14,7 @@ use crate::api::{
     PackageInfo, PackageStatus, StatusMessage, Targets,
 };
 use freight_core::ingest::{IngestOptions, ingest};
-use freight_core::{PackageId, Progress, PublicIdentity, TrustStore};
+use freight_core::{PackageId, Progress, PublicIdentity, Role, SiteCode, TrustStore};
 use freight_transport::RouteThrottle;
 use std::path::{Path, PathBuf};
 
@@ -97,10 +97,11 @@ impl SiteServer {
             }
             // Trusted inside the transaction: a refused import leaves no DP row behind.
             TrustStore::open(&self.trust_dir)
-                .and_then(|t| t.import(&identity))
+                .and_then(|t| t.import(&identity, Role::Dp))
                 .map_err(|e| SiteError::Invalid(format!("DP {}: {e}", a.name)))?;
             Ok(())
         })?;
+        self.trust_changed();
         self.dp(&a.name)
     }
 
@@ -140,8 +141,27 @@ impl SiteServer {
                     "DP {name} is a source of {used} pull DP(s); change their sources first"
                 )));
             }
-            Ok(db.delete_dp(name)?)
-        })
+            let key_site = db.route(name)?.map(|r| r.key_site);
+            db.delete_dp(name)?;
+            // A removed DP's key loses its role here, and so its trust unless another role
+            // still needs it: it can no longer connect.
+            if let Some(code) = key_site.and_then(|c| SiteCode::parse(&c).ok()) {
+                TrustStore::open(&self.trust_dir)
+                    .and_then(|t| t.remove_role(code, Role::Dp))
+                    .map_err(|e| SiteError::Invalid(format!("DP {name}: {e}")))?;
+            }
+            Ok(())
+        })?;
+        self.trust_changed();
+        Ok(())
+    }
+
+    /// Makes a trust store change count now: the node reads the store again and closes the
+    /// connections of keys it no longer trusts (it would also notice within a second).
+    fn trust_changed(&self) {
+        if let Err(e) = self.node.reload_trust() {
+            tracing::warn!(error = %e, "cannot read the trust store again; the change applies within a second");
+        }
     }
 
     /// `dp schedule`: the route's bandwidth windows (running copies pick them up at once).

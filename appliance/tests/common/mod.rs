@@ -47,6 +47,7 @@ impl World {
         self.ok(&["site", "--site", &self.s(name), "init", "--code", code]);
     }
     /// `to` trusts `from`.
+    /// Site `to` trusts site `from` as its parent (which may push to it and send it parcels).
     pub fn trust(&self, from: &str, to: &str) {
         let id = self.s(&format!("{from}.id"));
         self.ok(&[
@@ -58,7 +59,16 @@ impl World {
             "--out",
             &id,
         ]);
-        self.ok(&["site", "--site", &self.s(to), "identity", "import", &id]);
+        self.ok(&[
+            "site",
+            "--site",
+            &self.s(to),
+            "identity",
+            "import",
+            &id,
+            "--role",
+            "parent",
+        ]);
     }
 }
 

@@ -143,8 +143,8 @@ impl Host {
         ])
     }
 
-    /// This host trusts `other`.
-    pub fn trust(&self, other: &Host) {
+    /// This host trusts `other` in `role` (`site-server`, `dp`, `pull-dp`, ...).
+    pub fn trust(&self, other: &Host, role: &str) {
         let f = self
             .config
             .parent()
@@ -158,6 +158,8 @@ impl Host {
             "identity",
             "import",
             f.to_str().unwrap(),
+            "--role",
+            role,
         ]);
     }
 
@@ -292,7 +294,7 @@ impl Host {
 
     /// Registers `dp` at this site (and makes them trust each other).
     pub fn add_dp(&self, dp: &Host, name: &str, sources: &[&str]) {
-        dp.trust(self);
+        dp.trust(self, "site-server");
         let kind = if sources.is_empty() {
             "standard"
         } else {

@@ -41,7 +41,7 @@ impl Site {
     pub fn trusts(&self, other: &Site) {
         TrustStore::open(&self.trust)
             .unwrap()
-            .import(&other.key.identity())
+            .import(&other.key.identity(), freight_core::Role::Parent)
             .unwrap();
     }
 

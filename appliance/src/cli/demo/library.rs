@@ -10,7 +10,7 @@ use crate::cli::progress_bar::Bar;
 use crate::home::Home;
 use freight_core::ingest::{IngestOptions, ingest};
 use freight_core::instruction::SignedInstruction;
-use freight_core::site::SiteCode;
+use freight_core::site::{Role, SiteCode};
 use freight_core::units::human;
 use freight_core::{IoMode, Library, PackageId, Progress};
 use freight_transport::quic::{Node, NodeConfig};
@@ -102,7 +102,7 @@ pub fn run(
     let cas = Home::init(&work.join("site-CAS"), SiteCode::parse("CAS")?)?;
     let ps1 = Home::init(&work.join("site-PS1"), SiteCode::parse("PS1")?)?;
     let id = cas.key.identity();
-    ps1.trust.import(&id)?;
+    ps1.trust.import(&id, Role::Parent)?;
     println!("PS1 trusts CAS, key fingerprint {}", id.fingerprint());
     let mut ps1_lib = Library::open_or_init(&work.join("library-PS1"), io)?;
     for (v, base) in [(1, None), (2, Some(1))] {
@@ -137,8 +137,8 @@ pub fn run(
 
     step("network: CAS pushes v1, then v2 under a bandwidth window, to site PS2 over QUIC");
     let ps2 = Home::init(&work.join("site-PS2"), SiteCode::parse("PS2")?)?;
-    ps2.trust.import(&cas.key.identity())?;
-    cas.trust.import(&ps2.key.identity())?;
+    ps2.trust.import(&cas.key.identity(), Role::Parent)?;
+    cas.trust.import(&ps2.key.identity(), Role::Child)?;
     println!("CAS and PS2 trust each other's keys; each pins the other's at the QUIC handshake");
     let ps2_lib = Library::open_or_init(&work.join("library-PS2"), io)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

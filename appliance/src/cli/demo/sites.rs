@@ -16,8 +16,8 @@ use crate::cli::render;
 use crate::cli::watch::{self, WatchOpts};
 use crate::daemon::ready_fields;
 use crate::home::Home;
-use freight_core::SiteCode;
 use freight_core::units::human;
+use freight_core::{Role, SiteCode};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -105,11 +105,11 @@ pub fn run(work: &Path, size: u64, quiet: bool) -> Result<(), CliError> {
     // Every DP trusts the site server; the pull DP and its sources trust each other. The site
     // server learns the DPs' keys when they are added.
     for dp in [&dp1, &dp2, &pd1] {
-        dp.trust.import(&ps1.key.identity())?;
+        dp.trust.import(&ps1.key.identity(), Role::SiteServer)?;
     }
     for src in [&dp1, &dp2] {
-        pd1.trust.import(&src.key.identity())?;
-        src.trust.import(&pd1.key.identity())?;
+        pd1.trust.import(&src.key.identity(), Role::Dp)?;
+        src.trust.import(&pd1.key.identity(), Role::PullDp)?;
     }
     let site = start("site server PS1", &ps1_cfg)?;
     let dps = [

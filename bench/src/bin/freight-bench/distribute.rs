@@ -265,7 +265,16 @@ pub fn distribute(args: &DistributeArgs) -> Result<(), BenchError> {
         if i > 0 {
             let site_id = root.join("ps1.id");
             run_setup(
-                freight(&[&"site", &"--site", &home, &"identity", &"import", &site_id]),
+                freight(&[
+                    &"site",
+                    &"--site",
+                    &home,
+                    &"identity",
+                    &"import",
+                    &"--role",
+                    &"site-server",
+                    &site_id,
+                ]),
                 &mut commands,
             )?;
         }

@@ -735,6 +735,7 @@ fn parcel(args: &ParcelArgs) -> Result<(), BenchError> {
                 .arg(&site_b)
                 .args(["identity", "import"])
                 .arg(&identity)
+                .args(["--role", "parent"])
         }),
         freight(&|c| {
             c.args(["library", "--library"])

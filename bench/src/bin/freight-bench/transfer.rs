@@ -165,8 +165,17 @@ pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
         site(&site_b, &["init", "--code", RECEIVER], None),
         site(&site_a, &["identity", "export", "--out"], Some(&id_a)),
         site(&site_b, &["identity", "export", "--out"], Some(&id_b)),
-        site(&site_a, &["identity", "import"], Some(&id_b)),
-        site(&site_b, &["identity", "import"], Some(&id_a)),
+        // The receiver trusts the sender as its parent site, which may push to it.
+        site(
+            &site_a,
+            &["identity", "import", "--role", "child"],
+            Some(&id_b),
+        ),
+        site(
+            &site_b,
+            &["identity", "import", "--role", "parent"],
+            Some(&id_a),
+        ),
         freight(&|c| {
             c.args(["library", "--library"])
                 .arg(&lib_a)
