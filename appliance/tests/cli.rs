@@ -41,7 +41,7 @@ fn one_line_error(mut c: Command) -> String {
 }
 
 fn tree_state(dir: &Path) -> Vec<(std::path::PathBuf, u64, Vec<u8>)> {
-    freight_bench::tree::snapshot(dir)
+    freight_test_support::tree::snapshot(dir)
         .unwrap()
         .into_iter()
         .filter(|(_, n)| n.kind != "dir")

@@ -2,9 +2,9 @@
 //! library opens, verifies clean, no manifest names a missing chunk, and the interrupted
 //! command completes when run again.
 
-use freight_bench::{DatasetSpec, generate};
 use freight_core::library::Access;
 use freight_core::{IoMode, Library, LibraryConfig, Progress};
+use freight_test_support::{DatasetSpec, generate};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,7 +17,7 @@ fn freight(lib: &Path) -> Command {
     c
 }
 
-use freight_bench::noise;
+use freight_test_support::noise;
 
 /// Runs `cmd` and kills it after `delay`; true when the kill hit a running process.
 fn run_and_kill(mut cmd: Command, delay: Duration) -> bool {
@@ -64,7 +64,7 @@ fn check_library(dir: &Path, ctx: &str) {
 
 #[test]
 fn sigkill_during_ingest_and_gc_never_breaks_the_library() {
-    let seed = freight_bench::replay_seed("FREIGHT_CRASH_SEED");
+    let seed = freight_test_support::replay_seed("FREIGHT_CRASH_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
@@ -175,7 +175,10 @@ fn sigkill_during_ingest_and_gc_never_breaks_the_library() {
         .unwrap();
     let out = t.path().join("out");
     freight_core::materialize::materialize(&l, &m, &out, &Progress::default()).unwrap();
-    assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&src, &out).unwrap(),
+        None
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {

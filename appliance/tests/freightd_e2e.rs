@@ -3,8 +3,8 @@
 
 mod hosts;
 
-use freight_bench::dataset::{DatasetSpec, generate};
-use freight_bench::harness::disk_usage;
+use freight_test_support::dataset::{DatasetSpec, generate};
+use freight_test_support::tree::disk_usage;
 use hosts::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -26,7 +26,7 @@ fn tree(dir: &Path, bytes: u64, seed: u64) {
 /// Rewrites every 20th file (5%) with new content and deletes one other file; returns the
 /// bytes written and the deleted file.
 fn change_five_percent(src: &Path) -> (u64, String) {
-    let (_, written) = freight_bench::rewrite_every_20th(src, 7).unwrap();
+    let (_, written) = freight_test_support::rewrite_every_20th(src, 7).unwrap();
     let all = files(src);
     let gone = all[all.len() / 2 + 1].clone();
     std::fs::remove_file(src.join(&gone)).unwrap();
@@ -76,7 +76,7 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     assert_serves(&dp1, &id, "1", &src);
     assert_serves(&dp2, &id, "latest", &src);
     assert_eq!(
-        freight_bench::tree::difference(&src, &share.join(&id)).unwrap(),
+        freight_test_support::tree::difference(&src, &share.join(&id)).unwrap(),
         None
     );
     let summary = &site.ok("GET", &format!("/v1/packages/{id}"), None)["package"]["summary"];
@@ -110,7 +110,7 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     }
     assert_serves(&dp1, &id, "2", &src);
     assert_eq!(
-        freight_bench::tree::difference(&src, &share.join(&id)).unwrap(),
+        freight_test_support::tree::difference(&src, &share.join(&id)).unwrap(),
         None
     );
     assert!(
@@ -465,7 +465,7 @@ fn sigkill_of_the_site_server_and_dps_at_ten_moments_loses_no_job_and_duplicates
     }
     site.add_dp(&dp1, "dp1", &[]);
     site.add_dp(&dp2, "dp2", &[]);
-    let mut rng = StdRng::seed_from_u64(freight_bench::replay_seed("FREIGHT_CRASH_SEED"));
+    let mut rng = StdRng::seed_from_u64(freight_test_support::replay_seed("FREIGHT_CRASH_SEED"));
     let mut ids = Vec::new();
     let mut srcs = Vec::new();
     for i in 0..3 {
@@ -689,12 +689,12 @@ fn noise_tree(dir: &Path, mib: usize, seed: &str) {
     let half = (mib << 20) / 2;
     std::fs::write(
         dir.join("a.bin"),
-        freight_bench::noise(&format!("{seed}a"), half),
+        freight_test_support::noise(&format!("{seed}a"), half),
     )
     .unwrap();
     std::fs::write(
         dir.join("b.bin"),
-        freight_bench::noise(&format!("{seed}b"), half),
+        freight_test_support::noise(&format!("{seed}b"), half),
     )
     .unwrap();
 }
@@ -807,7 +807,7 @@ fn a_full_dp_disk_fails_the_copy_cleanly_and_a_redistribute_recovers_once_there_
     let mut dp = net.dp("dp", "DP1", "standard", "");
     // The DP's library lives on a 12 MiB file system (less than its reserve); the package
     // needs 16 MiB.
-    let fs = freight_bench::tmpfs::Tmpfs::mount(&dp.library, 12 << 20);
+    let fs = freight_test_support::tmpfs::Tmpfs::mount(&dp.library, 12 << 20);
     site.start();
     dp.start();
     site.add_dp(&dp, "dp1", &[]);
@@ -828,7 +828,7 @@ fn a_full_dp_disk_fails_the_copy_cleanly_and_a_redistribute_recovers_once_there_
     dp.library_cmd(&["verify"]);
     // More room (a bigger file system, as an administrator would give): redistribute recovers.
     drop(fs);
-    let _fs = freight_bench::tmpfs::Tmpfs::mount(&dp.library, 256 << 20);
+    let _fs = freight_test_support::tmpfs::Tmpfs::mount(&dp.library, 256 << 20);
     dp.start();
     site.act(&id, "redistribute", json!({"dps": ["dp1"]}));
     site.settle(SETTLE);

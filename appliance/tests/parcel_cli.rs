@@ -64,7 +64,11 @@ fn args(v: &[String]) -> Vec<&str> {
 fn sample(dir: &Path, seed: &str) {
     std::fs::create_dir_all(dir.join("sub/empty")).unwrap();
     std::fs::write(dir.join("sub/a.txt"), format!("{seed} ").repeat(20_000)).unwrap();
-    std::fs::write(dir.join("big.bin"), freight_bench::noise(seed, 6 << 20)).unwrap();
+    std::fs::write(
+        dir.join("big.bin"),
+        freight_test_support::noise(seed, 6 << 20),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("../big.bin", dir.join("sub/link")).unwrap();
 }
 
@@ -124,7 +128,7 @@ fn parcel_round_trip_delta_and_inspect() {
         &w.s("out"),
     ]);
     assert_eq!(
-        freight_bench::tree::difference(&w.p("src"), &w.p("out")).unwrap(),
+        freight_test_support::tree::difference(&w.p("src"), &w.p("out")).unwrap(),
         None
     );
     w.ok(&["library", "--library", &w.s("b-lib"), "verify"]);

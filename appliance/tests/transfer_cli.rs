@@ -2,9 +2,9 @@
 //! receiving process at random moments, re-sending at most the in-flight window per kill, and
 //! the refusals an administrator sees on the command line.
 
-use freight_bench::{DatasetSpec, generate};
 use freight_core::library::Access;
 use freight_core::{IoMode, Library, PackageId, Progress};
+use freight_test_support::{DatasetSpec, generate};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -127,14 +127,14 @@ fn check_receiver(w: &World) {
     let out = w.root.join("out");
     freight_core::materialize::materialize(&lib, &m, &out, &Progress::default()).unwrap();
     assert_eq!(
-        freight_bench::tree::difference(&w.root.join("src"), &out).unwrap(),
+        freight_test_support::tree::difference(&w.root.join("src"), &out).unwrap(),
         None
     );
 }
 
 #[test]
 fn sigkill_of_the_receiver_at_five_moments_still_ends_complete() {
-    let seed = freight_bench::replay_seed("FREIGHT_CRASH_SEED");
+    let seed = freight_test_support::replay_seed("FREIGHT_CRASH_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     let w = setup(160 << 20);
     let port = free_udp_port();

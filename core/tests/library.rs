@@ -3,10 +3,10 @@
 mod common;
 
 use common::*;
-use freight_bench::tmpfs::Tmpfs;
-use freight_bench::{DatasetSpec, generate};
 use freight_core::library::Access;
 use freight_core::{Library, LibraryConfig, PackageId, Progress};
+use freight_test_support::tmpfs::Tmpfs;
+use freight_test_support::{DatasetSpec, generate};
 use std::path::Path;
 
 fn pid(s: &str) -> PackageId {
@@ -35,7 +35,10 @@ fn ten_thousand_files_and_large_files_round_trip_identically() {
     assert_eq!(r.files, sum.files);
     let out = t.path().join("out");
     materialize_to(&lib, "CAS00001", 1, &out).unwrap();
-    assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&src, &out).unwrap(),
+        None
+    );
     let v = freight_core::verify::verify(&lib, None, &Progress::default()).unwrap();
     assert!(v.is_clean());
 }
@@ -171,7 +174,10 @@ fn remove_and_gc_free_unshared_content_and_keep_shared() {
     let lib = Library::open(&lib_dir, Access::Read, io()).unwrap();
     let out = t.path().join("out");
     materialize_to(&lib, "CAS00002", 1, &out).unwrap();
-    assert_eq!(freight_bench::tree::difference(&b, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&b, &out).unwrap(),
+        None
+    );
     assert!(
         freight_core::verify::verify(&lib, None, &Progress::default())
             .unwrap()
@@ -462,7 +468,10 @@ fn quick_check_reads_only_changed_files_and_stores_the_same_version_as_a_full_re
     );
     let out = t.path().join("out");
     materialize_to(&quick, "CAS00001", 2, &out).unwrap();
-    assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&src, &out).unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -471,14 +480,14 @@ fn partial_gc_leaves_packs_with_little_garbage_and_full_gc_reclaims_them() {
     let src = t.path().join("src");
     generate(&src, &DatasetSpec::mixed(32 << 20, 19)).unwrap();
     let mut lib = new_lib(&t.path().join("lib"), &LibraryConfig::default());
-    freight_bench::ingest_version(&mut lib, &src, "CAS00001", 1).unwrap();
+    freight_test_support::ingest_version(&mut lib, &src, "CAS00001", 1).unwrap();
     // Version 2 changes one file of 64 KiB to 1 MiB: version 1's copy of it is a little garbage.
     let f = walk_files(&src)
         .into_iter()
         .find(|f| (64 << 10..1 << 20).contains(&std::fs::metadata(f).unwrap().len()))
         .unwrap();
     std::fs::write(&f, b"changed").unwrap();
-    freight_bench::ingest_version(&mut lib, &src, "CAS00001", 2).unwrap();
+    freight_test_support::ingest_version(&mut lib, &src, "CAS00001", 2).unwrap();
     lib.remove_version(&pid("CAS00001"), 1).unwrap();
 
     let partial = freight_core::gc::gc_partial(&mut lib, 0.5, &Progress::default()).unwrap();
@@ -496,7 +505,10 @@ fn partial_gc_leaves_packs_with_little_garbage_and_full_gc_reclaims_them() {
     );
     let out = t.path().join("out");
     materialize_to(&lib, "CAS00001", 2, &out).unwrap();
-    assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&src, &out).unwrap(),
+        None
+    );
 }
 
 #[test]
