@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{freight_binary, require_tools, temp_dir};
+use common::{require_tools, temp_dir};
+use freight_test_support::bins;
 
 #[test]
 fn distribute_measures_every_phase_against_rsync_and_checks_the_copy() {
@@ -20,7 +21,7 @@ fn distribute_measures_every_phase_against_rsync_and_checks_the_copy() {
         "distribute",
         "8MiB",
         &work,
-        &freight_binary(),
+        &bins::appliance("freight"),
         &[
             "--runs",
             "1",

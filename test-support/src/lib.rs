@@ -1,12 +1,13 @@
 //! Helpers shared by Freight's test suites and by the benchmarks: a deterministic generator of realistic package trees
 //! ([`dataset`]), walking and comparing trees ([`tree`]), a tmpfs for full-disk tests
-//! ([`tmpfs`]), a UDP impairment proxy ([`netem`]) and small helpers for seeds, noise and
-//! ingests.
+//! ([`tmpfs`]), a UDP impairment proxy ([`netem`]), the path of the appliance's binaries
+//! ([`bins`]) and small helpers for seeds, noise and ingests.
 //!
 //! It depends on `freight-core` only: no async runtime, no QUIC.
 
 #![warn(missing_docs)]
 
+pub mod bins;
 pub mod dataset;
 pub mod netem;
 pub mod tmpfs;
