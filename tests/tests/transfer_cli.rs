@@ -11,13 +11,18 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+use freight_tests::World;
 
-use common::World;
-
-impl World {
+/// The transfer steps of these tests, on a [`World`].
+trait Transfers {
     /// Starts `freight transfer serve` for site folder `site` on `port` and waits for its
     /// readiness line.
+    fn serve(&self, site: &str, lib: &str, port: u16) -> Child;
+    /// The arguments of `freight transfer send` from site `cas` to PS1 at `port`.
+    fn send_args(&self, port: u16) -> Vec<String>;
+}
+
+impl Transfers for World {
     fn serve(&self, site: &str, lib: &str, port: u16) -> Child {
         let mut child = self
             .cmd(&[

@@ -4,11 +4,16 @@
 use std::path::Path;
 use std::process::Command;
 
-mod common;
+use freight_tests::World;
 
-use common::World;
+/// The parcel steps of these tests, on a [`World`] with sites `a-site` and `b-site`.
+trait Parcels {
+    fn ingest(&self, lib: &str, v: u32, src: &Path);
+    fn create(&self, v: u32, to: &str, base: Option<u32>, out: &str) -> String;
+    fn import_args(&self, file: &str) -> Vec<String>;
+}
 
-impl World {
+impl Parcels for World {
     fn ingest(&self, lib: &str, v: u32, src: &Path) {
         self.ok(&[
             "library",
@@ -234,7 +239,7 @@ fn relative_output_paths_work_and_bad_ones_fail_cleanly() {
     let w = World::new();
     w.site("a-site", "CAS");
     // A bare file name is written in the current directory.
-    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
+    let out = Command::new(freight_test_support::bins::appliance("freight"))
         .current_dir(&w.root)
         .args([
             "site", "--site", "a-site", "identity", "export", "--out", "CAS.id",

@@ -1,11 +1,10 @@
 //! End to end: real `freightd` processes (a site server and DPs) on loopback, driven through
 //! the admin API, checked over HTTP with `curl` and in the site database.
 
-mod hosts;
-
+use freight_test_support::bins;
 use freight_test_support::dataset::{DatasetSpec, generate};
 use freight_test_support::tree::disk_usage;
-use hosts::*;
+use freight_tests::hosts::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde_json::json;
 use std::path::Path;
@@ -357,7 +356,7 @@ fn bad_requests_are_refused_with_one_line_naming_the_object() {
 fn freightd_refuses_a_bad_config_a_locked_library_and_an_unreadable_key() {
     let net = Net::new();
     let run = |config: &Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_freightd"))
+        let out = std::process::Command::new(bins::appliance("freightd"))
             .arg("--config")
             .arg(config)
             .output()
@@ -785,7 +784,7 @@ fn freightd_tells_systemd_it_is_ready() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_freightd"))
+    let mut child = std::process::Command::new(bins::appliance("freightd"))
         .arg("--config")
         .arg(&dp.config)
         .env("NOTIFY_SOCKET", &sock_path)

@@ -1,12 +1,13 @@
 //! The `freight library` commands as a user runs them.
 
+use freight_test_support::bins;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn freight(lib: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
+    let mut c = Command::new(bins::appliance("freight"));
     c.arg("library")
         .arg("--library")
         .arg(lib)
@@ -103,7 +104,7 @@ fn unreadable_source_file_is_refused_and_the_library_unchanged() {
     let lib = t.path().join("lib");
     // A copy of the binary where `nobody` can reach it: the checkout may sit under /root.
     let bin = t.path().join("freight");
-    std::fs::copy(env!("CARGO_BIN_EXE_freight"), &bin).unwrap();
+    std::fs::copy(bins::appliance("freight"), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_nobody = |c: Command| {
         let mut n = Command::new(&bin);
@@ -139,7 +140,7 @@ fn a_running_writer_locks_out_a_second_one() {
 
 /// Runs `freight --quiet demo EXTRA --size 8MiB --dir DIR`; asserts success, returns stdout.
 fn demo(extra: &[&str], dir: &std::path::Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
+    let out = Command::new(bins::appliance("freight"))
         .args(["--quiet", "demo"])
         .args(extra)
         .args(["--size", "8MiB", "--dir"])

@@ -4,14 +4,14 @@
 
 use freight_core::library::Access;
 use freight_core::{IoMode, Library, LibraryConfig, Progress};
-use freight_test_support::{DatasetSpec, generate};
+use freight_test_support::{DatasetSpec, bins, generate};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn freight(lib: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
+    let mut c = Command::new(bins::appliance("freight"));
     c.arg("library").arg("--library").arg(lib).arg("--quiet");
     c.stdout(Stdio::null()).stderr(Stdio::piped());
     c
