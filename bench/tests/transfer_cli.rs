@@ -23,8 +23,9 @@ fn bench(work: &Path, freight: &Path, extra: &[&str]) -> Output {
     common::bench_sized("transfer", "8MiB", work, freight, extra)
 }
 
+/// Heavy tier: needs sshd and rsync (the peer side).
 #[test]
-fn transfer_runs_both_sides_and_checks_the_copies() {
+fn heavy_transfer_runs_both_sides_and_checks_the_copies() {
     require_transfer_tools();
     let dir = temp_dir();
     let work = dir.path().join("work");
@@ -120,8 +121,9 @@ fn transfer_runs_both_sides_and_checks_the_copies() {
     }
 }
 
+/// Heavy tier: needs sshd and rsync (the peer side).
 #[test]
-fn transfer_fails_when_the_copy_differs() {
+fn heavy_transfer_fails_when_the_copy_differs() {
     require_transfer_tools();
     let dir = temp_dir();
     let real = bins::appliance("freight");

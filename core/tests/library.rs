@@ -276,8 +276,8 @@ fn missing_source_is_refused() {
 }
 
 #[test]
-fn fifo_socket_and_devices_are_refused() {
-    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+fn fifo_and_socket_are_refused() {
+    use nix::sys::stat::Mode;
     expect_refusal(
         |src| nix::unistd::mkfifo(&src.join("sub/pipe"), Mode::from_bits_truncate(0o644)).unwrap(),
         "sub/pipe: fifo cannot be part of a package",
@@ -288,6 +288,12 @@ fn fifo_socket_and_devices_are_refused() {
         },
         "sock: socket cannot be part of a package",
     );
+}
+
+/// Heavy tier: needs root (mknod of device files).
+#[test]
+fn heavy_devices_are_refused() {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
     expect_refusal(
         |src| {
             mknod(
@@ -324,8 +330,9 @@ fn symlinks_leaving_the_tree_are_refused() {
     }
 }
 
+/// Heavy tier: needs root (mounts a 16 MiB tmpfs as the full storage root).
 #[test]
-fn storage_root_full_fails_cleanly_and_leaves_the_library_unchanged() {
+fn heavy_storage_root_full_fails_cleanly_and_leaves_the_library_unchanged() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("small-root");
     let _fs = Tmpfs::mount(&root, 16 << 20);
@@ -363,8 +370,9 @@ fn storage_root_full_fails_cleanly_and_leaves_the_library_unchanged() {
     ingest_v(&mut lib, &small, "CAS00001", 2).unwrap();
 }
 
+/// Heavy tier: needs root (mounts two small tmpfs storage roots).
 #[test]
-fn new_content_goes_to_the_root_with_most_space_and_never_into_the_reserve() {
+fn heavy_new_content_goes_to_the_root_with_most_space_and_never_into_the_reserve() {
     let t = tempfile::tempdir().unwrap();
     let (ra, rb) = (t.path().join("root-a"), t.path().join("root-b"));
     let _a = Tmpfs::mount(&ra, 24 << 20);

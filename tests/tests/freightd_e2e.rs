@@ -799,8 +799,9 @@ fn freightd_tells_systemd_it_is_ready() {
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
 }
 
+/// Heavy tier: needs root (mounts a small tmpfs as the DP's library).
 #[test]
-fn a_full_dp_disk_fails_the_copy_cleanly_and_a_redistribute_recovers_once_there_is_room() {
+fn heavy_a_full_dp_disk_fails_the_copy_cleanly_and_a_redistribute_recovers_once_there_is_room() {
     let net = Net::new();
     let mut site = net.site("site", "PS1", "");
     let mut dp = net.dp("dp", "DP1", "standard", "");

@@ -119,8 +119,10 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// materialised and compared byte for byte, with modes, mtimes and symlinks. The trees and
 /// libraries (about 7 GiB at the peak) live on a RAM-backed tmpfs, so the test does not depend on
 /// how much disk the machine has free; the sender's library goes once pushed.
+///
+/// Heavy tier: needs root for a 10 GiB RAM tmpfs and runs over 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gib_mixed_dataset_is_byte_identical_after_materialise() {
+async fn heavy_two_gib_mixed_dataset_is_byte_identical_after_materialise() {
     let t = tempfile::tempdir().unwrap();
     let ram = freight_test_support::tmpfs::Tmpfs::mount(&t.path().join("ram"), 10 << 30);
     let (cas, ps1) = (Site::new(t.path(), "CAS"), Site::new(t.path(), "PS1"));
