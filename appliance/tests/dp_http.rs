@@ -4,8 +4,8 @@
 //! never deliver wrong bytes as a success.
 
 use freight_appliance::dp::http::{percent_encode, router};
-use freight_bench::{DatasetSpec, generate, ingest_version, noise};
 use freight_core::{EntryKind, Library, PackageId};
+use freight_test_support::{DatasetSpec, generate, ingest_version, noise};
 use freight_transport::store::SharedLibrary;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -1,98 +1,11 @@
-//! Freight benchmarks: a deterministic generator of realistic package trees
-//! ([`dataset`]), the timing and memory harness used to compare Freight
-//! against conventional tools ([`harness`]), a UDP impairment proxy for
-//! network tests ([`netem`]), chunk transport over loopback QUIC in one
-//! process ([`loopback`]) and the peers' servers ([`servers`]).
+//! Freight benchmarks: the timing and memory harness used to compare Freight against
+//! conventional tools ([`harness`]), chunk transport over loopback QUIC in one process
+//! ([`loopback`]) and the peers' servers ([`servers`]). The deterministic dataset generator,
+//! tree comparison and the UDP impairment proxy live in `freight-test-support`, which the
+//! benchmarks share with the tests.
 
 #![warn(missing_docs)]
 
-pub mod dataset;
 pub mod harness;
 pub mod loopback;
-pub mod netem;
 pub mod servers;
-pub mod tmpfs;
-mod words;
-
-pub use dataset::{DatasetSpec, DatasetSummary, generate, is_generated, write_marker};
-pub use netem::{Impairment, PathStats, ProxyStats, UdpProxy};
-pub mod tree;
-
-/// Deterministic pseudo-random bytes (BLAKE3 in XOF mode keyed by `seed`), for tests.
-pub fn noise(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
-
-/// A 5% update of the tree at `src`: rewrites every 20th regular file (in byte order of their
-/// paths, starting at index `offset % 20`) with different bytes of the same length. Returns the
-/// number of files rewritten and their bytes.
-pub fn rewrite_every_20th(src: &std::path::Path, offset: usize) -> std::io::Result<(usize, u64)> {
-    let mut files = Vec::new();
-    harness::walk(src, &mut |p, meta| {
-        if meta.is_file() {
-            files.push(p.to_path_buf());
-        }
-        Ok(())
-    })?;
-    files.sort_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
-    let (mut n, mut bytes) = (0, 0);
-    for (i, f) in files
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 20 == offset % 20)
-    {
-        let io = |e: std::io::Error| {
-            std::io::Error::new(e.kind(), format!("rewriting {}: {e}", f.display()))
-        };
-        let mut data = std::fs::read(f).map_err(io)?;
-        for (j, b) in data.iter_mut().enumerate() {
-            *b = b.wrapping_add((i + j) as u8 | 1);
-        }
-        std::fs::write(f, &data).map_err(io)?;
-        n += 1;
-        bytes += data.len() as u64;
-    }
-    Ok((n, bytes))
-}
-
-/// The seed of a randomised test: the one in environment variable `var` (to replay a run), or
-/// a fresh one; printed either way so a failure can be replayed.
-pub fn replay_seed(var: &str) -> u64 {
-    let seed = std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            // Fresh entropy without a thread RNG: wall-clock nanoseconds mixed by BLAKE3.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let h = blake3::hash(&now.to_le_bytes());
-            u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
-        });
-    eprintln!("{var}={seed} replays this run");
-    seed
-}
-
-/// Ingests `src` as version `version` of `package` (an ID such as `CAS00001`), for tests.
-pub fn ingest_version(
-    lib: &mut freight_core::Library,
-    src: &std::path::Path,
-    package: &str,
-    version: u32,
-) -> freight_core::Result<freight_core::ingest::IngestReport> {
-    freight_core::ingest::ingest(
-        lib,
-        src,
-        &freight_core::ingest::IngestOptions {
-            package: freight_core::PackageId::parse(package)?,
-            version: Some(version),
-            quick_check: false,
-        },
-        &freight_core::Progress::default(),
-    )
-}

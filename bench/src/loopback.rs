@@ -105,7 +105,7 @@ pub struct MemoryChunk {
 pub fn random_chunks(count: usize, size: usize) -> Vec<MemoryChunk> {
     (0..count)
         .map(|i| {
-            let data = crate::noise(&format!("loopback chunk {i}"), size);
+            let data = freight_test_support::noise(&format!("loopback chunk {i}"), size);
             MemoryChunk {
                 id: ChunkId(*blake3::hash(&data).as_bytes()),
                 data: Bytes::from(data),

@@ -3,10 +3,12 @@
 
 mod common;
 
-use common::{freight_binary, require_tools, temp_dir};
+use common::{require_tools, temp_dir};
+use freight_test_support::bins;
 
+/// Heavy tier: needs sshd and rsync (the peer side).
 #[test]
-fn distribute_measures_every_phase_against_rsync_and_checks_the_copy() {
+fn heavy_distribute_measures_every_phase_against_rsync_and_checks_the_copy() {
     require_tools(&[
         ("rsync", "rsync"),
         ("ssh", "openssh-client"),
@@ -20,7 +22,7 @@ fn distribute_measures_every_phase_against_rsync_and_checks_the_copy() {
         "distribute",
         "8MiB",
         &work,
-        &freight_binary(),
+        &bins::appliance("freight"),
         &[
             "--runs",
             "1",

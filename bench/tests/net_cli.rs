@@ -35,8 +35,9 @@ fn bench_reporting(
     (stdout, report)
 }
 
+/// Heavy tier: needs iperf3 (the peer side).
 #[test]
-fn quic_raw_runs_both_sides_and_reports_the_ratio() {
+fn heavy_quic_raw_runs_both_sides_and_reports_the_ratio() {
     require_tools(&[("iperf3", "iperf3")]);
     let dir = temp_dir();
     let work = dir.path().join("work");

@@ -7,7 +7,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use common::{freight_binary, require_tools, stub, temp_dir};
+use common::{require_tools, stub, temp_dir};
+use freight_test_support::bins;
 
 fn require_transfer_tools() {
     require_tools(&[
@@ -22,13 +23,14 @@ fn bench(work: &Path, freight: &Path, extra: &[&str]) -> Output {
     common::bench_sized("transfer", "8MiB", work, freight, extra)
 }
 
+/// Heavy tier: needs sshd and rsync (the peer side).
 #[test]
-fn transfer_runs_both_sides_and_checks_the_copies() {
+fn heavy_transfer_runs_both_sides_and_checks_the_copies() {
     require_transfer_tools();
     let dir = temp_dir();
     let work = dir.path().join("work");
     let json = dir.path().join("report.json");
-    let freight = freight_binary();
+    let freight = bins::appliance("freight");
     let out = bench(
         &work,
         &freight,
@@ -119,11 +121,12 @@ fn transfer_runs_both_sides_and_checks_the_copies() {
     }
 }
 
+/// Heavy tier: needs sshd and rsync (the peer side).
 #[test]
-fn transfer_fails_when_the_copy_differs() {
+fn heavy_transfer_fails_when_the_copy_differs() {
     require_transfer_tools();
     let dir = temp_dir();
-    let real = freight_binary();
+    let real = bins::appliance("freight");
     // The real freight, except that materialise damages one file of what it wrote.
     let freight = stub(
         dir.path(),

@@ -3,10 +3,10 @@
 mod common;
 
 use common::*;
-use freight_bench::tmpfs::Tmpfs;
-use freight_bench::{DatasetSpec, generate};
 use freight_core::library::Access;
 use freight_core::{Library, LibraryConfig, PackageId, Progress};
+use freight_test_support::tmpfs::Tmpfs;
+use freight_test_support::{DatasetSpec, generate};
 use std::path::Path;
 
 fn pid(s: &str) -> PackageId {
@@ -35,7 +35,10 @@ fn ten_thousand_files_and_large_files_round_trip_identically() {
     assert_eq!(r.files, sum.files);
     let out = t.path().join("out");
     materialize_to(&lib, "CAS00001", 1, &out).unwrap();
-    assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&src, &out).unwrap(),
+        None
+    );
     let v = freight_core::verify::verify(&lib, None, &Progress::default()).unwrap();
     assert!(v.is_clean());
 }
@@ -171,7 +174,10 @@ fn remove_and_gc_free_unshared_content_and_keep_shared() {
     let lib = Library::open(&lib_dir, Access::Read, io()).unwrap();
     let out = t.path().join("out");
     materialize_to(&lib, "CAS00002", 1, &out).unwrap();
-    assert_eq!(freight_bench::tree::difference(&b, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&b, &out).unwrap(),
+        None
+    );
     assert!(
         freight_core::verify::verify(&lib, None, &Progress::default())
             .unwrap()
@@ -270,8 +276,8 @@ fn missing_source_is_refused() {
 }
 
 #[test]
-fn fifo_socket_and_devices_are_refused() {
-    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+fn fifo_and_socket_are_refused() {
+    use nix::sys::stat::Mode;
     expect_refusal(
         |src| nix::unistd::mkfifo(&src.join("sub/pipe"), Mode::from_bits_truncate(0o644)).unwrap(),
         "sub/pipe: fifo cannot be part of a package",
@@ -282,6 +288,12 @@ fn fifo_socket_and_devices_are_refused() {
         },
         "sock: socket cannot be part of a package",
     );
+}
+
+/// Heavy tier: needs root (mknod of device files).
+#[test]
+fn heavy_devices_are_refused() {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
     expect_refusal(
         |src| {
             mknod(
@@ -318,8 +330,9 @@ fn symlinks_leaving_the_tree_are_refused() {
     }
 }
 
+/// Heavy tier: needs root (mounts a 16 MiB tmpfs as the full storage root).
 #[test]
-fn storage_root_full_fails_cleanly_and_leaves_the_library_unchanged() {
+fn heavy_storage_root_full_fails_cleanly_and_leaves_the_library_unchanged() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("small-root");
     let _fs = Tmpfs::mount(&root, 16 << 20);
@@ -357,8 +370,9 @@ fn storage_root_full_fails_cleanly_and_leaves_the_library_unchanged() {
     ingest_v(&mut lib, &small, "CAS00001", 2).unwrap();
 }
 
+/// Heavy tier: needs root (mounts two small tmpfs storage roots).
 #[test]
-fn new_content_goes_to_the_root_with_most_space_and_never_into_the_reserve() {
+fn heavy_new_content_goes_to_the_root_with_most_space_and_never_into_the_reserve() {
     let t = tempfile::tempdir().unwrap();
     let (ra, rb) = (t.path().join("root-a"), t.path().join("root-b"));
     let _a = Tmpfs::mount(&ra, 24 << 20);
@@ -462,7 +476,10 @@ fn quick_check_reads_only_changed_files_and_stores_the_same_version_as_a_full_re
     );
     let out = t.path().join("out");
     materialize_to(&quick, "CAS00001", 2, &out).unwrap();
-    assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&src, &out).unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -471,14 +488,14 @@ fn partial_gc_leaves_packs_with_little_garbage_and_full_gc_reclaims_them() {
     let src = t.path().join("src");
     generate(&src, &DatasetSpec::mixed(32 << 20, 19)).unwrap();
     let mut lib = new_lib(&t.path().join("lib"), &LibraryConfig::default());
-    freight_bench::ingest_version(&mut lib, &src, "CAS00001", 1).unwrap();
+    freight_test_support::ingest_version(&mut lib, &src, "CAS00001", 1).unwrap();
     // Version 2 changes one file of 64 KiB to 1 MiB: version 1's copy of it is a little garbage.
     let f = walk_files(&src)
         .into_iter()
         .find(|f| (64 << 10..1 << 20).contains(&std::fs::metadata(f).unwrap().len()))
         .unwrap();
     std::fs::write(&f, b"changed").unwrap();
-    freight_bench::ingest_version(&mut lib, &src, "CAS00001", 2).unwrap();
+    freight_test_support::ingest_version(&mut lib, &src, "CAS00001", 2).unwrap();
     lib.remove_version(&pid("CAS00001"), 1).unwrap();
 
     let partial = freight_core::gc::gc_partial(&mut lib, 0.5, &Progress::default()).unwrap();
@@ -496,7 +513,10 @@ fn partial_gc_leaves_packs_with_little_garbage_and_full_gc_reclaims_them() {
     );
     let out = t.path().join("out");
     materialize_to(&lib, "CAS00001", 2, &out).unwrap();
-    assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&src, &out).unwrap(),
+        None
+    );
 }
 
 #[test]

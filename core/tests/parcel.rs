@@ -112,7 +112,10 @@ fn full_and_delta_parcels_round_trip() {
     let out = f.root.join("out");
     let m2 = b.manifest(&pid(), 2).unwrap();
     freight_core::materialize::materialize(&b, &m2, &out, &Progress::default()).unwrap();
-    assert_eq!(freight_bench::tree::difference(&f.src, &out).unwrap(), None);
+    assert_eq!(
+        freight_test_support::tree::difference(&f.src, &out).unwrap(),
+        None
+    );
     assert!(
         freight_core::verify::verify(&b, None, &Progress::default())
             .unwrap()

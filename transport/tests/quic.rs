@@ -90,7 +90,10 @@ async fn push_is_byte_identical_and_resends_nothing() {
         assert_eq!(m, m2);
         let out = t.path().join("out");
         materialize(&recv, &m, &out, &Progress::default()).unwrap();
-        assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+        assert_eq!(
+            freight_test_support::tree::difference(&src, &out).unwrap(),
+            None
+        );
     })
     .await
     .unwrap();
@@ -116,10 +119,12 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// materialised and compared byte for byte, with modes, mtimes and symlinks. The trees and
 /// libraries (about 7 GiB at the peak) live on a RAM-backed tmpfs, so the test does not depend on
 /// how much disk the machine has free; the sender's library goes once pushed.
+///
+/// Heavy tier: needs root for a 10 GiB RAM tmpfs and runs over 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gib_mixed_dataset_is_byte_identical_after_materialise() {
+async fn heavy_two_gib_mixed_dataset_is_byte_identical_after_materialise() {
     let t = tempfile::tempdir().unwrap();
-    let ram = freight_bench::tmpfs::Tmpfs::mount(&t.path().join("ram"), 10 << 30);
+    let ram = freight_test_support::tmpfs::Tmpfs::mount(&t.path().join("ram"), 10 << 30);
     let (cas, ps1) = (Site::new(t.path(), "CAS"), Site::new(t.path(), "PS1"));
     cas.trusts(&ps1);
     ps1.trusts(&cas);
@@ -148,7 +153,10 @@ async fn two_gib_mixed_dataset_is_byte_identical_after_materialise() {
         assert!(got.total_bytes() >= 2 << 30);
         let out = ram.0.join("out");
         materialize(&recv, &got, &out, &Progress::default()).unwrap();
-        assert_eq!(freight_bench::tree::difference(&src, &out).unwrap(), None);
+        assert_eq!(
+            freight_test_support::tree::difference(&src, &out).unwrap(),
+            None
+        );
     })
     .await
     .unwrap();

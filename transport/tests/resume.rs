@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use freight_bench::netem::{Impairment, UdpProxy};
 use freight_core::verify::verify_manifests;
 use freight_core::{Manifest, Progress};
+use freight_test_support::netem::{Impairment, UdpProxy};
 use freight_transport::quic::{Node, NodeConfig};
 use freight_transport::session::{
     PushOptions, PushReport, Resume, in_flight_window, push_resuming,
@@ -43,9 +43,9 @@ fn setup(bytes: u64, seed: u64) -> Setup {
     cas.trusts(&ps1);
     ps1.trusts(&cas);
     let src = t.path().join("src");
-    freight_bench::dataset::generate(
+    freight_test_support::dataset::generate(
         &src,
-        &freight_bench::dataset::DatasetSpec::mixed(bytes, seed),
+        &freight_test_support::dataset::DatasetSpec::mixed(bytes, seed),
     )
     .unwrap();
     let m = ingest_into(
@@ -118,7 +118,7 @@ async fn one_percent_loss_with_delay_and_reordering_still_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_cuts_resume_and_resend_at_most_the_in_flight_window() {
-    let seed = freight_bench::replay_seed("FREIGHT_CUT_SEED");
+    let seed = freight_test_support::replay_seed("FREIGHT_CUT_SEED");
     let s = setup(48 << 20, 12);
     let rx = receiving_with(
         &s.ps1,

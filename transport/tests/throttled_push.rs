@@ -32,9 +32,9 @@ async fn setup(sizes: &[u64]) -> Setup {
     let mut packages = Vec::new();
     for (i, &bytes) in sizes.iter().enumerate() {
         let src = t.path().join(format!("src{i}"));
-        freight_bench::dataset::generate(
+        freight_test_support::dataset::generate(
             &src,
-            &freight_bench::dataset::DatasetSpec::mixed(bytes, 30 + i as u64),
+            &freight_test_support::dataset::DatasetSpec::mixed(bytes, 30 + i as u64),
         )
         .unwrap();
         packages.push(ingest_into(&mut lib, &src, &format!("CAS0000{}", i + 1), 1));

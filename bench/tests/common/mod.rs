@@ -79,36 +79,3 @@ pub fn require_tools(tools: &[(&str, &str)]) {
         );
     }
 }
-
-/// The workspace's real `freight` binary, beside this test's `freight-bench` (a workspace
-/// test run builds both). Built with cargo into the same target folder and profile when the
-/// test run did not build it (`cargo test -p freight-bench`).
-pub fn freight_binary() -> PathBuf {
-    let bench = Path::new(env!("CARGO_BIN_EXE_freight-bench"));
-    let path = bench.with_file_name("freight");
-    if path.is_file() {
-        return path;
-    }
-    let profile_dir = bench.parent().unwrap();
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev",
-        Some(other) => other,
-    };
-    let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "freight-appliance",
-            "--bin",
-            "freight",
-        ])
-        .args(["--profile", profile, "--target-dir"])
-        .arg(profile_dir.parent().unwrap())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the freight binary failed");
-    assert!(path.is_file(), "{} was not built", path.display());
-    path
-}

@@ -11,7 +11,7 @@ pub fn io() -> Option<IoMode> {
     IoMode::from_env()
 }
 
-pub use freight_bench::noise;
+pub use freight_test_support::noise;
 
 /// Creates a library with `cfg` at `dir` and opens it for writing.
 pub fn new_lib(dir: &Path, cfg: &LibraryConfig) -> Library {
@@ -20,12 +20,12 @@ pub fn new_lib(dir: &Path, cfg: &LibraryConfig) -> Library {
 }
 
 /// Ingests `src` as `pkg` version `v`.
-pub use freight_bench::ingest_version as ingest_v;
+pub use freight_test_support::ingest_version as ingest_v;
 
 /// The library's files with sizes and content hashes (directory mtimes left out: creating and
 /// rolling back a file moves them without changing what the library holds).
 pub fn lib_state(dir: &Path) -> BTreeMap<PathBuf, (u64, Vec<u8>)> {
-    freight_bench::tree::snapshot(dir)
+    freight_test_support::tree::snapshot(dir)
         .unwrap()
         .into_iter()
         .filter(|(_, n)| n.kind != "dir")

@@ -2,11 +2,11 @@
 //! with a generated package, QUIC nodes on loopback.
 #![allow(dead_code)]
 
-use freight_bench::dataset::{DatasetSpec, generate};
 use freight_core::library::Access;
 use freight_core::{
     IoMode, Library, LibraryConfig, Manifest, PackageId, SiteCode, SiteKey, TrustStore,
 };
+use freight_test_support::dataset::{DatasetSpec, generate};
 use freight_transport::quic::{Conn, Node, NodeConfig};
 use freight_transport::session::{self, Received};
 use freight_transport::store::SharedLibrary;
@@ -109,7 +109,7 @@ pub fn ingest_tree(
 
 /// Ingests `src` as `pkg` version `v` into `lib`; returns the manifest.
 pub fn ingest_into(lib: &mut Library, src: &Path, pkg: &str, v: u32) -> Manifest {
-    freight_bench::ingest_version(lib, src, pkg, v).unwrap();
+    freight_test_support::ingest_version(lib, src, pkg, v).unwrap();
     lib.manifest(&PackageId::parse(pkg).unwrap(), v).unwrap()
 }
 

@@ -394,7 +394,7 @@ pub fn distribute(args: &DistributeArgs) -> Result<(), BenchError> {
     // (c) update with 5% of the files changed: dp1 and rsync's copy hold the previous tree.
     let (mut sent_rsync, mut sent_freight) = (None, None);
     for run in 1..=common.runs {
-        let (n, _) = freight_bench::rewrite_every_20th(&src, run as usize)?;
+        let (n, _) = freight_test_support::rewrite_every_20th(&src, run as usize)?;
         eprintln!("changed {n} files");
         harness::warm_page_cache(&src)?;
         let (rec, sent) = rsync_run("c", run)?;
@@ -434,7 +434,7 @@ pub fn distribute(args: &DistributeArgs) -> Result<(), BenchError> {
         ]),
         &mut commands,
     )?;
-    let freight_difference = freight_bench::tree::difference(&src, &out)?;
+    let freight_difference = freight_test_support::tree::difference(&src, &out)?;
 
     let median = |phase: &str| {
         harness::median(

@@ -20,8 +20,9 @@ use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use freight_bench::dataset::{self, DatasetSpec};
 use freight_bench::harness::{self, Measurement, RunRecord, SideStats, Table};
+use freight_test_support::dataset::{self, DatasetSpec};
+use freight_test_support::tree::disk_usage;
 use serde::Serialize;
 
 mod distribute;
@@ -228,7 +229,7 @@ fn prepare_dataset(
     } else {
         eprintln!("reusing dataset in {}", src.display());
     }
-    let usage = harness::disk_usage(&src)?;
+    let usage = disk_usage(&src)?;
     Ok(DatasetReport {
         root: src,
         requested_bytes: spec.total_bytes,
@@ -378,7 +379,7 @@ fn run_steps(
             }
             let what = format!("{} run {run}/{runs}", step.side);
             let m = run_measured(&what, &mut step.cmd, source_bytes)?;
-            let output_bytes = harness::disk_usage(&step.output)?.apparent_bytes;
+            let output_bytes = disk_usage(&step.output)?.apparent_bytes;
             records.push(RunRecord::new(
                 step.side,
                 run as usize,
@@ -555,7 +556,7 @@ fn ingest(args: &IngestArgs) -> Result<(), BenchError> {
     ];
     let records = run_steps(&mut steps, common.runs, source_bytes)?;
     let comparison = Comparison::of(&records, "peer", "freight");
-    let lib_usage = harness::disk_usage(&lib)?;
+    let lib_usage = disk_usage(&lib)?;
     let [peer_step, freight_step] = &steps;
     let report = IngestReport {
         benchmark: "ingest",

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use clap::Args;
 use freight_bench::harness::{self, RunRecord, SideStats, Table};
+use freight_test_support::tree::disk_usage;
 
 use crate::serve::Serve;
 use freight_bench::servers::Sshd;
@@ -118,7 +119,7 @@ pub(crate) fn rsync_measured(
     let sent = fs::read_to_string(stats)
         .map_err(ctx(stats.display()))
         .map(|s| rsync_bytes_sent(&s));
-    let out_bytes = harness::disk_usage(out)?.apparent_bytes;
+    let out_bytes = disk_usage(out)?.apparent_bytes;
     Ok((RunRecord::new(side, run, &m, source_bytes, out_bytes), sent))
 }
 
@@ -306,7 +307,7 @@ pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
             run_no,
             &m,
             source_bytes,
-            harness::disk_usage(&lib_b)?.apparent_bytes,
+            disk_usage(&lib_b)?.apparent_bytes,
         ));
     }
     drop(sshd);
@@ -324,10 +325,11 @@ pub fn transfer(args: &TransferArgs) -> Result<(), BenchError> {
         c.step = "check".to_owned();
     }
     eprintln!("comparing the trees with the source ...");
-    let freight_difference = freight_bench::tree::difference(&dataset.root, &freight_out)?;
+    let freight_difference = freight_test_support::tree::difference(&dataset.root, &freight_out)?;
     // rsync over ssh here does not always keep symlink mtimes: that alone does not fail the
     // peer (Freight's copy is compared strictly).
-    let rsync_difference = freight_bench::tree::difference_with(&dataset.root, &rsync_out, true)?;
+    let rsync_difference =
+        freight_test_support::tree::difference_with(&dataset.root, &rsync_out, true)?;
 
     let comparison = Comparison::of(&records, RSYNC_SIDE, FREIGHT_SIDE);
     let (rsync_s, freight_s) = (

@@ -1,11 +1,10 @@
 //! End to end: real `freightd` processes (a site server and DPs) on loopback, driven through
 //! the admin API, checked over HTTP with `curl` and in the site database.
 
-mod hosts;
-
-use freight_bench::dataset::{DatasetSpec, generate};
-use freight_bench::harness::disk_usage;
-use hosts::*;
+use freight_test_support::bins;
+use freight_test_support::dataset::{DatasetSpec, generate};
+use freight_test_support::tree::disk_usage;
+use freight_tests::hosts::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde_json::json;
 use std::path::Path;
@@ -26,7 +25,7 @@ fn tree(dir: &Path, bytes: u64, seed: u64) {
 /// Rewrites every 20th file (5%) with new content and deletes one other file; returns the
 /// bytes written and the deleted file.
 fn change_five_percent(src: &Path) -> (u64, String) {
-    let (_, written) = freight_bench::rewrite_every_20th(src, 7).unwrap();
+    let (_, written) = freight_test_support::rewrite_every_20th(src, 7).unwrap();
     let all = files(src);
     let gone = all[all.len() / 2 + 1].clone();
     std::fs::remove_file(src.join(&gone)).unwrap();
@@ -76,7 +75,7 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     assert_serves(&dp1, &id, "1", &src);
     assert_serves(&dp2, &id, "latest", &src);
     assert_eq!(
-        freight_bench::tree::difference(&src, &share.join(&id)).unwrap(),
+        freight_test_support::tree::difference(&src, &share.join(&id)).unwrap(),
         None
     );
     let summary = &site.ok("GET", &format!("/v1/packages/{id}"), None)["package"]["summary"];
@@ -110,7 +109,7 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
     }
     assert_serves(&dp1, &id, "2", &src);
     assert_eq!(
-        freight_bench::tree::difference(&src, &share.join(&id)).unwrap(),
+        freight_test_support::tree::difference(&src, &share.join(&id)).unwrap(),
         None
     );
     assert!(
@@ -357,7 +356,7 @@ fn bad_requests_are_refused_with_one_line_naming_the_object() {
 fn freightd_refuses_a_bad_config_a_locked_library_and_an_unreadable_key() {
     let net = Net::new();
     let run = |config: &Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_freightd"))
+        let out = std::process::Command::new(bins::appliance("freightd"))
             .arg("--config")
             .arg(config)
             .output()
@@ -465,7 +464,7 @@ fn sigkill_of_the_site_server_and_dps_at_ten_moments_loses_no_job_and_duplicates
     }
     site.add_dp(&dp1, "dp1", &[]);
     site.add_dp(&dp2, "dp2", &[]);
-    let mut rng = StdRng::seed_from_u64(freight_bench::replay_seed("FREIGHT_CRASH_SEED"));
+    let mut rng = StdRng::seed_from_u64(freight_test_support::replay_seed("FREIGHT_CRASH_SEED"));
     let mut ids = Vec::new();
     let mut srcs = Vec::new();
     for i in 0..3 {
@@ -689,12 +688,12 @@ fn noise_tree(dir: &Path, mib: usize, seed: &str) {
     let half = (mib << 20) / 2;
     std::fs::write(
         dir.join("a.bin"),
-        freight_bench::noise(&format!("{seed}a"), half),
+        freight_test_support::noise(&format!("{seed}a"), half),
     )
     .unwrap();
     std::fs::write(
         dir.join("b.bin"),
-        freight_bench::noise(&format!("{seed}b"), half),
+        freight_test_support::noise(&format!("{seed}b"), half),
     )
     .unwrap();
 }
@@ -785,7 +784,7 @@ fn freightd_tells_systemd_it_is_ready() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_freightd"))
+    let mut child = std::process::Command::new(bins::appliance("freightd"))
         .arg("--config")
         .arg(&dp.config)
         .env("NOTIFY_SOCKET", &sock_path)
@@ -800,14 +799,15 @@ fn freightd_tells_systemd_it_is_ready() {
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
 }
 
+/// Heavy tier: needs root (mounts a small tmpfs as the DP's library).
 #[test]
-fn a_full_dp_disk_fails_the_copy_cleanly_and_a_redistribute_recovers_once_there_is_room() {
+fn heavy_a_full_dp_disk_fails_the_copy_cleanly_and_a_redistribute_recovers_once_there_is_room() {
     let net = Net::new();
     let mut site = net.site("site", "PS1", "");
     let mut dp = net.dp("dp", "DP1", "standard", "");
     // The DP's library lives on a 12 MiB file system (less than its reserve); the package
     // needs 16 MiB.
-    let fs = freight_bench::tmpfs::Tmpfs::mount(&dp.library, 12 << 20);
+    let fs = freight_test_support::tmpfs::Tmpfs::mount(&dp.library, 12 << 20);
     site.start();
     dp.start();
     site.add_dp(&dp, "dp1", &[]);
@@ -828,7 +828,7 @@ fn a_full_dp_disk_fails_the_copy_cleanly_and_a_redistribute_recovers_once_there_
     dp.library_cmd(&["verify"]);
     // More room (a bigger file system, as an administrator would give): redistribute recovers.
     drop(fs);
-    let _fs = freight_bench::tmpfs::Tmpfs::mount(&dp.library, 256 << 20);
+    let _fs = freight_test_support::tmpfs::Tmpfs::mount(&dp.library, 256 << 20);
     dp.start();
     site.act(&id, "redistribute", json!({"dps": ["dp1"]}));
     site.settle(SETTLE);

@@ -2,22 +2,27 @@
 //! receiving process at random moments, re-sending at most the in-flight window per kill, and
 //! the refusals an administrator sees on the command line.
 
-use freight_bench::{DatasetSpec, generate};
 use freight_core::library::Access;
 use freight_core::{IoMode, Library, PackageId, Progress};
+use freight_test_support::{DatasetSpec, generate};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+use freight_tests::World;
 
-use common::World;
-
-impl World {
+/// The transfer steps of these tests, on a [`World`].
+trait Transfers {
     /// Starts `freight transfer serve` for site folder `site` on `port` and waits for its
     /// readiness line.
+    fn serve(&self, site: &str, lib: &str, port: u16) -> Child;
+    /// The arguments of `freight transfer send` from site `cas` to PS1 at `port`.
+    fn send_args(&self, port: u16) -> Vec<String>;
+}
+
+impl Transfers for World {
     fn serve(&self, site: &str, lib: &str, port: u16) -> Child {
         let mut child = self
             .cmd(&[
@@ -127,14 +132,14 @@ fn check_receiver(w: &World) {
     let out = w.root.join("out");
     freight_core::materialize::materialize(&lib, &m, &out, &Progress::default()).unwrap();
     assert_eq!(
-        freight_bench::tree::difference(&w.root.join("src"), &out).unwrap(),
+        freight_test_support::tree::difference(&w.root.join("src"), &out).unwrap(),
         None
     );
 }
 
 #[test]
 fn sigkill_of_the_receiver_at_five_moments_still_ends_complete() {
-    let seed = freight_bench::replay_seed("FREIGHT_CRASH_SEED");
+    let seed = freight_test_support::replay_seed("FREIGHT_CRASH_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     let w = setup(160 << 20);
     let port = free_udp_port();

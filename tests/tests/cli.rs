@@ -1,12 +1,13 @@
 //! The `freight library` commands as a user runs them.
 
+use freight_test_support::bins;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn freight(lib: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
+    let mut c = Command::new(bins::appliance("freight"));
     c.arg("library")
         .arg("--library")
         .arg(lib)
@@ -41,7 +42,7 @@ fn one_line_error(mut c: Command) -> String {
 }
 
 fn tree_state(dir: &Path) -> Vec<(std::path::PathBuf, u64, Vec<u8>)> {
-    freight_bench::tree::snapshot(dir)
+    freight_test_support::tree::snapshot(dir)
         .unwrap()
         .into_iter()
         .filter(|(_, n)| n.kind != "dir")
@@ -91,7 +92,9 @@ fn ingest_stats_diff_verify_materialize_from_the_command_line() {
 
 #[test]
 fn unreadable_source_file_is_refused_and_the_library_unchanged() {
-    // Root reads everything, so the ingest runs as `nobody` against a file only root may read.
+    // Root reads everything, so as root the ingest runs as `nobody` against a file only root
+    // may read. Any other user cannot read a mode-000 file either: it runs the ingest itself.
+    let root = nix::unistd::geteuid().is_root();
     let t = tempfile::tempdir().unwrap();
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let src = t.path().join("src");
@@ -103,16 +106,26 @@ fn unreadable_source_file_is_refused_and_the_library_unchanged() {
     let lib = t.path().join("lib");
     // A copy of the binary where `nobody` can reach it: the checkout may sit under /root.
     let bin = t.path().join("freight");
-    std::fs::copy(env!("CARGO_BIN_EXE_freight"), &bin).unwrap();
+    std::fs::copy(bins::appliance("freight"), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let as_nobody = |c: Command| {
+    let without_read_access = |c: Command| {
         let mut n = Command::new(&bin);
-        n.args(c.get_args()).uid(65534).gid(65534);
+        n.args(c.get_args());
+        if root {
+            n.uid(65534).gid(65534);
+        }
         n
     };
-    ok(as_nobody(freight(&lib, &["init"])));
+    if !root {
+        eprintln!("not root: the ingest runs as this user, who cannot read a mode-000 file either");
+        assert!(
+            std::fs::File::open(&secret).is_err(),
+            "this user reads a mode-000 file; run the test as root"
+        );
+    }
+    ok(without_read_access(freight(&lib, &["init"])));
     let before = tree_state(&lib);
-    let err = one_line_error(as_nobody(freight_at(
+    let err = one_line_error(without_read_access(freight_at(
         &lib,
         &["ingest", "-p", "CAS00001"],
         &src,
@@ -139,7 +152,7 @@ fn a_running_writer_locks_out_a_second_one() {
 
 /// Runs `freight --quiet demo EXTRA --size 8MiB --dir DIR`; asserts success, returns stdout.
 fn demo(extra: &[&str], dir: &std::path::Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
+    let out = Command::new(bins::appliance("freight"))
         .args(["--quiet", "demo"])
         .args(extra)
         .args(["--size", "8MiB", "--dir"])

@@ -1,9 +1,82 @@
-//! Comparing two trees as a user would: paths, kinds, content, modes, mtimes, link targets.
+//! File trees as tests see them: walking ([`walk`]), sizes ([`disk_usage`]), and comparing two
+//! trees as a user would ([`difference`]: paths, kinds, content, modes, mtimes, link targets).
 
-use std::collections::BTreeMap;
-use std::io::Read;
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Sizes of a file or directory tree, as a `du`-like walk sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DiskUsage {
+    /// Regular files.
+    pub files: u64,
+    /// Directories, including the root when it is one.
+    pub dirs: u64,
+    /// Symbolic links (not followed).
+    pub symlinks: u64,
+    /// Other file types (fifos, sockets, devices).
+    pub others: u64,
+    /// Sum of the lengths of the regular files.
+    pub apparent_bytes: u64,
+    /// Space allocated to everything walked (`st_blocks * 512`, hard links counted once), like `du`.
+    pub disk_bytes: u64,
+}
+
+/// Walks `path` (a file or a directory tree, symlinks not followed) and adds
+/// up its sizes.
+pub fn disk_usage(path: &Path) -> io::Result<DiskUsage> {
+    let mut usage = DiskUsage::default();
+    let mut seen = HashSet::new();
+    walk(path, &mut |_, meta| {
+        let kind = meta.file_type();
+        if kind.is_file() {
+            usage.files += 1;
+            usage.apparent_bytes += meta.len();
+        } else if kind.is_dir() {
+            usage.dirs += 1;
+        } else if kind.is_symlink() {
+            usage.symlinks += 1;
+        } else {
+            usage.others += 1;
+        }
+        if meta.nlink() <= 1 || seen.insert((meta.dev(), meta.ino())) {
+            usage.disk_bytes += meta.blocks() * 512;
+        }
+        Ok(())
+    })?;
+    Ok(usage)
+}
+
+/// Calls `visit` for `path` and, if it is a directory, for everything below
+/// it, depth first, in name order. Symlinks are not followed.
+pub fn walk(
+    path: &Path,
+    visit: &mut dyn FnMut(&Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path).map_err(|e| with_path(e, "inspecting", path))?;
+    visit(path, &meta)?;
+    if meta.is_dir() {
+        let mut entries = fs::read_dir(path)
+            .and_then(|dir| {
+                dir.map(|e| e.map(|e| e.path()))
+                    .collect::<io::Result<Vec<_>>>()
+            })
+            .map_err(|e| with_path(e, "listing", path))?;
+        entries.sort();
+        for entry in entries {
+            walk(&entry, visit)?;
+        }
+    }
+    Ok(())
+}
+
+fn with_path(err: io::Error, action: &str, path: &Path) -> io::Error {
+    io::Error::new(err.kind(), format!("{action} {}: {err}", path.display()))
+}
 
 /// What is compared of one entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

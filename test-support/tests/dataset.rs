@@ -5,8 +5,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use freight_bench::dataset::{self, DatasetSpec, DatasetSummary};
-use freight_bench::harness::walk;
+use freight_test_support::dataset::{self, DatasetSpec, DatasetSummary};
+use freight_test_support::tree::walk;
 use tempfile::TempDir;
 
 const MIB: u64 = 1 << 20;
@@ -97,7 +97,7 @@ fn same_spec_gives_identical_trees() {
 fn summary_matches_disk_and_sizes_are_exact() {
     let spec = DatasetSpec::mixed(24 * MIB, 3);
     let (_dir, root, summary) = generated(&spec);
-    let usage = freight_bench::harness::disk_usage(&root).unwrap();
+    let usage = freight_test_support::tree::disk_usage(&root).unwrap();
     assert_eq!(summary.files, usage.files);
     assert_eq!(summary.dirs, usage.dirs - 1, "the root is not counted");
     assert_eq!(summary.symlinks, usage.symlinks);
@@ -220,7 +220,7 @@ fn sizes_are_near_the_total_and_mixed_defaults_are_sane() {
     for total in [MIB, 10 * MIB + 12345, 48 * MIB] {
         let spec = DatasetSpec::mixed(total, total);
         let (_dir, root, summary) = generated(&spec);
-        let bytes = freight_bench::harness::disk_usage(&root)
+        let bytes = freight_test_support::tree::disk_usage(&root)
             .unwrap()
             .apparent_bytes;
         assert_eq!(bytes, summary.bytes);

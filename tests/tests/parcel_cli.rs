@@ -4,11 +4,16 @@
 use std::path::Path;
 use std::process::Command;
 
-mod common;
+use freight_tests::World;
 
-use common::World;
+/// The parcel steps of these tests, on a [`World`] with sites `a-site` and `b-site`.
+trait Parcels {
+    fn ingest(&self, lib: &str, v: u32, src: &Path);
+    fn create(&self, v: u32, to: &str, base: Option<u32>, out: &str) -> String;
+    fn import_args(&self, file: &str) -> Vec<String>;
+}
 
-impl World {
+impl Parcels for World {
     fn ingest(&self, lib: &str, v: u32, src: &Path) {
         self.ok(&[
             "library",
@@ -64,7 +69,11 @@ fn args(v: &[String]) -> Vec<&str> {
 fn sample(dir: &Path, seed: &str) {
     std::fs::create_dir_all(dir.join("sub/empty")).unwrap();
     std::fs::write(dir.join("sub/a.txt"), format!("{seed} ").repeat(20_000)).unwrap();
-    std::fs::write(dir.join("big.bin"), freight_bench::noise(seed, 6 << 20)).unwrap();
+    std::fs::write(
+        dir.join("big.bin"),
+        freight_test_support::noise(seed, 6 << 20),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("../big.bin", dir.join("sub/link")).unwrap();
 }
 
@@ -124,7 +133,7 @@ fn parcel_round_trip_delta_and_inspect() {
         &w.s("out"),
     ]);
     assert_eq!(
-        freight_bench::tree::difference(&w.p("src"), &w.p("out")).unwrap(),
+        freight_test_support::tree::difference(&w.p("src"), &w.p("out")).unwrap(),
         None
     );
     w.ok(&["library", "--library", &w.s("b-lib"), "verify"]);
@@ -230,7 +239,7 @@ fn relative_output_paths_work_and_bad_ones_fail_cleanly() {
     let w = World::new();
     w.site("a-site", "CAS");
     // A bare file name is written in the current directory.
-    let out = Command::new(env!("CARGO_BIN_EXE_freight"))
+    let out = Command::new(freight_test_support::bins::appliance("freight"))
         .current_dir(&w.root)
         .args([
             "site", "--site", "a-site", "identity", "export", "--out", "CAS.id",

@@ -1,25 +1,35 @@
 //! A folder of sites and libraries driven through the real `freight` binary, shared by the
 //! CLI tests and the end-to-end hosts.
-#![allow(dead_code)]
 
+use freight_test_support::bins;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// A temporary folder holding sites, libraries and sources by name.
 pub struct World {
     _t: tempfile::TempDir,
+    /// The folder; removed when the world is dropped.
     pub root: PathBuf,
 }
 
+impl Default for World {
+    fn default() -> World {
+        World::new()
+    }
+}
+
 impl World {
+    /// A new, empty temporary folder.
     pub fn new() -> World {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
         World { _t: t, root }
     }
+    /// The path of `name` in the folder.
     pub fn p(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
+    /// The path of `name` in the folder, as text for command lines.
     pub fn s(&self, name: &str) -> String {
         self.p(name).to_str().unwrap().to_string()
     }
@@ -27,6 +37,7 @@ impl World {
     pub fn cmd(&self, args: &[&str]) -> Command {
         freight_cmd(args)
     }
+    /// Runs `freight --quiet ARGS`, whatever its outcome.
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
@@ -74,7 +85,7 @@ impl World {
 
 /// `freight --quiet ARGS`, not yet run.
 fn freight_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_freight"));
+    let mut c = Command::new(bins::appliance("freight"));
     c.arg("--quiet").args(args);
     c
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use freight_bench::netem::QUEUE_LIMIT;
-use freight_bench::{Impairment, ProxyStats, UdpProxy};
+use freight_test_support::netem::QUEUE_LIMIT;
+use freight_test_support::{Impairment, ProxyStats, UdpProxy};
 
 /// Longest any single wait in these tests may take before it fails.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -178,7 +178,7 @@ fn forwards_every_size_intact_and_in_order() {
     for &size in &sizes {
         ping(
             &socket,
-            &freight_bench::noise(&format!("size {size}"), size),
+            &freight_test_support::noise(&format!("size {size}"), size),
         );
     }
 

@@ -12,7 +12,7 @@
 //! devices, or symlinks that leave the tree.
 //!
 //! ```no_run
-//! use freight_bench::dataset::{self, DatasetSpec};
+//! use freight_test_support::dataset::{self, DatasetSpec};
 //! # fn main() -> std::io::Result<()> {
 //! let root = std::path::Path::new("/tmp/freight-bench-data/src");
 //! let spec = DatasetSpec::mixed(2 << 30, 42);

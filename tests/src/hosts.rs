@@ -1,7 +1,6 @@
 //! Real `freightd` processes on loopback for the end-to-end tests: a site server and DPs, each
 //! with its own folder, key, library and fixed ports (so a restarted process keeps its address),
 //! driven through the admin API with `curl` and checked over HTTP with `curl`.
-#![allow(dead_code)]
 
 use freight_appliance::daemon::ready_fields;
 use rand::RngExt;
@@ -12,29 +11,37 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-#[path = "../common/mod.rs"]
-mod common;
-pub use common::freight;
+use crate::world::World;
+pub use crate::world::freight;
+use freight_test_support::bins;
 
-/// A folder of hosts: a [`common::World`] (its paths and `freight` runs) with host builders.
-pub struct Net(common::World);
+/// A folder of hosts: a [`World`] (its paths and `freight` runs) with host builders.
+pub struct Net(World);
 
 impl std::ops::Deref for Net {
-    type Target = common::World;
-    fn deref(&self) -> &common::World {
+    type Target = World;
+    fn deref(&self) -> &World {
         &self.0
     }
 }
 
 /// One freightd process and what it announced.
 pub struct Host {
+    /// The host's folder name in the [`Net`].
     pub name: String,
+    /// Its site code (the key's site).
     pub code: String,
+    /// Its `freightd.toml`.
     pub config: PathBuf,
+    /// The running process, if started.
     pub child: Option<Child>,
+    /// The QUIC address from the readiness line.
     pub quic: String,
+    /// The DP's HTTP address from the readiness line.
     pub http: Option<String>,
+    /// The site server's admin socket from the readiness line.
     pub admin: Option<PathBuf>,
+    /// Its content library's folder.
     pub library: PathBuf,
 }
 
@@ -57,9 +64,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+impl Default for Net {
+    fn default() -> Net {
+        Net::new()
+    }
+}
+
 impl Net {
+    /// A new, empty folder of hosts.
     pub fn new() -> Net {
-        Net(common::World::new())
+        Net(World::new())
     }
 
     /// Creates a host folder with its key; `extra` is appended to the config (role sections).
@@ -128,6 +142,7 @@ impl Net {
 }
 
 impl Host {
+    /// Its site folder (key and trust store).
     pub fn home(&self) -> PathBuf {
         self.config.parent().unwrap().join("home")
     }
@@ -165,7 +180,7 @@ impl Host {
 
     /// Starts freightd and waits for its readiness line.
     pub fn start(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_freightd"))
+        let mut child = Command::new(bins::appliance("freightd"))
             .arg("--config")
             .arg(&self.config)
             .env(
@@ -239,6 +254,7 @@ impl Host {
         }
     }
 
+    /// The process ID of the running freightd.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
