@@ -24,7 +24,9 @@
 //! GET    /v1/messages?package=ID&since=N  → [StatusMessage] (since: message sequence number)
 //! GET    /v1/progress                     → [JobProgress]  (running copies, for `watch`)
 //! ```
-//! Errors answer 4xx/5xx with [`ApiError`]: one line naming the object and the fix.
+//! Errors answer 4xx/5xx with [`ApiError`]: one line naming the object and the fix; every
+//! error, including a malformed request, is answered in that JSON form. Request bodies are
+//! strict: an unknown field is refused by name, so a typo never becomes a default.
 
 pub use freight_transport::Priority;
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,7 @@ pub struct Done {
 
 /// `dp add`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddDp {
     /// The DP's name (unique at the site).
     pub name: String,
@@ -69,6 +72,7 @@ pub struct AddDp {
 
 /// `dp schedule`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetSchedule {
     /// Bandwidth windows in the compact text form.
     pub throttle: String,
@@ -108,6 +112,7 @@ pub struct DpDetail {
 
 /// `dpgroup create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddGroup {
     /// Group name.
     pub name: String,
@@ -118,6 +123,7 @@ pub struct AddGroup {
 
 /// `dpgroup add`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Members {
     /// DP names.
     pub dps: Vec<String>,
@@ -134,6 +140,7 @@ pub struct GroupInfo {
 
 /// `package create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreatePackage {
     /// Display name.
     pub name: String,
@@ -207,6 +214,7 @@ pub struct VersionInfo {
 
 /// `distribute`, `redistribute`, `validate`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Targets {
     /// DP names.
     #[serde(default)]

@@ -113,6 +113,7 @@ pub struct Node {
     transport: Arc<quinn::TransportConfig>,
     config: NodeConfig,
     live: Arc<LiveConns>,
+    refusals: tokio::sync::broadcast::Sender<(Refused, SocketAddr)>,
 }
 
 /// The node's open connections, so that a key that loses its trust loses its connections.
@@ -201,6 +202,7 @@ impl Accepting {
         let trust = self.node.tls.trust().clone();
         if let Err(refused) = authz::check(&peer, trust.roles(&peer), Request::Connect) {
             inner.close(CLOSE_UNTRUSTED.into(), b"no role here");
+            let _ = self.node.refusals.send((refused.clone(), inner.remote_address()));
             return Err(Error::PeerRefused(refused.to_string()));
         }
         let mut s = inner.open_uni().await.map_err(|e| conn_error(&what, e))?;
@@ -218,6 +220,7 @@ impl Accepting {
             peer,
             config: self.node.config.clone(),
             trust,
+            refusals: self.node.refusals.clone(),
         })
     }
 }
@@ -229,6 +232,7 @@ pub struct Conn {
     peer: PublicIdentity,
     pub(crate) config: NodeConfig,
     trust: Arc<TrustView>,
+    refusals: tokio::sync::broadcast::Sender<(Refused, SocketAddr)>,
 }
 
 impl Conn {
@@ -240,7 +244,9 @@ impl Conn {
     /// Checks `request` from this peer against the authorization table, with the roles its
     /// key holds now.
     pub fn authorize(&self, request: Request) -> std::result::Result<(), Refused> {
-        authz::check(&self.peer, self.trust.roles(&self.peer), request)
+        authz::check(&self.peer, self.trust.roles(&self.peer), request).inspect_err(|r| {
+            let _ = self.refusals.send((r.clone(), self.remote()));
+        })
     }
 
     /// The peer's address.
@@ -393,6 +399,7 @@ impl Node {
             transport,
             config,
             live,
+            refusals: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -450,12 +457,19 @@ impl Node {
             peer,
             config: self.config.clone(),
             trust: self.tls.trust().clone(),
+            refusals: self.refusals.clone(),
         })
     }
 
     /// The trust store this node authenticates peers with, in memory.
     pub fn trust(&self) -> &Arc<TrustView> {
         self.tls.trust()
+    }
+
+    /// The requests the authorization table refuses from now on, with the peer's address (for
+    /// an audit trail; a slow reader misses some and is told how many).
+    pub fn refusals(&self) -> tokio::sync::broadcast::Receiver<(Refused, SocketAddr)> {
+        self.refusals.subscribe()
     }
 
     /// Reads the trust store again now (blocking: call it off the async runtime) and closes

@@ -5,8 +5,14 @@
 use crate::api::{AddDp, AddGroup, ApiError, CreatePackage, Done, Members, SetSchedule, Targets};
 use crate::site_server::SiteServer;
 use crate::site_server::error::SiteError;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::extract::ConnectInfo;
+use axum::extract::connect_info::Connected;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::serve::IncomingStream;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -38,6 +44,96 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// A JSON body: a malformed one, or one with an unknown field, is refused in the API's JSON
+/// error form naming the field.
+struct Body<T>(T);
+
+impl<St: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<St> for Body<T> {
+    type Rejection = Refusal;
+
+    async fn from_request(req: Request, state: &St) -> Result<Body<T>, Refusal> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Body(v))
+            .map_err(|e: JsonRejection| bad_request("request body", &e.body_text()))
+    }
+}
+
+/// Path segments, refused in the JSON error form when they do not fit.
+struct Seg<T>(T);
+
+impl<St: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<St> for Seg<T> {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Seg<T>, Refusal> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| Seg(v))
+            .map_err(|e: PathRejection| bad_request("request path", &e.body_text()))
+    }
+}
+
+/// A query string; an unknown parameter is refused by name.
+struct Q<T>(T);
+
+impl<St: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<St> for Q<T> {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Q<T>, Refusal> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Q(v))
+            .map_err(|e: QueryRejection| bad_request("query", &e.body_text()))
+    }
+}
+
+fn bad_request(what: &str, reason: &str) -> Refusal {
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    Refusal(
+        StatusCode::BAD_REQUEST,
+        format!("{what}: {reason}; use a `freight` of the same version as freightd"),
+    )
+}
+
+/// Who is at the other end of the admin socket (`SO_PEERCRED`), for the audit trail.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// The caller's user ID (`u32::MAX` if the kernel could not say).
+    pub uid: u32,
+    /// Its process ID, when known.
+    pub pid: Option<i32>,
+}
+
+impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Caller {
+        match stream.io().peer_cred() {
+            Ok(c) => Caller {
+                uid: c.uid(),
+                pid: c.pid(),
+            },
+            Err(_) => Caller {
+                uid: u32::MAX,
+                pid: None,
+            },
+        }
+    }
+}
+
+/// Records every request that may change something (all but GET) with its caller and answer.
+async fn audit(
+    State(s): S,
+    ConnectInfo(c): ConnectInfo<Caller>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    if method != Method::GET {
+        s.audit_admin(c.uid, c.pid, method.as_str(), &path, resp.status().as_u16());
+    }
+    resp
+}
+
 type S = State<Arc<SiteServer>>;
 type R<T> = Result<Json<T>, Refusal>;
 
@@ -45,7 +141,8 @@ fn done(msg: String) -> R<Done> {
     Ok(Json(Done { done: msg }))
 }
 
-/// The routes of the admin API.
+/// The routes of the admin API. Serve it with connect info ([`Caller`]), as `freightd` does:
+/// `axum::serve(listener, router(site).into_make_service_with_connect_info::<Caller>())`.
 pub fn router(site: Arc<SiteServer>) -> Router {
     Router::new()
         .route("/v1/dps", get(dps).post(add_dp))
@@ -64,109 +161,129 @@ pub fn router(site: Arc<SiteServer>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/messages", get(messages))
         .route("/v1/progress", get(progress))
+        .method_not_allowed_fallback(|| async {
+            Refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this admin API path does not take that method; use a `freight` of the same version as freightd".into(),
+            )
+        })
         .fallback(|| async {
             Refusal(
                 StatusCode::NOT_FOUND,
                 "no such admin API path; use a `freight` of the same version as freightd".into(),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(site.clone(), audit))
         .with_state(site)
 }
 
 async fn dps(State(s): S) -> R<Vec<crate::api::DpInfo>> {
     Ok(Json(s.dps()?))
 }
-async fn add_dp(State(s): S, Json(a): Json<AddDp>) -> R<crate::api::DpInfo> {
+async fn add_dp(State(s): S, Body(a): Body<AddDp>) -> R<crate::api::DpInfo> {
     Ok(Json(s.add_dp(a)?))
 }
-async fn dp(State(s): S, Path(name): Path<String>) -> R<crate::api::DpDetail> {
+async fn dp(State(s): S, Seg(name): Seg<String>) -> R<crate::api::DpDetail> {
     Ok(Json(s.dp_detail(&name)?))
 }
-async fn remove_dp(State(s): S, Path(name): Path<String>) -> R<Done> {
+async fn remove_dp(State(s): S, Seg(name): Seg<String>) -> R<Done> {
     s.remove_dp(&name)?;
     done(format!("removed DP {name}"))
 }
 async fn schedule(
     State(s): S,
-    Path(name): Path<String>,
-    Json(b): Json<SetSchedule>,
+    Seg(name): Seg<String>,
+    Body(b): Body<SetSchedule>,
 ) -> R<crate::api::DpInfo> {
     Ok(Json(s.set_schedule(&name, &b.throttle)?))
 }
 async fn groups(State(s): S) -> R<Vec<crate::api::GroupInfo>> {
     Ok(Json(s.groups()?))
 }
-async fn add_group(State(s): S, Json(g): Json<AddGroup>) -> R<crate::api::GroupInfo> {
+async fn add_group(State(s): S, Body(g): Body<AddGroup>) -> R<crate::api::GroupInfo> {
     Ok(Json(s.add_group(g)?))
 }
-async fn delete_group(State(s): S, Path(name): Path<String>) -> R<Done> {
+async fn delete_group(State(s): S, Seg(name): Seg<String>) -> R<Done> {
     s.delete_group(&name)?;
     done(format!("deleted DP group {name}"))
 }
 async fn add_members(
     State(s): S,
-    Path(name): Path<String>,
-    Json(m): Json<Members>,
+    Seg(name): Seg<String>,
+    Body(m): Body<Members>,
 ) -> R<crate::api::GroupInfo> {
     Ok(Json(s.add_group_members(&name, &m.dps)?))
 }
 async fn remove_member(
     State(s): S,
-    Path((name, dp)): Path<(String, String)>,
+    Seg((name, dp)): Seg<(String, String)>,
 ) -> R<crate::api::GroupInfo> {
     Ok(Json(s.remove_group_member(&name, &dp)?))
 }
 async fn packages(State(s): S) -> R<Vec<crate::api::PackageInfo>> {
     Ok(Json(s.packages()?))
 }
-async fn create_package(State(s): S, Json(p): Json<CreatePackage>) -> R<crate::api::PackageInfo> {
+async fn create_package(State(s): S, Body(p): Body<CreatePackage>) -> R<crate::api::PackageInfo> {
     Ok(Json(s.create_package(p).await?))
 }
-async fn package(State(s): S, Path(id): Path<String>) -> R<crate::api::PackageDetail> {
+async fn package(State(s): S, Seg(id): Seg<String>) -> R<crate::api::PackageDetail> {
     Ok(Json(s.package_detail(&id)?))
 }
-async fn update_package(State(s): S, Path(id): Path<String>) -> R<crate::api::PackageInfo> {
+async fn update_package(State(s): S, Seg(id): Seg<String>) -> R<crate::api::PackageInfo> {
     Ok(Json(s.update_package(&id).await?))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DpQuery {
     dp: Option<String>,
 }
 
-async fn remove_package(State(s): S, Path(id): Path<String>, Query(q): Query<DpQuery>) -> R<Done> {
+async fn remove_package(State(s): S, Seg(id): Seg<String>, Q(q): Q<DpQuery>) -> R<Done> {
     let n = s.remove_package(&id, q.dp.as_deref())?;
     done(match q.dp {
         Some(dp) => format!("removing {id} from DP {dp}"),
         None => format!("removing {id} from {n} DP(s) and deleting it"),
     })
 }
-async fn distribute(State(s): S, Path(id): Path<String>, Json(t): Json<Targets>) -> R<Done> {
+async fn distribute(State(s): S, Seg(id): Seg<String>, Body(t): Body<Targets>) -> R<Done> {
     let n = s.distribute(&id, &t)?;
     done(format!("distributing {id} to {n} DP(s)"))
 }
-async fn redistribute(State(s): S, Path(id): Path<String>, Json(t): Json<Targets>) -> R<Done> {
+async fn redistribute(State(s): S, Seg(id): Seg<String>, Body(t): Body<Targets>) -> R<Done> {
     s.redistribute(&id, &t)?;
     done(format!("redistributing {id} to DP {}", t.dps.join(", ")))
 }
-async fn validate(State(s): S, Path(id): Path<String>, Json(t): Json<Targets>) -> R<Done> {
+async fn validate(State(s): S, Seg(id): Seg<String>, Body(t): Body<Targets>) -> R<Done> {
     let n = s.validate(&id, &t)?;
     done(format!("validating {id} on {n} DP(s)"))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StatusQuery {
     package: Option<String>,
-    since: Option<i64>,
 }
 
-async fn status(State(s): S, Query(q): Query<StatusQuery>) -> R<Vec<crate::api::PackageStatus>> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagesQuery {
+    package: Option<String>,
+    since: Option<i64>,
+    /// Only the audit trail (admin requests and refused peers) instead of everything else.
+    #[serde(default)]
+    audit: bool,
+}
+
+async fn status(State(s): S, Q(q): Q<StatusQuery>) -> R<Vec<crate::api::PackageStatus>> {
     Ok(Json(s.status(q.package.as_deref())?))
 }
-async fn messages(State(s): S, Query(q): Query<StatusQuery>) -> R<Vec<crate::api::StatusMessage>> {
-    Ok(Json(
-        s.messages(q.package.as_deref(), q.since.unwrap_or(0))?,
-    ))
+async fn messages(State(s): S, Q(q): Q<MessagesQuery>) -> R<Vec<crate::api::StatusMessage>> {
+    Ok(Json(s.messages(
+        q.package.as_deref(),
+        q.since.unwrap_or(0),
+        q.audit,
+    )?))
 }
 async fn progress(State(s): S) -> R<Vec<crate::api::JobProgress>> {
     Ok(Json(s.jobs()?))

@@ -33,6 +33,10 @@ pub struct MessagesArgs {
     /// Only messages after this sequence number (the first column).
     #[arg(long, value_name = "N")]
     since: Option<i64>,
+    /// The audit trail instead: every admin request (who, what, answer) and every peer
+    /// request the authorization table refused.
+    #[arg(long)]
+    audit: bool,
 }
 
 /// Arguments of `freight watch`.
@@ -84,6 +88,7 @@ pub(crate) async fn messages(a: MessagesArgs) -> Result<(), CliError> {
         &[
             ("package", a.package),
             ("since", a.since.map(|s| s.to_string())),
+            ("audit", a.audit.then(|| "true".to_string())),
         ],
     );
     let answer: Value = client.get(&path).await?;

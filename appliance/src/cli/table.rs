@@ -25,9 +25,11 @@ impl Table {
         self
     }
 
-    /// Adds a row (missing cells render empty, extra ones are dropped).
+    /// Adds a row (missing cells render empty, extra ones are dropped). Control characters
+    /// in cells (names and messages come from other hosts) are shown escaped, never sent to
+    /// the terminal.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.iter().map(|c| printable(c)).collect());
     }
 
     /// The rendered table, or the line `empty` (a hint) when it has no rows.
@@ -74,6 +76,23 @@ impl Table {
     }
 }
 
+/// `s` with control characters escaped (`\u{1b}`), so that text from another host cannot move
+/// the cursor, recolour the terminal or forge lines.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `key  value` lines with the values aligned.
 pub fn key_values(pairs: &[(&str, String)]) -> String {
     let w = pairs
@@ -83,7 +102,7 @@ pub fn key_values(pairs: &[(&str, String)]) -> String {
         .unwrap_or(0);
     pairs
         .iter()
-        .map(|(k, v)| format!("{k:<w$}  {v}").trim_end().to_string() + "\n")
+        .map(|(k, v)| format!("{k:<w$}  {}", printable(v)).trim_end().to_string() + "\n")
         .collect()
 }
 

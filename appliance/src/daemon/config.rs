@@ -195,6 +195,25 @@ impl DaemonConfig {
         if let Some(share) = c.dp.as_mut().and_then(|d| d.share.as_mut()) {
             abs(share);
         }
+        // Two roles of one file would destroy each other (a socket bound over the database,
+        // a library inside the home's trust store, ...): every configured path is its own.
+        let mut paths: Vec<(&str, &Path)> = vec![("home", &c.home), ("library", &c.library)];
+        if let Some(s) = &c.site {
+            paths.push(("[site] database", &s.database));
+            paths.push(("[site] admin_socket", &s.admin_socket));
+        }
+        if let Some(share) = c.dp.as_ref().and_then(|d| d.share.as_ref()) {
+            paths.push(("[dp] share", share));
+        }
+        for (i, (a, pa)) in paths.iter().enumerate() {
+            if let Some((b, _)) = paths[..i].iter().find(|(_, pb)| pb == pa) {
+                return Err(ConfigError(format!(
+                    "{}: {b} and {a} are both {}; give each its own path",
+                    path.display(),
+                    pa.display()
+                )));
+            }
+        }
         if c.site.is_none() && c.dp.is_none() {
             return Err(ConfigError(format!(
                 "{}: no role configured; add a [site] or a [dp] section (or both)",
@@ -254,6 +273,14 @@ mod tests {
                 "not a duration",
             ),
             ("home = 1".to_string(), "bad config"),
+            (
+                format!("{base}[site]\ndatabase = \"s.db\"\nadmin_socket = \"s.db\"\n"),
+                "[site] database and [site] admin_socket are both",
+            ),
+            (
+                format!("{base}[dp]\nhttp = \"127.0.0.1:0\"\nshare = \"l\"\n"),
+                "library and [dp] share are both",
+            ),
         ] {
             let e = load(&text).unwrap_err();
             assert!(e.contains(want), "{e}");

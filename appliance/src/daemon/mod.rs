@@ -140,10 +140,25 @@ async fn serve(
         let listener = bind_socket(&s.admin_socket)?;
         ready.push(format!("admin {}", s.admin_socket.display()));
         socket = Some(s.admin_socket.clone());
-        let app = crate::admin::server::router(site.clone());
+        let app = crate::admin::server::router(site.clone())
+            .into_make_service_with_connect_info::<crate::admin::server::Caller>();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+        // Every peer request the authorization table refuses joins the audit trail.
+        let mut refusals = node.refusals();
+        let audited = site.clone();
+        tokio::spawn(async move {
+            loop {
+                match refusals.recv().await {
+                    Ok((r, from)) => audited.audit_refusal(&r, &from.to_string()),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "refused requests came faster than the audit trail recorded them");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
             }
         });
         site.start();
@@ -211,7 +226,16 @@ fn roles(cfg: &DaemonConfig) -> &'static str {
 /// Binds the admin socket (owner only). A socket file left by a killed daemon is replaced; one
 /// that answers belongs to a running daemon and is refused.
 fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
-    if path.exists() {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        // Never remove what is not a socket: a config pointing the socket at a database or
+        // any other file must not destroy it.
+        if !m.file_type().is_socket() {
+            return Err(DaemonError::Listen(format!(
+                "{}: exists and is not a socket; point admin_socket at a free path (nothing was changed)",
+                path.display()
+            )));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(DaemonError::Listen(format!(
                 "{}: another freightd serves this admin socket; stop it or choose another admin_socket",

@@ -23,18 +23,7 @@ impl SiteServer {
 
     /// `dp add`: records the DP and trusts its key.
     pub fn add_dp(&self, a: AddDp) -> SiteResult<DpInfo> {
-        if a.name.is_empty()
-            || a.name.len() > 64
-            || !a
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(SiteError::Invalid(format!(
-                "DP name {:?}: use 1-64 letters, digits, '-', '_' or '.'",
-                a.name
-            )));
-        }
+        check_name("DP", &a.name)?;
         let kind: DpKind = a.kind.parse().map_err(|_| {
             SiteError::Invalid(format!("DP kind {:?}: use standard or pull", a.kind))
         })?;
@@ -180,9 +169,7 @@ impl SiteServer {
 
     /// `dpgroup create`.
     pub fn add_group(&self, g: AddGroup) -> SiteResult<GroupInfo> {
-        if g.name.is_empty() {
-            return Err(SiteError::Invalid("a DP group needs a name".into()));
-        }
+        check_name("DP group", &g.name)?;
         self.store.write(|db| {
             if !db.insert_group(&g.name)? {
                 return Err(SiteError::Conflict(format!(
@@ -238,6 +225,8 @@ impl SiteServer {
     /// leaves no package without a version; the reserved ID is never handed out again.
     pub async fn create_package(&self, p: CreatePackage) -> SiteResult<PackageInfo> {
         let priority = p.priority.unwrap_or_default();
+        check_text("package name", &p.name, 200)?;
+        check_text("source folder", &p.source, 4096)?;
         let source = PathBuf::from(&p.source);
         check_source(&source)?;
         let id = self
@@ -443,9 +432,31 @@ impl SiteServer {
         Ok(self.store.read(|db| db.status(package, None))?)
     }
 
-    /// Status messages after `since`.
-    pub fn messages(&self, package: Option<&str>, since: i64) -> SiteResult<Vec<StatusMessage>> {
-        Ok(self.store.read(|db| db.messages(package, since))?)
+    /// Status messages after `since`: the audit trail (`audit`) or everything else.
+    pub fn messages(
+        &self,
+        package: Option<&str>,
+        since: i64,
+        audit: bool,
+    ) -> SiteResult<Vec<StatusMessage>> {
+        Ok(self.store.read(|db| db.messages(package, since, audit))?)
+    }
+
+    /// Records an administrator's request on the admin socket in the audit trail (9100).
+    pub fn audit_admin(&self, uid: u32, pid: Option<i32>, method: &str, path: &str, answer: u16) {
+        let pid = pid.map_or("?".to_string(), |p| p.to_string());
+        let m = Msg::new(9100, &[&uid, &pid, &method, &path, &answer]);
+        if let Err(e) = self.store.write(|db| db.raise(self.code.as_str(), now(), &m)) {
+            tracing::error!(error = %e, "cannot record an admin request in the audit trail");
+        }
+    }
+
+    /// Records a peer request the authorization table refused in the audit trail (9101).
+    pub fn audit_refusal(&self, r: &freight_transport::authz::Refused, from: &str) {
+        let m = Msg::new(9101, &[&r.peer.code, &r.peer.fingerprint(), &from, &r]);
+        if let Err(e) = self.store.write(|db| db.raise(self.code.as_str(), now(), &m)) {
+            tracing::error!(error = %e, "cannot record a refused request in the audit trail");
+        }
     }
 
     /// Live jobs with the progress of running copies.
@@ -526,6 +537,32 @@ fn require_package(db: &super::store::Db, id: &str) -> SiteResult<PackageInfo> {
     db.packages(Some(id))?
         .pop()
         .ok_or_else(|| SiteError::NoPackage(id.to_string()))
+}
+
+/// A DP or group name: 1-64 letters, digits, '-', '_' or '.' (they appear in paths, tables
+/// and messages).
+fn check_name(what: &str, name: &str) -> SiteResult<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(SiteError::Invalid(format!(
+            "{what} name {name:?}: use 1-64 letters, digits, '-', '_' or '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// Free text (a display name, a path): not empty, at most `max` bytes, no control characters.
+fn check_text(what: &str, text: &str, max: usize) -> SiteResult<()> {
+    if text.trim().is_empty() || text.len() > max || text.chars().any(char::is_control) {
+        return Err(SiteError::Invalid(format!(
+            "{what} {text:?}: give 1-{max} bytes of text without control characters"
+        )));
+    }
+    Ok(())
 }
 
 fn check_source(source: &Path) -> SiteResult<()> {

@@ -66,6 +66,8 @@ pub enum Outcome {
     },
     /// The DP re-hashed what it holds.
     Validated {
+        /// The version it checked (None: it holds none).
+        version: Option<u32>,
         /// Chunks re-hashed.
         chunks: u64,
         /// Chunks that failed.
@@ -180,9 +182,32 @@ pub fn next(f: &JobFacts, outcome: Outcome, policy: &RetryPolicy) -> Transition 
             },
             vec![msg(2332, &[&p, &dp, &human(freed)])],
         ),
-        Outcome::Validated { chunks, bad: 0, .. } => done(
+        // The DP checked another version than the one this site expects it to hold (or none):
+        // whatever it re-hashed, the copy is not the right one.
+        Outcome::Validated { version, .. } if version != f.held => {
+            let shown = |v: Option<u32>| v.map_or("none".to_string(), |v| format!("version {v}"));
+            let (have, want) = (shown(version), shown(f.held));
+            done(
+                StatusWrite::Validated {
+                    failed: Some(format!(
+                        "holds {have}, this site expects {want}; redistribute to repair"
+                    )),
+                },
+                vec![msg(2387, &[&p, &dp, &have, &want])],
+            )
+        }
+        Outcome::Validated {
+            version: Some(checked),
+            chunks,
+            bad: 0,
+            ..
+        } => done(
             StatusWrite::Validated { failed: None },
-            vec![msg(2384, &[&p, &v, &dp, &chunks])],
+            vec![
+                Msg::new(2384, &[&p, &checked, &dp, &chunks])
+                    .package(p, checked)
+                    .dp(dp),
+            ],
         ),
         Outcome::Validated { bad, files, .. } => done(
             StatusWrite::Validated {
@@ -515,6 +540,7 @@ mod tests {
         let ok = next(
             &facts(Action::Validate, 1, Some(2)),
             Outcome::Validated {
+                version: Some(2),
                 chunks: 7,
                 bad: 0,
                 files: vec![],
@@ -526,6 +552,7 @@ mod tests {
         let bad = next(
             &facts(Action::Validate, 1, Some(2)),
             Outcome::Validated {
+                version: Some(2),
                 chunks: 7,
                 bad: 2,
                 files: vec!["a".into(), "b".into()],
@@ -547,6 +574,37 @@ mod tests {
         );
         assert_eq!(down.status, StatusWrite::Unchanged);
         assert_eq!(ids(&down), [8201]);
+    }
+
+    #[test]
+    fn validation_of_another_version_than_expected_fails_with_its_own_message() {
+        // The DP re-hashed a clean version 3 (pushed by someone else) while this site expects
+        // version 2: a failure naming both, never "verified successfully".
+        let t = next(
+            &facts(Action::Validate, 1, Some(2)),
+            Outcome::Validated {
+                version: Some(3),
+                chunks: 7,
+                bad: 0,
+                files: vec![],
+            },
+            &SPEC,
+        );
+        assert_eq!(ids(&t), [2387]);
+        assert_eq!(t.messages[0].strings[2..4], ["version 3", "version 2"]);
+        assert!(matches!(&t.status, StatusWrite::Validated { failed: Some(m) } if m.contains("holds version 3")));
+        let none = next(
+            &facts(Action::Validate, 1, Some(2)),
+            Outcome::Validated {
+                version: None,
+                chunks: 0,
+                bad: 0,
+                files: vec![],
+            },
+            &SPEC,
+        );
+        assert_eq!(ids(&none), [2387]);
+        assert_eq!(none.messages[0].strings[2], "none");
     }
 
     #[test]

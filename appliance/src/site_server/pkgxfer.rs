@@ -221,8 +221,16 @@ async fn execute(
         },
         Action::Validate => match ask(site, &p, &DpRequest::Validate { package }).await? {
             DpReply::Validated {
-                chunks, bad, files, ..
-            } => Ok(Outcome::Validated { chunks, bad, files }),
+                version,
+                chunks,
+                bad,
+                files,
+            } => Ok(Outcome::Validated {
+                version,
+                chunks,
+                bad,
+                files,
+            }),
             other => Err(unexpected(&p, "validate", other)),
         },
         Action::Install | Action::Redistribute if p.route.kind == DpKind::Pull => {

@@ -14,9 +14,12 @@
 //! 2380 info     DistMgr     started validating a package on a DP
 //! 2384 info     DistMgr     package verified on a DP
 //! 2386 error    DistMgr     package failed validation on a DP
+//! 2387 error    DistMgr     a DP holds another version than the site expects
 //! 8201 warning  PkgXferMgr  a copy to a DP failed; retrying
 //! 8202 error    PkgXferMgr  a copy to a DP failed its last attempt
 //! 8213 warning  PkgXferMgr  a pull DP could not download from any source; retrying
+//! 9100 info     audit       an administrator's request on the admin socket (who, what, answer)
+//! 9101 warning  audit       a peer's request the authorization table refused
 //! ```
 
 /// Who raises a message.
@@ -26,13 +29,19 @@ pub enum Component {
     DistMgr,
     /// Package transfer manager.
     PkgXferMgr,
+    /// The audit trail: admin actions and refused peer requests.
+    Audit,
 }
+
+/// The component name of audit messages (`freight messages --audit` shows only these).
+pub const AUDIT: &str = "FREIGHT_AUDIT";
 
 impl Component {
     fn name(self) -> &'static str {
         match self {
             Component::DistMgr => "SMS_DISTRIBUTION_MANAGER",
             Component::PkgXferMgr => "SMS_PACKAGE_TRANSFER_MANAGER",
+            Component::Audit => AUDIT,
         }
     }
 }
@@ -126,6 +135,12 @@ const CATALOGUE: &[Entry] = &[
         "Package %1 version %2 on distribution point %3 failed validation: %4 corrupt or missing chunk(s), in %5; redistribute the package to this DP to repair it.",
     ),
     Entry(
+        2387,
+        "error",
+        Component::DistMgr,
+        "Package %1 on distribution point %2 failed validation: it holds %3, this site expects %4; redistribute the package to this DP.",
+    ),
+    Entry(
         8200,
         "info",
         Component::PkgXferMgr,
@@ -166,6 +181,18 @@ const CATALOGUE: &[Entry] = &[
         "warning",
         Component::PkgXferMgr,
         "Pull distribution point %1 could not download package %2 version %3 from any source (attempt %4 of %5): %6; retrying in %7.",
+    ),
+    Entry(
+        9100,
+        "info",
+        Component::Audit,
+        "Administrator uid %1 (pid %2) asked %3 %4; answered %5.",
+    ),
+    Entry(
+        9101,
+        "warning",
+        Component::Audit,
+        "Refused site %1 (key %2) from %3: %4.",
     ),
 ];
 

@@ -45,6 +45,7 @@ use crate::api::{
 use freight_transport::Priority;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use schema::MIGRATIONS;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -63,6 +64,12 @@ pub enum StoreError {
         /// SQLite's error.
         #[source]
         source: rusqlite::Error,
+    },
+    /// Another process has the database open as its site server.
+    #[error("{}: site database is in use by another freightd; stop it, or give this one its own database", path.display())]
+    InUse {
+        /// The database file.
+        path: PathBuf,
     },
     /// The file was written by a newer Freight.
     #[error(
@@ -87,6 +94,8 @@ type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Held for the store's life: one site server per database.
+    _lock: std::fs::File,
 }
 
 impl Store {
@@ -97,6 +106,36 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        let io_err = |e: std::io::Error| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+        // One site server per database: a second one on the same file would take the same
+        // jobs and fail them. The lock is a file beside it (SQLite's own locks are per
+        // transaction), held while the store lives and released by the kernel on a crash.
+        let lock_path = path.with_extension("db.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        // Created owner-only: it holds the site's whole state (SQLite gives its journal files
+        // the database's mode).
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -117,6 +156,7 @@ impl Store {
         let mut store = Store {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            _lock: lock,
         };
         store.migrate()?;
         Ok(store)
@@ -809,14 +849,21 @@ impl Db<'_> {
         Ok(())
     }
 
-    /// Messages after sequence number `since`, optionally of one package, oldest first.
-    pub fn messages(&self, package: Option<&str>, since: i64) -> Result<Vec<StatusMessage>> {
+    /// Messages after sequence number `since`, optionally of one package, oldest first: the
+    /// audit trail (`audit`) or everything else.
+    pub fn messages(
+        &self,
+        package: Option<&str>,
+        since: i64,
+        audit: bool,
+    ) -> Result<Vec<StatusMessage>> {
         let mut st = self.c.prepare(
             "SELECT id, message_id, severity, component, site, time, package, dp, version, strings
-             FROM status_messages WHERE id > ?1 AND (?2 IS NULL OR package = ?2) ORDER BY id",
+             FROM status_messages WHERE id > ?1 AND (?2 IS NULL OR package = ?2)
+               AND (component = ?3) = ?4 ORDER BY id",
         )?;
         let rows = st
-            .query_map(params![since, package], |r| {
+            .query_map(params![since, package, statmgr::AUDIT, audit], |r| {
                 let strings: String = r.get(9)?;
                 let strings: Vec<String> = serde_json::from_str(&strings).unwrap_or_default();
                 let id: u32 = r.get(1)?;
@@ -1201,6 +1248,21 @@ mod tests {
             )
             .unwrap();
         assert_eq!(tables, 12);
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_file_is_refused_and_the_file_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("site.db");
+        let first = Store::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let e = Store::open(&path).err().unwrap();
+        assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains("in use by another freightd"), "{e}");
+        drop(first);
+        Store::open(&path).unwrap();
     }
 
     #[test]
