@@ -28,6 +28,7 @@
 //! most (`MAX_FRAME` - 5) / 32 IDs (never more than the manifest names).
 
 use crate::error::{Error, Result};
+use freight_core::codec::Reader;
 use freight_core::manifest::MAX_CHUNK;
 use freight_core::{ChunkId, PackageId};
 use std::fmt;
@@ -360,11 +361,12 @@ impl Message {
                 ));
             }
         };
-        let mut r = Reader {
-            buf: payload,
-            pos: 0,
-            name,
-        };
+        let mut r = Reader::new(payload, |offset, reason: &str| {
+            proto(
+                ProtocolError::Malformed,
+                format!("{name} frame from peer is malformed at payload offset {offset}: {reason}"),
+            )
+        });
         let msg = match ty {
             T_HELLO => Message::Hello {
                 version_min: r.u16()?,
@@ -376,7 +378,7 @@ impl Message {
                 let package = std::str::from_utf8(p)
                     .ok()
                     .and_then(|s| PackageId::parse(s).ok())
-                    .ok_or_else(|| r.err("package ID is not valid"))?;
+                    .ok_or_else(|| r.err_here("package ID is not valid"))?;
                 let version = r.u32()?;
                 let n = r.u32()? as usize;
                 let manifest = r.take(n)?.to_vec();
@@ -389,19 +391,19 @@ impl Message {
             T_NEED => {
                 let n = r.u32()? as usize;
                 if n > r.remaining() / 32 {
-                    return Err(r.err(&format!("counts {n} chunk IDs but carries fewer")));
+                    return Err(r.err_here(&format!("counts {n} chunk IDs but carries fewer")));
                 }
                 let mut chunks = Vec::with_capacity(n);
                 for _ in 0..n {
-                    chunks.push(ChunkId(r.id()?));
+                    chunks.push(ChunkId(r.array()?));
                 }
                 Message::Need { chunks }
             }
             T_CHUNK => {
-                let id = ChunkId(r.id()?);
+                let id = ChunkId(r.array()?);
                 let ulen = r.u32()?;
                 let flags = r.u8()?;
-                let data = r.take(r.remaining())?.to_vec();
+                let data = r.rest().to_vec();
                 Message::Chunk {
                     id,
                     ulen,
@@ -410,21 +412,21 @@ impl Message {
                 }
             }
             T_DONE => Message::Done,
-            T_COMMITTED => Message::Committed { hash: r.id()? },
+            T_COMMITTED => Message::Committed { hash: r.array()? },
             _ => {
                 let code = r.u16()?;
                 let n = r.u16()? as usize;
                 if n > MAX_REASON {
-                    return Err(r.err(&format!("reason is {n} bytes, more than {MAX_REASON}")));
+                    return Err(r.err_here(&format!("reason is {n} bytes, more than {MAX_REASON}")));
                 }
                 let reason = std::str::from_utf8(r.take(n)?)
-                    .map_err(|_| r.err("reason is not UTF-8"))?
+                    .map_err(|_| r.err_here("reason is not UTF-8"))?
                     .to_string();
                 Message::Abort { code, reason }
             }
         };
         if r.remaining() != 0 {
-            return Err(r.err(&format!("{} trailing bytes", r.remaining())));
+            return Err(r.err_here(&format!("{} trailing bytes", r.remaining())));
         }
         Ok(msg)
     }
@@ -450,47 +452,6 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     let mut out = Vec::new();
     msg.encode_into(&mut out);
     out
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    name: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn err(&self, reason: &str) -> Error {
-        proto(
-            ProtocolError::Malformed,
-            format!(
-                "{} frame from peer is malformed at payload offset {}: {reason}",
-                self.name, self.pos
-            ),
-        )
-    }
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if n > self.remaining() {
-            return Err(self.err(&format!("truncated (wants {n} more bytes)")));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
-    }
-    fn id(&mut self) -> Result<[u8; 32]> {
-        Ok(self.take(32)?.try_into().unwrap())
-    }
 }
 
 /// Reassembles messages from a byte stream delivered in arbitrary slices.
