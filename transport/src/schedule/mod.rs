@@ -11,6 +11,10 @@
 //!   ([`RouteThrottle::parse`], [`RouteThrottle::to_text`]);
 //! - [`toml_form`]: the TOML form ([`RouteThrottle::from_toml`], [`RouteThrottle::to_toml`],
 //!   and `Serialize`/`Deserialize`, so a configuration file can embed a throttle).
+//!
+//! Sizes, rates and durations in both forms are read by [`freight_core::units`], like every
+//! other size, rate and duration in Freight; what is particular to a schedule (a rate of zero
+//! is refused, a pulse delay is whole milliseconds up to a day) is checked here.
 
 pub mod model;
 pub mod text;

@@ -373,6 +373,15 @@ impl RouteThrottle {
         })
     }
 
+    /// A route held to `rate` at every hour, every priority allowed, UTC, no declared link
+    /// (so no percent): what a fixed-rate benchmark or test declares. Checked like any other.
+    pub fn constant(rate: Rate) -> Result<RouteThrottle> {
+        let schedule = Schedule {
+            cells: [[Cell::new(Allowed::All, rate); 24]; 7],
+        };
+        RouteThrottle::new(schedule, None, TimeZone::UTC)
+    }
+
     /// The weekly schedule.
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
@@ -617,6 +626,17 @@ mod tests {
         let fixed = TimeZone::fixed(jiff::tz::offset(2));
         let err = RouteThrottle::new(Schedule::default(), None, fixed).expect_err("unnamed zone");
         assert!(err.to_string().contains("no IANA name"), "{err}");
+    }
+
+    #[test]
+    fn a_constant_throttle_is_daily_rate_and_checked() {
+        let t = RouteThrottle::constant(Rate::BytesPerSec(2_000_000)).expect("a valid rate");
+        assert_eq!(t, parse("daily 2MB/s"));
+        assert!(RouteThrottle::constant(Rate::Unlimited).is_ok());
+        for bad in [Rate::BytesPerSec(0), Rate::Percent(5)] {
+            let err = RouteThrottle::constant(bad).expect_err("refused");
+            assert!(matches!(err, Error::BadThrottle(_)), "{err}");
+        }
     }
 
     #[test]

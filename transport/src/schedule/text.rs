@@ -15,7 +15,8 @@
 //! rate      := 'unlimited' | N '%' | BANDWIDTH | 'pulse' SIZE '/' DURATION
 //! BANDWIDTH := SIZE '/s' | N UNITbit '/s'                    UNIT: none, k, M, G, T (powers of 1000)
 //! SIZE      := as freight_core::units::parse_size: 4096, 64KiB, 2MiB (1024s), 10MB (1000s), 1.5GiB
-//! DURATION  := N ('ms' | 's' | 'm' | 'h')                    whole milliseconds, 1ms to 24h
+//! DURATION  := as freight_core::units::parse_duration: 500ms, 5s, 1m, 2h, 1m30s, 1.5s
+//!                                                            whole milliseconds, 1ms to 24h
 //! ZONE      := an IANA time zone name: Europe/Stockholm, America/New_York, UTC
 //! ```
 //! - Rules apply in order; a later rule overrides what an earlier one said about the same
@@ -51,7 +52,7 @@ use super::model::{
     check_delay,
 };
 use crate::error::{Error, Result};
-use freight_core::units::parse_size;
+use freight_core::units::{self, parse_size};
 use jiff::tz::TimeZone;
 use std::fmt;
 use std::str::FromStr;
@@ -277,60 +278,17 @@ pub(super) fn parse_allowed(word: &str) -> Option<Allowed> {
     }
 }
 
-/// A bandwidth without `/s`: a size (`2MiB`, `10MB`, `4096`) or bits (`100Mbit`, `1.5Gbit`).
+/// A bandwidth, `/s` optional ([`units::parse_rate`]), that is not zero.
 pub(super) fn parse_bandwidth(text: &str) -> std::result::Result<u64, String> {
-    let lower = text.to_ascii_lowercase();
-    let bytes = if let Some(head) = lower.strip_suffix("bit") {
-        let (number, multiplier): (&str, u128) = match head.char_indices().last() {
-            Some((i, 'k')) => (&head[..i], 1_000),
-            Some((i, 'm')) => (&head[..i], 1_000_000),
-            Some((i, 'g')) => (&head[..i], 1_000_000_000),
-            Some((i, 't')) => (&head[..i], 1_000_000_000_000),
-            _ => (head, 1),
-        };
-        let bad = || format!("not a bit rate; write e.g. 100Mbit/s or 1.5Gbit/s ({text})");
-        let bits: u128 = if let Ok(n) = number.parse::<u64>() {
-            u128::from(n) * multiplier
-        } else {
-            let value: f64 = number.parse().map_err(|_| bad())?;
-            if !value.is_finite() || value < 0.0 {
-                return Err(bad());
-            }
-            (value * multiplier as f64).round() as u128
-        };
-        // Round to the nearest byte.
-        u64::try_from((bits + 4) / 8).map_err(|_| format!("bit rate {text} is too large"))?
-    } else {
-        parse_size(text).map_err(|e| {
-            format!("{e}; write a size per second such as 2MiB/s, 10MB/s or 100Mbit/s")
-        })?
-    };
-    if bytes == 0 {
-        return Err("a rate of 0 would stop all traffic; write closed instead".into());
+    match units::parse_rate(text)? {
+        0 => Err("a rate of 0 would stop all traffic; write closed instead".into()),
+        bytes => Ok(bytes),
     }
-    Ok(bytes)
 }
 
-/// `5s`, `500ms`, `1m`, `2h`.
-fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let bad = || {
-        format!(
-            "{text:?} is not a duration; write a whole number with ms, s, m or h, e.g. 500ms or 5s"
-        )
-    };
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let ms_per: u64 = match unit.to_ascii_lowercase().as_str() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    let delay = Duration::from_millis(n.checked_mul(ms_per).ok_or_else(bad)?);
+/// A pulse delay: a duration ([`units::parse_duration`]) in whole milliseconds, 1ms to 24h.
+fn parse_delay(text: &str) -> std::result::Result<Duration, String> {
+    let delay = units::parse_duration(text)?;
     check_delay(delay)?;
     Ok(delay)
 }
@@ -358,7 +316,7 @@ fn parse_pulse(text: &str) -> std::result::Result<Rate, Bad> {
             "a pulse block of 0 bytes sends nothing; write e.g. pulse 64KiB/5s, or closed",
         ));
     }
-    let delay = parse_duration(delay).map_err(|e| Bad::new(size.len() + 1, delay, e))?;
+    let delay = parse_delay(delay).map_err(|e| Bad::new(size.len() + 1, delay, e))?;
     Ok(Rate::Pulse { block, delay })
 }
 
@@ -407,8 +365,7 @@ pub(super) fn parse_rate(words: &[Word], i: &mut usize) -> std::result::Result<(
         }
         Rate::Percent(p as u8)
     } else if lower.ends_with("/s") {
-        let size = &text[..text.len() - 2];
-        Rate::BytesPerSec(parse_bandwidth(size).map_err(|e| Bad::new(word.at(), text, e))?)
+        Rate::BytesPerSec(parse_bandwidth(text).map_err(|e| Bad::new(word.at(), text, e))?)
     } else if parse_bandwidth(text).is_ok() {
         return Err(Bad::new(
             word.at(),
@@ -642,11 +599,7 @@ fn parse_text(input: &str) -> std::result::Result<RouteThrottle, Bad> {
                     ));
                 }
                 let text = &value.text;
-                let size = text
-                    .strip_suffix("/s")
-                    .or_else(|| text.strip_suffix("/S"))
-                    .unwrap_or(text);
-                link = Some(parse_bandwidth(size).map_err(|e| Bad::new(value.at(), text, e))?);
+                link = Some(parse_bandwidth(text).map_err(|e| Bad::new(value.at(), text, e))?);
             } else {
                 if zone.is_some() {
                     return Err(Bad::new(
@@ -823,6 +776,44 @@ mod tests {
         );
         assert_eq!(rate(Saturday), Rate::Unlimited);
         assert_eq!(rate(Sunday), Rate::Percent(50));
+    }
+
+    #[test]
+    fn pulse_delays_are_read_like_every_other_duration() {
+        // The delay goes through freight_core::units::parse_duration, so what freightd.toml
+        // accepts works here too; the schedule's own limits (whole ms, 1ms..=24h) still hold.
+        for (delay, ms) in [
+            ("5s", 5_000),
+            ("5S", 5_000),
+            ("2min", 120_000),
+            ("1m30s", 90_000),
+            ("1.5s", 1_500),
+            ("24h", 86_400_000),
+        ] {
+            let t = parse(&format!("Mon pulse 64KiB/{delay}"));
+            assert_eq!(
+                t.schedule().cell(Monday, 0).rate,
+                Rate::Pulse {
+                    block: 65536,
+                    delay: Duration::from_millis(ms)
+                },
+                "{delay}"
+            );
+        }
+        for (delay, phrase) in [
+            ("1.5ms", "whole number of milliseconds"),
+            ("24h1s", "from 1ms to 24h"),
+            ("-5s", "cannot be negative"),
+            ("5", "e.g. 500ms or 5s"),
+        ] {
+            let input = format!("Mon pulse 64KiB/{delay}");
+            let err = RouteThrottle::parse(&input).expect_err(&input);
+            let Error::BadSchedule { token, reason, .. } = &err else {
+                panic!("{input:?}: wrong error {err:?}");
+            };
+            assert_eq!(token, delay);
+            assert!(reason.contains(phrase), "{input:?}: {reason}");
+        }
     }
 
     #[test]

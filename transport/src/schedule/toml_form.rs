@@ -111,18 +111,12 @@ impl TryFrom<ThrottleToml> for RouteThrottle {
             },
         };
         let link = match &file.link_bandwidth {
-            Some(text) => {
-                let size = text
-                    .strip_suffix("/s")
-                    .or_else(|| text.strip_suffix("/S"))
-                    .unwrap_or(text);
-                Some(
-                    parse_bandwidth(size.trim()).map_err(|reason| Error::BadScheduleToml {
-                        place: format!("link_bandwidth = {text:?}"),
-                        reason,
-                    })?,
-                )
-            }
+            Some(text) => Some(
+                parse_bandwidth(text).map_err(|reason| Error::BadScheduleToml {
+                    place: format!("link_bandwidth = {text:?}"),
+                    reason,
+                })?,
+            ),
             None => None,
         };
         let zone = match &file.time_zone {
