@@ -2,8 +2,9 @@
 //!
 //! Nothing here touches a socket, a thread, a clock or a file. The I/O shell (QUIC streams, the
 //! content library) feeds received bytes into a [`FrameDecoder`], hands each [`Message`] to a
-//! [`Sender`] or [`Receiver`], performs the events they return (read a chunk, store a chunk,
-//! commit a package) and sends whatever `poll_transmit` yields, encoded with [`encode`].
+//! [`Sender`] or [`Receiver`], reports its streams opening and ending, performs the events
+//! they return (read a chunk, store a chunk, commit a package) and sends whatever
+//! `poll_transmit` yields, encoded with [`encode`], on the stream it names.
 //!
 //! The code is split along the protocol's seams:
 //! - [`wire`]: framing ([`FrameDecoder`], [`encode`]), the [`Message`]s and their byte layouts,
@@ -11,6 +12,20 @@
 //! - [`sender`] and [`receiver`]: the two state machines;
 //! - [`verify`]: [`ChunkVerifier`], which checks chunks on any thread, and the
 //!   [`VerifiedChunk`]s it makes, the only chunks a [`Receiver`] takes.
+//!
+//! # Streams
+//! A session is a control stream and any number of data streams (announced up front; 0 means
+//! chunks travel on the control stream). Which stream a message takes, and when `Done` may be
+//! sent and acted on, are protocol decisions, so they are made here and not in the shell:
+//! - the [`Sender`] tags everything it queues with its stream ([`Transmit`]): the conversation
+//!   on the control stream, chunks on any data stream (the shell picks whichever is free,
+//!   chunks need no order), then [`Transmit::FinishData`]; it queues `Done` only after the
+//!   shell reported every data stream finished ([`Sender::data_stream_finished`]);
+//! - the [`Receiver`] refuses a chunk on the control stream and anything but a chunk on a data
+//!   stream, accepts each announced data stream once, after its `Need`
+//!   ([`Receiver::data_stream_opened`]), and acts on `Done` only once the shell reported every
+//!   data stream ended ([`Receiver::data_stream_ended`]); a `Done` that overtook chunks still on
+//!   their way is held, not refused, as the streams are not ordered against each other.
 //!
 //! # Sequence
 //! ```text
@@ -20,11 +35,13 @@
 //!   Offer(pkg,ver,manifest) ─────────►     decodes + validates manifest, Lookup event,
 //!                                          shell answers lacking(ids)
 //!                         ◄───────────     Need(ids it lacks)
-//!   ReadChunk events, shell answers
+//!   ReadChunk events, shell answers        data_stream_opened(i) per data stream
 //!   chunk_ready(..) per ID
-//!   Chunk * n             ───────────►     verifies each (decompress, BLAKE3 == id), Store event
-//!   Done                  ───────────►     all needed present? Commit event, shell commits and
-//!                                          calls committed()
+//!   Chunk * n  (data streams) ────────►    verifies each (decompress, BLAKE3 == id), Store event
+//!   FinishData; the shell finishes the     data_stream_ended(i) per data stream
+//!   data streams, data_stream_finished(i)
+//!   Done       (control)  ───────────►     after every data stream ended: all needed present?
+//!                                          Commit event, shell commits, calls committed()
 //!                         ◄───────────     Committed(hash)
 //!   hash == manifest hash: done
 //! ```
@@ -51,7 +68,7 @@ pub mod wire;
 mod tests;
 
 pub use receiver::{Receiver, ReceiverEvent};
-pub use sender::{Sender, SenderEvent};
+pub use sender::{Sender, SenderEvent, Transmit};
 pub use verify::{ChunkVerifier, VerifiedChunk};
 pub use wire::{
     CHUNK_HEADER, FLAG_ZSTD, FrameDecoder, MAX_CHUNK_DATA, MAX_FRAME, MAX_REASON, MAX_ULEN,
@@ -74,22 +91,35 @@ fn version_mismatch(role: &str, min: u16, max: u16) -> String {
     )
 }
 
-/// What both ends of a session share: the outbox, the negotiated version, and how a session
-/// ends (our Abort queued once, or the peer's Abort received).
-#[derive(Debug, Default)]
-struct Link {
-    outbox: VecDeque<Message>,
+/// What both ends of a session share: the outbox (of [`Message`]s for the receiver, which only
+/// ever speaks on the control stream, of [`Transmit`]s for the sender), the negotiated version,
+/// and how a session ends (our Abort queued once, or the peer's Abort received).
+#[derive(Debug)]
+struct Link<T> {
+    outbox: VecDeque<T>,
     protocol_version: Option<u16>,
     aborted: bool,
 }
 
-impl Link {
-    /// Drops whatever was still queued and queues one `Abort`; returns the error to report.
+impl<T> Default for Link<T> {
+    fn default() -> Self {
+        Link {
+            outbox: VecDeque::new(),
+            protocol_version: None,
+            aborted: false,
+        }
+    }
+}
+
+impl<T: From<Message>> Link<T> {
+    /// Drops whatever was still queued (chunks and stream ends included: the session is over)
+    /// and queues one `Abort`, which goes on the control stream; returns the error to report.
     fn fail(&mut self, code: ProtocolError, detail: String) -> Error {
         if !self.aborted {
             self.aborted = true;
             self.outbox.clear();
-            self.outbox.push_back(Message::abort(code, &detail));
+            self.outbox
+                .push_back(T::from(Message::abort(code, &detail)));
         }
         proto(code, detail)
     }

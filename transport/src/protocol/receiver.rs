@@ -1,4 +1,10 @@
 //! The receiving side's state machine.
+//!
+//! It speaks only on the control stream, so its outbox is plain [`Message`]s. It decides what
+//! each of the session's streams may carry (chunks only on data streams when there are any,
+//! nothing but chunks there) and when `Done` may be acted on: only after the shell has
+//! reported every data stream ended, so that no chunk can still be on its way. A `Done` that
+//! arrives earlier is held, not refused: the streams are not ordered against each other.
 
 use super::verify::{ChunkVerifier, VerifiedChunk};
 use super::wire::{Message, ProtocolError, VERSION_MAX, VERSION_MIN};
@@ -39,6 +45,8 @@ enum ReceiverState {
     AwaitHello,
     AwaitOffer,
     AwaitLacking,
+    /// After `Need`; chunks are taken until `Done` is acted on (it may be held, see
+    /// [`Receiver::data_stream_ended`]).
     Receiving,
     AwaitCommitCall,
     Done,
@@ -47,9 +55,13 @@ enum ReceiverState {
 
 /// The receiving side of one package transfer.
 ///
-/// Waits for the sender's `Hello`. Feed every received message to [`handle`](Self::handle),
-/// act on the returned events, send what [`poll_transmit`](Self::poll_transmit) yields.
-/// Finished when [`is_done`](Self::is_done).
+/// Waits for the sender's `Hello`. Feed every message of the control stream to
+/// [`handle`](Self::handle), act on the returned events, send what
+/// [`poll_transmit`](Self::poll_transmit) yields on the control stream. With data streams,
+/// report each as it opens ([`data_stream_opened`](Self::data_stream_opened), which gives the
+/// verifier for its chunks) and ends ([`data_stream_ended`](Self::data_stream_ended)), and
+/// hand it the verified chunks ([`handle_checked`](Self::handle_checked)). Finished when
+/// [`is_done`](Self::is_done).
 #[derive(Debug)]
 pub struct Receiver {
     state: ReceiverState,
@@ -57,7 +69,21 @@ pub struct Receiver {
     hash: [u8; 32],
     verifier: Option<ChunkVerifier>,
     missing: HashSet<ChunkId>,
-    link: Link,
+    /// Data streams the sender announced; 0 = chunks come on the control stream.
+    data_streams: u16,
+    /// Each data stream's progress, by index.
+    streams: Vec<DataStream>,
+    /// `Done` arrived and waits for the data streams to end.
+    done_held: bool,
+    link: Link<Message>,
+}
+
+/// Where one data stream of a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataStream {
+    Unopened,
+    Open,
+    Ended,
 }
 
 impl Default for Receiver {
@@ -67,8 +93,16 @@ impl Default for Receiver {
 }
 
 impl Receiver {
-    /// A receiver awaiting the sender's `Hello`.
+    /// A receiver awaiting the sender's `Hello`, in a session without data streams: chunks
+    /// come on the control stream, to [`handle`](Self::handle).
     pub fn new() -> Receiver {
+        Receiver::with_data_streams(0)
+    }
+
+    /// A receiver for a session whose sender announced `data_streams` data streams (0 is
+    /// [`new`](Self::new)): chunks come only on them, and `Done` is acted on only once every
+    /// one has ended.
+    pub fn with_data_streams(data_streams: u16) -> Receiver {
         Receiver {
             state: ReceiverState::AwaitHello,
             link: Link::default(),
@@ -76,10 +110,13 @@ impl Receiver {
             hash: [0; 32],
             verifier: None,
             missing: HashSet::new(),
+            data_streams,
+            streams: vec![DataStream::Unopened; usize::from(data_streams)],
+            done_held: false,
         }
     }
 
-    /// The next message to send, if any.
+    /// The next message to send, if any; all go on the control stream.
     pub fn poll_transmit(&mut self) -> Option<Message> {
         self.link.outbox.pop_front()
     }
@@ -89,7 +126,7 @@ impl Receiver {
         self.state == ReceiverState::Done
     }
 
-    /// True while chunks are expected (after `Need`, before `Done`).
+    /// True while chunks are expected (after `Need`, until `Done` is acted on).
     pub fn is_receiving(&self) -> bool {
         self.state == ReceiverState::Receiving
     }
@@ -116,7 +153,7 @@ impl Receiver {
         self.link.fail(code, detail)
     }
 
-    /// Processes one message from the sender.
+    /// Processes one message from the sender's control stream.
     pub fn handle(&mut self, msg: Message) -> Result<Vec<ReceiverEvent>> {
         if let Message::Abort { code, reason } = msg {
             self.state = ReceiverState::Failed;
@@ -151,6 +188,14 @@ impl Receiver {
                     manifest,
                 },
             ) => self.offer(package, version, manifest),
+            (ReceiverState::Receiving, Message::Chunk { .. }) if self.data_streams > 0 => {
+                let detail = format!(
+                    "{}: sending peer sent a Chunk on the control stream of a session with {} data streams",
+                    self.role(),
+                    self.data_streams
+                );
+                Err(self.fail(ProtocolError::UnexpectedMessage, detail))
+            }
             (
                 ReceiverState::Receiving,
                 Message::Chunk {
@@ -164,21 +209,9 @@ impl Receiver {
                 let checked = verifier.verify(id, ulen, flags, data);
                 self.handle_checked(checked).map(|e| vec![e])
             }
-            (ReceiverState::Receiving, Message::Done) => {
-                if !self.missing.is_empty() {
-                    let mut first: Vec<&ChunkId> = self.missing.iter().collect();
-                    first.sort();
-                    let detail = format!(
-                        "{}: sending peer said Done with {} needed chunks missing (first {})",
-                        self.role(),
-                        self.missing.len(),
-                        first[0].short()
-                    );
-                    return Err(self.fail(ProtocolError::Incomplete, detail));
-                }
-                self.state = ReceiverState::AwaitCommitCall;
-                let manifest = self.manifest.clone().expect("manifest set in Receiving");
-                Ok(vec![ReceiverEvent::Commit { manifest }])
+            (ReceiverState::Receiving, Message::Done) if !self.done_held => {
+                self.done_held = true;
+                self.done_if_streams_ended()
             }
             (state, msg) => {
                 let detail = format!(
@@ -268,6 +301,72 @@ impl Receiver {
         })
     }
 
+    /// Acts on a held `Done` once every data stream has ended (at once without data streams):
+    /// every needed chunk must have arrived, then the manifest may be committed.
+    fn done_if_streams_ended(&mut self) -> Result<Vec<ReceiverEvent>> {
+        if self.streams.iter().any(|s| *s != DataStream::Ended) {
+            return Ok(Vec::new());
+        }
+        if !self.missing.is_empty() {
+            let mut first: Vec<&ChunkId> = self.missing.iter().collect();
+            first.sort();
+            let detail = format!(
+                "{}: sending peer said Done with {} needed chunks missing (first {})",
+                self.role(),
+                self.missing.len(),
+                first[0].short()
+            );
+            return Err(self.fail(ProtocolError::Incomplete, detail));
+        }
+        self.state = ReceiverState::AwaitCommitCall;
+        let manifest = self.manifest.clone().expect("manifest set in Receiving");
+        Ok(vec![ReceiverEvent::Commit { manifest }])
+    }
+
+    /// The shell's report that the sender opened data stream `index` (from the stream's
+    /// preamble). Allowed once per announced stream, after `Need`; gives the verifier for the
+    /// stream's chunks. Anything else is the peer's error: it ends the session with
+    /// `UnexpectedMessage`.
+    pub fn data_stream_opened(&mut self, index: u16) -> Result<ChunkVerifier> {
+        let i = usize::from(index);
+        let why = match (self.state, self.streams.get(i)) {
+            (ReceiverState::Receiving, Some(DataStream::Unopened)) => {
+                self.streams[i] = DataStream::Open;
+                return Ok(self.verifier.clone().expect("verifier set in Receiving"));
+            }
+            (ReceiverState::Receiving, Some(_)) => "which was already opened".to_string(),
+            (ReceiverState::Receiving, None) => {
+                format!("beyond the {} it announced", self.data_streams)
+            }
+            (state, _) => format!("in state {state:?}, not after the receiver asked for chunks"),
+        };
+        let detail = format!(
+            "{}: sending peer opened data stream {index} {why}",
+            self.role()
+        );
+        Err(self.fail(ProtocolError::UnexpectedMessage, detail))
+    }
+
+    /// The shell's report that open data stream `index` ended cleanly (at a frame boundary,
+    /// every chunk on it handed to [`handle_checked`](Self::handle_checked)). Once every data
+    /// stream has ended, a held `Done` is acted on: the returned events are then `Commit`, or
+    /// the error is `Incomplete`. After the session failed there is nothing to do.
+    pub fn data_stream_ended(&mut self, index: u16) -> Result<Vec<ReceiverEvent>> {
+        let i = usize::from(index);
+        if self.streams.get(i) != Some(&DataStream::Open) {
+            return Err(Error::Misuse(format!(
+                "{}: data_stream_ended({index}) for a data stream that is not open ({:?})",
+                self.role(),
+                self.streams.get(i)
+            )));
+        }
+        self.streams[i] = DataStream::Ended;
+        match self.state {
+            ReceiverState::Receiving if self.done_held => self.done_if_streams_ended(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// The shell's answer to [`ReceiverEvent::Lookup`]: the manifest's chunk IDs its library
     /// lacks (duplicates are ignored). Queues `Need`.
     pub fn lacking(&mut self, ids: impl IntoIterator<Item = ChunkId>) -> Result<()> {
@@ -332,5 +431,168 @@ impl Receiver {
             Error::Protocol { code, detail } => self.fail(code, detail),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{Lib, assert_abort, code_of, fixture};
+
+    /// A receiver of `m` with `streams` data streams that asked for every chunk, its Hello and
+    /// Need taken.
+    fn receiving(m: &Manifest, streams: u16) -> Receiver {
+        let mut r = Receiver::with_data_streams(streams);
+        r.handle(Message::Hello {
+            version_min: VERSION_MIN,
+            version_max: VERSION_MAX,
+        })
+        .unwrap();
+        r.handle(Message::Offer {
+            package: m.package.clone(),
+            version: m.version,
+            manifest: m.encode(),
+        })
+        .unwrap();
+        r.lacking(m.chunks().into_keys()).unwrap();
+        assert!(matches!(r.poll_transmit(), Some(Message::Hello { .. })));
+        assert!(matches!(r.poll_transmit(), Some(Message::Need { .. })));
+        r
+    }
+
+    fn chunk(lib: &Lib, id: &ChunkId) -> Message {
+        let (ulen, flags, data) = lib[id].clone();
+        Message::Chunk {
+            id: *id,
+            ulen,
+            flags,
+            data,
+        }
+    }
+
+    /// Hands `ids` to `r` as chunks read from a data stream, checked by `v`.
+    fn deliver(r: &mut Receiver, v: &ChunkVerifier, lib: &Lib, ids: &[ChunkId]) {
+        for id in ids {
+            let event = r.handle_checked(v.verify_data(chunk(lib, id))).unwrap();
+            assert!(matches!(event, ReceiverEvent::Store { id: got, .. } if got == *id));
+        }
+    }
+
+    #[test]
+    fn done_is_held_until_every_data_stream_has_ended() {
+        let (m, lib) = fixture();
+        let ids: Vec<ChunkId> = m.chunks().into_keys().collect();
+        let (first, rest) = ids.split_at(8);
+        let mut r = receiving(&m, 2);
+        let v0 = r.data_stream_opened(0).unwrap();
+        let v1 = r.data_stream_opened(1).unwrap();
+        deliver(&mut r, &v0, &lib, first);
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        // Done overtakes the chunks still on stream 1: held, not refused.
+        assert!(r.handle(Message::Done).unwrap().is_empty());
+        assert!(r.is_receiving() && r.poll_transmit().is_none());
+        deliver(&mut r, &v1, &lib, rest);
+        // The last stream's end lets the receiver act on Done.
+        let events = r.data_stream_ended(1).unwrap();
+        assert!(matches!(&events[..], [ReceiverEvent::Commit { manifest }] if *manifest == m));
+        r.committed().unwrap();
+        assert!(matches!(r.poll_transmit(), Some(Message::Committed { .. })));
+        assert!(r.is_done());
+    }
+
+    #[test]
+    fn done_after_every_data_stream_ended_commits_at_once() {
+        let (m, lib) = fixture();
+        let ids: Vec<ChunkId> = m.chunks().into_keys().collect();
+        let mut r = receiving(&m, 1);
+        let v = r.data_stream_opened(0).unwrap();
+        deliver(&mut r, &v, &lib, &ids);
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        let events = r.handle(Message::Done).unwrap();
+        assert!(matches!(&events[..], [ReceiverEvent::Commit { .. }]));
+    }
+
+    #[test]
+    fn a_held_done_with_chunks_missing_is_incomplete_when_the_last_stream_ends() {
+        let (m, lib) = fixture();
+        let ids: Vec<ChunkId> = m.chunks().into_keys().collect();
+        let mut r = receiving(&m, 2);
+        let v = r.data_stream_opened(0).unwrap();
+        r.data_stream_opened(1).unwrap();
+        deliver(&mut r, &v, &lib, &ids[1..]);
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        assert!(r.handle(Message::Done).unwrap().is_empty());
+        let err = r.data_stream_ended(1).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::Incomplete));
+        assert_abort(r.poll_transmit(), ProtocolError::Incomplete);
+        assert!(r.is_failed());
+    }
+
+    #[test]
+    fn with_data_streams_the_control_stream_carries_no_chunk() {
+        let (m, lib) = fixture();
+        let id = *m.chunks().keys().next().unwrap();
+        let mut r = receiving(&m, 3);
+        let err = r.handle(chunk(&lib, &id)).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+        assert!(err.to_string().contains("control stream"), "{err}");
+        assert_abort(r.poll_transmit(), ProtocolError::UnexpectedMessage);
+    }
+
+    #[test]
+    fn a_data_stream_carries_only_chunks() {
+        let (m, _) = fixture();
+        let mut r = receiving(&m, 1);
+        let v = r.data_stream_opened(0).unwrap();
+        let err = r.handle_checked(v.verify_data(Message::Done)).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+        assert!(err.to_string().contains("data stream"), "{err}");
+        assert_abort(r.poll_transmit(), ProtocolError::UnexpectedMessage);
+    }
+
+    #[test]
+    fn data_streams_open_once_each_after_need_and_done_comes_once() {
+        let (m, _) = fixture();
+        // Before the receiver asked for chunks.
+        let mut r = Receiver::with_data_streams(2);
+        let err = r.data_stream_opened(0).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+        assert_abort(r.poll_transmit(), ProtocolError::UnexpectedMessage);
+        // Beyond those announced, or twice.
+        for (index, phrase) in [(2, "beyond the 2"), (0, "already opened")] {
+            let mut r = receiving(&m, 2);
+            r.data_stream_opened(0).unwrap();
+            let err = r.data_stream_opened(index).unwrap_err();
+            assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+            assert!(err.to_string().contains(phrase), "{err}");
+        }
+        // A session without data streams has none to open.
+        let mut r = receiving(&m, 0);
+        assert!(r.data_stream_opened(0).is_err());
+        // A second Done is the peer's error, even while the first is held.
+        let mut r = receiving(&m, 1);
+        r.data_stream_opened(0).unwrap();
+        assert!(r.handle(Message::Done).unwrap().is_empty());
+        let err = r.handle(Message::Done).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+        // Reporting the end of a stream that is not open is the shell's bug: nothing is sent.
+        let mut r = receiving(&m, 2);
+        r.data_stream_opened(0).unwrap();
+        assert!(matches!(r.data_stream_ended(1), Err(Error::Misuse(_))));
+        assert!(matches!(r.data_stream_ended(5), Err(Error::Misuse(_))));
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        assert!(matches!(r.data_stream_ended(0), Err(Error::Misuse(_))));
+        assert!(r.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn a_stream_ending_after_the_session_failed_changes_nothing() {
+        let (m, _) = fixture();
+        let mut r = receiving(&m, 1);
+        r.data_stream_opened(0).unwrap();
+        r.abort("disk full");
+        assert_abort(r.poll_transmit(), ProtocolError::Aborted);
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        assert!(r.poll_transmit().is_none());
     }
 }

@@ -99,6 +99,8 @@ struct Outcome {
     sender_err: Option<Error>,
     receiver_err: Option<Error>,
     committed: Option<Manifest>,
+    /// `Done` reached the receiver while a data stream was still open (so it was held).
+    done_before_data_ended: bool,
 }
 
 fn move_bytes(pipe: &mut Vec<u8>, dec: &mut FrameDecoder, rng: &mut Rng) {
@@ -111,20 +113,105 @@ fn move_bytes(pipe: &mut Vec<u8>, dec: &mut FrameDecoder, rng: &mut Rng) {
     pipe.drain(..n);
 }
 
-/// Runs a whole session through encode → byte pipes cut in random slices → FrameDecoder.
+/// One data stream of a simulated session: its bytes in flight and the receiving end.
+#[derive(Default)]
+struct DataPipe {
+    bytes: Vec<u8>,
+    dec: FrameDecoder,
+    /// The receiver has seen it open, and the verifier it gave for its chunks.
+    verifier: Option<ChunkVerifier>,
+    /// The sender finished it: once its bytes are through, the receiver sees it end.
+    finished: bool,
+    ended: bool,
+}
+
+/// What a shell does with the receiver's events: look up, store, commit.
+fn perform(r: &mut Receiver, events: Vec<ReceiverEvent>, recv_lib: &mut Lib, out: &mut Outcome) {
+    for ev in events {
+        match ev {
+            ReceiverEvent::Lookup { manifest } => {
+                let lack: Vec<ChunkId> = manifest
+                    .chunks()
+                    .into_keys()
+                    .filter(|id| !recv_lib.contains_key(id))
+                    .collect();
+                r.lacking(lack).unwrap();
+            }
+            ReceiverEvent::Store {
+                id,
+                ulen,
+                flags,
+                data,
+            } => {
+                recv_lib.insert(id, (ulen, flags, data));
+            }
+            ReceiverEvent::Commit { manifest } => {
+                out.committed = Some(manifest);
+                r.committed().unwrap();
+            }
+        }
+    }
+}
+
+/// Runs a whole session on one stream through encode → byte pipes cut in random slices →
+/// FrameDecoder.
 fn run(manifest: &Manifest, send_lib: &Lib, recv_lib: &mut Lib, seed: u64) -> Outcome {
+    run_streams(manifest, send_lib, recv_lib, seed, 0)
+}
+
+/// Runs a whole session with `data_streams` data streams beside the control stream, as a
+/// shell would, without sockets: each stream is a byte pipe cut in random slices, chunks go
+/// to a random data stream, and the streams advance at random relative to each other, so
+/// `Done` often overtakes chunks still on their way. With 0 it is [`run`].
+fn run_streams(
+    manifest: &Manifest,
+    send_lib: &Lib,
+    recv_lib: &mut Lib,
+    seed: u64,
+    data_streams: u16,
+) -> Outcome {
     let mut rng = Rng(seed | 1);
     let mut out = Outcome::default();
-    let mut s = Sender::new(manifest).unwrap();
-    let mut r = Receiver::new();
+    let mut s = Sender::with_data_streams(manifest, data_streams).unwrap();
+    let mut r = Receiver::with_data_streams(data_streams);
     let (mut s2r, mut r2s) = (Vec::new(), Vec::new());
     let (mut sdec, mut rdec) = (FrameDecoder::new(), FrameDecoder::new());
+    // Opened by the sender once it has the Need, like the shell's writers.
+    let mut data: Vec<DataPipe> = Vec::new();
     for _ in 0..100_000 {
-        while let Some(m) = s.poll_transmit() {
-            if matches!(m, Message::Chunk { .. }) {
-                out.chunks_sent += 1;
+        while let Some(t) = s.poll_transmit() {
+            match t {
+                Transmit::Control(m) => {
+                    if matches!(m, Message::Chunk { .. }) {
+                        out.chunks_sent += 1;
+                    }
+                    m.encode_into(&mut s2r);
+                }
+                Transmit::Data {
+                    id,
+                    ulen,
+                    flags,
+                    data: bytes,
+                } => {
+                    out.chunks_sent += 1;
+                    let i = rng.below(data.len());
+                    let chunk = Message::Chunk {
+                        id,
+                        ulen,
+                        flags,
+                        data: bytes,
+                    };
+                    chunk.encode_into(&mut data[i].bytes);
+                }
+                Transmit::FinishData => {
+                    // Writing to a pipe cannot fail: every stream finishes at once, so Done
+                    // goes out while chunks may still be in the pipes.
+                    for (i, d) in data.iter_mut().enumerate() {
+                        d.finished = true;
+                        s.data_stream_finished(i as u16).unwrap();
+                    }
+                }
             }
-            m.encode_into(&mut s2r);
         }
         while let Some(m) = r.poll_transmit() {
             if let Message::Need { chunks } = &m {
@@ -135,58 +222,77 @@ fn run(manifest: &Manifest, send_lib: &Lib, recv_lib: &mut Lib, seed: u64) -> Ou
         let finished = |s: &Sender, r: &Receiver| {
             (s.is_done() || s.is_failed()) && (r.is_done() || r.is_failed())
         };
-        if s2r.is_empty() && r2s.is_empty() && finished(&s, &r) {
+        // A failed receiver reads no more data: what is left in the pipes stays there.
+        let data_idle = r.is_failed() || data.iter().all(|d| d.bytes.is_empty());
+        if s2r.is_empty() && r2s.is_empty() && data_idle && finished(&s, &r) {
             break;
         }
         move_bytes(&mut s2r, &mut rdec, &mut rng);
         loop {
             match rdec.next_message() {
-                Ok(Some(m)) => match r.handle(m) {
-                    Ok(events) => {
-                        for ev in events {
-                            match ev {
-                                ReceiverEvent::Lookup { manifest } => {
-                                    let lack: Vec<ChunkId> = manifest
-                                        .chunks()
-                                        .into_keys()
-                                        .filter(|id| !recv_lib.contains_key(id))
-                                        .collect();
-                                    r.lacking(lack).unwrap();
-                                }
-                                ReceiverEvent::Store {
-                                    id,
-                                    ulen,
-                                    flags,
-                                    data,
-                                } => {
-                                    recv_lib.insert(id, (ulen, flags, data));
-                                }
-                                ReceiverEvent::Commit { manifest } => {
-                                    out.committed = Some(manifest);
-                                    r.committed().unwrap();
-                                }
-                            }
+                Ok(Some(m)) => {
+                    if m == Message::Done && data.iter().any(|d| !d.ended) {
+                        out.done_before_data_ended = true;
+                    }
+                    match r.handle(m) {
+                        Ok(events) => perform(&mut r, events, recv_lib, &mut out),
+                        Err(e) => {
+                            out.receiver_err.get_or_insert(e);
                         }
                     }
+                }
+                Ok(None) => break,
+                Err(e) => panic!("receiver decoder: {e}"),
+            }
+        }
+        for (i, d) in data.iter_mut().enumerate() {
+            // Each data stream advances on about one step in three.
+            if d.ended || r.is_failed() || rng.below(3) != 0 {
+                continue;
+            }
+            let verifier = match &d.verifier {
+                Some(v) => v.clone(),
+                None => match r.data_stream_opened(i as u16) {
+                    Ok(v) => d.verifier.insert(v).clone(),
+                    Err(e) => {
+                        out.receiver_err.get_or_insert(e);
+                        continue;
+                    }
+                },
+            };
+            move_bytes(&mut d.bytes, &mut d.dec, &mut rng);
+            while let Some(m) = d.dec.next_message().expect("data stream decodes") {
+                match r.handle_checked(verifier.verify_data(m)) {
+                    Ok(event) => perform(&mut r, vec![event], recv_lib, &mut out),
                     Err(e) => {
                         out.receiver_err.get_or_insert(e);
                     }
-                },
-                Ok(None) => break,
-                Err(e) => panic!("receiver decoder: {e}"),
+                }
+            }
+            if d.finished && d.bytes.is_empty() && d.dec.buffered() == 0 {
+                d.ended = true;
+                match r.data_stream_ended(i as u16) {
+                    Ok(events) => perform(&mut r, events, recv_lib, &mut out),
+                    Err(e) => {
+                        out.receiver_err.get_or_insert(e);
+                    }
+                }
             }
         }
         move_bytes(&mut r2s, &mut sdec, &mut rng);
         loop {
             match sdec.next_message() {
-                Ok(Some(m)) => match s.handle(m) {
-                    Ok(events) => {
+                Ok(Some(m)) => match (matches!(m, Message::Need { .. }), s.handle(m)) {
+                    (is_need, Ok(events)) => {
+                        if is_need {
+                            data.resize_with(usize::from(data_streams), DataPipe::default);
+                        }
                         for SenderEvent::ReadChunk(id) in events {
                             let (ulen, flags, data) = send_lib[&id].clone();
                             s.chunk_ready(id, ulen, flags, data).unwrap();
                         }
                     }
-                    Err(e) => {
+                    (_, Err(e)) => {
                         out.sender_err.get_or_insert(e);
                     }
                 },
@@ -196,6 +302,15 @@ fn run(manifest: &Manifest, send_lib: &Lib, recv_lib: &mut Lib, seed: u64) -> Ou
         }
     }
     out
+}
+
+/// The sender's next item, which in a session without data streams is always a control
+/// message.
+pub(super) fn sent(s: &mut Sender) -> Option<Message> {
+    s.poll_transmit().map(|t| match t {
+        Transmit::Control(m) => m,
+        other => panic!("{other:?} in a session without data streams"),
+    })
 }
 
 pub(super) fn code_of(e: &Error) -> Option<ProtocolError> {
@@ -219,6 +334,53 @@ proptest! {
         prop_assert_eq!(out.committed.as_ref(), Some(&m));
         prop_assert_eq!(&recv_lib, &send_lib);
     }
+
+    #[test]
+    fn full_exchange_over_data_streams_in_random_slices(seed in any::<u64>(), streams in 1u16..6) {
+        let (m, send_lib) = fixture();
+        let mut recv_lib = Lib::new();
+        let out = run_streams(&m, &send_lib, &mut recv_lib, seed, streams);
+        prop_assert!(out.sender_err.is_none(), "{:?}", out.sender_err);
+        prop_assert!(out.receiver_err.is_none(), "{:?}", out.receiver_err);
+        prop_assert_eq!(out.chunks_sent, 20);
+        prop_assert_eq!(out.committed.as_ref(), Some(&m));
+        prop_assert_eq!(&recv_lib, &send_lib);
+    }
+}
+
+#[test]
+fn done_overtaking_the_data_streams_is_held_until_they_end() {
+    // Seeds where Done reached the receiver before some data stream had ended: the receiver
+    // held it, took the late chunks, and committed once the last stream ended.
+    let (m, send_lib) = fixture();
+    let mut held = 0;
+    for seed in 0..64 {
+        let mut recv_lib = Lib::new();
+        let out = run_streams(&m, &send_lib, &mut recv_lib, seed, 3);
+        assert!(
+            out.sender_err.is_none() && out.receiver_err.is_none(),
+            "seed {seed}: {out:?}"
+        );
+        assert_eq!(out.committed.as_ref(), Some(&m), "seed {seed}");
+        assert_eq!(recv_lib, send_lib, "seed {seed}");
+        held += usize::from(out.done_before_data_ended);
+    }
+    assert!(held > 0, "no seed let Done overtake the data streams");
+
+    // Resuming over data streams sends only what is missing, and an empty Need still ends
+    // the data streams before Done.
+    let all: Vec<ChunkId> = m.chunks().into_keys().collect();
+    let mut recv_lib: Lib = all
+        .iter()
+        .step_by(3)
+        .map(|id| (*id, send_lib[id].clone()))
+        .collect();
+    let out = run_streams(&m, &send_lib, &mut recv_lib, 11, 2);
+    assert_eq!(out.chunks_sent, all.len() - all.iter().step_by(3).count());
+    assert_eq!(recv_lib, send_lib);
+    let out = run_streams(&m, &send_lib, &mut recv_lib, 12, 2);
+    assert_eq!((out.need, out.chunks_sent), (Some(vec![]), 0));
+    assert_eq!(out.committed.as_ref(), Some(&m));
 }
 
 #[test]
@@ -471,7 +633,7 @@ fn unexpected_order_aborts() {
 
     // Sender: Chunk is never valid.
     let mut s = Sender::new(&m).unwrap();
-    assert!(matches!(s.poll_transmit(), Some(Message::Hello { .. })));
+    assert!(matches!(sent(&mut s), Some(Message::Hello { .. })));
     let err = s
         .handle(Message::Chunk {
             id: ChunkId::of(b"x"),
@@ -481,7 +643,7 @@ fn unexpected_order_aborts() {
         })
         .unwrap_err();
     assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
-    assert_abort(s.poll_transmit(), ProtocolError::UnexpectedMessage);
+    assert_abort(sent(&mut s), ProtocolError::UnexpectedMessage);
 
     // Sender: Need twice.
     let hello = Message::Hello {
@@ -494,8 +656,11 @@ fn unexpected_order_aborts() {
     assert!(ev.is_empty());
     let err = s.handle(Message::Need { chunks: vec![] }).unwrap_err();
     assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
-    let sent: Vec<Message> = std::iter::from_fn(|| s.poll_transmit()).collect();
-    assert!(matches!(sent.last(), Some(Message::Abort { code: 5, .. })));
+    let queued: Vec<Message> = std::iter::from_fn(|| sent(&mut s)).collect();
+    assert!(matches!(
+        queued.last(),
+        Some(Message::Abort { code: 5, .. })
+    ));
 
     // Sender: Committed before Done, then with the wrong hash.
     let mut s = Sender::new(&m).unwrap();
@@ -509,8 +674,11 @@ fn unexpected_order_aborts() {
     s.handle(Message::Need { chunks: vec![] }).unwrap();
     let err = s.handle(Message::Committed { hash: [7; 32] }).unwrap_err();
     assert_eq!(code_of(&err), Some(ProtocolError::BadCommit));
-    let sent: Vec<Message> = std::iter::from_fn(|| s.poll_transmit()).collect();
-    assert!(matches!(sent.last(), Some(Message::Abort { code: 10, .. })));
+    let queued: Vec<Message> = std::iter::from_fn(|| sent(&mut s)).collect();
+    assert!(matches!(
+        queued.last(),
+        Some(Message::Abort { code: 10, .. })
+    ));
     s.handle(hello.clone()).unwrap_err();
 
     // Sender: Need naming a chunk outside the manifest.
@@ -584,7 +752,7 @@ fn version_negotiation() {
         })
         .unwrap_err();
     assert_eq!(code_of(&err), Some(ProtocolError::VersionMismatch));
-    assert_abort(s.poll_transmit(), ProtocolError::VersionMismatch);
+    assert_abort(sent(&mut s), ProtocolError::VersionMismatch);
 
     let mut s = Sender::new(&m).unwrap();
     s.handle(Message::Hello {

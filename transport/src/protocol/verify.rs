@@ -1,7 +1,7 @@
 //! Chunk verification, apart from the [`Receiver`](super::Receiver) so that the I/O shell can
 //! run it on any thread: decompressing and hashing is the CPU work of a transfer.
 
-use super::wire::{FLAG_ZSTD, MAX_ULEN, ProtocolError, proto};
+use super::wire::{FLAG_ZSTD, MAX_ULEN, Message, ProtocolError, proto};
 use crate::error::Result;
 use freight_core::ChunkId;
 use std::collections::BTreeMap;
@@ -76,6 +76,30 @@ impl ChunkVerifier {
             data,
             manifest_hash: self.hash,
         })
+    }
+
+    /// Verifies one message read from a data stream: a data stream carries nothing but
+    /// chunks, so anything else is `UnexpectedMessage`; a chunk is checked as by
+    /// [`verify`](Self::verify). Hand the result, good or bad, to
+    /// [`Receiver::handle_checked`](super::Receiver::handle_checked), which ends the session
+    /// on an error.
+    pub fn verify_data(&self, msg: Message) -> Result<VerifiedChunk> {
+        match msg {
+            Message::Chunk {
+                id,
+                ulen,
+                flags,
+                data,
+            } => self.verify(id, ulen, flags, data),
+            other => Err(proto(
+                ProtocolError::UnexpectedMessage,
+                format!(
+                    "{}: sending peer sent {} on a data stream, which carries only chunks",
+                    self.role,
+                    other.name()
+                ),
+            )),
+        }
     }
 }
 
