@@ -261,9 +261,11 @@ impl Receiver {
         self.verifier.clone()
     }
 
-    /// Takes a chunk of a `Chunk` message that the shell verified with
-    /// [`verifier`](Self::verifier), or the verification error, which ends the session as a bad
-    /// chunk handed to [`handle`](Self::handle) would.
+    /// Takes a chunk that the shell verified with the verifier of its data stream
+    /// ([`data_stream_opened`](Self::data_stream_opened), or [`verifier`](Self::verifier)), or
+    /// the verification error, which ends the session as a bad chunk handed to
+    /// [`handle`](Self::handle) would. Chunks are taken until `Done` is acted on, also while
+    /// it is held.
     pub fn handle_checked(&mut self, checked: Result<VerifiedChunk>) -> Result<ReceiverEvent> {
         if self.state != ReceiverState::Receiving {
             let detail = format!(
