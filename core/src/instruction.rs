@@ -31,7 +31,7 @@
 //! The body starts with its own magic, which keeps these signatures apart from anything else a
 //! site key signs.
 
-use crate::codec::Decoder;
+use crate::codec::Reader;
 use crate::error::{Error, Result};
 use crate::id::PackageId;
 use crate::site::{SiteCode, SiteKey, TrustStore};
@@ -136,7 +136,7 @@ impl Instruction {
 
     /// Decodes and validates canonical bytes.
     pub fn decode(bytes: &[u8]) -> Result<Instruction> {
-        let mut r = Decoder::new(bytes, |o, reason: &str| err(o, reason));
+        let mut r = Reader::new(bytes, |o, reason: &str| err(o, reason));
         if bytes.len() > MAX_ENCODED {
             return Err(err(MAX_ENCODED, "longer than any instruction"));
         }
@@ -150,21 +150,21 @@ impl Instruction {
                 &format!("format {format} is not supported (this build reads {FORMAT})"),
             ));
         }
-        let at = r.pos;
+        let at = r.pos();
         let kind = InstructionKind::from_code(r.u8()?)
             .ok_or_else(|| err(at, &format!("unknown instruction kind {}", bytes[at])))?;
-        let at = r.pos;
+        let at = r.pos();
         let origin =
             SiteCode::from_bytes(r.take(3)?).ok_or_else(|| err(at, "bad origin site code"))?;
-        let at = r.pos;
+        let at = r.pos();
         let destination =
             SiteCode::from_bytes(r.take(3)?).ok_or_else(|| err(at, "bad destination site code"))?;
-        let at = r.pos;
+        let at = r.pos();
         let package = std::str::from_utf8(r.bytes(MAX_PACKAGE)?)
             .ok()
             .and_then(|p| PackageId::parse(p).ok())
             .ok_or_else(|| err(at, "bad package ID"))?;
-        let at = r.pos;
+        let at = r.pos();
         let version = r.u32()?;
         let base_version = match r.u8()? {
             0 => None,
@@ -182,15 +182,15 @@ impl Instruction {
             (_, Some(_)) => return Err(err(at, "only a delta carries a base version")),
             (_, None) => {}
         }
-        let manifest_hash: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
+        let manifest_hash: [u8; 32] = r.array()?;
         let created_unix = r.i64()?;
         let sequence = r.u64()?;
-        let at = r.pos;
+        let at = r.pos();
         let notes = std::str::from_utf8(r.bytes(MAX_NOTES)?)
             .map_err(|_| err(at, "notes are not UTF-8"))?
             .to_string();
-        if r.pos != bytes.len() {
-            return Err(err(r.pos, "trailing bytes after the notes"));
+        if r.pos() != bytes.len() {
+            return Err(err(r.pos(), "trailing bytes after the notes"));
         }
         Ok(Instruction {
             kind,
@@ -243,11 +243,11 @@ impl SignedInstruction {
     /// Decodes the framing strictly (length limit, exact size). The body itself is decoded and
     /// checked by [`SignedInstruction::verify`].
     pub fn decode(bytes: &[u8]) -> Result<SignedInstruction> {
-        let mut r = Decoder::new(bytes, |o, reason: &str| err(o, reason));
+        let mut r = Reader::new(bytes, |o, reason: &str| err(o, reason));
         let body = r.bytes(MAX_ENCODED)?.to_vec();
-        let signature: [u8; 64] = r.take(SIGNATURE_LEN)?.try_into().expect("64 bytes");
-        if r.pos != bytes.len() {
-            return Err(err(r.pos, "trailing bytes after the signature"));
+        let signature: [u8; SIGNATURE_LEN] = r.array()?;
+        if r.pos() != bytes.len() {
+            return Err(err(r.pos(), "trailing bytes after the signature"));
         }
         Ok(SignedInstruction { body, signature })
     }

@@ -6,7 +6,7 @@
 //! these types. See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod chunker;
-mod codec;
+pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -18,7 +18,7 @@
 //! `.` or `..` component. Decoding accepts exactly what encoding produces: nothing trails, every
 //! limit is checked before anything is allocated. The package hash is BLAKE3 of these bytes.
 
-use crate::codec::Decoder;
+use crate::codec::Reader;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackageId};
 use std::collections::{BTreeMap, HashSet};
@@ -161,7 +161,7 @@ impl Manifest {
 
     /// Decodes and validates canonical bytes; `what` names the manifest in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let mut r = Decoder::new(bytes, |offset, reason: &str| Error::BadManifest {
+        let mut r = Reader::new(bytes, |offset, reason: &str| Error::BadManifest {
             what: what.to_string(),
             offset,
             reason: reason.to_string(),
@@ -176,7 +176,7 @@ impl Manifest {
                 &format!("format {format} is not supported (this build reads {FORMAT})"),
             ));
         }
-        let at = r.pos;
+        let at = r.pos();
         let len = r.u8()? as usize;
         let pkg =
             std::str::from_utf8(r.take(len)?).map_err(|_| r.err(at, "package ID is not text"))?;
@@ -185,12 +185,12 @@ impl Manifest {
         let count = r.u64()?;
         // Each entry takes at least 21 bytes, which bounds the allocation by the input size.
         if count > (bytes.len() as u64) / 21 {
-            return Err(r.err(r.pos - 8, "entry count exceeds the manifest size"));
+            return Err(r.err(r.pos() - 8, "entry count exceeds the manifest size"));
         }
         let mut entries: Vec<Entry> = Vec::with_capacity(count as usize);
         let mut dirs: HashSet<Vec<u8>> = HashSet::new();
         for _ in 0..count {
-            let start = r.pos;
+            let start = r.pos();
             let kind = r.u8()?;
             let path = r.bytes(MAX_PATH)?.to_vec();
             let mode = r.u32()?;
@@ -213,7 +213,7 @@ impl Manifest {
                     let mut chunks = Vec::with_capacity(n);
                     let mut sum = 0u64;
                     for _ in 0..n {
-                        let id = ChunkId(r.take(32)?.try_into().expect("32 bytes"));
+                        let id = ChunkId(r.array()?);
                         let len = r.u32()?;
                         if len == 0 || len > MAX_CHUNK {
                             return Err(r.err(start, "chunk length out of range"));
@@ -259,10 +259,10 @@ impl Manifest {
             });
         }
         if entries.is_empty() {
-            return Err(r.err(r.pos, "manifest has no root entry"));
+            return Err(r.err_here("manifest has no root entry"));
         }
         if r.remaining() != 0 {
-            return Err(r.err(r.pos, "trailing bytes after the last entry"));
+            return Err(r.err_here("trailing bytes after the last entry"));
         }
         Ok(Manifest {
             package,

@@ -1,4 +1,12 @@
-//! Byte sizes as people write and read them: `2GiB`, `256MiB`, `10MB`, `4096`.
+//! Sizes, rates and durations as people write them: `2GiB`, `100Mbit/s`, `30m`, `1h 30m`.
+//!
+//! The one parser of each for the whole workspace: the library config and the CLI's size
+//! options, the route throttle's text and TOML forms, `freightd.toml`'s durations and the
+//! benchmarks' rates all read them here, so the same words mean the same everywhere. Each
+//! returns a one-line message that quotes the input and shows what to write; callers add the
+//! key or option it came from.
+
+use std::time::Duration;
 
 /// Parses a byte size such as `2GiB`, `256MiB`, `64KiB`, `1.5GiB`, `4096` or
 /// `10MB`. Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`, and the short `K`,
@@ -37,6 +45,59 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
+/// Parses a rate, returning bytes per second: a size per second (`2MiB/s`, `10MB/s`,
+/// `4096/s`, sizes as in [`parse_size`]) or a bit rate (`100Mbit/s`, `1.5Gbit/s`, `64kbit/s`;
+/// `k`, `M`, `G`, `T` are powers of 1000, bits are rounded to the nearest byte). The `/s` may
+/// be left out (`100Mbit` is a link's speed). Case-insensitive. Zero is returned as zero:
+/// whether it means anything is the caller's business.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let per = lower.strip_suffix("/s").unwrap_or(&lower).trim_end();
+    let Some(head) = per.strip_suffix("bit") else {
+        return parse_size(per).map_err(|e| {
+            format!("{e}; write a size per second such as 2MiB/s, 10MB/s or 100Mbit/s")
+        });
+    };
+    let (number, multiplier): (&str, u128) = match head.char_indices().last() {
+        Some((i, 'k')) => (&head[..i], 1_000),
+        Some((i, 'm')) => (&head[..i], 1_000_000),
+        Some((i, 'g')) => (&head[..i], 1_000_000_000),
+        Some((i, 't')) => (&head[..i], 1_000_000_000_000),
+        _ => (head, 1),
+    };
+    let number = number.trim();
+    let bad = || format!("not a bit rate; write e.g. 100Mbit/s or 1.5Gbit/s ({trimmed})");
+    let bits: u128 = if let Ok(n) = number.parse::<u64>() {
+        u128::from(n) * multiplier
+    } else {
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        if !value.is_finite() || value < 0.0 {
+            return Err(bad());
+        }
+        (value * multiplier as f64).round() as u128
+    };
+    // Round to the nearest byte.
+    u64::try_from((bits + 4) / 8).map_err(|_| format!("bit rate {trimmed} is too large"))
+}
+
+/// Parses a duration that is not negative: `500ms`, `5s`, `30m`, `2h`, `1h 30m`, `1.5s`,
+/// `2 hours`, `1 hour, 30 minutes`, or ISO 8601 `PT30M`. This is jiff's "friendly" format
+/// (units from hours down to nanoseconds; days and longer are refused, as their length
+/// varies), read case-insensitively so that `5S` and `500MS` mean what they meant in the
+/// throttle grammar.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration; write e.g. 500ms or 5s, 30m or 1h 30m");
+    // jiff's unit words are all lower case, and so are ISO 8601's once lowered: lowering
+    // first only widens what is accepted, never changes a meaning.
+    let d: jiff::SignedDuration = text
+        .trim()
+        .to_ascii_lowercase()
+        .parse()
+        .map_err(|_| bad())?;
+    Duration::try_from(d).map_err(|_| format!("{text:?}: a duration cannot be negative"))
+}
+
 /// Renders a byte count with a binary unit, e.g. `1.5 GiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -68,5 +129,83 @@ mod tests {
         assert!(parse_size("x").is_err());
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(12), "12 B");
+    }
+
+    #[test]
+    fn rates_as_sizes_or_bits_per_second() {
+        for (text, want) in [
+            ("2MiB/s", 2 << 20),
+            ("10MB/s", 10_000_000),
+            ("4096/s", 4096),
+            ("1.5GiB/s", 3 << 29),
+            ("100Mbit/s", 12_500_000),
+            ("1.5Gbit/s", 187_500_000),
+            ("64kbit/s", 8_000),
+            ("1Tbit/s", 125_000_000_000),
+            ("12bit/s", 2), // rounded to the nearest byte
+            // The throttle's link form: `/s` left out; any case; spaces as the text form joins.
+            ("100Mbit", 12_500_000),
+            ("2MiB", 2 << 20),
+            ("5mib/S", 5 << 20),
+            ("100MBIT/S", 12_500_000),
+            (" 5MiB /s ", 5 << 20),
+            ("0/s", 0),
+        ] {
+            assert_eq!(parse_rate(text), Ok(want), "{text:?}");
+        }
+        for (text, remedy) in [
+            ("12XB/s", "write a size per second"),
+            ("fast", "write a size per second"),
+            ("unlimited", "write a size per second"),
+            ("xMbit/s", "write e.g. 100Mbit/s"),
+            ("-1Mbit/s", "write e.g. 100Mbit/s"),
+            ("99999999999999999999Tbit/s", "too large"),
+        ] {
+            let e = parse_rate(text).expect_err(text);
+            assert!(e.contains(remedy), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_in_the_union_of_both_old_grammars() {
+        let ms = Duration::from_millis;
+        for (text, want) in [
+            // The throttle's pulse delays: a whole number and ms, s, m, min or h, any case.
+            ("500ms", ms(500)),
+            ("5s", ms(5_000)),
+            ("1m", ms(60_000)),
+            ("2min", ms(120_000)),
+            ("2h", ms(7_200_000)),
+            ("5S", ms(5_000)),
+            ("500MS", ms(500)),
+            ("1H", ms(3_600_000)),
+            ("0s", Duration::ZERO),
+            // freightd.toml: jiff's friendly format and ISO 8601.
+            ("30m", ms(1_800_000)),
+            ("1h 30m", ms(5_400_000)),
+            ("1h30m", ms(5_400_000)),
+            ("1.5s", ms(1_500)),
+            ("2 hours", ms(7_200_000)),
+            ("1 hour, 30 minutes", ms(5_400_000)),
+            ("PT30M", ms(1_800_000)),
+            ("250us", Duration::from_micros(250)),
+            (" 5s ", ms(5_000)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text:?}");
+        }
+        for (text, phrase) in [
+            ("soon", "not a duration"),
+            ("5", "not a duration"),
+            ("", "not a duration"),
+            ("5x", "e.g. 500ms or 5s"),
+            ("1d", "not a duration"),
+            ("-5s", "cannot be negative"),
+            ("5s ago", "cannot be negative"),
+        ] {
+            let e = parse_duration(text).expect_err(text);
+            assert!(e.contains(phrase), "{text:?}: {e}");
+            assert!(e.contains(&format!("{text:?}")), "{e}");
+        }
     }
 }

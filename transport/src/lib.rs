@@ -1,7 +1,8 @@
 //! Freight's transport: how package versions travel between sites and distribution points.
 //!
 //! - [`protocol`]: the pure, deterministic, sans-IO transfer protocol (message framing and the
-//!   sender/receiver state machines).
+//!   sender/receiver state machines, which also decide which stream each message takes and
+//!   when `Done` may be sent or acted on). No sockets, threads or clock.
 //! - [`schedule`]: a route's bandwidth windows (weekly schedule, rate limits) and their text
 //!   and TOML forms; [`throttle`]: the pure limiter that enforces them; [`clock`] and
 //!   [`route_limiter`]: the injectable clock and the async shell shared by a route's streams.
@@ -26,7 +27,7 @@ pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use error::{Error, Result};
 pub use protocol::{
     ChunkVerifier, FrameDecoder, MAX_FRAME, Message, ProtocolError, Receiver, ReceiverEvent,
-    Sender, SenderEvent, VerifiedChunk,
+    Sender, SenderEvent, Transmit, VerifiedChunk,
 };
 pub use route_limiter::RouteLimiter;
 pub use schedule::{Allowed, Cell, CellSpan, Priority, Rate, RouteThrottle, Schedule};

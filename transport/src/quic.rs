@@ -17,7 +17,8 @@
 //! After its preamble a stream carries protocol frames ([`crate::protocol`]): every message
 //! but `Chunk` on the control stream, `Chunk`s only on data streams. Announcing the number of
 //! data streams up front lets the receiver hold the sender's `Done` until every data stream
-//! has ended, so no chunk is overtaken by it.
+//! has ended, so no chunk is overtaken by it; those rules are the protocol's
+//! ([`crate::protocol#streams`]), the preambles are this shell's.
 
 use crate::authz::{self, Refused, Request};
 use crate::error::{Error, Result};

@@ -5,14 +5,19 @@
 //! block engine, spreads them over the session's data streams and paces them with the route's
 //! limiter. The receiver ([`serve_connection`]) verifies every chunk on a blocking thread
 //! before the state machine accepts it, hands it to the library's store thread, and commits
-//! the manifest once every data stream has ended and every chunk is stored. Resuming after a
-//! cut or a restart is [`push_resuming`]: the same session again, on a new connection, where
-//! the receiver now lacks only what it had not stored.
+//! the manifest when the state machine says so. Resuming after a cut or a restart is
+//! [`push_resuming`]: the same session again, on a new connection, where the receiver now
+//! lacks only what it had not stored.
+//!
+//! Which stream each message takes and when `Done` may be sent or acted on are the state
+//! machines' decisions (see [`protocol`](crate::protocol#streams)); this module routes what
+//! they queue to the streams they name and reports each data stream's opening, finish and end.
 
 use crate::command::{self, CommandHandler};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    FrameDecoder, Message, ProtocolError, Receiver, ReceiverEvent, Sender, chunk_header,
+    FrameDecoder, Message, ProtocolError, Receiver, ReceiverEvent, Sender, SenderEvent, Transmit,
+    chunk_header,
 };
 use crate::quic::{Conn, KIND_COMMAND, KIND_DATA, KIND_PUSH, Node, conn_error};
 use crate::route_limiter::RouteLimiter;
@@ -258,7 +263,7 @@ async fn push_inner(
         .write_all(&preamble)
         .await
         .map_err(|e| write_error(who, e))?;
-    let mut sender = Sender::new(manifest)?;
+    let mut sender = Sender::with_data_streams(manifest, streams)?;
     let mut ctl = spawn_reader(crecv, who.to_string());
 
     // Hello, then Offer, until the receiver's Need names what it lacks.
@@ -272,7 +277,7 @@ async fn push_inner(
             needed = Some(
                 events
                     .into_iter()
-                    .map(|crate::protocol::SenderEvent::ReadChunk(id)| id)
+                    .map(|SenderEvent::ReadChunk(id)| id)
                     .collect::<Vec<_>>(),
             );
         }
@@ -372,13 +377,15 @@ async fn push_inner(
                 reason: format!("cannot finish a data stream: {e}"),
                 remedy: "retry to resume",
             })?;
-            Ok::<(), Error>(())
+            Ok::<u16, Error>(index)
         });
     }
 
     // Only the writers hold the queue's receiving end: when they have all failed, sending to
-    // it fails instead of waiting forever.
+    // it fails instead of waiting forever. Dropping the sending end (on FinishData) lets each
+    // writer drain the queue and finish its stream.
     drop(out_rx);
+    let mut out_tx = Some(out_tx);
 
     // Chunk reads run on a blocking thread with several in flight on the block engine.
     let (read_tx, mut read_rx) = mpsc::channel::<Result<(ChunkId, u32, u8, Vec<u8>)>>(QUEUED);
@@ -410,27 +417,50 @@ async fn push_inner(
     });
 
     tracing::debug!(peer = %who, chunks = report.chunks_needed, "sending chunks");
-    let mut done_held = false;
     let result: Result<()> = async {
         loop {
-            tokio::select! {
-                item = read_rx.recv() => {
-                    let Some(item) = item else { break };
-                    let (id, ulen, flags, data) = item?;
-                    sender.chunk_ready(id, ulen, flags, data)?;
-                    while let Some(m) = sender.poll_transmit() {
-                        match m {
-                            Message::Chunk { id, ulen, flags, data } => {
-                                let c = Outgoing { id, ulen, flags, data: Bytes::from(data) };
-                                if out_tx.send(c).await.is_err() {
-                                    // Every writer failed: its error is reported below.
-                                    return Ok(());
-                                }
-                            }
-                            Message::Done => done_held = true,
-                            other => write_control(&mut csend, who, vec![other]).await?,
+            // The state machine says where each item goes; until FinishData, chunks keep
+            // coming from the reader.
+            while let Some(t) = sender.poll_transmit() {
+                match t {
+                    Transmit::Data {
+                        id,
+                        ulen,
+                        flags,
+                        data,
+                    } => {
+                        let Some(tx) = &out_tx else {
+                            return Err(Error::Misuse(format!(
+                                "{who}: the sender queued a chunk after FinishData"
+                            )));
+                        };
+                        let c = Outgoing {
+                            id,
+                            ulen,
+                            flags,
+                            data: Bytes::from(data),
+                        };
+                        if tx.send(c).await.is_err() {
+                            // Every writer failed: its error is reported below.
+                            return Ok(());
                         }
                     }
+                    Transmit::FinishData => out_tx = None,
+                    Transmit::Control(m) => write_control(&mut csend, who, vec![m]).await?,
+                }
+            }
+            if out_tx.is_none() {
+                return Ok(());
+            }
+            tokio::select! {
+                item = read_rx.recv() => {
+                    let Some(item) = item else {
+                        return Err(Error::Misuse(format!(
+                            "{who}: the chunk reader stopped before every needed chunk was read"
+                        )));
+                    };
+                    let (id, ulen, flags, data) = item?;
+                    sender.chunk_ready(id, ulen, flags, data)?;
                 }
                 msg = next_control(&mut ctl, who) => {
                     // The receiver speaks before Done only to abort.
@@ -438,7 +468,6 @@ async fn push_inner(
                 }
             }
         }
-        Ok(())
     }
     .await;
     drop(out_tx);
@@ -461,7 +490,7 @@ async fn push_inner(
     tracing::debug!(peer = %who, "joining data streams");
     while let Some(joined) = writers.join_next().await {
         match joined {
-            Ok(Ok(())) => {}
+            Ok(Ok(index)) => sender.data_stream_finished(index)?,
             Ok(Err(e)) => {
                 writers.abort_all();
                 return Err(abort_reason(&mut sender, &mut ctl, &mut csend, who, e).await);
@@ -469,20 +498,14 @@ async fn push_inner(
             Err(e) => return Err(Error::Misuse(format!("a data stream task failed: {e}"))),
         }
     }
-    // Empty Need: the state machine queued Done right away.
-    while let Some(m) = sender.poll_transmit() {
-        if m == Message::Done {
-            done_held = true;
-        } else {
-            write_control(&mut csend, who, vec![m]).await?;
-        }
-    }
-    if !done_held {
+    // Every data stream finished: the state machine queued Done for the control stream.
+    let done = control_messages(&mut sender, who)?;
+    if !done.contains(&Message::Done) {
         return Err(Error::Misuse(format!(
-            "{who}: every chunk was sent but the sender queued no Done"
+            "{who}: every data stream finished but the sender queued no Done"
         )));
     }
-    write_control(&mut csend, who, vec![Message::Done]).await?;
+    write_control(&mut csend, who, done).await?;
     while !sender.is_done() {
         let msg = next_control(&mut ctl, who).await;
         handle_or_abort(&mut sender, msg, &mut csend, who).await?;
@@ -514,9 +537,28 @@ async fn abort_reason(
     }
 }
 
+/// Writes what the sender queued for the control stream.
 async fn flush_sender(sender: &mut Sender, send: &mut quinn::SendStream, who: &str) -> Result<()> {
-    let msgs: Vec<Message> = std::iter::from_fn(|| sender.poll_transmit()).collect();
+    let msgs = control_messages(sender, who)?;
     write_control(send, who, msgs).await
+}
+
+/// Takes what the sender queued, all of it for the control stream: this is called only where
+/// the state machine queues nothing else (before `Need`, after the data, after a failure), so
+/// anything else is a bug of this shell.
+fn control_messages(sender: &mut Sender, who: &str) -> Result<Vec<Message>> {
+    let mut msgs = Vec::new();
+    while let Some(t) = sender.poll_transmit() {
+        match t {
+            Transmit::Control(m) => msgs.push(m),
+            other => {
+                return Err(Error::Misuse(format!(
+                    "{who}: the sender queued {other:?} where only control messages can go"
+                )));
+            }
+        }
+    }
+    Ok(msgs)
 }
 
 async fn next_control(ctl: &mut mpsc::Receiver<Result<Message>>, who: &str) -> Result<Message> {
@@ -537,7 +579,7 @@ async fn handle_or_abort(
     msg: Result<Message>,
     send: &mut quinn::SendStream,
     who: &str,
-) -> Result<Vec<crate::protocol::SenderEvent>> {
+) -> Result<Vec<SenderEvent>> {
     let res = match msg {
         Ok(m) => sender.handle(m),
         Err(e @ Error::Protocol { .. }) => Err(sender.decode_failed(e)),
@@ -615,11 +657,12 @@ pub async fn push_resuming(
 /// One session on the receiving side, shared by its control and data stream tasks.
 struct Session {
     receiver: Mutex<Receiver>,
-    streams: u16,
-    ended: AtomicU64,
     /// Woken when a data stream ends or a data stream task fails.
     changed: Notify,
     failure: Mutex<Option<Error>>,
+    /// Events a data stream's end released (the receiver acting on a held `Done`), for the
+    /// control stream's task to perform.
+    released: Mutex<Vec<ReceiverEvent>>,
 }
 
 impl Session {
@@ -636,6 +679,18 @@ impl Session {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
+    }
+
+    fn release(&self, events: Vec<ReceiverEvent>) {
+        self.released
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(events);
+        self.changed.notify_one();
+    }
+
+    fn take_released(&self) -> Vec<ReceiverEvent> {
+        std::mem::take(&mut *self.released.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn receiver(&self) -> std::sync::MutexGuard<'_, Receiver> {
@@ -753,11 +808,10 @@ async fn receive_session(
         })?;
     let id = quinn::VarInt::from(send.id()).into_inner();
     let session = Arc::new(Session {
-        receiver: Mutex::new(Receiver::new()),
-        streams: u16::from_le_bytes(streams),
-        ended: AtomicU64::new(0),
+        receiver: Mutex::new(Receiver::with_data_streams(u16::from_le_bytes(streams))),
         changed: Notify::new(),
         failure: Mutex::new(None),
+        released: Mutex::new(Vec::new()),
     });
     sessions
         .lock()
@@ -799,10 +853,12 @@ async fn drive_receiver(
                 Err(e) => return Err(session.receiver().decode_failed(e)),
             },
             _ = session.changed.notified() => {
-                match session.take_failure() {
-                    Some(e) => return Err(e),
-                    None => continue,
+                if let Some(e) = session.take_failure() {
+                    return Err(e);
                 }
+                // The last data stream's end let the receiver act on a held Done.
+                perform(session, session.take_released(), lib, who).await?;
+                continue;
             }
         };
         if let Message::Offer {
@@ -811,47 +867,45 @@ async fn drive_receiver(
         {
             *offered = Some((package.clone(), *version));
         }
-        if matches!(msg, Message::Chunk { .. }) {
-            let e = Error::Protocol {
-                code: ProtocolError::UnexpectedMessage,
-                detail: format!("{who}: sent a Chunk on the control stream"),
-            };
-            return Err(session.receiver().decode_failed(e));
-        }
-        if msg == Message::Done && session.receiver().is_receiving() {
-            // Every data stream must have ended, so no chunk is still on its way.
-            loop {
-                if let Some(e) = session.take_failure() {
-                    return Err(e);
-                }
-                let notified = session.changed.notified();
-                if session.ended.load(Ordering::Acquire) >= session.streams as u64 {
-                    break;
-                }
-                notified.await;
-            }
-        }
         let events = session.receiver().handle(msg)?;
-        for ev in events {
-            match ev {
-                ReceiverEvent::Lookup { manifest } => {
-                    let lacking = match lib.lacking(&manifest).await {
-                        Ok(l) => l,
-                        Err(e) => return Err(abort_with(session, e)),
-                    };
-                    session.receiver().lacking(lacking)?;
-                }
-                ReceiverEvent::Commit { manifest } => {
-                    if let Err(e) = lib.commit_manifest(&manifest).await {
-                        return Err(abort_with(session, e));
-                    }
-                    session.receiver().committed()?;
-                    tracing::info!(peer = %who, package = %manifest.package, version = manifest.version, "received and stored package version");
-                }
-                ReceiverEvent::Store { .. } => unreachable!("chunks arrive on data streams"),
+        perform(session, events, lib, who).await?;
+    }
+}
+
+/// Does what the receiver asked, answering it where it waits for an answer.
+async fn perform(
+    session: &Session,
+    events: Vec<ReceiverEvent>,
+    lib: &SharedLibrary,
+    who: &str,
+) -> Result<()> {
+    for ev in events {
+        match ev {
+            ReceiverEvent::Lookup { manifest } => {
+                let lacking = match lib.lacking(&manifest).await {
+                    Ok(l) => l,
+                    Err(e) => return Err(abort_with(session, e)),
+                };
+                session.receiver().lacking(lacking)?;
             }
+            ReceiverEvent::Commit { manifest } => {
+                if let Err(e) = lib.commit_manifest(&manifest).await {
+                    return Err(abort_with(session, e));
+                }
+                session.receiver().committed()?;
+                tracing::info!(peer = %who, package = %manifest.package, version = manifest.version, "received and stored package version");
+            }
+            // Only a session without data streams carries chunks on its control stream
+            // (Freight's sender always opens some); the receiver verified them in `handle`.
+            ReceiverEvent::Store {
+                id,
+                ulen,
+                flags,
+                data,
+            } => lib.append(id, ulen, flags, data).await?,
         }
     }
+    Ok(())
 }
 
 fn abort_with(session: &Session, e: Error) -> Error {
@@ -874,6 +928,7 @@ async fn receive_data(
             remedy: "retry to resume",
         })?;
     let id = u64::from_le_bytes(pre[1..9].try_into().expect("8 bytes"));
+    let index = u16::from_le_bytes(pre[9..11].try_into().expect("2 bytes"));
     let session = sessions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -888,12 +943,8 @@ async fn receive_data(
             ),
         });
     };
-    let res = receive_chunks(&mut recv, lib, &session, who).await;
-    match res {
-        Ok(()) => {
-            session.ended.fetch_add(1, Ordering::AcqRel);
-            session.changed.notify_one();
-        }
+    match receive_chunks(&mut recv, lib, &session, index, who).await {
+        Ok(released) => session.release(released),
         Err(e) => {
             let _ = recv.stop(0u32.into());
             session.fail(e);
@@ -902,21 +953,16 @@ async fn receive_data(
     Ok(())
 }
 
+/// Receives the chunks of data stream `index` until it ends; returns what its end released.
 async fn receive_chunks(
     recv: &mut quinn::RecvStream,
     lib: &SharedLibrary,
     session: &Session,
+    index: u16,
     who: &str,
-) -> Result<()> {
+) -> Result<Vec<ReceiverEvent>> {
     let mut dec = FrameDecoder::new();
-    let verifier = session.receiver().verifier();
-    let Some(verifier) = verifier else {
-        let e = Error::Protocol {
-            code: ProtocolError::UnexpectedMessage,
-            detail: format!("{who}: data stream opened before the receiver asked for chunks"),
-        };
-        return Err(session.receiver().decode_failed(e));
-    };
+    let verifier = session.receiver().data_stream_opened(index)?;
     loop {
         let chunk = recv
             .read_chunk(usize::MAX, true)
@@ -930,7 +976,7 @@ async fn receive_chunks(
                 };
                 return Err(session.receiver().decode_failed(e));
             }
-            return Ok(());
+            return session.receiver().data_stream_ended(index);
         };
         dec.push(&chunk.bytes);
         loop {
@@ -939,22 +985,9 @@ async fn receive_chunks(
                 Ok(None) => break,
                 Err(e) => return Err(session.receiver().decode_failed(e)),
             };
-            let Message::Chunk {
-                id,
-                ulen,
-                flags,
-                data,
-            } = msg
-            else {
-                let e = Error::Protocol {
-                    code: ProtocolError::UnexpectedMessage,
-                    detail: format!("{who}: sent {} on a data stream", msg.name()),
-                };
-                return Err(session.receiver().decode_failed(e));
-            };
             // Decompressing and hashing is CPU work: keep it off the async workers.
             let v = verifier.clone();
-            let checked = tokio::task::spawn_blocking(move || v.verify(id, ulen, flags, data))
+            let checked = tokio::task::spawn_blocking(move || v.verify_data(msg))
                 .await
                 .map_err(|e| Error::Misuse(format!("chunk verification task failed: {e}")))?;
             let event = session.receiver().handle_checked(checked)?;

@@ -19,6 +19,8 @@
 //! typo never silently falls back to a default.
 
 use crate::model::DpKind;
+// Durations read like every other duration in Freight: "30m", "5s", "500ms", "1h 30m".
+use freight_core::units::parse_duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -137,14 +139,6 @@ fn dp_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DpKind, D::Error> {
     s.parse().map_err(|_| {
         serde::de::Error::custom(format!("[dp] kind = {s:?}; write \"standard\" or \"pull\""))
     })
-}
-
-/// Parses `"30m"`, `"5s"`, `"500ms"`, `"1h 30m"` (jiff's friendly format).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; write e.g. \"30m\", \"5s\" or \"500ms\""))?;
-    Duration::try_from(d).map_err(|_| format!("{s:?}: a duration cannot be negative"))
 }
 
 mod duration {

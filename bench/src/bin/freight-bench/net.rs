@@ -541,16 +541,12 @@ struct Rate {
 }
 
 fn parse_rate(text: &str) -> Result<Rate, BenchError> {
-    let throttle = RouteThrottle::parse(&format!("daily {text}"))?;
-    let now = RouteLimiter::new(throttle.clone(), Arc::new(SystemClock)).now();
-    let bytes_per_s = throttle
-        .pacing(throttle.cell_at(now).cell.rate)
-        .rate()
-        .ok_or_else(|| {
-            BenchError::Failed(format!(
-                "rate {text:?} does not pace at a fixed rate; give one like 10MB/s"
-            ))
-        })?;
+    // Only a fixed rate can be held and measured: a size or a bit rate per second, read as
+    // every rate in Freight is.
+    let bytes_per_s = freight_core::units::parse_rate(text).map_err(|e| {
+        BenchError::Failed(format!("rate {text:?} does not pace at a fixed rate: {e}"))
+    })?;
+    let throttle = RouteThrottle::constant(freight_transport::Rate::BytesPerSec(bytes_per_s))?;
     Ok(Rate {
         text: text.to_owned(),
         throttle,

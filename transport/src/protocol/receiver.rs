@@ -1,0 +1,600 @@
+//! The receiving side's state machine.
+//!
+//! It speaks only on the control stream, so its outbox is plain [`Message`]s. It decides what
+//! each of the session's streams may carry (chunks only on data streams when there are any,
+//! nothing but chunks there) and when `Done` may be acted on: only after the shell has
+//! reported every data stream ended, so that no chunk can still be on its way. A `Done` that
+//! arrives earlier is held, not refused: the streams are not ordered against each other.
+
+use super::verify::{ChunkVerifier, VerifiedChunk};
+use super::wire::{Message, ProtocolError, VERSION_MAX, VERSION_MIN};
+use super::{Link, version_mismatch};
+use crate::error::{Error, Result};
+use freight_core::{ChunkId, Manifest, PackageId};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// What the receiver's I/O shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// Find which of the manifest's chunks the library lacks and call [`Receiver::lacking`].
+    Lookup {
+        /// The offered, validated manifest.
+        manifest: Manifest,
+    },
+    /// A verified chunk: store it in the library as is.
+    Store {
+        /// Chunk ID (verified).
+        id: ChunkId,
+        /// Uncompressed length.
+        ulen: u32,
+        /// Stored-form flags (bit 0 = zstd).
+        flags: u8,
+        /// Stored bytes.
+        data: Vec<u8>,
+    },
+    /// Every needed chunk arrived: commit the manifest, then call [`Receiver::committed`].
+    Commit {
+        /// The manifest to commit.
+        manifest: Manifest,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReceiverState {
+    AwaitHello,
+    AwaitOffer,
+    AwaitLacking,
+    /// After `Need`; chunks are taken until `Done` is acted on (it may be held, see
+    /// [`Receiver::data_stream_ended`]).
+    Receiving,
+    AwaitCommitCall,
+    Done,
+    Failed,
+}
+
+/// The receiving side of one package transfer.
+///
+/// Waits for the sender's `Hello`. Feed every message of the control stream to
+/// [`handle`](Self::handle), act on the returned events, send what
+/// [`poll_transmit`](Self::poll_transmit) yields on the control stream. With data streams,
+/// report each as it opens ([`data_stream_opened`](Self::data_stream_opened), which gives the
+/// verifier for its chunks) and ends ([`data_stream_ended`](Self::data_stream_ended)), and
+/// hand it the verified chunks ([`handle_checked`](Self::handle_checked)). Finished when
+/// [`is_done`](Self::is_done).
+#[derive(Debug)]
+pub struct Receiver {
+    state: ReceiverState,
+    manifest: Option<Manifest>,
+    hash: [u8; 32],
+    verifier: Option<ChunkVerifier>,
+    missing: HashSet<ChunkId>,
+    /// Data streams the sender announced; 0 = chunks come on the control stream.
+    data_streams: u16,
+    /// Each data stream's progress, by index.
+    streams: Vec<DataStream>,
+    /// `Done` arrived and waits for the data streams to end.
+    done_held: bool,
+    link: Link<Message>,
+}
+
+/// Where one data stream of a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataStream {
+    Unopened,
+    Open,
+    Ended,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Receiver {
+    /// A receiver awaiting the sender's `Hello`, in a session without data streams: chunks
+    /// come on the control stream, to [`handle`](Self::handle).
+    pub fn new() -> Receiver {
+        Receiver::with_data_streams(0)
+    }
+
+    /// A receiver for a session whose sender announced `data_streams` data streams (0 is
+    /// [`new`](Self::new)): chunks come only on them, and `Done` is acted on only once every
+    /// one has ended.
+    pub fn with_data_streams(data_streams: u16) -> Receiver {
+        Receiver {
+            state: ReceiverState::AwaitHello,
+            link: Link::default(),
+            manifest: None,
+            hash: [0; 32],
+            verifier: None,
+            missing: HashSet::new(),
+            data_streams,
+            streams: vec![DataStream::Unopened; usize::from(data_streams)],
+            done_held: false,
+        }
+    }
+
+    /// The next message to send, if any; all go on the control stream.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.link.outbox.pop_front()
+    }
+
+    /// True once `Committed` has been queued.
+    pub fn is_done(&self) -> bool {
+        self.state == ReceiverState::Done
+    }
+
+    /// True while chunks are expected (after `Need`, until `Done` is acted on).
+    pub fn is_receiving(&self) -> bool {
+        self.state == ReceiverState::Receiving
+    }
+
+    /// True once the session ended in an error (either side's).
+    pub fn is_failed(&self) -> bool {
+        self.state == ReceiverState::Failed
+    }
+
+    /// The negotiated protocol version, once the peer's `Hello` arrived.
+    pub fn protocol_version(&self) -> Option<u16> {
+        self.link.protocol_version
+    }
+
+    fn role(&self) -> String {
+        match &self.manifest {
+            Some(m) => format!("receiver of {} v{}", m.package, m.version),
+            None => "receiver".to_string(),
+        }
+    }
+
+    fn fail(&mut self, code: ProtocolError, detail: String) -> Error {
+        self.state = ReceiverState::Failed;
+        self.link.fail(code, detail)
+    }
+
+    /// Processes one message from the sender's control stream.
+    pub fn handle(&mut self, msg: Message) -> Result<Vec<ReceiverEvent>> {
+        if let Message::Abort { code, reason } = msg {
+            self.state = ReceiverState::Failed;
+            return Err(self.link.peer_aborted(code, reason));
+        }
+        match (self.state, msg) {
+            (
+                ReceiverState::AwaitHello,
+                Message::Hello {
+                    version_min,
+                    version_max,
+                },
+            ) => match self.link.hello(version_min, version_max) {
+                true => {
+                    self.link.outbox.push_back(Message::Hello {
+                        version_min: VERSION_MIN,
+                        version_max: VERSION_MAX,
+                    });
+                    self.state = ReceiverState::AwaitOffer;
+                    Ok(Vec::new())
+                }
+                false => {
+                    let detail = version_mismatch(&self.role(), version_min, version_max);
+                    Err(self.fail(ProtocolError::VersionMismatch, detail))
+                }
+            },
+            (
+                ReceiverState::AwaitOffer,
+                Message::Offer {
+                    package,
+                    version,
+                    manifest,
+                },
+            ) => self.offer(package, version, manifest),
+            (ReceiverState::Receiving, Message::Chunk { .. }) if self.data_streams > 0 => {
+                let detail = format!(
+                    "{}: sending peer sent a Chunk on the control stream of a session with {} data streams",
+                    self.role(),
+                    self.data_streams
+                );
+                Err(self.fail(ProtocolError::UnexpectedMessage, detail))
+            }
+            (
+                ReceiverState::Receiving,
+                Message::Chunk {
+                    id,
+                    ulen,
+                    flags,
+                    data,
+                },
+            ) => {
+                let verifier = self.verifier.clone().expect("verifier set in Receiving");
+                let checked = verifier.verify(id, ulen, flags, data);
+                self.handle_checked(checked).map(|e| vec![e])
+            }
+            (ReceiverState::Receiving, Message::Done) if !self.done_held => {
+                self.done_held = true;
+                self.done_if_streams_ended()
+            }
+            (state, msg) => {
+                let detail = format!(
+                    "{}: sending peer sent {} in state {state:?}",
+                    self.role(),
+                    msg.name()
+                );
+                Err(self.fail(ProtocolError::UnexpectedMessage, detail))
+            }
+        }
+    }
+
+    fn offer(
+        &mut self,
+        package: PackageId,
+        version: u32,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<ReceiverEvent>> {
+        let what = format!("offered manifest of {package} v{version}");
+        let manifest = match Manifest::decode(&bytes, &what) {
+            Ok(m) => m,
+            Err(e) => {
+                let detail = format!("receiver: {e}");
+                return Err(self.fail(ProtocolError::BadManifest, detail));
+            }
+        };
+        if manifest.package != package || manifest.version != version {
+            let detail = format!(
+                "receiver: {what} is really {} v{}",
+                manifest.package, manifest.version
+            );
+            return Err(self.fail(ProtocolError::BadManifest, detail));
+        }
+        self.hash = *blake3::hash(&bytes).as_bytes();
+        self.manifest = Some(manifest.clone());
+        self.verifier = Some(ChunkVerifier {
+            lens: Arc::new(manifest.chunks()),
+            hash: self.hash,
+            role: self.role().into(),
+        });
+        self.state = ReceiverState::AwaitLacking;
+        Ok(vec![ReceiverEvent::Lookup { manifest }])
+    }
+
+    /// The verifier of the offered manifest's chunks, once an `Offer` was accepted.
+    pub fn verifier(&self) -> Option<ChunkVerifier> {
+        self.verifier.clone()
+    }
+
+    /// Takes a chunk that the shell verified with the verifier of its data stream
+    /// ([`data_stream_opened`](Self::data_stream_opened), or [`verifier`](Self::verifier)), or
+    /// the verification error, which ends the session as a bad chunk handed to
+    /// [`handle`](Self::handle) would. Chunks are taken until `Done` is acted on, also while
+    /// it is held.
+    pub fn handle_checked(&mut self, checked: Result<VerifiedChunk>) -> Result<ReceiverEvent> {
+        if self.state != ReceiverState::Receiving {
+            let detail = format!(
+                "{}: sending peer sent Chunk in state {:?}",
+                self.role(),
+                self.state
+            );
+            return Err(self.fail(ProtocolError::UnexpectedMessage, detail));
+        }
+        let chunk = match checked {
+            Ok(c) => c,
+            Err(Error::Protocol { code, detail }) => return Err(self.fail(code, detail)),
+            Err(e) => return Err(e),
+        };
+        if chunk.manifest_hash != self.hash {
+            return Err(Error::Misuse(format!(
+                "{}: chunk {} was verified against another manifest",
+                self.role(),
+                chunk.id.short()
+            )));
+        }
+        if !self.missing.remove(&chunk.id) {
+            let detail = format!(
+                "{}: sending peer sent chunk {} which was not needed or already received",
+                self.role(),
+                chunk.id.short()
+            );
+            return Err(self.fail(ProtocolError::UnexpectedChunk, detail));
+        }
+        Ok(ReceiverEvent::Store {
+            id: chunk.id,
+            ulen: chunk.ulen,
+            flags: chunk.flags,
+            data: chunk.data,
+        })
+    }
+
+    /// Acts on a held `Done` once every data stream has ended (at once without data streams):
+    /// every needed chunk must have arrived, then the manifest may be committed.
+    fn done_if_streams_ended(&mut self) -> Result<Vec<ReceiverEvent>> {
+        if self.streams.iter().any(|s| *s != DataStream::Ended) {
+            return Ok(Vec::new());
+        }
+        if !self.missing.is_empty() {
+            let mut first: Vec<&ChunkId> = self.missing.iter().collect();
+            first.sort();
+            let detail = format!(
+                "{}: sending peer said Done with {} needed chunks missing (first {})",
+                self.role(),
+                self.missing.len(),
+                first[0].short()
+            );
+            return Err(self.fail(ProtocolError::Incomplete, detail));
+        }
+        self.state = ReceiverState::AwaitCommitCall;
+        let manifest = self.manifest.clone().expect("manifest set in Receiving");
+        Ok(vec![ReceiverEvent::Commit { manifest }])
+    }
+
+    /// The shell's report that the sender opened data stream `index` (from the stream's
+    /// preamble). Allowed once per announced stream, after `Need`; gives the verifier for the
+    /// stream's chunks. Anything else is the peer's error: it ends the session with
+    /// `UnexpectedMessage`.
+    pub fn data_stream_opened(&mut self, index: u16) -> Result<ChunkVerifier> {
+        let i = usize::from(index);
+        let why = match (self.state, self.streams.get(i)) {
+            (ReceiverState::Receiving, Some(DataStream::Unopened)) => {
+                self.streams[i] = DataStream::Open;
+                return Ok(self.verifier.clone().expect("verifier set in Receiving"));
+            }
+            (ReceiverState::Receiving, Some(_)) => "which was already opened".to_string(),
+            (ReceiverState::Receiving, None) => {
+                format!("beyond the {} it announced", self.data_streams)
+            }
+            (state, _) => format!("in state {state:?}, not after the receiver asked for chunks"),
+        };
+        let detail = format!(
+            "{}: sending peer opened data stream {index} {why}",
+            self.role()
+        );
+        Err(self.fail(ProtocolError::UnexpectedMessage, detail))
+    }
+
+    /// The shell's report that open data stream `index` ended cleanly (at a frame boundary,
+    /// every chunk on it handed to [`handle_checked`](Self::handle_checked)). Once every data
+    /// stream has ended, a held `Done` is acted on: the returned events are then `Commit`, or
+    /// the error is `Incomplete`. After the session failed there is nothing to do.
+    pub fn data_stream_ended(&mut self, index: u16) -> Result<Vec<ReceiverEvent>> {
+        let i = usize::from(index);
+        if self.streams.get(i) != Some(&DataStream::Open) {
+            return Err(Error::Misuse(format!(
+                "{}: data_stream_ended({index}) for a data stream that is not open ({:?})",
+                self.role(),
+                self.streams.get(i)
+            )));
+        }
+        self.streams[i] = DataStream::Ended;
+        match self.state {
+            ReceiverState::Receiving if self.done_held => self.done_if_streams_ended(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The shell's answer to [`ReceiverEvent::Lookup`]: the manifest's chunk IDs its library
+    /// lacks (duplicates are ignored). Queues `Need`.
+    pub fn lacking(&mut self, ids: impl IntoIterator<Item = ChunkId>) -> Result<()> {
+        if self.state != ReceiverState::AwaitLacking {
+            return Err(Error::Misuse(format!(
+                "{}: lacking() called in state {:?}, expected after a Lookup event",
+                self.role(),
+                self.state
+            )));
+        }
+        let mut need = Vec::new();
+        let mut seen = HashSet::new();
+        for id in ids {
+            if !self
+                .verifier
+                .as_ref()
+                .is_some_and(|v| v.lens.contains_key(&id))
+            {
+                return Err(Error::Misuse(format!(
+                    "{}: lacking() names chunk {} which the manifest does not",
+                    self.role(),
+                    id.short()
+                )));
+            }
+            if seen.insert(id) {
+                need.push(id);
+            }
+        }
+        self.missing = seen;
+        self.link.outbox.push_back(Message::Need { chunks: need });
+        self.state = ReceiverState::Receiving;
+        Ok(())
+    }
+
+    /// The shell's answer to [`ReceiverEvent::Commit`] once the manifest is durably committed.
+    /// Queues `Committed` with the manifest hash.
+    pub fn committed(&mut self) -> Result<()> {
+        if self.state != ReceiverState::AwaitCommitCall {
+            return Err(Error::Misuse(format!(
+                "{}: committed() called in state {:?}, expected after a Commit event",
+                self.role(),
+                self.state
+            )));
+        }
+        self.link
+            .outbox
+            .push_back(Message::Committed { hash: self.hash });
+        self.state = ReceiverState::Done;
+        Ok(())
+    }
+
+    /// Ends the session from the shell's side (store or commit failed, shutdown): queues
+    /// `Abort` with code [`ProtocolError::Aborted`] and `reason`.
+    pub fn abort(&mut self, reason: &str) {
+        let _ = self.fail(ProtocolError::Aborted, reason.to_string());
+    }
+
+    /// The peer's bytes did not decode (an error of [`FrameDecoder`](super::FrameDecoder)), or arrived where the
+    /// shell does not allow them: queues `Abort` with the error's code, returns the error.
+    pub fn decode_failed(&mut self, e: Error) -> Error {
+        match e {
+            Error::Protocol { code, detail } => self.fail(code, detail),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::tests::{Lib, assert_abort, code_of, fixture};
+
+    /// A receiver of `m` with `streams` data streams that asked for every chunk, its Hello and
+    /// Need taken.
+    fn receiving(m: &Manifest, streams: u16) -> Receiver {
+        let mut r = Receiver::with_data_streams(streams);
+        r.handle(Message::Hello {
+            version_min: VERSION_MIN,
+            version_max: VERSION_MAX,
+        })
+        .unwrap();
+        r.handle(Message::Offer {
+            package: m.package.clone(),
+            version: m.version,
+            manifest: m.encode(),
+        })
+        .unwrap();
+        r.lacking(m.chunks().into_keys()).unwrap();
+        assert!(matches!(r.poll_transmit(), Some(Message::Hello { .. })));
+        assert!(matches!(r.poll_transmit(), Some(Message::Need { .. })));
+        r
+    }
+
+    fn chunk(lib: &Lib, id: &ChunkId) -> Message {
+        let (ulen, flags, data) = lib[id].clone();
+        Message::Chunk {
+            id: *id,
+            ulen,
+            flags,
+            data,
+        }
+    }
+
+    /// Hands `ids` to `r` as chunks read from a data stream, checked by `v`.
+    fn deliver(r: &mut Receiver, v: &ChunkVerifier, lib: &Lib, ids: &[ChunkId]) {
+        for id in ids {
+            let event = r.handle_checked(v.verify_data(chunk(lib, id))).unwrap();
+            assert!(matches!(event, ReceiverEvent::Store { id: got, .. } if got == *id));
+        }
+    }
+
+    #[test]
+    fn done_is_held_until_every_data_stream_has_ended() {
+        let (m, lib) = fixture();
+        let ids: Vec<ChunkId> = m.chunks().into_keys().collect();
+        let (first, rest) = ids.split_at(8);
+        let mut r = receiving(&m, 2);
+        let v0 = r.data_stream_opened(0).unwrap();
+        let v1 = r.data_stream_opened(1).unwrap();
+        deliver(&mut r, &v0, &lib, first);
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        // Done overtakes the chunks still on stream 1: held, not refused.
+        assert!(r.handle(Message::Done).unwrap().is_empty());
+        assert!(r.is_receiving() && r.poll_transmit().is_none());
+        deliver(&mut r, &v1, &lib, rest);
+        // The last stream's end lets the receiver act on Done.
+        let events = r.data_stream_ended(1).unwrap();
+        assert!(matches!(&events[..], [ReceiverEvent::Commit { manifest }] if *manifest == m));
+        r.committed().unwrap();
+        assert!(matches!(r.poll_transmit(), Some(Message::Committed { .. })));
+        assert!(r.is_done());
+    }
+
+    #[test]
+    fn done_after_every_data_stream_ended_commits_at_once() {
+        let (m, lib) = fixture();
+        let ids: Vec<ChunkId> = m.chunks().into_keys().collect();
+        let mut r = receiving(&m, 1);
+        let v = r.data_stream_opened(0).unwrap();
+        deliver(&mut r, &v, &lib, &ids);
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        let events = r.handle(Message::Done).unwrap();
+        assert!(matches!(&events[..], [ReceiverEvent::Commit { .. }]));
+    }
+
+    #[test]
+    fn a_held_done_with_chunks_missing_is_incomplete_when_the_last_stream_ends() {
+        let (m, lib) = fixture();
+        let ids: Vec<ChunkId> = m.chunks().into_keys().collect();
+        let mut r = receiving(&m, 2);
+        let v = r.data_stream_opened(0).unwrap();
+        r.data_stream_opened(1).unwrap();
+        deliver(&mut r, &v, &lib, &ids[1..]);
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        assert!(r.handle(Message::Done).unwrap().is_empty());
+        let err = r.data_stream_ended(1).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::Incomplete));
+        assert_abort(r.poll_transmit(), ProtocolError::Incomplete);
+        assert!(r.is_failed());
+    }
+
+    #[test]
+    fn with_data_streams_the_control_stream_carries_no_chunk() {
+        let (m, lib) = fixture();
+        let id = *m.chunks().keys().next().unwrap();
+        let mut r = receiving(&m, 3);
+        let err = r.handle(chunk(&lib, &id)).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+        assert!(err.to_string().contains("control stream"), "{err}");
+        assert_abort(r.poll_transmit(), ProtocolError::UnexpectedMessage);
+    }
+
+    #[test]
+    fn a_data_stream_carries_only_chunks() {
+        let (m, _) = fixture();
+        let mut r = receiving(&m, 1);
+        let v = r.data_stream_opened(0).unwrap();
+        let err = r.handle_checked(v.verify_data(Message::Done)).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+        assert!(err.to_string().contains("data stream"), "{err}");
+        assert_abort(r.poll_transmit(), ProtocolError::UnexpectedMessage);
+    }
+
+    #[test]
+    fn data_streams_open_once_each_after_need_and_done_comes_once() {
+        let (m, _) = fixture();
+        // Before the receiver asked for chunks.
+        let mut r = Receiver::with_data_streams(2);
+        let err = r.data_stream_opened(0).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+        assert_abort(r.poll_transmit(), ProtocolError::UnexpectedMessage);
+        // Beyond those announced, or twice.
+        for (index, phrase) in [(2, "beyond the 2"), (0, "already opened")] {
+            let mut r = receiving(&m, 2);
+            r.data_stream_opened(0).unwrap();
+            let err = r.data_stream_opened(index).unwrap_err();
+            assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+            assert!(err.to_string().contains(phrase), "{err}");
+        }
+        // A session without data streams has none to open.
+        let mut r = receiving(&m, 0);
+        assert!(r.data_stream_opened(0).is_err());
+        // A second Done is the peer's error, even while the first is held.
+        let mut r = receiving(&m, 1);
+        r.data_stream_opened(0).unwrap();
+        assert!(r.handle(Message::Done).unwrap().is_empty());
+        let err = r.handle(Message::Done).unwrap_err();
+        assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+        // Reporting the end of a stream that is not open is the shell's bug: nothing is sent.
+        let mut r = receiving(&m, 2);
+        r.data_stream_opened(0).unwrap();
+        assert!(matches!(r.data_stream_ended(1), Err(Error::Misuse(_))));
+        assert!(matches!(r.data_stream_ended(5), Err(Error::Misuse(_))));
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        assert!(matches!(r.data_stream_ended(0), Err(Error::Misuse(_))));
+        assert!(r.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn a_stream_ending_after_the_session_failed_changes_nothing() {
+        let (m, _) = fixture();
+        let mut r = receiving(&m, 1);
+        r.data_stream_opened(0).unwrap();
+        r.abort("disk full");
+        assert_abort(r.poll_transmit(), ProtocolError::Aborted);
+        assert!(r.data_stream_ended(0).unwrap().is_empty());
+        assert!(r.poll_transmit().is_none());
+    }
+}
