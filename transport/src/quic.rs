@@ -203,7 +203,10 @@ impl Accepting {
         let trust = self.node.tls.trust().clone();
         if let Err(refused) = authz::check(&peer, trust.roles(&peer), Request::Connect) {
             inner.close(CLOSE_UNTRUSTED.into(), b"no role here");
-            let _ = self.node.refusals.send((refused.clone(), inner.remote_address()));
+            let _ = self
+                .node
+                .refusals
+                .send((refused.clone(), inner.remote_address()));
             return Err(Error::PeerRefused(refused.to_string()));
         }
         let mut s = inner.open_uni().await.map_err(|e| conn_error(&what, e))?;

@@ -13,6 +13,7 @@
 //! machines' decisions (see [`protocol`](crate::protocol#streams)); this module routes what
 //! they queue to the streams they name and reports each data stream's opening, finish and end.
 
+use crate::authz::Request;
 use crate::command::{self, CommandHandler};
 use crate::error::{Error, Result};
 use crate::protocol::{
@@ -712,13 +713,18 @@ pub struct Received {
 }
 
 /// Serves push sessions on one connection into `lib` until the connection closes. Each
-/// finished session is reported on `events` (if given). Command streams are answered by
-/// `commands`; without a handler they are refused like any unknown stream kind.
+/// finished session is reported on `events` (if given). A push is allowed only if the
+/// authorization table lets the peer make `push` ([`Request::Push`] on a connection it
+/// opened, [`Request::RequestedPush`] on one this host opened to ask for it); otherwise its
+/// session is aborted with [`ProtocolError::Unauthorized`] before anything is read. Command
+/// streams are answered by `commands`; without a handler they are refused like any unknown
+/// stream kind.
 pub async fn serve_connection(
     conn: Conn,
     lib: SharedLibrary,
     events: Option<mpsc::UnboundedSender<Received>>,
     commands: Option<Arc<dyn CommandHandler>>,
+    push: Request,
 ) {
     let sessions: Sessions = Arc::default();
     let who = conn.describe();
@@ -743,7 +749,10 @@ pub async fn serve_connection(
                                 }
                                 return;
                             }
-                            (KIND_PUSH, _) => receive_session(send, recv, &lib, &sessions, &who, &mut offered).await,
+                            (KIND_PUSH, _) => match conn.authorize(push) {
+                                Ok(()) => receive_session(send, recv, &lib, &sessions, &who, &mut offered).await,
+                                Err(refused) => refuse_session(send, &who, refused).await,
+                            },
                             // Without a handler a command stream is refused like any unknown
                             // kind; its streams end at once.
                             (other, _) => {
@@ -787,6 +796,26 @@ pub async fn serve_connection(
         }
     }
     let _ = lib.flush().await;
+}
+
+/// Aborts a push session the authorization table refused, telling the sender why.
+async fn refuse_session(
+    mut send: quinn::SendStream,
+    who: &str,
+    refused: crate::authz::Refused,
+) -> Result<()> {
+    let reason = refused.to_string();
+    let _ = write_control(
+        &mut send,
+        who,
+        vec![Message::abort(ProtocolError::Unauthorized, &reason)],
+    )
+    .await;
+    let _ = send.finish();
+    Err(Error::Protocol {
+        code: ProtocolError::Unauthorized,
+        detail: reason,
+    })
 }
 
 /// Receives one push session on a control stream whose kind byte was already read.
@@ -1019,7 +1048,7 @@ pub async fn serve(
             match accepting.establish().await {
                 Ok(conn) => {
                     tracing::info!(peer = %conn.describe(), "accepted connection");
-                    serve_connection(conn, lib, events, commands).await;
+                    serve_connection(conn, lib, events, commands, Request::Push).await;
                 }
                 Err(e) => tracing::warn!(%from, error = %e, "refused a connection"),
             }

@@ -74,11 +74,13 @@ async fn commands_are_answered_and_a_source_can_push_back_on_the_same_connection
         .unwrap();
     let dst_lib = SharedLibrary::new(library(&t.path().join("lib-dst")));
     let (tx, mut events) = mpsc::unbounded_channel();
+    // SRC is DST's parent site here (the test's trust), so its push is allowed.
     tokio::spawn(session::serve_connection(
         conn.clone(),
         dst_lib.clone(),
         Some(tx),
         None,
+        freight_transport::authz::Request::Push,
     ));
 
     let reply = command::request(&conn, b"hello").await.unwrap();

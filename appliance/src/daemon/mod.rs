@@ -155,7 +155,10 @@ async fn serve(
                 match refusals.recv().await {
                     Ok((r, from)) => audited.audit_refusal(&r, &from.to_string()),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "refused requests came faster than the audit trail recorded them");
+                        tracing::warn!(
+                            missed = n,
+                            "refused requests came faster than the audit trail recorded them"
+                        );
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }

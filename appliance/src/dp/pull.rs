@@ -10,6 +10,7 @@ use super::command::{DpReply, DpRequest, PullState, Source, decode_reply, encode
 use super::error::DpError;
 use crate::content;
 use freight_core::{PackageId, SiteCode};
+use freight_transport::authz::Request;
 use freight_transport::command;
 use freight_transport::quic::Node;
 use freight_transport::session;
@@ -140,6 +141,7 @@ impl Pulls {
             self.lib.clone(),
             None,
             None,
+            Request::RequestedPush,
         ));
         let req = encode(&DpRequest::PushMe {
             package: package.to_string(),

@@ -446,7 +446,10 @@ impl SiteServer {
     pub fn audit_admin(&self, uid: u32, pid: Option<i32>, method: &str, path: &str, answer: u16) {
         let pid = pid.map_or("?".to_string(), |p| p.to_string());
         let m = Msg::new(9100, &[&uid, &pid, &method, &path, &answer]);
-        if let Err(e) = self.store.write(|db| db.raise(self.code.as_str(), now(), &m)) {
+        if let Err(e) = self
+            .store
+            .write(|db| db.raise(self.code.as_str(), now(), &m))
+        {
             tracing::error!(error = %e, "cannot record an admin request in the audit trail");
         }
     }
@@ -454,7 +457,10 @@ impl SiteServer {
     /// Records a peer request the authorization table refused in the audit trail (9101).
     pub fn audit_refusal(&self, r: &freight_transport::authz::Refused, from: &str) {
         let m = Msg::new(9101, &[&r.peer.code, &r.peer.fingerprint(), &from, &r]);
-        if let Err(e) = self.store.write(|db| db.raise(self.code.as_str(), now(), &m)) {
+        if let Err(e) = self
+            .store
+            .write(|db| db.raise(self.code.as_str(), now(), &m))
+        {
             tracing::error!(error = %e, "cannot record a refused request in the audit trail");
         }
     }

@@ -592,7 +592,9 @@ mod tests {
         );
         assert_eq!(ids(&t), [2387]);
         assert_eq!(t.messages[0].strings[2..4], ["version 3", "version 2"]);
-        assert!(matches!(&t.status, StatusWrite::Validated { failed: Some(m) } if m.contains("holds version 3")));
+        assert!(
+            matches!(&t.status, StatusWrite::Validated { failed: Some(m) } if m.contains("holds version 3"))
+        );
         let none = next(
             &facts(Action::Validate, 1, Some(2)),
             Outcome::Validated {

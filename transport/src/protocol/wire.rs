@@ -82,10 +82,12 @@ pub enum ProtocolError {
     BadCommit = 10,
     /// The peer's I/O shell gave up (library read or write failed, shutdown).
     Aborted = 11,
+    /// The authorization table does not let this peer do this (see `authz`).
+    Unauthorized = 12,
 }
 
 impl ProtocolError {
-    pub(crate) const ALL: [ProtocolError; 11] = [
+    pub(crate) const ALL: [ProtocolError; 12] = [
         ProtocolError::Malformed,
         ProtocolError::FrameTooLarge,
         ProtocolError::UnknownType,
@@ -97,6 +99,7 @@ impl ProtocolError {
         ProtocolError::Incomplete,
         ProtocolError::BadCommit,
         ProtocolError::Aborted,
+        ProtocolError::Unauthorized,
     ];
 
     /// The wire code.
@@ -123,6 +126,7 @@ impl ProtocolError {
             ProtocolError::Incomplete => "incomplete",
             ProtocolError::BadCommit => "bad-commit",
             ProtocolError::Aborted => "aborted",
+            ProtocolError::Unauthorized => "unauthorized",
         }
     }
 
@@ -156,6 +160,9 @@ impl ProtocolError {
                 "the receiver committed a different manifest; verify both libraries, then retry"
             }
             ProtocolError::Aborted => "see the logs of the side that aborted, fix the cause, retry",
+            ProtocolError::Unauthorized => {
+                "the receiver does not let this site do that; if it should, trust it there in a role that may"
+            }
         }
     }
 }

@@ -106,7 +106,8 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let io_err = |e: std::io::Error| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+        let io_err =
+            |e: std::io::Error| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
         // One site server per database: a second one on the same file would take the same
         // jobs and fail them. The lock is a file beside it (SQLite's own locks are per
         // transaction), held while the store lives and released by the kernel on a crash.
