@@ -69,17 +69,25 @@ pub enum DaemonError {
 pub fn run(config: &Path, io: Option<IoMode>) -> Result<(), DaemonError> {
     let cfg = DaemonConfig::load(config)?;
     let home = Home::open(&cfg.home)?;
+    // The site database first: it is locked by its daemon, so a second site server on the
+    // same database stops here, before it creates or opens anything else.
+    let store = cfg
+        .site
+        .as_ref()
+        .map(|s| Store::open(&s.database))
+        .transpose()?;
     let lib = Library::open_or_init(&cfg.library, io)?;
     let tls = SiteTls::new(&home.key, &home.trust_dir())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg, home, lib, tls))
+    rt.block_on(serve(cfg, home, store, lib, tls))
 }
 
 async fn serve(
     cfg: DaemonConfig,
     home: Home,
+    store: Option<Store>,
     lib: Library,
     tls: SiteTls,
 ) -> Result<(), DaemonError> {
@@ -122,13 +130,9 @@ async fn serve(
     }
     tokio::spawn(session::serve(node.clone(), lib.clone(), None, handler));
 
-    if cfg.site.is_none() {
-        give_roles(&home, None)?;
-    }
+    give_roles(&home, store.as_ref())?;
     let mut socket = None;
-    if let Some(s) = &cfg.site {
-        let store = Store::open(&s.database)?;
-        give_roles(&home, Some(&store))?;
+    if let (Some(s), Some(store)) = (&cfg.site, store) {
         let site = SiteServer::new(
             home.code,
             store,
