@@ -458,3 +458,71 @@ fn the_admin_api_is_strict_and_answers_every_error_in_json() {
     assert_eq!(site.ok("GET", "/v1/packages", None), json!([]));
     site.stop();
 }
+
+#[test]
+fn a_package_create_killed_midway_leaves_no_ghost_and_its_id_is_not_reused() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    site.start();
+    let src = net.p("src");
+    // Large enough that the snapshot is still running when the site server is killed.
+    generate(&src, &DatasetSpec::mixed(96 << 20, 11)).unwrap();
+    let sock = site.admin.clone().unwrap();
+    let body = json!({"name": "big", "source": src}).to_string();
+    let mut create = Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(&sock)
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+        ])
+        .arg("http://freightd/v1/packages")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill once the snapshot has started writing packs.
+    let packs = site.library.join("store").join("packs");
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&packs).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the snapshot never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    site.kill();
+    let out = create.wait_with_output().unwrap();
+    assert!(
+        out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("\"id\""),
+        "the create finished before the kill; make the source larger"
+    );
+    site.start();
+    // Nothing lists a package without a version, and nothing is half there.
+    assert_eq!(site.ok("GET", "/v1/packages", None), json!([]));
+    let db = rusqlite::Connection::open_with_flags(
+        site.config.parent().unwrap().join("site.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let ghosts: i64 = db
+        .query_row(
+            "SELECT count(*) FROM packages p WHERE p.deleted = 0 AND NOT EXISTS
+                 (SELECT 1 FROM package_versions v WHERE v.package = p.id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(ghosts, 0);
+    // The next create works and does not reuse the killed one's ID.
+    let small = net.p("small");
+    generate(&small, &DatasetSpec::mixed(1 << 20, 12)).unwrap();
+    let id = site.create("small", &small);
+    assert_eq!(id, "PS100002");
+    let list = site.ok("GET", "/v1/packages", None);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    site.stop();
+}
