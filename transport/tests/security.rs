@@ -247,8 +247,14 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
         version_max: 1,
     });
 
+    // An Offer one byte over the limit of every message but Chunk, and a Chunk one byte over
+    // the library's largest chunk.
     let mut oversized = (MAX_FRAME + 1).to_le_bytes().to_vec();
-    oversized.push(4);
+    oversized.push(2);
+    let mut oversized_chunk = (freight_transport::protocol::MAX_CHUNK_FRAME + 1)
+        .to_le_bytes()
+        .to_vec();
+    oversized_chunk.push(4);
     let mut unknown = 1u32.to_le_bytes().to_vec();
     unknown.push(99);
     let mut short_hello = 3u32.to_le_bytes().to_vec();
@@ -279,6 +285,11 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
     });
     let cases: Vec<(&str, Vec<u8>, ProtocolError)> = vec![
         ("oversized frame", oversized, ProtocolError::FrameTooLarge),
+        (
+            "oversized chunk frame",
+            oversized_chunk,
+            ProtocolError::FrameTooLarge,
+        ),
         ("unknown type", unknown, ProtocolError::UnknownType),
         ("truncated payload", short_hello, ProtocolError::Malformed),
         (

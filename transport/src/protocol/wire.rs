@@ -3,12 +3,13 @@
 //! # Framing
 //! All integers little-endian. A frame is
 //! ```text
-//! length  u32   bytes of type + payload, 1 ..= MAX_FRAME (8 MiB + 64)
+//! length  u32   bytes of type + payload: 1 ..= MAX_FRAME (8 MiB + 64), or for a Chunk
+//!               up to MAX_CHUNK_FRAME (a 64 MiB chunk stored raw and its header)
 //! type    u8    message type, below
 //! payload       length - 1 bytes
 //! ```
-//! The length is checked as soon as its four bytes arrive, before anything else is buffered for
-//! the frame; the decoder never allocates more than the bytes it was given, and a count inside a
+//! The length is checked against its type's limit as soon as the length and type bytes arrive,
+//! before anything else is buffered for the frame; the decoder never allocates more than the bytes it was given, and a count inside a
 //! payload is checked against the bytes that remain before anything is reserved. A payload must
 //! be consumed exactly (nothing trails), except `Chunk` whose data is the rest of the frame.
 //!
@@ -23,9 +24,10 @@
 //! 6 Committed  hash [32] = BLAKE3 of the offered manifest bytes
 //! 7 Abort      code u16 (ProtocolError), reason (u16 length + UTF-8, <= 1 KiB)
 //! ```
-//! Limits that follow from the frame size: a chunk's stored form carries at most
-//! [`MAX_CHUNK_DATA`] bytes, a manifest at most `MAX_FRAME` minus its header, and a `Need` at
-//! most (`MAX_FRAME` - 5) / 32 IDs (never more than the manifest names).
+//! Limits that follow from the frame sizes: a chunk's stored form carries at most
+//! [`MAX_CHUNK_DATA`] bytes, the library's largest chunk (so every chunk a library holds can
+//! travel), a manifest at most `MAX_FRAME` minus its header, and a `Need` at most
+//! (`MAX_FRAME` - 5) / 32 IDs (never more than the manifest names).
 
 use crate::error::{Error, Result};
 use freight_core::codec::Reader;
@@ -33,10 +35,14 @@ use freight_core::manifest::MAX_CHUNK;
 use freight_core::{ChunkId, PackageId};
 use std::fmt;
 
-/// Largest frame length (type byte + payload): 8 MiB + 64.
+/// Largest frame length (type byte + payload) of every message but `Chunk`: 8 MiB + 64.
 pub const MAX_FRAME: u32 = (8 << 20) + 64;
-/// Largest stored chunk data one `Chunk` frame carries (frame minus type, id, ulen, flags).
-pub const MAX_CHUNK_DATA: usize = MAX_FRAME as usize - 1 - 32 - 4 - 1;
+/// Largest stored chunk data one `Chunk` frame carries: the library's largest chunk, which it
+/// stores raw when it does not shrink ([`MAX_CHUNK`], 64 MiB). One constant for library and
+/// wire, so any chunk a library holds can be pushed.
+pub const MAX_CHUNK_DATA: usize = MAX_CHUNK as usize;
+/// Largest `Chunk` frame length: type, id, ulen, flags and [`MAX_CHUNK_DATA`] bytes.
+pub const MAX_CHUNK_FRAME: u32 = 1 + 32 + 4 + 1 + MAX_CHUNK;
 /// Largest `Abort` reason, in bytes.
 pub const MAX_REASON: usize = 1024;
 /// Largest uncompressed chunk length (`ulen`): the manifest's limit, 64 MiB.
@@ -473,6 +479,15 @@ pub struct FrameDecoder {
     failed: Option<(ProtocolError, String)>,
 }
 
+/// Largest frame length for message type `t`.
+fn frame_limit(t: u8) -> u32 {
+    if t == T_CHUNK {
+        MAX_CHUNK_FRAME
+    } else {
+        MAX_FRAME
+    }
+}
+
 impl FrameDecoder {
     /// An empty decoder.
     pub fn new() -> Self {
@@ -499,6 +514,15 @@ impl FrameDecoder {
         self.buf.len() - self.start
     }
 
+    /// The declared length of the frame being assembled, once its length and type arrived
+    /// (and were accepted): the shell reserves memory for a large frame before it buffers it.
+    pub fn pending(&self) -> Option<u32> {
+        let avail = &self.buf[self.start..];
+        (self.failed.is_none() && avail.len() >= 5)
+            .then(|| u32::from_le_bytes(avail[..4].try_into().unwrap()))
+            .filter(|&len| len > 0 && len <= frame_limit(avail[4]))
+    }
+
     /// The next complete message; `Ok(None)` if more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Message>> {
         if let Some((code, detail)) = &self.failed {
@@ -509,10 +533,12 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = u32::from_le_bytes(avail[..4].try_into().unwrap());
-        if len == 0 || len > MAX_FRAME {
+        // The largest limit is checked at once; the type's own once its byte is here.
+        let limit = avail.get(4).map_or(MAX_CHUNK_FRAME, |t| frame_limit(*t));
+        if len == 0 || len > limit {
             return Err(self.fail(proto(
                 ProtocolError::FrameTooLarge,
-                format!("frame from peer declares length {len}, outside 1..={MAX_FRAME}"),
+                format!("frame from peer declares length {len}, outside 1..={limit}"),
             )));
         }
         let end = 4 + len as usize;
@@ -661,10 +687,18 @@ mod tests {
 
     #[test]
     fn oversized_length_is_rejected_before_allocating() {
-        for len in [MAX_FRAME + 1, u32::MAX] {
+        // Each type's own limit: a chunk frame may carry the library's largest chunk, any
+        // other message at most MAX_FRAME.
+        for (len, ty) in [
+            (MAX_FRAME + 1, T_OFFER),
+            (MAX_FRAME + 1, T_NEED),
+            (MAX_CHUNK_FRAME + 1, T_CHUNK),
+            (u32::MAX, T_CHUNK),
+            (u32::MAX, T_HELLO),
+        ] {
             let mut d = FrameDecoder::new();
             d.push(&len.to_le_bytes());
-            d.push(&[T_CHUNK; 8]);
+            d.push(&[ty; 8]);
             let err = d.next_message().unwrap_err();
             assert_eq!(code_of(&err), Some(ProtocolError::FrameTooLarge));
             assert!(err.to_string().contains(&len.to_string()), "{err}");
@@ -673,13 +707,16 @@ mod tests {
             d.push(&[0; 16]);
             assert_eq!(d.next_message().unwrap_err().to_string(), err.to_string());
         }
-        // The largest legal length only waits for more.
-        let mut d = FrameDecoder::new();
-        d.push(&MAX_FRAME.to_le_bytes());
-        d.push(&[T_CHUNK]);
-        assert_eq!(d.next_message().unwrap(), None);
-        assert_eq!(d.buffered(), 5);
-        assert!(d.buf.capacity() < 1024);
+        // The largest legal lengths only wait for more, and say what they will need.
+        for (len, ty) in [(MAX_FRAME, T_OFFER), (MAX_CHUNK_FRAME, T_CHUNK)] {
+            let mut d = FrameDecoder::new();
+            d.push(&len.to_le_bytes());
+            d.push(&[ty]);
+            assert_eq!(d.next_message().unwrap(), None);
+            assert_eq!(d.buffered(), 5);
+            assert_eq!(d.pending(), Some(len));
+            assert!(d.buf.capacity() < 1024);
+        }
         // A zero length is rejected too.
         let mut d = FrameDecoder::new();
         d.push(&[0, 0, 0, 0]);
