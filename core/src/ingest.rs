@@ -15,12 +15,14 @@
 //! (see [`walk`](crate::walk)). A file is then read through that descriptor only, and its
 //! `fstat` before and after the read must agree (size, mtime, ctime) with each other and with
 //! the bytes read (one byte past the size is asked for, so growth shows). A file whose ctime
-//! falls within the clock tick of its reading is read again too: a write in the same tick as
-//! the previous one would leave its times unchanged. A file that changed is read again, up to
-//! [`READ_ATTEMPTS`] times, then the snapshot stops with [`Error::SourceChanged`]; a version
-//! never holds a torn file. On file systems whose timestamps are coarser than the kernel's
-//! clock tick (FAT, ext3: one or two seconds), a same-size rewrite within that granularity can
-//! still go unseen.
+//! is less than [`RECENT`] before its read began (or later) is read again too, once that time
+//! has passed: a write stamps the file when it starts, not when its last byte lands, and a
+//! write in the same clock tick as the previous one leaves the times as they were, so a recent
+//! write may be under way unseen. A file that changed is read again, up to [`READ_ATTEMPTS`]
+//! times, then the snapshot stops with [`Error::SourceChanged`]; a version never holds a torn
+//! file. What stat cannot show stays possible: a single `write` still copying more than
+//! [`RECENT`] after it began, or, on file systems with coarse timestamps (FAT, ext3: one or two
+//! seconds), a same-size rewrite within that granularity.
 
 use crate::chunker::StreamChunker;
 use crate::error::{Error, Result};
@@ -95,6 +97,11 @@ pub struct IngestReport {
 
 /// How many times a file that changes while it is read is read before the snapshot stops.
 pub const READ_ATTEMPTS: u8 = 3;
+
+/// A file changed less than this before its read began is read again once this has passed:
+/// a write that started then may still be copying (see the module's documentation). Only the
+/// files written last before a snapshot pay for it, and their waits overlap.
+pub const RECENT: std::time::Duration = std::time::Duration::from_millis(50);
 
 struct Work {
     file: usize,
@@ -452,24 +459,46 @@ fn changed_during_read(
     if after.mtime != before.mtime || after.ctime != before.ctime {
         return Some("written while read".into());
     }
-    // A write within the same clock tick as the one before it leaves mtime and ctime as they
-    // were: a file changed during the tick its read started in may have changed unseen. (The
-    // upper bound, with room for file times a little ahead of the coarse clock, keeps a ctime
-    // in the future after the clock was set back from making every read suspect.)
-    if after.ctime >= started && after.ctime <= (ended.0 + 1, ended.1) {
-        return Some("written within the clock tick of its read".into());
+    // A write stamps mtime and ctime when it starts, and one in the same clock tick as the
+    // write before it leaves them as they were: a file changed shortly before or during its
+    // read may have changed unseen. (The upper bound, with room for file times a little ahead
+    // of the coarse clock, keeps a ctime in the future after the clock was set back from
+    // making every read suspect.)
+    if after.ctime >= minus(started, RECENT) && after.ctime <= (ended.0 + 1, ended.1) {
+        return Some("written just before or while read".into());
     }
     None
 }
 
-/// Waits (briefly) until the coarse clock has passed `t`, so that a file read again is not
-/// suspect only because its last change was in the tick the new read starts in.
+/// Waits (briefly) until the coarse clock is [`RECENT`] past `t`, so that a file read again is
+/// not suspect only because its last change was recent.
 fn wait_past(t: Time) {
-    for _ in 0..100 {
-        if coarse_now() > t {
+    let until = plus(t, RECENT);
+    for _ in 0..1000 {
+        if coarse_now() > until {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn minus(t: Time, d: std::time::Duration) -> Time {
+    let ns = t.1 - i64::from(d.subsec_nanos());
+    let s = t.0 - d.as_secs() as i64;
+    if ns < 0 {
+        (s - 1, ns + 1_000_000_000)
+    } else {
+        (s, ns)
+    }
+}
+
+fn plus(t: Time, d: std::time::Duration) -> Time {
+    let ns = t.1 + i64::from(d.subsec_nanos());
+    let s = t.0 + d.as_secs() as i64;
+    if ns >= 1_000_000_000 {
+        (s + 1, ns - 1_000_000_000)
+    } else {
+        (s, ns)
     }
 }
 

@@ -342,8 +342,9 @@ fn open_error(err: Errno, path: PathBuf) -> Error {
         Errno::ENOENT => changed(path, "removed or renamed"),
         // O_DIRECTORY met something else.
         Errno::ENOTDIR => changed(path, "no longer a folder"),
-        // A socket, or a name resolving outside the folder.
-        Errno::ENXIO | Errno::EXDEV => changed(path, "no longer a regular file"),
+        Errno::ENXIO => changed(path, "now a socket"),
+        // RESOLVE_BENEATH met a name leading out of the folder (an absolute symlink).
+        Errno::EXDEV => changed(path, "now leads outside its folder"),
         _ => Error::Unreadable {
             path,
             source: err.into(),
