@@ -643,8 +643,7 @@ impl TrustStore {
             .filter(|(_, n, _)| *n > 0)
             .map(|(_, _, id)| id.key)
             .collect();
-        Ok(out
-            .into_iter()
+        out.into_iter()
             .filter(|(_, n, id)| *n > 0 || !revoked.contains(&id.key))
             .map(|(_, n, identity)| {
                 Ok(TrustEntry {
@@ -657,7 +656,7 @@ impl TrustStore {
                     revoked: n > 0,
                 })
             })
-            .collect::<Result<_>>()?)
+            .collect()
     }
 
     /// Revokes the trusted key of site `code`: it stays in the store, marked revoked, so that
