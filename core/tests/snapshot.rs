@@ -128,7 +128,7 @@ impl Swapper {
                     renameat2(AT_FDCWD, &a, AT_FDCWD, &b, RenameFlags::RENAME_EXCHANGE).unwrap();
                     swaps += 1;
                 }
-                if swaps % 8000 == 0 {
+                if swaps.is_multiple_of(8000) {
                     std::thread::sleep(Duration::from_millis(80));
                 }
             }
@@ -362,7 +362,7 @@ fn a_file_appended_to_while_read_is_kept_as_it_was_at_one_moment_or_refused() {
         })
     };
     let consistent = |b: &[u8]| {
-        if b.len() < START || b.len() > data.len() || (b.len() - START) % BLOCK != 0 {
+        if b.len() < START || b.len() > data.len() || !(b.len() - START).is_multiple_of(BLOCK) {
             return Err(format!("{} bytes: a size the file never had", b.len()));
         }
         if b != &data[..b.len()] {
@@ -394,7 +394,7 @@ fn a_file_truncated_while_read_is_kept_as_it_was_at_one_moment_or_refused() {
         })
     };
     let consistent = |b: &[u8]| {
-        if b.len() < FULL / 4 || b.len() % STEP != 0 {
+        if b.len() < FULL / 4 || !b.len().is_multiple_of(STEP) {
             return Err(format!("{} bytes: a size the file never had", b.len()));
         }
         if b != &data[..b.len()] {
