@@ -643,7 +643,8 @@ impl TrustStore {
             .filter(|(_, n, _)| *n > 0)
             .map(|(_, _, id)| id.key)
             .collect();
-        out.into_iter()
+        Ok(out
+            .into_iter()
             .filter(|(_, n, id)| *n > 0 || !revoked.contains(&id.key))
             .map(|(_, n, identity)| {
                 Ok(TrustEntry {
@@ -656,7 +657,7 @@ impl TrustStore {
                     revoked: n > 0,
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?)
     }
 
     /// Revokes the trusted key of site `code`: it stays in the store, marked revoked, so that
