@@ -36,6 +36,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A source file or folder changed while the snapshot read it: replaced (by a symlink,
+    /// another file or folder), removed, or written to on every read.
+    #[error(
+        "{path}: changed while the snapshot read it ({how}); snapshot again when the source is quiet"
+    )]
+    SourceChanged {
+        /// The file or folder that changed.
+        path: PathBuf,
+        /// What was noticed, e.g. "now a symlink", "grew from 10 to 12 bytes".
+        how: String,
+    },
     /// The source contains a file type packages cannot carry.
     #[error("{path}: {kind} cannot be part of a package; remove it from the source folder")]
     SpecialFile {

@@ -8,6 +8,21 @@
 //! ```
 //! Then the writer commits (data durable, then indexed) and the manifest is stored last.
 //! Any error drops the writer, which rolls the packs back: the library is left unchanged.
+//!
+//! # What is hashed is what was opened
+//! Files are opened through the walk's [`Opener`](crate::walk::Opener): relative to their
+//! folder's descriptor, no symlink followed, and checked to be the regular file the walk saw
+//! (see [`walk`](crate::walk)). A file is then read through that descriptor only, and its
+//! `fstat` before and after the read must agree (size, mtime, ctime) with each other and with
+//! the bytes read (one byte past the size is asked for, so growth shows). A file whose ctime
+//! is less than [`RECENT`] before its read began (or later) is read again too, once that time
+//! has passed: a write stamps the file when it starts, not when its last byte lands, and a
+//! write in the same clock tick as the previous one leaves the times as they were, so a recent
+//! write may be under way unseen. A file that changed is read again, up to [`READ_ATTEMPTS`]
+//! times, then the snapshot stops with [`Error::SourceChanged`]; a version never holds a torn
+//! file. What stat cannot show stays possible: a single `write` still copying more than
+//! [`RECENT`] after it began, or, on file systems with coarse timestamps (FAT, ext3: one or two
+//! seconds), a same-size rewrite within that granularity.
 
 use crate::chunker::StreamChunker;
 use crate::error::{Error, Result};
@@ -16,11 +31,12 @@ use crate::library::Library;
 use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest};
 use crate::pack::FLAG_ZSTD;
 use crate::progress::Progress;
-use crate::walk::{SourceKind, walk};
+use crate::walk::{SourceKind, SourceTree, walk};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -34,11 +50,16 @@ pub struct IngestOptions {
     pub package: PackageId,
     /// Version; `None` = one past the newest stored.
     pub version: Option<u32>,
-    /// Quick check, as rsync and git do: a file whose path, size and modification time equal
-    /// those of the newest stored version is taken from it without being read (if all its
-    /// chunks are in the library). A file changed in place with its size and mtime restored
-    /// is then missed; leave this off to read everything.
-    pub quick_check: bool,
+    /// Quick check against this version, as rsync and git do: a file whose path, size and
+    /// modification time equal those in this version is taken from it without being read (if
+    /// all its chunks are in the library). The caller names the version it vouches for (the
+    /// site server: the newest version it made itself), so that a version someone else put in
+    /// the library is never trusted. A file changed in place with its size and mtime restored
+    /// is missed; `None` reads everything. A version the library does not hold is not used.
+    pub quick_check: Option<u32>,
+    /// When the snapshot equals this version (the same entries: only the version number would
+    /// differ), no version is stored and the report says so (`unchanged_from`).
+    pub skip_if_unchanged_from: Option<u32>,
 }
 
 /// What an ingest did.
@@ -64,23 +85,56 @@ pub struct IngestReport {
     pub unchanged_files: u64,
     /// Stored (compressed) bytes added to the library.
     pub stored_bytes: u64,
-    /// False when this exact version was already stored.
+    /// False when this exact version was already stored, or when nothing changed.
     pub created: bool,
+    /// Files read more than once because they changed while they were read.
+    pub reread_files: u64,
+    /// Set when the source equals the version named by
+    /// [`IngestOptions::skip_if_unchanged_from`]: no version was stored, and `version` and
+    /// `hash` are that version's.
+    pub unchanged_from: Option<u32>,
 }
+
+/// How many times a file that changes while it is read is read before the snapshot stops.
+pub const READ_ATTEMPTS: u8 = 3;
+
+/// A file changed less than this before its read began is read again once this has passed:
+/// a write that started then may still be copying (see the module's documentation). Only the
+/// files written last before a snapshot pay for it, and their waits overlap.
+pub const RECENT: std::time::Duration = std::time::Duration::from_millis(50);
 
 struct Work {
     file: usize,
+    attempt: u8,
     seq: usize,
     data: Bytes,
 }
 
 struct Done {
     file: usize,
+    attempt: u8,
     seq: usize,
     id: ChunkId,
     ulen: u32,
     /// Stored form when the chunk is new: (flags, bytes).
     stored: Option<(u8, Vec<u8>)>,
+}
+
+/// One file as the reader took it: its state when opened (which it still had after the read)
+/// and the read attempt whose chunks make it.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReadFile {
+    size: u64,
+    mode: u32,
+    mtime_sec: i64,
+    mtime_nsec: u32,
+    attempt: u8,
+}
+
+/// What the reader returns: each file as read, and how many were read more than once.
+struct Read {
+    files: Vec<ReadFile>,
+    reread: u64,
 }
 
 /// Snapshots `src` into `lib` as a new package version.
@@ -91,27 +145,25 @@ pub fn ingest(
     progress: &Progress,
 ) -> Result<IngestReport> {
     lib.require_write();
-    let entries = walk(src)?;
-    // The newest stored version, looked up once and only when needed: it numbers the new
-    // version (unless given) and is the quick check's previous version.
-    let latest = match (opts.version, opts.quick_check) {
-        (Some(_), false) => None,
-        _ => lib.latest(&opts.package)?,
+    let tree = walk(src)?;
+    let entries = tree.entries();
+    let version = match opts.version {
+        Some(v) => v,
+        None => lib.latest(&opts.package)?.map_or(1, |v| v + 1),
     };
-    let version = opts.version.unwrap_or_else(|| latest.map_or(1, |v| v + 1));
     let files: Vec<usize> = entries
         .iter()
         .enumerate()
         .filter(|(_, e)| matches!(e.kind, SourceKind::File { .. }))
         .map(|(i, _)| i)
         .collect();
-    // Per file: its chunk list taken from the previous version (quick check), if any.
+    // Per file: its chunk list taken from the quick check's base version, if any.
     let reused: Vec<Option<Vec<ChunkRef>>> = {
-        let previous = match (opts.quick_check, latest) {
-            (true, Some(v)) => Some(lib.manifest(&opts.package, v)?),
-            _ => None,
+        let base = match opts.quick_check {
+            Some(v) => stored_version(lib, &opts.package, v, "quick check")?,
+            None => None,
         };
-        let unchanged = quick_check(lib, previous.as_ref());
+        let unchanged = quick_check(lib, base.as_ref());
         files
             .iter()
             .map(|&i| {
@@ -141,11 +193,14 @@ pub fn ingest(
     progress.start("ingest", read_entries.len() as u64, total);
 
     let mut writer = lib.writer(true);
-    let mut chunk_lists: Vec<Vec<Option<ChunkRef>>> = reused
+    // Per file position: the read attempt its chunks belong to, and the chunks.
+    let mut chunk_lists: Vec<(u8, Vec<Option<ChunkRef>>)> = reused
         .iter()
         .map(|r| {
-            r.as_ref()
-                .map_or_else(Vec::new, |c| c.iter().copied().map(Some).collect())
+            let list = r
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.iter().copied().map(Some).collect());
+            (0, list)
         })
         .collect();
     let mut new_chunks = 0u64;
@@ -155,14 +210,14 @@ pub fn ingest(
     let level = lib_ref.config().compression_level;
     let params = lib_ref.config().chunk;
 
-    let sizes = std::thread::scope(|s| -> Result<Vec<u64>> {
+    let read = std::thread::scope(|s| -> Result<Read> {
         let (work_tx, work_rx) = bounded::<Work>(workers * 2);
         let (done_tx, done_rx) = bounded::<Done>(workers * 2);
         let reader = {
-            let entries = &entries;
+            let tree = &tree;
             let files = &read_entries;
             let engine = lib_ref.engine().clone();
-            s.spawn(move || read_and_chunk(entries, files, &engine, params, work_tx, progress))
+            s.spawn(move || read_and_chunk(tree, files, &engine, params, work_tx, progress))
         };
         for _ in 0..workers {
             let rx = work_rx.clone();
@@ -174,6 +229,8 @@ pub fn ingest(
         drop(done_tx);
         let mut failure = None;
         for d in done_rx.iter() {
+            // A new chunk is written even when its read attempt was given up: another attempt
+            // finds it claimed and relies on it being stored.
             if let Some((flags, bytes)) = &d.stored {
                 if let Err(e) = writer.append(d.id, d.ulen, *flags, bytes) {
                     failure = Some(e);
@@ -181,7 +238,14 @@ pub fn ingest(
                 }
                 new_chunks += 1;
             }
-            let list = &mut chunk_lists[to_read[d.file]];
+            let (attempt, list) = &mut chunk_lists[to_read[d.file]];
+            if d.attempt < *attempt {
+                continue;
+            }
+            if d.attempt > *attempt {
+                *attempt = d.attempt;
+                list.clear();
+            }
             if list.len() <= d.seq {
                 list.resize(d.seq + 1, None);
             }
@@ -204,61 +268,108 @@ pub fn ingest(
         version,
         entries: Vec::with_capacity(entries.len()),
     };
-    // Sizes per file position: as read, or as the previous version recorded.
-    let mut file_sizes: Vec<u64> = files
-        .iter()
-        .map(|&i| match entries[i].kind {
-            SourceKind::File { size } => size,
-            _ => 0,
-        })
-        .collect();
+    // Per file position: its state as read, if it was read.
+    let mut as_read: Vec<Option<ReadFile>> = vec![None; files.len()];
     for (k, &f) in to_read.iter().enumerate() {
-        file_sizes[f] = sizes[k];
+        as_read[f] = Some(read.files[k]);
     }
     let mut file_no = 0;
     let mut chunks = 0u64;
-    for e in &entries {
+    let mut bytes = 0u64;
+    for e in entries {
+        let (mut mode, mut mtime_sec, mut mtime_nsec) = (e.mode, e.mtime_sec, e.mtime_nsec);
         let kind = match &e.kind {
             SourceKind::Dir => EntryKind::Dir,
             SourceKind::Symlink { target } => EntryKind::Symlink {
                 target: target.clone(),
             },
-            SourceKind::File { .. } => {
-                let list: Vec<ChunkRef> = std::mem::take(&mut chunk_lists[file_no])
+            &SourceKind::File { size } => {
+                let (attempt, list) = std::mem::take(&mut chunk_lists[file_no]);
+                let mut size = size;
+                // A file read is recorded as it was read; its chunks are those of the attempt
+                // that was kept (none when that attempt found it empty).
+                let list = match as_read[file_no] {
+                    Some(r) => {
+                        (size, mode, mtime_sec, mtime_nsec) =
+                            (r.size, r.mode, r.mtime_sec, r.mtime_nsec);
+                        if attempt == r.attempt {
+                            list
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    None => list,
+                };
+                let list: Vec<ChunkRef> = list
                     .into_iter()
                     .map(|c| c.expect("every chunk of a file is hashed"))
                     .collect();
+                debug_assert_eq!(list.iter().map(|c| u64::from(c.len)).sum::<u64>(), size);
                 chunks += list.len() as u64;
-                let size = file_sizes[file_no];
+                bytes += size;
                 file_no += 1;
                 EntryKind::File { size, chunks: list }
             }
         };
         m.entries.push(Entry {
             path: e.rel.clone(),
-            mode: e.mode,
-            mtime_sec: e.mtime_sec,
-            mtime_nsec: e.mtime_nsec,
+            mode,
+            mtime_sec,
+            mtime_nsec,
             kind,
         });
     }
+    drop(tree);
     let stored_bytes = writer.bytes_written();
     let committed = writer.commit()?;
     lib.apply(committed);
-    let created = lib.store_manifest(&m)?;
-    Ok(IngestReport {
+    let mut report = IngestReport {
         package: m.package.to_string(),
         version,
         hash: m.hash().to_hex().to_string(),
         files: files.len() as u64,
         entries: m.entries.len() as u64,
-        bytes: file_sizes.iter().sum(),
+        bytes,
         chunks,
         new_chunks,
         unchanged_files: (files.len() - to_read.len()) as u64,
         stored_bytes,
-        created,
-    })
+        created: false,
+        reread_files: read.reread,
+        unchanged_from: None,
+    };
+    // Chunks stored above are kept even when no version is: they are the base's own (repairing
+    // it if it lacked any) or garbage for gc.
+    if let Some(b) = opts.skip_if_unchanged_from
+        && let Some(base) = stored_version(lib, &opts.package, b, "unchanged check")?
+        && base.entries == m.entries
+    {
+        report.version = b;
+        report.hash = base.hash().to_hex().to_string();
+        report.unchanged_from = Some(b);
+        return Ok(report);
+    }
+    report.created = lib.store_manifest(&m)?;
+    Ok(report)
+}
+
+/// Version `version` of `package`, or `None` (logged) when the library does not hold it.
+fn stored_version(
+    lib: &Library,
+    package: &PackageId,
+    version: u32,
+    purpose: &str,
+) -> Result<Option<Manifest>> {
+    match lib.manifest(package, version) {
+        Ok(m) => Ok(Some(m)),
+        Err(Error::NoSuchVersion { .. }) => {
+            tracing::warn!(
+                "package {package} version {version}: not in the library; the {purpose} reads everything"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The previous version's files whose chunks are all in the library, by path: (size, mtime
@@ -282,113 +393,280 @@ fn quick_check<'m>(
         .collect()
 }
 
-/// Reads every file through the engine with read-ahead and cuts it into chunks.
-/// Returns each file's size as read.
+/// A time as (seconds, nanoseconds), ordered.
+type Time = (i64, i64);
+
+/// The kernel's coarse wall clock: the one it stamps file times with (at its tick's
+/// granularity), so a file time can be compared with it.
+fn coarse_now() -> Time {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE) {
+        Ok(t) => (t.tv_sec(), t.tv_nsec()),
+        Err(_) => {
+            let d = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+        }
+    }
+}
+
+/// What `fstat` says of a file being read, as far as telling a change goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    size: u64,
+    mode: u32,
+    mtime: Time,
+    ctime: Time,
+}
+
+impl Stat {
+    fn of(m: &std::fs::Metadata) -> Stat {
+        Stat {
+            size: m.size(),
+            mode: m.mode() & 0o7777,
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// Why a read of a file cannot be kept, if it cannot: `before` and `after` are its `fstat`
+/// around the read, `read` the bytes read (up to one past `before.size`), `started` and
+/// `ended` the coarse clock before the first and after the last `fstat`.
+fn changed_during_read(
+    before: &Stat,
+    after: &Stat,
+    read: u64,
+    started: Time,
+    ended: Time,
+) -> Option<String> {
+    if read > before.size {
+        return Some(format!("grew from {} bytes while read", before.size));
+    }
+    if read < before.size || after.size < before.size {
+        return Some(format!(
+            "shrank from {} to {} bytes while read",
+            before.size,
+            read.min(after.size)
+        ));
+    }
+    if after.size != before.size {
+        return Some(format!(
+            "grew from {} to {} bytes while read",
+            before.size, after.size
+        ));
+    }
+    if after.mtime != before.mtime || after.ctime != before.ctime {
+        return Some("written while read".into());
+    }
+    // A write stamps mtime and ctime when it starts, and one in the same clock tick as the
+    // write before it leaves them as they were: a file changed shortly before or during its
+    // read may have changed unseen. (The upper bound, with room for file times a little ahead
+    // of the coarse clock, keeps a ctime in the future after the clock was set back from
+    // making every read suspect.)
+    if after.ctime >= minus(started, RECENT) && after.ctime <= (ended.0 + 1, ended.1) {
+        return Some("written just before or while read".into());
+    }
+    None
+}
+
+/// Waits (briefly) until the coarse clock is [`RECENT`] past `t`, so that a file read again is
+/// not suspect only because its last change was recent.
+fn wait_past(t: Time) {
+    let until = plus(t, RECENT);
+    for _ in 0..1000 {
+        if coarse_now() > until {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn minus(t: Time, d: std::time::Duration) -> Time {
+    let ns = t.1 - i64::from(d.subsec_nanos());
+    let s = t.0 - d.as_secs() as i64;
+    if ns < 0 {
+        (s - 1, ns + 1_000_000_000)
+    } else {
+        (s, ns)
+    }
+}
+
+fn plus(t: Time, d: std::time::Duration) -> Time {
+    let ns = t.1 + i64::from(d.subsec_nanos());
+    let s = t.0 + d.as_secs() as i64;
+    if ns >= 1_000_000_000 {
+        (s + 1, ns - 1_000_000_000)
+    } else {
+        (s, ns)
+    }
+}
+
+/// Reads every file through the engine with read-ahead and cuts it into chunks; a file that
+/// changed while read is read again (see the module's documentation).
 fn read_and_chunk(
-    entries: &[crate::walk::SourceEntry],
+    tree: &SourceTree,
     files: &[usize],
     engine: &crate::engine::Engine,
     params: crate::chunker::ChunkParams,
     work: Sender<Work>,
     progress: &Progress,
-) -> Result<Vec<u64>> {
-    // Plan of reads: (file number, offset, length); issued ahead of consumption.
+) -> Result<Read> {
+    /// A file open for reading: the attempt, its state when opened, when that was.
+    struct Opened {
+        file: usize,
+        attempt: u8,
+        f: Arc<File>,
+        before: Stat,
+        started: Time,
+    }
+    /// One read issued ahead of consumption; the file's last read carries the file, to be
+    /// checked once all its bytes are in.
     struct Inflight {
         file: usize,
-        last: bool,
+        attempt: u8,
         len: usize,
         pending: crate::engine::Pending<Vec<u8>>,
+        last: Option<Opened>,
     }
-    let mut sizes = vec![0u64; files.len()];
+    let entries = tree.entries();
+    let path = |file: usize| tree.path_of(&entries[files[file]].rel);
+    let mut opener = tree.opener()?;
+    let mut out = Read {
+        files: vec![ReadFile::default(); files.len()],
+        reread: 0,
+    };
     let mut queue: VecDeque<Inflight> = VecDeque::new();
     let mut queued_bytes = 0usize;
     let mut next_file = 0usize;
-    let mut next_off = 0u64;
-    let mut open: Option<(usize, Arc<File>, u64)> = None;
+    // Files to read again, read before the next new one.
+    let mut again: VecDeque<(usize, u8)> = VecDeque::new();
+    // The file whose reads are being issued, and the offset of the next one.
+    let mut planning: Option<(Opened, u64)> = None;
     let mut chunker = StreamChunker::new(params);
     let mut seq = 0usize;
-    let mut current = usize::MAX;
+    let mut got = 0u64;
+    let mut current = None;
     loop {
         // Top up the read-ahead window.
-        while queued_bytes < READ_AHEAD_BYTES && next_file < files.len() {
-            let e = &entries[files[next_file]];
-            let size = match e.kind {
-                SourceKind::File { size } => size,
-                _ => unreachable!("only files are planned"),
-            };
-            if open.as_ref().is_none_or(|(f, _, _)| *f != next_file) {
-                let f = File::open(&e.abs).map_err(|source| Error::Unreadable {
-                    path: e.abs.clone(),
-                    source,
-                })?;
-                open = Some((next_file, Arc::new(f), size));
-                next_off = 0;
+        while queued_bytes < READ_AHEAD_BYTES {
+            if planning.is_none() {
+                let (file, attempt) = match again.pop_front() {
+                    Some(next) => next,
+                    None if next_file < files.len() => {
+                        next_file += 1;
+                        (next_file - 1, 0)
+                    }
+                    None => break,
+                };
+                let started = coarse_now();
+                let (f, meta) = opener.open_file(&entries[files[file]])?;
+                let opened = Opened {
+                    file,
+                    attempt,
+                    f: Arc::new(f),
+                    before: Stat::of(&meta),
+                    started,
+                };
+                planning = Some((opened, 0));
             }
-            let (fno, f, size) = open.as_ref().expect("open file");
-            // Read one block past the walked size so growth is noticed, not silently cut.
-            let len = ((*size - next_off) as usize).clamp(0, READ_BLOCK);
-            let last = len < READ_BLOCK || next_off + len as u64 == *size;
+            let (opened, off) = planning.as_mut().expect("planned above");
+            let size = opened.before.size;
+            let len = (size - *off).min(READ_BLOCK as u64) as usize;
+            let last = len < READ_BLOCK || *off + len as u64 == size;
+            // The last read asks for one byte past the size, so that growth is noticed.
             let len = if last { len + 1 } else { len };
-            queue.push_back(Inflight {
-                file: *fno,
-                last,
-                len,
-                pending: engine.read_at(f, next_off, len),
-            });
+            let pending = engine.read_at(&opened.f, *off, len);
+            let (file, attempt) = (opened.file, opened.attempt);
+            *off += len as u64;
             queued_bytes += len;
-            next_off += len as u64;
-            if last {
-                next_file += 1;
-            }
+            let last = if last {
+                planning.take().map(|(o, _)| o)
+            } else {
+                None
+            };
+            queue.push_back(Inflight {
+                file,
+                attempt,
+                len,
+                pending,
+                last,
+            });
         }
         let Some(r) = queue.pop_front() else {
             break;
         };
-        let path = &entries[files[r.file]].abs;
         let data = r.pending.wait().map_err(|source| Error::Unreadable {
-            path: path.clone(),
+            path: path(r.file),
             source,
         })?;
         queued_bytes -= r.len;
-        if r.file != current {
-            current = r.file;
+        if current != Some((r.file, r.attempt)) {
+            current = Some((r.file, r.attempt));
             chunker = StreamChunker::new(params);
             seq = 0;
+            got = 0;
         }
-        sizes[r.file] += data.len() as u64;
+        got += data.len() as u64;
         progress.add_bytes(data.len() as u64);
         let mut stop = false;
-        let file = r.file;
+        let (file, attempt) = (r.file, r.attempt);
         let mut emit = |data: Bytes| {
-            if !stop && work.send(Work { file, seq, data }).is_err() {
+            if !stop
+                && work
+                    .send(Work {
+                        file,
+                        attempt,
+                        seq,
+                        data,
+                    })
+                    .is_err()
+            {
                 stop = true;
             }
             seq += 1;
         };
         chunker.push(&data, &mut emit);
-        if r.last {
-            let expect = match entries[files[r.file]].kind {
-                SourceKind::File { size } => size,
-                _ => 0,
-            };
-            if sizes[r.file] != expect {
-                return Err(Error::Unreadable {
-                    path: path.clone(),
-                    source: std::io::Error::other(format!(
-                        "file changed size during ingest ({expect} -> {} bytes); ingest again when it is stable",
-                        sizes[r.file]
-                    )),
-                });
+        if let Some(o) = r.last {
+            let meta = o.f.metadata().map_err(|source| Error::Unreadable {
+                path: path(r.file),
+                source,
+            })?;
+            let after = Stat::of(&meta);
+            let ended = coarse_now();
+            match changed_during_read(&o.before, &after, got, o.started, ended) {
+                None => {
+                    chunker.finish(&mut emit);
+                    out.files[r.file] = ReadFile {
+                        size: o.before.size,
+                        mode: o.before.mode,
+                        mtime_sec: o.before.mtime.0,
+                        mtime_nsec: o.before.mtime.1 as u32,
+                        attempt: r.attempt,
+                    };
+                    out.reread += u64::from(r.attempt > 0);
+                    progress.add_file();
+                }
+                Some(how) if r.attempt + 1 < READ_ATTEMPTS => {
+                    tracing::debug!("{}: {how}; reading it again", path(r.file).display());
+                    wait_past(after.ctime);
+                    again.push_back((r.file, r.attempt + 1));
+                }
+                Some(how) => {
+                    return Err(Error::SourceChanged {
+                        path: path(r.file),
+                        how: format!("{how}, on each of {READ_ATTEMPTS} reads"),
+                    });
+                }
             }
-            chunker.finish(&mut emit);
-            progress.add_file();
+            current = None;
         }
         if stop {
             // The consumer failed and reports why.
-            return Ok(sizes);
+            return Ok(out);
         }
     }
-    Ok(sizes)
+    Ok(out)
 }
 
 fn hash_and_compress(
@@ -406,6 +684,7 @@ fn hash_and_compress(
         let stored = is_new.then(|| compress(comp.as_mut(), &w.data));
         let d = Done {
             file: w.file,
+            attempt: w.attempt,
             seq: w.seq,
             id,
             ulen: w.data.len() as u32,

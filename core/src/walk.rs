@@ -1,14 +1,34 @@
-//! Walking a source folder into the list of entries a manifest will hold.
+//! Walking a source folder into the list of entries a manifest will hold, and opening its files
+//! again for the snapshot to read, without ever following what the walk did not see.
 //!
 //! Everything that can make an ingest fail on the source's shape is found here, before a single
 //! byte is written to the library: special files, symlinks leaving the tree, names a manifest
 //! cannot carry, unreadable directories.
+//!
+//! # A source that changes under the snapshot
+//! Whoever can write in the source folder can swap a file or folder for a symlink to something
+//! outside it between the moment the walk lists it and the moment the snapshot reads it; the
+//! snapshot runs as root on a site server, so the symlink may name a file only root may read.
+//! Paths are therefore never resolved twice. The root is opened once; every folder and file
+//! below it is opened relative to its parent folder's descriptor, one name at a time, never
+//! following a symlink (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS`, or `openat` with `O_NOFOLLOW` where the kernel lacks `openat2`).
+//! Folders are listed through the descriptor that was opened, and whatever is opened is checked
+//! with `fstat` to be of the same kind and the same object (device and inode) the walk recorded.
+//! Anything else is [`Error::SourceChanged`]: the user snapshots again when the source is quiet.
 
 use crate::error::{Error, Result};
-use crate::manifest::{check_path, check_symlink_target};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use crate::manifest::{check_path, check_symlink_target, parent_of};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, FcntlArg, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a source entry is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,13 +47,37 @@ pub enum SourceKind {
     },
 }
 
+/// Which object a name led to: device and inode numbers, as `fstat` reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl FileId {
+    fn of_stat(st: &FileStat) -> FileId {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }
+    }
+
+    /// The identity of an opened file.
+    pub fn of(meta: &Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
 /// One entry of the source tree.
 #[derive(Clone, Debug)]
 pub struct SourceEntry {
     /// Path relative to the source root, `/`-separated bytes (empty for the root).
     pub rel: Vec<u8>,
-    /// Absolute path on disk.
-    pub abs: PathBuf,
     /// Kind.
     pub kind: SourceKind,
     /// Permission bits.
@@ -42,103 +86,512 @@ pub struct SourceEntry {
     pub mtime_sec: i64,
     /// mtime nanoseconds.
     pub mtime_nsec: u32,
+    /// The object the walk saw under this name; opening it later must lead to the same one.
+    pub id: FileId,
+}
+
+/// A walked source folder: its entries, and the descriptor of its root through which every
+/// file is opened again.
+#[derive(Debug)]
+pub struct SourceTree {
+    root: PathBuf,
+    fd: OwnedFd,
+    entries: Vec<SourceEntry>,
+}
+
+impl SourceTree {
+    /// The source folder as the caller named it.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The entries in manifest order (sorted by path bytes, root first).
+    pub fn entries(&self) -> &[SourceEntry] {
+        &self.entries
+    }
+
+    /// The on-disk path of an entry, for messages only: nothing is opened by it.
+    pub fn path_of(&self, rel: &[u8]) -> PathBuf {
+        path_of(&self.root, rel)
+    }
+
+    /// An opener of this tree's files (one per thread: it keeps the folders it went through
+    /// open, so that files of one folder cost one `openat` each).
+    pub fn opener(&self) -> Result<Opener<'_>> {
+        let root = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io(&self.root, "duplicate descriptor", e))?;
+        Ok(Opener {
+            tree: self,
+            chain: Chain::new(root, self.root.clone()),
+        })
+    }
+
+    /// The walked identity of the folder at `rel`, if the walk saw a folder there.
+    fn dir_id(&self, rel: &[u8]) -> Option<FileId> {
+        let i = self
+            .entries
+            .binary_search_by(|e| e.rel.as_slice().cmp(rel))
+            .ok()?;
+        let e = &self.entries[i];
+        (e.kind == SourceKind::Dir).then_some(e.id)
+    }
+}
+
+/// Opens the regular files of a [`SourceTree`] for reading, each relative to its parent
+/// folder's descriptor, and checks each is the file the walk saw.
+pub struct Opener<'t> {
+    tree: &'t SourceTree,
+    chain: Chain,
+}
+
+impl Opener<'_> {
+    /// Opens the regular file `e` and returns it with its metadata (`fstat` of the descriptor).
+    /// Fails with [`Error::SourceChanged`] when the name no longer leads to the walked file, or
+    /// when a folder on the way no longer is the walked folder.
+    pub fn open_file(&mut self, e: &SourceEntry) -> Result<(File, Metadata)> {
+        let tree = self.tree;
+        let parent = parent_of(&e.rel);
+        let name = &e.rel[parent.len() + usize::from(!parent.is_empty())..];
+        let path = || tree.path_of(&e.rel);
+        let dir = self.chain.goto(parent, &|p| tree.dir_id(p))?;
+        // O_NONBLOCK: a FIFO swapped in under this name must not block the open; it is
+        // refused just below.
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
+        let fd = open_beneath(dir, name, flags).map_err(|err| open_error(err, path()))?;
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|source| Error::Unreadable {
+            path: path(),
+            source,
+        })?;
+        if !meta.file_type().is_file() {
+            return Err(changed(path(), format!("now a {}", kind_name(meta.mode()))));
+        }
+        if FileId::of(&meta) != e.id {
+            return Err(changed(path(), "replaced by another file"));
+        }
+        // Reads of the regular file must wait for the disk as usual: io_uring would hand back
+        // EAGAIN for a non-blocking one.
+        nix::fcntl::fcntl(&file, FcntlArg::F_SETFL(OFlag::empty())).map_err(|err| {
+            Error::Unreadable {
+                path: path(),
+                source: err.into(),
+            }
+        })?;
+        Ok((file, meta))
+    }
 }
 
 /// Walks `root` and returns its entries in manifest order (sorted by path bytes, root first).
-pub fn walk(root: &Path) -> Result<Vec<SourceEntry>> {
-    let meta = match std::fs::metadata(root) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::SourceMissing(root.to_path_buf()));
+///
+/// `root` itself is resolved once, as the caller named it (a symlink there is followed);
+/// nothing below it is resolved by path, and no symlink below it is followed.
+pub fn walk(root: &Path) -> Result<SourceTree> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::open(root, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Err(Error::SourceMissing(root.to_path_buf())),
+        Err(Errno::ENOTDIR) => {
+            return Err(Error::BadName {
+                path: root.to_path_buf(),
+                reason: "the source of a package must be a folder",
+            });
         }
-        Err(e) => {
+        Err(err) => {
             return Err(Error::Unreadable {
                 path: root.to_path_buf(),
-                source: e,
+                source: err.into(),
             });
         }
     };
-    if !meta.is_dir() {
-        return Err(Error::BadName {
-            path: root.to_path_buf(),
-            reason: "the source of a package must be a folder",
-        });
-    }
-    let mut out = vec![entry(
-        Vec::new(),
-        root.to_path_buf(),
-        SourceKind::Dir,
-        &meta,
-    )];
-    let mut stack = vec![(Vec::<u8>::new(), root.to_path_buf())];
-    while let Some((rel_dir, abs_dir)) = stack.pop() {
-        let unreadable = |e| Error::Unreadable {
-            path: abs_dir.clone(),
-            source: e,
-        };
-        for item in std::fs::read_dir(&abs_dir).map_err(unreadable)? {
-            let item = item.map_err(unreadable)?;
-            let abs = item.path();
+    let unreadable = |path: PathBuf| {
+        move |err: Errno| Error::Unreadable {
+            path,
+            source: err.into(),
+        }
+    };
+    let st = nix::sys::stat::fstat(&fd).map_err(unreadable(root.to_path_buf()))?;
+    let root_id = FileId::of_stat(&st);
+    let mut out = vec![entry(Vec::new(), SourceKind::Dir, &st)];
+    let chain_root = fd
+        .try_clone()
+        .map_err(|e| Error::io(root, "duplicate descriptor", e))?;
+    let mut chain = Chain::new(chain_root, root.to_path_buf());
+    // Folders still to list. Taken last-in first-out, so every folder's ancestors are still in
+    // the chain when it is listed: only the folder itself is opened.
+    let mut pending = vec![(Vec::<u8>::new(), root_id)];
+    while let Some((rel_dir, id)) = pending.pop() {
+        let dir = chain.goto(&rel_dir, &|p| (p == rel_dir.as_slice()).then_some(id))?;
+        let dir_path = || path_of(root, &rel_dir);
+        // The listing reads a duplicate of the descriptor that was opened and checked: the
+        // folder is never looked up again by name.
+        let listing = dir
+            .try_clone_to_owned()
+            .map_err(|e| Error::io(dir_path(), "duplicate descriptor", e))?;
+        let listing = nix::dir::Dir::from_fd(listing).map_err(unreadable(dir_path()))?;
+        for item in listing {
+            let item = item.map_err(unreadable(dir_path()))?;
+            let name = item.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
             let mut rel = rel_dir.clone();
             if !rel.is_empty() {
                 rel.push(b'/');
             }
-            rel.extend_from_slice(item.file_name().as_bytes());
+            rel.extend_from_slice(name);
+            let path = || path_of(root, &rel);
             check_path(&rel).map_err(|reason| Error::BadName {
-                path: abs.clone(),
+                path: path(),
                 reason,
             })?;
-            let meta = std::fs::symlink_metadata(&abs).map_err(|e| Error::Unreadable {
-                path: abs.clone(),
-                source: e,
-            })?;
-            let ft = meta.file_type();
-            let kind = if ft.is_dir() {
-                stack.push((rel.clone(), abs.clone()));
-                SourceKind::Dir
-            } else if ft.is_file() {
-                SourceKind::File { size: meta.len() }
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(&abs).map_err(|e| Error::Unreadable {
-                    path: abs.clone(),
-                    source: e,
-                })?;
-                let target = target.as_os_str().as_bytes().to_vec();
-                if check_symlink_target(&rel, &target).is_err() {
-                    return Err(Error::SymlinkEscapes {
-                        path: abs,
-                        target: String::from_utf8_lossy(&target).into_owned(),
+            let st = match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => return Err(changed(path(), "removed while listed")),
+                Err(err) => return Err(unreadable(path())(err)),
+            };
+            let kind = match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+                SFlag::S_IFDIR => {
+                    pending.push((rel.clone(), FileId::of_stat(&st)));
+                    SourceKind::Dir
+                }
+                SFlag::S_IFREG => SourceKind::File {
+                    size: st.st_size as u64,
+                },
+                SFlag::S_IFLNK => {
+                    let target = match nix::fcntl::readlinkat(dir, name) {
+                        Ok(t) => t.into_vec(),
+                        Err(Errno::ENOENT | Errno::EINVAL) => {
+                            return Err(changed(path(), "no longer a symlink"));
+                        }
+                        Err(err) => return Err(unreadable(path())(err)),
+                    };
+                    if check_symlink_target(&rel, &target).is_err() {
+                        return Err(Error::SymlinkEscapes {
+                            path: path(),
+                            target: String::from_utf8_lossy(&target).into_owned(),
+                        });
+                    }
+                    SourceKind::Symlink { target }
+                }
+                _ => {
+                    return Err(Error::SpecialFile {
+                        path: path(),
+                        kind: kind_name(st.st_mode),
                     });
                 }
-                SourceKind::Symlink { target }
-            } else {
-                let kind = if ft.is_fifo() {
-                    "fifo"
-                } else if ft.is_socket() {
-                    "socket"
-                } else if ft.is_char_device() {
-                    "character device"
-                } else if ft.is_block_device() {
-                    "block device"
-                } else {
-                    "unknown file type"
-                };
-                return Err(Error::SpecialFile { path: abs, kind });
             };
-            out.push(entry(rel, abs, kind, &meta));
+            out.push(entry(rel, kind, &st));
         }
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(out)
+    Ok(SourceTree {
+        root: root.to_path_buf(),
+        fd,
+        entries: out,
+    })
 }
 
-fn entry(rel: Vec<u8>, abs: PathBuf, kind: SourceKind, meta: &std::fs::Metadata) -> SourceEntry {
+fn entry(rel: Vec<u8>, kind: SourceKind, st: &FileStat) -> SourceEntry {
     SourceEntry {
         rel,
-        abs,
         kind,
-        mode: meta.mode() & 0o7777,
-        mtime_sec: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec() as u32,
+        mode: st.st_mode & 0o7777,
+        mtime_sec: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as u32,
+        id: FileId::of_stat(st),
+    }
+}
+
+fn path_of(root: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    }
+}
+
+fn changed(path: PathBuf, how: impl Into<String>) -> Error {
+    Error::SourceChanged {
+        path,
+        how: how.into(),
+    }
+}
+
+/// The name of a file type, from `st_mode`.
+fn kind_name(mode: u32) -> &'static str {
+    match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFREG => "regular file",
+        SFlag::S_IFDIR => "folder",
+        SFlag::S_IFLNK => "symlink",
+        SFlag::S_IFIFO => "fifo",
+        SFlag::S_IFSOCK => "socket",
+        SFlag::S_IFCHR => "character device",
+        SFlag::S_IFBLK => "block device",
+        _ => "unknown file type",
+    }
+}
+
+/// An `open` below a folder that failed: a name that no longer leads where the walk went is a
+/// change of the source, anything else is the file's own problem.
+fn open_error(err: Errno, path: PathBuf) -> Error {
+    match err {
+        // O_NOFOLLOW or RESOLVE_NO_SYMLINKS met a symlink.
+        Errno::ELOOP => changed(path, "now a symlink"),
+        Errno::ENOENT => changed(path, "removed or renamed"),
+        // O_DIRECTORY met something else.
+        Errno::ENOTDIR => changed(path, "no longer a folder"),
+        Errno::ENXIO => changed(path, "now a socket"),
+        // RESOLVE_BENEATH met a name leading out of the folder (an absolute symlink).
+        Errno::EXDEV => changed(path, "now leads outside its folder"),
+        _ => Error::Unreadable {
+            path,
+            source: err.into(),
+        },
+    }
+}
+
+/// Set once `openat2` turned out to be missing (kernel before 5.6, or a seccomp filter).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens the single name `name` in the folder `dir`, never following a symlink and never
+/// leaving `dir`.
+fn open_beneath(dir: BorrowedFd<'_>, name: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
+    // Names come from the walk, which refuses these; refusing them here keeps `..` from ever
+    // climbing out on the fallback path.
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    let flags = flags | OFlag::O_NOFOLLOW;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        match openat2_beneath(dir, name, flags) {
+            Err(Errno::ENOSYS | Errno::EPERM) => {
+                if !NO_OPENAT2.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        "openat2 unavailable; opening source files with openat and O_NOFOLLOW"
+                    );
+                }
+            }
+            other => return other,
+        }
+    }
+    openat_nofollow(dir, name, flags)
+}
+
+fn openat2_beneath(dir: BorrowedFd<'_>, name: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new().flags(flags).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    );
+    nix::fcntl::openat2(dir, name, how)
+}
+
+fn openat_nofollow(dir: BorrowedFd<'_>, name: &[u8], flags: OFlag) -> nix::Result<OwnedFd> {
+    nix::fcntl::openat(dir, name, flags | OFlag::O_NOFOLLOW, Mode::empty())
+}
+
+/// Folder descriptors kept open on the way down; deeper trees reopen shallower folders (from
+/// the nearest one still open, checked again) when they come back to them, so that a deep tree
+/// never runs out of descriptors.
+const KEEP_OPEN: usize = 32;
+
+/// One folder of the chain: its name in its parent, the object the walk saw, its descriptor.
+struct Level {
+    name: Vec<u8>,
+    id: FileId,
+    fd: Option<OwnedFd>,
+}
+
+/// The folders from the root down to the current one, each opened relative to the one above.
+struct Chain {
+    root: OwnedFd,
+    root_path: PathBuf,
+    levels: Vec<Level>,
+}
+
+impl Chain {
+    fn new(root: OwnedFd, root_path: PathBuf) -> Chain {
+        Chain {
+            root,
+            root_path,
+            levels: Vec::new(),
+        }
+    }
+
+    /// The path of the folder `depth` levels down, for messages.
+    fn path(&self, depth: usize) -> PathBuf {
+        let mut p = self.root_path.clone();
+        for l in &self.levels[..depth] {
+            p.push(OsStr::from_bytes(&l.name));
+        }
+        p
+    }
+
+    /// Makes the folder `dir` (relative, empty for the root) the current one and returns its
+    /// descriptor. Folders shared with the previous one stay open; each new one is opened
+    /// relative to its parent and must be the folder `id_of` says the walk saw there.
+    fn goto(
+        &mut self,
+        dir: &[u8],
+        id_of: &dyn Fn(&[u8]) -> Option<FileId>,
+    ) -> Result<BorrowedFd<'_>> {
+        let comps: Vec<&[u8]> = if dir.is_empty() {
+            Vec::new()
+        } else {
+            dir.split(|&c| c == b'/').collect()
+        };
+        let keep = self
+            .levels
+            .iter()
+            .zip(&comps)
+            .take_while(|(l, c)| l.name == **c)
+            .count();
+        self.levels.truncate(keep);
+        let mut end = 0;
+        for (i, comp) in comps.iter().enumerate() {
+            end += comp.len() + usize::from(i > 0);
+            if i < keep {
+                continue;
+            }
+            let prefix = &dir[..end];
+            let Some(id) = id_of(prefix) else {
+                return Err(changed(
+                    path_of(&self.root_path, prefix),
+                    "not a folder when walked",
+                ));
+            };
+            self.reopen(i)?;
+            let fd = open_dir(self.fd(i), comp, id, &|| path_of(&self.root_path, prefix))?;
+            self.levels.push(Level {
+                name: comp.to_vec(),
+                id,
+                fd: Some(fd),
+            });
+            let n = self.levels.len();
+            for l in &mut self.levels[..n.saturating_sub(KEEP_OPEN)] {
+                l.fd = None;
+            }
+        }
+        self.reopen(comps.len())?;
+        Ok(self.fd(comps.len()))
+    }
+
+    /// Opens the folder `depth` levels down the chain again if it was closed, and those
+    /// between it and the nearest folder above it still open, checking each.
+    fn reopen(&mut self, depth: usize) -> Result<()> {
+        if depth == 0 || self.levels[depth - 1].fd.is_some() {
+            return Ok(());
+        }
+        let start = (0..depth)
+            .rev()
+            .find(|&j| self.levels[j].fd.is_some())
+            .map_or(0, |j| j + 1);
+        for j in start..depth {
+            let l = &self.levels[j];
+            let fd = open_dir(self.fd(j), &l.name, l.id, &|| self.path(j + 1))?;
+            self.levels[j].fd = Some(fd);
+        }
+        Ok(())
+    }
+
+    /// The descriptor of the folder `depth` levels down the chain (open: see `reopen`).
+    fn fd(&self, depth: usize) -> BorrowedFd<'_> {
+        match depth {
+            0 => self.root.as_fd(),
+            _ => self.levels[depth - 1]
+                .fd
+                .as_ref()
+                .expect("reopened before use")
+                .as_fd(),
+        }
+    }
+}
+
+/// Opens the folder `name` in `parent` and checks it is the folder `id`; `path` names it in
+/// messages.
+fn open_dir(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    id: FileId,
+    path: &dyn Fn() -> PathBuf,
+) -> Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let fd = open_beneath(parent, name, flags).map_err(|err| open_error(err, path()))?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|err| Error::Unreadable {
+        path: path(),
+        source: err.into(),
+    })?;
+    if FileId::of_stat(&st) != id {
+        return Err(changed(path(), "replaced by another folder"));
+    }
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_fd(p: &Path) -> OwnedFd {
+        nix::fcntl::open(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap()
+    }
+
+    /// Both ways of opening refuse a symlink, whatever it points at, and `..`.
+    #[test]
+    fn both_open_paths_refuse_symlinks_and_dot_dot() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("file"), b"x").unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("file", t.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("sub", t.path().join("dirlink")).unwrap();
+        let dir = dir_fd(t.path());
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW;
+        for open in [openat2_beneath, openat_nofollow] {
+            assert!(open(dir.as_fd(), b"file", flags).is_ok());
+            assert_eq!(open(dir.as_fd(), b"link", flags).unwrap_err(), Errno::ELOOP);
+            // O_DIRECTORY may answer first: refused either way.
+            let err = open(dir.as_fd(), b"dirlink", flags | OFlag::O_DIRECTORY).unwrap_err();
+            assert!(matches!(err, Errno::ELOOP | Errno::ENOTDIR), "{err}");
+        }
+        assert_eq!(
+            openat2_beneath(dir.as_fd(), b"..", flags).unwrap_err(),
+            Errno::EXDEV
+        );
+        assert_eq!(
+            open_beneath(dir.as_fd(), b"..", flags).unwrap_err(),
+            Errno::EINVAL
+        );
+    }
+
+    /// A folder chain deeper than the descriptors it keeps open still reaches every level, and
+    /// reopens the ones it closed only after checking they are the folders walked.
+    #[test]
+    fn deep_chains_reopen_closed_folders_and_check_them() {
+        let t = tempfile::tempdir().unwrap();
+        let depth = KEEP_OPEN * 3;
+        let mut p = t.path().to_path_buf();
+        for _ in 0..depth {
+            p.push("d");
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        let tree = walk(t.path()).unwrap();
+        assert_eq!(tree.entries().len(), depth + 1);
+        let mut chain = Chain::new(dir_fd(t.path()), t.path().to_path_buf());
+        let deepest = tree.entries().last().unwrap().rel.clone();
+        chain.goto(&deepest, &|p| tree.dir_id(p)).unwrap();
+        assert!(chain.levels[0].fd.is_none(), "shallow folders were closed");
+        // Back up to a closed level, then down again.
+        chain.goto(b"d/d", &|p| tree.dir_id(p)).unwrap();
+        chain.goto(&deepest, &|p| tree.dir_id(p)).unwrap();
+        // A closed level replaced by another folder is noticed when it is reopened.
+        let second = t.path().join("d/d");
+        std::fs::rename(&second, t.path().join("moved")).unwrap();
+        std::fs::create_dir(&second).unwrap();
+        let err = chain.goto(b"d/d/d", &|p| tree.dir_id(p)).unwrap_err();
+        assert!(
+            matches!(&err, Error::SourceChanged { path, .. } if path == &second),
+            "{err}"
+        );
     }
 }

@@ -436,7 +436,8 @@ fn quick_check_reads_only_changed_files_and_stores_the_same_version_as_a_full_re
         let opts = freight_core::ingest::IngestOptions {
             package: pid("CAS00001"),
             version: Some(v),
-            quick_check: quick,
+            quick_check: if quick { v.checked_sub(1) } else { None },
+            skip_if_unchanged_from: None,
         };
         let r = freight_core::ingest::ingest(lib, &src, &opts, &progress).unwrap();
         (r, progress.bytes().1)
@@ -547,7 +548,8 @@ fn versions_of_lists_one_package_as_versions_does_and_numbers_new_versions() {
         let opts = freight_core::ingest::IngestOptions {
             package: pid(pkg),
             version: None,
-            quick_check: true,
+            quick_check: lib.latest(&pid(pkg)).unwrap(),
+            skip_if_unchanged_from: None,
         };
         let r = freight_core::ingest::ingest(&mut lib, &src, &opts, &Progress::default()).unwrap();
         assert_eq!(r.version, expect);

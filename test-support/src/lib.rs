@@ -90,7 +90,8 @@ pub fn ingest_version(
         &freight_core::ingest::IngestOptions {
             package: freight_core::PackageId::parse(package)?,
             version: Some(version),
-            quick_check: false,
+            quick_check: None,
+            skip_if_unchanged_from: None,
         },
         &freight_core::Progress::default(),
     )

@@ -121,6 +121,20 @@ fn distribute_update_redistribute_validate_and_remove_end_with_the_right_status_
         "v1 gone"
     );
 
+    // An update with nothing changed makes no version and says so (issue 10 point 10).
+    let (code, answer) = site.api(
+        "POST",
+        &format!("/v1/packages/{id}/update"),
+        Some(json!({})),
+    );
+    assert_eq!(code, 409, "{answer}");
+    let msg = format!("package {id}: nothing changed since version 2; no version made");
+    assert_eq!(answer["error"], msg.as_str(), "{answer}");
+    assert_eq!(
+        site.ok("GET", &format!("/v1/packages/{id}"), None)["package"]["version"],
+        2
+    );
+
     // Validate everywhere: clean.
     site.act(&id, "validate", json!({}));
     site.settle(SETTLE);

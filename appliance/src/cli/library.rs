@@ -158,12 +158,17 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
             json,
             source,
         } => {
-            let opts = IngestOptions {
-                package: pkg(&package)?,
-                version,
-                quick_check: quick,
-            };
             let mut lib = Library::open_or_init(&dir, io)?;
+            let package = pkg(&package)?;
+            // The CLI's quick check compares with the newest stored version: whoever runs it
+            // on a library of their own vouches for what it holds.
+            let quick_check = if quick { lib.latest(&package)? } else { None };
+            let opts = IngestOptions {
+                package,
+                version,
+                quick_check,
+                skip_if_unchanged_from: None,
+            };
             let started = std::time::Instant::now();
             let r = {
                 let _bar = Bar::start(progress.clone(), quiet);

@@ -238,7 +238,7 @@ impl SiteServer {
                         .into(),
                 )
             })?;
-        let snap = self.snapshot(&id, &source).await?;
+        let snap = self.snapshot(&id, &source, None).await?;
         self.store.write(|db| {
             db.insert_package(&id, &p.name, &p.source, priority, now())?;
             record_snapshot(db, self.code.as_str(), &id, &p.name, &snap)
@@ -255,7 +255,20 @@ impl SiteServer {
             .ok_or_else(|| SiteError::NoPackage(id.to_string()))?;
         let source = PathBuf::from(source);
         check_source(&source)?;
-        let snap = self.snapshot(id, &source).await?;
+        // The newest version this site recorded itself: the only one the quick check may
+        // trust (the library may hold versions others put there) and the one an unchanged
+        // source is compared with.
+        let base = self
+            .store
+            .read(|db| db.versions(id))?
+            .last()
+            .map(|v| v.version);
+        let snap = self.snapshot(id, &source, base).await?;
+        if let Some(n) = snap.unchanged_from {
+            return Err(SiteError::Conflict(format!(
+                "package {id}: nothing changed since version {n}; no version made"
+            )));
+        }
         self.store.write(|db| {
             record_snapshot(db, self.code.as_str(), id, &name, &snap)?;
             let dps = db.package_dps(id, |s| {
@@ -268,8 +281,10 @@ impl SiteServer {
         self.package(id)
     }
 
-    /// Snapshots `source` into the library as the next version of `id`.
-    async fn snapshot(&self, id: &str, source: &Path) -> SiteResult<Snapshot> {
+    /// Snapshots `source` into the library as the next version of `id`; with a `base`
+    /// version, unchanged files are taken from it unread and a source equal to it makes no
+    /// version (`Snapshot::unchanged_from`).
+    async fn snapshot(&self, id: &str, source: &Path, base: Option<u32>) -> SiteResult<Snapshot> {
         let pid = PackageId::parse(id).map_err(|e| SiteError::Invalid(e.to_string()))?;
         let src = source.to_path_buf();
         let report = self
@@ -282,7 +297,8 @@ impl SiteServer {
                         package: pid,
                         version: None,
                         // Like rsync: an update reads only files whose size or mtime changed.
-                        quick_check: true,
+                        quick_check: base,
+                        skip_if_unchanged_from: base,
                     },
                     &Progress::default(),
                 )
@@ -300,6 +316,7 @@ impl SiteServer {
             hex: report.hash,
             files: report.files,
             bytes: report.bytes,
+            unchanged_from: report.unchanged_from,
         })
     }
 
@@ -488,6 +505,8 @@ struct Snapshot {
     hex: String,
     files: u64,
     bytes: u64,
+    /// Set when the source equals this version: nothing was stored.
+    unchanged_from: Option<u32>,
 }
 
 /// Records a snapshot as a version with its messages (2376, 2311).

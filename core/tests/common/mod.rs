@@ -20,6 +20,7 @@ pub fn new_lib(dir: &Path, cfg: &LibraryConfig) -> Library {
 }
 
 /// Ingests `src` as `pkg` version `v`.
+#[allow(unused_imports)] // not every test file numbers its versions
 pub use freight_test_support::ingest_version as ingest_v;
 
 /// The library's files with sizes and content hashes (directory mtimes left out: creating and

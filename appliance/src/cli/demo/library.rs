@@ -44,7 +44,8 @@ pub fn run(
     let opts = |v| IngestOptions {
         package: pkg.clone(),
         version: Some(v),
-        quick_check: false,
+        quick_check: None,
+        skip_if_unchanged_from: None,
     };
     let r1 = {
         let _b = Bar::start(progress.clone(), quiet);
