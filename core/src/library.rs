@@ -435,7 +435,9 @@ impl Library {
 
     // ---- manifests ----
 
-    fn manifest_path(&self, package: &PackageId, version: u32) -> PathBuf {
+    /// Where the manifest of `version` of `package` is stored (whether or not it exists): a
+    /// reader that caches manifests stats it to notice a replaced version.
+    pub fn manifest_path(&self, package: &PackageId, version: u32) -> PathBuf {
         self.dir
             .join("manifests")
             .join(package.as_str())
