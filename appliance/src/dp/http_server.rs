@@ -197,12 +197,16 @@ fn refuse(stream: TcpStream, why: Refusal) {
     };
     // Best effort: a full send buffer or a gone client just gets the close.
     let _ = stream.try_write(answer);
+    // What the client already sent is taken (into the stack) so that the close is a FIN
+    // after the answer, not a reset that may destroy the answer in the client's buffer.
+    let mut sink = [0u8; 1024];
+    let _ = stream.try_read(&mut sink);
     drop(stream);
 }
 
 /// Counts refusals and says so at most every [`REPORT_EVERY`], so a flood costs a few lines.
 struct RefusalLog {
-    since: Instant,
+    last_report: Option<Instant>,
     total: u64,
     address: u64,
     last_address: Option<IpAddr>,
@@ -213,11 +217,16 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 impl RefusalLog {
     fn new() -> RefusalLog {
         RefusalLog {
-            since: Instant::now(),
+            last_report: None,
             total: 0,
             address: 0,
             last_address: None,
         }
+    }
+
+    /// Whether it is time to say what was counted (the first time, then every 10 s).
+    fn due(&self) -> bool {
+        self.last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY)
     }
 
     fn note(&mut self, ip: IpAddr, why: Refusal, limits: &Limits, cap: usize) {
@@ -228,7 +237,7 @@ impl RefusalLog {
                 self.last_address = Some(ip);
             }
         }
-        if self.since.elapsed() < REPORT_EVERY && self.total + self.address > 1 {
+        if !self.due() {
             return;
         }
         if self.total > 0 {
@@ -247,7 +256,10 @@ impl RefusalLog {
                 limits.max_per_address
             );
         }
-        *self = RefusalLog::new();
+        *self = RefusalLog {
+            last_report: Some(Instant::now()),
+            ..RefusalLog::new()
+        };
     }
 }
 
@@ -602,12 +614,15 @@ async fn accept_failed(e: io::Error, log: &mut RefusalLog) {
         return;
     }
     log.total += 1;
-    if log.total == 1 || log.since.elapsed() >= REPORT_EVERY {
+    if log.due() {
         tracing::error!(
+            failures = log.total,
             "DP content server: cannot accept connections ({e}); freightd is out of descriptors or memory, raise its RLIMIT_NOFILE or lower [dp] http_max_connections"
         );
-        *log = RefusalLog::new();
-        log.total = 1;
+        *log = RefusalLog {
+            last_report: Some(Instant::now()),
+            ..RefusalLog::new()
+        };
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
