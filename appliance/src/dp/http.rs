@@ -44,7 +44,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use freight_core::manifest::{ChunkRef, check_path};
-use freight_core::{ChunkId, Entry, EntryKind, Library, Manifest, PackageId};
+use freight_core::{ChunkId, Entry, EntryKind, Manifest, ManifestDir, PackageId};
 use freight_transport::store::SharedLibrary;
 use headers::IfUnmodifiedSince;
 use headers::{ETag, HeaderMapExt, IfMatch, IfModifiedSince, IfNoneMatch, IfRange};
@@ -74,18 +74,23 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
 /// Listing JSON is sent in pieces of about this many bytes.
 const LISTING_PIECE: usize = 64 * 1024;
 
-/// What the handlers share: the library, its decoded manifests and the listing slots.
+/// What the handlers share: the library (for chunks), its manifests as plain files (read
+/// without waiting for the library: a maintenance job such as a redistribute's Forget holds
+/// it for seconds), the decoded manifests and the listing slots.
 #[derive(Clone)]
 struct Content {
     lib: SharedLibrary,
+    dir: ManifestDir,
     manifests: Arc<Manifests>,
     listings: Arc<Semaphore>,
 }
 
 /// Routes of a DP's content server, reading from `lib`, within `limits` (listings at once).
 pub fn router(lib: SharedLibrary, limits: &Limits) -> Router {
+    let dir = lib.read().manifest_dir();
     let content = Content {
-        manifests: Arc::new(Manifests::new(lib.clone())),
+        manifests: Arc::new(Manifests::new(dir.clone())),
+        dir,
         lib,
         listings: Arc::new(Semaphore::new(limits.max_listings.max(1))),
     };
@@ -476,17 +481,13 @@ async fn unknown_route(uri: Uri) -> Fail {
 // Library access (always on the blocking pool: manifests and chunks are read from disk).
 
 async fn blocking<T: Send + 'static>(
-    lib: &SharedLibrary,
-    f: impl FnOnce(&Library) -> Result<T, Fail> + Send + 'static,
+    f: impl FnOnce() -> Result<T, Fail> + Send + 'static,
 ) -> Result<T, Fail> {
-    let lib = lib.clone();
-    tokio::task::spawn_blocking(move || f(&lib.read()))
-        .await
-        .map_err(|e| {
-            internal(format!(
-                "the library reader failed ({e}); retry the request"
-            ))
-        })?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        internal(format!(
+            "the library reader failed ({e}); retry the request"
+        ))
+    })?
 }
 
 fn parse_package(s: &str) -> Result<PackageId, Fail> {
@@ -533,8 +534,8 @@ fn busy(what: &str) -> Fail {
     )
 }
 
-fn versions_of(lib: &Library, pkg: &PackageId) -> Result<Vec<u32>, Fail> {
-    let vs = lib
+fn versions_of(dir: &ManifestDir, pkg: &PackageId) -> Result<Vec<u32>, Fail> {
+    let vs = dir
         .versions_of(pkg)
         .map_err(|e| library_error("the package list", e))?;
     if vs.is_empty() {
@@ -552,9 +553,13 @@ fn just_removed(pkg: &PackageId, v: u32) -> Fail {
 /// The version `ver` names and the identity of its manifest file (device, inode, size,
 /// mtime): a manifest is replaced by renaming a new file into place, so a cached decode is
 /// current exactly while its file's identity is unchanged.
-fn locate_manifest(lib: &Library, pkg: &PackageId, ver: VersionSel) -> Result<(u32, FileId), Fail> {
+fn locate_manifest(
+    dir: &ManifestDir,
+    pkg: &PackageId,
+    ver: VersionSel,
+) -> Result<(u32, FileId), Fail> {
     use std::os::unix::fs::MetadataExt;
-    let versions = versions_of(lib, pkg)?;
+    let versions = versions_of(dir, pkg)?;
     let v = match ver {
         VersionSel::Latest => *versions.last().expect("non-empty"),
         VersionSel::Number(v) if versions.contains(&v) => v,
@@ -566,7 +571,7 @@ fn locate_manifest(lib: &Library, pkg: &PackageId, ver: VersionSel) -> Result<(u
             )));
         }
     };
-    let path = lib.manifest_path(pkg, v);
+    let path = dir.path(pkg, v);
     match std::fs::metadata(&path) {
         Ok(m) => Ok((v, (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(just_removed(pkg, v)),
@@ -620,16 +625,16 @@ struct Cached {
 /// up to [`MANIFEST_CACHE_BYTES`]; one larger than that is never kept, only shared by the
 /// requests that hold it.
 pub struct Manifests {
-    lib: SharedLibrary,
+    dir: ManifestDir,
     decodes: Semaphore,
     /// Least recently used first.
     cache: Mutex<Vec<Cached>>,
 }
 
 impl Manifests {
-    fn new(lib: SharedLibrary) -> Manifests {
+    fn new(dir: ManifestDir) -> Manifests {
         Manifests {
-            lib,
+            dir,
             decodes: Semaphore::new(MAX_DECODES),
             cache: Mutex::new(Vec::new()),
         }
@@ -674,7 +679,8 @@ impl Manifests {
         let pkg = parse_package(pkg)?;
         let ver = parse_version(ver)?;
         let p = pkg.clone();
-        let (v, file) = blocking(&self.lib, move |lib| locate_manifest(lib, &p, ver)).await?;
+        let dir = self.dir.clone();
+        let (v, file) = blocking(move || locate_manifest(&dir, &p, ver)).await?;
         if let Some(hit) = self.lookup(&pkg, v, &file) {
             return Ok(hit);
         }
@@ -687,8 +693,9 @@ impl Manifests {
             return Ok(hit);
         }
         let p = pkg.clone();
-        let loaded = blocking(&self.lib, move |lib| {
-            let manifest = match lib.manifest(&p, v) {
+        let dir = self.dir.clone();
+        let loaded = blocking(move || {
+            let manifest = match dir.manifest(&p, v) {
                 Ok(m) => m,
                 Err(freight_core::Error::NoSuchVersion { .. }) => return Err(just_removed(&p, v)),
                 Err(e) => return Err(library_error(&format!("the manifest of {p} v{v}"), e)),
@@ -715,8 +722,9 @@ struct PackageVersions {
 }
 
 async fn list_packages(State(c): State<Content>) -> Result<axum::Json<Vec<PackageVersions>>, Fail> {
-    let all = blocking(&c.lib, |lib| {
-        lib.versions()
+    let dir = c.dir.clone();
+    let all = blocking(move || {
+        dir.versions()
             .map_err(|e| library_error("the package list", e))
     })
     .await?;
@@ -736,7 +744,8 @@ async fn package_versions(
 ) -> Result<axum::Json<PackageVersions>, Fail> {
     let pkg = parse_package(&pkg)?;
     let p = pkg.clone();
-    let versions = blocking(&c.lib, move |lib| versions_of(lib, &p)).await?;
+    let dir = c.dir.clone();
+    let versions = blocking(move || versions_of(&dir, &p)).await?;
     Ok(axum::Json(PackageVersions {
         package: pkg.to_string(),
         versions,
@@ -891,9 +900,17 @@ async fn listing(
     }
     let mut writer = ListingWriter::new(loaded);
     writer._slot = Some(slot);
-    let body = Body::from_stream(futures_util::stream::iter(
-        writer.map(Ok::<_, std::convert::Infallible>),
-    ));
+    // Each piece is written on the blocking pool: a listing is pure CPU, and on the async
+    // workers a few of them would make every other request wait its turn behind them.
+    let body = Body::from_stream(futures_util::stream::unfold(writer, |mut w| async move {
+        let (w, piece) = tokio::task::spawn_blocking(move || {
+            let piece = w.next();
+            (w, piece)
+        })
+        .await
+        .ok()?;
+        Some((Ok::<_, std::convert::Infallible>(piece?), w))
+    }));
     Ok((StatusCode::OK, common, body).into_response())
 }
 
