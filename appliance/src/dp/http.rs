@@ -71,6 +71,9 @@ pub const MANIFEST_CACHE_BYTES: usize = 32 << 20;
 /// below the listener's send timeout, which would otherwise cut the waiting connection.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a file request waits for the library (held by a maintenance job) before 503.
+pub const LIBRARY_WAIT: Duration = Duration::from_millis(750);
+
 /// Listing JSON is sent in pieces of about this many bytes.
 const LISTING_PIECE: usize = 64 * 1024;
 
@@ -588,6 +591,8 @@ type FileId = (u64, u64, u64, i64, i64);
 pub struct Loaded {
     /// The manifest.
     pub manifest: Manifest,
+    /// The identity of the manifest file it was decoded from.
+    file: FileId,
     /// Its hash (the package hash).
     pub hash: blake3::Hash,
     /// Its estimated size in memory.
@@ -701,6 +706,7 @@ impl Manifests {
                 Err(e) => return Err(library_error(&format!("the manifest of {p} v{v}"), e)),
             };
             Ok(Arc::new(Loaded {
+                file,
                 hash: manifest.hash(),
                 bytes: manifest_bytes(&manifest),
                 manifest,
@@ -1035,8 +1041,9 @@ async fn file(
     }
     let loaded = c.manifests.get(&pkg, &ver).await?;
     let info = find_file(&loaded.manifest, &path)?;
+    let file_id = loaded.file;
     drop(loaded);
-    let lib = c.lib;
+    let lib = c.lib.clone();
 
     let tag = etag(info.size, &info.chunks);
     let mut common = HeaderMap::new();
@@ -1118,9 +1125,24 @@ async fn file(
     let ctx = format!("{} in {} v{}", show(&info.path), info.package, info.version);
     let first = pieces.pop_front().expect("a non-empty range has a chunk");
     // The first chunk is read before answering, so a damaged one still gets a proper 500.
-    let first = match read_piece(lib.clone(), first).await {
+    let read = spawn_read(&lib, first);
+    // Chunks are read under the library's lock, which a maintenance job (a redistribute's
+    // Forget, an install) holds for seconds: answer 503 then rather than keep the client.
+    let read = match tokio::time::timeout(LIBRARY_WAIT, read).await {
+        Ok(r) => r.unwrap_or_else(|e| Err(format!("chunk reader failed: {e}"))),
+        Err(_) => return Err(busy("work on its library")),
+    };
+    let first = match read {
         Ok(b) => b,
         Err(msg) => {
+            // A version removed since its manifest was looked up is gone, not damaged.
+            let (dir, p, v) = (c.dir.clone(), info.package.clone(), info.version);
+            let still = blocking(move || locate_manifest(&dir, &p, VersionSel::Number(v))).await;
+            match still {
+                Ok((_, id)) if id == file_id => {}
+                Ok(_) => return Err(just_removed(&info.package, v)),
+                Err(f) => return Err(f),
+            }
             tracing::warn!(chunk = %first.id, file = %ctx, "damaged chunk, not served: {msg}");
             // The client learns which chunk, not the library's paths (those are in the log).
             return Err(internal(format!(
@@ -1160,12 +1182,6 @@ fn read_piece_blocking(lib: &SharedLibrary, p: Piece) -> ReadResult {
 fn spawn_read(lib: &SharedLibrary, p: Piece) -> JoinHandle<ReadResult> {
     let lib = lib.clone();
     tokio::task::spawn_blocking(move || read_piece_blocking(&lib, p))
-}
-
-async fn read_piece(lib: SharedLibrary, p: Piece) -> ReadResult {
-    spawn_read(&lib, p)
-        .await
-        .unwrap_or_else(|e| Err(format!("chunk reader failed: {e}")))
 }
 
 /// The body of a file response: the chunk already read, then one chunk read ahead at a time.
