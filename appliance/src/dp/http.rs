@@ -145,6 +145,23 @@ pub enum Precondition {
     Failed,
 }
 
+/// Whether no value of `name` has whitespace or a control byte inside quotes (RFC 9110
+/// §8.8.3: an entity tag's `etagc` has neither). The `headers` crate debug-asserts this of what
+/// it parses, so a client's `If-None-Match: "a b"` panicked a debug build (found by the
+/// `http_conditions` fuzz target); such a value is malformed.
+fn tags_well_formed(headers: &HeaderMap, name: header::HeaderName) -> bool {
+    headers.get_all(name).iter().all(|v| {
+        let mut quoted = false;
+        v.as_bytes().iter().all(|&b| {
+            if b == b'"' {
+                quoted = !quoted;
+                return true;
+            }
+            !quoted || (b > b' ' && b != 0x7f)
+        })
+    })
+}
+
 /// Evaluates `If-Match`, `If-Unmodified-Since`, `If-None-Match` and `If-Modified-Since`, in
 /// RFC 9110's order, for a representation with the strong `etag` (quoted) and `modified`
 /// (its `Last-Modified`, if it has one). An `If-Match` that cannot be read matches nothing
@@ -159,7 +176,9 @@ pub fn preconditions(
     let safe = method == Method::GET || method == Method::HEAD;
     if headers.contains_key(header::IF_MATCH) {
         let passes = match (headers.typed_get::<IfMatch>(), &tag) {
-            (Some(m), Some(t)) => m.precondition_passes(t),
+            (Some(m), Some(t)) if tags_well_formed(headers, header::IF_MATCH) => {
+                m.precondition_passes(t)
+            }
             _ => false,
         };
         if !passes {
@@ -171,7 +190,8 @@ pub fn preconditions(
         return Precondition::Failed;
     }
     if headers.contains_key(header::IF_NONE_MATCH) {
-        if let (Some(none), Some(t)) = (headers.typed_get::<IfNoneMatch>(), &tag)
+        if tags_well_formed(headers, header::IF_NONE_MATCH)
+            && let (Some(none), Some(t)) = (headers.typed_get::<IfNoneMatch>(), &tag)
             && !none.precondition_passes(t)
         {
             return if safe {
@@ -196,6 +216,9 @@ pub fn preconditions(
 pub fn if_range_allows(headers: &HeaderMap, etag: &str) -> bool {
     if !headers.contains_key(header::IF_RANGE) {
         return true;
+    }
+    if !tags_well_formed(headers, header::IF_RANGE) {
+        return false;
     }
     match (headers.typed_get::<IfRange>(), etag.parse::<ETag>()) {
         (Some(r), Ok(tag)) => !r.is_modified(Some(&tag), None),
@@ -1363,6 +1386,20 @@ mod tests {
         }
         assert_eq!(eval(&get, &[("if-none-match", "\"x\"")]), Proceed);
         assert_eq!(eval(&get, &[("if-none-match", "garbage")]), Proceed);
+        // Whitespace inside a tag is malformed (and once panicked the headers crate).
+        assert_eq!(eval(&get, &[("if-none-match", "\"a b\"")]), Proceed);
+        assert_eq!(
+            eval(&get, &[("if-none-match", "\"x\",\t\"a\tb\"")]),
+            Proceed
+        );
+        assert_eq!(eval(&get, &[("if-match", "\"a b\"")]), Failed);
+        assert!(!if_range_allows(&with(&[("if-range", "\"a b\"")]), tag));
+        assert!(!if_range_allows(&with(&[("if-range", "\"a, -\"")]), tag));
+        assert_eq!(eval(&get, &[("if-none-match", "\"a, b\"")]), Proceed);
+        assert_eq!(
+            eval(&get, &[("if-none-match", " \"abc\" , \"x\"")]),
+            NotModified
+        );
         // If-Match: strong comparison; 412 on a mismatch, a weak tag or garbage.
         for v in [tag, "*", "\"x\", \"abc\""] {
             assert_eq!(eval(&get, &[("if-match", v)]), Proceed, "{v}");
