@@ -6,7 +6,9 @@ cd "$(dirname "$0")"
 secs=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1
-for t in manifest_decode parcel_read instruction_decode frame_decode; do
+# Every target of Cargo.toml, so a new one is never left out.
+targets=$(cargo fuzz list)
+for t in $targets; do
   echo "== fuzz $t for ${secs}s"
   cargo fuzz run "$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048
 done

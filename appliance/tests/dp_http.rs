@@ -1,9 +1,12 @@
 //! The DP content server (`freight_appliance::dp::http`) on loopback, checked with the real
 //! `curl`: every file byte-identical to its source, listings, ranges, ETags and conditional
 //! requests, `latest`, the one-line errors, hostile paths, and a damaged library that must
-//! never deliver wrong bytes as a success.
+//! never deliver wrong bytes as a success; the listener's limits (half requests timed out, idle
+//! and slow-reading clients cut, connections above the per-address cap refused) over raw
+//! sockets.
 
 use freight_appliance::dp::http::{percent_encode, router};
+use freight_appliance::dp::http_server::{self, Limits};
 use freight_core::{EntryKind, Library, PackageId};
 use freight_test_support::{DatasetSpec, generate, ingest_version, noise};
 use freight_transport::store::SharedLibrary;
@@ -14,6 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 const PKG: &str = "PS100001";
 const BIG: usize = 5 << 20;
@@ -25,6 +29,11 @@ struct Server {
 }
 
 fn serve(lib: Library) -> Server {
+    serve_with(lib, Limits::default())
+}
+
+/// Serves `lib` through the DP's own listener with `limits`.
+fn serve_with(lib: Library, limits: Limits) -> Server {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,8 +44,8 @@ fn serve(lib: Library) -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(SharedLibrary::new(lib));
-    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let app = router(SharedLibrary::new(lib), &limits);
+    rt.spawn(http_server::serve(listener, app, limits, 1 << 20));
     Server { _rt: rt, base }
 }
 
@@ -724,4 +733,363 @@ fn a_damaged_chunk_is_never_served_as_success() {
     );
     assert_eq!((got.status, got.exit), (206, 0), "{got:?}");
     assert!(got.body == data[first_len..last_start]);
+}
+
+#[test]
+fn conditional_requests_head_and_huge_ranges_follow_rfc_9110() {
+    let f = fixture();
+    let s = &f.server;
+    let url = file_url("1", b"big.bin");
+    let head = curl(s, &url, &["-I"]);
+    let tag = head.header("etag").unwrap().to_string();
+    let modified = head.header("last-modified").unwrap().to_string();
+
+    // If-Match: the current tag or `*` passes, anything else is 412 with one line.
+    for ok in [tag.as_str(), "*", &format!("\"x\", {tag}")] {
+        let got = curl(s, &url, &["-H", &format!("If-Match: {ok}")]);
+        assert_eq!(got.status, 200, "{ok}");
+        assert_eq!(got.body.len(), BIG);
+    }
+    for bad in ["\"x\"", &format!("W/{tag}")] {
+        let got = curl(s, &url, &["-H", &format!("If-Match: {bad}")]);
+        assert_eq!(got.status, 412, "{bad}: {got:?}");
+        assert_eq!(got.text().lines().count(), 1, "{}", got.text());
+        assert!(got.text().contains("fetch it again"), "{}", got.text());
+        assert_eq!(got.header("etag"), Some(tag.as_str()));
+    }
+    // If-None-Match on HEAD, If-Modified-Since with the file's own date: 304, no body.
+    let got = curl(s, &url, &["-I", "-H", &format!("If-None-Match: {tag}")]);
+    assert_eq!(got.status, 304, "{got:?}");
+    let got = curl(s, &url, &["-H", &format!("If-Modified-Since: {modified}")]);
+    assert_eq!((got.status, got.body.len()), (304, 0), "{got:?}");
+    let got = curl(
+        s,
+        &url,
+        &["-H", "If-Modified-Since: Thu, 01 Jan 1970 00:00:01 GMT"],
+    );
+    assert_eq!(got.status, 200);
+    let got = curl(
+        s,
+        &url,
+        &["-H", "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:01 GMT"],
+    );
+    assert_eq!(got.status, 412, "{got:?}");
+
+    // Numbers past u64: a start is unsatisfiable (416), an end means the file's end (206).
+    let huge = "99999999999999999999999";
+    let got = curl(s, &url, &["-H", &format!("Range: bytes={huge}-")]);
+    assert_eq!(got.status, 416, "{got:?}");
+    assert_eq!(
+        got.header("content-range"),
+        Some(&*format!("bytes */{BIG}"))
+    );
+    let got = curl(s, &url, &["-H", &format!("Range: bytes=10-{huge}")]);
+    assert_eq!(got.status, 206, "{got:?}");
+    assert_eq!(
+        got.header("content-range"),
+        Some(&*format!("bytes 10-{}/{BIG}", BIG - 1))
+    );
+
+    // HEAD everywhere GET is: the same status and headers, never a body.
+    for path in [
+        "/packages".to_string(),
+        format!("/packages/{PKG}"),
+        format!("/packages/{PKG}/1/"),
+        format!("/packages/{PKG}/9/"),
+        "/nothing".to_string(),
+        url.clone(),
+    ] {
+        let get = curl(s, &path, &[]);
+        let head = curl(s, &path, &["-I"]);
+        assert_eq!(head.status, get.status, "{path}");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "{path}"
+        );
+        assert!(head.body.is_empty(), "{path}");
+    }
+    // Other methods are refused with the allowed ones named.
+    let got = curl(s, &url, &["-X", "POST"]);
+    assert_eq!(got.status, 405, "{got:?}");
+    assert!(got.header("allow").unwrap().contains("HEAD"), "{got:?}");
+
+    // A listing has its own strong tag (the manifest's hash): a client that has it gets 304.
+    let listing = format!("/packages/{PKG}/1/");
+    let got = curl(s, &listing, &[]);
+    let ltag = got.header("etag").unwrap().to_string();
+    assert!(ltag.starts_with("\"l1-"), "{ltag}");
+    assert_eq!(
+        curl(s, &format!("/packages/{PKG}/1"), &["-I"]).header("etag"),
+        Some(ltag.as_str())
+    );
+    let got = curl(s, &listing, &["-H", &format!("If-None-Match: {ltag}")]);
+    assert_eq!((got.status, got.body.len()), (304, 0));
+    let got = curl(s, &listing, &["-H", "If-Match: \"l1-0\""]);
+    assert_eq!(got.status, 412, "{got:?}");
+    assert_ne!(
+        curl(s, &format!("/packages/{PKG}/2/"), &["-I"]).header("etag"),
+        Some(ltag.as_str())
+    );
+}
+
+/// A small library: `big.bin` (BIG bytes of noise) and `small.txt`, as PS100001 v1.
+fn small_library(dir: &Path) -> Library {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), noise("limits", BIG)).unwrap();
+    std::fs::write(src.join("small.txt"), b"fine\n").unwrap();
+    let mut lib = Library::open_or_init(&dir.join("lib"), None).unwrap();
+    ingest_version(&mut lib, &src, PKG, 1).unwrap();
+    lib
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.x.y.z: every one of them is
+/// this machine, so tests can be several clients).
+fn connect_from(from: &str, to: &str) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let from: std::net::Ipv4Addr = from.parse().unwrap();
+    let to: std::net::SocketAddrV4 = to.parse().unwrap();
+    let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, bound and connected with valid sockaddr_in values; ownership of
+    // the descriptor moves into the TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let local = sa(from, 0);
+        let r = libc::bind(fd, &local as *const _ as *const libc::sockaddr, len);
+        assert_eq!(r, 0, "bind {from}: {}", std::io::Error::last_os_error());
+        let remote = sa(*to.ip(), to.port());
+        let r = libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len);
+        assert_eq!(r, 0, "connect {to}: {}", std::io::Error::last_os_error());
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Reads until the server closes (EOF, reset or `within` passing): what arrived, and whether
+/// the connection ended (false: still open after `within`).
+fn read_until_closed(s: &mut std::net::TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (out, false);
+            }
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+/// Reads one response with a Content-Length from a kept-alive connection: (status, body).
+fn read_response(s: &mut std::net::TcpStream) -> (u16, Vec<u8>) {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut raw = Vec::new();
+    let mut byte = [0u8];
+    while !raw.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw).unwrap().to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).unwrap();
+    (status, body)
+}
+
+fn addr_of(server: &Server) -> &str {
+    server.base.trim_start_matches("http://")
+}
+
+#[test]
+fn half_requests_and_idle_connections_are_closed_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        header_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let server = serve_with(small_library(dir.path()), limits);
+    let addr = addr_of(&server);
+
+    // Half a request, then nothing: closed after the header timeout, without an answer.
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /packages HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(20));
+    let took = t.elapsed();
+    assert!(
+        closed && got.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    // Nothing at all: the same.
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    assert!(read_until_closed(&mut s, Duration::from_secs(20)).1);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Trickling the head a byte at a time does not extend the timeout.
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    for b in b"GET /packages HTTP/1.1\r\nHost: x\r\n".iter() {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if t.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(closed);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // A kept-alive connection outlives the header timeout between requests and is closed
+    // after the idle timeout.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+        file_url("1", b"small.txt")
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s), (200, b"fine\n".to_vec()));
+    std::thread::sleep(Duration::from_secs(2));
+    s.write_all(request.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s), (200, b"fine\n".to_vec()));
+    let t = Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(20));
+    assert!(closed && got.is_empty());
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(10),
+        "idle connection closed after {took:?}"
+    );
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        send_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let server = serve_with(small_library(dir.path()), limits);
+    // Ten pipelined requests for the whole big file (far more than the sockets buffer), and
+    // nothing read for a while.
+    let mut s = std::net::TcpStream::connect(addr_of(&server)).unwrap();
+    let one = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+        file_url("1", b"big.bin")
+    );
+    s.write_all(one.repeat(10).as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let t = Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(closed, "still open after {:?}", t.elapsed());
+    assert!(
+        got.len() < 10 * BIG,
+        "all {} bytes arrived; the writer never stalled",
+        got.len()
+    );
+    // The server is fine.
+    let got = curl(&server, &file_url("1", b"small.txt"), &[]);
+    assert_eq!((got.status, &got.body[..]), (200, &b"fine\n"[..]));
+}
+
+#[test]
+fn connections_above_the_caps_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_per_address: 3,
+        max_connections: 5,
+        ..Limits::default()
+    };
+    let server = serve_with(small_library(dir.path()), limits);
+    let addr = addr_of(&server).to_string();
+    let refused_text = |from: &str| {
+        let t = Instant::now();
+        let mut s = connect_from(from, &addr);
+        let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5));
+        assert!(
+            closed,
+            "a connection above the cap from {from} stayed open ({:?} arrived)",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "refused only after {:?}",
+            t.elapsed()
+        );
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        text
+    };
+    let curl_from = |from: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(["--interface", from])
+            .arg(format!("http://{addr}/packages"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // Three idle connections from one address fill its share: the fourth is refused at once
+    // (long before any timeout), with one line saying why.
+    let held: Vec<_> = (0..3).map(|_| connect_from("127.0.0.1", &addr)).collect();
+    let text = refused_text("127.0.0.1");
+    assert!(text.contains("from your address"), "{text}");
+    // Another address is still served.
+    assert_eq!(curl_from("127.0.0.2"), "200");
+    // Two more from a second address fill the total: a third address is refused too.
+    let held2: Vec<_> = (0..2).map(|_| connect_from("127.0.0.2", &addr)).collect();
+    let text = refused_text("127.0.0.3");
+    assert!(
+        text.contains("as many HTTP connections open as it allows"),
+        "{text}"
+    );
+    // Closing connections frees their places.
+    drop(held);
+    let end = Instant::now() + Duration::from_secs(5);
+    while curl_from("127.0.0.1") != "200" {
+        assert!(Instant::now() < end, "places were not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held2);
 }

@@ -34,7 +34,7 @@ pub use engine::{Engine, EngineKind, IoMode};
 pub use error::{Error, Result};
 pub use id::{ChunkId, PackageId};
 pub use instruction::{Instruction, InstructionKind, SignedInstruction};
-pub use library::Library;
+pub use library::{Library, ManifestDir};
 pub use manifest::{Entry, EntryKind, Manifest};
 pub use progress::Progress;
 pub use site::{PublicIdentity, Role, Roles, SiteCode, SiteKey, TrustEntry, TrustStore};

@@ -435,48 +435,29 @@ impl Library {
 
     // ---- manifests ----
 
-    fn manifest_path(&self, package: &PackageId, version: u32) -> PathBuf {
-        self.dir
-            .join("manifests")
-            .join(package.as_str())
-            .join(format!("{version:010}.fmf"))
+    /// The library's manifests as plain files, for readers that must not wait for the library
+    /// (a maintenance job holding it): manifests are replaced by atomic renames, so a reader
+    /// sees a whole old or a whole new manifest, never a torn one.
+    pub fn manifest_dir(&self) -> ManifestDir {
+        ManifestDir {
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// Where the manifest of `version` of `package` is stored (whether or not it exists).
+    pub fn manifest_path(&self, package: &PackageId, version: u32) -> PathBuf {
+        self.manifest_dir().path(package, version)
     }
 
     /// Every stored package with its versions, ascending.
     pub fn versions(&self) -> Result<BTreeMap<PackageId, Vec<u32>>> {
-        let mdir = self.dir.join("manifests");
-        let mut out = BTreeMap::new();
-        let rd = match std::fs::read_dir(&mdir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(Error::io(&mdir, "list manifests", e)),
-        };
-        for pkg in rd {
-            let pkg = pkg.ctx(&mdir, "list manifests")?;
-            let Ok(id) = PackageId::parse(&pkg.file_name().to_string_lossy()) else {
-                continue;
-            };
-            let pdir = pkg.path();
-            let vs = versions_in(
-                &pdir,
-                std::fs::read_dir(&pdir).ctx(&pdir, "list manifests")?,
-            )?;
-            if !vs.is_empty() {
-                out.insert(id, vs);
-            }
-        }
-        Ok(out)
+        self.manifest_dir().versions()
     }
 
     /// The stored versions of `package`, ascending (empty when it has none). Lists only that
     /// package's manifests folder.
     pub fn versions_of(&self, package: &PackageId) -> Result<Vec<u32>> {
-        let pdir = self.dir.join("manifests").join(package.as_str());
-        match std::fs::read_dir(&pdir) {
-            Ok(rd) => versions_in(&pdir, rd),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(Error::io(&pdir, "list manifests", e)),
-        }
+        self.manifest_dir().versions_of(package)
     }
 
     /// The newest stored version of `package`.
@@ -486,26 +467,7 @@ impl Library {
 
     /// Loads one manifest.
     pub fn manifest(&self, package: &PackageId, version: u32) -> Result<Manifest> {
-        let path = self.manifest_path(package, version);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NoSuchVersion {
-                    package: package.to_string(),
-                    version,
-                });
-            }
-            Err(e) => return Err(Error::io(&path, "read manifest", e)),
-        };
-        let m = Manifest::decode(&bytes, &path.display().to_string())?;
-        if &m.package != package || m.version != version {
-            return Err(Error::BadManifest {
-                what: path.display().to_string(),
-                offset: 0,
-                reason: format!("file holds {} v{}", m.package, m.version),
-            });
-        }
-        Ok(m)
+        self.manifest_dir().manifest(package, version)
     }
 
     /// All manifests.
@@ -589,6 +551,84 @@ impl Library {
 
 /// The versions named by the manifests in `rd` (the listing of package folder `pdir`),
 /// ascending.
+/// A library's stored manifests, read as plain files ([`Library::manifest_dir`]).
+#[derive(Clone, Debug)]
+pub struct ManifestDir {
+    dir: PathBuf,
+}
+
+impl ManifestDir {
+    /// Where the manifest of `version` of `package` is stored (whether or not it exists).
+    pub fn path(&self, package: &PackageId, version: u32) -> PathBuf {
+        self.dir
+            .join("manifests")
+            .join(package.as_str())
+            .join(format!("{version:010}.fmf"))
+    }
+
+    /// Every stored package with its versions, ascending.
+    pub fn versions(&self) -> Result<BTreeMap<PackageId, Vec<u32>>> {
+        let mdir = self.dir.join("manifests");
+        let mut out = BTreeMap::new();
+        let rd = match std::fs::read_dir(&mdir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(&mdir, "list manifests", e)),
+        };
+        for pkg in rd {
+            let pkg = pkg.ctx(&mdir, "list manifests")?;
+            let Ok(id) = PackageId::parse(&pkg.file_name().to_string_lossy()) else {
+                continue;
+            };
+            let pdir = pkg.path();
+            let vs = match std::fs::read_dir(&pdir) {
+                Ok(rd) => versions_in(&pdir, rd)?,
+                // Removed between the two listings.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&pdir, "list manifests", e)),
+            };
+            if !vs.is_empty() {
+                out.insert(id, vs);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored versions of `package`, ascending (empty when it has none).
+    pub fn versions_of(&self, package: &PackageId) -> Result<Vec<u32>> {
+        let pdir = self.dir.join("manifests").join(package.as_str());
+        match std::fs::read_dir(&pdir) {
+            Ok(rd) => versions_in(&pdir, rd),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io(&pdir, "list manifests", e)),
+        }
+    }
+
+    /// Loads and validates one manifest.
+    pub fn manifest(&self, package: &PackageId, version: u32) -> Result<Manifest> {
+        let path = self.path(package, version);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchVersion {
+                    package: package.to_string(),
+                    version,
+                });
+            }
+            Err(e) => return Err(Error::io(&path, "read manifest", e)),
+        };
+        let m = Manifest::decode(&bytes, &path.display().to_string())?;
+        if &m.package != package || m.version != version {
+            return Err(Error::BadManifest {
+                what: path.display().to_string(),
+                offset: 0,
+                reason: format!("file holds {} v{}", m.package, m.version),
+            });
+        }
+        Ok(m)
+    }
+}
+
 fn versions_in(pdir: &Path, rd: std::fs::ReadDir) -> Result<Vec<u32>> {
     let mut vs = Vec::new();
     for f in rd {

@@ -68,7 +68,8 @@ enum Cmd {
 /// Parses the command line and runs the command; exits 1 with one line on error.
 pub fn main() {
     crate::logging::init();
-    raise_fd_limit();
+    // Materialising and ingesting keep many files open at once: use the hard limit.
+    crate::daemon::raise_fd_limit();
     let cli = Cli::parse();
     let res: Result<(), CliError> = match cli.cmd {
         Cmd::Library(a) => library::run(a, cli.io, cli.quiet),
@@ -82,20 +83,5 @@ pub fn main() {
     if let Err(e) = res {
         eprintln!("freight: {e}");
         std::process::exit(1);
-    }
-}
-
-/// Materialising and ingesting keep many files open at once; use the hard limit.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }

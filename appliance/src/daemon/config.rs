@@ -14,10 +14,18 @@
 //! [dp]                          # role: distribution point
 //! kind = "standard"             # or "pull"
 //! http = "127.0.0.1:8080"
+//! # The HTTP content server's limits (defaults shown; see `dp::http_server`):
+//! http_header_timeout = "10s"   # a request head must arrive whole within this
+//! http_idle_timeout = "30s"     # a kept-alive connection without a request is closed after this
+//! http_send_timeout = "30s"     # a response write stuck this long (a client not reading) closes it
+//! http_max_connections = 4096   # connections at once; lowered to (RLIMIT_NOFILE - 512) / 2
+//! http_max_per_address = 64     # connections at once from one client address (raise behind NAT)
+//! http_max_listings = 4         # package listings sent at once; more wait up to 10 s, then 503
 //! ```
 //! Relative paths are taken from the config file's folder. Unknown keys are refused, so a
 //! typo never silently falls back to a default.
 
+use crate::dp::http_server::Limits;
 use crate::model::DpKind;
 // Durations read like every other duration in Freight: "30m", "5s", "500ms", "1h 30m".
 use freight_core::units::parse_duration;
@@ -101,6 +109,57 @@ pub struct DpRole {
     pub pull_capacity: usize,
     /// Materialise installed packages under this folder (`SHARE/PKG/`), optional.
     pub share: Option<PathBuf>,
+    /// HTTP: a request head must arrive whole within this.
+    #[serde(default = "http_header_timeout", with = "duration")]
+    pub http_header_timeout: Duration,
+    /// HTTP: a kept-alive connection without a new request is closed after this.
+    #[serde(default = "http_idle_timeout", with = "duration")]
+    pub http_idle_timeout: Duration,
+    /// HTTP: a response write that makes no progress this long closes the connection.
+    #[serde(default = "http_send_timeout", with = "duration")]
+    pub http_send_timeout: Duration,
+    /// HTTP: connections at once (lowered to fit the descriptor limit).
+    #[serde(default = "http_max_connections")]
+    pub http_max_connections: usize,
+    /// HTTP: connections at once from one client address.
+    #[serde(default = "http_max_per_address")]
+    pub http_max_per_address: usize,
+    /// HTTP: package listings sent at once.
+    #[serde(default = "http_max_listings")]
+    pub http_max_listings: usize,
+}
+
+impl DpRole {
+    /// The HTTP content server's limits as configured.
+    pub fn http_limits(&self) -> Limits {
+        Limits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            send_timeout: self.http_send_timeout,
+            max_connections: self.http_max_connections,
+            max_per_address: self.http_max_per_address,
+            max_listings: self.http_max_listings,
+        }
+    }
+}
+
+fn http_header_timeout() -> Duration {
+    Limits::default().header_timeout
+}
+fn http_idle_timeout() -> Duration {
+    Limits::default().idle_timeout
+}
+fn http_send_timeout() -> Duration {
+    Limits::default().send_timeout
+}
+fn http_max_connections() -> usize {
+    Limits::default().max_connections
+}
+fn http_max_per_address() -> usize {
+    Limits::default().max_per_address
+}
+fn http_max_listings() -> usize {
+    Limits::default().max_listings
 }
 
 fn default_idle() -> Duration {
@@ -208,6 +267,22 @@ impl DaemonConfig {
                 )));
             }
         }
+        if let Some(d) = &c.dp {
+            let zero = [
+                ("http_header_timeout", d.http_header_timeout.is_zero()),
+                ("http_idle_timeout", d.http_idle_timeout.is_zero()),
+                ("http_send_timeout", d.http_send_timeout.is_zero()),
+                ("http_max_connections", d.http_max_connections == 0),
+                ("http_max_per_address", d.http_max_per_address == 0),
+                ("http_max_listings", d.http_max_listings == 0),
+            ];
+            if let Some((key, _)) = zero.iter().find(|(_, z)| *z) {
+                return Err(ConfigError(format!(
+                    "{}: [dp] {key} is zero, which would refuse every client; leave it out for the default or give a positive value",
+                    path.display()
+                )));
+            }
+        }
         if c.site.is_none() && c.dp.is_none() {
             return Err(ConfigError(format!(
                 "{}: no role configured; add a [site] or a [dp] section (or both)",
@@ -237,6 +312,7 @@ mod tests {
         .unwrap();
         let d = c.dp.unwrap();
         assert_eq!((d.kind, d.pull_capacity), (DpKind::Standard, 50));
+        assert_eq!(d.http_limits(), Limits::default());
         let s = c.site.unwrap();
         assert_eq!(
             (s.packages_parallel, s.dp_workers, s.dp_attempts),
@@ -274,6 +350,14 @@ mod tests {
             (
                 format!("{base}[dp]\nhttp = \"127.0.0.1:0\"\nshare = \"l\"\n"),
                 "library and [dp] share are both",
+            ),
+            (
+                format!("{base}[dp]\nhttp = \"127.0.0.1:0\"\nhttp_max_per_address = 0\n"),
+                "[dp] http_max_per_address is zero",
+            ),
+            (
+                format!("{base}[dp]\nhttp = \"127.0.0.1:0\"\nhttp_header_timeout = \"0s\"\n"),
+                "[dp] http_header_timeout is zero",
             ),
         ] {
             let e = load(&text).unwrap_err();

@@ -1,10 +1,10 @@
 //! A distribution point's HTTP content server: package files straight from the content library.
 //!
-//! Routes (see [`router`]):
+//! Routes (see [`router`]); every route answers HEAD as it answers GET, without the body:
 //! ```text
-//! GET       /packages                              [{"package": "PS100001", "versions": [1, 2]}]
-//! GET       /packages/{PKG}[/]                     {"package", "versions"}
-//! GET       /packages/{PKG}/{VER}[/]               listing: {"package", "version", "hash", "files": [...]}
+//! GET|HEAD  /packages                              [{"package": "PS100001", "versions": [1, 2]}]
+//! GET|HEAD  /packages/{PKG}[/]                     {"package", "versions"}
+//! GET|HEAD  /packages/{PKG}/{VER}[/]               listing: {"package", "version", "hash", "files": [...]}
 //! GET|HEAD  /packages/{PKG}/{VER}/files/{PATH}     the file's bytes
 //! ```
 //! `{VER}` is a version number or `latest`. Files are streamed chunk by chunk: each chunk is
@@ -12,15 +12,31 @@
 //! so memory stays bounded by a couple of chunks per transfer and async workers never block.
 //! Responses carry `Content-Length`, `Last-Modified`, a strong `ETag` derived from the file's
 //! chunk list ([`etag`]: identical content gives the same tag in any package or version, and
-//! nothing is re-hashed), honour `If-None-Match` (304), single byte ranges (206/416, see
-//! [`parse_range`]) and `If-Range`. A file path is looked up exactly in the manifest
-//! ([`resolve`]), following symlinks inside the package for at most [`MAX_HOPS`] hops, so no
-//! request can read anything but the package's own content.
+//! nothing is re-hashed). Conditional requests follow RFC 9110 §13 ([`preconditions`]:
+//! `If-Match` and `If-Unmodified-Since` give 412, `If-None-Match` and `If-Modified-Since` give
+//! 304 to GET and HEAD), single byte ranges give 206 or 416 ([`parse_range`]) and `If-Range`
+//! lets a range through only for the current strong ETag ([`if_range_allows`]). The validators
+//! are parsed by the `headers` crate; the `Range` header by [`parse_range`], because that
+//! crate's range type drops a range whose numbers overflow instead of refusing it, reads the
+//! unit case-sensitively and refuses a suffix longer than the file, all against RFC 9110 §14.
+//!
+//! A listing is written as it is sent, a few hundred entries at a time, from a manifest shared
+//! by every request that needs it ([`Manifests`]: a small cache, checked against the manifest
+//! file on every request, decoded by at most [`MAX_DECODES`] requests at once); at most
+//! [`Limits::max_listings`] listings are sent at once. So a crowd of clients listing a large
+//! package costs one decoded manifest, not one JSON document each.
+//!
+//! A file path is looked up exactly in the manifest ([`resolve`]), following symlinks inside
+//! the package for at most [`MAX_HOPS`] hops, so no request can read anything but the
+//! package's own content.
 //!
 //! A chunk that fails verification is never sent: before the first byte the answer is 500, after
 //! it the body ends with an error (the client sees a truncated transfer) and a warning names the
 //! chunk. Every error body is one line of plain text naming the object and the remedy.
+//!
+//! Connections, timeouts and descriptor limits are the listener's: [`super::http_server`].
 
+use super::http_server::Limits;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -28,19 +44,59 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use freight_core::manifest::{ChunkRef, check_path};
-use freight_core::{ChunkId, Entry, EntryKind, Library, Manifest, PackageId};
+use freight_core::{ChunkId, Entry, EntryKind, Manifest, ManifestDir, PackageId};
 use freight_transport::store::SharedLibrary;
+use headers::IfUnmodifiedSince;
+use headers::{ETag, HeaderMapExt, IfMatch, IfModifiedSince, IfNoneMatch, IfRange};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde::Serialize;
+use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Symlinks followed at most when resolving one file path.
 pub const MAX_HOPS: usize = 8;
 
-/// Routes of a DP's content server, reading from `lib`.
-pub fn router(lib: SharedLibrary) -> Router {
+/// Manifests decoded at once (a large one is tens of megabytes while it is decoded).
+pub const MAX_DECODES: usize = 2;
+
+/// Decoded manifests kept for the next requests, by their estimated size in memory.
+pub const MANIFEST_CACHE_BYTES: usize = 32 << 20;
+
+/// How long a request waits for a listing slot or a manifest decode before it gets 503. Well
+/// below the listener's send timeout, which would otherwise cut the waiting connection.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a file request waits for the library (held by a maintenance job) before 503.
+pub const LIBRARY_WAIT: Duration = Duration::from_millis(750);
+
+/// Listing JSON is sent in pieces of about this many bytes.
+const LISTING_PIECE: usize = 64 * 1024;
+
+/// What the handlers share: the library (for chunks), its manifests as plain files (read
+/// without waiting for the library: a maintenance job such as a redistribute's Forget holds
+/// it for seconds), the decoded manifests and the listing slots.
+#[derive(Clone)]
+struct Content {
+    lib: SharedLibrary,
+    dir: ManifestDir,
+    manifests: Arc<Manifests>,
+    listings: Arc<Semaphore>,
+}
+
+/// Routes of a DP's content server, reading from `lib`, within `limits` (listings at once).
+pub fn router(lib: SharedLibrary, limits: &Limits) -> Router {
+    let dir = lib.read().manifest_dir();
+    let content = Content {
+        manifests: Arc::new(Manifests::new(dir.clone())),
+        dir,
+        lib,
+        listings: Arc::new(Semaphore::new(limits.max_listings.max(1))),
+    };
     Router::new()
         .route("/packages", get(list_packages))
         .route("/packages/", get(list_packages))
@@ -52,7 +108,7 @@ pub fn router(lib: SharedLibrary) -> Router {
         .route("/packages/{pkg}/{ver}/files/", get(files_root))
         .route("/packages/{pkg}/{ver}/files/{*path}", get(file))
         .fallback(unknown_route)
-        .with_state(lib)
+        .with_state(content)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -72,18 +128,102 @@ pub fn etag(size: u64, chunks: &[ChunkRef]) -> String {
     format!("\"{}\"", &h.finalize().to_hex()[..32])
 }
 
-/// Whether an `If-None-Match` value matches `etag` (weak comparison, `*` matches anything).
-pub fn if_none_match(header: &str, etag: &str) -> bool {
-    header
-        .split(',')
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+/// The strong ETag of a version's listing: its manifest hash names its content exactly (the
+/// `l1-` prefix is the listing format's version).
+pub fn listing_etag(hash: &blake3::Hash) -> String {
+    format!("\"l1-{}\"", &hash.to_hex()[..32])
 }
 
-/// Whether an `If-Range` value lets a range through: only a strongly equal ETag does (a date,
-/// a weak tag or another tag means "send the whole file").
-pub fn if_range(header: &str, etag: &str) -> bool {
-    header.trim() == etag
+/// What the preconditions of a request decide (RFC 9110 §13.2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// Answer normally.
+    Proceed,
+    /// 304: the client's copy is current (GET and HEAD only).
+    NotModified,
+    /// 412: `If-Match` or `If-Unmodified-Since` (or `If-None-Match` on another method) failed.
+    Failed,
+}
+
+/// Whether no value of `name` has whitespace or a control byte inside quotes (RFC 9110
+/// §8.8.3: an entity tag's `etagc` has neither). The `headers` crate debug-asserts this of what
+/// it parses, so a client's `If-None-Match: "a b"` panicked a debug build (found by the
+/// `http_conditions` fuzz target); such a value is malformed.
+fn tags_well_formed(headers: &HeaderMap, name: header::HeaderName) -> bool {
+    headers.get_all(name).iter().all(|v| {
+        let mut quoted = false;
+        v.as_bytes().iter().all(|&b| {
+            if b == b'"' {
+                quoted = !quoted;
+                return true;
+            }
+            !quoted || (b > b' ' && b != 0x7f)
+        })
+    })
+}
+
+/// Evaluates `If-Match`, `If-Unmodified-Since`, `If-None-Match` and `If-Modified-Since`, in
+/// RFC 9110's order, for a representation with the strong `etag` (quoted) and `modified`
+/// (its `Last-Modified`, if it has one). An `If-Match` that cannot be read matches nothing
+/// (412, the safe side); an unreadable `If-None-Match` or date is ignored, as the RFC says.
+pub fn preconditions(
+    method: &Method,
+    headers: &HeaderMap,
+    etag: &str,
+    modified: Option<SystemTime>,
+) -> Precondition {
+    let tag: Option<ETag> = etag.parse().ok();
+    let safe = method == Method::GET || method == Method::HEAD;
+    if headers.contains_key(header::IF_MATCH) {
+        let passes = match (headers.typed_get::<IfMatch>(), &tag) {
+            (Some(m), Some(t)) if tags_well_formed(headers, header::IF_MATCH) => {
+                m.precondition_passes(t)
+            }
+            _ => false,
+        };
+        if !passes {
+            return Precondition::Failed;
+        }
+    } else if let (Some(since), Some(m)) = (headers.typed_get::<IfUnmodifiedSince>(), modified)
+        && !since.precondition_passes(m)
+    {
+        return Precondition::Failed;
+    }
+    if headers.contains_key(header::IF_NONE_MATCH) {
+        if tags_well_formed(headers, header::IF_NONE_MATCH)
+            && let (Some(none), Some(t)) = (headers.typed_get::<IfNoneMatch>(), &tag)
+            && !none.precondition_passes(t)
+        {
+            return if safe {
+                Precondition::NotModified
+            } else {
+                Precondition::Failed
+            };
+        }
+    } else if safe
+        && let (Some(since), Some(m)) = (headers.typed_get::<IfModifiedSince>(), modified)
+        && !since.is_modified(m)
+    {
+        return Precondition::NotModified;
+    }
+    Precondition::Proceed
+}
+
+/// Whether a `Range` may be honoured under `If-Range` (RFC 9110 §13.1.5): yes without the
+/// header or with the strongly equal current ETag; a date, a weak or another tag, or an
+/// unreadable value means "send the whole file" (a date is never a strong enough validator
+/// here: files keep their source's mtimes).
+pub fn if_range_allows(headers: &HeaderMap, etag: &str) -> bool {
+    if !headers.contains_key(header::IF_RANGE) {
+        return true;
+    }
+    if !tags_well_formed(headers, header::IF_RANGE) {
+        return false;
+    }
+    match (headers.typed_get::<IfRange>(), etag.parse::<ETag>()) {
+        (Some(r), Ok(tag)) => !r.is_modified(Some(&tag), None),
+        _ => false,
+    }
 }
 
 /// What a `Range` header asks of a file.
@@ -102,16 +242,36 @@ pub enum RangeReq {
     Unsatisfiable,
 }
 
-fn digits(s: &str) -> Option<u64> {
+/// `1*DIGIT` without its leading zeros; `None` when `s` is not that.
+fn digit_run(s: &str) -> Option<&str> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
         return None;
     }
-    s.parse().ok()
+    Some(s.trim_start_matches('0'))
 }
 
-/// Parses a `Range` header for a file of `size` bytes. Only a single `bytes` range is served
-/// (`a-b`, `a-`, `-n`); several ranges or a malformed value fall back to the whole file, as
-/// RFC 9110 allows.
+/// Compares two [`digit_run`]s as numbers, whatever their size.
+fn cmp_digits(a: &str, b: &str) -> Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// A [`digit_run`] as a number, or `None` past `u64::MAX`.
+fn to_u64(run: &str) -> Option<u64> {
+    if run.is_empty() {
+        return Some(0);
+    }
+    run.parse().ok()
+}
+
+fn digits(s: &str) -> Option<u64> {
+    to_u64(digit_run(s)?)
+}
+
+/// Parses a `Range` header for a file of `size` bytes (RFC 9110 §14.1.2). Only a single
+/// `bytes` range is served (`a-b`, `a-`, `-n`; the unit in any case); several ranges or a
+/// malformed value fall back to the whole file, as §14.2 allows. Numbers of any length are
+/// read: a first byte past the file (even past `u64::MAX`) is unsatisfiable (416), a last
+/// byte past it means the file's end, a suffix longer than the file means the whole file.
 pub fn parse_range(header: &str, size: u64) -> RangeReq {
     let Some((unit, spec)) = header.split_once('=') else {
         return RangeReq::Whole;
@@ -124,34 +284,37 @@ pub fn parse_range(header: &str, size: u64) -> RangeReq {
     };
     let (first, last) = (first.trim(), last.trim());
     if first.is_empty() {
-        let Some(n) = digits(last) else {
+        let Some(n) = digit_run(last) else {
             return RangeReq::Whole;
         };
-        if n == 0 || size == 0 {
+        if n.is_empty() || size == 0 {
             return RangeReq::Unsatisfiable;
         }
+        let n = to_u64(n).unwrap_or(u64::MAX);
         return RangeReq::Part {
             start: size.saturating_sub(n),
             end: size - 1,
         };
     }
-    let Some(start) = digits(first) else {
+    let Some(first) = digit_run(first) else {
         return RangeReq::Whole;
     };
-    let end = if last.is_empty() {
+    let last = if last.is_empty() {
         None
     } else {
-        match digits(last) {
-            Some(end) if end >= start => Some(end),
+        match digit_run(last) {
+            Some(l) if cmp_digits(l, first) != Ordering::Less => Some(l),
             _ => return RangeReq::Whole,
         }
     };
-    if start >= size {
-        return RangeReq::Unsatisfiable;
-    }
+    let start = match to_u64(first) {
+        Some(s) if s < size => s,
+        _ => return RangeReq::Unsatisfiable,
+    };
+    let end = last.map_or(u64::MAX, |l| to_u64(l).unwrap_or(u64::MAX));
     RangeReq::Part {
         start,
-        end: end.map_or(size - 1, |e| e.min(size - 1)),
+        end: end.min(size - 1),
     }
 }
 
@@ -344,17 +507,13 @@ async fn unknown_route(uri: Uri) -> Fail {
 // Library access (always on the blocking pool: manifests and chunks are read from disk).
 
 async fn blocking<T: Send + 'static>(
-    lib: &SharedLibrary,
-    f: impl FnOnce(&Library) -> Result<T, Fail> + Send + 'static,
+    f: impl FnOnce() -> Result<T, Fail> + Send + 'static,
 ) -> Result<T, Fail> {
-    let lib = lib.clone();
-    tokio::task::spawn_blocking(move || f(&lib.read()))
-        .await
-        .map_err(|e| {
-            internal(format!(
-                "the library reader failed ({e}); retry the request"
-            ))
-        })?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        internal(format!(
+            "the library reader failed ({e}); retry the request"
+        ))
+    })?
 }
 
 fn parse_package(s: &str) -> Result<PackageId, Fail> {
@@ -394,8 +553,15 @@ fn package_absent(pkg: &PackageId) -> Fail {
     ))
 }
 
-fn versions_of(lib: &Library, pkg: &PackageId) -> Result<Vec<u32>, Fail> {
-    let vs = lib
+fn busy(what: &str) -> Fail {
+    Fail(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("this DP is busy with other {what}; retry in a few seconds"),
+    )
+}
+
+fn versions_of(dir: &ManifestDir, pkg: &PackageId) -> Result<Vec<u32>, Fail> {
+    let vs = dir
         .versions_of(pkg)
         .map_err(|e| library_error("the package list", e))?;
     if vs.is_empty() {
@@ -404,8 +570,22 @@ fn versions_of(lib: &Library, pkg: &PackageId) -> Result<Vec<u32>, Fail> {
     Ok(vs)
 }
 
-fn load_manifest(lib: &Library, pkg: &PackageId, ver: VersionSel) -> Result<Manifest, Fail> {
-    let versions = versions_of(lib, pkg)?;
+fn just_removed(pkg: &PackageId, v: u32) -> Fail {
+    not_found(format!(
+        "{pkg} v{v} is not on this DP (it was just removed); distribute it here first"
+    ))
+}
+
+/// The version `ver` names and the identity of its manifest file (device, inode, size,
+/// mtime): a manifest is replaced by renaming a new file into place, so a cached decode is
+/// current exactly while its file's identity is unchanged.
+fn locate_manifest(
+    dir: &ManifestDir,
+    pkg: &PackageId,
+    ver: VersionSel,
+) -> Result<(u32, FileId), Fail> {
+    use std::os::unix::fs::MetadataExt;
+    let versions = versions_of(dir, pkg)?;
     let v = match ver {
         VersionSel::Latest => *versions.last().expect("non-empty"),
         VersionSel::Number(v) if versions.contains(&v) => v,
@@ -417,20 +597,148 @@ fn load_manifest(lib: &Library, pkg: &PackageId, ver: VersionSel) -> Result<Mani
             )));
         }
     };
-    match lib.manifest(pkg, v) {
-        Ok(m) => Ok(m),
-        Err(freight_core::Error::NoSuchVersion { .. }) => Err(not_found(format!(
-            "{pkg} v{v} is not on this DP (it was just removed); distribute it here first"
-        ))),
-        Err(e) => Err(library_error(&format!("the manifest of {pkg} v{v}"), e)),
+    let path = dir.path(pkg, v);
+    match std::fs::metadata(&path) {
+        Ok(m) => Ok((v, (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(just_removed(pkg, v)),
+        Err(e) => Err(library_error(
+            &format!("the manifest of {pkg} v{v}"),
+            freight_core::Error::io(&path, "read manifest", e),
+        )),
     }
 }
 
-/// The manifest a URL's `{PKG}` and `{VER}` name.
-async fn manifest_at(lib: &SharedLibrary, pkg: &str, ver: &str) -> Result<Manifest, Fail> {
-    let pkg = parse_package(pkg)?;
-    let ver = parse_version(ver)?;
-    blocking(lib, move |lib| load_manifest(lib, &pkg, ver)).await
+type FileId = (u64, u64, u64, i64, i64);
+
+/// A decoded manifest and what every answer from it needs.
+pub struct Loaded {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The identity of the manifest file it was decoded from.
+    file: FileId,
+    /// Its hash (the package hash).
+    pub hash: blake3::Hash,
+    /// Its estimated size in memory.
+    pub bytes: usize,
+}
+
+/// Estimated heap bytes of a decoded manifest (what the cache budget counts).
+fn manifest_bytes(m: &Manifest) -> usize {
+    m.entries
+        .iter()
+        .map(|e| {
+            std::mem::size_of::<Entry>()
+                + e.path.capacity()
+                + match &e.kind {
+                    EntryKind::Dir => 0,
+                    EntryKind::File { chunks, .. } => {
+                        chunks.capacity() * std::mem::size_of::<ChunkRef>()
+                    }
+                    EntryKind::Symlink { target } => target.capacity(),
+                }
+        })
+        .sum()
+}
+
+struct Cached {
+    package: PackageId,
+    version: u32,
+    file: FileId,
+    loaded: Arc<Loaded>,
+}
+
+/// Decoded manifests shared by the requests that need them. Every request checks the manifest
+/// file's identity (one `stat`); a hit costs nothing more, a miss decodes the file on the
+/// blocking pool, at most [`MAX_DECODES`] at a time. The most recently used manifests are kept
+/// up to [`MANIFEST_CACHE_BYTES`]; one larger than that is never kept, only shared by the
+/// requests that hold it.
+pub struct Manifests {
+    dir: ManifestDir,
+    decodes: Semaphore,
+    /// Least recently used first.
+    cache: Mutex<Vec<Cached>>,
+}
+
+impl Manifests {
+    fn new(dir: ManifestDir) -> Manifests {
+        Manifests {
+            dir,
+            decodes: Semaphore::new(MAX_DECODES),
+            cache: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lookup(&self, pkg: &PackageId, v: u32, file: &FileId) -> Option<Arc<Loaded>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let i = cache
+            .iter()
+            .position(|c| &c.package == pkg && c.version == v)?;
+        if &cache[i].file != file {
+            // Replaced on disk: the old decode serves nobody new.
+            cache.remove(i);
+            return None;
+        }
+        let hit = cache.remove(i);
+        let loaded = hit.loaded.clone();
+        cache.push(hit);
+        Some(loaded)
+    }
+
+    fn keep(&self, package: PackageId, version: u32, file: FileId, loaded: &Arc<Loaded>) {
+        if loaded.bytes > MANIFEST_CACHE_BYTES {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|c| !(c.package == package && c.version == version));
+        cache.push(Cached {
+            package,
+            version,
+            file,
+            loaded: loaded.clone(),
+        });
+        let mut total: usize = cache.iter().map(|c| c.loaded.bytes).sum();
+        while total > MANIFEST_CACHE_BYTES {
+            total -= cache.remove(0).loaded.bytes;
+        }
+    }
+
+    /// The manifest a URL's `{PKG}` and `{VER}` name.
+    async fn get(&self, pkg: &str, ver: &str) -> Result<Arc<Loaded>, Fail> {
+        let pkg = parse_package(pkg)?;
+        let ver = parse_version(ver)?;
+        let p = pkg.clone();
+        let dir = self.dir.clone();
+        let (v, file) = blocking(move || locate_manifest(&dir, &p, ver)).await?;
+        if let Some(hit) = self.lookup(&pkg, v, &file) {
+            return Ok(hit);
+        }
+        let _permit = tokio::time::timeout(QUEUE_WAIT, self.decodes.acquire())
+            .await
+            .map_err(|_| busy("large requests"))?
+            .map_err(|_| internal("the manifest reader stopped; restart freightd".into()))?;
+        // Another request may have decoded it while this one waited.
+        if let Some(hit) = self.lookup(&pkg, v, &file) {
+            return Ok(hit);
+        }
+        let p = pkg.clone();
+        let dir = self.dir.clone();
+        let loaded = blocking(move || {
+            let manifest = match dir.manifest(&p, v) {
+                Ok(m) => m,
+                Err(freight_core::Error::NoSuchVersion { .. }) => return Err(just_removed(&p, v)),
+                Err(e) => return Err(library_error(&format!("the manifest of {p} v{v}"), e)),
+            };
+            Ok(Arc::new(Loaded {
+                file,
+                hash: manifest.hash(),
+                bytes: manifest_bytes(&manifest),
+                manifest,
+            }))
+        })
+        .await?;
+        self.keep(pkg, v, file, &loaded);
+        Ok(loaded)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -442,11 +750,10 @@ struct PackageVersions {
     versions: Vec<u32>,
 }
 
-async fn list_packages(
-    State(lib): State<SharedLibrary>,
-) -> Result<axum::Json<Vec<PackageVersions>>, Fail> {
-    let all = blocking(&lib, |lib| {
-        lib.versions()
+async fn list_packages(State(c): State<Content>) -> Result<axum::Json<Vec<PackageVersions>>, Fail> {
+    let dir = c.dir.clone();
+    let all = blocking(move || {
+        dir.versions()
             .map_err(|e| library_error("the package list", e))
     })
     .await?;
@@ -461,12 +768,13 @@ async fn list_packages(
 }
 
 async fn package_versions(
-    State(lib): State<SharedLibrary>,
+    State(c): State<Content>,
     Path(pkg): Path<String>,
 ) -> Result<axum::Json<PackageVersions>, Fail> {
     let pkg = parse_package(&pkg)?;
     let p = pkg.clone();
-    let versions = blocking(&lib, move |lib| versions_of(lib, &p)).await?;
+    let dir = c.dir.clone();
+    let versions = blocking(move || versions_of(&dir, &p)).await?;
     Ok(axum::Json(PackageVersions {
         package: pkg.to_string(),
         versions,
@@ -474,16 +782,15 @@ async fn package_versions(
 }
 
 #[derive(Serialize)]
-struct Listing {
-    package: String,
+struct ListingHead<'a> {
+    package: &'a str,
     version: u32,
-    hash: String,
-    files: Vec<ListedFile>,
+    hash: &'a str,
 }
 
 #[derive(Serialize)]
-struct ListedFile {
-    path: String,
+struct ListedFile<'a> {
+    path: Cow<'a, str>,
     /// URL of the file, relative to the listing (percent-encoded path).
     href: String,
     kind: &'static str,
@@ -494,63 +801,153 @@ struct ListedFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     etag: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    target: Option<String>,
+    target: Option<Cow<'a, str>>,
 }
 
-fn listing_of(m: &Manifest) -> Listing {
-    let files = m
-        .entries
-        .iter()
-        .filter(|e| !e.path.is_empty())
-        .map(|e| {
-            let (kind, size, tag, target) = match &e.kind {
-                EntryKind::Dir => ("dir", None, None, None),
-                EntryKind::File { size, chunks } => {
-                    ("file", Some(*size), Some(etag(*size, chunks)), None)
-                }
-                EntryKind::Symlink { target } => (
-                    "symlink",
-                    None,
-                    None,
-                    Some(String::from_utf8_lossy(target).into_owned()),
-                ),
+fn listed(e: &Entry) -> ListedFile<'_> {
+    let (kind, size, tag, target) = match &e.kind {
+        EntryKind::Dir => ("dir", None, None, None),
+        EntryKind::File { size, chunks } => ("file", Some(*size), Some(etag(*size, chunks)), None),
+        EntryKind::Symlink { target } => {
+            ("symlink", None, None, Some(String::from_utf8_lossy(target)))
+        }
+    };
+    ListedFile {
+        path: String::from_utf8_lossy(&e.path),
+        href: format!("files/{}", percent_encode(&e.path)),
+        kind,
+        size,
+        mode: e.mode,
+        mtime: e.mtime_sec,
+        etag: tag,
+        target,
+    }
+}
+
+/// A listing being sent: `{"package", "version", "hash", "files": [...]}` written from the
+/// manifest's entries a piece at a time, so no whole listing is ever in memory. Holds its
+/// listing slot until it is finished or dropped.
+pub struct ListingWriter {
+    loaded: Arc<Loaded>,
+    /// Next entry to write; past the end once the closing bracket is out.
+    next: usize,
+    wrote_entry: bool,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl ListingWriter {
+    /// A writer for `loaded`'s listing.
+    pub fn new(loaded: Arc<Loaded>) -> ListingWriter {
+        ListingWriter {
+            loaded,
+            next: 0,
+            wrote_entry: false,
+            _slot: None,
+        }
+    }
+}
+
+impl Iterator for ListingWriter {
+    type Item = Bytes;
+
+    /// The next piece of JSON (about [`LISTING_PIECE`] bytes), `None` after the last.
+    fn next(&mut self) -> Option<Bytes> {
+        let entries = &self.loaded.manifest.entries;
+        if self.next > entries.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(LISTING_PIECE + 4096);
+        if self.next == 0 {
+            let m = &self.loaded.manifest;
+            let head = ListingHead {
+                package: m.package.as_str(),
+                version: m.version,
+                hash: &self.loaded.hash.to_hex(),
             };
-            ListedFile {
-                path: String::from_utf8_lossy(&e.path).into_owned(),
-                href: format!("files/{}", percent_encode(&e.path)),
-                kind,
-                size,
-                mode: e.mode,
-                mtime: e.mtime_sec,
-                etag: tag,
-                target,
+            let head = serde_json::to_vec(&head).expect("plain JSON");
+            // `{...}` opened up to its last field, then the file array.
+            out.extend_from_slice(&head[..head.len() - 1]);
+            out.extend_from_slice(b",\"files\":[");
+        }
+        while self.next < entries.len() && out.len() < LISTING_PIECE {
+            let e = &entries[self.next];
+            self.next += 1;
+            // The root is the listing itself.
+            if e.path.is_empty() {
+                continue;
             }
-        })
-        .collect();
-    Listing {
-        package: m.package.to_string(),
-        version: m.version,
-        hash: m.hash().to_hex().to_string(),
-        files,
+            if self.wrote_entry {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &listed(e)).expect("plain JSON");
+            self.wrote_entry = true;
+        }
+        if self.next == entries.len() {
+            out.extend_from_slice(b"]}");
+            self.next += 1;
+        }
+        Some(Bytes::from(out))
     }
 }
 
 async fn listing(
-    State(lib): State<SharedLibrary>,
+    State(c): State<Content>,
+    method: Method,
+    headers: HeaderMap,
     Path((pkg, ver)): Path<(String, String)>,
-) -> Result<axum::Json<Listing>, Fail> {
-    let m = manifest_at(&lib, &pkg, &ver).await?;
-    Ok(axum::Json(listing_of(&m)))
+) -> Result<Response, Fail> {
+    // The slot is taken before the manifest, so waiting listings hold nothing.
+    let slot = tokio::time::timeout(QUEUE_WAIT, c.listings.clone().acquire_owned())
+        .await
+        .map_err(|_| busy("listings"))?
+        .map_err(|_| internal("the listing slots are gone; restart freightd".into()))?;
+    let loaded = c.manifests.get(&pkg, &ver).await?;
+    let tag = listing_etag(&loaded.hash);
+    let mut common = HeaderMap::new();
+    common.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex"));
+    match preconditions(&method, &headers, &tag, None) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => return Ok((StatusCode::NOT_MODIFIED, common).into_response()),
+        Precondition::Failed => {
+            let m = &loaded.manifest;
+            let f = Fail(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "the listing of {} v{} is {tag} now, not what If-Match names; fetch the listing again",
+                    m.package, m.version
+                ),
+            );
+            return Ok((common, f).into_response());
+        }
+    }
+    common.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if method == Method::HEAD {
+        return Ok((StatusCode::OK, common).into_response());
+    }
+    let mut writer = ListingWriter::new(loaded);
+    writer._slot = Some(slot);
+    // Each piece is written on the blocking pool: a listing is pure CPU, and on the async
+    // workers a few of them would make every other request wait its turn behind them.
+    let body = Body::from_stream(futures_util::stream::unfold(writer, |mut w| async move {
+        let (w, piece) = tokio::task::spawn_blocking(move || {
+            let piece = w.next();
+            (w, piece)
+        })
+        .await
+        .ok()?;
+        Some((Ok::<_, std::convert::Infallible>(piece?), w))
+    }));
+    Ok((StatusCode::OK, common, body).into_response())
 }
 
 /// `.../files/` names the root directory: always a 404 pointing at the listing (once the
 /// package and version are known to exist).
-async fn files_root(
-    State(lib): State<SharedLibrary>,
-    Path((pkg, ver)): Path<(String, String)>,
-) -> Fail {
-    match manifest_at(&lib, &pkg, &ver).await {
-        Ok(m) => is_directory(&m, b""),
+async fn files_root(State(c): State<Content>, Path((pkg, ver)): Path<(String, String)>) -> Fail {
+    match c.manifests.get(&pkg, &ver).await {
+        Ok(m) => is_directory(&m.manifest, b""),
         Err(f) => f,
     }
 }
@@ -637,7 +1034,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 async fn file(
-    State(lib): State<SharedLibrary>,
+    State(c): State<Content>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -649,49 +1046,64 @@ async fn file(
         percent_decode(s)
             .ok_or_else(|| bad_request(format!("{s:?} has a bad percent escape; fix the URL")))
     };
-    let pkg = parse_package(&String::from_utf8_lossy(&decode(pkg)?))?;
-    let ver = parse_version(&String::from_utf8_lossy(&decode(ver)?))?;
+    let pkg = String::from_utf8_lossy(&decode(pkg)?).into_owned();
+    let ver = String::from_utf8_lossy(&decode(ver)?).into_owned();
+    // Checked before any library access, so a bad request costs nothing.
+    let pkg_id = parse_package(&pkg)?;
+    let ver_sel = parse_version(&ver)?;
     let path = decode(raw)?;
     if let Err(reason) = check_path(&path) {
         return Err(bad_request(format!(
-            "{} is not a path inside a package ({reason}); list the version at /packages/{pkg}/{}/",
+            "{} is not a path inside a package ({reason}); list the version at /packages/{pkg_id}/{}/",
             show(&path),
-            match ver {
+            match ver_sel {
                 VersionSel::Latest => "latest".to_string(),
                 VersionSel::Number(v) => v.to_string(),
             }
         )));
     }
-    let info = blocking(&lib, move |lib| {
-        let m = load_manifest(lib, &pkg, ver)?;
-        find_file(&m, &path)
-    })
-    .await?;
+    let loaded = c.manifests.get(&pkg, &ver).await?;
+    let info = find_file(&loaded.manifest, &path)?;
+    let file_id = loaded.file;
+    drop(loaded);
+    let lib = c.lib.clone();
 
     let tag = etag(info.size, &info.chunks);
     let mut common = HeaderMap::new();
     common.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex"));
-    if let Some(date) = http_date(info.mtime_sec) {
+    let date = http_date(info.mtime_sec);
+    if let Some(date) = &date {
         common.insert(
             header::LAST_MODIFIED,
-            HeaderValue::from_str(&date).expect("ascii"),
+            HeaderValue::from_str(date).expect("ascii"),
         );
     }
     common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
-    if header_str(&headers, header::IF_NONE_MATCH).is_some_and(|h| if_none_match(h, &tag)) {
-        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+    let modified =
+        date.and(SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(info.mtime_sec as u64)));
+    match preconditions(&method, &headers, &tag, modified) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => return Ok((StatusCode::NOT_MODIFIED, common).into_response()),
+        Precondition::Failed => {
+            let f = Fail(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "{} in {} v{} is {tag} now, not what the request's precondition names; fetch it again",
+                    show(&info.path),
+                    info.package,
+                    info.version
+                ),
+            );
+            return Ok((common, f).into_response());
+        }
     }
 
-    let mut range = match header_str(&headers, header::RANGE) {
-        Some(h) => parse_range(h, info.size),
-        None => RangeReq::Whole,
+    // A Range whose If-Range no longer holds asks for the whole (current) file.
+    let range = match header_str(&headers, header::RANGE) {
+        Some(h) if if_range_allows(&headers, &tag) => parse_range(h, info.size),
+        _ => RangeReq::Whole,
     };
-    if headers.contains_key(header::IF_RANGE)
-        && !header_str(&headers, header::IF_RANGE).is_some_and(|h| if_range(h, &tag))
-    {
-        range = RangeReq::Whole;
-    }
     let (status, start, end) = match range {
         RangeReq::Unsatisfiable => {
             common.insert(
@@ -736,9 +1148,24 @@ async fn file(
     let ctx = format!("{} in {} v{}", show(&info.path), info.package, info.version);
     let first = pieces.pop_front().expect("a non-empty range has a chunk");
     // The first chunk is read before answering, so a damaged one still gets a proper 500.
-    let first = match read_piece(lib.clone(), first).await {
+    let read = spawn_read(&lib, first);
+    // Chunks are read under the library's lock, which a maintenance job (a redistribute's
+    // Forget, an install) holds for seconds: answer 503 then rather than keep the client.
+    let read = match tokio::time::timeout(LIBRARY_WAIT, read).await {
+        Ok(r) => r.unwrap_or_else(|e| Err(format!("chunk reader failed: {e}"))),
+        Err(_) => return Err(busy("work on its library")),
+    };
+    let first = match read {
         Ok(b) => b,
         Err(msg) => {
+            // A version removed since its manifest was looked up is gone, not damaged.
+            let (dir, p, v) = (c.dir.clone(), info.package.clone(), info.version);
+            let still = blocking(move || locate_manifest(&dir, &p, VersionSel::Number(v))).await;
+            match still {
+                Ok((_, id)) if id == file_id => {}
+                Ok(_) => return Err(just_removed(&info.package, v)),
+                Err(f) => return Err(f),
+            }
             tracing::warn!(chunk = %first.id, file = %ctx, "damaged chunk, not served: {msg}");
             // The client learns which chunk, not the library's paths (those are in the log).
             return Err(internal(format!(
@@ -778,12 +1205,6 @@ fn read_piece_blocking(lib: &SharedLibrary, p: Piece) -> ReadResult {
 fn spawn_read(lib: &SharedLibrary, p: Piece) -> JoinHandle<ReadResult> {
     let lib = lib.clone();
     tokio::task::spawn_blocking(move || read_piece_blocking(&lib, p))
-}
-
-async fn read_piece(lib: SharedLibrary, p: Piece) -> ReadResult {
-    spawn_read(&lib, p)
-        .await
-        .unwrap_or_else(|e| Err(format!("chunk reader failed: {e}")))
 }
 
 /// The body of a file response: the chunk already read, then one chunk read ahead at a time.
@@ -865,11 +1286,34 @@ mod tests {
             "bytes 0-5",
             "items=0-5",
             "bytes=0x1-2",
-            "bytes=99999999999999999999999-",
+            "bytes=99999999999999999999999-5",
             "",
         ] {
             assert_eq!(parse_range(h, 100), Whole, "{h}");
         }
+        // Numbers past u64: a start past the file is unsatisfiable, an end or a suffix past it
+        // means the file's end.
+        let huge = "99999999999999999999999";
+        assert_eq!(parse_range(&format!("bytes={huge}-"), 100), Unsatisfiable);
+        assert_eq!(
+            parse_range(&format!("bytes={huge}-{huge}9"), 100),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range("bytes=18446744073709551616-", u64::MAX),
+            Unsatisfiable
+        );
+        assert_eq!(parse_range(&format!("bytes=5-{huge}"), 100), p(5, 99));
+        assert_eq!(parse_range(&format!("bytes=-{huge}"), 100), p(0, 99));
+        assert_eq!(
+            parse_range("bytes=000000000000000000000000005-6", 100),
+            p(5, 6)
+        );
+        assert_eq!(parse_range("bytes=-00", 100), Unsatisfiable);
+        assert_eq!(
+            parse_range("bytes=18446744073709551614-", u64::MAX),
+            p(u64::MAX - 1, u64::MAX - 1)
+        );
     }
 
     #[test]
@@ -908,13 +1352,112 @@ mod tests {
         assert_ne!(a, etag(10, &[cref(1, 10)]));
         assert_ne!(etag(0, &[]), a);
         assert!(a.starts_with('"') && a.ends_with('"') && a.len() == 34);
-        assert!(if_none_match(&a, &a));
-        assert!(if_none_match(&format!("\"x\", W/{a}"), &a));
-        assert!(if_none_match("*", &a));
-        assert!(!if_none_match("\"x\"", &a));
-        assert!(if_range(&a, &a));
-        assert!(!if_range(&format!("W/{a}"), &a));
-        assert!(!if_range("Wed, 21 Oct 2015 07:28:00 GMT", &a));
+        assert!(a.parse::<ETag>().is_ok());
+        assert!(listing_etag(&blake3::hash(b"m")).parse::<ETag>().is_ok());
+    }
+
+    fn with(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn preconditions_follow_rfc_9110() {
+        use Precondition::*;
+        let tag = "\"abc\"";
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        let date =
+            |s: u64| httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        let (get, head, put) = (Method::GET, Method::HEAD, Method::PUT);
+        let eval =
+            |m: &Method, pairs: &[(&str, &str)]| preconditions(m, &with(pairs), tag, Some(t));
+        assert_eq!(eval(&get, &[]), Proceed);
+        // If-None-Match: weak comparison, `*`, lists; 304 for GET and HEAD, 412 otherwise.
+        for v in [tag, "*", "\"x\", W/\"abc\"", "W/\"abc\""] {
+            assert_eq!(eval(&get, &[("if-none-match", v)]), NotModified, "{v}");
+            assert_eq!(eval(&head, &[("if-none-match", v)]), NotModified, "{v}");
+            assert_eq!(eval(&put, &[("if-none-match", v)]), Failed, "{v}");
+        }
+        assert_eq!(eval(&get, &[("if-none-match", "\"x\"")]), Proceed);
+        assert_eq!(eval(&get, &[("if-none-match", "garbage")]), Proceed);
+        // Whitespace inside a tag is malformed (and once panicked the headers crate).
+        assert_eq!(eval(&get, &[("if-none-match", "\"a b\"")]), Proceed);
+        assert_eq!(
+            eval(&get, &[("if-none-match", "\"x\",\t\"a\tb\"")]),
+            Proceed
+        );
+        assert_eq!(eval(&get, &[("if-match", "\"a b\"")]), Failed);
+        assert!(!if_range_allows(&with(&[("if-range", "\"a b\"")]), tag));
+        assert!(!if_range_allows(&with(&[("if-range", "\"a, -\"")]), tag));
+        assert_eq!(eval(&get, &[("if-none-match", "\"a, b\"")]), Proceed);
+        assert_eq!(
+            eval(&get, &[("if-none-match", " \"abc\" , \"x\"")]),
+            NotModified
+        );
+        // If-Match: strong comparison; 412 on a mismatch, a weak tag or garbage.
+        for v in [tag, "*", "\"x\", \"abc\""] {
+            assert_eq!(eval(&get, &[("if-match", v)]), Proceed, "{v}");
+        }
+        for v in ["\"x\"", "W/\"abc\"", "garbage", ""] {
+            assert_eq!(eval(&get, &[("if-match", v)]), Failed, "{v}");
+        }
+        // If-Match is decided before If-None-Match.
+        assert_eq!(
+            eval(&get, &[("if-match", "\"x\""), ("if-none-match", tag)]),
+            Failed
+        );
+        // Dates: only without the matching tag header, and ignored when unreadable.
+        assert_eq!(
+            eval(&get, &[("if-modified-since", &date(1_600_000_000))]),
+            NotModified
+        );
+        assert_eq!(
+            eval(&get, &[("if-modified-since", &date(1_599_999_999))]),
+            Proceed
+        );
+        assert_eq!(eval(&get, &[("if-modified-since", "yesterday")]), Proceed);
+        assert_eq!(
+            eval(
+                &get,
+                &[
+                    ("if-none-match", "\"x\""),
+                    ("if-modified-since", &date(1_600_000_000))
+                ]
+            ),
+            Proceed
+        );
+        assert_eq!(
+            eval(&get, &[("if-unmodified-since", &date(1_599_999_999))]),
+            Failed
+        );
+        assert_eq!(
+            eval(&get, &[("if-unmodified-since", &date(1_600_000_000))]),
+            Proceed
+        );
+        assert_eq!(
+            eval(
+                &get,
+                &[("if-match", tag), ("if-unmodified-since", &date(1))]
+            ),
+            Proceed
+        );
+        // If-Range: only the strongly equal tag lets a range through.
+        assert!(if_range_allows(&with(&[]), tag));
+        assert!(if_range_allows(&with(&[("if-range", tag)]), tag));
+        for v in [
+            "W/\"abc\"",
+            "\"x\"",
+            "Sun, 13 Sep 2020 12:26:40 GMT",
+            "junk",
+        ] {
+            assert!(!if_range_allows(&with(&[("if-range", v)]), tag), "{v}");
+        }
     }
 
     fn entry(path: &str, kind: EntryKind) -> Entry {

@@ -8,6 +8,7 @@
 pub mod command;
 pub mod error;
 pub mod http;
+pub mod http_server;
 pub mod pull;
 
 use crate::content;
