@@ -1,7 +1,8 @@
 //! The async shell around [`Limiter`]: one [`RouteLimiter`] per route, cloned into every
-//! stream and session of the route, which waits (on tokio's timer) where the limiter says to.
+//! stream and session of the route, which reads the clock and waits (on tokio's timer, that
+//! is on the monotonic clock) where the limiter says to.
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Reading};
 use crate::schedule::{Priority, RouteThrottle};
 use crate::throttle::{Admit, Limiter, LimiterStats};
 use jiff::Timestamp;
@@ -58,9 +59,26 @@ impl RouteLimiter {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The clock's current time.
-    pub fn now(&self) -> Timestamp {
-        self.clock.now()
+    /// Runs `f` on the limiter, then logs a wall-clock step it saw (outside the lock).
+    fn with<T>(&self, f: impl FnOnce(&mut Limiter) -> T) -> T {
+        let (out, step) = {
+            let mut limiter = self.lock();
+            let out = f(&mut limiter);
+            (out, limiter.take_step())
+        };
+        if let Some(step) = step {
+            // Once per step and route: it explains a window that opened or closed out of
+            // turn, and says that pacing did not follow it.
+            tracing::info!(
+                "the wall clock was stepped by {step:#}: the route's schedule follows it, its pacing does not"
+            );
+        }
+        out
+    }
+
+    /// The clock's current readings.
+    pub fn read(&self) -> Reading {
+        self.clock.read()
     }
 
     /// The route's throttle.
@@ -89,13 +107,13 @@ impl RouteLimiter {
             tokio::pin!(changed);
             // Registered before looking, so a change between the look and the sleep wakes us.
             changed.as_mut().enable();
-            let now = self.clock.now();
-            let verdict = self.lock().admit(now, priority);
+            let now = self.clock.read();
+            let verdict = self.with(|l| l.admit(now, priority));
             let wait = match verdict {
                 Admit::Open => return,
                 Admit::Closed {
                     reopens: Some(reopens),
-                } => until(now, reopens).min(ADMIT_RECHECK),
+                } => until(now.wall, reopens).min(ADMIT_RECHECK),
                 Admit::Closed { reopens: None } => ADMIT_RECHECK,
             };
             tokio::select! {
@@ -108,9 +126,9 @@ impl RouteLimiter {
     /// Reserves `bytes` (at most [`crate::throttle::SLICE`] for smooth pacing) and sleeps
     /// until they may be sent.
     pub async fn pace(&self, bytes: u64) {
-        let now = self.clock.now();
-        let start = self.lock().reserve(now, bytes);
-        let wait = until(now, start);
+        let now = self.clock.read();
+        let start = self.with(|l| l.reserve(now, bytes)).start;
+        let wait = start.saturating_sub(now.mono);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }

@@ -4,7 +4,7 @@
 //! Expected values come from the schedule's configuration, looked up by plain arithmetic on
 //! UTC hours (not through the limiter), and are compared with what the streams achieved.
 
-use freight_transport::clock::{Clock, TokioClock};
+use freight_transport::clock::{Clock, Reading, TokioClock};
 use freight_transport::route_limiter::RouteLimiter;
 use freight_transport::schedule::{Allowed, Cell, Priority, Rate, RouteThrottle};
 use freight_transport::throttle::{Admit, Limiter, SLICE};
@@ -41,6 +41,12 @@ fn monday() -> i128 {
 
 fn ts(ns: i128) -> Timestamp {
     Timestamp::from_nanosecond(ns).expect("in range")
+}
+
+/// A reading of clocks that have run together since the epoch: monotonic time is the wall
+/// time's nanoseconds since 1970.
+fn reading(ns: i128) -> Reading {
+    Reading::new(Duration::from_nanos(ns as u64), ts(ns))
 }
 
 fn throttle(text: &str) -> RouteThrottle {
@@ -127,7 +133,7 @@ fn simulate(
         }
         let s = &mut streams[i];
         if s.left == 0 {
-            match limiter.admit(ts(now), s.priority) {
+            match limiter.admit(reading(now), s.priority) {
                 Admit::Open => {
                     s.rng = s
                         .rng
@@ -156,7 +162,7 @@ fn simulate(
                 }
             }
         }
-        let start = limiter.reserve(ts(now), SLICE).as_nanosecond();
+        let start = limiter.reserve(reading(now), SLICE).start.as_nanos() as i128;
         assert!(start >= now, "a reservation starts before it was made");
         let sent = start.max(wire_free);
         wire_free = sent + i128::from(SLICE) * NS / i128::from(WIRE);
@@ -442,7 +448,7 @@ async fn two_tasks_share_the_route_rate() {
     assert!(a.min(b) * 3 > a.max(b), "shares {a} and {b}");
     assert_eq!(route.stats().bytes_reserved, a + b);
     // The clock moved with tokio's time.
-    let wall = clock.now().as_nanosecond() - monday();
+    let wall = clock.read().wall.as_nanosecond() - monday();
     assert!((wall - (elapsed * 1e9) as i128).abs() < 1_000_000);
 }
 
@@ -457,18 +463,18 @@ async fn a_closed_window_blocks_until_it_reopens() {
         clock.clone(),
     );
     route.admit(Priority::High).await;
-    assert_eq!(clock.now(), ts(monday() + 10 * HOUR));
+    assert_eq!(clock.read().wall, ts(monday() + 10 * HOUR));
     // High and medium go at once now; low waits for Tuesday.
     route.admit(Priority::Medium).await;
-    assert_eq!(clock.now(), ts(monday() + 10 * HOUR));
+    assert_eq!(clock.read().wall, ts(monday() + 10 * HOUR));
     route.admit(Priority::Low).await;
-    assert_eq!(clock.now(), ts(monday() + 24 * HOUR));
+    assert_eq!(clock.read().wall, ts(monday() + 24 * HOUR));
     // A week of closed schedule passes in no real time: the next window for high is next
     // Monday 10:00.
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let real = std::time::Instant::now();
     route.admit(Priority::High).await;
-    assert_eq!(clock.now(), ts(monday() + (168 + 10) * HOUR));
+    assert_eq!(clock.read().wall, ts(monday() + (168 + 10) * HOUR));
     assert!(real.elapsed() < Duration::from_secs(5));
 }
 
@@ -487,7 +493,7 @@ async fn a_schedule_change_wakes_waiting_transfers() {
     route.set_throttle(throttle("daily unlimited"));
     waiter.await.expect("waiter");
     // Woken by the change, not by the minute's re-check.
-    assert_eq!(clock.now(), ts(monday() + 5500 * 1_000_000));
+    assert_eq!(clock.read().wall, ts(monday() + 5500 * 1_000_000));
 }
 
 #[test]
@@ -495,7 +501,7 @@ fn dst_days_in_stockholm_map_instants_to_local_hour_cells() {
     // Closed from 02:00 to 03:00 local on Sundays, and high only from 01:00 to 02:00.
     let t = throttle("tz Europe/Stockholm; Sun 02:00-03:00 closed; Sun 01:00-02:00 high");
     let mut l = Limiter::new(t);
-    let at = |s: &str| s.parse::<Timestamp>().expect("timestamp");
+    let at = |s: &str| reading(s.parse::<Timestamp>().expect("timestamp").as_nanosecond());
     let low = Priority::Low;
     // 2025-03-30, the last Sunday of March: at 01:00 UTC 02:00 CET becomes 03:00 CEST, so
     // the closed hour never happens. 00:30 UTC is 01:30 CET (high only), 01:00 UTC is
@@ -503,7 +509,7 @@ fn dst_days_in_stockholm_map_instants_to_local_hour_cells() {
     assert_eq!(
         l.admit(at("2025-03-30T00:30:00Z"), low),
         Admit::Closed {
-            reopens: Some(at("2025-03-30T01:00:00Z"))
+            reopens: Some(at("2025-03-30T01:00:00Z").wall)
         }
     );
     assert_eq!(
@@ -517,19 +523,19 @@ fn dst_days_in_stockholm_map_instants_to_local_hour_cells() {
     assert_eq!(
         l.admit(at("2025-10-25T23:30:00Z"), low),
         Admit::Closed {
-            reopens: Some(at("2025-10-26T02:00:00Z"))
+            reopens: Some(at("2025-10-26T02:00:00Z").wall)
         }
     );
     assert_eq!(
         l.admit(at("2025-10-26T00:00:00Z"), Priority::High),
         Admit::Closed {
-            reopens: Some(at("2025-10-26T02:00:00Z"))
+            reopens: Some(at("2025-10-26T02:00:00Z").wall)
         }
     );
     assert_eq!(
         l.admit(at("2025-10-26T01:59:59Z"), Priority::High),
         Admit::Closed {
-            reopens: Some(at("2025-10-26T02:00:00Z"))
+            reopens: Some(at("2025-10-26T02:00:00Z").wall)
         }
     );
     assert_eq!(l.admit(at("2025-10-26T02:00:00Z"), low), Admit::Open);
@@ -538,7 +544,7 @@ fn dst_days_in_stockholm_map_instants_to_local_hour_cells() {
     assert_eq!(
         l.admit(at("2025-01-12T01:00:00Z"), Priority::High),
         Admit::Closed {
-            reopens: Some(at("2025-01-12T02:00:00Z"))
+            reopens: Some(at("2025-01-12T02:00:00Z").wall)
         }
     );
     assert_eq!(
