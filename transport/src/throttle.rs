@@ -52,8 +52,9 @@
 //! - Pulse: reservations are paced at the link bandwidth if the route declares one, else not at
 //!   all. Once `block` bytes have been reserved, the next reservation waits until `delay` after
 //!   the block ended: the block ends at `next_free` when paced, or at its last reservation's
-//!   start when not. A slice that crosses the block's end is sent whole and its excess counts
-//!   toward the next block. A quiet spell of at least `delay` ends a partial block.
+//!   start when not; so does every other reservation made during the pause. A slice that
+//!   crosses the block's end is sent whole and its excess counts toward the next block. A
+//!   quiet spell of at least `delay` ends a partial block.
 
 use crate::clock::Reading;
 use crate::schedule::{Allowed, CellSpan, Priority, Rate, RouteThrottle};
@@ -180,6 +181,8 @@ pub struct Limiter {
     last_start: i128,
     /// Bytes of the current pulse block so far.
     block_sent: u64,
+    /// End of the current (or last) pulse pause, monotonic ns.
+    pause_until: i128,
     /// The latest reading (by monotonic time), to tell wall-clock steps.
     last: Option<Reading>,
     /// The last step seen and not yet taken by [`Limiter::take_step`].
@@ -198,6 +201,7 @@ impl Limiter {
             next_free: i128::MIN / 4,
             last_start: i128::MIN / 4,
             block_sent: 0,
+            pause_until: i128::MIN / 4,
             last: None,
             step: None,
             stats: LimiterStats::default(),
@@ -278,18 +282,20 @@ impl Limiter {
                     Some(_) => self.next_free,
                     None => self.last_start,
                 };
-                let mut earliest = now_ns;
                 let mut credit = true;
                 if self.block_sent >= block {
                     let blocks = (self.block_sent / block) as i128;
                     self.block_sent %= block;
-                    earliest = now_ns.max(block_end.saturating_add(delay.saturating_mul(blocks)));
+                    self.pause_until = block_end.saturating_add(delay.saturating_mul(blocks));
                     // The pause is the pause: no burst credit eats into it.
                     credit = false;
                 } else if self.block_sent > 0 && now_ns >= block_end.saturating_add(delay) {
                     self.block_sent = 0;
                 }
                 self.block_sent = self.block_sent.saturating_add(bytes);
+                // Every reservation made during the pause waits for its end, not only the
+                // first: unpaced, nothing else would hold back the other streams' slices.
+                let earliest = now_ns.max(self.pause_until);
                 match rate {
                     Some(rate) => self.pace(earliest, bytes, rate, credit),
                     None => earliest,
@@ -341,7 +347,9 @@ impl Limiter {
             (_, None) => self.next_free = self.next_free.min(now_ns),
             _ => {}
         }
+        // A new pacing starts afresh: a pulse's block and pause were its cell's.
         self.block_sent = 0;
+        self.pause_until = i128::MIN / 4;
         self.pacing = new;
     }
 
@@ -637,6 +645,23 @@ mod tests {
         let starts = back_to_back(&mut l, at("10s"), 5, SLICE);
         let offsets: Vec<Duration> = starts.iter().map(|s| *s - mono("10s")).collect();
         assert_eq!(offsets, [ms(0), ms(0), ms(0), ms(0), ms(2000)]);
+        // Several streams: a slice reserved during the pause by another stream waits for its
+        // end too (it once went at once, so unpaced pulses leaked through their pauses).
+        for link in ["", "link 1MiB/s; "] {
+            let mut l = Limiter::new(throttle(&format!("{link}daily pulse 256KiB/2s")));
+            let t = at("0s");
+            let starts: Vec<Duration> = (0..9).map(|_| l.reserve(t, SLICE).start).collect();
+            let pause = starts[4];
+            assert!(pause >= ms(2000), "{link}: {starts:?}");
+            assert!(
+                starts[5..].iter().all(|s| *s >= pause),
+                "{link}: {starts:?}"
+            );
+            assert!(
+                starts[8] >= pause + ms(2000),
+                "{link}: a second pause: {starts:?}"
+            );
+        }
     }
 
     #[test]
