@@ -14,6 +14,13 @@
 //! time: [`SystemClock`] in production, [`TokioClock`] under
 //! `#[tokio::test(start_paused = true)]`. [`ManualClock`] is for driving the pure
 //! [`crate::throttle::Limiter`] by hand.
+//!
+//! Wall steps are found by reading: tokio's timers run on the monotonic clock and say nothing
+//! when the system's clock is set. So the route limiter never sleeps longer than [`crate::throttle::SLICE_TIME`] on a wait
+//! derived from the wall clock, unless the clock announces its steps ([`Clock::steps`]), as
+//! the test clocks do (a week of closed window would otherwise take millions of timer
+//! wake-ups under a paused runtime). [`TokioClock::unannounced`] keeps its steps quiet, like
+//! the system's, to test the re-reading.
 
 use jiff::{SignedDuration, Timestamp};
 use std::sync::{Mutex, OnceLock};
@@ -68,8 +75,10 @@ pub trait Clock: Send + Sync {
     /// Both times, now.
     fn read(&self) -> Reading;
 
-    /// Notified at every step of the wall clock, if the clock knows of them (test clocks).
-    /// `None` (the default, and the system clock): steps are found only by reading.
+    /// Notified at every step of the wall clock, if the clock knows of them (test clocks):
+    /// then a wait for a wall-clock instant may sleep until it. `None` (the default, and the
+    /// system clock): steps are found only by reading, so such a wait is cut into pieces of
+    /// at most [`crate::throttle::SLICE_TIME`].
     fn steps(&self) -> Option<&Notify> {
         None
     }

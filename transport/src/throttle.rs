@@ -42,9 +42,16 @@
 //!   long it was idle. 10 ms is below any loss-recovery timescale that matters on a WAN.
 //!   The 64 KiB cap keeps the extra burst at one slice on fast links.
 //! - A cell's rate applies to reservations made in it. When the pacing differs from the
-//!   previous reservation's (a new cell, or [`Limiter::set_throttle`]), the debt still
-//!   outstanding (`next_free - now`) is turned back into bytes at the old rate and timed again
-//!   at the new one. So a new rate holds from the next reservation, within one slice.
+//!   previous reservation's (a new cell, reached as time passes or by a wall-clock step, or
+//!   [`Limiter::set_throttle`]), the debt still outstanding (`next_free - now`, less any pulse
+//!   pause still to come) is turned back into bytes at the old rate and timed again at the
+//!   new one. So a new rate holds from the next reservation, within one slice.
+//! - A reservation already waiting when the pacing changes is timed again by
+//!   [`Limiter::retime`]: it keeps its place in the route's queue, and the bytes from it to
+//!   the end of the queue are timed at the new pacing. The shell calls it at least every
+//!   [`SLICE_TIME`] while a reservation waits, so no wait timed under a cell that is no
+//!   longer in force (a slow rate's slice, a pulse pause) outlasts the change by more than
+//!   [`SLICE_TIME`]: a step can neither freeze the route nor hold it to the old cell.
 //! - A percent is of the declared link bandwidth, rounded down to a whole byte per second.
 //! - In a closed cell (the tail of a chunk that started before the close) reservations use
 //!   the pacing of the last open cell before it.
@@ -64,6 +71,13 @@ use std::time::Duration;
 /// The largest reservation callers should make: slices of at most this many bytes keep bursts
 /// small and let a rate change apply within one slice.
 pub const SLICE: u64 = 64 * 1024;
+/// The pacing quantum, as time: the longest the route limiter sleeps before it reads its
+/// clocks again while a reservation waits (a slow rate's slice, a pulse pause), or while a
+/// closed window waits on a wall clock that does not announce its steps. So a new cell, a
+/// wall-clock step or a new throttle applies within `SLICE_TIME`, and a wait that no longer
+/// applies holds a route no longer than that. 100 ms: a few cheap wake-ups a second for a
+/// waiting stream, and short next to any schedule's hour.
+pub const SLICE_TIME: Duration = Duration::from_millis(100);
 /// Longest burst allowance, as time.
 pub const BURST_TIME: Duration = Duration::from_millis(10);
 /// Largest burst allowance, in bytes.
@@ -154,11 +168,15 @@ pub struct LimiterStats {
     pub wall_steps: u64,
 }
 
-/// Answer of [`Limiter::reserve`].
+/// Answer of [`Limiter::reserve`]; hand it back to [`Limiter::retime`] while it waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
     /// When the bytes may go, on the monotonic clock: the reading's `mono` or later.
     pub start: Duration,
+    /// Bytes reserved on the route before these (wrapping): its place in the route's queue.
+    position: u64,
+    /// The pacing generation it was timed in.
+    generation: u64,
 }
 
 /// The cell `now` falls in, cached until the next boundary, with its pacing.
@@ -175,6 +193,10 @@ pub struct Limiter {
     current: Option<Current>,
     /// Pacing of the last reservation.
     pacing: Pacing,
+    /// Counts the changes of `pacing`: a reservation of an older generation is re-timed.
+    generation: u64,
+    /// Bytes reserved so far (wrapping): the end of the route's queue.
+    reserved: u64,
     /// Monotonic ns at which all reserved bytes are out at the pacing rate.
     next_free: i128,
     /// Start of the last reservation, monotonic ns.
@@ -183,6 +205,8 @@ pub struct Limiter {
     block_sent: u64,
     /// End of the current (or last) pulse pause, monotonic ns.
     pause_until: i128,
+    /// `reserved` when the pause began: the reservations from there on wait for its end.
+    pause_position: u64,
     /// The latest reading (by monotonic time), to tell wall-clock steps.
     last: Option<Reading>,
     /// The last step seen and not yet taken by [`Limiter::take_step`].
@@ -197,11 +221,14 @@ impl Limiter {
             throttle,
             current: None,
             pacing: Pacing::Unlimited,
+            generation: 0,
+            reserved: 0,
             // Far in the past, yet far from overflow in the arithmetic below.
             next_free: i128::MIN / 4,
             last_start: i128::MIN / 4,
             block_sent: 0,
             pause_until: i128::MIN / 4,
+            pause_position: 0,
             last: None,
             step: None,
             stats: LimiterStats::default(),
@@ -287,6 +314,7 @@ impl Limiter {
                     let blocks = (self.block_sent / block) as i128;
                     self.block_sent %= block;
                     self.pause_until = block_end.saturating_add(delay.saturating_mul(blocks));
+                    self.pause_position = self.reserved;
                     // The pause is the pause: no burst credit eats into it.
                     credit = false;
                 } else if self.block_sent > 0 && now_ns >= block_end.saturating_add(delay) {
@@ -303,8 +331,41 @@ impl Limiter {
             }
         };
         self.last_start = start;
+        let position = self.reserved;
+        self.reserved = self.reserved.wrapping_add(bytes);
         Reservation {
             start: duration(start.max(now_ns)),
+            position,
+            generation: self.generation,
+        }
+    }
+
+    /// When a reservation that is still waiting may go, looked at again at `now`: its own
+    /// start while the pacing it was timed in holds; after a change (a new cell by the clock
+    /// or by a wall-clock step, or [`Limiter::set_throttle`]) a start timed at the new pacing,
+    /// keeping its place in the queue. A pulse pause ends with its cell. Call it whenever the
+    /// caller wakes before `start`, and at least every [`SLICE_TIME`].
+    pub fn retime(&mut self, now: Reading, reservation: Reservation) -> Reservation {
+        self.observe(now);
+        let now_ns = nanos(now.mono);
+        let pacing = self.current(now.wall).pacing;
+        if pacing != self.pacing {
+            self.switch(now_ns, pacing);
+        }
+        if reservation.generation == self.generation {
+            return reservation;
+        }
+        // next_free is when the end of the queue goes out, so this reservation starts the
+        // time of the bytes from it to that end earlier (GCRA's virtual schedule, run back).
+        let ahead = self.reserved.wrapping_sub(reservation.position);
+        let start = match self.pacing.rate() {
+            Some(rate) => self.next_free.saturating_sub(cost_ns(ahead, rate)),
+            None => now_ns,
+        };
+        Reservation {
+            start: duration(start.max(now_ns)),
+            generation: self.generation,
+            ..reservation
         }
     }
 
@@ -337,16 +398,34 @@ impl Limiter {
 
     /// The pacing changed (new cell or new throttle): keep the outstanding debt in bytes.
     fn switch(&mut self, now_ns: i128, new: Pacing) {
-        match (self.pacing.rate(), new.rate()) {
-            (Some(old), Some(new)) if self.next_free > now_ns => {
-                let debt = self.next_free - now_ns;
-                let (old, new) = (i128::from(old), i128::from(new));
-                let retimed = debt.saturating_mul(old).saturating_add(new - 1) / new;
-                self.next_free = now_ns.saturating_add(retimed);
-            }
+        match (self.pacing, new.rate()) {
             (_, None) => self.next_free = self.next_free.min(now_ns),
-            _ => {}
+            // An unpaced pulse never timed what waits for its pause: time it now.
+            (Pacing::Pulse { rate: None, .. }, Some(rate)) => {
+                if self.pause_until > now_ns {
+                    let waiting = self.reserved.wrapping_sub(self.pause_position);
+                    self.next_free = now_ns.saturating_add(cost_ns(waiting, rate));
+                }
+            }
+            (old_pacing, Some(new)) => {
+                if let Some(old) = old_pacing.rate() {
+                    // A pause still to come was the old cell's: only the bytes are owed.
+                    let from = match old_pacing {
+                        Pacing::Pulse { .. } => now_ns.max(self.pause_until),
+                        _ => now_ns,
+                    };
+                    if self.next_free > from {
+                        let debt = self.next_free - from;
+                        let (old, new) = (i128::from(old), i128::from(new));
+                        let retimed = debt.saturating_mul(old).saturating_add(new - 1) / new;
+                        self.next_free = now_ns.saturating_add(retimed);
+                    } else {
+                        self.next_free = self.next_free.min(now_ns);
+                    }
+                }
+            }
         }
+        self.generation = self.generation.wrapping_add(1);
         // A new pacing starts afresh: a pulse's block and pause were its cell's.
         self.block_sent = 0;
         self.pause_until = i128::MIN / 4;
@@ -792,5 +871,79 @@ mod tests {
         );
         assert_eq!(l.stats().wall_steps, 1);
         assert_eq!(l.take_step(), Some(SignedDuration::from_millis(-1100)));
+    }
+
+    #[test]
+    fn a_waiting_reservation_is_retimed_when_the_pacing_changes() {
+        let schedule = "daily 1KiB/s; Mon 10:00-11:00 unlimited; Mon 11:00-12:00 64KiB/s";
+        // Two 64 KiB slices at 1 KiB/s from 09:00 (the first with 10 ms of burst credit):
+        // the second waits 63.99 s. One second later, 126.99 s of debt are owed.
+        let owed = Duration::from_millis(126_990);
+        for (step, want) in [
+            // Into the unlimited hour: at once.
+            (SignedDuration::from_hours(1), Duration::ZERO),
+            // Into 64 KiB/s: the debt as bytes, timed at 64 times the rate, less this
+            // reservation's own slice (1 s), which is the last of it.
+            (
+                SignedDuration::from_hours(2),
+                owed / 64 - Duration::from_secs(1),
+            ),
+            // Within the same hour: nothing changes.
+            (SignedDuration::from_mins(10), Duration::from_millis(62_990)),
+        ] {
+            let mut l = Limiter::new(throttle(schedule));
+            let t = at("9h");
+            assert_eq!(l.reserve(t, SLICE).start, t.mono);
+            let waiting = l.reserve(t, SLICE);
+            assert_eq!(waiting.start, t.mono + Duration::from_millis(63_990));
+            let now = t.after(ms(1000));
+            assert_eq!(l.retime(now, waiting), waiting, "no change, no new time");
+            let now = now.stepped(step);
+            let again = l.retime(now, waiting);
+            assert_eq!(again.start - now.mono, want, "{step}");
+            assert_eq!(l.retime(now, again), again, "{step}");
+        }
+        // set_throttle too.
+        let mut l = Limiter::new(throttle("daily 1KiB/s"));
+        let t = at("9h");
+        l.reserve(t, SLICE);
+        let waiting = l.reserve(t, SLICE);
+        l.set_throttle(throttle("daily unlimited"));
+        assert_eq!(l.retime(t.after(ms(5)), waiting).start, t.mono + ms(5));
+    }
+
+    #[test]
+    fn a_pulse_pause_ends_with_its_cell() {
+        // Paced at the link: two slices after the block wait an hour; a step into the
+        // 1 MiB/s hour leaves only their bytes owed, not the pause: the first goes at once,
+        // the second 64 KiB (62.5 ms) later.
+        let mut l = Limiter::new(throttle(
+            "link 1MiB/s; daily pulse 256KiB/1h; Mon 10:00-11:00 1MiB/s",
+        ));
+        let t = at("9h");
+        let starts = back_to_back(&mut l, t, 4, SLICE);
+        let now = t.at_mono(starts[3]);
+        let waiting = [l.reserve(now, SLICE), l.reserve(now, SLICE)];
+        assert!(waiting[0].start > now.mono + Duration::from_secs(3600));
+        let now = now.after(ms(100));
+        assert_eq!(waiting.map(|w| l.retime(now, w)), waiting);
+        let now = now.stepped(SignedDuration::from_hours(1));
+        let again = waiting.map(|w| l.retime(now, w).start - now.mono);
+        assert_eq!(again, [Duration::ZERO, Duration::from_micros(62_500)]);
+        // Unpaced: two slices wait for the pause's end; at the new rate they go one after
+        // the other, not together (what waited is charged, not forgiven).
+        let mut l = Limiter::new(throttle("daily pulse 256KiB/1h; Mon 10:00-11:00 1MiB/s"));
+        let t = at("9h");
+        let starts: Vec<Reservation> = (0..6).map(|_| l.reserve(t, SLICE)).collect();
+        assert!(starts[4].start > t.mono + Duration::from_secs(3599));
+        let now = t.after(ms(100)).stepped(SignedDuration::from_hours(1));
+        let (a, b) = (l.retime(now, starts[4]), l.retime(now, starts[5]));
+        assert_eq!(a.start, now.mono);
+        assert_eq!(b.start - now.mono, Duration::from_micros(62_500));
+        // And a slice reserved next goes after them.
+        assert_eq!(
+            l.reserve(now, SLICE).start - now.mono,
+            Duration::from_micros(125_000)
+        );
     }
 }

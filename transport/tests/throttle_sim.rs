@@ -480,20 +480,34 @@ async fn a_closed_window_blocks_until_it_reopens() {
 
 #[tokio::test(start_paused = true)]
 async fn a_schedule_change_wakes_waiting_transfers() {
-    let clock = Arc::new(TokioClock::starting_at(ts(monday())));
-    let route = RouteLimiter::new(throttle("daily closed"), clock.clone());
-    let waiter = {
-        let route = route.clone();
-        tokio::spawn(async move {
-            route.admit(Priority::Low).await;
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(5500)).await;
-    assert!(!waiter.is_finished());
-    route.set_throttle(throttle("daily unlimited"));
-    waiter.await.expect("waiter");
-    // Woken by the change, not by the minute's re-check.
-    assert_eq!(clock.read().wall, ts(monday() + 5500 * 1_000_000));
+    // With a clock that announces its steps the waiter sleeps until a change; with one that
+    // does not (like the system's) it looks every SLICE_TIME. Either way the change itself
+    // wakes it: 5.55 s is not a multiple of SLICE_TIME.
+    for announced in [true, false] {
+        let clock = TokioClock::starting_at(ts(monday()));
+        let clock = Arc::new(if announced {
+            clock
+        } else {
+            clock.unannounced()
+        });
+        let route = RouteLimiter::new(throttle("daily closed"), clock.clone());
+        let waiter = {
+            let (route, clock) = (route.clone(), clock.clone());
+            tokio::spawn(async move {
+                route.admit(Priority::Low).await;
+                clock.read().wall
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(5550)).await;
+        assert!(!waiter.is_finished());
+        route.set_throttle(throttle("daily unlimited"));
+        let admitted = waiter.await.expect("waiter");
+        assert_eq!(
+            admitted,
+            ts(monday() + 5550 * 1_000_000),
+            "announced {announced}"
+        );
+    }
 }
 
 #[test]
