@@ -946,4 +946,44 @@ mod tests {
             Duration::from_micros(125_000)
         );
     }
+
+    #[test]
+    fn the_largest_rates_a_schedule_holds_do_not_overflow() {
+        // A schedule refuses rates beyond u64 bytes per second (schedule::text's tests);
+        // every rate up to that, and a link as fast, must pace without overflowing.
+        use crate::schedule::{Cell, Schedule};
+        use jiff::civil::Weekday::Monday;
+        let mut s = Schedule::default();
+        for hour in 0..24 {
+            s.set(
+                Monday,
+                hour,
+                Cell::new(Allowed::All, Rate::BytesPerSec(u64::MAX)),
+            );
+        }
+        s.set(Monday, 1, Cell::new(Allowed::All, Rate::Percent(100)));
+        let pulse = Rate::Pulse {
+            block: u64::MAX,
+            delay: Duration::from_secs(24 * 3600),
+        };
+        s.set(Monday, 2, Cell::new(Allowed::All, pulse));
+        let t = RouteThrottle::new(s, Some(u64::MAX), jiff::tz::TimeZone::UTC).expect("valid");
+        let mut l = Limiter::new(t);
+        assert_eq!(l.pacing_at(wall("1h")), Pacing::Rate(u64::MAX));
+        for offset in ["0s", "1h", "2h", "3h"] {
+            let now = at(offset);
+            for bytes in [1, SLICE, u64::MAX] {
+                let r = l.reserve(now, bytes);
+                assert!(
+                    r.start >= now.mono && r.start - now.mono <= ms(2),
+                    "{offset}"
+                );
+                assert_eq!(l.retime(now, r), r);
+            }
+        }
+        let text = throttle("daily 18446744073709551615B/s; link 18446744073709551615B/s; Mon 50%");
+        let mut l = Limiter::new(text);
+        assert_eq!(l.pacing_at(wall("0s")), Pacing::Rate(u64::MAX / 2));
+        back_to_back(&mut l, at("0s"), 100, SLICE);
+    }
 }
