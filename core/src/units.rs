@@ -72,13 +72,17 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         u128::from(n) * multiplier
     } else {
         let value: f64 = number.parse().map_err(|_| bad())?;
-        if !value.is_finite() || value < 0.0 {
+        if value.is_nan() || value < 0.0 {
             return Err(bad());
         }
+        // Casting saturates: 3.5e38bit/s (or an infinite 1e999) becomes u128::MAX, which
+        // the size check below refuses.
         (value * multiplier as f64).round() as u128
     };
-    // Round to the nearest byte.
-    u64::try_from((bits + 4) / 8).map_err(|_| format!("bit rate {trimmed} is too large"))
+    // Round to the nearest byte; saturating, so that the largest count refuses instead of
+    // wrapping (or panicking) on the way to the check.
+    u64::try_from(bits.saturating_add(4) / 8)
+        .map_err(|_| format!("bit rate {trimmed} is too large"))
 }
 
 /// Parses a duration that is not negative: `500ms`, `5s`, `30m`, `2h`, `1h 30m`, `1.5s`,
@@ -160,6 +164,11 @@ mod tests {
             ("xMbit/s", "write e.g. 100Mbit/s"),
             ("-1Mbit/s", "write e.g. 100Mbit/s"),
             ("99999999999999999999Tbit/s", "too large"),
+            // Beyond u128 as a float: once an overflow (a panic in debug builds, a rate of
+            // 0 in release ones).
+            ("3.5e38bit/s", "too large"),
+            ("3e38Tbit/s", "too large"),
+            ("1e999bit/s", "too large"),
         ] {
             let e = parse_rate(text).expect_err(text);
             assert!(e.contains(remedy), "{text:?}: {e}");

@@ -23,7 +23,7 @@ pub mod throttle;
 pub mod tls;
 pub mod trust;
 
-pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use clock::{Clock, ManualClock, Reading, SystemClock, TokioClock};
 pub use error::{Error, Result};
 pub use protocol::{
     ChunkVerifier, FrameDecoder, MAX_FRAME, Message, ProtocolError, Receiver, ReceiverEvent,
@@ -31,4 +31,4 @@ pub use protocol::{
 };
 pub use route_limiter::RouteLimiter;
 pub use schedule::{Allowed, Cell, CellSpan, Priority, Rate, RouteThrottle, Schedule};
-pub use throttle::{Admit, Limiter, LimiterStats, Pacing};
+pub use throttle::{Admit, Limiter, LimiterStats, Pacing, Reservation};

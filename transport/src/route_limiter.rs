@@ -1,23 +1,30 @@
 //! The async shell around [`Limiter`]: one [`RouteLimiter`] per route, cloned into every
-//! stream and session of the route, which waits (on tokio's timer) where the limiter says to.
+//! stream and session of the route, which reads the clock and waits (on tokio's timer, that
+//! is on the monotonic clock) where the limiter says to.
+//!
+//! It never carries a wait across a change that may end it: a wait for a reservation's start
+//! is cut into pieces of at most [`SLICE_TIME`], after each of which the limiter re-times it
+//! ([`Limiter::retime`]); a wait for a closed window to reopen (a wall-clock instant) is cut
+//! the same way unless the clock announces its steps ([`Clock::steps`]). Both also end at
+//! once on a throttle change or an announced step.
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Reading};
 use crate::schedule::{Priority, RouteThrottle};
-use crate::throttle::{Admit, Limiter, LimiterStats};
+use crate::throttle::{Admit, Limiter, LimiterStats, SLICE_TIME};
 use jiff::Timestamp;
 use std::fmt;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Longest sleep of [`RouteLimiter::admit`] before it looks at the clock again, so that a
-/// wall-clock step (NTP, a resumed VM) delays a window by at most this much.
-pub const ADMIT_RECHECK: Duration = Duration::from_secs(60);
-
 struct Shared {
     limiter: Mutex<Limiter>,
-    /// Woken on every throttle change, so that waiting admissions look again at once.
+    /// Woken on every throttle change, so that waiting admissions and reservations look
+    /// again at once.
     changed: Notify,
+    /// Never woken: what a clock that does not announce its steps is waited on.
+    never: Notify,
 }
 
 /// A route's limiter shared by all its streams: cheap to clone (two `Arc`s).
@@ -44,6 +51,7 @@ impl RouteLimiter {
             shared: Arc::new(Shared {
                 limiter: Mutex::new(Limiter::new(throttle)),
                 changed: Notify::new(),
+                never: Notify::new(),
             }),
             clock,
         }
@@ -58,9 +66,26 @@ impl RouteLimiter {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The clock's current time.
-    pub fn now(&self) -> Timestamp {
-        self.clock.now()
+    /// Runs `f` on the limiter, then logs a wall-clock step it saw (outside the lock).
+    fn with<T>(&self, f: impl FnOnce(&mut Limiter) -> T) -> T {
+        let (out, step) = {
+            let mut limiter = self.lock();
+            let out = f(&mut limiter);
+            (out, limiter.take_step())
+        };
+        if let Some(step) = step {
+            // Once per step and route: it explains a window that opened or closed out of
+            // turn, and says that pacing did not follow it.
+            tracing::info!(
+                "the wall clock was stepped by {step:#}: the route's schedule follows it, its pacing does not"
+            );
+        }
+        out
+    }
+
+    /// The clock's current readings.
+    pub fn read(&self) -> Reading {
+        self.clock.read()
     }
 
     /// The route's throttle.
@@ -79,40 +104,70 @@ impl RouteLimiter {
         self.lock().stats()
     }
 
+    /// The clock's step notifications, or one that never comes if it has none.
+    fn steps(&self) -> &Notify {
+        self.clock.steps().unwrap_or(&self.shared.never)
+    }
+
     /// Waits until a chunk of `priority` may start: returns at once in an open window,
-    /// else sleeps until the window reopens (looking again on every throttle change and
-    /// every [`ADMIT_RECHECK`]). Waits forever if the schedule never opens for `priority`;
+    /// else sleeps until the window reopens by the wall clock, looking again on every
+    /// throttle change, on every announced step of the wall clock, and every [`SLICE_TIME`]
+    /// if the clock does not announce its steps (so a step that opens the window admits
+    /// within [`SLICE_TIME`]). Waits forever if the schedule never opens for `priority`;
     /// drop the future to give up.
     pub async fn admit(&self, priority: Priority) {
+        let announced = self.clock.steps().is_some();
         loop {
-            let changed = self.shared.changed.notified();
-            tokio::pin!(changed);
-            // Registered before looking, so a change between the look and the sleep wakes us.
+            // Registered before looking, so a change or step between the look and the
+            // sleep wakes us.
+            let mut changed = pin!(self.shared.changed.notified());
             changed.as_mut().enable();
-            let now = self.clock.now();
-            let verdict = self.lock().admit(now, priority);
-            let wait = match verdict {
+            let mut stepped = pin!(self.steps().notified());
+            stepped.as_mut().enable();
+            let now = self.clock.read();
+            let reopens = match self.with(|l| l.admit(now, priority)) {
                 Admit::Open => return,
-                Admit::Closed {
-                    reopens: Some(reopens),
-                } => until(now, reopens).min(ADMIT_RECHECK),
-                Admit::Closed { reopens: None } => ADMIT_RECHECK,
+                Admit::Closed { reopens } => reopens,
+            };
+            // A wall-clock instant is only as good as the wall clock: slept in one go only
+            // when a step would wake us.
+            let wait = reopens.map(|at| until(now.wall, at));
+            let wait = match (announced, wait) {
+                (true, wait) => wait,
+                (false, Some(wait)) => Some(wait.min(SLICE_TIME)),
+                (false, None) => Some(SLICE_TIME),
             };
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = nap(wait) => {}
                 _ = &mut changed => {}
+                _ = &mut stepped => {}
             }
         }
     }
 
     /// Reserves `bytes` (at most [`crate::throttle::SLICE`] for smooth pacing) and sleeps
-    /// until they may be sent.
+    /// until they may be sent: in pieces of at most [`SLICE_TIME`] (or until a throttle
+    /// change or an announced step), after each of which the limiter re-times the
+    /// reservation, so a new cell or throttle applies to it within [`SLICE_TIME`].
     pub async fn pace(&self, bytes: u64) {
-        let now = self.clock.now();
-        let start = self.lock().reserve(now, bytes);
-        let wait = until(now, start);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        let now = self.clock.read();
+        let mut reservation = self.with(|l| l.reserve(now, bytes));
+        let mut wait = reservation.start.saturating_sub(now.mono);
+        while !wait.is_zero() {
+            // A change that lands between the reservation and here is seen at the next
+            // re-time, at most SLICE_TIME later.
+            let mut changed = pin!(self.shared.changed.notified());
+            changed.as_mut().enable();
+            let mut stepped = pin!(self.steps().notified());
+            stepped.as_mut().enable();
+            tokio::select! {
+                _ = tokio::time::sleep(wait.min(SLICE_TIME)) => {}
+                _ = &mut changed => {}
+                _ = &mut stepped => {}
+            }
+            let now = self.clock.read();
+            reservation = self.with(|l| l.retime(now, reservation));
+            wait = reservation.start.saturating_sub(now.mono);
         }
     }
 }
@@ -120,4 +175,12 @@ impl RouteLimiter {
 /// Time from `now` to `then`; zero if `then` is not later.
 fn until(now: Timestamp, then: Timestamp) -> Duration {
     Duration::try_from(now.duration_until(then)).unwrap_or(Duration::ZERO)
+}
+
+/// Sleeps `wait` on tokio's timer, or forever.
+async fn nap(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
 }

@@ -898,6 +898,16 @@ mod tests {
         ("Mon 50%", "50%", 4, "add `link 100Mbit/s;`"),
         ("link 1Gbit/s; Mon 0%", "0%", 18, "write closed instead"),
         ("link 1Gbit/s; Mon 150%", "150%", 18, "write 1% to 100%"),
+        // Rates beyond u64 bytes per second are refused in one line, never wrapped: issue 18
+        // found `3.5e38bit/s` overflowing (a panic in debug builds, a rate of 0 in release).
+        ("daily 3.5e38bit/s", "3.5e38bit/s", 6, "too large"),
+        (
+            "Mon 08:00-09:00 high 3e38Tbit/s",
+            "3e38Tbit/s",
+            21,
+            "too large",
+        ),
+        ("link 3.5e38bit/s; daily 50%", "3.5e38bit/s", 5, "too large"),
         ("link 1Gbit/s; Mon x%", "x%", 18, "from 1% to 100%"),
         ("Mon 12XB/s", "12XB/s", 4, "write a size per second"),
         ("Mon 0MiB/s", "0MiB/s", 4, "write closed instead"),

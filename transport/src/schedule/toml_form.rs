@@ -279,6 +279,17 @@ rate = "50%"
                 "window 1",
                 "neither allowed nor rate",
             ),
+            // Beyond u64 bytes per second: refused, never wrapped (issue 18).
+            (
+                "[[window]]\ndays = \"Mon\"\nrate = \"3.5e38bit/s\"\n",
+                "window 1: rate",
+                "too large",
+            ),
+            (
+                "link_bandwidth = \"3.5e38bit/s\"\n",
+                "link_bandwidth = \"3.5e38bit/s\"",
+                "too large",
+            ),
             (
                 "[[window]]\ndays = \"Mon\"\nallowed = \"some\"\n",
                 "window 1: allowed = \"some\"",
