@@ -71,8 +71,8 @@ pub use receiver::{Receiver, ReceiverEvent};
 pub use sender::{Sender, SenderEvent, Transmit};
 pub use verify::{ChunkVerifier, VerifiedChunk};
 pub use wire::{
-    CHUNK_HEADER, FLAG_ZSTD, FrameDecoder, MAX_CHUNK_DATA, MAX_CHUNK_FRAME, MAX_FRAME, MAX_REASON, MAX_ULEN,
-    Message, ProtocolError, VERSION_MAX, VERSION_MIN, chunk_header, encode,
+    CHUNK_HEADER, FLAG_ZSTD, FrameDecoder, MAX_CHUNK_DATA, MAX_CHUNK_FRAME, MAX_FRAME, MAX_REASON,
+    MAX_ULEN, Message, ProtocolError, VERSION_MAX, VERSION_MIN, chunk_header, encode,
 };
 
 use crate::error::Error;
