@@ -23,6 +23,7 @@ pub mod progress;
 pub mod site;
 pub mod stats;
 pub mod stream;
+pub mod text;
 pub mod units;
 pub mod verify;
 pub mod walk;

@@ -13,6 +13,7 @@ pub mod authz;
 pub mod clock;
 pub mod command;
 pub mod error;
+pub mod limits;
 pub mod protocol;
 pub mod quic;
 pub mod route_limiter;

@@ -22,6 +22,7 @@
 
 use crate::authz::{self, Refused, Request};
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 use crate::tls::SiteTls;
 use crate::trust::TrustView;
 use freight_core::{PublicIdentity, SiteCode};
@@ -58,6 +59,25 @@ pub struct NodeConfig {
     pub max_udp_payload: u16,
     /// UDP packet size to start with (at least 1200).
     pub initial_mtu: u16,
+    /// A handshake (TLS, the peer's certificate check, the welcome) must end within this.
+    pub handshake_timeout: Duration,
+    /// Each wait for a peer's next message in a session's or a command's exchange (its Hello,
+    /// Offer, Need, a command request) ends after this.
+    pub step_timeout: Duration,
+    /// A session whose peer sends nothing (no chunk, no message) for this long, or a stream
+    /// write the peer does not read for this long, is abandoned; the transfer resumes later
+    /// with what was stored.
+    pub progress_timeout: Duration,
+    /// A command's reply (the peer's work included) must come within this.
+    pub command_timeout: Duration,
+    /// Connections one peer may hold at once to this node.
+    pub connections_per_peer: usize,
+    /// Push sessions one peer may run into this node at once.
+    pub sessions_per_peer: usize,
+    /// Memory for receiving (frames being assembled, chunks being verified), bytes.
+    pub receive_memory: u64,
+    /// Handshakes in progress at once; further connection attempts are refused at once.
+    pub max_handshakes: usize,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +91,14 @@ impl Default for NodeConfig {
             send_window: 16 << 20,
             max_udp_payload: 65_527,
             initial_mtu: 1200,
+            handshake_timeout: Duration::from_secs(10),
+            step_timeout: Duration::from_secs(120),
+            progress_timeout: Duration::from_secs(600),
+            command_timeout: Duration::from_secs(600),
+            connections_per_peer: 8,
+            sessions_per_peer: 8,
+            receive_memory: 256 << 20,
+            max_handshakes: 64,
         }
     }
 }
@@ -89,8 +117,16 @@ impl NodeConfig {
             .stream_receive_window(self.stream_window.into())
             .receive_window(self.connection_window.into())
             .send_window(self.send_window)
-            .max_concurrent_uni_streams(1024u32.into())
-            .max_concurrent_bidi_streams(256u32.into())
+            // Streams a peer may open at once: the data streams of its sessions and a few
+            // command streams; anything beyond waits for QUIC credit.
+            .max_concurrent_uni_streams(
+                ((self.data_streams.max(1) as usize * self.sessions_per_peer.max(1)).min(1024)
+                    as u32)
+                    .into(),
+            )
+            .max_concurrent_bidi_streams(
+                ((self.sessions_per_peer.max(1) + 8).min(256) as u32).into(),
+            )
             .initial_mtu(self.initial_mtu.max(1200));
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         // A loss burst on a busy host can look like a black hole and drop the MTU to the
@@ -115,6 +151,7 @@ pub struct Node {
     config: NodeConfig,
     live: Arc<LiveConns>,
     refusals: tokio::sync::broadcast::Sender<(Refused, SocketAddr)>,
+    limits: Arc<Limits>,
 }
 
 /// The node's open connections, so that a key that loses its trust loses its connections.
@@ -139,6 +176,16 @@ impl LiveConns {
         });
     }
 
+    /// Open connections of `peer` (its key).
+    fn count(&self, peer: &PublicIdentity) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|(p, _)| p == peer)
+            .count()
+    }
+
     /// Closes every connection whose peer `trust` no longer authenticates.
     fn revalidate(&self, trust: &TrustView) {
         let conns = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,6 +200,8 @@ impl LiveConns {
 
 /// Application close code: the peer's key is not (or no longer) trusted or allowed.
 pub const CLOSE_UNTRUSTED: u32 = 0x46_01;
+/// Application close code: the peer is over its budget (connections); it may retry later.
+pub const CLOSE_BUSY: u32 = 0x46_02;
 
 /// How often the trust store's folder is checked for changes.
 const TRUST_POLL: Duration = Duration::from_millis(500);
@@ -179,11 +228,13 @@ fn watch_trust(trust: Arc<TrustView>, live: std::sync::Weak<LiveConns>) {
     }
 }
 
-/// An incoming connection whose handshake has not run yet.
+/// An incoming connection whose handshake has not run yet. It holds one of the node's
+/// handshake slots until it is established or refused.
 #[derive(Debug)]
 pub struct Accepting {
     incoming: quinn::Incoming,
     node: Node,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Accepting {
@@ -197,8 +248,27 @@ impl Accepting {
     /// fingerprint.
     pub async fn establish(self) -> Result<Conn> {
         let what = self.remote().to_string();
-        let inner = self.incoming.await.map_err(|e| conn_error(&what, e))?;
+        let deadline = self.node.config.handshake_timeout;
+        let inner = match tokio::time::timeout(deadline, self.incoming).await {
+            Ok(r) => r.map_err(|e| conn_error(&what, e))?,
+            Err(_) => {
+                return Err(Error::Connection {
+                    peer: what,
+                    reason: format!("handshake not finished within {deadline:?}"),
+                    remedy: "a slow or stalled peer; it may connect again",
+                });
+            }
+        };
         let peer = Node::identify(&inner, &what)?;
+        if self.node.live.count(&peer) >= self.node.config.connections_per_peer {
+            inner.close(CLOSE_BUSY.into(), b"too many connections from this site");
+            return Err(Error::PeerRefused(format!(
+                "site {} (key {}) already holds {} connections to this node; refused another",
+                peer.code,
+                peer.fingerprint(),
+                self.node.config.connections_per_peer
+            )));
+        }
         // The table's first check: a trusted key with no role here may not connect at all.
         let trust = self.node.tls.trust().clone();
         if let Err(refused) = authz::check(&peer, trust.roles(&peer), Request::Connect) {
@@ -225,6 +295,7 @@ impl Accepting {
             config: self.node.config.clone(),
             trust,
             refusals: self.node.refusals.clone(),
+            limits: self.node.limits.clone(),
         })
     }
 }
@@ -237,6 +308,7 @@ pub struct Conn {
     pub(crate) config: NodeConfig,
     trust: Arc<TrustView>,
     refusals: tokio::sync::broadcast::Sender<(Refused, SocketAddr)>,
+    pub(crate) limits: Arc<Limits>,
 }
 
 impl Conn {
@@ -300,14 +372,14 @@ pub(crate) fn conn_error(peer: &str, e: quinn::ConnectionError) -> Error {
         C::ConnectionClosed(c) => (
             format!(
                 "peer closed the connection: {}",
-                String::from_utf8_lossy(&c.reason)
+                freight_core::text::printable(&String::from_utf8_lossy(&c.reason))
             ),
             "check both sites' keys and trust stores (`freight site identity list`), then retry",
         ),
         C::ApplicationClosed(c) => (
             format!(
                 "peer closed the connection: {}",
-                String::from_utf8_lossy(&c.reason)
+                freight_core::text::printable(&String::from_utf8_lossy(&c.reason))
             ),
             "see the peer's log; retry to resume",
         ),
@@ -396,6 +468,7 @@ impl Node {
             "check the address",
         ))?;
         let live = Arc::new(LiveConns::default());
+        let limits = Limits::new(&config);
         watch_trust(tls.trust().clone(), Arc::downgrade(&live));
         Ok(Node {
             endpoint,
@@ -404,6 +477,7 @@ impl Node {
             config,
             live,
             refusals: tokio::sync::broadcast::channel(1024).0,
+            limits,
         })
     }
 
@@ -442,9 +516,19 @@ impl Node {
                 reason: format!("cannot start connecting: {e}"),
                 remedy: "check the address",
             })?;
-        let inner = connecting.await.map_err(|e| conn_error(&what, e))?;
+        let deadline = self.config.handshake_timeout;
+        let inner = match tokio::time::timeout(deadline, connecting).await {
+            Ok(r) => r.map_err(|e| conn_error(&what, e))?,
+            Err(_) => {
+                return Err(Error::Connection {
+                    peer: what,
+                    reason: format!("handshake not finished within {deadline:?}"),
+                    remedy: "check that the peer runs and the network path is open; retry",
+                });
+            }
+        };
         let peer = Node::identify(&inner, &what)?;
-        match tokio::time::timeout(self.config.idle_timeout, welcomed(&inner, &what)).await {
+        match tokio::time::timeout(deadline, welcomed(&inner, &what)).await {
             Ok(r) => r?,
             Err(_) => {
                 inner.close(0u32.into(), b"no welcome");
@@ -462,6 +546,7 @@ impl Node {
             config: self.config.clone(),
             trust: self.tls.trust().clone(),
             refusals: self.refusals.clone(),
+            limits: self.limits.clone(),
         })
     }
 
@@ -488,12 +573,38 @@ impl Node {
     /// The next incoming connection attempt; `None` once the endpoint is closed. Its
     /// handshake runs in [`Accepting::establish`], so that a slow or refused peer never holds
     /// up the others.
+    ///
+    /// An attempt from an address not yet validated gets a stateless retry first (no state is
+    /// kept for a spoofed source), and one beyond the node's handshake slots is refused at
+    /// once, so a flood of connection attempts costs little and never queues without bound.
     pub async fn accept(&self) -> Option<Accepting> {
-        let incoming = self.endpoint.accept().await?;
-        Some(Accepting {
-            incoming,
-            node: self.clone(),
-        })
+        loop {
+            let incoming = self.endpoint.accept().await?;
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                if let Err(e) = incoming.retry() {
+                    tracing::debug!(error = %e, "stateless retry failed");
+                }
+                continue;
+            }
+            match self.limits.handshakes.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    return Some(Accepting {
+                        incoming,
+                        node: self.clone(),
+                        _slot: slot,
+                    });
+                }
+                Err(_) => {
+                    tracing::debug!(from = %incoming.remote_address(), "too many handshakes in progress; refused");
+                    incoming.refuse();
+                }
+            }
+        }
+    }
+
+    /// The node's budgets.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     fn identify(conn: &quinn::Connection, what: &str) -> Result<PublicIdentity> {

@@ -144,6 +144,34 @@ async fn write_control(send: &mut quinn::SendStream, who: &str, msgs: Vec<Messag
     send.write_all(&buf).await.map_err(|e| write_error(who, e))
 }
 
+/// Waits for `fut` at most `limit`; past it, the peer stalled at `step` ([`stalled`]).
+pub(crate) async fn within<T>(
+    limit: Duration,
+    who: &str,
+    step: &str,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(stalled(who, step, limit)),
+    }
+}
+
+/// The peer did not do `step` within `limit`: a connection error naming the peer and the step,
+/// retried like a cut (the transfer resumes with what was stored).
+pub(crate) fn stalled(who: &str, step: &str, limit: Duration) -> Error {
+    let limit = if limit.as_secs() >= 120 {
+        format!("{} min", limit.as_secs() / 60)
+    } else {
+        format!("{:.1} s", limit.as_secs_f64())
+    };
+    Error::Connection {
+        peer: who.to_string(),
+        reason: format!("no {step} within {limit}"),
+        remedy: "the peer stalled; the transfer resumes when it answers again",
+    }
+}
+
 pub(crate) fn write_error(who: &str, e: quinn::WriteError) -> Error {
     match e {
         quinn::WriteError::ConnectionLost(c) => conn_error(who, c),
@@ -268,10 +296,14 @@ async fn push_inner(
     let mut ctl = spawn_reader(crecv, who.to_string());
 
     // Hello, then Offer, until the receiver's Need names what it lacks.
+    let (step, stall) = (conn.config.step_timeout, conn.config.progress_timeout);
     let mut needed = None;
     while needed.is_none() {
         flush_sender(&mut sender, &mut csend, who).await?;
-        let msg = next_control(&mut ctl, who).await;
+        let msg = match tokio::time::timeout(step, next_control(&mut ctl, who)).await {
+            Ok(m) => m,
+            Err(_) => return Err(stalled(who, "Hello or Need from the receiver", step)),
+        };
         let is_need = matches!(msg, Ok(Message::Need { .. }));
         let events = handle_or_abort(&mut sender, msg, &mut csend, who).await?;
         if is_need {
@@ -331,11 +363,20 @@ async fn push_inner(
         let priority = opts.priority;
         let who = who.to_string();
         writers.spawn(async move {
-            let mut s = conn.open_uni().await.map_err(|e| conn_error(&who, e))?;
+            let mut s = within(stall, &who, "credit for a data stream", async {
+                conn.open_uni().await.map_err(|e| conn_error(&who, e))
+            })
+            .await?;
             let mut head = vec![KIND_DATA];
             head.extend_from_slice(&session.to_le_bytes());
             head.extend_from_slice(&index.to_le_bytes());
-            s.write_all(&head).await.map_err(|e| write_error(&who, e))?;
+            // A receiver that stops reading stalls these writes: past the progress deadline
+            // the stream fails and everything the push holds is released.
+            let reading = "reading by the receiver";
+            within(stall, &who, reading, async {
+                s.write_all(&head).await.map_err(|e| write_error(&who, e))
+            })
+            .await?;
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some(c) = next else { break };
@@ -345,19 +386,23 @@ async fn push_inner(
                 }
                 let begun = Instant::now();
                 let header = chunk_header(&c.id, c.ulen, c.flags, c.data.len());
-                s.write_all(&header)
-                    .await
-                    .map_err(|e| write_error(&who, e))?;
+                within(stall, &who, reading, async {
+                    s.write_all(&header).await.map_err(|e| write_error(&who, e))
+                })
+                .await?;
                 let mut off = 0;
                 while off < c.data.len() {
                     let end = (off + SLICE).min(c.data.len());
                     if let Some(l) = &limiter {
                         l.pace((end - off) as u64).await;
                     }
-                    s.write_chunk(c.data.slice(off..end)).await.map_err(|e| {
-                        tracing::debug!(index, error = %e, "data stream write failed");
-                        write_error(&who, e)
-                    })?;
+                    within(stall, &who, reading, async {
+                        s.write_chunk(c.data.slice(off..end)).await.map_err(|e| {
+                            tracing::debug!(index, error = %e, "data stream write failed");
+                            write_error(&who, e)
+                        })
+                    })
+                    .await?;
                     counters
                         .bytes
                         .fetch_add((end - off) as u64, Ordering::Relaxed);
@@ -508,7 +553,11 @@ async fn push_inner(
     }
     write_control(&mut csend, who, done).await?;
     while !sender.is_done() {
-        let msg = next_control(&mut ctl, who).await;
+        // The receiver commits (syncs its library, stores the manifest) before it answers.
+        let msg = match tokio::time::timeout(stall, next_control(&mut ctl, who)).await {
+            Ok(m) => m,
+            Err(_) => return Err(stalled(who, "Committed from the receiver", stall)),
+        };
         handle_or_abort(&mut sender, msg, &mut csend, who).await?;
     }
     let _ = csend.finish();
@@ -658,6 +707,8 @@ pub async fn push_resuming(
 /// One session on the receiving side, shared by its control and data stream tasks.
 struct Session {
     receiver: Mutex<Receiver>,
+    /// When the sender last sent anything on this session (a message or chunk bytes).
+    active: Mutex<Instant>,
     /// Woken when a data stream ends or a data stream task fails.
     changed: Notify,
     failure: Mutex<Option<Error>>,
@@ -696,6 +747,15 @@ impl Session {
 
     fn receiver(&self) -> std::sync::MutexGuard<'_, Receiver> {
         self.receiver.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sender did something now.
+    fn touch(&self) {
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn last_active(&self) -> Instant {
+        *self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -750,8 +810,17 @@ pub async fn serve_connection(
                                 return;
                             }
                             (KIND_PUSH, _) => match conn.authorize(push) {
-                                Ok(()) => receive_session(send, recv, &lib, &sessions, &who, &mut offered).await,
-                                Err(refused) => refuse_session(send, &who, refused).await,
+                                Ok(()) => match conn.limits.begin_session(peer) {
+                                    Some(_slot) => receive_session(send, recv, &lib, &sessions, &who, &conn.config, &mut offered).await,
+                                    None => {
+                                        let busy = format!(
+                                            "site {peer} already runs {} push sessions into this host; retry when one ended",
+                                            conn.limits.sessions_per_peer()
+                                        );
+                                        abort_session(send, &who, ProtocolError::Aborted, busy).await
+                                    }
+                                },
+                                Err(refused) => abort_session(send, &who, ProtocolError::Unauthorized, refused.to_string()).await,
                             },
                             // Without a handler a command stream is refused like any unknown
                             // kind; its streams end at once.
@@ -785,9 +854,10 @@ pub async fn serve_connection(
                     let (lib, sessions, who) = (lib.clone(), sessions.clone(), who.clone());
                     let conn = conn.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = receive_data(recv, &lib, &sessions, &who).await {
+                        // A bad data stream ends itself (and its session, if it names one),
+                        // never the connection's other sessions.
+                        if let Err(e) = receive_data(recv, &lib, &sessions, &who, &conn).await {
                             tracing::warn!(peer = %who, error = %e, "data stream refused");
-                            conn.close(&e.to_string());
                         }
                     });
                 }
@@ -798,22 +868,18 @@ pub async fn serve_connection(
     let _ = lib.flush().await;
 }
 
-/// Aborts a push session the authorization table refused, telling the sender why.
-async fn refuse_session(
+/// Aborts a push session before it starts (refused by the authorization table, or the peer
+/// over its budget), telling the sender why.
+async fn abort_session(
     mut send: quinn::SendStream,
     who: &str,
-    refused: crate::authz::Refused,
+    code: ProtocolError,
+    reason: String,
 ) -> Result<()> {
-    let reason = refused.to_string();
-    let _ = write_control(
-        &mut send,
-        who,
-        vec![Message::abort(ProtocolError::Unauthorized, &reason)],
-    )
-    .await;
+    let _ = write_control(&mut send, who, vec![Message::abort(code, &reason)]).await;
     let _ = send.finish();
     Err(Error::Protocol {
-        code: ProtocolError::Unauthorized,
+        code,
         detail: reason,
     })
 }
@@ -825,18 +891,23 @@ async fn receive_session(
     lib: &SharedLibrary,
     sessions: &Sessions,
     who: &str,
+    cfg: &crate::quic::NodeConfig,
     offered: &mut Option<(freight_core::PackageId, u32)>,
 ) -> Result<()> {
     let mut streams = [0u8; 2];
-    recv.read_exact(&mut streams)
-        .await
-        .map_err(|e| Error::Connection {
-            peer: who.to_string(),
-            reason: format!("session preamble not received: {e}"),
-            remedy: "retry to resume",
-        })?;
+    within(cfg.step_timeout, who, "session preamble", async {
+        recv.read_exact(&mut streams)
+            .await
+            .map_err(|e| Error::Connection {
+                peer: who.to_string(),
+                reason: format!("session preamble not received: {e}"),
+                remedy: "retry to resume",
+            })
+    })
+    .await?;
     let id = quinn::VarInt::from(send.id()).into_inner();
     let session = Arc::new(Session {
+        active: Mutex::new(Instant::now()),
         receiver: Mutex::new(Receiver::with_data_streams(u16::from_le_bytes(streams))),
         changed: Notify::new(),
         failure: Mutex::new(None),
@@ -846,7 +917,7 @@ async fn receive_session(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, session.clone());
-    let res = drive_receiver(&session, &mut send, recv, lib, who, offered).await;
+    let res = drive_receiver(&session, &mut send, recv, lib, who, cfg, offered).await;
     sessions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -866,6 +937,7 @@ async fn drive_receiver(
     recv: quinn::RecvStream,
     lib: &SharedLibrary,
     who: &str,
+    cfg: &crate::quic::NodeConfig,
     offered: &mut Option<(freight_core::PackageId, u32)>,
 ) -> Result<()> {
     let mut ctl = spawn_reader(recv, who.to_string());
@@ -876,11 +948,29 @@ async fn drive_receiver(
         if session.receiver().is_done() {
             return Ok(());
         }
+        // Until the Offer, the sender has one step's time; then the session lives as long as
+        // the sender keeps sending something (data streams touch it with every read).
+        let (limit, step) = if offered.is_none() {
+            (cfg.step_timeout, "Hello and Offer from the sender")
+        } else {
+            (cfg.progress_timeout, "data from the sender")
+        };
+        let deadline = tokio::time::Instant::from_std(session.last_active() + limit);
         let msg = tokio::select! {
             m = next_control(&mut ctl, who) => match m {
-                Ok(m) => m,
+                Ok(m) => {
+                    session.touch();
+                    m
+                }
                 Err(e) => return Err(session.receiver().decode_failed(e)),
             },
+            _ = tokio::time::sleep_until(deadline) => {
+                if session.last_active() + limit > Instant::now() {
+                    continue;
+                }
+                let e = stalled(who, step, limit);
+                return Err(abort_with(session, e));
+            }
             _ = session.changed.notified() => {
                 if let Some(e) = session.take_failure() {
                     return Err(e);
@@ -947,15 +1037,28 @@ async fn receive_data(
     lib: &SharedLibrary,
     sessions: &Sessions,
     who: &str,
+    conn: &Conn,
 ) -> Result<()> {
     let mut pre = [0u8; 11];
-    recv.read_exact(&mut pre)
-        .await
-        .map_err(|e| Error::Connection {
-            peer: who.to_string(),
-            reason: format!("data stream preamble not received: {e}"),
-            remedy: "retry to resume",
-        })?;
+    let read = within(
+        conn.config.step_timeout,
+        who,
+        "data stream preamble",
+        async {
+            recv.read_exact(&mut pre)
+                .await
+                .map_err(|e| Error::Connection {
+                    peer: who.to_string(),
+                    reason: format!("data stream preamble not received: {e}"),
+                    remedy: "retry to resume",
+                })
+        },
+    )
+    .await;
+    if let Err(e) = read {
+        let _ = recv.stop(0u32.into());
+        return Err(e);
+    }
     let id = u64::from_le_bytes(pre[1..9].try_into().expect("8 bytes"));
     let index = u16::from_le_bytes(pre[9..11].try_into().expect("2 bytes"));
     let session = sessions
@@ -964,6 +1067,7 @@ async fn receive_data(
         .get(&id)
         .cloned();
     let (true, Some(session)) = (pre[0] == KIND_DATA, session) else {
+        let _ = recv.stop(0u32.into());
         return Err(Error::Protocol {
             code: ProtocolError::UnexpectedMessage,
             detail: format!(
@@ -972,7 +1076,7 @@ async fn receive_data(
             ),
         });
     };
-    match receive_chunks(&mut recv, lib, &session, index, who).await {
+    match receive_chunks(&mut recv, lib, &session, index, who, conn).await {
         Ok(released) => session.release(released),
         Err(e) => {
             let _ = recv.stop(0u32.into());
@@ -989,14 +1093,32 @@ async fn receive_chunks(
     session: &Session,
     index: u16,
     who: &str,
+    conn: &Conn,
 ) -> Result<Vec<ReceiverEvent>> {
     let mut dec = FrameDecoder::new();
     let verifier = session.receiver().data_stream_opened(index)?;
+    let (peer, limits) = (conn.peer().code, conn.limits.clone());
+    let stall = conn.config.progress_timeout;
+    // Memory for the chunk being assembled: its frame (when large) and the plain length it
+    // decompresses to, reserved in one piece as soon as its header is here, before the rest
+    // is read. One reservation per chunk at a time, so streams never wait on each other's.
+    let mut memory: Option<crate::limits::Reservation> = None;
     loop {
-        let chunk = recv
-            .read_chunk(usize::MAX, true)
-            .await
-            .map_err(|e| read_error(who, e))?;
+        if memory.is_none()
+            && let Some((len, ulen, flags)) = dec.pending_chunk()
+        {
+            let need = need_for(len, ulen, flags);
+            if need > 0 {
+                memory = Some(limits.reserve(peer, need).await);
+            }
+        }
+        let chunk = within(stall, who, "chunk bytes from the sender", async {
+            recv.read_chunk(usize::MAX, true)
+                .await
+                .map_err(|e| read_error(who, e))
+        })
+        .await?;
+        session.touch();
         let Some(chunk) = chunk else {
             if dec.buffered() > 0 {
                 let e = Error::Protocol {
@@ -1014,11 +1136,23 @@ async fn receive_chunks(
                 Ok(None) => break,
                 Err(e) => return Err(session.receiver().decode_failed(e)),
             };
-            // Decompressing and hashing is CPU work: keep it off the async workers.
+            // A chunk whose whole frame arrived in one read was not reserved yet: reserve its
+            // plain length before it is decompressed. Held until it is stored.
+            let _memory = match (memory.take(), &msg) {
+                (Some(m), _) => Some(m),
+                (None, Message::Chunk { ulen, flags, .. }) => match need_for(0, *ulen, *flags) {
+                    0 => None,
+                    n => Some(limits.reserve(peer, n).await),
+                },
+                (None, _) => None,
+            };
+            // Decompressing and hashing is CPU work: off the async workers, one per core.
+            let _cpu = limits.verify_slot().await;
             let v = verifier.clone();
             let checked = tokio::task::spawn_blocking(move || v.verify_data(msg))
                 .await
                 .map_err(|e| Error::Misuse(format!("chunk verification task failed: {e}")))?;
+            drop(_cpu);
             let event = session.receiver().handle_checked(checked)?;
             if let ReceiverEvent::Store {
                 id,
@@ -1031,6 +1165,23 @@ async fn receive_chunks(
             }
         }
     }
+}
+
+/// Receive memory a chunk frame of `len` bytes needs: the frame when it is large (smaller
+/// ones are bounded by the stream windows) and, when compressed, the plain bytes it
+/// decompresses to.
+fn need_for(len: u32, ulen: u32, flags: u8) -> u64 {
+    let frame = if len > crate::limits::RESERVE_ABOVE {
+        len as u64
+    } else {
+        0
+    };
+    let plain = if flags & crate::protocol::FLAG_ZSTD != 0 {
+        ulen as u64
+    } else {
+        0
+    };
+    frame + plain
 }
 
 /// Accepts connections on `node` and serves each (see [`serve_connection`]) until the

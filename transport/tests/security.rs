@@ -270,6 +270,7 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
     ]
     .concat();
     let done_first = encode(&Message::Done);
+    let done_first_again = done_first.clone();
     let bad_offer = [
         hello.clone(),
         encode(&Message::Offer {
@@ -317,17 +318,26 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
         assert_one_line(&ev.result.unwrap_err());
     }
 
-    // A data stream for a session that does not exist closes the connection.
+    // A data stream for a session that does not exist is refused on its own: the stream is
+    // stopped, while the connection and its other sessions go on.
     let mut uni = raw.open_uni().await.unwrap();
     let mut head = vec![2u8];
     head.extend_from_slice(&999u64.to_le_bytes());
     head.extend_from_slice(&0u16.to_le_bytes());
     uni.write_all(&head).await.unwrap();
-    let _ = uni.finish();
-    let closed = tokio::time::timeout(Duration::from_secs(5), raw.closed())
+    uni.write_all(&[0u8; 4096]).await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), uni.stopped())
         .await
         .unwrap();
-    assert!(closed.to_string().contains("unknown session"), "{closed}");
+    assert!(matches!(stopped, Ok(Some(_))), "{stopped:?}");
+    assert!(raw.close_reason().is_none(), "the connection was closed");
+    let answer = raw_session(raw, &done_first_again).await;
+    assert_eq!(
+        abort_code(&answer),
+        Some(ProtocolError::UnexpectedMessage.code()),
+        "a session after the refused stream: {answer:?}"
+    );
+    assert!(rx.events.recv().await.unwrap().result.is_err());
 
     // The receiver still serves: a proper push on a new connection succeeds.
     let (_node, conn) = connect(&w.cas, &rx, "PS1").await;

@@ -1,5 +1,7 @@
 //! Aligned text tables and key/value blocks for the admin commands' human output.
 
+use freight_core::text::printable;
+
 /// A table: a header row and rows of cells, columns padded to their widest cell.
 pub struct Table {
     header: Vec<String>,
@@ -74,23 +76,6 @@ impl Table {
         }
         out
     }
-}
-
-/// `s` with control characters escaped (`\u{1b}`), so that text from another host cannot move
-/// the cursor, recolour the terminal or forge lines.
-pub fn printable(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_string();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 /// `key  value` lines with the values aligned.

@@ -52,6 +52,22 @@ pub struct DaemonConfig {
     /// Seconds without a packet before a connection counts as cut.
     #[serde(default = "default_idle", with = "duration")]
     pub idle_timeout: Duration,
+    /// Deadlines for peers (every wait on a peer ends; the job then follows its retry
+    /// policy): a handshake must end within `handshake_timeout`; each message a session or
+    /// command exchange waits for within `step_timeout`; a session whose peer sends nothing
+    /// for `progress_timeout` is abandoned; a command's reply must come within
+    /// `command_timeout`.
+    #[serde(default = "d10s", with = "duration")]
+    pub handshake_timeout: Duration,
+    /// See `handshake_timeout`.
+    #[serde(default = "d2m", with = "duration")]
+    pub step_timeout: Duration,
+    /// See `handshake_timeout`.
+    #[serde(default = "d10m", with = "duration")]
+    pub progress_timeout: Duration,
+    /// See `handshake_timeout`.
+    #[serde(default = "d10m", with = "duration")]
+    pub command_timeout: Duration,
     /// The site server role.
     pub site: Option<SiteRole>,
     /// The DP role.
@@ -87,6 +103,10 @@ pub struct SiteRole {
     /// How often a pull DP is polled for its progress.
     #[serde(default = "d2s", with = "duration")]
     pub poll_interval: Duration,
+    /// A pull DP's job fails (and follows its retry policy) once it has run this long, or
+    /// once its bytes have not moved for the node's `progress_timeout`.
+    #[serde(default = "d24h", with = "duration")]
+    pub pull_deadline: Duration,
     /// Validate every installed copy this often (off when absent).
     #[serde(default, with = "opt_duration")]
     pub validate_every: Option<Duration>,
@@ -107,6 +127,10 @@ pub struct DpRole {
     /// Pull DP: jobs at once (SPEC §6: 50).
     #[serde(default = "d50")]
     pub pull_capacity: usize,
+    /// Pull DP: a fetch from one source gives up after this long (a stalled session ends
+    /// sooner, at the node's `progress_timeout`).
+    #[serde(default = "d24h", with = "duration")]
+    pub pull_deadline: Duration,
     /// Materialise installed packages under this folder (`SHARE/PKG/`), optional.
     pub share: Option<PathBuf>,
     /// HTTP: a request head must arrive whole within this.
@@ -164,6 +188,18 @@ fn http_max_listings() -> usize {
 
 fn default_idle() -> Duration {
     Duration::from_secs(30)
+}
+fn d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d2m() -> Duration {
+    Duration::from_secs(120)
+}
+fn d10m() -> Duration {
+    Duration::from_secs(600)
+}
+fn d24h() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn d3() -> usize {
     3

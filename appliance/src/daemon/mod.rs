@@ -132,6 +132,10 @@ async fn serve(
     let node_cfg = NodeConfig {
         idle_timeout: cfg.idle_timeout,
         keep_alive: (cfg.idle_timeout / 4).min(Duration::from_secs(5)),
+        handshake_timeout: cfg.handshake_timeout,
+        step_timeout: cfg.step_timeout,
+        progress_timeout: cfg.progress_timeout,
+        command_timeout: cfg.command_timeout,
         ..NodeConfig::default()
     };
     let node = Node::bind(cfg.listen, tls, node_cfg)?;
@@ -147,6 +151,7 @@ async fn serve(
             node.clone(),
             d.kind == crate::model::DpKind::Pull,
             d.pull_capacity,
+            d.pull_deadline,
             d.share.clone(),
         ))),
         None => None,

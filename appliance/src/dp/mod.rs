@@ -35,16 +35,19 @@ pub struct Dp {
 
 impl Dp {
     /// A DP serving `lib`; a pull DP (`pull`) fetches up to `capacity` packages at once
-    /// through `node`. `share` materialises installed packages under `SHARE/PKG`.
+    /// through `node`, each from one source for at most `deadline`. `share` materialises
+    /// installed packages under `SHARE/PKG`.
     pub fn new(
         lib: SharedLibrary,
         node: Node,
         pull: bool,
         capacity: usize,
+        deadline: std::time::Duration,
         share: Option<PathBuf>,
     ) -> Dp {
         Dp {
-            pulls: pull.then(|| pull::Pulls::new(lib.clone(), node, capacity, share.clone())),
+            pulls: pull
+                .then(|| pull::Pulls::new(lib.clone(), node, capacity, deadline, share.clone())),
             lib,
             share,
         }

@@ -18,6 +18,7 @@ use freight_transport::store::SharedLibrary;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The fetches of a pull DP (cheap to clone; clones share the state).
 #[derive(Clone)]
@@ -25,31 +26,78 @@ pub struct Pulls {
     lib: SharedLibrary,
     node: Node,
     capacity: usize,
+    deadline: Duration,
     share: Option<PathBuf>,
-    states: Arc<Mutex<HashMap<(String, u32), PullState>>>,
+    states: Arc<Mutex<HashMap<(String, u32), Tracked>>>,
 }
+
+/// A fetch's state and when it last changed (finished ones are forgotten after a while).
+#[derive(Clone)]
+struct Tracked {
+    state: PullState,
+    since: Instant,
+}
+
+/// Finished fetches are remembered this long, for PkgXferMgr's polls; then forgotten (a poll
+/// after that sees Unknown and notifies again, which finds the version installed).
+const REMEMBER: Duration = Duration::from_secs(3600);
+/// At most this many finished fetches are remembered, whatever their age.
+const REMEMBER_MAX: usize = 4096;
 
 impl Pulls {
     /// Fetches into `lib` through `node`, at most `capacity` at once.
-    pub fn new(lib: SharedLibrary, node: Node, capacity: usize, share: Option<PathBuf>) -> Pulls {
+    pub fn new(
+        lib: SharedLibrary,
+        node: Node,
+        capacity: usize,
+        deadline: Duration,
+        share: Option<PathBuf>,
+    ) -> Pulls {
         Pulls {
             lib,
             node,
             capacity,
+            deadline,
             share,
             states: Arc::default(),
         }
     }
 
-    fn states(&self) -> MutexGuard<'_, HashMap<(String, u32), PullState>> {
+    fn states(&self) -> MutexGuard<'_, HashMap<(String, u32), Tracked>> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, key: (String, u32), state: PullState) {
+        let mut states = self.states();
+        states.insert(
+            key,
+            Tracked {
+                state,
+                since: Instant::now(),
+            },
+        );
+        // The map stays bounded: running fetches (at most `capacity`) and recent results.
+        let running = |t: &Tracked| matches!(t.state, PullState::Running { .. });
+        states.retain(|_, t| running(t) || t.since.elapsed() < REMEMBER);
+        let finished = states.values().filter(|t| !running(t)).count();
+        if finished > REMEMBER_MAX {
+            let mut old: Vec<_> = states
+                .iter()
+                .filter(|(_, t)| !running(t))
+                .map(|(k, t)| (t.since, k.clone()))
+                .collect();
+            old.sort();
+            for (_, k) in old.into_iter().take(finished - REMEMBER_MAX) {
+                states.remove(&k);
+            }
+        }
     }
 
     /// Where the fetch of `version` of `package` stands.
     pub fn state(&self, package: &str, version: u32) -> PullState {
         self.states()
             .get(&(package.to_string(), version))
-            .cloned()
+            .map(|t| t.state.clone())
             .unwrap_or(PullState::Unknown)
     }
 
@@ -64,24 +112,25 @@ impl Pulls {
     ) -> DpReply {
         let key = (package.clone(), version);
         {
-            let mut states = self.states();
-            if let Some(PullState::Running { .. } | PullState::Installed { .. }) = states.get(&key)
+            let states = self.states();
+            if let Some(PullState::Running { .. } | PullState::Installed { .. }) =
+                states.get(&key).map(|t| &t.state)
             {
                 return DpReply::Accepted;
             }
             let active = states
                 .values()
-                .filter(|s| matches!(s, PullState::Running { .. }))
+                .filter(|t| matches!(t.state, PullState::Running { .. }))
                 .count();
             if active >= self.capacity {
                 return DpReply::AtCapacity { active };
             }
-            states.insert(key.clone(), running(""));
         }
+        self.set(key.clone(), running(""));
         let me = self.clone();
         tokio::spawn(async move {
             let state = me.fetch(&package, version, &hash, &sources).await;
-            me.states().insert(key, state);
+            me.set(key, state);
         });
         DpReply::Accepted
     }
@@ -96,8 +145,8 @@ impl Pulls {
     ) -> PullState {
         let mut reasons = Vec::new();
         for s in sources {
-            if let Some(p) = self.states().get_mut(&(package.to_string(), version)) {
-                *p = running(&s.code);
+            if let Some(t) = self.states().get_mut(&(package.to_string(), version)) {
+                t.state = running(&s.code);
             }
             match self.fetch_from(s, package, version, hash).await {
                 Ok(bytes) => {
@@ -147,7 +196,9 @@ impl Pulls {
             package: package.to_string(),
             version,
         });
-        let reply = command::request(&conn, &req).await;
+        // The source answers once the whole push committed: the fetch's own deadline, not a
+        // command's (a stalled push ends sooner, at the session's progress deadline).
+        let reply = command::request_within(&conn, &req, self.deadline).await;
         conn.close("pull done");
         serving.abort();
         let bytes = match decode_reply(&reply?) {

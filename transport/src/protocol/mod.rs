@@ -124,11 +124,15 @@ impl<T: From<Message>> Link<T> {
         proto(code, detail)
     }
 
-    /// The peer aborted: nothing more is sent.
+    /// The peer aborted: nothing more is sent. Its reason is the peer's text: control
+    /// characters are escaped before it reaches a log, a database or a terminal.
     fn peer_aborted(&mut self, code: u16, reason: String) -> Error {
         self.aborted = true;
         self.outbox.clear();
-        Error::PeerAborted { code, reason }
+        Error::PeerAborted {
+            code,
+            reason: freight_core::text::printable(&reason),
+        }
     }
 
     /// Records the version agreed with the peer's `Hello`; false when the ranges do not meet.

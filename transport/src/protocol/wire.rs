@@ -523,6 +523,19 @@ impl FrameDecoder {
             .filter(|&len| len > 0 && len <= frame_limit(avail[4]))
     }
 
+    /// For a `Chunk` frame being assembled whose header has arrived: its frame length, `ulen`
+    /// and flags, so the shell can reserve the frame's bytes and the plain length it will
+    /// decompress to before it reads the rest.
+    pub fn pending_chunk(&self) -> Option<(u32, u32, u8)> {
+        let len = self.pending()?;
+        let avail = &self.buf[self.start..];
+        if avail[4] != T_CHUNK || avail.len() < 4 + 1 + 32 + 4 + 1 {
+            return None;
+        }
+        let ulen = u32::from_le_bytes(avail[37..41].try_into().unwrap());
+        Some((len, ulen, avail[41]))
+    }
+
     /// The next complete message; `Ok(None)` if more bytes are needed.
     pub fn next_message(&mut self) -> Result<Option<Message>> {
         if let Some((code, detail)) = &self.failed {
@@ -717,6 +730,18 @@ mod tests {
             assert_eq!(d.pending(), Some(len));
             assert!(d.buf.capacity() < 1024);
         }
+        // A chunk frame's header tells its plain length before its data arrives.
+        let mut d = FrameDecoder::new();
+        d.push(&MAX_CHUNK_FRAME.to_le_bytes());
+        d.push(&[T_CHUNK]);
+        d.push(&[9; 32]);
+        assert_eq!(d.pending_chunk(), None);
+        d.push(&(64u32 << 20).to_le_bytes());
+        d.push(&[FLAG_ZSTD]);
+        assert_eq!(
+            d.pending_chunk(),
+            Some((MAX_CHUNK_FRAME, 64 << 20, FLAG_ZSTD))
+        );
         // A zero length is rejected too.
         let mut d = FrameDecoder::new();
         d.push(&[0, 0, 0, 0]);
