@@ -662,15 +662,20 @@ impl Library {
     /// over a long time (a sender): the view keeps the packs' files open, so a collection
     /// that moves the chunks and deletes those packs meanwhile changes nothing for it (an
     /// unlinked file stays readable while open, and its number is never reused).
-    /// Fails on the first chunk the library does not hold, naming `needed_by`.
-    pub fn read_view(&self, ids: Vec<ChunkId>, needed_by: &Manifest) -> Result<ReadView> {
+    /// Fails on the first chunk the library does not hold, naming the version that needs it.
+    pub fn read_view(
+        &self,
+        ids: Vec<ChunkId>,
+        package: &PackageId,
+        version: u32,
+    ) -> Result<ReadView> {
         let mut chunks = Vec::with_capacity(ids.len());
         let mut files: HashMap<u32, (Arc<File>, u8, PathBuf)> = HashMap::new();
         for id in ids {
             let loc = self.locate(&id).ok_or_else(|| Error::MissingChunk {
                 id: id.to_hex(),
-                package: needed_by.package.to_string(),
-                version: needed_by.version,
+                package: package.to_string(),
+                version,
             })?;
             if let std::collections::hash_map::Entry::Vacant(v) = files.entry(loc.pack) {
                 let format = self.packs.get(&loc.pack).map_or(pack::FORMAT, |p| p.format);
