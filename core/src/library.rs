@@ -486,6 +486,13 @@ impl Library {
     }
 
     fn clean_manifest_temps(&self) -> Result<()> {
+        // A lease interrupted while being written (write_atomic's temporary file).
+        let pending = self.dir.join("pending");
+        for f in std::fs::read_dir(&pending).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().ends_with(".tmp") {
+                std::fs::remove_file(f.path()).ctx(f.path(), "remove temporary lease")?;
+            }
+        }
         let mdir = self.dir.join("manifests");
         let Ok(rd) = std::fs::read_dir(&mdir) else {
             return Ok(());
