@@ -469,7 +469,7 @@ fn a_package_create_killed_midway_leaves_no_ghost_and_its_id_is_not_reused() {
     generate(&src, &DatasetSpec::mixed(96 << 20, 11)).unwrap();
     let sock = site.admin.clone().unwrap();
     let body = json!({"name": "big", "source": src}).to_string();
-    let mut create = Command::new("curl")
+    let create = Command::new("curl")
         .args(["-s", "--unix-socket"])
         .arg(&sock)
         .args([
