@@ -185,8 +185,8 @@ fn ingest_and_install(lib_dir: &Path, share: &Path, src: &Path, v: u32) -> bool 
     install(&mut lib, &p, v, &hash, Some(share)).is_ok()
 }
 
-/// Heavy tier: needs root (loop device, mkfs, mount, the shutdown ioctl) and runs about a
-/// minute (a dozen power cuts, each followed by a remount and a full verify).
+/// Heavy tier: needs root (loop device, mkfs, mount, the shutdown ioctl); a dozen power cuts,
+/// each followed by a remount and a full verify.
 #[test]
 fn heavy_every_installed_version_survives_power_cuts_and_the_share_is_never_partial() {
     if !can_run() {
