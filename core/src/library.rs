@@ -668,7 +668,8 @@ impl Library {
     /// Locates `ids` and opens every pack they are in, for a reader that will read them
     /// over a long time (a sender): the view keeps the packs' files open, so a collection
     /// that moves the chunks and deletes those packs meanwhile changes nothing for it (an
-    /// unlinked file stays readable while open, and its number is never reused).
+    /// unlinked file stays readable while open, and its number is never reused). The space
+    /// of such a pack comes back when the view is dropped.
     /// Fails on the first chunk the library does not hold, naming the version that needs it.
     pub fn read_view(
         &self,
