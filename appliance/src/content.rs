@@ -87,8 +87,9 @@ fn drop_versions(
 }
 
 /// Hosts `version` of `p`: checks its manifest hash against `hash` (hex), refuses to replace
-/// a newer version, drops older versions and the content only they used, and materialises
-/// the share. Returns the pack bytes freed.
+/// a newer version, materialises the share (durable, swapped in with one rename), then drops
+/// older versions and the content only they used. When this returns Ok the version is on
+/// disk, whatever happens next. Returns the pack bytes freed.
 pub fn install(
     lib: &mut Library,
     p: &PackageId,
@@ -113,12 +114,15 @@ pub fn install(
             newer,
         });
     }
-    drop_versions(lib, p, |v| v < version)?;
-    // An update drops a little of many packs: rewrite only packs that are mostly garbage.
-    let r = gc_partial(lib, GC_MIN_GARBAGE, &Progress::default())?;
+    // The new share is in place (and durable) before the old version goes: a crash at any
+    // point leaves the version last reported installed both in the library and in the share,
+    // or the new one complete in both.
     if let Some(share) = share {
         materialise_share(lib, &m, share)?;
     }
+    drop_versions(lib, p, |v| v < version)?;
+    // An update drops a little of many packs: rewrite only packs that are mostly garbage.
+    let r = gc_partial(lib, GC_MIN_GARBAGE, &Progress::default())?;
     Ok(r.bytes_freed)
 }
 
@@ -134,22 +138,69 @@ pub async fn install_shared(
         .await?
 }
 
-/// Writes the package under `SHARE/PKG` (a temporary folder renamed into place).
-fn materialise_share(lib: &Library, m: &Manifest, share: &Path) -> Result<(), ContentError> {
-    let dest = share.join(m.package.as_str());
-    let tmp = share.join(format!(".{}.tmp", m.package));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(share).map_err(|reason| ContentError::Share {
-        path: share.to_path_buf(),
+/// Where the share keeps trees being built or removed; package IDs never start with a dot.
+const STAGING: &str = ".freight-staging";
+
+fn share_error(path: &Path) -> impl FnOnce(std::io::Error) -> ContentError + '_ {
+    move |reason| ContentError::Share {
+        path: path.to_path_buf(),
         reason,
-    })?;
-    freight_core::materialize::materialize(lib, m, &tmp, &Progress::default())?;
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&tmp, &dest).map_err(|reason| ContentError::Share { path: dest, reason })
+    }
 }
 
+/// A fresh name under the share's staging folder.
+fn staging_path(share: &Path, what: &str) -> Result<PathBuf, ContentError> {
+    let staging = share.join(STAGING);
+    std::fs::create_dir_all(&staging).map_err(share_error(&staging))?;
+    Ok(staging.join(format!("{what}-{:016x}", rand::random::<u64>())))
+}
+
+/// Writes the package under `SHARE/PKG`: materialised (and made durable) in the share's
+/// private staging folder, then swapped in with one rename, so `SHARE/PKG` always holds a
+/// complete version, the old one or the new one, and the new one is on disk before the
+/// install is reported. Leftovers of an interrupted install are removed first.
+fn materialise_share(lib: &Library, m: &Manifest, share: &Path) -> Result<(), ContentError> {
+    std::fs::create_dir_all(share).map_err(share_error(share))?;
+    clean_staging(share);
+    let new = staging_path(share, m.package.as_str())?;
+    let res =
+        freight_core::materialize::materialize(lib, m, &new, &Progress::default()).and_then(|_| {
+            freight_core::materialize::replace_tree(&new, &share.join(m.package.as_str()))
+        });
+    if res.is_err() {
+        let _ = freight_core::materialize::remove_tree(&new);
+    }
+    Ok(res?)
+}
+
+/// Removes what interrupted installs and removals left in the share's staging folder.
+fn clean_staging(share: &Path) {
+    let staging = share.join(STAGING);
+    for e in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+        if let Err(err) = freight_core::materialize::remove_tree(&e.path()) {
+            tracing::warn!(error = %err, "could not remove a leftover of an interrupted install");
+        }
+    }
+}
+
+/// Removes `SHARE/PKG`: renamed into the staging folder first (one rename, synced), so the
+/// share never shows part of a tree under the package's name, then deleted.
 fn remove_share(share: Option<&Path>, p: &PackageId) {
-    if let Some(share) = share {
-        let _ = std::fs::remove_dir_all(share.join(p.as_str()));
+    let Some(share) = share else { return };
+    let dest = share.join(p.as_str());
+    if std::fs::symlink_metadata(&dest).is_err() {
+        return;
+    }
+    let res = staging_path(share, &format!("gone-{p}"))
+        .and_then(|gone| {
+            std::fs::rename(&dest, &gone).map_err(share_error(&dest))?;
+            std::fs::File::open(share)
+                .and_then(|d| d.sync_all())
+                .map_err(share_error(share))?;
+            Ok(gone)
+        })
+        .and_then(|gone| freight_core::materialize::remove_tree(&gone).map_err(ContentError::from));
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "removing a package's share folder failed");
     }
 }

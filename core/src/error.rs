@@ -169,6 +169,22 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// A library file is damaged in a way a crash cannot leave (a bad index header or entry,
+    /// a missing index or data file, a newer format). Nothing was changed.
+    #[error(
+        "{path}: {reason}; nothing was changed, run `freight library repair` to rebuild what the data still holds and set the rest aside"
+    )]
+    NeedsRepair {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A storage root's folder is missing: an unmounted disk, or a root added by hand.
+    #[error(
+        "{0}: storage root is missing (an unmounted disk?); mount it, or create this folder if it is a new root"
+    )]
+    RootMissing(PathBuf),
     /// A parcel file is malformed, truncated or tampered with.
     #[error(
         "parcel {path}: {part} at byte {offset}: {reason}; the parcel is damaged, create it again at the sending site"

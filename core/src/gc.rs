@@ -1,17 +1,27 @@
 //! Garbage collection: drop chunks no manifest references and reclaim their space.
 //!
-//! Packs are append-only, so space comes back by compaction: the live chunks of a pack with
-//! garbage are copied (still compressed) into a fresh pack, that pack is committed (durable and
-//! indexed), and only then the old pack's index and data file are deleted, in that order. A
-//! crash at any point leaves every live chunk reachable through at least one index; a data
-//! file whose index is already gone is removed at the next open.
+//! A chunk is live while a manifest names it or a transfer's lease covers it (see
+//! [`Library::lease`]): chunks a transfer received before its manifest arrived are kept.
+//!
+//! Packs are append-only, so space comes back in two steps. First every pack with nothing
+//! live is deleted outright: that needs no free space, so a collection on a full disk still
+//! frees what it can. Then the live chunks of packs with enough garbage are copied (still
+//! compressed) into fresh packs, a group of about one pack's worth at a time; each group is
+//! committed (durable and indexed) before the packs it empties are deleted, so the extra space
+//! needed is about one pack. Deleting renames the index to a tombstone first (see
+//! [`crate::pack`]); a crash at any point leaves every live chunk reachable through at least
+//! one index, and the next open finishes an interrupted deletion.
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::library::Library;
 use crate::pack::{self, Loc};
 use crate::progress::Progress;
+use crate::writer::delete_pack;
 use std::collections::{HashSet, VecDeque};
+
+/// A pack to rewrite and the live entries it keeps.
+type Rewrite = (u32, Vec<(ChunkId, Loc)>);
 
 /// What a collection did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -26,6 +36,8 @@ pub struct GcReport {
     pub bytes_moved: u64,
     /// Bytes of pack files released.
     pub bytes_freed: u64,
+    /// Chunks no manifest names that were kept for transfers under way (leases).
+    pub chunks_leased: u64,
 }
 
 /// Collects garbage in `lib`: every pack with garbage is compacted.
@@ -63,16 +75,28 @@ fn gc_with(
     progress: &Progress,
 ) -> Result<GcReport> {
     lib.require_write();
-    let live: HashSet<ChunkId> = lib
-        .refcounts()?
-        .into_keys()
+    let named: HashSet<ChunkId> = lib.refcounts()?.into_keys().collect();
+    let leased = lib.leased_chunks()?;
+    let mut report = GcReport {
+        chunks_leased: leased
+            .iter()
+            .filter(|id| !named.contains(id) && lib.has_chunk(id))
+            .count() as u64,
+        ..GcReport::default()
+    };
+    let live: HashSet<ChunkId> = named
+        .into_iter()
+        .chain(leased)
         .filter(|id| !drop.contains(id))
         .collect();
-    let mut report = GcReport::default();
     // The packs to delete or rewrite, each with its live entries to keep.
-    let mut plan: Vec<(u32, Vec<(ChunkId, Loc)>)> = Vec::new();
+    let mut empty: Vec<u32> = Vec::new();
+    let mut rewrite: Vec<Rewrite> = Vec::new();
     for (&n, info) in lib.packs() {
-        let ix = pack::read_index(&info.idx, n)?;
+        let ix = pack::read_index(&info.idx, n)?.map_err(|d| Error::NeedsRepair {
+            path: info.idx.clone(),
+            reason: d.to_string(),
+        })?;
         let mut keep = Vec::new();
         let (mut dead, mut total) = (0u64, 0u64);
         for (id, loc) in ix.entries {
@@ -83,70 +107,83 @@ fn gc_with(
                 dead += loc.clen as u64;
             }
         }
-        let worth = dead > 0 && dead as f64 >= min_garbage * total.max(1) as f64;
-        if keep.is_empty() || worth {
-            plan.push((n, keep));
+        if keep.is_empty() {
+            empty.push(n);
+        } else if dead > 0 && dead as f64 >= min_garbage * total.max(1) as f64 {
+            rewrite.push((n, keep));
         }
     }
-    let total: u64 = plan
+    let moving: u64 = rewrite
         .iter()
         .flat_map(|(_, k)| k.iter().map(|(_, l)| l.clen as u64))
         .sum();
-    progress.start("gc", plan.len() as u64, total);
+    progress.start("gc", (empty.len() + rewrite.len()) as u64, moving);
     let before = lib.chunk_count();
-    let mut writer = lib.writer(false);
-    for (n, keep) in &plan {
-        let f = lib.pack_file(*n)?;
-        let path = lib.pack_path(*n);
-        let mut reads: VecDeque<_> = VecDeque::new();
-        let mut it = keep.iter();
-        loop {
-            while reads.len() < 32 {
-                let Some((id, loc)) = it.next() else { break };
-                reads.push_back((
-                    *id,
-                    *loc,
-                    lib.engine().read_at(&f, loc.offset, loc.clen as usize),
-                ));
-            }
-            let Some((id, loc, p)) = reads.pop_front() else {
-                break;
-            };
-            let bytes = p.wait().ctx(&path, "read pack")?;
-            writer.append(id, loc.ulen, loc.flags, &bytes)?;
-            report.bytes_moved += bytes.len() as u64;
-            progress.add_bytes(bytes.len() as u64);
-        }
-        if keep.is_empty() {
-            report.packs_deleted += 1;
-        } else {
-            report.packs_compacted += 1;
-        }
+    // One record for the whole collection: none of these numbers will be used again.
+    if let Some(highest) = empty.iter().chain(rewrite.iter().map(|(n, _)| n)).max() {
+        lib.pack_numbers().retire(*highest)?;
     }
-    let committed = writer.commit()?;
-    lib.apply(committed);
-    for (n, _) in &plan {
-        let info = lib.packs()[n].clone();
-        report.bytes_freed += std::fs::metadata(&info.data).map(|m| m.len()).unwrap_or(0);
-        // Index first: a data file without an index is known garbage at the next open.
-        std::fs::remove_file(&info.idx).ctx(&info.idx, "remove index")?;
-        std::fs::remove_file(&info.data).ctx(&info.data, "remove pack")?;
-        lib.forget_pack(*n);
+    // Step 1: packs with nothing live go first; this needs no space.
+    for n in &empty {
+        report.bytes_freed += remove(lib, *n)?;
+        report.packs_deleted += 1;
         progress.add_file();
     }
-    if !plan.is_empty() {
-        for root in lib.roots() {
-            let d = root.join("packs");
-            std::fs::File::open(&d)
-                .and_then(|f| f.sync_all())
-                .ctx(&d, "fsync directory")?;
-        }
-    }
-    // Every pack of the plan is gone, and its live chunks are indexed in the new packs (whose
-    // numbers are above every old one): only the entries of the removed packs go. Garbage left
-    // in packs not worth rewriting stays indexed: it is intact, and a transfer that needs it
-    // again finds it.
     lib.index.retain(|_, loc| lib.packs.contains_key(&loc.pack));
+    // Step 2: rewrite the rest, about one pack's worth of live bytes per transaction.
+    let pack_size = lib.config().pack_size;
+    let mut groups: Vec<Vec<Rewrite>> = Vec::new();
+    let mut group_bytes = 0u64;
+    for item in rewrite {
+        let bytes: u64 = item.1.iter().map(|(_, l)| l.clen as u64).sum();
+        if groups.is_empty() || group_bytes + bytes > pack_size {
+            groups.push(Vec::new());
+            group_bytes = 0;
+        }
+        group_bytes += bytes;
+        groups.last_mut().expect("a group").push(item);
+    }
+    for group in groups {
+        let mut writer = lib.writer(false);
+        for (_, keep) in &group {
+            let mut reads: VecDeque<_> = VecDeque::new();
+            let mut it = keep.iter();
+            loop {
+                while reads.len() < 32 {
+                    let Some((id, loc)) = it.next() else { break };
+                    reads.push_back((*id, *loc, lib.read_checked(id, loc)?));
+                }
+                let Some((id, loc, read)) = reads.pop_front() else {
+                    break;
+                };
+                let bytes = read.wait()?;
+                writer.append(id, loc.ulen, loc.flags, &bytes)?;
+                report.bytes_moved += bytes.len() as u64;
+                progress.add_bytes(bytes.len() as u64);
+            }
+        }
+        let committed = writer.commit()?;
+        lib.apply(committed);
+        // Every live chunk of the group is durable and indexed elsewhere now.
+        for (n, _) in &group {
+            report.bytes_freed += remove(lib, *n)?;
+            report.packs_compacted += 1;
+            progress.add_file();
+        }
+        lib.index.retain(|_, loc| lib.packs.contains_key(&loc.pack));
+    }
+    // Garbage left in packs not worth rewriting stays indexed: it is intact, and a transfer
+    // that needs it again finds it.
     report.chunks_removed = (before - lib.chunk_count().min(before)) as u64;
     Ok(report)
+}
+
+/// Deletes pack `n` (tombstone first) and forgets it; returns the bytes its data file held.
+fn remove(lib: &mut Library, n: u32) -> Result<u64> {
+    let info = lib.packs()[&n].clone();
+    lib.pack_numbers().retire(n)?;
+    let len = std::fs::metadata(&info.data).map(|m| m.len()).unwrap_or(0);
+    delete_pack(&info.data, &info.idx, n)?;
+    lib.forget_pack(n);
+    Ok(len)
 }

@@ -20,6 +20,7 @@ pub mod materialize;
 pub mod pack;
 pub mod parcel;
 pub mod progress;
+pub mod repair;
 pub mod site;
 pub mod stats;
 pub mod stream;

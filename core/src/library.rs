@@ -4,39 +4,89 @@
 //! ```text
 //! LIB/library.toml                      configuration (roots, reserve, chunk sizes, ...)
 //! LIB/lock                              flock: exclusive for writers, shared for readers
+//! LIB/pack-seq                          above every pack number ever deleted (never reused)
 //! LIB/manifests/<PKG>/<VERSION>.fmf     canonical manifests; their presence is a reference
+//! LIB/pending/<HASH>.fmf                leases: manifests of transfers not yet committed
 //! ROOT/packs/pack-NNNNNNNN.{dat,idx}    chunk data and its index, on each storage root
+//! ROOT/quarantine/                      what `repair` could not use, set aside (never read)
 //! ```
 //! # Invariants
 //! - Chunk bytes are durable before an index entry names them, and every chunk a manifest
 //!   names is indexed and durable before the manifest file appears (atomic rename + dir fsync).
-//! - A chunk is referenced by the manifests that list it; reference counts are derived from the
-//!   manifests when needed (stats, gc) rather than stored, so they can never drift.
-//! - Opening for write repairs what a crash can leave: torn index tails, unindexed pack tails,
-//!   data files whose index is gone, stray temporary manifests.
+//! - A chunk is referenced by the manifests that list it, and protected from collection by
+//!   the leases (pending manifests) of transfers under way; reference counts are derived from
+//!   the files when needed (stats, gc) rather than stored, so they can never drift.
+//! - Opening for write changes only what a crash can leave: index and pack bytes past the
+//!   committed length (see [`crate::pack`]), a pack whose deletion was interrupted
+//!   (tombstone), an index created without its data file, stray temporary manifests. Anything
+//!   else (a damaged header or entry, a missing index or data file, a newer format, a missing
+//!   storage root) refuses the open with one line naming the file, and nothing is changed:
+//!   `freight library repair` ([`crate::repair`]) rebuilds what the data still holds.
+//! - Every read of a format-2 pack checks the record header in front of the chunk: a stale
+//!   location can never return another chunk's bytes.
 
 use crate::config::{CONFIG_FILE, LibraryConfig};
 use crate::engine::{Engine, IoMode, Pending};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, PackageId};
 use crate::manifest::Manifest;
-use crate::pack::{self, FLAG_ZSTD, Loc, PACK_MAGIC};
-use crate::writer::{Committed, PackInfo, Reuse, Writer, sync_dir};
-use std::collections::{BTreeMap, HashMap};
+use crate::pack::{self, FLAG_ZSTD, Loc, PACK_HEADER, PackFile, RECORD_HEADER};
+use crate::writer::{Committed, PackInfo, PackNumbers, Reuse, Writer, sync_dir};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-/// A pack's data and index files as found on the roots: (root, path) of each.
-type FoundPack = (Option<(usize, PathBuf)>, Option<(usize, PathBuf)>);
+/// How long a lease (the pending manifest of an unfinished transfer) protects its chunks from
+/// collection after it was last taken or renewed, by default.
+pub const LEASE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Whether a library is opened to read or to change it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Shared lock; nothing is changed.
+    /// Shared lock; nothing is changed. Damaged packs are left out (and listed by
+    /// [`Library::damage`]), so what is intact can still be read and verified.
     Read,
-    /// Exclusive lock; crash leftovers are repaired.
+    /// Exclusive lock; crash leftovers are cleaned; any damage refuses the open.
     Write,
+    /// Exclusive lock for `freight library repair`: crash leftovers are cleaned, damaged packs
+    /// are left out and listed by [`Library::damage`] instead of refusing the open.
+    Repair,
+}
+
+/// A pack the library could not take as it is (see [`Library::damage`]).
+#[derive(Clone, Debug)]
+pub struct Damaged {
+    /// Pack number.
+    pub pack: u32,
+    /// Index of its storage root.
+    pub root: usize,
+    /// Its data file, if present.
+    pub data: Option<PathBuf>,
+    /// Its index file, if present.
+    pub idx: Option<PathBuf>,
+    /// The file the damage is in.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Damaged {
+    fn error(&self) -> Error {
+        Error::NeedsRepair {
+            path: self.path.clone(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// A pack's files as found on the roots: (root, path) of its data, index and tombstone.
+#[derive(Default)]
+struct FoundPack {
+    data: Option<(usize, PathBuf)>,
+    idx: Option<(usize, PathBuf)>,
+    tomb: Option<(usize, PathBuf)>,
 }
 
 /// An open content library.
@@ -50,6 +100,9 @@ pub struct Library {
     pub(crate) packs: BTreeMap<u32, PackInfo>,
     pub(crate) index: HashMap<ChunkId, Loc>,
     files: Mutex<HashMap<u32, Arc<File>>>,
+    numbers: Arc<PackNumbers>,
+    damage: Vec<Damaged>,
+    lease_timeout: Duration,
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, directory fsync.
@@ -80,6 +133,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// Removes `path` if it exists.
+fn remove_if_present(path: &Path, op: &'static str) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, op, e)),
+    }
 }
 
 impl Library {
@@ -119,7 +181,7 @@ impl Library {
             .open(&lock_path)
             .ctx(&lock_path, "open lock")?;
         let locked = match access {
-            Access::Write => lock.try_lock(),
+            Access::Write | Access::Repair => lock.try_lock(),
             Access::Read => lock.try_lock_shared(),
         };
         match locked {
@@ -130,6 +192,8 @@ impl Library {
         let config = LibraryConfig::load(dir)?;
         let engine = Engine::new(io.or_else(IoMode::from_env).unwrap_or(config.io))?;
         let roots = config.resolved_roots(dir);
+        let seq = dir.join("pack-seq");
+        let numbers = Arc::new(PackNumbers::unloaded(&seq));
         let mut lib = Library {
             dir: dir.to_path_buf(),
             config,
@@ -140,9 +204,23 @@ impl Library {
             packs: BTreeMap::new(),
             index: HashMap::new(),
             files: Mutex::new(HashMap::new()),
+            numbers,
+            damage: Vec::new(),
+            lease_timeout: LEASE_TIMEOUT,
         };
-        lib.load_packs()?;
-        if access == Access::Write {
+        let floor = lib.load_packs()?;
+        lib.numbers = Arc::new(match PackNumbers::load(&seq, floor) {
+            Err(Error::NeedsRepair { path, reason }) if access == Access::Repair => {
+                // Which numbers were deleted is unknown: jump well past any of them.
+                tracing::warn!(
+                    "{}: {reason}; starting new pack numbers well above the highest found",
+                    path.display()
+                );
+                PackNumbers::reset(&seq, floor.saturating_add(1 << 16))?
+            }
+            other => other?,
+        });
+        if access != Access::Read {
             lib.clean_manifest_temps()?;
         }
         Ok(lib)
@@ -156,27 +234,47 @@ impl Library {
         Library::open(dir, Access::Write, io)
     }
 
-    fn load_packs(&mut self) -> Result<()> {
-        let repair = self.access == Access::Write;
+    /// Whether crash leftovers may be cleaned.
+    fn writes(&self) -> bool {
+        self.access != Access::Read
+    }
+
+    /// Records damage: refuses the open for writing, is listed otherwise.
+    fn damaged(&mut self, d: Damaged) -> Result<()> {
+        if self.access == Access::Write {
+            return Err(d.error());
+        }
+        tracing::warn!("{}", d.error());
+        self.damage.push(d);
+        Ok(())
+    }
+
+    /// Loads every pack of every root; returns one past the highest pack number seen.
+    fn load_packs(&mut self) -> Result<u32> {
         let mut found: BTreeMap<u32, FoundPack> = BTreeMap::new();
         for (i, root) in self.roots.iter().enumerate() {
             let dir = root.join("packs");
-            if repair {
-                std::fs::create_dir_all(&dir).ctx(&dir, "create storage root")?;
-            }
+            // A missing root is an unmounted disk far more often than a new one: creating
+            // it would make every chunk on that disk look lost (and gc would then agree).
             let rd = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::RootMissing(dir));
+                }
                 Err(e) => return Err(Error::io(&dir, "list storage root", e)),
             };
             for item in rd {
                 let item = item.ctx(&dir, "list storage root")?;
                 let name = item.file_name();
-                let Some((n, is_idx)) = pack::parse_name(&name.to_string_lossy()) else {
+                let Some((n, kind)) = pack::parse_name(&name.to_string_lossy()) else {
                     continue;
                 };
                 let slot = found.entry(n).or_default();
-                let side = if is_idx { &mut slot.1 } else { &mut slot.0 };
+                let side = match kind {
+                    PackFile::Data => &mut slot.data,
+                    PackFile::Index => &mut slot.idx,
+                    PackFile::Tombstone => &mut slot.tomb,
+                };
                 if let Some((_, other)) = side {
                     return Err(Error::BadLibrary {
                         path: item.path(),
@@ -189,74 +287,186 @@ impl Library {
                 *side = Some((i, item.path()));
             }
         }
-        for (n, (data, idx)) in found {
-            match (data, idx) {
-                (Some((_, data)), None) => {
-                    // An index is created before its data file and deleted before it, so this
-                    // is garbage collection's leftover: its chunks live elsewhere.
-                    if repair {
-                        std::fs::remove_file(&data).ctx(&data, "remove orphan pack")?;
-                    }
-                }
-                (None, Some((_, idx))) => {
-                    if repair {
-                        std::fs::remove_file(&idx).ctx(&idx, "remove orphan index")?;
-                    }
-                }
-                (Some((root, data)), Some((_, idx))) => {
-                    self.load_pack(n, root, data, idx, repair)?
-                }
-                (None, None) => {}
-            }
+        let floor = found.keys().next_back().map_or(1, |n| n.saturating_add(1));
+        for (n, f) in found {
+            self.load_found(n, f)?;
         }
-        Ok(())
+        Ok(floor)
     }
 
-    fn load_pack(
-        &mut self,
-        n: u32,
-        root: usize,
-        data: PathBuf,
-        idx: PathBuf,
-        repair: bool,
-    ) -> Result<()> {
+    fn load_found(&mut self, n: u32, f: FoundPack) -> Result<()> {
+        let root_of = |f: &FoundPack| {
+            f.data
+                .as_ref()
+                .or(f.idx.as_ref())
+                .or(f.tomb.as_ref())
+                .map_or(0, |x| x.0)
+        };
+        let root = root_of(&f);
+        let data = f.data.map(|x| x.1);
+        let idx = f.idx.map(|x| x.1);
+        if let Some((_, tomb)) = f.tomb {
+            if let Some(idx) = idx {
+                return self.damaged(Damaged {
+                    pack: n,
+                    root,
+                    data,
+                    path: idx.clone(),
+                    idx: Some(idx),
+                    reason: "index exists beside a deletion tombstone of the same pack".into(),
+                });
+            }
+            // An interrupted deletion (gc, rollback): the index was already gone.
+            if self.writes() {
+                tracing::info!(pack = n, "finishing an interrupted pack deletion");
+                if let Some(d) = &data {
+                    remove_if_present(d, "remove deleted pack")?;
+                }
+                remove_if_present(&tomb, "remove tombstone")?;
+            }
+            return Ok(());
+        }
+        match (data, idx) {
+            (Some(data), Some(idx)) => self.load_pack(n, root, data, idx),
+            (None, Some(idx)) => {
+                // Packs are created index first; an index whose data file was never created
+                // holds nothing committed (its header may even be torn).
+                let named = match pack::read_index(&idx, n)? {
+                    Ok(ix) => ix.entries.len(),
+                    Err(_) => 0,
+                };
+                if named == 0 {
+                    if self.writes() {
+                        tracing::info!(index = %idx.display(), "removing an index whose pack was never created");
+                        remove_if_present(&idx, "remove empty index")?;
+                    }
+                    return Ok(());
+                }
+                let (data, _) = pack::paths(&self.roots[root], n);
+                self.damaged(Damaged {
+                    pack: n,
+                    root,
+                    data: None,
+                    idx: Some(idx),
+                    reason: format!("data file is missing but its index names {named} chunks"),
+                    path: data,
+                })
+            }
+            (Some(data), None) => {
+                let (_, idx) = pack::paths(&self.roots[root], n);
+                self.damaged(Damaged {
+                    pack: n,
+                    root,
+                    data: Some(data),
+                    idx: None,
+                    reason: "index is missing".into(),
+                    path: idx,
+                })
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
+    fn load_pack(&mut self, n: u32, root: usize, data: PathBuf, idx: PathBuf) -> Result<()> {
+        let damaged = |path: &Path, reason: String| Damaged {
+            pack: n,
+            root,
+            data: Some(data.clone()),
+            idx: Some(idx.clone()),
+            path: path.to_path_buf(),
+            reason,
+        };
         let data_len = std::fs::metadata(&data).ctx(&data, "stat pack")?.len();
-        let mut ix = pack::read_index(&idx, n)?;
-        // Entries must point inside the data file; cut at the first that does not.
-        if let Some(bad) = ix.entries.iter().position(|(_, l)| l.end() > data_len) {
-            tracing::warn!(pack = %data.display(), "index names bytes past the end of the pack; dropping them");
-            ix.entries.truncate(bad);
-            ix.valid_len = 8 + (bad * pack::ENTRY_LEN) as u64;
+        let mut head = [0u8; PACK_HEADER];
+        let head_len = {
+            use std::os::unix::fs::FileExt;
+            let f = File::open(&data).ctx(&data, "open pack")?;
+            let mut got = 0;
+            while got < head.len() {
+                match f.read_at(&mut head[got..], got as u64) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::io(&data, "read pack", e)),
+                }
+            }
+            got
+        };
+        let ix = match pack::read_index(&idx, n)? {
+            Ok(ix) => ix,
+            Err(damage) => return self.damaged(damaged(&idx, damage.to_string())),
+        };
+        let format = match pack::data_format(&head[..head_len]) {
+            Ok(v) => v,
+            Err(_) if ix.entries.is_empty() && ix.format == pack::FORMAT => {
+                // The data header of a pack created just before a crash: nothing committed.
+                if self.writes() {
+                    tracing::info!(pack = %data.display(), "removing a pack created just before a crash");
+                    crate::writer::delete_pack(&data, &idx, n)?;
+                }
+                return Ok(());
+            }
+            Err(reason) => return self.damaged(damaged(&data, reason)),
+        };
+        if format != ix.format {
+            return self.damaged(damaged(
+                &idx,
+                format!(
+                    "index format {} does not match pack format {format}",
+                    ix.format
+                ),
+            ));
+        }
+        // Committed entries must point inside the data file: a crash cannot cut a pack
+        // short of what its index committed.
+        let min_offset = if format == 1 {
+            PACK_HEADER as u64
+        } else {
+            (PACK_HEADER + RECORD_HEADER) as u64
+        };
+        if let Some((_, bad)) = ix
+            .entries
+            .iter()
+            .find(|(_, l)| l.end() > data_len || l.offset < min_offset)
+        {
+            return self.damaged(damaged(
+                &data,
+                format!(
+                    "pack is {data_len} bytes but its index names bytes {}..{}",
+                    bad.offset,
+                    bad.end()
+                ),
+            ));
         }
         let end = ix
             .entries
             .iter()
             .map(|(_, l)| l.end())
             .max()
-            .unwrap_or(PACK_MAGIC.len() as u64);
-        if repair {
-            if ix.valid_len < 8 {
-                // The index header itself is torn: nothing was ever committed to this pack.
-                std::fs::remove_file(&data).ctx(&data, "remove empty pack")?;
-                std::fs::remove_file(&idx).ctx(&idx, "remove empty index")?;
-                return Ok(());
-            }
-            if ix.file_len > ix.valid_len {
+            .unwrap_or(PACK_HEADER as u64);
+        if ix.file_len > ix.committed {
+            if format == 1 {
+                // Format 1 is never appended to again: leave its files as they are.
+                tracing::warn!(index = %idx.display(), bytes = ix.file_len - ix.committed, "ignoring the torn tail of a format-1 index");
+            } else if self.writes() {
+                tracing::warn!(index = %idx.display(), bytes = ix.file_len - ix.committed, entries = ix.tail_valid, "cutting an interrupted commit from the index");
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&idx)
                     .ctx(&idx, "open index")?;
-                f.set_len(ix.valid_len).ctx(&idx, "truncate torn index")?;
+                f.set_len(ix.committed).ctx(&idx, "truncate torn index")?;
                 f.sync_all().ctx(&idx, "fsync index")?;
             }
-            if data_len > end {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&data)
-                    .ctx(&data, "open pack")?;
-                f.set_len(end).ctx(&data, "truncate unindexed pack tail")?;
-                f.sync_all().ctx(&data, "fsync pack")?;
-            }
+        }
+        if data_len > end && format == pack::FORMAT && self.writes() {
+            tracing::warn!(pack = %data.display(), bytes = data_len - end, "cutting uncommitted bytes from the end of the pack");
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&data)
+                .ctx(&data, "open pack")?;
+            f.set_len(end)
+                .ctx(&data, "truncate uncommitted pack tail")?;
+            f.sync_all().ctx(&data, "fsync pack")?;
         }
         for (id, loc) in &ix.entries {
             self.index.entry(*id).or_insert(*loc);
@@ -268,13 +478,21 @@ impl Library {
                 data,
                 idx,
                 len: end,
-                idx_len: ix.valid_len.max(8),
+                idx_len: ix.committed,
+                format,
             },
         );
         Ok(())
     }
 
     fn clean_manifest_temps(&self) -> Result<()> {
+        // A lease interrupted while being written (write_atomic's temporary file).
+        let pending = self.dir.join("pending");
+        for f in std::fs::read_dir(&pending).into_iter().flatten().flatten() {
+            if f.file_name().to_string_lossy().ends_with(".tmp") {
+                std::fs::remove_file(f.path()).ctx(f.path(), "remove temporary lease")?;
+            }
+        }
         let mdir = self.dir.join("manifests");
         let Ok(rd) = std::fs::read_dir(&mdir) else {
             return Ok(());
@@ -341,17 +559,36 @@ impl Library {
     }
 
     pub(crate) fn require_write(&self) {
-        assert_eq!(self.access, Access::Write, "library opened read-only");
+        assert_ne!(self.access, Access::Read, "library opened read-only");
+    }
+
+    /// How the library was opened.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Packs left out because they are damaged (only when opened for reading or repair; an
+    /// open for writing refuses instead). Empty for a healthy library.
+    pub fn damage(&self) -> &[Damaged] {
+        &self.damage
+    }
+
+    pub(crate) fn clear_damage(&mut self) {
+        self.damage.clear();
+    }
+
+    /// The library's pack numbers (shared with its writers).
+    pub fn pack_numbers(&self) -> &Arc<PackNumbers> {
+        &self.numbers
     }
 
     /// Starts an append transaction. `reuse_last` lets it continue the newest pack.
     ///
     /// One transaction at a time per library: the caller serialises them (two open writers
-    /// would pick the same new pack number). Nothing appended is visible until
+    /// would both append to the newest pack). Nothing appended is visible until
     /// [`Writer::commit`] and [`apply`](Self::apply).
     pub fn writer(&self, reuse_last: bool) -> Writer {
         self.require_write();
-        let next = self.packs.keys().next_back().map_or(1, |n| n + 1);
         let reuse = if reuse_last {
             self.packs.iter().next_back().map(|(n, info)| Reuse {
                 n: *n,
@@ -365,7 +602,7 @@ impl Library {
             self.roots.clone(),
             self.config.reserve_bytes,
             self.config.pack_size,
-            next,
+            self.numbers.clone(),
             reuse,
         )
     }
@@ -388,7 +625,9 @@ impl Library {
         }
         let info = self.packs.get(&n).ok_or_else(|| Error::BadLibrary {
             path: self.dir.clone(),
-            reason: format!("pack {n} is not in the library"),
+            reason: format!(
+                "pack {n} is not in the library (collected since its location was looked up); retry"
+            ),
         })?;
         let f = Arc::new(File::open(&info.data).ctx(&info.data, "open pack")?);
         files.insert(n, f.clone());
@@ -403,10 +642,60 @@ impl Library {
             .remove(&n);
     }
 
-    /// Starts reading a chunk's stored bytes.
+    /// Starts reading a chunk's stored bytes as they are at `loc`, without checking which
+    /// chunk is there (parcels and gc copy stored bytes they located just before; readers
+    /// that may hold a location longer use [`read_checked`](Self::read_checked)).
     pub fn read_stored(&self, loc: &Loc) -> Result<Pending<Vec<u8>>> {
         let f = self.pack_file(loc.pack)?;
         Ok(self.engine.read_at(&f, loc.offset, loc.clen as usize))
+    }
+
+    /// Starts reading chunk `id`'s stored bytes at `loc`; in a format-2 pack the record header
+    /// in front of them is read too and must name `id` with the same lengths.
+    pub fn read_checked(&self, id: &ChunkId, loc: &Loc) -> Result<StoredRead> {
+        let f = self.pack_file(loc.pack)?;
+        let format = self.packs.get(&loc.pack).map_or(pack::FORMAT, |p| p.format);
+        Ok(StoredRead::start(
+            &self.engine,
+            &f,
+            format,
+            self.pack_path(loc.pack),
+            *id,
+            *loc,
+        ))
+    }
+
+    /// Locates `ids` and opens every pack they are in, for a reader that will read them
+    /// over a long time (a sender): the view keeps the packs' files open, so a collection
+    /// that moves the chunks and deletes those packs meanwhile changes nothing for it (an
+    /// unlinked file stays readable while open, and its number is never reused). The space
+    /// of such a pack comes back when the view is dropped.
+    /// Fails on the first chunk the library does not hold, naming the version that needs it.
+    pub fn read_view(
+        &self,
+        ids: Vec<ChunkId>,
+        package: &PackageId,
+        version: u32,
+    ) -> Result<ReadView> {
+        let mut chunks = Vec::with_capacity(ids.len());
+        let mut files: HashMap<u32, (Arc<File>, u8, PathBuf)> = HashMap::new();
+        for id in ids {
+            let loc = self.locate(&id).ok_or_else(|| Error::MissingChunk {
+                id: id.to_hex(),
+                package: package.to_string(),
+                version,
+            })?;
+            if let std::collections::hash_map::Entry::Vacant(v) = files.entry(loc.pack) {
+                let format = self.packs.get(&loc.pack).map_or(pack::FORMAT, |p| p.format);
+                v.insert((self.pack_file(loc.pack)?, format, self.pack_path(loc.pack)));
+            }
+            chunks.push((id, loc));
+        }
+        Ok(ReadView {
+            engine: self.engine.clone(),
+            chunks,
+            files,
+        })
     }
 
     /// Path of pack `n`'s data file (for messages).
@@ -424,13 +713,98 @@ impl Library {
             package: "?".into(),
             version: 0,
         })?;
-        let pack = self.pack_path(loc.pack);
-        let stored = self.read_stored(&loc)?.wait().ctx(&pack, "read pack")?;
+        let read = self.read_checked(id, &loc)?;
+        let pack = read.path.clone();
+        let stored = read.wait()?;
         decode_chunk(id, &loc, &stored).map_err(|reason| Error::CorruptChunk {
             id: id.to_hex(),
             pack,
             reason,
         })
+    }
+
+    // ---- leases ----
+
+    fn lease_path(&self, m: &Manifest) -> PathBuf {
+        self.dir
+            .join("pending")
+            .join(format!("{}.fmf", m.hash().to_hex()))
+    }
+
+    /// How long a lease protects its chunks after it was last taken (default
+    /// [`LEASE_TIMEOUT`]).
+    pub fn set_lease_timeout(&mut self, timeout: Duration) {
+        self.lease_timeout = timeout;
+    }
+
+    /// Takes (or renews) a lease on every chunk `m` names, for a transfer that will store
+    /// them before `m` itself: until `m` is stored ([`store_manifest`](Self::store_manifest)
+    /// releases it) or the lease expires, garbage collection keeps those of them the library
+    /// holds. The lease is the manifest itself under `LIB/pending`, so it survives a restart
+    /// and the resumed transfer finds what it had received.
+    pub fn lease(&mut self, m: &Manifest) -> Result<()> {
+        self.require_write();
+        let path = self.lease_path(m);
+        if path.exists() {
+            let now = SystemTime::now();
+            let f = File::options()
+                .write(true)
+                .open(&path)
+                .ctx(&path, "open lease")?;
+            return f
+                .set_times(std::fs::FileTimes::new().set_modified(now))
+                .ctx(&path, "renew lease");
+        }
+        let dir = path.parent().expect("pending dir");
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).ctx(dir, "create lease folder")?;
+            sync_dir(&self.dir)?;
+        }
+        write_atomic(&path, &m.encode())
+    }
+
+    /// Releases the lease on `m`'s chunks (nothing if there is none).
+    pub fn release(&mut self, m: &Manifest) -> Result<()> {
+        self.require_write();
+        remove_if_present(&self.lease_path(m), "remove lease")
+    }
+
+    /// The chunks under a live lease; leases older than the timeout are removed (when open
+    /// for writing) and protect nothing.
+    pub fn leased_chunks(&self) -> Result<HashSet<ChunkId>> {
+        let dir = self.dir.join("pending");
+        let mut out = HashSet::new();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(&dir, "list leases", e)),
+        };
+        for item in rd {
+            let item = item.ctx(&dir, "list leases")?;
+            let path = item.path();
+            if path.extension().is_none_or(|e| e != "fmf") {
+                continue;
+            }
+            let age = item
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            if age > self.lease_timeout {
+                if self.access != Access::Read {
+                    tracing::info!(lease = %path.display(), "a transfer's lease expired; its chunks may be collected");
+                    remove_if_present(&path, "remove expired lease")?;
+                }
+                continue;
+            }
+            let bytes = std::fs::read(&path).ctx(&path, "read lease")?;
+            match Manifest::decode(&bytes, &path.display().to_string()) {
+                Ok(m) => out.extend(m.chunks().into_keys()),
+                Err(e) => tracing::warn!(error = %e, "ignoring a damaged lease"),
+            }
+        }
+        Ok(out)
     }
 
     // ---- manifests ----
@@ -511,6 +885,8 @@ impl Library {
             sync_dir(pdir.parent().expect("manifests dir"))?;
         }
         write_atomic(&path, &bytes)?;
+        // Its chunks are referenced now: the transfer's lease has done its job.
+        self.release(m)?;
         Ok(true)
     }
 
@@ -546,6 +922,98 @@ impl Library {
             }
         }
         Ok(rc)
+    }
+}
+
+/// A read of one chunk's stored bytes under way (see [`Library::read_checked`]).
+#[must_use = "a read's result must be checked"]
+pub struct StoredRead {
+    pending: Pending<Vec<u8>>,
+    id: ChunkId,
+    loc: Loc,
+    /// Whether a format-2 record header precedes the stored bytes in what was read.
+    header: bool,
+    /// The pack file (for messages).
+    pub path: PathBuf,
+}
+
+impl StoredRead {
+    fn start(
+        engine: &Engine,
+        f: &Arc<File>,
+        format: u8,
+        path: PathBuf,
+        id: ChunkId,
+        loc: Loc,
+    ) -> StoredRead {
+        let header = format >= 2 && loc.offset >= RECORD_HEADER as u64;
+        let (at, len) = if header {
+            (
+                loc.offset - RECORD_HEADER as u64,
+                RECORD_HEADER + loc.clen as usize,
+            )
+        } else {
+            (loc.offset, loc.clen as usize)
+        };
+        StoredRead {
+            pending: engine.read_at(f, at, len),
+            id,
+            loc,
+            header,
+            path,
+        }
+    }
+
+    /// Waits for the bytes; fails when the pack holds something else at that location.
+    pub fn wait(self) -> Result<Vec<u8>> {
+        let mut bytes = self.pending.wait().ctx(&self.path, "read pack")?;
+        if self.header {
+            let found = pack::decode_record(
+                &bytes,
+                self.loc.pack,
+                self.loc.offset - RECORD_HEADER as u64,
+            );
+            let same = found.is_some_and(|(id, l)| {
+                id == self.id
+                    && l.clen == self.loc.clen
+                    && l.ulen == self.loc.ulen
+                    && l.flags == self.loc.flags
+            });
+            if !same {
+                return Err(Error::CorruptChunk {
+                    id: self.id.to_hex(),
+                    pack: self.path,
+                    reason: format!(
+                        "the record at byte {} does not name this chunk",
+                        self.loc.offset - RECORD_HEADER as u64
+                    ),
+                });
+            }
+            bytes.drain(..RECORD_HEADER);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Chunks located once and the packs holding them, open (see [`Library::read_view`]). Reads
+/// through a view need no access to the library, so they never wait for its lock.
+pub struct ReadView {
+    engine: Engine,
+    chunks: Vec<(ChunkId, Loc)>,
+    files: HashMap<u32, (Arc<File>, u8, PathBuf)>,
+}
+
+impl ReadView {
+    /// The chunks in the order asked for, with their locations.
+    pub fn chunks(&self) -> &[(ChunkId, Loc)] {
+        &self.chunks
+    }
+
+    /// Starts reading the `i`th chunk.
+    pub fn read(&self, i: usize) -> StoredRead {
+        let (id, loc) = self.chunks[i];
+        let (f, format, path) = &self.files[&loc.pack];
+        StoredRead::start(&self.engine, f, *format, path.clone(), id, loc)
     }
 }
 
@@ -660,6 +1128,13 @@ fn with_raw<T>(
     stored: &[u8],
     f: impl FnOnce(&[u8]) -> T,
 ) -> std::result::Result<T, String> {
+    if !loc.is_plausible() {
+        // Lengths come from disk or a peer: never size a buffer by an unchecked value.
+        return Err(format!(
+            "implausible lengths (stored {}, plain {}, flags {})",
+            loc.clen, loc.ulen, loc.flags
+        ));
+    }
     if stored.len() != loc.clen as usize {
         return Err(format!("stored length {} != {}", stored.len(), loc.clen));
     }

@@ -1,9 +1,19 @@
 //! Restoring a package version as a tree on disk (materialise).
 //!
-//! Each file is written under a temporary name in its final folder and renamed into place only
-//! when every chunk has been read, decompressed and matched against its ID, so a file with wrong
+//! Files are written into a private staging folder inside the destination, each under a short
+//! name of its own (its number), so a temporary name can neither collide with an entry of the
+//! package (a tree may hold both `x` and `.x.tmp`) nor exceed the file system's name limit where
+//! the final name is already 255 bytes long. Once every chunk of every file has been read,
+//! decompressed and matched against its ID, the file system is synced (`syncfs`: all file data
+//! durable at once, rather than one fsync per file), the files are renamed to their final
+//! names, symlinks made, the staging folder removed, and the file system synced again, so the
+//! tree's names are durable too before [`materialize`] returns: a caller that reports the tree
+//! as installed after that has it on disk, whatever a power cut does next. A file with wrong
 //! content never appears under its name. Modes and mtimes are applied after the content;
 //! directories get theirs last, deepest first, since writing inside a directory moves its mtime.
+//!
+//! [`replace_tree`] puts a materialised tree in place of another with one rename
+//! (`RENAME_EXCHANGE`), so a share always holds either the old tree or the new one.
 
 use crate::engine::Pending;
 use crate::error::{Error, IoContext, Result};
@@ -11,6 +21,7 @@ use crate::library::Library;
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::progress::Progress;
 use crate::stream::for_each_chunk;
+use crate::writer::sync_dir;
 use bytes::Bytes;
 use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
@@ -46,6 +57,30 @@ struct FileJob {
     entry: usize,
 }
 
+/// A name in `dir` for private use that no entry of `m` at the top of the tree has.
+fn staging_name(m: &Manifest) -> Result<String> {
+    let top: std::collections::HashSet<&[u8]> = m
+        .entries
+        .iter()
+        .filter_map(|e| e.path.split(|b| *b == b'/').next())
+        .collect();
+    loop {
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r)
+            .map_err(|e| Error::io("<random>", "staging name", std::io::Error::other(e)))?;
+        let name = format!(".freight-staging-{}", u64::from_le_bytes(r));
+        if !top.contains(name.as_bytes()) {
+            return Ok(name);
+        }
+    }
+}
+
+/// Makes everything written to the file system holding `path` durable.
+fn sync_fs(path: &Path) -> Result<()> {
+    let d = File::open(path).ctx(path, "open")?;
+    nix::unistd::syncfs(&d).map_err(|e| Error::io(path, "syncfs", std::io::Error::from(e)))
+}
+
 fn rel(dest: &Path, e: &Entry) -> PathBuf {
     dest.join(OsStr::from_bytes(&e.path))
 }
@@ -62,8 +97,8 @@ fn set_times(path: &Path, e: &Entry) -> Result<()> {
     .map_err(|err| Error::io(path, "set mtime", std::io::Error::from(err)))
 }
 
-/// Writes package version `m` from `lib` into `dest`, which must be absent or empty.
-/// On failure nothing of the package is left in `dest`.
+/// Writes package version `m` from `lib` into `dest`, which must be absent or empty, and makes
+/// it durable (see the module docs). On failure nothing of the package is left in `dest`.
 pub fn materialize(
     lib: &Library,
     m: &Manifest,
@@ -95,9 +130,9 @@ pub fn materialize(
             for item in rd.flatten() {
                 let p = item.path();
                 let _ = if item.file_type().is_ok_and(|t| t.is_dir()) {
-                    std::fs::remove_dir_all(&p)
+                    remove_tree(&p).map_err(|_| ())
                 } else {
-                    std::fs::remove_file(&p)
+                    std::fs::remove_file(&p).map_err(|_| ())
                 };
             }
         }
@@ -120,6 +155,8 @@ fn write_tree(
             .count() as u64,
         m.total_bytes(),
     );
+    let staging = dest.join(staging_name(m)?);
+    std::fs::create_dir(&staging).ctx(&staging, "create staging folder")?;
     // Directories first, owner-writable until the end.
     for e in &m.entries {
         if e.kind == EntryKind::Dir {
@@ -130,19 +167,14 @@ fn write_tree(
             }
         }
     }
-    // Files: one temporary file each, opened when its first chunk arrives (so open files stay
-    // bounded by the read window), chunks written at their offsets as they verify.
+    // Files: one staged file each, opened when its first chunk arrives and closed when its last
+    // one is written (so open files stay bounded by the read window), chunks written at their
+    // offsets as they verify.
     let mut jobs: Vec<Option<FileJob>> = Vec::new();
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut plan: Vec<((usize, u64), crate::id::ChunkId)> = Vec::new();
     for (i, e) in m.entries.iter().enumerate() {
         if let EntryKind::File { chunks, size } = &e.kind {
-            let path = rel(dest, e);
-            let name = path
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
-            let tmp = path.with_file_name(format!(".{name}.freight-tmp"));
             let job_no = jobs.len();
             let mut off = 0u64;
             for c in chunks {
@@ -152,15 +184,15 @@ fn write_tree(
             report.files += 1;
             report.bytes += size;
             let mut job = FileJob {
-                tmp,
-                path,
+                tmp: staging.join(format!("{job_no:x}")),
+                path: rel(dest, e),
                 file: None,
                 remaining: chunks.len(),
                 entry: i,
             };
             if chunks.is_empty() {
                 open_job(&mut job)?;
-                finish_job(job, m)?;
+                staged.push(finish_job(job, m)?);
                 progress.add_file();
                 jobs.push(None);
             } else {
@@ -171,6 +203,7 @@ fn write_tree(
     let engine = lib.engine().clone();
     let mut writes: VecDeque<(usize, u64, Pending<()>)> = VecDeque::new();
     let complete = |jobs: &mut Vec<Option<FileJob>>,
+                    staged: &mut Vec<(PathBuf, PathBuf)>,
                     (job_no, len, p): (usize, u64, Pending<()>)|
      -> Result<()> {
         let job = jobs[job_no].as_mut().expect("live job");
@@ -179,7 +212,7 @@ fn write_tree(
         job.remaining -= 1;
         if job.remaining == 0 {
             let job = jobs[job_no].take().expect("live job");
-            finish_job(job, m)?;
+            staged.push(finish_job(job, m)?);
             progress.add_file();
         }
         Ok(())
@@ -201,12 +234,17 @@ fn write_tree(
         writes.push_back((job_no, len, engine.write_at(f, off, Bytes::from(data))));
         while writes.len() > MAX_WRITES {
             let w = writes.pop_front().expect("write");
-            complete(&mut jobs, w)?;
+            complete(&mut jobs, &mut staged, w)?;
         }
         Ok(())
     })?;
     while let Some(w) = writes.pop_front() {
-        complete(&mut jobs, w)?;
+        complete(&mut jobs, &mut staged, w)?;
+    }
+    // Every file's content is durable before any of them takes its name.
+    sync_fs(dest)?;
+    for (tmp, path) in &staged {
+        std::fs::rename(tmp, path).ctx(path, "rename into place")?;
     }
     // Symlinks after files, so no write can ever follow one.
     for e in &m.entries {
@@ -217,6 +255,7 @@ fn write_tree(
             report.symlinks += 1;
         }
     }
+    std::fs::remove_dir(&staging).ctx(&staging, "remove staging folder")?;
     for e in m.entries.iter().rev() {
         if e.kind == EntryKind::Dir {
             let p = rel(dest, e);
@@ -224,6 +263,8 @@ fn write_tree(
             set_times(&p, e)?;
         }
     }
+    // The names (renames, symlinks, folders, modes) are durable before this returns.
+    sync_fs(dest)?;
     Ok(report)
 }
 
@@ -239,7 +280,9 @@ fn open_job(job: &mut FileJob) -> Result<()> {
     Ok(())
 }
 
-fn finish_job(job: FileJob, m: &Manifest) -> Result<()> {
+/// Applies mode and mtime to a fully written staged file and closes it; returns (staged
+/// path, final path) for the rename once everything is durable.
+fn finish_job(job: FileJob, m: &Manifest) -> Result<(PathBuf, PathBuf)> {
     let e = &m.entries[job.entry];
     let f = job.file.as_ref().expect("open file");
     f.set_permissions(Permissions::from_mode(e.mode))
@@ -256,5 +299,72 @@ fn finish_job(job: FileJob, m: &Manifest) -> Result<()> {
             .ctx(&job.tmp, "set mtime")?,
         None => set_times(&job.tmp, e)?,
     }
-    std::fs::rename(&job.tmp, &job.path).ctx(&job.path, "rename into place")
+    Ok((job.tmp, job.path))
+}
+
+/// Puts the materialised tree `new` at `dest` with one rename: when `dest` exists the two are
+/// exchanged (`RENAME_EXCHANGE`) and the old tree, now at `new`, is removed afterwards; so
+/// `dest` always holds a complete tree, the old or the new one, even across a power cut. The
+/// folder holding `dest` (and the one holding `new`) is synced before the old tree goes.
+/// `new` and `dest` must be on one file system.
+pub fn replace_tree(new: &Path, dest: &Path) -> Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    let dest_dir = dest.parent().unwrap_or(Path::new("."));
+    let new_dir = new.parent().unwrap_or(Path::new("."));
+    let sync_dirs = || -> Result<()> {
+        sync_dir(dest_dir)?;
+        if new_dir != dest_dir {
+            sync_dir(new_dir)?;
+        }
+        Ok(())
+    };
+    let exists = std::fs::symlink_metadata(dest).is_ok();
+    if !exists {
+        match renameat2(AT_FDCWD, new, AT_FDCWD, dest, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {}
+            // A file system without renameat2 flags: nothing is at `dest` to lose.
+            Err(nix::errno::Errno::EINVAL) => {
+                std::fs::rename(new, dest).ctx(dest, "rename into place")?
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    dest,
+                    "rename into place",
+                    std::io::Error::from(e),
+                ));
+            }
+        }
+        return sync_dirs();
+    }
+    match renameat2(AT_FDCWD, new, AT_FDCWD, dest, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EINVAL) => {
+            // No exchange on this file system: move the old tree aside first. A crash between
+            // the two renames leaves the old tree beside `new` instead of at `dest`.
+            let aside = new.with_extension("old");
+            std::fs::rename(dest, &aside).ctx(dest, "move old tree aside")?;
+            std::fs::rename(new, dest).ctx(dest, "rename into place")?;
+            sync_dirs()?;
+            return std::fs::remove_dir_all(&aside).ctx(&aside, "remove old tree");
+        }
+        Err(e) => return Err(Error::io(dest, "exchange trees", std::io::Error::from(e))),
+    }
+    sync_dirs()?;
+    remove_tree(new)
+}
+
+/// Removes a tree, making its folder writable first where its mode says otherwise.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::set_permissions(e.path(), Permissions::from_mode(0o700));
+            remove_tree(&e.path())?;
+        }
+    }
+    let _ = std::fs::set_permissions(path, Permissions::from_mode(0o700));
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, "remove tree", e)),
+    }
 }

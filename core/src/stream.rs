@@ -1,7 +1,7 @@
 //! Reading many chunks from the library in parallel: reads in flight on the engine,
 //! decompression and hash checks on one worker per core.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::id::ChunkId;
 use crate::library::{Library, decode_chunk};
 use crate::pack::Loc;
@@ -24,7 +24,7 @@ where
             for (tag, id) in items {
                 let item = match lib.locate(&id) {
                     None => (tag, id, None, Err(missing(&id))),
-                    Some(loc) => match lib.read_stored(&loc) {
+                    Some(loc) => match lib.read_checked(&id, &loc) {
                         Ok(p) => (tag, id, Some(loc), Ok(p)),
                         Err(e) => (tag, id, Some(loc), Err(e)),
                     },
@@ -41,8 +41,8 @@ where
                 for (tag, id, loc, pending) in rx.iter() {
                     let res = pending.and_then(|p| {
                         let loc: Loc = loc.expect("located");
-                        let pack = lib.pack_path(loc.pack);
-                        let stored = p.wait().ctx(&pack, "read pack")?;
+                        let pack = p.path.clone();
+                        let stored = p.wait()?;
                         decode_chunk(&id, &loc, &stored).map_err(|reason| Error::CorruptChunk {
                             id: id.to_hex(),
                             pack,

@@ -137,6 +137,51 @@ fn unreadable_source_file_is_refused_and_the_library_unchanged() {
     assert_eq!(tree_state(&lib), before);
 }
 
+/// A damaged index: every writing verb refuses with one line naming the file and the repair
+/// verb, verify lists the damaged pack, and `freight library repair` brings every chunk back
+/// (the data is intact) so the library verifies clean again.
+#[test]
+fn a_damaged_index_is_refused_and_freight_library_repair_recovers_it() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), freight_test_support::noise("a", 3 << 20)).unwrap();
+    let lib = t.path().join("lib");
+    ok(freight_at(&lib, &["ingest", "-p", "CAS00001"], &src));
+    let idx = std::fs::read_dir(lib.join("store/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "idx"))
+        .unwrap();
+    let mut b = std::fs::read(&idx).unwrap();
+    b[2] ^= 0x20;
+    std::fs::write(&idx, b).unwrap();
+    let before = tree_state(&lib);
+    for verb in [&["gc"][..], &["remove", "-p", "CAS00001", "-v", "1"]] {
+        let err = one_line_error(freight(&lib, verb));
+        assert!(
+            err.contains(&idx.display().to_string()) && err.contains("freight library repair"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        tree_state(&lib),
+        before,
+        "a refused verb changed the library"
+    );
+    let out = freight(&lib, &["verify"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DAMAGED"));
+    let out = ok(freight(&lib, &["repair", "--json"]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["damaged"].as_array().unwrap().len(), 1, "{r}");
+    assert!(r["chunks_recovered"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["lost"], serde_json::json!([]), "{r}");
+    ok(freight(&lib, &["verify"]));
+    let out = ok(freight(&lib, &["repair"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healthy"));
+}
+
 #[test]
 fn a_running_writer_locks_out_a_second_one() {
     let t = tempfile::tempdir().unwrap();

@@ -69,6 +69,21 @@ pub enum Error {
         /// What to do.
         remedy: &'static str,
     },
+    /// Chunks a session received were rolled back by a commit that failed (a full disk), so
+    /// its manifest cannot be stored.
+    #[error(
+        "{package} v{version}: received chunk {chunk} could not be stored ({reason}); fix that, then run the transfer again (it resumes with what is missing)"
+    )]
+    StoreFailed {
+        /// Package ID.
+        package: String,
+        /// Version.
+        version: u32,
+        /// The first lost chunk (short hex).
+        chunk: String,
+        /// The failed commit's one-line error.
+        reason: String,
+    },
     /// The content library or trust store failed (its message names the object and the fix).
     #[error(transparent)]
     Core(#[from] freight_core::Error),

@@ -316,38 +316,26 @@ async fn push_inner(
         }
     }
     let needed = needed.unwrap_or_default();
-    let locs = {
-        let guard = lib.read();
-        needed
-            .iter()
-            .map(|id| {
-                guard.locate(id).ok_or_else(|| {
-                    Error::Core(freight_core::Error::MissingChunk {
-                        id: id.to_hex(),
-                        package: manifest.package.to_string(),
-                        version: manifest.version,
-                    })
-                })
-            })
-            .collect::<Result<Vec<_>>>()
-    };
-    let locs = match locs {
-        Ok(l) => l,
+    // Located once and their packs held open: a collection on this host during the session
+    // moves chunks and deletes packs, but cannot take these bytes away (and every read checks
+    // the record it finds names the chunk asked for).
+    let view = lib
+        .read_view(needed, manifest.package.clone(), manifest.version)
+        .await;
+    let view = match view {
+        Ok(v) => v,
         Err(e) => {
             sender.abort(&e.to_string());
             flush_sender(&mut sender, &mut csend, who).await?;
             return Err(e);
         }
     };
-    report.chunks_needed += needed.len() as u64;
-    report.bytes_needed += locs.iter().map(|l| l.clen as u64).sum::<u64>();
-    report.max_chunk = locs.iter().map(|l| l.clen as u64).max().unwrap_or(0);
+    let clens = || view.chunks().iter().map(|(_, l)| l.clen as u64);
+    report.chunks_needed += view.chunks().len() as u64;
+    report.bytes_needed += clens().sum::<u64>();
+    report.max_chunk = clens().max().unwrap_or(0);
     if let Some(p) = &opts.progress {
-        p.start(
-            "send",
-            needed.len() as u64,
-            locs.iter().map(|l| l.clen as u64).sum(),
-        );
+        p.start("send", view.chunks().len() as u64, clens().sum());
     }
 
     // Data streams pull chunks from one queue, so a slow stream never holds the others up.
@@ -435,26 +423,21 @@ async fn push_inner(
 
     // Chunk reads run on a blocking thread with several in flight on the block engine.
     let (read_tx, mut read_rx) = mpsc::channel::<Result<(ChunkId, u32, u8, Vec<u8>)>>(QUEUED);
-    let reader_lib = lib.clone();
     let reader = tokio::task::spawn_blocking(move || {
         let mut inflight = VecDeque::new();
-        let mut todo = needed.into_iter().zip(locs);
+        let mut todo = 0..view.chunks().len();
         loop {
             while inflight.len() < READ_AHEAD {
-                let Some((id, loc)) = todo.next() else { break };
-                let pending = reader_lib.read().read_stored(&loc);
-                inflight.push_back((id, loc, pending));
+                let Some(i) = todo.next() else { break };
+                inflight.push_back((view.chunks()[i], view.read(i)));
             }
-            let Some((id, loc, pending)) = inflight.pop_front() else {
+            let Some(((id, loc), read)) = inflight.pop_front() else {
                 return;
             };
-            let res = pending.map_err(Error::from).and_then(|p| {
-                p.wait().map_err(|e| {
-                    let path = reader_lib.read().pack_path(loc.pack);
-                    Error::Core(freight_core::Error::io(&path, "read pack", e))
-                })
-            });
-            let item = res.map(|data| (id, loc.ulen, loc.flags, data));
+            let item = read
+                .wait()
+                .map(|data| (id, loc.ulen, loc.flags, data))
+                .map_err(Error::from);
             let failed = item.is_err();
             if read_tx.blocking_send(item).is_err() || failed {
                 return;

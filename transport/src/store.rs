@@ -7,11 +7,26 @@
 //! committed chunk survives a cut connection or a crash, so the next session does not ask for
 //! it again; what was appended but not committed when the process dies is re-sent (see
 //! [`crate::session::in_flight_window`] for the whole bound).
+//!
+//! Chunks committed before their manifest arrives are named by no manifest yet: a receiving
+//! session takes a lease on its manifest when it asks what the library lacks
+//! ([`SharedLibrary::lacking`]), so garbage collection (which runs on this same thread, see
+//! [`SharedLibrary::exclusive`]) keeps them; storing the manifest releases the lease, and an
+//! abandoned transfer's lease expires (see [`freight_core::library::LEASE_TIMEOUT`]).
+//!
+//! A batch that fails to commit (a full disk) is rolled back; the error is kept for the chunks
+//! that batch lost, and only a session whose manifest names one of them is told, when it
+//! commits. Other sessions never see it.
+//!
+//! The library sits behind a blocking lock that maintenance holds for as long as it runs
+//! (seconds for a collection): never take [`SharedLibrary::read`] on an async worker; use
+//! [`SharedLibrary::read_async`], which runs on the blocking pool.
 
 use crate::error::{Error, Result};
+use freight_core::library::ReadView;
 use freight_core::writer::Writer;
-use freight_core::{ChunkId, Library, Manifest};
-use std::collections::HashSet;
+use freight_core::{ChunkId, Library, Manifest, PackageId};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,12 +34,19 @@ use tokio::sync::{mpsc, oneshot};
 pub const COMMIT_BYTES: u64 = 16 << 20;
 /// Verified chunks queued for the store thread at most (bounds memory and what a crash loses).
 pub const STORE_QUEUE: usize = 4;
+/// Chunks lost to failed commits that are remembered, with their error, at most (beyond it a
+/// session whose chunk was lost is told the chunk is missing, without the store's reason).
+const LOST_KEPT: usize = 1 << 16;
+
+type Job = Box<dyn FnOnce(&mut Library) + Send>;
 
 enum Cmd {
     Append(ChunkId, u32, u8, Vec<u8>),
     Flush(oneshot::Sender<Result<()>>),
+    Lacking(Arc<Manifest>, oneshot::Sender<Result<Vec<ChunkId>>>),
+    Commit(Arc<Manifest>, oneshot::Sender<Result<bool>>),
     Stop(oneshot::Sender<Result<()>>),
-    Exclusive(Box<dyn FnOnce(&mut Library) + Send>),
+    Exclusive(Job),
 }
 
 /// A library open for writing, shared by sessions (cheap to clone).
@@ -36,9 +58,7 @@ pub struct SharedLibrary {
 
 impl std::fmt::Debug for SharedLibrary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedLibrary")
-            .field("dir", &self.read().dir())
-            .finish_non_exhaustive()
+        f.debug_struct("SharedLibrary").finish_non_exhaustive()
     }
 }
 
@@ -60,7 +80,7 @@ impl SharedLibrary {
             writer: None,
             pending: HashSet::new(),
             pending_bytes: 0,
-            failed: None,
+            lost: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("freight-store".into())
@@ -69,9 +89,35 @@ impl SharedLibrary {
         SharedLibrary { lib, tx }
     }
 
-    /// Read access to the library.
+    /// Read access to the library. Blocks while maintenance (gc, install) holds it: call it
+    /// only on a blocking thread; async code uses [`read_async`](Self::read_async).
     pub fn read(&self) -> RwLockReadGuard<'_, Library> {
         self.lib.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with read access on the blocking pool, so an async worker never waits for
+    /// the library's lock.
+    pub async fn read_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Library) -> T + Send + 'static,
+    ) -> Result<T> {
+        let lib = self.lib.clone();
+        tokio::task::spawn_blocking(move || f(&lib.read().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .map_err(|e| Error::Misuse(format!("a library read panicked: {e}")))
+    }
+
+    /// Locates `ids` for a sender and keeps their packs open (see
+    /// [`Library::read_view`]): a collection meanwhile cannot take the bytes away.
+    pub async fn read_view(
+        &self,
+        ids: Vec<ChunkId>,
+        package: PackageId,
+        version: u32,
+    ) -> Result<ReadView> {
+        self.read_async(move |lib| lib.read_view(ids, &package, version))
+            .await?
+            .map_err(Error::from)
     }
 
     /// Queues a verified chunk in its stored form (a receiver's `Store` event).
@@ -82,33 +128,37 @@ impl SharedLibrary {
             .map_err(|_| stopped())
     }
 
-    /// Commits everything queued so far. Returns the store's first error since the last flush
-    /// (then the chunks queued since that error were dropped and the session must fail).
+    /// Commits everything queued so far. Fails when that commit failed (its chunks were
+    /// rolled back and will be asked for again); the sessions whose chunks it lost are told
+    /// when they commit.
     pub async fn flush(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Flush(tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
-    /// The chunks of `m` the library lacks (after a flush, so queued chunks count).
+    /// Takes a lease on `m`'s chunks (see the module docs), commits what is queued, and
+    /// returns the chunks of `m` the library lacks.
     pub async fn lacking(&self, m: &Manifest) -> Result<Vec<ChunkId>> {
-        self.flush().await?;
-        Ok(self.read().missing(m))
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Lacking(Arc::new(m.clone()), tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
-    /// Flushes, then stores `m` (all its chunks must be present). Returns false when the same
-    /// version was already stored with identical content.
+    /// Commits what is queued, then stores `m` (all its chunks must be present) and releases
+    /// its lease. Returns false when the same version was already stored with identical
+    /// content. When a chunk of `m` was lost to a failed commit, fails with that commit's
+    /// error.
     pub async fn commit_manifest(&self, m: &Manifest) -> Result<bool> {
-        self.flush().await?;
-        let lib = self.lib.clone();
-        let m = m.clone();
-        // Manifest writes fsync: keep them off the async workers.
-        tokio::task::spawn_blocking(move || {
-            let mut guard = lib.write().unwrap_or_else(|e| e.into_inner());
-            guard.store_manifest(&m).map_err(Error::from)
-        })
-        .await
-        .map_err(|_| stopped())?
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Commit(Arc::new(m.clone()), tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Commits what is queued, stops the store thread and gives the library back. Fails when
@@ -129,7 +179,7 @@ impl SharedLibrary {
 
     /// Runs `f` on the store thread with exclusive access, after the open batch is committed,
     /// so maintenance that writes packs (gc, removing versions) never races the store's own
-    /// writer. Receiving sessions wait meanwhile.
+    /// writer. Receiving sessions wait meanwhile; their leases keep what they received.
     pub async fn exclusive<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Library) -> T + Send + 'static,
@@ -159,7 +209,8 @@ struct Store {
     writer: Option<Writer>,
     pending: HashSet<ChunkId>,
     pending_bytes: u64,
-    failed: Option<freight_core::Error>,
+    /// Chunks rolled back by a failed commit, with that commit's error (one line).
+    lost: HashMap<ChunkId, Arc<str>>,
 }
 
 impl Store {
@@ -167,30 +218,29 @@ impl Store {
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
                 Cmd::Append(id, ulen, flags, data) => {
-                    if self.failed.is_some() {
-                        continue;
-                    }
                     if let Err(e) = self.append(id, ulen, flags, &data) {
-                        self.fail(e);
-                    } else if self.pending_bytes >= self.commit_bytes
-                        && let Err(e) = self.commit()
-                    {
-                        self.fail(e);
+                        self.fail(&e);
+                    } else if self.pending_bytes >= self.commit_bytes {
+                        let _ = self.commit();
                     }
                 }
                 Cmd::Flush(reply) => {
-                    let _ = reply.send(self.flush());
+                    let _ = reply.send(self.commit().map_err(Error::from));
+                }
+                Cmd::Lacking(m, reply) => {
+                    let _ = reply.send(self.lacking(&m));
+                }
+                Cmd::Commit(m, reply) => {
+                    let _ = reply.send(self.commit_manifest(&m));
                 }
                 Cmd::Exclusive(f) => {
-                    // Commit the open batch first: a second writer (gc) must not pick the pack
-                    // number this one holds, and must see every chunk received so far.
-                    if let Err(e) = self.commit() {
-                        self.fail(e);
-                    }
+                    // Commit the open batch first: maintenance must see every chunk received
+                    // so far, and a second writer (gc) must not append beside this one.
+                    let _ = self.commit();
                     f(&mut self.lib.write().unwrap_or_else(|e| e.into_inner()));
                 }
                 Cmd::Stop(reply) => {
-                    let res = self.flush();
+                    let res = self.commit().map_err(Error::from);
                     // Let go of the library before answering, so the caller can take it.
                     drop(self);
                     let _ = reply.send(res);
@@ -201,13 +251,6 @@ impl Store {
         // Every handle is gone: keep what arrived.
         if let Err(e) = self.commit() {
             tracing::warn!(error = %e, "could not commit the last received chunks");
-        }
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        match self.failed.take() {
-            Some(e) => Err(e.into()),
-            None => self.commit().map_err(Error::from),
         }
     }
 
@@ -230,27 +273,77 @@ impl Store {
         Ok(())
     }
 
+    /// Commits the open batch; on failure rolls it back (see [`fail`](Self::fail)).
     fn commit(&mut self) -> freight_core::Result<()> {
         let Some(w) = self.writer.take() else {
             return Ok(());
         };
-        self.pending.clear();
+        match w.commit() {
+            Ok(committed) => {
+                for id in self.pending.drain() {
+                    self.lost.remove(&id);
+                }
+                self.pending_bytes = 0;
+                self.lib
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .apply(committed);
+                Ok(())
+            }
+            Err(e) => {
+                self.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls back the open transaction (its chunks will be asked for again) and remembers the
+    /// error for the chunks it held, for the sessions that commit a manifest naming them.
+    fn fail(&mut self, e: &freight_core::Error) {
+        tracing::warn!(error = %e, "storing received chunks failed; rolled back the open batch");
+        self.writer = None;
+        let line: Arc<str> = e.to_string().into();
+        if self.lost.len() + self.pending.len() > LOST_KEPT {
+            self.lost.clear();
+        }
+        for id in self.pending.drain() {
+            self.lost.insert(id, line.clone());
+        }
         self.pending_bytes = 0;
-        let committed = w.commit()?;
+    }
+
+    fn lacking(&mut self, m: &Manifest) -> Result<Vec<ChunkId>> {
+        // The lease first: from here on no collection takes what this transfer relies on,
+        // neither chunks already here nor those it is about to send.
         self.lib
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .apply(committed);
-        Ok(())
+            .lease(m)?;
+        // A failed commit is reported to the sessions whose chunks it lost, at their commit;
+        // here its chunks are simply lacking again.
+        let _ = self.commit();
+        Ok(self
+            .lib
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .missing(m))
     }
 
-    /// Rolls back the open transaction (its chunks will be asked for again) and keeps the
-    /// error for the next flush.
-    fn fail(&mut self, e: freight_core::Error) {
-        tracing::warn!(error = %e, "storing received chunks failed; rolled back the open batch");
-        self.writer = None;
-        self.pending.clear();
-        self.pending_bytes = 0;
-        self.failed.get_or_insert(e);
+    fn commit_manifest(&mut self, m: &Manifest) -> Result<bool> {
+        let _ = self.commit();
+        let mut lib = self.lib.write().unwrap_or_else(|e| e.into_inner());
+        let missing = lib.missing(m);
+        if let Some((id, line)) = missing
+            .iter()
+            .find_map(|id| self.lost.get(id).map(|l| (id, l)))
+        {
+            return Err(Error::StoreFailed {
+                package: m.package.to_string(),
+                version: m.version,
+                chunk: id.short(),
+                reason: line.to_string(),
+            });
+        }
+        Ok(lib.store_manifest(m)?)
     }
 }

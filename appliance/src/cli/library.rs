@@ -94,6 +94,13 @@ enum LibCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild damaged packs from their data, set aside what cannot be read, and list the
+    /// package versions that lost data (to redistribute or ingest again).
+    Repair {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what the library holds.
     Stats {
         /// Print the result as JSON.
@@ -227,6 +234,16 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
             json,
         } => {
             let lib = Library::open(&dir, Access::Read, io)?;
+            let damaged = lib.damage().len();
+            if !json {
+                for d in lib.damage() {
+                    println!(
+                        "DAMAGED {}: {} (left out; run `freight library repair`)",
+                        d.path.display(),
+                        d.reason
+                    );
+                }
+            }
             let p = package.as_deref().map(pkg).transpose()?;
             let r = {
                 let _bar = Bar::start(progress.clone(), quiet);
@@ -255,6 +272,13 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
                     }
                 );
             }
+            if damaged > 0 {
+                return Err(CliError::Failed(format!(
+                    "{}: {damaged} damaged pack(s) left out ({} bad chunk(s) in what was read); run `freight library repair`",
+                    dir.display(),
+                    r.bad.len()
+                )));
+            }
             if !r.is_clean() {
                 return Err(CliError::VerifyFailed(r.bad.len()));
             }
@@ -282,6 +306,40 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
                     human(r.bytes_moved),
                     human(r.bytes_freed)
                 );
+            }
+        }
+        LibCmd::Repair { json } => {
+            let mut lib = Library::open(&dir, Access::Repair, io)?;
+            let r = {
+                let _bar = Bar::start(progress.clone(), quiet);
+                freight_core::repair::repair(&mut lib, &progress)?
+            };
+            if json {
+                print_json(&r)?;
+            } else {
+                for d in &r.damaged {
+                    println!("damaged {d}");
+                }
+                for q in &r.quarantined {
+                    println!("set aside {}", q.display());
+                }
+                for l in &r.lost {
+                    println!(
+                        "LOST {} v{}: {} chunk(s) missing; redistribute or ingest it again",
+                        l.package, l.version, l.missing_chunks
+                    );
+                }
+                if r.is_clean() {
+                    println!("library {} is healthy; nothing to repair", dir.display());
+                } else {
+                    println!(
+                        "repaired {} damaged pack(s): {} chunks recovered, {} unreadable; {} version(s) lost data",
+                        r.damaged.len(),
+                        r.chunks_recovered,
+                        r.chunks_unreadable,
+                        r.lost.len()
+                    );
+                }
             }
         }
         LibCmd::Stats { json } => {

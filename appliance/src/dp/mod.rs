@@ -139,10 +139,15 @@ impl Dp {
     /// Source side of a pull: pushes on the asker's connection.
     async fn push_to(&self, conn: Conn, package: String, version: u32) -> Result<DpReply, DpError> {
         let p = PackageId::parse(&package)?;
+        // Off the async worker: maintenance may hold the library for seconds.
         let m = self
             .lib
-            .read()
-            .manifest(&p, version)
+            .read_async(move |l| l.manifest(&p, version))
+            .await
+            .map_err(|e| DpError::Task {
+                what: "reading a manifest",
+                reason: e.to_string(),
+            })?
             .map_err(|reason| DpError::NotHeld {
                 package,
                 version,
