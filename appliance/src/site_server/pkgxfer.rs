@@ -259,7 +259,11 @@ async fn push(
     limiters: &Limiters,
 ) -> Result<Outcome, XferError> {
     let pid = PackageId::parse(&j.package)?;
-    let manifest = site.lib.read().manifest(&pid, j.version)?;
+    let version = j.version;
+    let manifest = site
+        .lib
+        .read_async(move |l| l.manifest(&pid, version))
+        .await??;
     forget_if_redistributing(site, p, j).await?;
     let throttle = RouteThrottle::parse(&p.route.throttle)?;
     let opts = PushOptions {
@@ -331,10 +335,11 @@ async fn pull(site: &Arc<SiteServer>, j: &JobRow, p: &Peer) -> Result<Outcome, X
         return Ok(Outcome::NoSource);
     }
     let pid = PackageId::parse(&j.package)?;
+    let version = j.version;
     let hash = site
         .lib
-        .read()
-        .manifest(&pid, j.version)?
+        .read_async(move |l| l.manifest(&pid, version))
+        .await??
         .hash()
         .to_hex()
         .to_string();
