@@ -31,6 +31,9 @@ impl Default for ChunkParams {
     }
 }
 
+/// Largest average chunk size the cut-point masks support (32 MiB).
+pub const MAX_AVG: usize = 32 << 20;
+
 impl ChunkParams {
     /// Checks the bounds are usable by the gear-hash cutter.
     pub fn validate(&self) -> Result<(), String> {
@@ -45,6 +48,14 @@ impl ChunkParams {
         }
         if self.max > 64 << 20 {
             return Err("max chunk size is limited to 64 MiB".into());
+        }
+        // The gear-hash masks exist for averages up to 2^25: a larger one would index past
+        // them (fastcdc panics), so it is refused here, where a config is read.
+        if self.avg > MAX_AVG {
+            return Err(format!(
+                "average chunk size {} is above the largest the cutter supports ({MAX_AVG})",
+                self.avg
+            ));
         }
         Ok(())
     }
@@ -185,5 +196,28 @@ mod tests {
             max: 8192,
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn every_valid_average_cuts_without_panicking_and_larger_ones_are_refused() {
+        // Found by pushing a 64 MiB chunk: an average near 64 MiB passed validation and then
+        // indexed past the cutter's masks in the ingest's reader thread.
+        let data = random(1 << 20, 5);
+        for avg in [256, 1 << 20, 8 << 20, MAX_AVG] {
+            let p = ChunkParams {
+                min: 64,
+                avg,
+                max: 64 << 20,
+            };
+            p.validate().unwrap();
+            assert!(!chunk_lengths(&data, &p).is_empty());
+        }
+        let too_big = ChunkParams {
+            min: 64,
+            avg: (64 << 20) - 2,
+            max: 64 << 20,
+        };
+        let e = too_big.validate().unwrap_err();
+        assert!(e.contains("largest the cutter supports"), "{e}");
     }
 }
