@@ -2,8 +2,9 @@
 //! against the hash the site server expects), drop a package and the content only it used,
 //! and the optional share folder of materialised copies.
 //!
-//! Callers run these on the library's store thread ([`SharedLibrary::exclusive`]), so they
-//! never race content arriving in push sessions.
+//! Changes to the library run on its store thread ([`SharedLibrary::exclusive`]), so they
+//! never race content arriving in push sessions; an install's long half (writing the share)
+//! only reads the library and runs beside its readers (see [`install_shared`]).
 //!
 //! [`SharedLibrary::exclusive`]: freight_transport::store::SharedLibrary::exclusive
 
@@ -97,6 +98,50 @@ pub fn install(
     hash: &str,
     share: Option<&Path>,
 ) -> Result<u64, ContentError> {
+    prepare_install(lib, p, version, hash, share)?;
+    finish_install(lib, p, version, hash)
+}
+
+/// The half of an install that only reads the library: the checks, and the share
+/// materialised and swapped in. The new share is in place (and durable) before the old
+/// version goes: a crash at any point leaves the version last reported installed both in the
+/// library and in the share, or the new one complete in both.
+fn prepare_install(
+    lib: &Library,
+    p: &PackageId,
+    version: u32,
+    hash: &str,
+    share: Option<&Path>,
+) -> Result<(), ContentError> {
+    let m = check_install(lib, p, version, hash)?;
+    if let Some(share) = share {
+        materialise_share(lib, &m, share)?;
+    }
+    Ok(())
+}
+
+/// The half that changes the library: the checks again (the library may have changed since
+/// the first half), then older versions and their content dropped.
+fn finish_install(
+    lib: &mut Library,
+    p: &PackageId,
+    version: u32,
+    hash: &str,
+) -> Result<u64, ContentError> {
+    check_install(lib, p, version, hash)?;
+    drop_versions(lib, p, |v| v < version)?;
+    // An update drops a little of many packs: rewrite only packs that are mostly garbage.
+    let r = gc_partial(lib, GC_MIN_GARBAGE, &Progress::default())?;
+    Ok(r.bytes_freed)
+}
+
+/// The stored manifest of `version`, if its hash is `hash` and no newer version is held.
+fn check_install(
+    lib: &Library,
+    p: &PackageId,
+    version: u32,
+    hash: &str,
+) -> Result<Manifest, ContentError> {
     let m = lib.manifest(p, version)?;
     let have = m.hash().to_hex();
     if have.as_str() != hash {
@@ -114,19 +159,12 @@ pub fn install(
             newer,
         });
     }
-    // The new share is in place (and durable) before the old version goes: a crash at any
-    // point leaves the version last reported installed both in the library and in the share,
-    // or the new one complete in both.
-    if let Some(share) = share {
-        materialise_share(lib, &m, share)?;
-    }
-    drop_versions(lib, p, |v| v < version)?;
-    // An update drops a little of many packs: rewrite only packs that are mostly garbage.
-    let r = gc_partial(lib, GC_MIN_GARBAGE, &Progress::default())?;
-    Ok(r.bytes_freed)
+    Ok(m)
 }
 
-/// [`install`] on the store thread of a shared library.
+/// [`install`] on a shared library: the reading half (materialising the share, which takes
+/// as long as writing the package does) under the library's read lock, beside the DP's HTTP
+/// readers and push sessions; only the short second half on the store thread.
 pub async fn install_shared(
     lib: &SharedLibrary,
     p: PackageId,
@@ -134,7 +172,14 @@ pub async fn install_shared(
     hash: String,
     share: Option<PathBuf>,
 ) -> Result<u64, ContentError> {
-    lib.exclusive(move |lib| install(lib, &p, version, &hash, share.as_deref()))
+    // One install at a time in this process: two installs of one package would clean each
+    // other's staging trees, and on a DP's few cores parallel installs gain nothing.
+    static INSTALLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = INSTALLS.lock().await;
+    let (p2, hash2) = (p.clone(), hash.clone());
+    lib.read_async(move |lib| prepare_install(lib, &p2, version, &hash2, share.as_deref()))
+        .await??;
+    lib.exclusive(move |lib| finish_install(lib, &p, version, &hash))
         .await?
 }
 
@@ -161,7 +206,7 @@ fn staging_path(share: &Path, what: &str) -> Result<PathBuf, ContentError> {
 /// install is reported. Leftovers of an interrupted install are removed first.
 fn materialise_share(lib: &Library, m: &Manifest, share: &Path) -> Result<(), ContentError> {
     std::fs::create_dir_all(share).map_err(share_error(share))?;
-    clean_staging(share);
+    clean_staging(share, &m.package);
     let new = staging_path(share, m.package.as_str())?;
     let res =
         freight_core::materialize::materialize(lib, m, &new, &Progress::default()).and_then(|_| {
@@ -173,10 +218,17 @@ fn materialise_share(lib: &Library, m: &Manifest, share: &Path) -> Result<(), Co
     Ok(res?)
 }
 
-/// Removes what interrupted installs and removals left in the share's staging folder.
-fn clean_staging(share: &Path) {
+/// Removes what interrupted installs and removals of package `p` left in the share's staging
+/// folder. Only `p`'s: installs of other packages may be building their trees there now.
+fn clean_staging(share: &Path, p: &PackageId) {
     let staging = share.join(STAGING);
+    let (mine, gone) = (format!("{p}-"), format!("gone-{p}-"));
     for e in std::fs::read_dir(&staging).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with(&mine) && !name.starts_with(&gone) {
+            continue;
+        }
         if let Err(err) = freight_core::materialize::remove_tree(&e.path()) {
             tracing::warn!(error = %err, "could not remove a leftover of an interrupted install");
         }

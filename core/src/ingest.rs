@@ -42,6 +42,11 @@ use std::sync::{Arc, Mutex};
 
 const READ_BLOCK: usize = 4 << 20;
 const READ_AHEAD_BYTES: usize = 16 << 20;
+/// Files open at once in the read-ahead window. The byte window alone would keep one
+/// descriptor per small file: 16 MiB of 100-byte files is 160,000 descriptors, far past a
+/// process's `RLIMIT_NOFILE` (1,024 by default), and the snapshot of a tree of small files
+/// failed with "Too many open files". 64 reads in flight already keep the device busy.
+const READ_AHEAD_FILES: usize = 64;
 
 /// What to ingest as.
 #[derive(Clone, Debug)]
@@ -538,6 +543,8 @@ fn read_and_chunk(
     };
     let mut queue: VecDeque<Inflight> = VecDeque::new();
     let mut queued_bytes = 0usize;
+    // Files with a read in the queue (each holds its descriptor until its last read is in).
+    let mut open_files = 0usize;
     let mut next_file = 0usize;
     // Files to read again, read before the next new one.
     let mut again: VecDeque<(usize, u8)> = VecDeque::new();
@@ -551,6 +558,9 @@ fn read_and_chunk(
         // Top up the read-ahead window.
         while queued_bytes < READ_AHEAD_BYTES {
             if planning.is_none() {
+                if open_files >= READ_AHEAD_FILES {
+                    break;
+                }
                 let (file, attempt) = match again.pop_front() {
                     Some(next) => next,
                     None if next_file < files.len() => {
@@ -569,6 +579,7 @@ fn read_and_chunk(
                     started,
                 };
                 planning = Some((opened, 0));
+                open_files += 1;
             }
             let (opened, off) = planning.as_mut().expect("planned above");
             let size = opened.before.size;
@@ -628,6 +639,7 @@ fn read_and_chunk(
         };
         chunker.push(&data, &mut emit);
         if let Some(o) = r.last {
+            open_files -= 1;
             let meta = o.f.metadata().map_err(|source| Error::Unreadable {
                 path: path(r.file),
                 source,

@@ -1074,18 +1074,29 @@ impl ManifestDir {
 
     /// Loads and validates one manifest.
     pub fn manifest(&self, package: &PackageId, version: u32) -> Result<Manifest> {
+        let bytes = self.manifest_bytes(package, version)?;
+        self.decode(package, version, &bytes)
+    }
+
+    /// The stored bytes of one manifest, not yet validated (with [`decode`](Self::decode),
+    /// a reader can check the package hash, BLAKE3 of these bytes, before decoding).
+    pub fn manifest_bytes(&self, package: &PackageId, version: u32) -> Result<Vec<u8>> {
         let path = self.path(package, version);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NoSuchVersion {
-                    package: package.to_string(),
-                    version,
-                });
-            }
-            Err(e) => return Err(Error::io(&path, "read manifest", e)),
-        };
-        let m = Manifest::decode(&bytes, &path.display().to_string())?;
+        match std::fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoSuchVersion {
+                package: package.to_string(),
+                version,
+            }),
+            Err(e) => Err(Error::io(&path, "read manifest", e)),
+        }
+    }
+
+    /// Validates the stored bytes of `version` of `package` (see
+    /// [`manifest_bytes`](Self::manifest_bytes)).
+    pub fn decode(&self, package: &PackageId, version: u32, bytes: &[u8]) -> Result<Manifest> {
+        let path = self.path(package, version);
+        let m = Manifest::decode(bytes, &path.display().to_string())?;
         if &m.package != package || m.version != version {
             return Err(Error::BadManifest {
                 what: path.display().to_string(),

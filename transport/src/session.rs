@@ -1175,8 +1175,10 @@ pub async fn serve(
     events: Option<mpsc::UnboundedSender<Received>>,
     commands: Option<Arc<dyn CommandHandler>>,
 ) {
+    let refusals = Arc::new(std::sync::Mutex::new(RefusalLog::default()));
     while let Some(accepting) = node.accept().await {
         let (lib, events, commands) = (lib.clone(), events.clone(), commands.clone());
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let from = accepting.remote();
             match accepting.establish().await {
@@ -1184,8 +1186,47 @@ pub async fn serve(
                     tracing::info!(peer = %conn.describe(), "accepted connection");
                     serve_connection(conn, lib, events, commands, Request::Push).await;
                 }
-                Err(e) => tracing::warn!(%from, error = %e, "refused a connection"),
+                Err(e) => refusals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .note(from, &e),
             }
         });
+    }
+}
+
+/// Refused handshakes, logged one in full and then counted: a flood of them (any host can
+/// start a handshake) costs a line every [`REFUSAL_REPORT_EVERY`], not a line each.
+#[derive(Default)]
+struct RefusalLog {
+    last_report: Option<std::time::Instant>,
+    since: u64,
+}
+
+/// How often refused handshakes are reported at most.
+const REFUSAL_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    fn note(&mut self, from: std::net::SocketAddr, e: &Error) {
+        self.since += 1;
+        if self
+            .last_report
+            .is_some_and(|t| t.elapsed() < REFUSAL_REPORT_EVERY)
+        {
+            return;
+        }
+        if self.since == 1 {
+            tracing::warn!(%from, error = %e, "refused a connection");
+        } else {
+            tracing::warn!(
+                refused = self.since,
+                %from,
+                error = %e,
+                "refused {} connections since the last report; the last one",
+                self.since
+            );
+        }
+        self.last_report = Some(std::time::Instant::now());
+        self.since = 0;
     }
 }

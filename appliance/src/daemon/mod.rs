@@ -157,7 +157,7 @@ async fn serve(
         None => None,
     };
     if let Some(d) = &cfg.dp {
-        let listener = tokio::net::TcpListener::bind(d.http).await.map_err(|e| {
+        let listener = http_listener(d.http).map_err(|e| {
             DaemonError::Listen(format!(
                 "DP content server: cannot listen on {} ({e}); choose a free [dp] http address",
                 d.http
@@ -306,6 +306,24 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
 }
+
+/// The DP content server's listening socket, with a backlog of [`HTTP_BACKLOG`] (tokio's
+/// `bind` takes 1,024): under a flood of connections a full backlog drops the SYNs of real
+/// clients, who then wait a whole second for the retransmission.
+fn http_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(HTTP_BACKLOG)
+}
+
+/// Connections the kernel completes for the DP's HTTP listener before it accepts them (the
+/// kernel caps it at `net.core.somaxconn`, 4,096 by default).
+const HTTP_BACKLOG: u32 = 4096;
 
 #[cfg(test)]
 mod tests {

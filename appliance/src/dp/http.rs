@@ -613,7 +613,7 @@ type FileId = (u64, u64, u64, i64, i64);
 /// A decoded manifest and what every answer from it needs.
 pub struct Loaded {
     /// The manifest.
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
     /// The identity of the manifest file it was decoded from.
     file: FileId,
     /// Its hash (the package hash).
@@ -674,14 +674,24 @@ impl Manifests {
             .iter()
             .position(|c| &c.package == pkg && c.version == v)?;
         if &cache[i].file != file {
-            // Replaced on disk: the old decode serves nobody new.
-            cache.remove(i);
+            // Replaced on disk: the entry stays until the new file is read, in case it holds
+            // the same bytes (see `same_content`); `keep` replaces it.
             return None;
         }
         let hit = cache.remove(i);
         let loaded = hit.loaded.clone();
         cache.push(hit);
         Some(loaded)
+    }
+
+    /// A decode of `version` of `pkg` held in the cache whose package hash is `hash`, from
+    /// a manifest file since replaced by one of the same bytes.
+    fn same_content(&self, pkg: &PackageId, v: u32, hash: &blake3::Hash) -> Option<Arc<Loaded>> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .iter()
+            .find(|c| &c.package == pkg && c.version == v && &c.loaded.hash == hash)
+            .map(|c| c.loaded.clone())
     }
 
     fn keep(&self, package: PackageId, version: u32, file: FileId, loaded: &Arc<Loaded>) {
@@ -722,17 +732,36 @@ impl Manifests {
         }
         let p = pkg.clone();
         let dir = self.dir.clone();
+        let read = blocking(move || match dir.manifest_bytes(&p, v) {
+            Ok(b) => Ok((blake3::hash(&b), b)),
+            Err(freight_core::Error::NoSuchVersion { .. }) => Err(just_removed(&p, v)),
+            Err(e) => Err(library_error(&format!("the manifest of {p} v{v}"), e)),
+        })
+        .await?;
+        let (hash, raw) = read;
+        // The same version stored again (a redistribute) is the same manifest: the decode
+        // already held serves on, found by its hash, instead of decoding megabytes again.
+        if let Some(same) = self.same_content(&pkg, v, &hash) {
+            let loaded = Arc::new(Loaded {
+                file,
+                hash,
+                bytes: same.bytes,
+                manifest: same.manifest.clone(),
+            });
+            self.keep(pkg, v, file, &loaded);
+            return Ok(loaded);
+        }
+        let p = pkg.clone();
+        let dir = self.dir.clone();
         let loaded = blocking(move || {
-            let manifest = match dir.manifest(&p, v) {
-                Ok(m) => m,
-                Err(freight_core::Error::NoSuchVersion { .. }) => return Err(just_removed(&p, v)),
-                Err(e) => return Err(library_error(&format!("the manifest of {p} v{v}"), e)),
-            };
+            let manifest = dir
+                .decode(&p, v, &raw)
+                .map_err(|e| library_error(&format!("the manifest of {p} v{v}"), e))?;
             Ok(Arc::new(Loaded {
                 file,
-                hash: manifest.hash(),
+                hash,
                 bytes: manifest_bytes(&manifest),
-                manifest,
+                manifest: Arc::new(manifest),
             }))
         })
         .await?;

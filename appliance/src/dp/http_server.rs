@@ -8,6 +8,13 @@
 //! closed at once, before hyper sees it. The per-address cap keeps one client from taking the
 //! whole budget; the total cap keeps the HTTP side within its share of the descriptors.
 //!
+//! **Eviction**: at the total cap, a new connection from an address under its own cap takes
+//! the place of the connection that has waited longest without being answered (a request
+//! head still arriving, or kept alive between requests); connections being answered are never
+//! cut. So idle clients from many addresses cannot shut real clients out: they only push each
+//! other out, oldest first. At most [`MAX_EVICTING`] connections are being closed at once
+//! (each over the cap until its task has ended); beyond that, newcomers are refused.
+//!
 //! **Descriptors** ([`connection_cap`]): one HTTP connection is one descriptor. `freightd`
 //! raises `RLIMIT_NOFILE` to its hard limit at start (`daemon::raise_fd_limit`); of that limit
 //! `N`, [`RESERVED_FDS`] stay out of reach of HTTP and the HTTP cap is at most half of the rest,
@@ -57,6 +64,10 @@ use tokio::time::{Instant, Sleep};
 
 /// Descriptors kept out of the HTTP side's reach whatever the limit (see the module docs).
 pub const RESERVED_FDS: u64 = 512;
+
+/// Connections closed to make room whose tasks have not ended yet, at most: the cap may be
+/// exceeded by this many for the moment it takes a connection's task to see it was evicted.
+pub const MAX_EVICTING: usize = 32;
 
 /// The smallest HTTP connection cap, however low the descriptor limit.
 pub const MIN_CONNECTIONS: usize = 8;
@@ -123,6 +134,11 @@ struct GateInner {
 struct Open {
     total: usize,
     by_address: HashMap<IpAddr, usize>,
+    /// Every admitted connection's clock, by slot number (the eviction candidates).
+    conns: HashMap<u64, Arc<ConnClock>>,
+    next_slot: u64,
+    /// Evicted connections whose slots are still held.
+    evicting: usize,
 }
 
 /// Why a connection was refused.
@@ -136,6 +152,7 @@ enum Refusal {
 struct Slot {
     gate: Arc<GateInner>,
     ip: IpAddr,
+    id: u64,
 }
 
 impl GateInner {
@@ -153,22 +170,41 @@ impl Gate {
         }))
     }
 
-    fn admit(&self, ip: IpAddr) -> Result<Slot, Refusal> {
+    /// Admits the connection whose clock is `clock`, from `ip`: within the per-address cap,
+    /// and within the total cap or by evicting the longest-waiting unanswered connection.
+    fn admit(&self, ip: IpAddr, clock: Arc<ConnClock>) -> Result<Slot, Refusal> {
         // An IPv4 client on a dual-stack socket is one address however it is written.
         let ip = ip.to_canonical();
         let mut open = self.0.open();
-        if open.total >= self.0.max_total {
-            return Err(Refusal::Total);
-        }
-        let n = open.by_address.entry(ip).or_insert(0);
-        if *n >= self.0.max_per_address {
+        if open.by_address.get(&ip).copied().unwrap_or(0) >= self.0.max_per_address {
             return Err(Refusal::Address);
         }
-        *n += 1;
+        if open.total >= self.0.max_total + open.evicting {
+            if open.evicting >= MAX_EVICTING {
+                return Err(Refusal::Total);
+            }
+            // The victim: the unanswered connection waiting longest. A scan of at most the
+            // cap's connections, only when the cap is reached.
+            let victim = open
+                .conns
+                .values()
+                .filter_map(|c| c.waiting_since().map(|since| (since, c)))
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, c)| c.clone());
+            match victim {
+                Some(c) if c.evict() => open.evicting += 1,
+                _ => return Err(Refusal::Total),
+            }
+        }
+        *open.by_address.entry(ip).or_insert(0) += 1;
         open.total += 1;
+        let id = open.next_slot;
+        open.next_slot += 1;
+        open.conns.insert(id, clock);
         Ok(Slot {
             gate: self.0.clone(),
             ip,
+            id,
         })
     }
 }
@@ -177,6 +213,11 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.gate.open();
         open.total -= 1;
+        if let Some(c) = open.conns.remove(&self.id)
+            && c.state().evicted
+        {
+            open.evicting -= 1;
+        }
         if let Some(n) = open.by_address.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -287,6 +328,8 @@ struct PhaseState {
     /// The task of the watchdog's last wait: a phase change that brings the deadline nearer
     /// wakes it to re-arm (hyper does not poll an idle connection's socket again by itself).
     waiter: Option<std::task::Waker>,
+    /// Closed to make room for a newer client (see the module docs): the deadline has passed.
+    evicted: bool,
 }
 
 /// Where a connection is, shared by its socket watchdog, its service and its response bodies
@@ -311,6 +354,7 @@ impl ConnClock {
                 read_while_busy: false,
                 open_responses: 0,
                 waiter: None,
+                evicted: false,
             }),
         }
     }
@@ -369,17 +413,48 @@ impl ConnClock {
         }
     }
 
-    /// When the connection is cut if nothing changes, and what it would have waited for.
+    /// When the connection is cut if nothing changes, and why it would be.
     fn deadline(&self) -> (Instant, &'static str) {
         let s = self.state();
+        if s.evicted {
+            return (s.since, "closed to make room for a newer client");
+        }
         match s.phase {
-            Phase::Request => (s.since + self.header, "a whole request head"),
+            Phase::Request => (
+                s.since + self.header,
+                "closed: no whole request head in time",
+            ),
             Phase::Busy => (
                 s.since.max(s.last_write) + self.send,
-                "the client to read the answer",
+                "closed: the client did not read the answer in time",
             ),
-            Phase::Idle => (s.since.max(s.last_write) + self.idle, "a next request"),
+            Phase::Idle => (
+                s.since.max(s.last_write) + self.idle,
+                "closed: no next request in time",
+            ),
         }
+    }
+
+    /// Since when the connection has waited for its client without being answered (a request
+    /// head arriving, or idle between requests); `None` while it is answered or already
+    /// evicted.
+    fn waiting_since(&self) -> Option<Instant> {
+        let s = self.state();
+        (s.phase != Phase::Busy && !s.evicted).then_some(s.since)
+    }
+
+    /// Closes the connection to make room, unless it is being answered meanwhile: its
+    /// watchdog is woken and fails the pending read. Whether it was evicted.
+    fn evict(&self) -> bool {
+        let mut s = self.state();
+        if s.phase == Phase::Busy || s.evicted {
+            return false;
+        }
+        s.evicted = true;
+        if let Some(w) = s.waiter.take() {
+            w.wake();
+        }
+        true
     }
 }
 
@@ -407,12 +482,9 @@ impl Watched {
     /// otherwise the timer is armed for it (the task wakes then and the operation is retried).
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         loop {
-            let (deadline, waiting_for) = self.clock.deadline();
+            let (deadline, why) = self.clock.deadline();
             if Instant::now() >= deadline {
-                return Some(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("closed: no {waiting_for} in time"),
-                ));
+                return Some(io::Error::new(io::ErrorKind::TimedOut, why));
             }
             if self.armed != deadline {
                 self.sleep.as_mut().reset(deadline);
@@ -571,7 +643,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, nofile: u
                 continue;
             }
         };
-        let slot = match gate.admit(peer.ip()) {
+        let clock = Arc::new(ConnClock::new(&limits, Instant::now()));
+        let slot = match gate.admit(peer.ip(), clock.clone()) {
             Ok(s) => s,
             Err(why) => {
                 refuse(stream, why);
@@ -580,7 +653,6 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, nofile: u
             }
         };
         let _ = stream.set_nodelay(true);
-        let clock = Arc::new(ConnClock::new(&limits, Instant::now()));
         let io = TokioIo::new(Watched::new(stream, clock.clone()));
         let service = ConnService {
             app: app.clone(),
@@ -658,26 +730,82 @@ mod tests {
         }
     }
 
+    fn clock() -> Arc<ConnClock> {
+        Arc::new(ConnClock::new(&Limits::default(), Instant::now()))
+    }
+
+    /// A clock whose connection is being answered (never evicted).
+    fn busy() -> Arc<ConnClock> {
+        let c = clock();
+        c.request_started(Instant::now());
+        c
+    }
+
     #[test]
     fn the_gate_counts_per_address_and_in_total() {
         let gate = Gate::new(3, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let a6: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let s1 = gate.admit(a).unwrap();
-        let s2 = gate.admit(a6).unwrap();
-        assert_eq!(gate.admit(a).err(), Some(Refusal::Address));
-        let s3 = gate.admit(b).unwrap();
-        assert_eq!(gate.admit(b).err(), Some(Refusal::Total));
+        let s1 = gate.admit(a, busy()).unwrap();
+        let s2 = gate.admit(a6, busy()).unwrap();
+        assert_eq!(gate.admit(a, busy()).err(), Some(Refusal::Address));
+        let s3 = gate.admit(b, busy()).unwrap();
+        // Every connection is being answered: none may be cut for a newcomer.
+        assert_eq!(gate.admit(b, busy()).err(), Some(Refusal::Total));
         drop(s1);
-        let s4 = gate.admit(b).unwrap();
+        let s4 = gate.admit(b, busy()).unwrap();
         drop((s2, s3));
         {
             let open = gate.0.open();
             assert_eq!((open.total, open.by_address.len()), (1, 1));
         }
         drop(s4);
-        assert!(gate.0.open().by_address.is_empty());
+        let open = gate.0.open();
+        assert!(open.by_address.is_empty() && open.conns.is_empty());
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_waiting_unanswered_connection_makes_room() {
+        let gate = Gate::new(3, 2);
+        let idle: IpAddr = "10.0.0.1".parse().unwrap();
+        let idle2: IpAddr = "10.0.0.3".parse().unwrap();
+        let client: IpAddr = "10.0.0.2".parse().unwrap();
+        let oldest = clock();
+        let s1 = gate.admit(idle, oldest.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let newer = clock();
+        let s2 = gate.admit(idle2, newer.clone()).unwrap();
+        let answered = busy();
+        let s3 = gate.admit(client, answered.clone()).unwrap();
+        // Full: the newcomer evicts the oldest half-request, not the newer one nor the
+        // connection being answered.
+        let s4 = gate.admit(client, clock()).unwrap();
+        assert_eq!(
+            oldest.deadline().1,
+            "closed to make room for a newer client"
+        );
+        assert!(oldest.deadline().0 <= Instant::now());
+        assert!(newer.waiting_since().is_some());
+        assert!(answered.waiting_since().is_none());
+        // A per-address cap still refuses before any eviction.
+        assert_eq!(gate.admit(client, clock()).err(), Some(Refusal::Address));
+        assert_eq!(gate.0.open().evicting, 1);
+        // The evicted connection's task ends: its slot goes, and the count of evictions too.
+        drop(s1);
+        {
+            let open = gate.0.open();
+            assert_eq!((open.total, open.evicting), (3, 0));
+        }
+        // Evictions in progress are bounded.
+        drop((s2, s3, s4));
+        let gate = Gate::new(1, 1000);
+        let mut slots = vec![gate.admit(idle, clock()).unwrap()];
+        for _ in 0..MAX_EVICTING {
+            slots.push(gate.admit(idle, clock()).unwrap());
+        }
+        assert_eq!(gate.0.open().evicting, MAX_EVICTING);
+        assert_eq!(gate.admit(idle, clock()).err(), Some(Refusal::Total));
     }
 
     #[test]

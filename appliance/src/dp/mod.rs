@@ -95,18 +95,23 @@ impl Dp {
     async fn forget(&self, package: String) -> Result<DpReply, DpError> {
         let p = PackageId::parse(&package)?;
         let share = self.share.clone();
+        // Corrupt content of this package goes even where another package shares it, so the
+        // redistribute that follows replaces it. The check reads the whole package: it runs
+        // under the library's read lock, beside the HTTP readers, and only the drop takes the
+        // library for itself.
+        let checked = p.clone();
+        let bad: HashSet<ChunkId> = self
+            .lib
+            .read_async(move |lib| {
+                match verify(lib, Some((&checked, None)), &Progress::default()) {
+                    Ok(r) => r.bad.iter().map(|b| b.id).collect(),
+                    Err(_) => HashSet::new(),
+                }
+            })
+            .await?;
         let r = self
             .lib
-            .exclusive(move |lib| {
-                // Corrupt content of this package goes even where another package shares it,
-                // so the redistribute that follows replaces it.
-                let bad: HashSet<ChunkId> =
-                    match verify(lib, Some((&p, None)), &Progress::default()) {
-                        Ok(r) => r.bad.iter().map(|b| b.id).collect(),
-                        Err(_) => HashSet::new(),
-                    };
-                content::drop_package(lib, &p, &bad, share.as_deref())
-            })
+            .exclusive(move |lib| content::drop_package(lib, &p, &bad, share.as_deref()))
             .await??;
         Ok(DpReply::Ok {
             freed: r.bytes_freed,
