@@ -956,7 +956,9 @@ async fn drive_receiver(
             }
             _ = session.changed.notified() => {
                 if let Some(e) = session.take_failure() {
-                    return Err(e);
+                    // A data stream failed (stalled, cut, bad bytes): the sender is told why
+                    // on the control stream, unless the receiver already queued its Abort.
+                    return Err(abort_with(session, e));
                 }
                 // The last data stream's end let the receiver act on a held Done.
                 perform(session, session.take_released(), lib, who).await?;

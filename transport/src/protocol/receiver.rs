@@ -423,7 +423,10 @@ impl Receiver {
     /// Ends the session from the shell's side (store or commit failed, shutdown): queues
     /// `Abort` with code [`ProtocolError::Aborted`] and `reason`.
     pub fn abort(&mut self, reason: &str) {
-        let _ = self.fail(ProtocolError::Aborted, reason.to_string());
+        // A session that failed already (a bad frame, the peer's own Abort) said so once.
+        if self.state != ReceiverState::Failed {
+            let _ = self.fail(ProtocolError::Aborted, reason.to_string());
+        }
     }
 
     /// The peer's bytes did not decode (an error of [`FrameDecoder`](super::FrameDecoder)), or arrived where the
@@ -478,6 +481,26 @@ mod tests {
             let event = r.handle_checked(v.verify_data(chunk(lib, id))).unwrap();
             assert!(matches!(event, ReceiverEvent::Store { id: got, .. } if got == *id));
         }
+    }
+
+    #[test]
+    fn a_failure_is_told_to_the_sender_once() {
+        let (m, _) = fixture();
+        // The shell's own reason (a data stream stalled): one Abort.
+        let mut r = receiving(&m, 1);
+        r.abort("no chunk bytes within 2 s");
+        assert_abort(r.poll_transmit(), ProtocolError::Aborted);
+        r.abort("and again");
+        assert!(r.poll_transmit().is_none());
+        // A bad frame queued its own Abort, with its code; the shell's abort adds none.
+        let mut r = receiving(&m, 1);
+        let _ = r.decode_failed(Error::Protocol {
+            code: ProtocolError::Malformed,
+            detail: "data stream ended inside a frame".into(),
+        });
+        assert_abort(r.poll_transmit(), ProtocolError::Malformed);
+        r.abort("the session failed");
+        assert!(r.poll_transmit().is_none());
     }
 
     #[test]
