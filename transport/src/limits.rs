@@ -7,12 +7,18 @@
 //!   half of it), so a few kilobytes on the wire cannot pin gigabytes;
 //! - verification: decompressing and hashing runs on at most one blocking thread per core;
 //! - sessions and connections per peer;
-//! - handshakes in progress (the accept queue).
+//! - handshakes in progress (the accept queue);
+//! - disk: the chunks a peer's unfinished transfers stored here (kept by their leases for a
+//!   resumption) count against a quota per peer ([`Limits::charge`]); a transfer's bytes are
+//!   released when its manifest is stored ([`Limits::settle`]) or when its lease would have
+//!   expired. A peer over its quota has its session aborted, so a peer that starts and
+//!   abandons transfers cannot fill the disk with chunks nothing names.
 
 use crate::quic::NodeConfig;
 use freight_core::SiteCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Frames up to this size are read without a reservation (control messages, small chunks):
@@ -35,6 +41,39 @@ pub struct Limits {
     sessions_per_peer: usize,
     /// Handshakes in progress.
     pub(crate) handshakes: Arc<Semaphore>,
+    /// Bytes stored by each peer's unfinished transfers, by transfer.
+    unfinished: Mutex<HashMap<SiteCode, HashMap<Transfer, Held>>>,
+    unfinished_per_peer: u64,
+    unfinished_expiry: Duration,
+}
+
+/// A transfer as the quota knows it: the package version it brings.
+pub type Transfer = (freight_core::PackageId, u32);
+
+/// What one unfinished transfer stored, and when it last stored something.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    bytes: u64,
+    last: Instant,
+}
+
+/// A peer whose unfinished transfers hold more than its quota; the session storing more is
+/// aborted.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "site {peer} holds {held} bytes of chunks of unfinished transfers here, and {more} more would exceed its quota of {quota}; finish or resume those transfers (their chunks are released when they commit, or {expiry_h} h after their last chunk)"
+)]
+pub struct OverQuota {
+    /// The peer.
+    pub peer: SiteCode,
+    /// What its unfinished transfers hold.
+    pub held: u64,
+    /// What the refused chunk would add.
+    pub more: u64,
+    /// Its quota.
+    pub quota: u64,
+    /// Hours until an abandoned transfer's bytes are released.
+    pub expiry_h: u64,
 }
 
 /// Receive memory held for one frame or one verification; released on drop.
@@ -81,7 +120,65 @@ impl Limits {
             sessions: Mutex::default(),
             sessions_per_peer: cfg.sessions_per_peer.max(1),
             handshakes: Arc::new(Semaphore::new(cfg.max_handshakes.max(1))),
+            unfinished: Mutex::default(),
+            unfinished_per_peer: cfg.unfinished_per_peer,
+            unfinished_expiry: cfg.unfinished_expiry,
         })
+    }
+
+    /// Counts `bytes` stored for `transfer` of `peer` against the peer's quota of unfinished
+    /// transfers; refuses them (counting nothing) if they would exceed it. Transfers that
+    /// stored nothing for the expiry time (their leases have lapsed) no longer count.
+    pub fn charge(&self, peer: SiteCode, transfer: &Transfer, bytes: u64) -> Result<(), OverQuota> {
+        self.charge_at(peer, transfer, bytes, Instant::now())
+    }
+
+    fn charge_at(
+        &self,
+        peer: SiteCode,
+        transfer: &Transfer,
+        bytes: u64,
+        now: Instant,
+    ) -> Result<(), OverQuota> {
+        let mut all = self.unfinished.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = all.entry(peer).or_default();
+        let expiry = self.unfinished_expiry;
+        mine.retain(|_, h| now.saturating_duration_since(h.last) < expiry);
+        let held: u64 = mine.values().map(|h| h.bytes).sum();
+        if held.saturating_add(bytes) > self.unfinished_per_peer {
+            return Err(OverQuota {
+                peer,
+                held,
+                more: bytes,
+                quota: self.unfinished_per_peer,
+                expiry_h: expiry.as_secs() / 3600,
+            });
+        }
+        let h = mine.entry(transfer.clone()).or_insert(Held {
+            bytes: 0,
+            last: now,
+        });
+        h.bytes += bytes;
+        h.last = now;
+        Ok(())
+    }
+
+    /// `transfer` of `peer` was stored whole: its chunks are named by a manifest now.
+    pub fn settle(&self, peer: SiteCode, transfer: &Transfer) {
+        let mut all = self.unfinished.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mine) = all.get_mut(&peer) {
+            mine.remove(transfer);
+            if mine.is_empty() {
+                all.remove(&peer);
+            }
+        }
+    }
+
+    /// Bytes `peer`'s unfinished transfers hold (for tests and metrics).
+    pub fn unfinished_bytes(&self, peer: SiteCode) -> u64 {
+        let all = self.unfinished.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(&peer)
+            .map_or(0, |m| m.values().map(|h| h.bytes).sum())
     }
 
     /// Reserves `bytes` of receive memory for `peer`, waiting while the peer's share or the
@@ -154,6 +251,35 @@ mod tests {
 
     fn code(c: &str) -> SiteCode {
         SiteCode::parse(c).unwrap()
+    }
+
+    #[test]
+    fn unfinished_transfers_count_against_a_quota_until_they_commit_or_expire() {
+        let cfg = NodeConfig {
+            unfinished_per_peer: 100,
+            unfinished_expiry: Duration::from_secs(3600),
+            ..NodeConfig::default()
+        };
+        let l = Limits::new(&cfg);
+        let (a, b) = (code("PS1"), code("PS2"));
+        let t = |v: u32| (freight_core::PackageId::parse("PS100001").unwrap(), v);
+        let t0 = Instant::now();
+        l.charge_at(a, &t(1), 60, t0).unwrap();
+        l.charge_at(a, &t(2), 40, t0).unwrap();
+        // Full: a third transfer, or more of the first, is refused and counts nothing.
+        let e = l.charge_at(a, &t(3), 1, t0).unwrap_err();
+        assert_eq!((e.held, e.more, e.quota), (100, 1, 100));
+        assert!(e.to_string().contains("site PS1 holds 100 bytes"), "{e}");
+        assert_eq!(l.unfinished_bytes(a), 100);
+        // Another peer has its own quota.
+        l.charge_at(b, &t(1), 100, t0).unwrap();
+        // A committed transfer releases its bytes.
+        l.settle(a, &t(2));
+        l.charge_at(a, &t(3), 40, t0).unwrap();
+        // An abandoned one is released when its lease would have lapsed.
+        let later = t0 + Duration::from_secs(3601);
+        l.charge_at(a, &t(4), 100, later).unwrap();
+        assert_eq!(l.unfinished_bytes(a), 100);
     }
 
     #[tokio::test]

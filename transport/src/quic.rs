@@ -78,6 +78,12 @@ pub struct NodeConfig {
     pub receive_memory: u64,
     /// Handshakes in progress at once; further connection attempts are refused at once.
     pub max_handshakes: usize,
+    /// Bytes of chunks one peer's unfinished transfers may hold in this node's library (see
+    /// [`crate::limits`]); at least the largest package a peer sends here.
+    pub unfinished_per_peer: u64,
+    /// An unfinished transfer that stored nothing for this long no longer counts (its lease
+    /// has lapsed and its chunks may be collected).
+    pub unfinished_expiry: Duration,
 }
 
 impl Default for NodeConfig {
@@ -99,6 +105,8 @@ impl Default for NodeConfig {
             sessions_per_peer: 8,
             receive_memory: 256 << 20,
             max_handshakes: 64,
+            unfinished_per_peer: 256 << 30,
+            unfinished_expiry: freight_core::library::LEASE_TIMEOUT,
         }
     }
 }

@@ -695,6 +695,9 @@ struct Session {
     /// Woken when a data stream ends or a data stream task fails.
     changed: Notify,
     failure: Mutex<Option<Error>>,
+    /// The package version offered (the transfer whose stored bytes count against the peer's
+    /// quota of unfinished transfers).
+    transfer: Mutex<Option<crate::limits::Transfer>>,
     /// Events a data stream's end released (the receiver acting on a held `Done`), for the
     /// control stream's task to perform.
     released: Mutex<Vec<ReceiverEvent>>,
@@ -794,7 +797,13 @@ pub async fn serve_connection(
                             }
                             (KIND_PUSH, _) => match conn.authorize(push) {
                                 Ok(()) => match conn.limits.begin_session(peer) {
-                                    Some(_slot) => receive_session(send, recv, &lib, &sessions, &who, &conn.config, &mut offered).await,
+                                    Some(_slot) => {
+                                        let r = receive_session(send, recv, &lib, &sessions, &who, &conn.config, &mut offered).await;
+                                        if let (Ok(()), Some(t)) = (&r, &offered) {
+                                            conn.limits.settle(peer, t);
+                                        }
+                                        r
+                                    }
                                     None => {
                                         let busy = format!(
                                             "site {peer} already runs {} push sessions into this host; retry when one ended",
@@ -894,6 +903,7 @@ async fn receive_session(
         receiver: Mutex::new(Receiver::with_data_streams(u16::from_le_bytes(streams))),
         changed: Notify::new(),
         failure: Mutex::new(None),
+        transfer: Mutex::new(None),
         released: Mutex::new(Vec::new()),
     });
     sessions
@@ -970,6 +980,8 @@ async fn drive_receiver(
         } = &msg
         {
             *offered = Some((package.clone(), *version));
+            *session.transfer.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((package.clone(), *version));
         }
         let events = session.receiver().handle(msg)?;
         perform(session, events, lib, who).await?;
@@ -1146,6 +1158,20 @@ async fn receive_chunks(
                 data,
             } = event
             {
+                // Stored bytes of an unfinished transfer count against the peer's quota.
+                let transfer = session
+                    .transfer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(t) = transfer
+                    && let Err(over) = limits.charge(peer, &t, data.len() as u64)
+                {
+                    return Err(session.receiver().decode_failed(Error::Protocol {
+                        code: ProtocolError::Aborted,
+                        detail: over.to_string(),
+                    }));
+                }
                 lib.append(id, ulen, flags, data).await?;
             }
         }

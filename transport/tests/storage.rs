@@ -373,3 +373,63 @@ async fn a_sender_whose_packs_are_collected_mid_session_completes() {
     );
     assert_complete(&rx.lib.read(), &m);
 }
+
+/// A peer's unfinished transfers hold at most its quota of the receiver's disk: a package
+/// larger than the quota is aborted once the quota is reached, with one line naming the peer
+/// and the quota; a package that fits commits and frees its share of the quota at once, so
+/// transfers one after the other never add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_unfinished_transfers_stay_within_its_disk_quota() {
+    let t = tempfile::tempdir().unwrap();
+    let (cas, ps1) = (Site::new(t.path(), "CAS"), Site::new(t.path(), "PS1"));
+    cas.trusts(&ps1);
+    ps1.trusts(&cas);
+    let mut src_lib = small_lib(&t.path().join("cas-lib"));
+    // Incompressible, so stored bytes are the file sizes: 3 MiB, and 3 × 600 KB.
+    tree(&t.path().join("big"), "big", 12, 256 << 10);
+    let big = ingest_into(&mut src_lib, &t.path().join("big"), "CAS00001", 1);
+    let smalls: Vec<Manifest> = (0..3)
+        .map(|i| {
+            let dir = t.path().join(format!("small{i}"));
+            tree(&dir, &format!("s{i}"), 3, 200_000);
+            ingest_into(&mut src_lib, &dir, &format!("CAS0000{}", i + 2), 1)
+        })
+        .collect();
+    let quota = 1 << 20;
+    let cfg = freight_transport::quic::NodeConfig {
+        unfinished_per_peer: quota,
+        ..fast_config()
+    };
+    let rx_lib = SharedLibrary::new(small_lib(&t.path().join("ps1-lib")));
+    let rx = receiving_with(&ps1, rx_lib.clone(), cfg);
+    let node = Node::bind("127.0.0.1:0".parse().unwrap(), cas.tls(), fast_config()).unwrap();
+    let conn = node
+        .connect(rx.node.local_addr().unwrap(), code("PS1"))
+        .await
+        .unwrap();
+    let sender = SharedLibrary::new(src_lib);
+    let opts = PushOptions::default();
+
+    // Three packages of 600 KB, one after the other: 1.8 MB in all, each within the quota.
+    for m in &smalls {
+        let mut report = PushReport::default();
+        push(&conn, &sender, m, &opts, &mut report).await.unwrap();
+        assert_complete(&rx_lib.read(), m);
+    }
+    assert_eq!(rx.node.limits().unfinished_bytes(code("CAS")), 0);
+
+    // 3 MiB against a 1 MiB quota: aborted, having stored no more than the quota.
+    let mut report = PushReport::default();
+    let err = push(&conn, &sender, &big, &opts, &mut report)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("site CAS holds") && err.contains(&format!("quota of {quota}")),
+        "{err}"
+    );
+    let held = rx.node.limits().unfinished_bytes(code("CAS"));
+    assert!(held <= quota && held > 0, "{held}");
+    let lacking = rx_lib.lacking(&big).await.unwrap().len();
+    assert!(lacking > 0, "the package arrived whole past its quota");
+}

@@ -4,6 +4,7 @@
 //! home = "host"                 # site folder (`freight site init`): code, key, trust store
 //! library = "library"           # content library (created on first start)
 //! listen = "127.0.0.1:4433"     # QUIC (port 0 picks one; the readiness line shows it)
+//! unfinished_per_peer = "256GiB" # chunks one peer's unfinished transfers may hold here
 //!
 //! [site]                        # role: site server
 //! database = "site.db"
@@ -28,7 +29,7 @@
 use crate::dp::http_server::Limits;
 use crate::model::DpKind;
 // Durations read like every other duration in Freight: "30m", "5s", "500ms", "1h 30m".
-use freight_core::units::parse_duration;
+use freight_core::units::{parse_duration, parse_size};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,11 @@ pub struct DaemonConfig {
     /// See `handshake_timeout`.
     #[serde(default = "d10m", with = "duration")]
     pub command_timeout: Duration,
+    /// Bytes of chunks one peer's unfinished transfers may hold in this host's library (kept
+    /// for a resumption until they commit or 24 h pass); a session over it is aborted. At
+    /// least the largest package a peer sends here. Written like `256GiB`.
+    #[serde(default = "d256gib", with = "size")]
+    pub unfinished_per_peer: u64,
     /// The site server role.
     pub site: Option<SiteRole>,
     /// The DP role.
@@ -245,6 +251,18 @@ mod duration {
     }
 }
 
+mod size {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_size(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn d256gib() -> u64 {
+    freight_transport::quic::NodeConfig::default().unfinished_per_peer
+}
+
 mod opt_duration {
     use serde::Deserializer;
     use std::time::Duration;
@@ -263,8 +281,19 @@ impl DaemonConfig {
             ))
         })?;
         let mut c: DaemonConfig = toml::from_str(&text).map_err(|e| {
+            // The line the error is on names the setting (the message alone may not).
+            let at = e
+                .span()
+                .map(|span| {
+                    let start = span.start.min(text.len());
+                    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+                    let line = text[line_start..].lines().next().unwrap_or("").trim();
+                    let n = text[..start].matches('\n').count() + 1;
+                    format!(" at line {n} ({})", freight_core::text::printable(line))
+                })
+                .unwrap_or_default();
             ConfigError(format!(
-                "{}: bad config: {}; fix the file (see `freightd --help`)",
+                "{}: bad config{at}: {}; fix the file (see `freightd --help`)",
                 path.display(),
                 e.message().trim()
             ))
@@ -357,6 +386,12 @@ mod tests {
         assert_eq!(s.dp_retry_delay, Duration::from_secs(1800));
         assert_eq!(s.pull_attempts, 30);
         assert!(c.home.is_absolute() && c.home.ends_with("h"));
+        assert_eq!(c.unfinished_per_peer, 256 << 30);
+        let c = load(
+            "home = \"h\"\nlibrary = \"l\"\nlisten = \"127.0.0.1:0\"\nunfinished_per_peer = \"2GiB\"\n[dp]\nhttp = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.unfinished_per_peer, 2 << 30);
     }
 
     #[test]
@@ -379,6 +414,10 @@ mod tests {
                 "not a duration",
             ),
             ("home = 1".to_string(), "bad config"),
+            (
+                format!("unfinished_per_peer = \"lots\"\n{base}[dp]\nhttp = \"127.0.0.1:0\"\n"),
+                "unfinished_per_peer",
+            ),
             (
                 format!("{base}[site]\ndatabase = \"s.db\"\nadmin_socket = \"s.db\"\n"),
                 "[site] database and [site] admin_socket are both",

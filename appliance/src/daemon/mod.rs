@@ -136,6 +136,7 @@ async fn serve(
         step_timeout: cfg.step_timeout,
         progress_timeout: cfg.progress_timeout,
         command_timeout: cfg.command_timeout,
+        unfinished_per_peer: cfg.unfinished_per_peer,
         ..NodeConfig::default()
     };
     let node = Node::bind(cfg.listen, tls, node_cfg)?;
