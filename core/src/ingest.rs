@@ -419,7 +419,11 @@ fn quick_check<'m>(
 ) -> std::collections::HashMap<&'m [u8], Unchanged<'m>> {
     previous
         .into_iter()
-        .flat_map(|m| m.entries.iter().filter(|e| matches!(e.kind, EntryKind::File { .. })))
+        .flat_map(|m| {
+            m.entries
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+        })
         .enumerate()
         .filter_map(|(k, e)| match &e.kind {
             EntryKind::File { size, chunks } if chunks.iter().all(|c| lib.has_chunk(&c.id)) => {
