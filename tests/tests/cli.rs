@@ -319,6 +319,8 @@ fn verify_beside_ingests_and_gc_in_a_loop_never_reports_false_damage() {
     use freight_core::library::Access;
     use freight_core::{Library, LibraryConfig, PackageId, Progress};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const FILES: usize = 24;
+    const FILE_LEN: usize = 1 << 20;
     let t = tempfile::tempdir().unwrap();
     let lib = t.path().join("lib");
     let cfg = LibraryConfig {
@@ -327,7 +329,7 @@ fn verify_beside_ingests_and_gc_in_a_loop_never_reports_false_damage() {
     };
     Library::init(&lib, &cfg).unwrap();
     let src = t.path().join("src");
-    noise_tree(&src, "base", 12, 256 << 10);
+    noise_tree(&src, "base", FILES, FILE_LEN);
     let stop = AtomicBool::new(false);
     let (rounds, collected) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut clean, mut retried) = (0u64, 0u64);
@@ -339,11 +341,11 @@ fn verify_beside_ingests_and_gc_in_a_loop_never_reports_false_damage() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 // A quarter of the files change each round.
-                for i in 0..3 {
-                    let f = (n * 3 + i) % 12;
+                for i in 0..FILES / 4 {
+                    let f = (n * FILES / 4 + i) % FILES;
                     std::fs::write(
                         src.join(format!("f{f}")),
-                        freight_test_support::noise(&format!("round{n}-{f}"), 256 << 10),
+                        freight_test_support::noise(&format!("round{n}-{f}"), FILE_LEN),
                     )
                     .unwrap();
                 }
