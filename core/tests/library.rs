@@ -608,9 +608,13 @@ fn a_read_only_view_beside_a_writer_changes_nothing_and_survives_its_gc() {
     assert!(view.packs().contains_key(&last));
     let m1 = view.manifest(&pid("CAS00001"), 1).unwrap();
     assert!(
-        freight_core::verify::verify_manifests(&view, &[m1.clone()], &Progress::default())
-            .unwrap()
-            .is_clean()
+        freight_core::verify::verify_manifests(
+            &view,
+            std::slice::from_ref(&m1),
+            &Progress::default()
+        )
+        .unwrap()
+        .is_clean()
     );
 
     // The writer adds a version, removes the first and collects every one of its packs.
