@@ -57,10 +57,15 @@ pub struct IngestOptions {
     pub version: Option<u32>,
     /// Quick check against this version, as rsync and git do: a file whose path, size and
     /// modification time equal those in this version is taken from it without being read (if
-    /// all its chunks are in the library). The caller names the version it vouches for (the
-    /// site server: the newest version it made itself), so that a version someone else put in
-    /// the library is never trusted. A file changed in place with its size and mtime restored
-    /// is missed; `None` reads everything. A version the library does not hold is not used.
+    /// all its chunks are in the library). When this library's last snapshot of the package
+    /// made (or confirmed) this version, its [quick-check record](QuickRecord) also holds
+    /// each file's inode and ctime, and those must match too: a file replaced by another one
+    /// (a new inode) or changed with its size and mtime restored (ctime, which cannot be set
+    /// back) is read again. The caller names the version it vouches for (the site server: the
+    /// newest version it made itself), so that a version someone else put in the library is
+    /// never trusted. Without a record (a version received from elsewhere), a file changed in
+    /// place with its size and mtime restored is missed; `None` reads everything. A version
+    /// the library does not hold is not used.
     pub quick_check: Option<u32>,
     /// When the snapshot equals this version (the same entries: only the version number would
     /// differ), no version is stored and the report says so (`unchanged_from`).
@@ -94,6 +99,9 @@ pub struct IngestReport {
     pub created: bool,
     /// Files read more than once because they changed while they were read.
     pub reread_files: u64,
+    /// Bytes read from source files, every read attempt counted (0 when every file was taken
+    /// from the quick check's base unread).
+    pub read_bytes: u64,
     /// Set when the source equals the version named by
     /// [`IngestOptions::skip_if_unchanged_from`]: no version was stored, and `version` and
     /// `hash` are that version's.
@@ -133,6 +141,7 @@ struct ReadFile {
     mode: u32,
     mtime_sec: i64,
     mtime_nsec: u32,
+    ctime: (i64, u32),
     attempt: u8,
 }
 
@@ -140,6 +149,8 @@ struct ReadFile {
 struct Read {
     files: Vec<ReadFile>,
     reread: u64,
+    /// Bytes read, every attempt.
+    bytes: u64,
 }
 
 /// Snapshots `src` into `lib` as a new package version.
@@ -168,7 +179,8 @@ pub fn ingest(
             Some(v) => stored_version(lib, &opts.package, v, "quick check")?,
             None => None,
         };
-        let unchanged = quick_check(lib, base.as_ref());
+        let record = base.as_ref().and_then(|b| QuickRecord::load(lib, b));
+        let unchanged = quick_check(lib, base.as_ref(), record.as_ref());
         files
             .iter()
             .map(|&i| {
@@ -178,10 +190,12 @@ pub fn ingest(
                 };
                 unchanged
                     .get(e.rel.as_slice())
-                    .filter(|(s, sec, nsec, _)| {
-                        *s == size && *sec == e.mtime_sec && *nsec == e.mtime_nsec
+                    .filter(|q| {
+                        q.size == size
+                            && q.mtime == (e.mtime_sec, e.mtime_nsec)
+                            && q.seen.is_none_or(|seen| seen == (e.id.ino, e.ctime))
                     })
-                    .map(|(_, _, _, chunks)| chunks.to_vec())
+                    .map(|q| q.chunks.to_vec())
             })
             .collect()
     };
@@ -281,6 +295,9 @@ pub fn ingest(
     let mut file_no = 0;
     let mut chunks = 0u64;
     let mut bytes = 0u64;
+    // Per file, in manifest order: the inode and ctime it had when read (or walked, if taken
+    // unread), for the next quick check.
+    let mut seen: Vec<(u64, (i64, u32))> = Vec::with_capacity(files.len());
     for e in entries {
         let (mut mode, mut mtime_sec, mut mtime_nsec) = (e.mode, e.mtime_sec, e.mtime_nsec);
         let kind = match &e.kind {
@@ -297,13 +314,17 @@ pub fn ingest(
                     Some(r) => {
                         (size, mode, mtime_sec, mtime_nsec) =
                             (r.size, r.mode, r.mtime_sec, r.mtime_nsec);
+                        seen.push((e.id.ino, r.ctime));
                         if attempt == r.attempt {
                             list
                         } else {
                             Vec::new()
                         }
                     }
-                    None => list,
+                    None => {
+                        seen.push((e.id.ino, e.ctime));
+                        list
+                    }
                 };
                 let list: Vec<ChunkRef> = list
                     .into_iter()
@@ -341,6 +362,7 @@ pub fn ingest(
         stored_bytes,
         created: false,
         reread_files: read.reread,
+        read_bytes: read.bytes,
         unchanged_from: None,
     };
     // Chunks stored above are kept even when no version is: they are the base's own (repairing
@@ -352,9 +374,11 @@ pub fn ingest(
         report.version = b;
         report.hash = base.hash().to_hex().to_string();
         report.unchanged_from = Some(b);
+        QuickRecord::save(lib, &base, &seen);
         return Ok(report);
     }
     report.created = lib.store_manifest(&m)?;
+    QuickRecord::save(lib, &m, &seen);
     Ok(report)
 }
 
@@ -377,25 +401,132 @@ fn stored_version(
     }
 }
 
-/// The previous version's files whose chunks are all in the library, by path: (size, mtime
-/// seconds, mtime nanoseconds, chunks).
+/// A file of the quick check's base as it may be taken unread.
+struct Unchanged<'m> {
+    size: u64,
+    mtime: (i64, u32),
+    /// Inode and ctime when the base's snapshot saw it, if recorded.
+    seen: Option<(u64, (i64, u32))>,
+    chunks: &'m [ChunkRef],
+}
+
+/// The previous version's files whose chunks are all in the library, by path, with the inode
+/// and ctime `record` holds for them.
 fn quick_check<'m>(
     lib: &Library,
     previous: Option<&'m Manifest>,
-) -> std::collections::HashMap<&'m [u8], (u64, i64, u32, &'m [ChunkRef])> {
+    record: Option<&QuickRecord>,
+) -> std::collections::HashMap<&'m [u8], Unchanged<'m>> {
     previous
         .into_iter()
-        .flat_map(|m| &m.entries)
-        .filter_map(|e| match &e.kind {
+        .flat_map(|m| {
+            m.entries
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+        })
+        .enumerate()
+        .filter_map(|(k, e)| match &e.kind {
             EntryKind::File { size, chunks } if chunks.iter().all(|c| lib.has_chunk(&c.id)) => {
                 Some((
                     e.path.as_slice(),
-                    (*size, e.mtime_sec, e.mtime_nsec, chunks.as_slice()),
+                    Unchanged {
+                        size: *size,
+                        mtime: (e.mtime_sec, e.mtime_nsec),
+                        seen: record.map(|r| r.files[k]),
+                        chunks: chunks.as_slice(),
+                    },
                 ))
             }
             _ => None,
         })
         .collect()
+}
+
+/// What a snapshot saw of each file of the version it made or confirmed, beyond what the
+/// manifest holds: its inode and ctime. Kept per package in `LIB/quick-check/<PKG>.fqc`
+/// (replaced atomically by each snapshot of the package; a library-local cache, never sent):
+/// ```text
+/// "FRQCK\0\0\x01" | version u32 | manifest hash [32] | files u64 |
+/// files × (inode u64 | ctime seconds i64 | ctime nanoseconds u32) | BLAKE3(all before)[..8]
+/// ```
+/// The files are the manifest's regular files in its order. A record is used only for the
+/// version and manifest hash it names, and ignored when damaged.
+pub struct QuickRecord {
+    files: Vec<(u64, (i64, u32))>,
+}
+
+const QUICK_MAGIC: &[u8; 8] = b"FRQCK\0\0\x01";
+
+impl QuickRecord {
+    fn path(lib: &Library, package: &PackageId) -> std::path::PathBuf {
+        lib.dir()
+            .join("quick-check")
+            .join(format!("{}.fqc", package.as_str()))
+    }
+
+    fn encode(m: &Manifest, files: &[(u64, (i64, u32))]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(60 + files.len() * 20);
+        // 52 bytes of header, the files, 8 of check.
+        b.extend_from_slice(QUICK_MAGIC);
+        b.extend_from_slice(&m.version.to_le_bytes());
+        b.extend_from_slice(m.hash().as_bytes());
+        b.extend_from_slice(&(files.len() as u64).to_le_bytes());
+        for (ino, (sec, nsec)) in files {
+            b.extend_from_slice(&ino.to_le_bytes());
+            b.extend_from_slice(&sec.to_le_bytes());
+            b.extend_from_slice(&nsec.to_le_bytes());
+        }
+        let c = blake3::hash(&b);
+        b.extend_from_slice(&c.as_bytes()[..8]);
+        b
+    }
+
+    /// The record of `base`, if the last snapshot of its package made or confirmed it.
+    fn load(lib: &Library, base: &Manifest) -> Option<QuickRecord> {
+        let bytes = std::fs::read(Self::path(lib, &base.package)).ok()?;
+        let n = base
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+            .count();
+        if bytes.len() != 52 + n * 20 + 8 {
+            return None;
+        }
+        let (body, check) = bytes.split_at(bytes.len() - 8);
+        let want = Self::encode_header(base, n);
+        if blake3::hash(body).as_bytes()[..8] != *check || body[..want.len()] != want[..] {
+            return None;
+        }
+        let files = body[52..]
+            .chunks(20)
+            .map(|f| {
+                let ino = u64::from_le_bytes(f[..8].try_into().expect("8 bytes"));
+                let sec = i64::from_le_bytes(f[8..16].try_into().expect("8 bytes"));
+                let nsec = u32::from_le_bytes(f[16..20].try_into().expect("4 bytes"));
+                (ino, (sec, nsec))
+            })
+            .collect();
+        Some(QuickRecord { files })
+    }
+
+    fn encode_header(m: &Manifest, files: usize) -> Vec<u8> {
+        let mut b = Self::encode(m, &[]);
+        b.truncate(44);
+        b.extend_from_slice(&(files as u64).to_le_bytes());
+        b
+    }
+
+    /// Records what this snapshot saw of `m`'s files. Best effort: without a record the next
+    /// quick check compares size and mtime only.
+    fn save(lib: &Library, m: &Manifest, files: &[(u64, (i64, u32))]) {
+        let path = Self::path(lib, &m.package);
+        let res = std::fs::create_dir_all(path.parent().expect("quick-check folder"))
+            .map_err(|e| Error::io(&path, "create quick-check folder", e))
+            .and_then(|()| crate::library::write_atomic(&path, &Self::encode(m, files)));
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "no quick-check record; the next quick check compares size and mtime only");
+        }
+    }
 }
 
 /// A time as (seconds, nanoseconds), ordered.
@@ -540,6 +671,7 @@ fn read_and_chunk(
     let mut out = Read {
         files: vec![ReadFile::default(); files.len()],
         reread: 0,
+        bytes: 0,
     };
     let mut queue: VecDeque<Inflight> = VecDeque::new();
     let mut queued_bytes = 0usize;
@@ -619,6 +751,7 @@ fn read_and_chunk(
             got = 0;
         }
         got += data.len() as u64;
+        out.bytes += data.len() as u64;
         progress.add_bytes(data.len() as u64);
         let mut stop = false;
         let (file, attempt) = (r.file, r.attempt);
@@ -654,6 +787,7 @@ fn read_and_chunk(
                         mode: o.before.mode,
                         mtime_sec: o.before.mtime.0,
                         mtime_nsec: o.before.mtime.1 as u32,
+                        ctime: (o.before.ctime.0, o.before.ctime.1 as u32),
                         attempt: r.attempt,
                     };
                     out.reread += u64::from(r.attempt > 0);

@@ -27,6 +27,7 @@ pub mod stream;
 pub mod text;
 pub mod units;
 pub mod verify;
+pub mod view;
 pub mod walk;
 pub mod writer;
 

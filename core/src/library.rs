@@ -3,10 +3,12 @@
 //! # Layout
 //! ```text
 //! LIB/library.toml                      configuration (roots, reserve, chunk sizes, ...)
-//! LIB/lock                              flock: exclusive for writers, shared for readers
+//! LIB/lock                              flock: exclusive for writers, shared for readers that
+//!                                       keep writers out (views beside a writer take none)
 //! LIB/pack-seq                          above every pack number ever deleted (never reused)
 //! LIB/manifests/<PKG>/<VERSION>.fmf     canonical manifests; their presence is a reference
 //! LIB/pending/<HASH>.fmf                leases: manifests of transfers not yet committed
+//! LIB/quick-check/<PKG>.fqc             inodes and ctimes the last snapshot saw (ingest)
 //! ROOT/packs/pack-NNNNNNNN.{dat,idx}    chunk data and its index, on each storage root
 //! ROOT/quarantine/                      what `repair` could not use, set aside (never read)
 //! ```
@@ -96,7 +98,10 @@ pub struct Library {
     roots: Vec<PathBuf>,
     engine: Engine,
     access: Access,
-    _lock: File,
+    /// The `LIB/lock` held (none for a view opened beside a writer).
+    _lock: Option<File>,
+    /// Opened by [`Library::open_read_only`]: no lock, pack files pinned while it lives.
+    view: bool,
     pub(crate) packs: BTreeMap<u32, PackInfo>,
     pub(crate) index: HashMap<ChunkId, Loc>,
     files: Mutex<HashMap<u32, Arc<File>>>,
@@ -142,6 +147,53 @@ fn remove_if_present(path: &Path, op: &'static str) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, op, e)),
     }
+}
+
+/// Listings a view makes at most while packs keep vanishing under it.
+const VIEW_PASSES: usize = 16;
+/// Reads of a pack that looks damaged before a view believes it.
+const VIEW_TRIES: usize = 3;
+
+/// What loading one pack into a view did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ViewPack {
+    /// Its committed chunks are in the view.
+    Loaded,
+    /// Left out: nothing committed yet, or damaged (listed).
+    Left,
+    /// Deleted while the view was being taken.
+    Vanished,
+}
+
+/// How many pack files a view keeps open: a quarter of the descriptor limit, so that what
+/// the reader does with the view (materialise, verify) still has descriptors.
+pub fn pin_budget() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    usize::try_from(soft / 4).unwrap_or(usize::MAX).max(16)
+}
+
+/// Reads into `buf` at `at` until it is full or the file ends; returns the bytes read.
+fn read_full_at(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 impl Library {
@@ -200,7 +252,8 @@ impl Library {
             roots,
             engine,
             access,
-            _lock: lock,
+            _lock: Some(lock),
+            view: false,
             packs: BTreeMap::new(),
             index: HashMap::new(),
             files: Mutex::new(HashMap::new()),
@@ -224,6 +277,236 @@ impl Library {
             lib.clean_manifest_temps()?;
         }
         Ok(lib)
+    }
+
+    /// Opens the library at `dir` to read it beside whoever may be writing it (a running
+    /// `freightd`, an ingest, a collection): a consistent view, taken without the lock.
+    ///
+    /// Nothing is ever changed: no repair, truncation, deletion or cleaning. Each pack's index
+    /// is read only up to the committed length its header records, so a writer appending
+    /// meanwhile is ignored (chunks committed after the view was opened are not in it). Every
+    /// pack's data file is opened while the view is taken and stays open as long as it lives
+    /// (as [`read_view`](Self::read_view) does), so a collection that deletes a pack
+    /// afterwards changes nothing for the view: an unlinked file stays readable while open,
+    /// and pack numbers are never reused. A pack deleted while the view is being taken is
+    /// left out, and the roots are listed again until no pack vanished under the listing, so
+    /// the chunks a collection moved out of it are found in the pack they moved to. Only past
+    /// [`pin_budget`] packs (a quarter of the descriptor limit) are the rest opened when first
+    /// read; such a pack, if collected in between, fails with one line naming it and saying
+    /// to retry. Damaged packs are left out and listed by [`damage`](Self::damage), as with
+    /// [`Access::Read`]; what could be a writer's change in progress is read again first.
+    pub fn open_read_only(dir: &Path, io: Option<IoMode>) -> Result<Library> {
+        if !dir.join(CONFIG_FILE).exists() {
+            return Err(Error::BadLibrary {
+                path: dir.to_path_buf(),
+                reason: "not a Freight library; create it with `freight library init`".into(),
+            });
+        }
+        let config = LibraryConfig::load(dir)?;
+        let engine = Engine::new(io.or_else(IoMode::from_env).unwrap_or(config.io))?;
+        let roots = config.resolved_roots(dir);
+        let numbers = Arc::new(PackNumbers::unloaded(&dir.join("pack-seq")));
+        let mut lib = Library {
+            dir: dir.to_path_buf(),
+            config,
+            roots,
+            engine,
+            access: Access::Read,
+            _lock: None,
+            view: true,
+            packs: BTreeMap::new(),
+            index: HashMap::new(),
+            files: Mutex::new(HashMap::new()),
+            numbers,
+            damage: Vec::new(),
+            lease_timeout: LEASE_TIMEOUT,
+        };
+        lib.load_view()?;
+        Ok(lib)
+    }
+
+    /// Whether this library was opened by [`open_read_only`](Self::open_read_only).
+    pub fn is_view(&self) -> bool {
+        self.view
+    }
+
+    /// Loads the packs of a view: lists the roots and loads every pack not yet seen, again
+    /// while a pass found a pack deleted under it (its live chunks went to a newer pack,
+    /// committed before the deletion began, which the next listing shows).
+    fn load_view(&mut self) -> Result<()> {
+        let mut budget = pin_budget();
+        let mut seen: HashSet<u32> = HashSet::new();
+        for _ in 0..VIEW_PASSES {
+            let mut vanished = false;
+            for (n, f) in self.list_packs()? {
+                if seen.insert(n) && self.load_view_pack(n, &f, &mut budget)? == ViewPack::Vanished
+                {
+                    vanished = true;
+                }
+            }
+            if !vanished {
+                return Ok(());
+            }
+        }
+        Err(Error::BadLibrary {
+            path: self.dir.clone(),
+            reason: format!(
+                "packs were deleted under this reader on each of {VIEW_PASSES} listings (a garbage collection is under way); retry"
+            ),
+        })
+    }
+
+    /// Loads pack `n` into a view, reading again (up to [`VIEW_TRIES`] times) what looks
+    /// damaged, in case it was a writer's change in progress.
+    fn load_view_pack(&mut self, n: u32, f: &FoundPack, budget: &mut usize) -> Result<ViewPack> {
+        let root = f
+            .data
+            .as_ref()
+            .or(f.idx.as_ref())
+            .or(f.tomb.as_ref())
+            .map_or(0, |x| x.0);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.try_view_pack(n, root, budget)? {
+                Err(d) if tries < VIEW_TRIES => {
+                    tracing::debug!(pack = n, "{}; reading it again", d.reason);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(d) => {
+                    self.damaged(d)?;
+                    return Ok(ViewPack::Left);
+                }
+                Ok(outcome) => return Ok(outcome),
+            }
+        }
+    }
+
+    /// One attempt at loading pack `n` into a view: the data file is opened first, then the
+    /// index read, so that an index with entries always has the data file they point into.
+    fn try_view_pack(
+        &mut self,
+        n: u32,
+        root: usize,
+        budget: &mut usize,
+    ) -> Result<std::result::Result<ViewPack, Damaged>> {
+        let (data, idx) = pack::paths(&self.roots[root], n);
+        let tomb = idx.with_file_name(pack::tombstone_name(n));
+        let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        let file = match File::open(&data) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&data, "open pack", e)),
+        };
+        let bytes = match std::fs::read(&idx) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&idx, "read index", e)),
+        };
+        let damaged = |path: &Path, reason: String| Damaged {
+            pack: n,
+            root,
+            data: exists(&data).then(|| data.clone()),
+            idx: exists(&idx).then(|| idx.clone()),
+            path: path.to_path_buf(),
+            reason,
+        };
+        let Some(bytes) = bytes else {
+            // Deleted (index renamed to a tombstone first, data unlinked next), or never had
+            // an index.
+            if exists(&tomb) || !exists(&data) {
+                return Ok(Ok(ViewPack::Vanished));
+            }
+            return Ok(Err(damaged(&idx, "index is missing".into())));
+        };
+        if exists(&tomb) {
+            // A deletion under way: the index was renamed after it was read.
+            return Ok(Ok(ViewPack::Vanished));
+        }
+        let ix = match pack::parse_index(&bytes, n) {
+            Ok(ix) => ix,
+            Err(d) => return Ok(Err(damaged(&idx, d.to_string()))),
+        };
+        let Some(file) = file else {
+            if ix.entries.is_empty() {
+                // Created index first: its data file is not there yet.
+                return Ok(Ok(ViewPack::Left));
+            }
+            return Ok(Err(damaged(
+                &data,
+                format!(
+                    "data file is missing but its index names {} chunks",
+                    ix.entries.len()
+                ),
+            )));
+        };
+        let mut head = [0u8; PACK_HEADER];
+        let head_len = read_full_at(&file, &mut head, 0).ctx(&data, "read pack")?;
+        let format = match pack::data_format(&head[..head_len]) {
+            Ok(v) => v,
+            // Just created: its header is not written yet, nothing is committed.
+            Err(_) if ix.entries.is_empty() => return Ok(Ok(ViewPack::Left)),
+            Err(reason) => return Ok(Err(damaged(&data, reason))),
+        };
+        if format != ix.format {
+            return Ok(Err(damaged(
+                &idx,
+                format!(
+                    "index format {} does not match pack format {format}",
+                    ix.format
+                ),
+            )));
+        }
+        // Stat the data after the index was read: every entry read was made durable in the
+        // data file before it was written to the index.
+        let data_len = file.metadata().ctx(&data, "stat pack")?.len();
+        let min_offset = if format == 1 {
+            PACK_HEADER as u64
+        } else {
+            (PACK_HEADER + RECORD_HEADER) as u64
+        };
+        if let Some((_, bad)) = ix
+            .entries
+            .iter()
+            .find(|(_, l)| l.end() > data_len || l.offset < min_offset)
+        {
+            return Ok(Err(damaged(
+                &data,
+                format!(
+                    "pack is {data_len} bytes but its index names bytes {}..{}",
+                    bad.offset,
+                    bad.end()
+                ),
+            )));
+        }
+        let end = ix
+            .entries
+            .iter()
+            .map(|(_, l)| l.end())
+            .max()
+            .unwrap_or(PACK_HEADER as u64);
+        for (id, loc) in &ix.entries {
+            self.index.entry(*id).or_insert(*loc);
+        }
+        self.packs.insert(
+            n,
+            PackInfo {
+                root,
+                data,
+                idx,
+                len: end,
+                idx_len: ix.committed,
+                format,
+            },
+        );
+        if *budget > 0 {
+            *budget -= 1;
+            self.files
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(n, Arc::new(file));
+        }
+        Ok(Ok(ViewPack::Loaded))
     }
 
     /// Opens `dir`, creating a default library there first if there is none.
@@ -251,6 +534,16 @@ impl Library {
 
     /// Loads every pack of every root; returns one past the highest pack number seen.
     fn load_packs(&mut self) -> Result<u32> {
+        let found = self.list_packs()?;
+        let floor = found.keys().next_back().map_or(1, |n| n.saturating_add(1));
+        for (n, f) in found {
+            self.load_found(n, f)?;
+        }
+        Ok(floor)
+    }
+
+    /// The pack files on every root, by pack number.
+    fn list_packs(&self) -> Result<BTreeMap<u32, FoundPack>> {
         let mut found: BTreeMap<u32, FoundPack> = BTreeMap::new();
         for (i, root) in self.roots.iter().enumerate() {
             let dir = root.join("packs");
@@ -287,11 +580,7 @@ impl Library {
                 *side = Some((i, item.path()));
             }
         }
-        let floor = found.keys().next_back().map_or(1, |n| n.saturating_add(1));
-        for (n, f) in found {
-            self.load_found(n, f)?;
-        }
-        Ok(floor)
+        Ok(found)
     }
 
     fn load_found(&mut self, n: u32, f: FoundPack) -> Result<()> {
@@ -629,7 +918,18 @@ impl Library {
                 "pack {n} is not in the library (collected since its location was looked up); retry"
             ),
         })?;
-        let f = Arc::new(File::open(&info.data).ctx(&info.data, "open pack")?);
+        let f = match File::open(&info.data) {
+            Ok(f) => Arc::new(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.view => {
+                return Err(Error::BadLibrary {
+                    path: info.data.clone(),
+                    reason: format!(
+                        "pack {n} was deleted by a garbage collection after this reader opened the library; retry"
+                    ),
+                });
+            }
+            Err(e) => return Err(Error::io(&info.data, "open pack", e)),
+        };
         files.insert(n, f.clone());
         Ok(f)
     }
@@ -844,12 +1144,17 @@ impl Library {
         self.manifest_dir().manifest(package, version)
     }
 
-    /// All manifests.
+    /// All manifests. A version removed between the listing and its reading (by a writer
+    /// beside a reader) is left out, as if listed a moment later.
     pub fn manifests(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();
         for (p, vs) in self.versions()? {
             for v in vs {
-                out.push(self.manifest(&p, v)?);
+                match self.manifest(&p, v) {
+                    Ok(m) => out.push(m),
+                    Err(Error::NoSuchVersion { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(out)
@@ -1026,6 +1331,20 @@ pub struct ManifestDir {
 }
 
 impl ManifestDir {
+    /// The manifests of the library at `dir`, read without opening the library (no lock, no
+    /// pack read): for readers beside a writer that need only manifests.
+    pub fn open(dir: &Path) -> Result<ManifestDir> {
+        if !dir.join(CONFIG_FILE).exists() {
+            return Err(Error::BadLibrary {
+                path: dir.to_path_buf(),
+                reason: "not a Freight library; create it with `freight library init`".into(),
+            });
+        }
+        Ok(ManifestDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
     /// Where the manifest of `version` of `package` is stored (whether or not it exists).
     pub fn path(&self, package: &PackageId, version: u32) -> PathBuf {
         self.dir

@@ -37,12 +37,24 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Chunks that are missing or corrupt.
     pub bad: Vec<BadChunk>,
+    /// Versions removed (or replaced) by a writer while a reader beside it verified them, as
+    /// `PKG vN`: not checked, and not damage ([`crate::view::verify`]).
+    pub skipped: Vec<String>,
 }
 
 impl VerifyReport {
     /// True when nothing is wrong.
     pub fn is_clean(&self) -> bool {
         self.bad.is_empty()
+    }
+}
+
+/// Why a chunk failed verification, for a report.
+pub(crate) fn reason(e: Error) -> String {
+    match e {
+        Error::MissingChunk { .. } => "missing from the library".to_string(),
+        Error::CorruptChunk { reason, pack, .. } => format!("{reason} in {}", pack.display()),
+        other => other.to_string(),
     }
 }
 
@@ -91,16 +103,9 @@ pub fn verify_manifests(
                     progress.add_bytes(data.len() as u64);
                 }
                 Err(e) => {
-                    let reason = match e {
-                        Error::MissingChunk { .. } => "missing from the library".to_string(),
-                        Error::CorruptChunk { reason, pack, .. } => {
-                            format!("{reason} in {}", pack.display())
-                        }
-                        other => other.to_string(),
-                    };
                     report.bad.push(BadChunk {
                         id,
-                        reason,
+                        reason: reason(e),
                         files: users.get(&id).map(|u| u.1.clone()).unwrap_or_default(),
                     });
                 }

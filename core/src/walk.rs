@@ -86,6 +86,9 @@ pub struct SourceEntry {
     pub mtime_sec: i64,
     /// mtime nanoseconds.
     pub mtime_nsec: u32,
+    /// ctime (status change: any write, chmod, rename, new inode) seconds and nanoseconds,
+    /// which no one can set back: the quick check compares it with the base's.
+    pub ctime: (i64, u32),
     /// The object the walk saw under this name; opening it later must lead to the same one.
     pub id: FileId,
 }
@@ -300,6 +303,7 @@ fn entry(rel: Vec<u8>, kind: SourceKind, st: &FileStat) -> SourceEntry {
         mode: st.st_mode & 0o7777,
         mtime_sec: st.st_mtime,
         mtime_nsec: st.st_mtime_nsec as u32,
+        ctime: (st.st_ctime, st.st_ctime_nsec as u32),
         id: FileId::of_stat(st),
     }
 }

@@ -555,3 +555,94 @@ fn versions_of_lists_one_package_as_versions_does_and_numbers_new_versions() {
         assert_eq!(r.version, expect);
     }
 }
+
+/// Issue 11 point 7: a read-only view beside a writer (in the same process here, as nothing
+/// locks it out) takes no lock and changes nothing, not even what a crash leaves (a torn index
+/// tail, uncommitted pack bytes, a temporary manifest, which an open for writing cleans);
+/// it keeps reading every chunk it holds after the writer removes versions and collects the
+/// packs (their files stay open), and ignores what the writer commits after it was opened.
+#[test]
+fn a_read_only_view_beside_a_writer_changes_nothing_and_survives_its_gc() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("a.bin"), noise("view a", 3 << 20)).unwrap();
+    std::fs::write(b.join("b.bin"), noise("view b", 3 << 20)).unwrap();
+    let dir = t.path().join("lib");
+    let cfg = LibraryConfig {
+        pack_size: 1 << 20,
+        ..LibraryConfig::default()
+    };
+    let mut w = new_lib(&dir, &cfg);
+    ingest_v(&mut w, &a, "CAS00001", 1).unwrap();
+    let (last, info) = w
+        .packs()
+        .iter()
+        .next_back()
+        .map(|(n, i)| (*n, i.clone()))
+        .unwrap();
+    // What a crash in the middle of a commit leaves, and a temporary manifest.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&info.idx)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[0xAB; 100]).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&info.data)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[0xCD; 1000]).unwrap();
+    let tmp = dir.join("manifests/CAS00001/.0000000009.fmf.tmp");
+    std::fs::write(&tmp, b"partial").unwrap();
+    let before = lib_state(&dir);
+
+    let view = Library::open_read_only(&dir, io()).unwrap();
+    assert!(view.is_view() && view.damage().is_empty());
+    assert_eq!(
+        lib_state(&dir),
+        before,
+        "opening a view changed the library"
+    );
+    assert_eq!(view.chunk_count(), w.chunk_count());
+    assert!(view.packs().contains_key(&last));
+    let m1 = view.manifest(&pid("CAS00001"), 1).unwrap();
+    assert!(
+        freight_core::verify::verify_manifests(
+            &view,
+            std::slice::from_ref(&m1),
+            &Progress::default()
+        )
+        .unwrap()
+        .is_clean()
+    );
+
+    // The writer adds a version, removes the first and collects every one of its packs.
+    drop(w);
+    let mut w = Library::open(&dir, Access::Write, io()).unwrap();
+    ingest_v(&mut w, &b, "CAS00002", 1).unwrap();
+    w.remove_version(&pid("CAS00001"), 1).unwrap();
+    let g = freight_core::gc::gc(&mut w, &Progress::default()).unwrap();
+    assert!(g.packs_deleted > 0, "{g:?}");
+    assert!(
+        !dir.join("store/packs")
+            .join(format!("pack-{last:08}.dat"))
+            .exists()
+    );
+    // The view still reads and verifies what it held, and knows nothing of the new version.
+    let out = t.path().join("out");
+    freight_core::materialize::materialize(&view, &m1, &out, &Progress::default()).unwrap();
+    assert_eq!(
+        freight_test_support::tree::difference(&a, &out).unwrap(),
+        None
+    );
+    let m2 = w.manifest(&pid("CAS00002"), 1).unwrap();
+    assert!(!view.missing(&m2).is_empty());
+    // A view opened now holds the new version and not the collected one.
+    let fresh = Library::open_read_only(&dir, io()).unwrap();
+    assert!(fresh.missing(&m2).is_empty());
+    assert!(!fresh.missing(&m1).is_empty());
+    let r = freight_core::view::verify(&dir, None, io(), &Progress::default()).unwrap();
+    assert!(r.report.is_clean() && r.damage.is_empty(), "{:?}", r.report);
+    assert_eq!(r.report.versions, 1);
+}

@@ -289,14 +289,15 @@ fn on_first_read(path: &Path, change: impl FnOnce() + Send + 'static) -> JoinHan
 
 /// Snapshots `src` while `change` runs from the first read of `file` on, `rounds` times
 /// (`prepare` resets the file first). Each snapshot must either hold a copy of `file` that
-/// `consistent` accepts or be refused with a one-line error naming the file.
+/// `consistent` accepts or be refused with a one-line error naming the file. Returns how many
+/// versions were kept, how many files were read again in them, and how many were refused.
 fn snapshots_while_changing(
     rounds: usize,
     file: &str,
     prepare: &dyn Fn(&Path),
     change: &dyn Fn(PathBuf) -> Box<dyn FnOnce() + Send>,
     consistent: &dyn Fn(&[u8]) -> Result<(), String>,
-) {
+) -> (u64, u64, u64) {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -304,7 +305,7 @@ fn snapshots_while_changing(
     let path = src.join(file);
     let lib_dir = t.path().join("lib");
     let mut lib = new_lib(&lib_dir, &LibraryConfig::default());
-    let (mut kept, mut refused, mut reread) = (0, 0, 0);
+    let (mut kept, mut refused, mut reread) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     for round in 0..rounds {
         prepare(&path);
@@ -339,6 +340,7 @@ fn snapshots_while_changing(
         "{file}: {kept} versions kept ({reread} files read again), {refused} refused, in {:?}",
         started.elapsed()
     );
+    (kept, reread, refused)
 }
 
 /// A file appended to while the snapshot reads it (issue 11 point 3): the version holds one
@@ -403,6 +405,84 @@ fn a_file_truncated_while_read_is_kept_as_it_was_at_one_moment_or_refused() {
         Ok(())
     };
     snapshots_while_changing(4, "shrinking.bin", &prepare, &change, &consistent);
+}
+
+/// A 256 MiB file (generated, no holes) appended to, 1 MiB at a time up to 320 MiB, from its
+/// first read on (issue 11 point 3): the version holds the bytes the file had at one moment
+/// (a prefix of the final file, at a size it really had), or the snapshot refuses naming it.
+/// The change must have been seen: the file was read again, or the snapshot refused.
+#[test]
+fn a_256_mib_file_appended_to_while_read_is_kept_as_it_was_at_one_moment_or_refused() {
+    const BLOCK: usize = 1 << 20;
+    const START: usize = 256 << 20;
+    const END: usize = 320 << 20;
+    let data: Arc<Vec<u8>> = Arc::new(noise("grow large", END));
+    let d = data.clone();
+    let prepare = move |p: &Path| std::fs::write(p, &d[..START]).unwrap();
+    let d = data.clone();
+    let change = move |p: PathBuf| -> Box<dyn FnOnce() + Send> {
+        let d = d.clone();
+        Box::new(move || {
+            let f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+            for block in d[START..].chunks(BLOCK) {
+                std::io::Write::write_all(&mut &f, block).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let consistent = |b: &[u8]| {
+        if b.len() < START || !(b.len() - START).is_multiple_of(BLOCK) {
+            return Err(format!("{} bytes: a size the file never had", b.len()));
+        }
+        if b != &data[..b.len()] {
+            return Err("bytes the file never held".into());
+        }
+        Ok(())
+    };
+    let (_, reread, refused) =
+        snapshots_while_changing(1, "large.bin", &prepare, &change, &consistent);
+    assert!(
+        reread + refused > 0,
+        "the appends were not seen: the snapshot neither read the file again nor refused"
+    );
+}
+
+/// A 256 MiB file truncated, 8 MiB at a time down to 64 MiB, from its first read on: the
+/// version holds the bytes the file had at one moment, or the snapshot refuses naming it; the
+/// change must have been seen.
+#[test]
+fn a_256_mib_file_truncated_while_read_is_kept_as_it_was_at_one_moment_or_refused() {
+    const FULL: usize = 256 << 20;
+    const STEP: usize = 8 << 20;
+    let data: Arc<Vec<u8>> = Arc::new(noise("shrink large", FULL));
+    let d = data.clone();
+    let prepare = move |p: &Path| std::fs::write(p, &d[..]).unwrap();
+    let change = |p: PathBuf| -> Box<dyn FnOnce() + Send> {
+        Box::new(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            let mut len = FULL;
+            while len > FULL / 4 {
+                len -= STEP;
+                f.set_len(len as u64).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let consistent = |b: &[u8]| {
+        if b.len() < FULL / 4 || !b.len().is_multiple_of(STEP) {
+            return Err(format!("{} bytes: a size the file never had", b.len()));
+        }
+        if b != &data[..b.len()] {
+            return Err("bytes the file never held".into());
+        }
+        Ok(())
+    };
+    let (_, reread, refused) =
+        snapshots_while_changing(1, "large.bin", &prepare, &change, &consistent);
+    assert!(
+        reread + refused > 0,
+        "the truncation was not seen: the snapshot neither read the file again nor refused"
+    );
 }
 
 /// A file rewritten in place (same size) while the snapshot reads it, block after block,
@@ -613,6 +693,85 @@ fn quick_check_reuses_files_only_from_the_named_base() {
     // A base the library does not hold reads everything.
     let missing = snapshot(&mut lib, &src, Some(99), None).unwrap();
     assert_eq!(missing.unchanged_files, 0);
+}
+
+/// A quick re-snapshot (issue 11 point 3) of an unchanged tree of 20,000 files reads no file
+/// content (the ingest's own read counter says 0 bytes, every file taken unread); a file
+/// whose size and mtime are unchanged but whose ctime changed (content rewritten, mtime set
+/// back), or that is another inode (replaced by a copy with the same size and mtime), is read
+/// again, and the version holds its new bytes.
+#[test]
+fn a_quick_resnapshot_of_20000_unchanged_files_reads_nothing_but_a_new_inode_or_ctime_is_read() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..20 {
+        let dir = src.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..1000 {
+            std::fs::write(dir.join(format!("f{f:03}")), format!("file {d}/{f}\n")).unwrap();
+        }
+    }
+    let mut lib = new_lib(&t.path().join("lib"), &LibraryConfig::default());
+    let v1 = snapshot(&mut lib, &src, None, None).unwrap();
+    assert_eq!((v1.files, v1.unchanged_files), (20_000, 0));
+    assert!(v1.read_bytes >= v1.bytes, "{v1:?}");
+
+    let v2 = snapshot(&mut lib, &src, Some(1), None).unwrap();
+    assert_eq!(v2.unchanged_files, 20_000, "{v2:?}");
+    assert_eq!(v2.read_bytes, 0, "an unchanged tree is not read: {v2:?}");
+    assert_eq!(
+        lib.manifest(&pid(), 2).unwrap().entries,
+        lib.manifest(&pid(), 1).unwrap().entries
+    );
+
+    // Same size, content changed, mtime set back: only the ctime tells.
+    let edited = src.join("d03/f007");
+    let old = std::fs::read(&edited).unwrap();
+    let meta = std::fs::metadata(&edited).unwrap();
+    let mut new = old.clone();
+    new[0] = b'F';
+    std::fs::write(&edited, &new).unwrap();
+    let f = std::fs::File::options().write(true).open(&edited).unwrap();
+    f.set_modified(meta.modified().unwrap()).unwrap();
+    drop(f);
+    let after = std::fs::metadata(&edited).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (meta.len(), meta.modified().unwrap())
+    );
+    // Another inode with the same size, mtime and bytes: a copy renamed over the file.
+    let replaced = src.join("d11/f500");
+    let bytes = std::fs::read(&replaced).unwrap();
+    let meta = std::fs::metadata(&replaced).unwrap();
+    let copy = src.join("d11/.copy");
+    std::fs::write(&copy, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&copy)
+        .unwrap()
+        .set_modified(meta.modified().unwrap())
+        .unwrap();
+    std::fs::rename(&copy, &replaced).unwrap();
+    let after = std::fs::metadata(&replaced).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(after.ino(), meta.ino());
+    assert_eq!(after.modified().unwrap(), meta.modified().unwrap());
+
+    let v3 = snapshot(&mut lib, &src, Some(2), None).unwrap();
+    assert_eq!(v3.unchanged_files, 19_998, "{v3:?}");
+    assert_eq!(
+        v3.read_bytes,
+        (new.len() + bytes.len()) as u64,
+        "exactly the two files are read: {v3:?}"
+    );
+    let m3 = lib.manifest(&pid(), v3.version).unwrap();
+    assert_eq!(content(&lib, &m3, "d03/f007").unwrap(), new);
+    assert_eq!(content(&lib, &m3, "d11/f500").unwrap(), bytes);
+    // Without the record of what the snapshot saw (a base received from elsewhere), size and
+    // mtime alone decide, as before.
+    std::fs::remove_dir_all(t.path().join("lib/quick-check")).unwrap();
+    let v4 = snapshot(&mut lib, &src, Some(3), None).unwrap();
+    assert_eq!((v4.unchanged_files, v4.read_bytes), (20_000, 0), "{v4:?}");
 }
 
 /// An update with no change makes no version (issue 10 point 10); any change does.

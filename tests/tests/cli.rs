@@ -224,10 +224,205 @@ fn a_running_writer_locks_out_a_second_one() {
     ok(freight(&lib, &["init"]));
     let held =
         freight_core::Library::open(&lib, freight_core::library::Access::Write, None).unwrap();
-    let err = one_line_error(freight(&lib, &["gc"]));
+    for verb in [
+        &["gc"][..],
+        &["remove", "-p", "CAS00001", "-v", "1"],
+        &["repair"],
+    ] {
+        let err = one_line_error(freight(&lib, verb));
+        assert!(err.contains("locked by another freight process"), "{err}");
+    }
+    let err = one_line_error(freight_at(&lib, &["ingest", "-p", "CAS00001"], t.path()));
     assert!(err.contains("locked by another freight process"), "{err}");
+    // Readers are not writers: they read beside it.
+    ok(freight(&lib, &["verify"]));
+    ok(freight(&lib, &["stats"]));
     drop(held);
     ok(freight(&lib, &["gc"]));
+}
+
+/// Files of `len` bytes each under `dir`, named `f0..fN`, with seeded noise.
+fn noise_tree(dir: &Path, seed: &str, files: usize, len: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..files {
+        std::fs::write(
+            dir.join(format!("f{i}")),
+            freight_test_support::noise(&format!("{seed}{i}"), len),
+        )
+        .unwrap();
+    }
+}
+
+/// Issue 11 point 7: `freight library verify`, `stats`, `diff` and `materialize` on the library
+/// of a running site server (`freightd` holds it for writing) read a consistent view instead of
+/// failing with "locked", while a second writer is still refused.
+#[test]
+fn read_verbs_work_on_the_library_of_a_running_freightd() {
+    use freight_tests::hosts::Net;
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    site.start();
+    let src = net.p("src");
+    noise_tree(&src.join("sub"), "v1-", 8, 300 << 10);
+    std::fs::write(src.join("note.txt"), "first").unwrap();
+    let id = site.create("readers", &src);
+    std::fs::write(src.join("note.txt"), "second").unwrap();
+    noise_tree(&src.join("more"), "v2-", 3, 200 << 10);
+    site.act(&id, "update", serde_json::json!({}));
+    let lib = site.library.clone();
+
+    let out = ok(freight(&lib, &["verify", "--json"]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["versions"], 2, "{r}");
+    assert_eq!(r["bad"], serde_json::json!([]), "{r}");
+    assert!(r["chunks"].as_u64().unwrap() > 0, "{r}");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&ok(freight(&lib, &["stats", "--json"])).stdout).unwrap();
+    assert_eq!(stats["packages"][0]["package"], id.as_str(), "{stats}");
+    assert_eq!(
+        stats["packages"][0]["versions"],
+        serde_json::json!([1, 2]),
+        "{stats}"
+    );
+    let diff = String::from_utf8(ok(freight(&lib, &["diff", "-p", &id, "1", "2"])).stdout).unwrap();
+    assert!(diff.lines().any(|l| l == "M note.txt"), "{diff}");
+    assert!(diff.lines().any(|l| l == "A more/f0"), "{diff}");
+    let dest = net.p("out");
+    ok(freight_at(&lib, &["materialize", "-p", &id], &dest));
+    assert_eq!(
+        freight_test_support::tree::difference(&src, &dest).unwrap(),
+        None
+    );
+    let dest1 = net.p("out1");
+    ok(freight_at(
+        &lib,
+        &["materialize", "-p", &id, "-v", "1"],
+        &dest1,
+    ));
+    assert_eq!(std::fs::read(dest1.join("note.txt")).unwrap(), b"first");
+    // A second writer is still refused, and the daemon still works after the readers.
+    let err = one_line_error(freight(&lib, &["gc"]));
+    assert!(err.contains("locked by another freight process"), "{err}");
+    std::fs::write(src.join("note.txt"), "third").unwrap();
+    let v3 = site.act(&id, "update", serde_json::json!({}));
+    assert_eq!(v3["version"], 3, "{v3}");
+    ok(freight(&lib, &["verify"]));
+    site.stop();
+}
+
+/// Issue 11 point 7: one process ingests new versions, removes old ones and collects garbage
+/// in a loop (packs of 1 MiB, so every collection deletes and compacts packs) while `freight
+/// library verify` and `stats` run in a loop beside it: verify never reports damage, and
+/// fails only with the one-line message saying to retry. Then real damage is still found.
+#[test]
+fn verify_beside_ingests_and_gc_in_a_loop_never_reports_false_damage() {
+    use freight_core::library::Access;
+    use freight_core::{Library, LibraryConfig, PackageId, Progress};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const FILES: usize = 24;
+    const FILE_LEN: usize = 1 << 20;
+    let t = tempfile::tempdir().unwrap();
+    let lib = t.path().join("lib");
+    let cfg = LibraryConfig {
+        pack_size: 1 << 20,
+        ..LibraryConfig::default()
+    };
+    Library::init(&lib, &cfg).unwrap();
+    let src = t.path().join("src");
+    noise_tree(&src, "base", FILES, FILE_LEN);
+    let stop = AtomicBool::new(false);
+    let (rounds, collected) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (mut clean, mut retried) = (0u64, 0u64);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut l = Library::open(&lib, Access::Write, None).unwrap();
+            let pkg = PackageId::parse("CAS00001").unwrap();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                // A quarter of the files change each round.
+                for i in 0..FILES / 4 {
+                    let f = (n * FILES / 4 + i) % FILES;
+                    std::fs::write(
+                        src.join(format!("f{f}")),
+                        freight_test_support::noise(&format!("round{n}-{f}"), FILE_LEN),
+                    )
+                    .unwrap();
+                }
+                let opts = freight_core::ingest::IngestOptions {
+                    package: pkg.clone(),
+                    version: None,
+                    quick_check: None,
+                    skip_if_unchanged_from: None,
+                };
+                freight_core::ingest::ingest(&mut l, &src, &opts, &Progress::default()).unwrap();
+                let vs = l.versions_of(&pkg).unwrap();
+                if vs.len() > 2 {
+                    l.remove_version(&pkg, vs[0]).unwrap();
+                }
+                let g = freight_core::gc::gc(&mut l, &Progress::default()).unwrap();
+                collected.fetch_add(g.packs_deleted + g.packs_compacted, Ordering::Relaxed);
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        while rounds.load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(12) || clean < 3 {
+            assert!(!writer.is_finished(), "the writer stopped");
+            let out = freight(&lib, &["verify", "--json"]).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+                assert_eq!(r["bad"], serde_json::json!([]), "{r}");
+                assert!(r["versions"].as_u64().unwrap() >= 1, "{r}");
+                clean += 1;
+            } else {
+                assert!(
+                    stderr.trim_end().lines().count() == 1 && stderr.contains("retry"),
+                    "verify beside a writer failed: {stdout}{stderr}"
+                );
+                assert!(!stdout.contains("\"bad\": [{"), "{stdout}");
+                retried += 1;
+            }
+            let out = freight(&lib, &["stats", "--json"]).output().unwrap();
+            assert!(
+                out.status.success() || String::from_utf8_lossy(&out.stderr).contains("retry"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(120));
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+    });
+    let (rounds, collected) = (rounds.into_inner(), collected.into_inner());
+    eprintln!(
+        "{clean} clean verifies, {retried} asked to retry, beside {rounds} rounds of ingest + gc ({collected} packs collected)"
+    );
+    assert!(
+        rounds >= 3 && collected > 0,
+        "{rounds} rounds, {collected} packs collected"
+    );
+    // The same verify still finds real damage: one stored byte flipped.
+    let l = Library::open(&lib, Access::Read, None).unwrap();
+    let m = l.manifests().unwrap().pop().unwrap();
+    let chunk = m.chunks().into_keys().next().unwrap();
+    let loc = l.locate(&chunk).unwrap();
+    let pack = l.pack_path(loc.pack);
+    drop(l);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(loc.offset + u64::from(loc.clen) / 2) as usize] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+    let out = freight(&lib, &["verify"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("BAD chunk {}", chunk.to_hex())),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Runs `freight --quiet demo EXTRA --size 8MiB --dir DIR`; asserts success, returns stdout.

@@ -1,4 +1,9 @@
 //! `freight library ...`: offline commands on a content library directory.
+//!
+//! The verbs that only read (`verify`, `stats`, `materialize`, `diff`) never take the library's
+//! lock: they read a consistent view beside whoever writes it (a running `freightd`, an ingest,
+//! a gc; see [`freight_core::view`]). The verbs that change it (`ingest`, `remove`, `gc`,
+//! `repair`) take it exclusively, so a second writer is refused while one runs.
 
 use crate::cli::error::CliError;
 use crate::cli::output::print_json;
@@ -206,15 +211,9 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
             version,
             dest,
         } => {
-            let lib = Library::open(&dir, Access::Read, io)?;
             let p = pkg(&package)?;
-            let v = match version {
-                Some(v) => v,
-                None => lib
-                    .latest(&p)?
-                    .ok_or_else(|| freight_core::Error::NoSuchPackage(p.to_string()))?,
-            };
-            let m = lib.manifest(&p, v)?;
+            let (lib, m) = freight_core::view::open_version(&dir, &p, version, io)?;
+            let v = m.version;
             let r = {
                 let _bar = Bar::start(progress.clone(), quiet);
                 freight_core::materialize::materialize(&lib, &m, &dest, &progress)?
@@ -233,25 +232,25 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
             version,
             json,
         } => {
-            let lib = Library::open(&dir, Access::Read, io)?;
-            let damaged = lib.damage().len();
-            if !json {
-                for d in lib.damage() {
+            let p = package.as_deref().map(pkg).transpose()?;
+            let freight_core::view::Verified { report: r, damage } = {
+                let _bar = Bar::start(progress.clone(), quiet);
+                freight_core::view::verify(&dir, p.as_ref().map(|p| (p, version)), io, &progress)?
+            };
+            let damaged = damage.len();
+            if json {
+                print_json(&r)?;
+            } else {
+                for d in &damage {
                     println!(
                         "DAMAGED {}: {} (left out; run `freight library repair`)",
                         d.path.display(),
                         d.reason
                     );
                 }
-            }
-            let p = package.as_deref().map(pkg).transpose()?;
-            let r = {
-                let _bar = Bar::start(progress.clone(), quiet);
-                freight_core::verify::verify(&lib, p.as_ref().map(|p| (p, version)), &progress)?
-            };
-            if json {
-                print_json(&r)?;
-            } else {
+                for s in &r.skipped {
+                    println!("skipped {s}: removed while it was being verified");
+                }
                 for b in &r.bad {
                     println!(
                         "BAD chunk {} ({}): used by {}",
@@ -343,7 +342,7 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
             }
         }
         LibCmd::Stats { json } => {
-            let lib = Library::open(&dir, Access::Read, io)?;
+            let lib = Library::open_read_only(&dir, io)?;
             let s = freight_core::stats::stats(&lib)?;
             if json {
                 print_json(&s)?;
@@ -378,9 +377,9 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
             to,
             json,
         } => {
-            let lib = Library::open(&dir, Access::Read, io)?;
+            let md = freight_core::ManifestDir::open(&dir)?;
             let p = pkg(&package)?;
-            let d = lib.manifest(&p, from)?.diff(&lib.manifest(&p, to)?);
+            let d = md.manifest(&p, from)?.diff(&md.manifest(&p, to)?);
             if json {
                 let v = serde_json::json!({
                     "added": d.added, "removed": d.removed, "changed": d.changed,
