@@ -7,7 +7,6 @@ use crate::cli::site::site_dir;
 use crate::home::Home;
 use clap::{Args, Subcommand};
 use freight_core::instruction::{Instruction, InstructionKind, SignedInstruction};
-use freight_core::library::Access;
 use freight_core::parcel::{self, Header};
 use freight_core::site::SiteCode;
 use freight_core::units::human;
@@ -134,7 +133,7 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
             json,
         } => {
             let home = Home::open(&site_dir(a.site)?)?;
-            let lib = Library::open(&library_dir(a.library)?, Access::Read, io)?;
+            let lib = Library::open_read_only(&library_dir(a.library)?, io)?;
             let p = PackageId::parse(&package)?;
             let v = match version {
                 Some(v) => v,
