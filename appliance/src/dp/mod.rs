@@ -69,8 +69,15 @@ impl Dp {
             } => {
                 let p = PackageId::parse(&package)?;
                 let share = self.share.clone();
-                let freed = content::install_shared(&self.lib, p, version, hash, share).await?;
-                Ok(DpReply::Ok { freed })
+                match content::install_shared(&self.lib, p, version, hash, share).await {
+                    Ok(freed) => Ok(DpReply::Ok { freed }),
+                    // Not a failure: the older version was dropped (seed 000, "a newer version
+                    // has already arrived").
+                    Err(content::ContentError::NewerHeld { newer, .. }) => {
+                        Ok(DpReply::NewerHeld { newer })
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             DpRequest::Remove { package } => self.remove(package).await,
             DpRequest::Validate { package } => self.validate(package).await,
@@ -199,6 +206,7 @@ impl CommandHandler for Dp {
             };
             encode(&res.unwrap_or_else(|e| DpReply::Error {
                 message: e.to_string(),
+                kind: e.kind(),
             }))
         })
     }
