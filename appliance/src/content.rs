@@ -17,6 +17,44 @@ use std::path::{Path, PathBuf};
 /// Share of a pack's bytes that must be garbage before an install rewrites it.
 const GC_MIN_GARBAGE: f64 = 0.5;
 
+/// Whether a failure can go away by itself (retry later) or can never succeed as things stand
+/// (fail at once). A DP says which in its reply; the site server's job machine acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Peer unreachable, a timeout, a lost connection, a full disk: worth retrying.
+    #[default]
+    Transient,
+    /// A name or path the file system refuses, a hash that does not match, a refused
+    /// authorization: retrying changes nothing.
+    Permanent,
+}
+
+/// Errors a file system gives for a name or path it will never take: too long, not valid
+/// for it (`EINVAL`), or not in its encoding (`EILSEQ`).
+const PERMANENT_ERRNOS: [i32; 3] = [libc::ENAMETOOLONG, libc::EINVAL, libc::EILSEQ];
+
+/// The kind of an I/O failure: permanent for [`PERMANENT_ERRNOS`], transient otherwise
+/// (`ENOSPC`, `EIO`, `EACCES`, ...: space can be made, permissions fixed).
+pub fn io_kind(e: &std::io::Error) -> FailureKind {
+    match e.raw_os_error() {
+        Some(n) if PERMANENT_ERRNOS.contains(&n) => FailureKind::Permanent,
+        _ => FailureKind::Transient,
+    }
+}
+
+/// The kind of the first I/O error in `e`'s source chain (transient when there is none).
+pub fn chain_kind(e: &(dyn std::error::Error + 'static)) -> FailureKind {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io_kind(io);
+        }
+        cur = e.source();
+    }
+    FailureKind::Transient
+}
+
 /// Why a maintenance step failed; one line naming the object and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
@@ -62,6 +100,25 @@ pub enum ContentError {
     },
 }
 
+impl ContentError {
+    /// Whether retrying can help (see [`FailureKind`]).
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            // A chunk that fails its hash stays where it is through every retry (a push sends
+            // only what is missing); a redistribute replaces it.
+            ContentError::Library(
+                freight_core::Error::CorruptChunk { .. } | freight_core::Error::RefusedFile { .. },
+            ) => FailureKind::Permanent,
+            ContentError::Library(e) => chain_kind(e),
+            ContentError::Share { reason, .. } => io_kind(reason),
+            ContentError::HashMismatch { .. } | ContentError::NewerHeld { .. } => {
+                FailureKind::Permanent
+            }
+            ContentError::Stopped(_) => FailureKind::Transient,
+        }
+    }
+}
+
 /// Drops every version of `p` and its share folder (if `share`), then collects garbage, also
 /// dropping the chunks in `bad` even where another package still names them.
 pub fn drop_package(
@@ -71,6 +128,14 @@ pub fn drop_package(
     share: Option<&Path>,
 ) -> Result<GcReport, ContentError> {
     drop_versions(lib, p, |_| true)?;
+    match std::fs::remove_file(installed_marker(lib, p)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            let path = installed_marker(lib, p);
+            return Err(freight_core::Error::io(&path, "remove", e).into());
+        }
+    }
     remove_share(share, p);
     Ok(gc_dropping(lib, bad, &Progress::default())?)
 }
@@ -90,7 +155,9 @@ fn drop_versions(
 /// Hosts `version` of `p`: checks its manifest hash against `hash` (hex), refuses to replace
 /// a newer version, materialises the share (durable, swapped in with one rename), then drops
 /// older versions and the content only they used. When this returns Ok the version is on
-/// disk, whatever happens next. Returns the pack bytes freed.
+/// disk, whatever happens next. Returns the pack bytes freed. When it fails, the version is
+/// dropped from the library unless an install of it succeeded before ([`abandon`]), so a DP
+/// never serves a version it could not install.
 pub fn install(
     lib: &mut Library,
     p: &PackageId,
@@ -98,8 +165,58 @@ pub fn install(
     hash: &str,
     share: Option<&Path>,
 ) -> Result<u64, ContentError> {
-    prepare_install(lib, p, version, hash, share)?;
-    finish_install(lib, p, version, hash)
+    let res = prepare_install(lib, p, version, hash, share)
+        .and_then(|()| finish_install(lib, p, version, hash));
+    if res.is_err() {
+        abandon(lib, p, version);
+    }
+    res
+}
+
+/// Where a library records, per package, the version whose install last succeeded
+/// (`LIB/installed/<PKG>`, the version as text).
+const INSTALLED: &str = "installed";
+
+fn installed_marker(lib: &Library, p: &PackageId) -> PathBuf {
+    lib.dir().join(INSTALLED).join(p.as_str())
+}
+
+/// The version of `p` whose install last succeeded here, if any.
+pub fn installed_version(lib: &Library, p: &PackageId) -> Option<u32> {
+    installed_version_at(lib.dir(), p)
+}
+
+/// [`installed_version`] of the library at `lib_dir` (read without the library, by the DP's
+/// content server).
+pub fn installed_version_at(lib_dir: &Path, p: &PackageId) -> Option<u32> {
+    std::fs::read_to_string(lib_dir.join(INSTALLED).join(p.as_str()))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn mark_installed(lib: &Library, p: &PackageId, version: u32) -> Result<(), ContentError> {
+    let path = installed_marker(lib, p);
+    let dir = path.parent().expect("marker folder");
+    std::fs::create_dir_all(dir).map_err(|e| freight_core::Error::io(dir, "create folder", e))?;
+    freight_core::library::write_atomic(&path, version.to_string().as_bytes())?;
+    Ok(())
+}
+
+/// After a failed install of `version`: drops it from the library (its chunks go with the next
+/// collection) unless an install of it succeeded before, so HTTP never serves a version whose
+/// install failed and nothing of it is left named. A version that was installed stays: the
+/// share still holds it complete.
+fn abandon(lib: &mut Library, p: &PackageId, version: u32) {
+    if installed_version(lib, p) == Some(version) {
+        return;
+    }
+    if lib.versions_of(p).is_ok_and(|vs| vs.contains(&version))
+        && let Err(e) = lib.remove_version(p, version)
+    {
+        tracing::warn!(package = %p, version, error = %e, "could not drop a version whose install failed");
+    }
 }
 
 /// The half of an install that only reads the library: the checks, and the share
@@ -121,7 +238,8 @@ fn prepare_install(
 }
 
 /// The half that changes the library: the checks again (the library may have changed since
-/// the first half), then older versions and their content dropped.
+/// the first half), the version recorded as installed, then older versions and their content
+/// dropped. A failed collection is only logged: the version is installed by then.
 fn finish_install(
     lib: &mut Library,
     p: &PackageId,
@@ -129,10 +247,16 @@ fn finish_install(
     hash: &str,
 ) -> Result<u64, ContentError> {
     check_install(lib, p, version, hash)?;
+    mark_installed(lib, p, version)?;
     drop_versions(lib, p, |v| v < version)?;
     // An update drops a little of many packs: rewrite only packs that are mostly garbage.
-    let r = gc_partial(lib, GC_MIN_GARBAGE, &Progress::default())?;
-    Ok(r.bytes_freed)
+    match gc_partial(lib, GC_MIN_GARBAGE, &Progress::default()) {
+        Ok(r) => Ok(r.bytes_freed),
+        Err(e) => {
+            tracing::warn!(package = %p, version, error = %e, "installed, but collecting the content older versions used failed; the next install or `freight library gc` collects it");
+            Ok(0)
+        }
+    }
 }
 
 /// The stored manifest of `version`, if its hash is `hash` and no newer version is held.
@@ -177,10 +301,24 @@ pub async fn install_shared(
     static INSTALLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one = INSTALLS.lock().await;
     let (p2, hash2) = (p.clone(), hash.clone());
-    lib.read_async(move |lib| prepare_install(lib, &p2, version, &hash2, share.as_deref()))
-        .await??;
-    lib.exclusive(move |lib| finish_install(lib, &p, version, &hash))
-        .await?
+    let res = match lib
+        .read_async(move |lib| prepare_install(lib, &p2, version, &hash2, share.as_deref()))
+        .await
+    {
+        Ok(Ok(())) => {
+            let p = p.clone();
+            lib.exclusive(move |lib| finish_install(lib, &p, version, &hash))
+                .await
+                .map_err(ContentError::from)
+                .and_then(|r| r)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(e.into()),
+    };
+    if res.is_err() {
+        let _ = lib.exclusive(move |lib| abandon(lib, &p, version)).await;
+    }
+    res
 }
 
 /// Where the share keeps trees being built or removed; package IDs never start with a dot.
@@ -254,5 +392,42 @@ fn remove_share(share: Option<&Path>, p: &PackageId) {
         .and_then(|gone| freight_core::materialize::remove_tree(&gone).map_err(ContentError::from));
     if let Err(e) = res {
         tracing::warn!(error = %e, "removing a package's share folder failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(errno: i32) -> ContentError {
+        freight_core::Error::io(
+            "/share/x",
+            "create",
+            std::io::Error::from_raw_os_error(errno),
+        )
+        .into()
+    }
+
+    #[test]
+    fn names_the_file_system_refuses_are_permanent_and_a_full_disk_is_transient() {
+        for errno in [libc::ENAMETOOLONG, libc::EINVAL, libc::EILSEQ] {
+            assert_eq!(io(errno).kind(), FailureKind::Permanent, "{errno}");
+            let share = ContentError::Share {
+                path: "/share".into(),
+                reason: std::io::Error::from_raw_os_error(errno),
+            };
+            assert_eq!(share.kind(), FailureKind::Permanent, "{errno}");
+        }
+        for errno in [libc::ENOSPC, libc::EIO, libc::EACCES, libc::EDQUOT] {
+            assert_eq!(io(errno).kind(), FailureKind::Transient, "{errno}");
+        }
+        let p = PackageId::parse("PS100001").unwrap();
+        let mismatch = ContentError::HashMismatch {
+            package: p,
+            version: 1,
+            have: "a".into(),
+            want: "b".into(),
+        };
+        assert_eq!(mismatch.kind(), FailureKind::Permanent);
     }
 }

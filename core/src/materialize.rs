@@ -23,13 +23,17 @@ use crate::progress::Progress;
 use crate::stream::for_each_chunk;
 use crate::writer::sync_dir;
 use bytes::Bytes;
-use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, OFlag, openat, renameat};
+use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags, fchmodat, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
+use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 use std::collections::VecDeque;
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{File, Permissions};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,8 +54,10 @@ pub struct MaterializeReport {
 }
 
 struct FileJob {
-    tmp: PathBuf,
-    path: PathBuf,
+    /// Its name in the staging folder (its number, in hex).
+    tmp: String,
+    /// Its path below the destination (the manifest's path).
+    path: Vec<u8>,
     file: Option<Arc<File>>,
     remaining: usize,
     entry: usize,
@@ -75,26 +81,50 @@ fn staging_name(m: &Manifest) -> Result<String> {
     }
 }
 
-/// Makes everything written to the file system holding `path` durable.
-fn sync_fs(path: &Path) -> Result<()> {
-    let d = File::open(path).ctx(path, "open")?;
-    nix::unistd::syncfs(&d).map_err(|e| Error::io(path, "syncfs", std::io::Error::from(e)))
+/// Makes everything written to the file system holding `dir` durable.
+fn sync_fs(dir: &OwnedFd, path: &Path) -> Result<()> {
+    nix::unistd::syncfs(dir).map_err(|e| Error::io(path, "syncfs", std::io::Error::from(e)))
 }
 
-fn rel(dest: &Path, e: &Entry) -> PathBuf {
-    dest.join(OsStr::from_bytes(&e.path))
+/// The destination folder, opened: every operation below names its object relative to it (or
+/// to the staging folder), so a path of the package is limited by what one system call takes
+/// (4,095 bytes), however long the destination's own path is.
+struct Root<'a> {
+    fd: OwnedFd,
+    path: &'a Path,
 }
 
-fn set_times(path: &Path, e: &Entry) -> Result<()> {
+impl Root<'_> {
+    /// The full path of `rel`, for messages only.
+    fn show(&self, rel: &[u8]) -> PathBuf {
+        self.path.join(OsStr::from_bytes(rel))
+    }
+
+    fn err(&self, rel: &[u8], op: &'static str) -> impl FnOnce(Errno) -> Error + use<> {
+        let p = self.show(rel);
+        move |e| Error::io(p, op, std::io::Error::from(e))
+    }
+}
+
+fn set_times_at(root: &Root, dir: &OwnedFd, name: &[u8], shown: &[u8], e: &Entry) -> Result<()> {
     let t = TimeSpec::new(e.mtime_sec, e.mtime_nsec as i64);
     utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
+        dir,
+        OsStr::from_bytes(name),
         &t,
         &t,
         UtimensatFlags::NoFollowSymlink,
     )
-    .map_err(|err| Error::io(path, "set mtime", std::io::Error::from(err)))
+    .map_err(root.err(shown, "set mtime"))
+}
+
+fn open_dir_at(dir: impl AsFd, name: &Path) -> nix::Result<OwnedFd> {
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
 }
 
 /// Writes package version `m` from `lib` into `dest`, which must be absent or empty, and makes
@@ -123,18 +153,16 @@ pub fn materialize(
             version: m.version,
         });
     }
-    let res = write_tree(lib, m, dest, progress);
+    let root = Root {
+        fd: open_dir_at(AT_FDCWD, dest)
+            .map_err(|e| Error::io(dest, "open destination", std::io::Error::from(e)))?,
+        path: dest,
+    };
+    let res = write_tree(lib, m, &root, progress);
     if res.is_err() {
         // Leave no half-written package behind: the destination was empty when we started.
-        if let Ok(rd) = std::fs::read_dir(dest) {
-            for item in rd.flatten() {
-                let p = item.path();
-                let _ = if item.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove_tree(&p).map_err(|_| ())
-                } else {
-                    std::fs::remove_file(&p).map_err(|_| ())
-                };
-            }
+        if let Err(e) = empty_dir(&root.fd, dest) {
+            tracing::warn!(error = %e, "could not clean up after a failed materialise");
         }
     }
     res
@@ -143,7 +171,7 @@ pub fn materialize(
 fn write_tree(
     lib: &Library,
     m: &Manifest,
-    dest: &Path,
+    root: &Root,
     progress: &Progress,
 ) -> Result<MaterializeReport> {
     let mut report = MaterializeReport::default();
@@ -155,15 +183,26 @@ fn write_tree(
             .count() as u64,
         m.total_bytes(),
     );
-    let staging = dest.join(staging_name(m)?);
-    std::fs::create_dir(&staging).ctx(&staging, "create staging folder")?;
+    let staging_name = staging_name(m)?;
+    mkdirat(
+        &root.fd,
+        staging_name.as_str(),
+        Mode::from_bits_truncate(0o700),
+    )
+    .map_err(root.err(staging_name.as_bytes(), "create staging folder"))?;
+    let staging = open_dir_at(&root.fd, Path::new(&staging_name))
+        .map_err(root.err(staging_name.as_bytes(), "open staging folder"))?;
     // Directories first, owner-writable until the end.
     for e in &m.entries {
         if e.kind == EntryKind::Dir {
             report.dirs += 1;
             if !e.path.is_empty() {
-                let p = rel(dest, e);
-                std::fs::create_dir(&p).ctx(&p, "create directory")?;
+                mkdirat(
+                    &root.fd,
+                    OsStr::from_bytes(&e.path),
+                    Mode::from_bits_truncate(0o700),
+                )
+                .map_err(root.err(&e.path, "create directory"))?;
             }
         }
     }
@@ -171,8 +210,14 @@ fn write_tree(
     // one is written (so open files stay bounded by the read window), chunks written at their
     // offsets as they verify.
     let mut jobs: Vec<Option<FileJob>> = Vec::new();
-    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut staged: Vec<(String, Vec<u8>)> = Vec::new();
     let mut plan: Vec<((usize, u64), crate::id::ChunkId)> = Vec::new();
+    let ctx = Ctx {
+        root,
+        staging: &staging,
+        staging_name: &staging_name,
+        m,
+    };
     for (i, e) in m.entries.iter().enumerate() {
         if let EntryKind::File { chunks, size } = &e.kind {
             let job_no = jobs.len();
@@ -184,15 +229,15 @@ fn write_tree(
             report.files += 1;
             report.bytes += size;
             let mut job = FileJob {
-                tmp: staging.join(format!("{job_no:x}")),
-                path: rel(dest, e),
+                tmp: format!("{job_no:x}"),
+                path: e.path.clone(),
                 file: None,
                 remaining: chunks.len(),
                 entry: i,
             };
             if chunks.is_empty() {
-                open_job(&mut job)?;
-                staged.push(finish_job(job, m)?);
+                ctx.open_job(&mut job)?;
+                staged.push(ctx.finish_job(job)?);
                 progress.add_file();
                 jobs.push(None);
             } else {
@@ -203,16 +248,16 @@ fn write_tree(
     let engine = lib.engine().clone();
     let mut writes: VecDeque<(usize, u64, Pending<()>)> = VecDeque::new();
     let complete = |jobs: &mut Vec<Option<FileJob>>,
-                    staged: &mut Vec<(PathBuf, PathBuf)>,
+                    staged: &mut Vec<(String, Vec<u8>)>,
                     (job_no, len, p): (usize, u64, Pending<()>)|
      -> Result<()> {
         let job = jobs[job_no].as_mut().expect("live job");
-        p.wait().ctx(&job.tmp, "write")?;
+        p.wait().ctx(ctx.tmp_path(&job.tmp), "write")?;
         progress.add_bytes(len);
         job.remaining -= 1;
         if job.remaining == 0 {
             let job = jobs[job_no].take().expect("live job");
-            staged.push(finish_job(job, m)?);
+            staged.push(ctx.finish_job(job)?);
             progress.add_file();
         }
         Ok(())
@@ -221,13 +266,13 @@ fn write_tree(
         let job = jobs[job_no].as_mut().expect("live job");
         let data = data.map_err(|e| match e {
             Error::CorruptChunk { .. } => Error::RefusedFile {
-                path: job.path.clone(),
+                path: root.show(&job.path),
                 id: id.to_hex(),
             },
             other => other,
         })?;
         if job.file.is_none() {
-            open_job(job)?;
+            ctx.open_job(job)?;
         }
         let f = job.file.as_ref().expect("open");
         let len = data.len() as u64;
@@ -242,64 +287,109 @@ fn write_tree(
         complete(&mut jobs, &mut staged, w)?;
     }
     // Every file's content is durable before any of them takes its name.
-    sync_fs(dest)?;
+    sync_fs(&root.fd, root.path)?;
     for (tmp, path) in &staged {
-        std::fs::rename(tmp, path).ctx(path, "rename into place")?;
+        renameat(&staging, tmp.as_str(), &root.fd, OsStr::from_bytes(path))
+            .map_err(root.err(path, "rename into place"))?;
     }
     // Symlinks after files, so no write can ever follow one.
     for e in &m.entries {
         if let EntryKind::Symlink { target } = &e.kind {
-            let p = rel(dest, e);
-            std::os::unix::fs::symlink(OsStr::from_bytes(target), &p).ctx(&p, "create symlink")?;
-            set_times(&p, e)?;
+            symlinkat(
+                OsStr::from_bytes(target),
+                &root.fd,
+                OsStr::from_bytes(&e.path),
+            )
+            .map_err(root.err(&e.path, "create symlink"))?;
+            set_times_at(root, &root.fd, &e.path, &e.path, e)?;
             report.symlinks += 1;
         }
     }
-    std::fs::remove_dir(&staging).ctx(&staging, "remove staging folder")?;
+    drop(staging);
+    unlinkat(&root.fd, staging_name.as_str(), UnlinkatFlags::RemoveDir)
+        .map_err(root.err(staging_name.as_bytes(), "remove staging folder"))?;
     for e in m.entries.iter().rev() {
         if e.kind == EntryKind::Dir {
-            let p = rel(dest, e);
-            std::fs::set_permissions(&p, Permissions::from_mode(e.mode)).ctx(&p, "set mode")?;
-            set_times(&p, e)?;
+            let rel: &OsStr = if e.path.is_empty() {
+                OsStr::new(".")
+            } else {
+                OsStr::from_bytes(&e.path)
+            };
+            fchmodat(
+                &root.fd,
+                rel,
+                Mode::from_bits_truncate(e.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+            .map_err(root.err(&e.path, "set mode"))?;
+            set_times_at(root, &root.fd, rel.as_bytes(), &e.path, e)?;
         }
     }
     // The names (renames, symlinks, folders, modes) are durable before this returns.
-    sync_fs(dest)?;
+    sync_fs(&root.fd, root.path)?;
     Ok(report)
 }
 
-fn open_job(job: &mut FileJob) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&job.tmp)
-        .ctx(&job.tmp, "create")?;
-    job.file = Some(Arc::new(f));
-    Ok(())
+/// What a file job needs of the tree being written.
+struct Ctx<'a> {
+    root: &'a Root<'a>,
+    staging: &'a OwnedFd,
+    staging_name: &'a str,
+    m: &'a Manifest,
 }
 
-/// Applies mode and mtime to a fully written staged file and closes it; returns (staged
-/// path, final path) for the rename once everything is durable.
-fn finish_job(job: FileJob, m: &Manifest) -> Result<(PathBuf, PathBuf)> {
-    let e = &m.entries[job.entry];
-    let f = job.file.as_ref().expect("open file");
-    f.set_permissions(Permissions::from_mode(e.mode))
-        .ctx(&job.tmp, "set mode")?;
-    let t = std::time::UNIX_EPOCH
-        .checked_add(std::time::Duration::new(
-            e.mtime_sec.max(0) as u64,
-            e.mtime_nsec,
-        ))
-        .filter(|_| e.mtime_sec >= 0);
-    match t {
-        Some(t) => f
-            .set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
-            .ctx(&job.tmp, "set mtime")?,
-        None => set_times(&job.tmp, e)?,
+impl Ctx<'_> {
+    fn tmp_path(&self, tmp: &str) -> PathBuf {
+        self.root.path.join(self.staging_name).join(tmp)
     }
-    Ok((job.tmp, job.path))
+
+    fn open_job(&self, job: &mut FileJob) -> Result<()> {
+        let fd = openat(
+            self.staging,
+            job.tmp.as_str(),
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| Error::io(self.tmp_path(&job.tmp), "create", std::io::Error::from(e)))?;
+        job.file = Some(Arc::new(File::from(fd)));
+        Ok(())
+    }
+
+    /// Applies mode and mtime to a fully written staged file and closes it; returns (staged
+    /// name, final path) for the rename once everything is durable.
+    fn finish_job(&self, job: FileJob) -> Result<(String, Vec<u8>)> {
+        let e = &self.m.entries[job.entry];
+        let f = job.file.as_ref().expect("open file");
+        let tmp = || self.tmp_path(&job.tmp);
+        f.set_permissions(Permissions::from_mode(e.mode))
+            .ctx(tmp(), "set mode")?;
+        let t = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::new(
+                e.mtime_sec.max(0) as u64,
+                e.mtime_nsec,
+            ))
+            .filter(|_| e.mtime_sec >= 0);
+        match t {
+            Some(t) => f
+                .set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
+                .ctx(tmp(), "set mtime")?,
+            None => {
+                let shown = format!("{}/{}", self.staging_name, job.tmp);
+                set_times_at(
+                    self.root,
+                    self.staging,
+                    job.tmp.as_bytes(),
+                    shown.as_bytes(),
+                    e,
+                )?
+            }
+        }
+        Ok((job.tmp, job.path))
+    }
 }
 
 /// Puts the materialised tree `new` at `dest` with one rename: when `dest` exists the two are
@@ -353,18 +443,73 @@ pub fn replace_tree(new: &Path, dest: &Path) -> Result<()> {
     remove_tree(new)
 }
 
-/// Removes a tree, making its folder writable first where its mode says otherwise.
+/// Removes a tree, making its folders writable first where their modes say otherwise. Works
+/// by descriptors, folder by folder, so no path longer than one name is ever handed to the
+/// kernel: trees deeper than `PATH_MAX` go too.
 pub fn remove_tree(path: &Path) -> Result<()> {
-    for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            let _ = std::fs::set_permissions(e.path(), Permissions::from_mode(0o700));
-            remove_tree(&e.path())?;
-        }
-    }
     let _ = std::fs::set_permissions(path, Permissions::from_mode(0o700));
-    match std::fs::remove_dir_all(path) {
+    let fd = match open_dir_at(AT_FDCWD, path) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(()),
+        // Not a folder (or a symlink): remove the name itself.
+        Err(Errno::ENOTDIR | Errno::ELOOP) => {
+            return std::fs::remove_file(path).ctx(path, "remove tree");
+        }
+        Err(e) => return Err(Error::io(path, "remove tree", std::io::Error::from(e))),
+    };
+    empty_dir(&fd, path)?;
+    drop(fd);
+    match std::fs::remove_dir(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, "remove tree", e)),
     }
+}
+
+/// Removes everything inside the open folder `dir` (shown as `path` in errors).
+fn empty_dir(dir: &OwnedFd, path: &Path) -> Result<()> {
+    let err = |op: &'static str| move |e: Errno| Error::io(path, op, std::io::Error::from(e));
+    let names: Vec<(std::ffi::CString, bool)> = {
+        let dup = dir.try_clone().ctx(path, "read folder")?;
+        let mut d = nix::dir::Dir::from_fd(dup).map_err(err("read folder"))?;
+        let mut names = Vec::new();
+        for entry in d.iter() {
+            let entry = entry.map_err(err("read folder"))?;
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            let is_dir = match entry.file_type() {
+                Some(t) => t == nix::dir::Type::Directory,
+                None => {
+                    nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                        .map_err(err("stat"))?
+                }
+            };
+            names.push((name.to_owned(), is_dir));
+        }
+        names
+    };
+    for (name, is_dir) in names {
+        let shown = path.join(OsStr::from_bytes(name.to_bytes()));
+        if is_dir {
+            let _ = fchmodat(
+                dir,
+                name.as_c_str(),
+                Mode::from_bits_truncate(0o700),
+                FchmodatFlags::FollowSymlink,
+            );
+            let sub = open_dir_at(dir, Path::new(OsStr::from_bytes(name.to_bytes())))
+                .map_err(|e| Error::io(&shown, "remove tree", std::io::Error::from(e)))?;
+            empty_dir(&sub, &shown)?;
+            drop(sub);
+            unlinkat(dir, name.as_c_str(), UnlinkatFlags::RemoveDir)
+                .map_err(|e| Error::io(&shown, "remove tree", std::io::Error::from(e)))?;
+        } else {
+            unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| Error::io(&shown, "remove tree", std::io::Error::from(e)))?;
+        }
+    }
+    Ok(())
 }

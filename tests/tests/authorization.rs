@@ -54,9 +54,15 @@ fn command(rt: &tokio::runtime::Runtime, node: &Node, to: &Host, req: &DpRequest
 }
 
 fn refused(reply: &DpReply, what: &str) {
-    let DpReply::Error { message } = reply else {
+    let DpReply::Error { message, kind } = reply else {
         panic!("expected a refusal, got {reply:?}");
     };
+    // No retry changes what the authorization table refuses.
+    assert_eq!(
+        *kind,
+        freight_appliance::dp::command::FailureKind::Permanent,
+        "{message}"
+    );
     assert!(message.contains(what), "{message}");
     assert!(message.contains("(key "), "names the key: {message}");
     assert!(!message.contains('\n'));

@@ -168,7 +168,12 @@ async fn serve(
         // Our own accept loop, not axum::serve: connection caps and timeouts (see
         // dp::http_server), so HTTP clients can never starve the QUIC side of descriptors.
         let limits = d.http_limits();
-        let app = crate::dp::http::router(lib.clone(), &limits);
+        // A DP serves only what it installed (see `Served::Installed`).
+        let app = crate::dp::http::router_serving(
+            lib.clone(),
+            &limits,
+            crate::dp::http::Served::Installed,
+        );
         tokio::spawn(crate::dp::http_server::serve(listener, app, limits, nofile));
     }
     tokio::spawn(session::serve(node.clone(), lib.clone(), None, handler));

@@ -2,6 +2,7 @@
 //! ([`freight_transport::command`]). JSON bodies: small, rare, and readable in a packet dump.
 //! Content never travels here; it moves in push sessions.
 
+pub use crate::content::FailureKind;
 use serde::{Deserialize, Serialize};
 
 /// A request to a DP.
@@ -104,10 +105,19 @@ pub enum DpReply {
     },
     /// Pull progress.
     Pull(PullState),
+    /// Install: this DP already holds `newer`, newer than the version offered, which it
+    /// dropped (a newer version is never replaced by an older one).
+    NewerHeld {
+        /// The newer version held.
+        newer: u32,
+    },
     /// Refused or failed: one line naming the object and the fix.
     Error {
         /// The message.
         message: String,
+        /// Whether retrying can help; a DP that does not say is retried.
+        #[serde(default)]
+        kind: FailureKind,
     },
 }
 

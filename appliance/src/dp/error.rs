@@ -1,6 +1,6 @@
 //! The DP role's errors: each becomes the one-line `Error` reply its site server records.
 
-use crate::content::ContentError;
+use crate::content::{ContentError, FailureKind, chain_kind};
 
 /// Why a DP command failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,4 +47,24 @@ pub enum DpError {
         /// The runtime's reason.
         reason: String,
     },
+}
+
+impl DpError {
+    /// Whether the site server should retry (see [`FailureKind`]): a refused authorization, a
+    /// request this DP cannot take and a content failure that can never succeed are
+    /// permanent; the rest (stopping, sessions, sources) transient.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            DpError::Refused(_)
+            | DpError::BadRequest(_)
+            | DpError::BadValue(_)
+            | DpError::NotPull
+            | DpError::BadSourceAddress(_) => FailureKind::Permanent,
+            DpError::Content(e) => e.kind(),
+            DpError::NotHeld { reason, .. } => chain_kind(reason),
+            DpError::Transport(_) | DpError::Source(_) | DpError::Task { .. } => {
+                FailureKind::Transient
+            }
+        }
+    }
 }

@@ -83,14 +83,83 @@ const LISTING_PIECE: usize = 64 * 1024;
 #[derive(Clone)]
 struct Content {
     lib: SharedLibrary,
-    dir: ManifestDir,
+    dir: Shown,
     manifests: Arc<Manifests>,
     listings: Arc<Semaphore>,
 }
 
-/// Routes of a DP's content server, reading from `lib`, within `limits` (listings at once).
+/// Which stored versions the content server shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Every version the library holds (a library served for inspection, and tests).
+    All,
+    /// A DP: only versions up to the one whose install last succeeded here
+    /// ([`crate::content::installed_version`]). A version pushed but not (yet) installed, or
+    /// whose install failed or was refused, is never served; a package never installed is
+    /// absent.
+    Installed,
+}
+
+/// The manifests as the content server shows them: the library's manifest files, with the
+/// versions filtered by [`Served`].
+#[derive(Clone, Debug)]
+struct Shown {
+    dir: ManifestDir,
+    /// The library's folder, where install records are (with [`Served::Installed`]).
+    installed: Option<std::path::PathBuf>,
+}
+
+impl Shown {
+    fn keep(&self, pkg: &PackageId, mut vs: Vec<u32>) -> Vec<u32> {
+        if let Some(lib) = &self.installed {
+            let up_to = crate::content::installed_version_at(lib, pkg);
+            vs.retain(|v| up_to.is_some_and(|i| *v <= i));
+        }
+        vs
+    }
+
+    fn versions_of(&self, pkg: &PackageId) -> freight_core::Result<Vec<u32>> {
+        Ok(self.keep(pkg, self.dir.versions_of(pkg)?))
+    }
+
+    fn versions(&self) -> freight_core::Result<std::collections::BTreeMap<PackageId, Vec<u32>>> {
+        let mut all = self.dir.versions()?;
+        for (p, vs) in all.iter_mut() {
+            *vs = self.keep(p, std::mem::take(vs));
+        }
+        all.retain(|_, vs| !vs.is_empty());
+        Ok(all)
+    }
+
+    fn path(&self, pkg: &PackageId, v: u32) -> std::path::PathBuf {
+        self.dir.path(pkg, v)
+    }
+
+    fn manifest_bytes(&self, pkg: &PackageId, v: u32) -> freight_core::Result<Vec<u8>> {
+        self.dir.manifest_bytes(pkg, v)
+    }
+
+    fn decode(&self, pkg: &PackageId, v: u32, bytes: &[u8]) -> freight_core::Result<Manifest> {
+        self.dir.decode(pkg, v, bytes)
+    }
+}
+
+/// Routes of a DP's content server, reading from `lib`, within `limits` (listings at once),
+/// showing every stored version ([`Served::All`]).
 pub fn router(lib: SharedLibrary, limits: &Limits) -> Router {
-    let dir = lib.read().manifest_dir();
+    router_serving(lib, limits, Served::All)
+}
+
+/// Like [`router`], showing the versions `served` selects.
+pub fn router_serving(lib: SharedLibrary, limits: &Limits, served: Served) -> Router {
+    let (dir, root) = {
+        let l = lib.read();
+        (l.manifest_dir(), l.dir().to_path_buf())
+    };
+    let dir = Shown {
+        dir,
+        installed: (served == Served::Installed).then_some(root),
+    };
     let content = Content {
         manifests: Arc::new(Manifests::new(dir.clone())),
         dir,
@@ -560,7 +629,7 @@ fn busy(what: &str) -> Fail {
     )
 }
 
-fn versions_of(dir: &ManifestDir, pkg: &PackageId) -> Result<Vec<u32>, Fail> {
+fn versions_of(dir: &Shown, pkg: &PackageId) -> Result<Vec<u32>, Fail> {
     let vs = dir
         .versions_of(pkg)
         .map_err(|e| library_error("the package list", e))?;
@@ -580,7 +649,7 @@ fn just_removed(pkg: &PackageId, v: u32) -> Fail {
 /// mtime): a manifest is replaced by renaming a new file into place, so a cached decode is
 /// current exactly while its file's identity is unchanged.
 fn locate_manifest(
-    dir: &ManifestDir,
+    dir: &Shown,
     pkg: &PackageId,
     ver: VersionSel,
 ) -> Result<(u32, FileId), Fail> {
@@ -653,14 +722,14 @@ struct Cached {
 /// up to [`MANIFEST_CACHE_BYTES`]; one larger than that is never kept, only shared by the
 /// requests that hold it.
 pub struct Manifests {
-    dir: ManifestDir,
+    dir: Shown,
     decodes: Semaphore,
     /// Least recently used first.
     cache: Mutex<Vec<Cached>>,
 }
 
 impl Manifests {
-    fn new(dir: ManifestDir) -> Manifests {
+    fn new(dir: Shown) -> Manifests {
         Manifests {
             dir,
             decodes: Semaphore::new(MAX_DECODES),

@@ -69,8 +69,15 @@ impl Dp {
             } => {
                 let p = PackageId::parse(&package)?;
                 let share = self.share.clone();
-                let freed = content::install_shared(&self.lib, p, version, hash, share).await?;
-                Ok(DpReply::Ok { freed })
+                match content::install_shared(&self.lib, p, version, hash, share).await {
+                    Ok(freed) => Ok(DpReply::Ok { freed }),
+                    // Not a failure: the older version was dropped (seed 000, "a newer version
+                    // has already arrived").
+                    Err(content::ContentError::NewerHeld { newer, .. }) => {
+                        Ok(DpReply::NewerHeld { newer })
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             DpRequest::Remove { package } => self.remove(package).await,
             DpRequest::Validate { package } => self.validate(package).await,
@@ -145,9 +152,19 @@ impl Dp {
     async fn push_to(&self, conn: Conn, package: String, version: u32) -> Result<DpReply, DpError> {
         let p = PackageId::parse(&package)?;
         // Off the async worker: maintenance may hold the library for seconds.
+        // A source serves only versions it installed, like its HTTP (a version pushed here
+        // whose install failed or never came is not held, as far as others are concerned).
         let m = self
             .lib
-            .read_async(move |l| l.manifest(&p, version))
+            .read_async(move |l| {
+                if content::installed_version(l, &p).is_none_or(|i| i < version) {
+                    return Err(freight_core::Error::NoSuchVersion {
+                        package: p.to_string(),
+                        version,
+                    });
+                }
+                l.manifest(&p, version)
+            })
             .await
             .map_err(|e| DpError::Task {
                 what: "reading a manifest",
@@ -199,6 +216,7 @@ impl CommandHandler for Dp {
             };
             encode(&res.unwrap_or_else(|e| DpReply::Error {
                 message: e.to_string(),
+                kind: e.kind(),
             }))
         })
     }

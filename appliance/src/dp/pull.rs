@@ -203,7 +203,7 @@ impl Pulls {
         serving.abort();
         let bytes = match decode_reply(&reply?) {
             Ok(DpReply::Pushed { bytes }) => bytes,
-            Ok(DpReply::Error { message }) => return Err(DpError::Source(message)),
+            Ok(DpReply::Error { message, .. }) => return Err(DpError::Source(message)),
             Ok(other) => return Err(DpError::Source(format!("unexpected answer {other:?}"))),
             Err(e) => {
                 return Err(DpError::Source(format!(

@@ -11,11 +11,19 @@
 //!   DP: Install Pending / Removal Pending   │
 //!                       ▲                   ├── failure, attempts left ──► Retrying (after delay)
 //!                       └───────────────────┘       DP: Retrying / Removal Pending
-//!                                           └── failure, last attempt ──► Failed   DP: Failed
+//!                                           ├── failure, last attempt ──► Failed   DP: Failed
+//!                                           ├── permanent failure ───────► Failed   DP: Failed (at once)
+//!                                           └── DP holds a newer version ─► Done    DP: Installed (newer)
 //! ```
+//!
+//! A failure is [`FailureKind::Transient`] (peer unreachable, timeout, lost connection, full
+//! disk: the retry policy applies) or [`FailureKind::Permanent`] (a name or path the DP's file
+//! system refuses, a hash mismatch, a refused authorization, a manifest too large for the peer:
+//! it can never succeed as things stand, so the job fails at once with its reason, 8202).
 
 use super::statmgr::Msg;
 use super::store::types::{Action, DpState};
+pub use crate::content::FailureKind;
 use freight_core::units::human;
 use std::time::Duration;
 
@@ -87,10 +95,18 @@ pub enum Outcome {
         /// Why, per source.
         reason: String,
     },
+    /// The DP holds a newer version than the one offered and dropped the older one (seed 000:
+    /// "a newer version has already arrived"): informational, not a failure.
+    NewerHeld {
+        /// The newer version the DP holds.
+        newer: u32,
+    },
     /// The attempt failed (peer unreachable, refused, disk full, ...).
     Failed {
         /// One line naming the object and the cause.
         reason: String,
+        /// Whether another attempt can help.
+        kind: FailureKind,
     },
 }
 
@@ -237,7 +253,23 @@ pub fn next(f: &JobFacts, outcome: Outcome, policy: &RetryPolicy) -> Transition 
             );
             retry(f, reason, n, delay, m)
         }
-        Outcome::Failed { reason } => {
+        Outcome::NewerHeld { newer } => done(
+            StatusWrite::Set {
+                state: DpState::Installed,
+                version: Some(newer),
+                message: None,
+                copied: false,
+            },
+            vec![msg(2345, &[&p, &v, &dp, &newer])],
+        ),
+        Outcome::Failed {
+            reason,
+            kind: FailureKind::Permanent,
+        } => fail(f, one_line(&reason)),
+        Outcome::Failed {
+            reason,
+            kind: FailureKind::Transient,
+        } => {
             let reason = one_line(&reason);
             let (n, delay) = (policy.dp_attempts, policy.dp_delay);
             let m = msg(
@@ -249,23 +281,28 @@ pub fn next(f: &JobFacts, outcome: Outcome, policy: &RetryPolicy) -> Transition 
     }
 }
 
+/// The job fails now: DP status Failed with `reason`, message 8202.
+fn fail(f: &JobFacts, reason: String) -> Transition {
+    let (p, v, dp) = (f.package, f.version, f.dp);
+    let last = Msg::new(8202, &[&p, &v, &dp, &f.attempts, &reason])
+        .package(p, v)
+        .dp(dp);
+    Transition {
+        status: StatusWrite::Set {
+            state: DpState::Failed,
+            version: f.held,
+            message: Some(reason.clone()),
+            copied: false,
+        },
+        job: JobEnd::Failed { error: reason },
+        messages: vec![last],
+    }
+}
+
 /// Another attempt after `delay` (raising `m`) or, once `attempts` are spent, a failure (8202).
 fn retry(f: &JobFacts, reason: String, attempts: u32, delay: Duration, m: Msg) -> Transition {
-    let (p, v, dp) = (f.package, f.version, f.dp);
     if f.attempts >= attempts {
-        let last = Msg::new(8202, &[&p, &v, &dp, &f.attempts, &reason])
-            .package(p, v)
-            .dp(dp);
-        return Transition {
-            status: StatusWrite::Set {
-                state: DpState::Failed,
-                version: f.held,
-                message: Some(reason.clone()),
-                copied: false,
-            },
-            job: JobEnd::Failed { error: reason },
-            messages: vec![last],
-        };
+        return fail(f, reason);
     }
     let status = match f.action {
         // A failed validation attempt says nothing new about the copy.
@@ -442,6 +479,7 @@ mod tests {
     fn a_failed_copy_retries_after_the_delay_then_fails_on_its_last_attempt() {
         let f = || Outcome::Failed {
             reason: "DP1 unreachable\nsecond line".into(),
+            kind: FailureKind::Transient,
         };
         let t = next(&facts(Action::Install, 1, Some(1)), f(), &SPEC);
         assert_eq!(
@@ -489,6 +527,7 @@ mod tests {
             &facts(Action::Remove, 3, Some(2)),
             Outcome::Failed {
                 reason: "down".into(),
+                kind: FailureKind::Transient,
             },
             &SPEC,
         );
@@ -523,6 +562,7 @@ mod tests {
             &facts(Action::Remove, 2, Some(2)),
             Outcome::Failed {
                 reason: "down".into(),
+                kind: FailureKind::Transient,
             },
             &small,
         );
@@ -569,6 +609,7 @@ mod tests {
             &facts(Action::Validate, 1, Some(2)),
             Outcome::Failed {
                 reason: "down".into(),
+                kind: FailureKind::Transient,
             },
             &SPEC,
         );
@@ -633,6 +674,75 @@ mod tests {
         );
         assert_eq!(ids(&t), [8213]);
         assert!(matches!(t.job, JobEnd::Retry { after, .. } if after == SPEC.dp_delay));
+    }
+
+    #[test]
+    fn a_permanent_failure_fails_the_job_at_once_and_a_transient_one_retries() {
+        let permanent = || Outcome::Failed {
+            reason: "dp1: a/b: create: File name too long (os error 36)".into(),
+            kind: FailureKind::Permanent,
+        };
+        let transient = || Outcome::Failed {
+            reason: "dp1: No space left on device (os error 28)".into(),
+            kind: FailureKind::Transient,
+        };
+        for action in [Action::Install, Action::Redistribute, Action::Remove] {
+            // On the first attempt, with 99 attempts left: Failed, no Retrying, 8202 only.
+            let t = next(&facts(action, 1, Some(1)), permanent(), &SPEC);
+            assert_eq!(
+                t.job,
+                JobEnd::Failed {
+                    error: "dp1: a/b: create: File name too long (os error 36)".into()
+                },
+                "{action}"
+            );
+            assert_eq!(
+                t.status,
+                StatusWrite::Set {
+                    state: DpState::Failed,
+                    version: Some(1),
+                    message: Some("dp1: a/b: create: File name too long (os error 36)".into()),
+                    copied: false
+                },
+                "{action}"
+            );
+            assert_eq!(ids(&t), [8202], "{action}");
+            assert_eq!(t.messages[0].strings[3], "1");
+            // The same failure, transient, keeps the retry policy.
+            let t = next(&facts(action, 1, Some(1)), transient(), &SPEC);
+            assert!(
+                matches!(t.job, JobEnd::Retry { after, .. } if after == SPEC.dp_delay),
+                "{action}"
+            );
+            assert_eq!(ids(&t), [8201], "{action}");
+        }
+        // A permanent failure of a validation fails it at once too.
+        let t = next(&facts(Action::Validate, 1, Some(2)), permanent(), &SPEC);
+        assert!(matches!(t.job, JobEnd::Failed { .. }));
+        assert_eq!(ids(&t), [8202]);
+    }
+
+    #[test]
+    fn an_older_version_at_a_dp_holding_a_newer_one_is_dropped_with_an_informational_message() {
+        let t = next(
+            &facts(Action::Install, 1, Some(3)),
+            Outcome::NewerHeld { newer: 3 },
+            &SPEC,
+        );
+        assert_eq!(t.job, JobEnd::Done);
+        assert_eq!(
+            t.status,
+            StatusWrite::Set {
+                state: DpState::Installed,
+                version: Some(3),
+                message: None,
+                copied: false
+            }
+        );
+        assert_eq!(ids(&t), [2345]);
+        assert_eq!(super::super::statmgr::describe(2345).0, "info");
+        assert_eq!(t.messages[0].strings, ["PS100001", "2", "dp1", "3"]);
+        assert_eq!(t.messages[0].version, Some(2));
     }
 
     fn target(action: Action, settled: bool, live: bool) -> TargetFacts<'static> {

@@ -7,7 +7,7 @@
 //! PkgXferMgr owns the DP routes' limiters: one per DP, shared by its sessions, updated when a
 //! route's windows change.
 
-use super::job::{self, JobFacts, Outcome, RetryPolicy};
+use super::job::{self, FailureKind, JobFacts, Outcome, RetryPolicy};
 use super::store::types::{Action, DpKind};
 use super::store::{JobRow, Route, StoreError};
 use super::{SiteServer, now_ms};
@@ -54,6 +54,8 @@ enum XferError {
         dp: String,
         /// The DP's line.
         message: String,
+        /// Whether the DP says another attempt can help.
+        kind: FailureKind,
     },
     /// The DP's answer does not parse.
     #[error(
@@ -75,6 +77,27 @@ enum XferError {
         /// The answer, for the log.
         answer: String,
     },
+}
+
+impl XferError {
+    /// Whether another attempt can help: what the DP said of its own failures; permanent for
+    /// what no retry changes here (an unknown DP, a bad address, a manifest too large for one
+    /// frame, a certificate the peer refuses, an answer from another Freight version);
+    /// transient for the rest (unreachable, timeouts, lost connections, local storage).
+    fn kind(&self) -> FailureKind {
+        use freight_transport::Error as T;
+        match self {
+            XferError::Refused { kind, .. } => *kind,
+            XferError::UnknownDp(_)
+            | XferError::BadAddress { .. }
+            | XferError::BadReply { .. }
+            | XferError::Unexpected { .. } => FailureKind::Permanent,
+            XferError::Transport(T::TooLarge { .. } | T::PeerRefused(_)) => FailureKind::Permanent,
+            XferError::Transport(_) | XferError::Library(_) | XferError::Store(_) => {
+                FailureKind::Transient
+            }
+        }
+    }
 }
 
 type Limiters = Arc<Mutex<HashMap<String, RouteLimiter>>>;
@@ -105,7 +128,7 @@ pub async fn run(
                 tokio::spawn(async move {
                     let outcome = match execute(&site, &j, &limiters).await {
                         Ok(o) => o,
-                        Err(e) => Outcome::Failed { reason: e.to_string() },
+                        Err(e) => Outcome::Failed { reason: e.to_string(), kind: e.kind() },
                     };
                     if let Err(e) = finish(&site, &j, outcome) {
                         tracing::error!(job = j.id, error = %e, "could not record a job's result; it runs again");
@@ -191,9 +214,10 @@ async fn ask(site: &SiteServer, p: &Peer, req: &DpRequest) -> Result<DpReply, Xf
         dp: p.dp.clone(),
         reason,
     })? {
-        DpReply::Error { message } => Err(XferError::Refused {
+        DpReply::Error { message, kind } => Err(XferError::Refused {
             dp: p.dp.clone(),
             message,
+            kind,
         }),
         other => Ok(other),
     }
@@ -293,6 +317,7 @@ async fn push(
             bytes,
             secs: started.elapsed().as_secs_f64(),
         }),
+        DpReply::NewerHeld { newer } => Ok(Outcome::NewerHeld { newer }),
         other => Err(unexpected(p, "install", other)),
     }
 }
@@ -392,7 +417,7 @@ async fn pull(site: &Arc<SiteServer>, j: &JobRow, p: &Peer) -> Result<Outcome, X
 /// Records an attempt's end: job row, status and messages, in one transaction. A job that
 /// DistMgr changed while it ran (superseded) keeps its new request, which runs next.
 fn finish(site: &SiteServer, j: &JobRow, outcome: Outcome) -> Result<(), StoreError> {
-    if matches!(&outcome, Outcome::Failed { reason } if !reason.is_empty()) {
+    if matches!(&outcome, Outcome::Failed { reason, .. } if !reason.is_empty()) {
         tracing::warn!(package = %j.package, dp = %j.dp, outcome = ?outcome, "job attempt failed");
     }
     let cfg = &site.cfg;

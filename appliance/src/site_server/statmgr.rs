@@ -11,6 +11,7 @@
 //! 2302 error    DistMgr     package processed with failures on some DPs
 //! 2331 info     DistMgr     started removing a package from a DP
 //! 2332 info     DistMgr     removed a package from a DP
+//! 2345 info     DistMgr     a newer version had already arrived at a DP; the older one was dropped
 //! 2380 info     DistMgr     started validating a package on a DP
 //! 2384 info     DistMgr     package verified on a DP
 //! 2386 error    DistMgr     package failed validation on a DP
@@ -103,6 +104,12 @@ const CATALOGUE: &[Entry] = &[
         "info",
         Component::DistMgr,
         "Distribution Manager is starting to %1 package %2 on distribution point %3.",
+    ),
+    Entry(
+        2345,
+        "info",
+        Component::DistMgr,
+        "A newer version (%4) of package %1 has already arrived at distribution point %3; version %2 was dropped there and the newer version stays installed.",
     ),
     Entry(
         2357,
