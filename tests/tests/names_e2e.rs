@@ -283,6 +283,9 @@ fn an_older_version_at_a_dp_holding_a_newer_one_is_dropped_with_an_informational
         &dp.library,
         &["ingest", "-p", &id, "-v", "2", newer.to_str().unwrap()],
     );
+    // ... and installed it (the record an install leaves, `LIB/installed/<PKG>`).
+    std::fs::create_dir_all(dp.library.join("installed")).unwrap();
+    std::fs::write(dp.library.join("installed").join(&id), "2").unwrap();
     dp.start();
     site.act(&id, "distribute", json!({"dps": ["dp1"]}));
     site.settle(SETTLE);
