@@ -38,8 +38,10 @@ fn manifest_file(lib: &Path, id: &str, version: u32) -> Vec<u8> {
     .unwrap()
 }
 
-/// Heavy tier: writing and ingesting 110,000 files twice and installing them takes over 30 s
-/// on a 2-core machine.
+/// Heavy tier: writing 220,000 files (two trees of 110,000) and ingesting and installing
+/// both versions takes about 25 s on an idle 2-core machine, most of it creating the files,
+/// and more than 30 s on a loaded one. The fast tier covers the protocol over real QUIC
+/// (`transport/tests/large_manifest.rs`).
 #[test]
 fn heavy_a_package_with_a_manifest_above_one_frame_distributes_and_updates() {
     let net = Net::new();
