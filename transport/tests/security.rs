@@ -356,12 +356,21 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
             ProtocolError::VersionMismatch,
         ),
     ];
+    let pending = w.t.path().join("ps1-lib").join("pending");
     for (what, bytes, want) in cases {
         let answer = raw_session(raw, &bytes).await;
         assert_eq!(abort_code(&answer), Some(want.code()), "{what}: {answer:?}");
         let ev = rx.events.recv().await.unwrap();
         assert!(ev.result.is_err(), "{what}");
         assert_one_line(&ev.result.unwrap_err());
+        // The parts received before the refusal are not left behind.
+        let left: Vec<_> = std::fs::read_dir(&pending)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{what}: {left:?}");
     }
 
     // A data stream for a session that does not exist is refused on its own: the stream is
