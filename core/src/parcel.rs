@@ -7,7 +7,7 @@
 //! header       magic "FRPARCEL", format u16 = 1, flags u16 (bit 0: delta), reserved u32 = 0
 //!              if delta: base version u32, base manifest hash [32]
 //! instruction  u32 length (<= 64 KiB) + signed instruction bytes (opaque here)
-//! manifest     u32 length (<= 256 MiB) + canonical manifest bytes
+//! manifest     u32 length (<= MAX_MANIFEST, 1 GiB) + canonical manifest bytes
 //! chunks       u64 count, then per chunk: id [32], uncompressed length u32,
 //!              stored length u32, flags u8, stored bytes (as kept in the library)
 //! index        u64 count, then per chunk: id [32], offset of its record u64
@@ -39,7 +39,11 @@ const END_MAGIC: &[u8; 8] = b"FRPEND\0\x01";
 pub const FORMAT: u16 = 1;
 const FLAG_DELTA: u16 = 1;
 const MAX_INSTRUCTION: u32 = 64 << 10;
-const MAX_MANIFEST: u32 = 256 << 20;
+/// Largest manifest a parcel carries: 1 GiB (some 7 million files), the transfer protocol's
+/// limit too, so whatever travels over the network also travels by parcel. A defence limit
+/// for the reader (a parcel's manifest is read whole, and only as far as the file holds it);
+/// `create` refuses a larger manifest with an error naming the package.
+pub const MAX_MANIFEST: u32 = 1 << 30;
 const RECORD_HEADER: u64 = 32 + 4 + 4 + 1;
 
 /// The base version a delta parcel was cut against.
@@ -182,6 +186,16 @@ pub fn create(
         w.put(&(instruction.len() as u32).to_le_bytes())?;
         w.put(instruction)?;
         let mbytes = manifest.encode();
+        if mbytes.len() > MAX_MANIFEST as usize {
+            return Err(Error::BadManifest {
+                what: format!("manifest of {} v{}", manifest.package, manifest.version),
+                offset: 0,
+                reason: format!(
+                    "{} bytes, more than a parcel carries ({MAX_MANIFEST}); split the package",
+                    mbytes.len()
+                ),
+            });
+        }
         w.put(&(mbytes.len() as u32).to_le_bytes())?;
         w.put(&mbytes)?;
         w.put(&(chunks.len() as u64).to_le_bytes())?;

@@ -1,9 +1,11 @@
 //! Transfer protocol frames: arbitrary bytes, delivered in arbitrary slices, never panic the
 //! frame decoder or the state machines, and every frame that decodes encodes back to the same
-//! bytes.
+//! bytes. Manifest parts the receiver accepts are collected as its shell would (a temporary
+//! file) and decoded once it says the manifest is complete.
 #![no_main]
 
-use freight_transport::protocol::{FrameDecoder, Message, Receiver};
+use freight_core::Manifest;
+use freight_transport::protocol::{FrameDecoder, Message, Receiver, ReceiverEvent};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,11 +14,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut dec = FrameDecoder::new();
     let mut receiver = Receiver::new();
+    let mut manifest = Vec::new();
     let step = 1 + split as usize;
-    let mut consumed = Vec::new();
     for slice in bytes.chunks(step) {
         dec.push(slice);
-        consumed.extend_from_slice(slice);
         loop {
             match dec.next_message() {
                 Ok(Some(msg)) => {
@@ -24,7 +25,20 @@ fuzz_target!(|data: &[u8]| {
                     msg.encode_into(&mut again);
                     let decoded = Message::decode_frame(&again[4..]).expect("re-encoded frame decodes");
                     assert_eq!(decoded, msg);
-                    let _ = receiver.handle(msg);
+                    let mut events: std::collections::VecDeque<_> =
+                        receiver.handle(msg).unwrap_or_default().into();
+                    while let Some(ev) = events.pop_front() {
+                        match ev {
+                            ReceiverEvent::ManifestPart { data } => {
+                                manifest.extend_from_slice(&data)
+                            }
+                            ReceiverEvent::ManifestComplete => {
+                                let loaded = Manifest::decode(&manifest, "fuzz");
+                                events.extend(receiver.manifest_loaded(loaded).unwrap_or_default());
+                            }
+                            _ => {}
+                        }
+                    }
                     while receiver.poll_transmit().is_some() {}
                 }
                 Ok(None) => break,

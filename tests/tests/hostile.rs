@@ -6,7 +6,10 @@
 use freight_core::{Manifest, SiteCode, SiteKey};
 use freight_test_support::dataset::{DatasetSpec, generate};
 use freight_tests::hosts::*;
-use freight_transport::protocol::{FLAG_ZSTD, FrameDecoder, Message, chunk_header, encode};
+use freight_transport::protocol::{
+    FLAG_ZSTD, FrameDecoder, MAX_MANIFEST_PART, Message, VERSION_MAX, VERSION_MIN, chunk_header,
+    encode,
+};
 use freight_transport::quic::{Conn, Node, NodeConfig};
 use freight_transport::tls::SiteTls;
 use serde_json::json;
@@ -92,16 +95,19 @@ async fn until_abort(recv: &mut quinn::RecvStream) -> (Option<String>, Duration)
     }
 }
 
-/// Reads control frames until the receiver's Need; returns the chunk IDs it asks for.
+/// Reads control frames until the end of the receiver's Need; returns the chunk IDs its
+/// parts ask for.
 async fn until_need(recv: &mut quinn::RecvStream) -> Vec<freight_core::ChunkId> {
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 << 10];
+    let mut need = Vec::new();
     loop {
         let n = recv.read(&mut buf).await.unwrap().expect("stream open");
         dec.push(&buf[..n]);
         while let Some(m) = dec.next_message().unwrap() {
             match m {
-                Message::Need { chunks } => return chunks,
+                Message::Need { chunks } => need.extend(chunks),
+                Message::NeedEnd => return need,
                 Message::Abort { reason, .. } => panic!("aborted: {reason}"),
                 _ => {}
             }
@@ -119,19 +125,29 @@ async fn open_session(conn: &Conn, streams: u16) -> (quinn::SendStream, quinn::R
     (send, recv, id)
 }
 
+/// Hello, the Offer of `m` and its manifest in parts, as a sender writes them.
 fn hello_offer(m: &Manifest) -> Vec<u8> {
-    [
+    let bytes = m.encode();
+    let mut out = [
         encode(&Message::Hello {
-            version_min: 1,
-            version_max: 1,
+            version_min: VERSION_MIN,
+            version_max: VERSION_MAX,
         }),
         encode(&Message::Offer {
             package: m.package.clone(),
             version: m.version,
-            manifest: m.encode(),
+            manifest_len: bytes.len() as u64,
+            manifest_hash: *m.hash().as_bytes(),
         }),
     ]
-    .concat()
+    .concat();
+    for (i, part) in bytes.chunks(MAX_MANIFEST_PART).enumerate() {
+        out.extend(encode(&Message::ManifestPart {
+            offset: (i * MAX_MANIFEST_PART) as u64,
+            data: part.to_vec(),
+        }));
+    }
+    out
 }
 
 /// A package of `bytes` at `net.p(name)`, ingested into a scratch library as `pkg` v1.
@@ -294,6 +310,7 @@ fn a_dp_that_stalls_or_stops_reading_sends_the_job_to_retry_and_frees_the_sender
                         if recv.read_exact(&mut pre).await.is_err() {
                             return;
                         }
+                        let (mut manifest, mut len) = (Vec::new(), 0);
                         loop {
                             let Ok(Some(n)) = recv.read(&mut buf).await else {
                                 return;
@@ -303,18 +320,26 @@ fn a_dp_that_stalls_or_stops_reading_sends_the_job_to_retry_and_frees_the_sender
                                 match msg {
                                     Message::Hello { .. } => {
                                         let hello = encode(&Message::Hello {
-                                            version_min: 1,
-                                            version_max: 1,
+                                            version_min: VERSION_MIN,
+                                            version_max: VERSION_MAX,
                                         });
                                         let _ = send.write_all(&hello).await;
                                     }
-                                    Message::Offer { manifest, .. } => {
+                                    Message::Offer { manifest_len, .. } => len = manifest_len,
+                                    Message::ManifestPart { data, .. } => {
+                                        manifest.extend_from_slice(&data);
+                                        if manifest.len() as u64 != len {
+                                            continue;
+                                        }
                                         let m = freight_core::Manifest::decode(&manifest, "offer")
                                             .unwrap();
                                         let ids: Vec<_> = m.chunks().into_keys().collect();
-                                        let _ = send
-                                            .write_all(&encode(&Message::Need { chunks: ids }))
-                                            .await;
+                                        let need = [
+                                            encode(&Message::Need { chunks: ids }),
+                                            encode(&Message::NeedEnd),
+                                        ]
+                                        .concat();
+                                        let _ = send.write_all(&need).await;
                                     }
                                     _ => {}
                                 }

@@ -267,3 +267,36 @@ fn relative_output_paths_work_and_bad_ones_fail_cleanly() {
     ]);
     assert!(err.contains("not a file name"), "{err}");
 }
+
+/// Issue 11: a 100,000-file package (a manifest above the transfer protocol's old 8 MiB
+/// frame) goes through `freight parcel create` and `import`, and the receiving library
+/// holds the sending one's manifest byte for byte.
+#[test]
+fn a_100_000_file_package_travels_by_parcel() {
+    let w = World::new();
+    w.site("a-site", "CAS");
+    w.site("b-site", "PS1");
+    w.trust("a-site", "b-site");
+    let src = w.p("src");
+    for d in 0..100 {
+        let sub = src.join(format!("folder-{d:03}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..1000 {
+            let n = d * 1000 + f;
+            std::fs::write(
+                sub.join(format!("a-file-named-{n:06}.txt")),
+                format!("content {}\n", n % 499),
+            )
+            .unwrap();
+        }
+    }
+    w.ingest("a-lib", 1, &src);
+    let manifest =
+        |lib: &str| std::fs::read(w.p(lib).join("manifests/CAS00001/0000000001.fmf")).unwrap();
+    let sent = manifest("a-lib");
+    assert!(sent.len() > 9 << 20, "manifest of {} bytes", sent.len());
+    w.create(1, "PS1", None, "big.parcel");
+    w.ok(&args(&w.import_args("big.parcel")));
+    assert!(manifest("b-lib") == sent, "the imported manifest differs");
+    w.ok(&["library", "--library", &w.s("b-lib"), "verify"]);
+}

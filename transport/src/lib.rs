@@ -27,8 +27,8 @@ pub mod trust;
 pub use clock::{Clock, ManualClock, Reading, SystemClock, TokioClock};
 pub use error::{Error, Result};
 pub use protocol::{
-    ChunkVerifier, FrameDecoder, MAX_FRAME, Message, ProtocolError, Receiver, ReceiverEvent,
-    Sender, SenderEvent, Transmit, VerifiedChunk,
+    ChunkVerifier, FrameDecoder, MAX_FRAME, MAX_MANIFEST_LEN, MAX_MANIFEST_PART, MAX_NEED_IDS,
+    Message, ProtocolError, Receiver, ReceiverEvent, Sender, SenderEvent, Transmit, VerifiedChunk,
 };
 pub use route_limiter::RouteLimiter;
 pub use schedule::{Allowed, Cell, CellSpan, Priority, Rate, RouteThrottle, Schedule};

@@ -292,29 +292,71 @@ async fn push_inner(
         .write_all(&preamble)
         .await
         .map_err(|e| write_error(who, e))?;
-    let mut sender = Sender::with_data_streams(manifest, streams)?;
+    // The manifest is offered from its stored file, read one part at a time.
+    let source = ManifestSource::open(lib, manifest).await?;
+    let mut sender = Sender::offering(manifest, source.len, source.hash, streams)?;
     let mut ctl = spawn_reader(crecv, who.to_string());
 
-    // Hello, then Offer, until the receiver's Need names what it lacks.
+    // Hello, then Offer and the manifest's parts, until the receiver's Need parts and
+    // NeedEnd name what it lacks.
     let (step, stall) = (conn.config.step_timeout, conn.config.progress_timeout);
     let mut needed = None;
+    let mut todo: VecDeque<SenderEvent> = VecDeque::new();
     while needed.is_none() {
-        flush_sender(&mut sender, &mut csend, who).await?;
+        let flushed = within(stall, who, "reading by the receiver", async {
+            flush_sender(&mut sender, &mut csend, who).await
+        })
+        .await;
+        if let Err(e) = flushed {
+            return Err(abort_reason(&mut sender, &mut ctl, &mut csend, who, e).await);
+        }
+        if let Some(event) = todo.pop_front() {
+            let SenderEvent::ReadManifest { offset, len } = event else {
+                return Err(Error::Misuse(format!(
+                    "{who}: the sender asked for {event:?} before the receiver's Need ended"
+                )));
+            };
+            let part = match source.read(offset, len).await {
+                Ok(p) => p,
+                Err(e) => {
+                    sender.abort(&e.to_string());
+                    flush_sender(&mut sender, &mut csend, who).await?;
+                    return Err(e);
+                }
+            };
+            match sender.manifest_part(offset, part) {
+                Ok(events) => todo.extend(events),
+                Err(e) => {
+                    let _ = flush_sender(&mut sender, &mut csend, who).await;
+                    return Err(e);
+                }
+            }
+            continue;
+        }
         let msg = match tokio::time::timeout(step, next_control(&mut ctl, who)).await {
             Ok(m) => m,
             Err(_) => return Err(stalled(who, "Hello or Need from the receiver", step)),
         };
-        let is_need = matches!(msg, Ok(Message::Need { .. }));
+        let need_end = matches!(msg, Ok(Message::NeedEnd));
         let events = handle_or_abort(&mut sender, msg, &mut csend, who).await?;
-        if is_need {
-            needed = Some(
-                events
-                    .into_iter()
-                    .map(|SenderEvent::ReadChunk(id)| id)
-                    .collect::<Vec<_>>(),
-            );
+        if need_end {
+            let mut ids = Vec::with_capacity(events.len());
+            for event in events {
+                match event {
+                    SenderEvent::ReadChunk(id) => ids.push(id),
+                    other => {
+                        return Err(Error::Misuse(format!(
+                            "{who}: the sender asked for {other:?} after the receiver's Need"
+                        )));
+                    }
+                }
+            }
+            needed = Some(ids);
+        } else {
+            todo.extend(events);
         }
     }
+    drop(source);
     let needed = needed.unwrap_or_default();
     // Located once and their packs held open: a collection on this host during the session
     // moves chunks and deletes packs, but cannot take these bytes away (and every read checks
@@ -545,6 +587,163 @@ async fn push_inner(
     }
     let _ = csend.finish();
     Ok(())
+}
+
+/// Where a push reads the manifest it offers: the library's stored manifest file, read one
+/// part at a time (so a large manifest is never held whole for the offer), or, for a manifest
+/// the library has not stored, its canonical encoding.
+struct ManifestSource {
+    len: u64,
+    hash: [u8; 32],
+    bytes: ManifestBytes,
+}
+
+enum ManifestBytes {
+    File(Arc<std::fs::File>, std::path::PathBuf),
+    Memory(Arc<Vec<u8>>),
+}
+
+/// Bytes read at once while hashing a stored manifest.
+const HASH_READ: usize = crate::protocol::MAX_MANIFEST_PART;
+
+impl ManifestSource {
+    /// Opens `m`'s stored manifest and hashes it, reading it in parts.
+    async fn open(lib: &SharedLibrary, m: &Manifest) -> Result<ManifestSource> {
+        let (package, version) = (m.package.clone(), m.version);
+        let path = lib
+            .read_async(move |l| l.manifest_path(&package, version))
+            .await?;
+        let opened = tokio::task::spawn_blocking(move || -> Result<Option<ManifestSource>> {
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(freight_core::Error::io(&path, "open manifest", e).into()),
+            };
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; HASH_READ];
+            let mut len = 0u64;
+            loop {
+                let n = std::io::Read::read(&mut &file, &mut buf)
+                    .map_err(|e| freight_core::Error::io(&path, "read manifest", e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+            Ok(Some(ManifestSource {
+                len,
+                hash: *hasher.finalize().as_bytes(),
+                bytes: ManifestBytes::File(Arc::new(file), path),
+            }))
+        })
+        .await
+        .map_err(|e| Error::Misuse(format!("reading a manifest panicked: {e}")))??;
+        Ok(match opened {
+            Some(s) => s,
+            None => {
+                let bytes = m.encode();
+                ManifestSource {
+                    len: bytes.len() as u64,
+                    hash: *blake3::hash(&bytes).as_bytes(),
+                    bytes: ManifestBytes::Memory(Arc::new(bytes)),
+                }
+            }
+        })
+    }
+
+    /// `len` bytes from `offset`.
+    async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        match &self.bytes {
+            ManifestBytes::Memory(b) => Ok(b[offset as usize..][..len].to_vec()),
+            ManifestBytes::File(f, path) => {
+                let (f, path) = (f.clone(), path.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len];
+                    std::os::unix::fs::FileExt::read_exact_at(&*f, &mut buf, offset)
+                        .map_err(|e| freight_core::Error::io(&path, "read manifest", e))?;
+                    Ok(buf)
+                })
+                .await
+                .map_err(|e| Error::Misuse(format!("reading a manifest panicked: {e}")))?
+            }
+        }
+    }
+}
+
+/// A receiving session's temporary manifest file, `LIB/pending/.recv-<pid>-<n>.tmp`: the
+/// parts are appended as they arrive, the manifest is decoded from it, and it is removed
+/// when dropped (the session ended, failed or moved on). A crash leaves it for the next
+/// opening of the library, which removes temporary files under `pending/`.
+#[derive(Default)]
+struct IncomingManifest {
+    file: Option<(Arc<std::fs::File>, std::path::PathBuf)>,
+}
+
+impl IncomingManifest {
+    async fn append(&mut self, lib: &SharedLibrary, data: Vec<u8>) -> Result<()> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        if self.file.is_none() {
+            let dir = lib.read_async(|l| l.dir().join("pending")).await?;
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!(".recv-{}-{n}.tmp", std::process::id()));
+            let p = path.clone();
+            let file = tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| freight_core::Error::io(&dir, "create lease folder", e))?;
+                std::fs::File::options()
+                    .read(true)
+                    .append(true)
+                    .create_new(true)
+                    .open(&p)
+                    .map_err(|e| freight_core::Error::io(&p, "create temporary manifest", e))
+            })
+            .await
+            .map_err(|e| Error::Misuse(format!("writing a manifest panicked: {e}")))??;
+            self.file = Some((Arc::new(file), path));
+        }
+        let (file, path) = self.file.clone().expect("created above");
+        tokio::task::spawn_blocking(move || {
+            std::io::Write::write_all(&mut &*file, &data)
+                .map_err(|e| freight_core::Error::io(&path, "write temporary manifest", e))
+        })
+        .await
+        .map_err(|e| Error::Misuse(format!("writing a manifest panicked: {e}")))??;
+        Ok(())
+    }
+
+    /// Decodes the received manifest from the file (the outer error is the file's, the inner
+    /// the decoder's), then removes the file.
+    async fn load(&mut self, what: String) -> Result<freight_core::Result<Manifest>> {
+        let Some((file, path)) = self.file.clone() else {
+            return Err(Error::Misuse(format!(
+                "{what}: the manifest is complete but no part was written"
+            )));
+        };
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            std::io::Seek::seek(&mut &*file, std::io::SeekFrom::Start(0))
+                .and_then(|_| std::io::Read::read_to_end(&mut &*file, &mut bytes))
+                .map_err(|e| freight_core::Error::io(&path, "read temporary manifest", e))?;
+            Ok::<_, Error>(Manifest::decode(&bytes, &what))
+        })
+        .await
+        .map_err(|e| Error::Misuse(format!("reading a manifest panicked: {e}")))?;
+        self.remove();
+        loaded
+    }
+
+    fn remove(&mut self) {
+        if let Some((_, path)) = self.file.take() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+impl Drop for IncomingManifest {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 /// A receiver that aborts a session stops its data streams too, and a writer may see the stop
@@ -934,6 +1133,7 @@ async fn drive_receiver(
     offered: &mut Option<(freight_core::PackageId, u32)>,
 ) -> Result<()> {
     let mut ctl = spawn_reader(recv, who.to_string());
+    let mut incoming = IncomingManifest::default();
     loop {
         let msgs: Vec<Message> =
             std::iter::from_fn(|| session.receiver().poll_transmit()).collect();
@@ -971,7 +1171,7 @@ async fn drive_receiver(
                     return Err(abort_with(session, e));
                 }
                 // The last data stream's end let the receiver act on a held Done.
-                perform(session, session.take_released(), lib, who).await?;
+                perform(session, session.take_released(), lib, who, &mut incoming).await?;
                 continue;
             }
         };
@@ -984,7 +1184,7 @@ async fn drive_receiver(
                 Some((package.clone(), *version));
         }
         let events = session.receiver().handle(msg)?;
-        perform(session, events, lib, who).await?;
+        perform(session, events, lib, who, &mut incoming).await?;
     }
 }
 
@@ -994,9 +1194,28 @@ async fn perform(
     events: Vec<ReceiverEvent>,
     lib: &SharedLibrary,
     who: &str,
+    incoming: &mut IncomingManifest,
 ) -> Result<()> {
-    for ev in events {
+    let mut events = VecDeque::from(events);
+    while let Some(ev) = events.pop_front() {
         match ev {
+            ReceiverEvent::ManifestPart { data } => {
+                if let Err(e) = incoming.append(lib, data).await {
+                    return Err(abort_with(session, e));
+                }
+            }
+            ReceiverEvent::ManifestComplete => {
+                let what = match session.receiver().offered() {
+                    Some((p, v)) => format!("manifest of {p} v{v} offered by {who}"),
+                    None => format!("manifest offered by {who}"),
+                };
+                let decoded = match incoming.load(what).await {
+                    Ok(d) => d,
+                    Err(e) => return Err(abort_with(session, e)),
+                };
+                let next = session.receiver().manifest_loaded(decoded)?;
+                events.extend(next);
+            }
             ReceiverEvent::Lookup { manifest } => {
                 let lacking = match lib.lacking(&manifest).await {
                     Ok(l) => l,

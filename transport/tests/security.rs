@@ -243,8 +243,8 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
     let (_node, conn) = connect(&w.cas, &rx, "PS1").await;
     let raw = conn.connection();
     let hello = encode(&Message::Hello {
-        version_min: 1,
-        version_max: 1,
+        version_min: 2,
+        version_max: 2,
     });
 
     // An Offer one byte over the limit of every message but Chunk, and a Chunk one byte over
@@ -271,15 +271,40 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
     .concat();
     let done_first = encode(&Message::Done);
     let done_first_again = done_first.clone();
-    let bad_offer = [
-        hello.clone(),
+    let offer = |bytes: &[u8], len: u64| {
         encode(&Message::Offer {
             package: PackageId::parse("CAS00001").unwrap(),
             version: 1,
-            manifest: b"not a manifest".to_vec(),
-        }),
+            manifest_len: len,
+            manifest_hash: *blake3::hash(bytes).as_bytes(),
+        })
+    };
+    let part = |offset: u64, bytes: &[u8]| {
+        encode(&Message::ManifestPart {
+            offset,
+            data: bytes.to_vec(),
+        })
+    };
+    let junk = b"not a manifest";
+    let bad_offer = [hello.clone(), offer(junk, 14), part(0, junk)].concat();
+    let huge_offer = [
+        hello.clone(),
+        offer(junk, freight_transport::MAX_MANIFEST_LEN + 1),
     ]
     .concat();
+    let wrong_hash = [hello.clone(), offer(b"something else", 14), part(0, junk)].concat();
+    let part_twice = [
+        hello.clone(),
+        offer(junk, 14),
+        part(0, &junk[..4]),
+        part(0, &junk[..4]),
+    ]
+    .concat();
+    let part_beyond = [hello.clone(), offer(junk, 10), part(0, junk)].concat();
+    let old_peer = encode(&Message::Hello {
+        version_min: 1,
+        version_max: 1,
+    });
     let wrong_version = encode(&Message::Hello {
         version_min: 7,
         version_max: 9,
@@ -305,17 +330,47 @@ async fn malformed_oversized_and_unexpected_frames_end_the_session_with_a_code()
         ),
         ("bad manifest", bad_offer, ProtocolError::BadManifest),
         (
+            "manifest above the defence limit",
+            huge_offer,
+            ProtocolError::ManifestTooLarge,
+        ),
+        (
+            "manifest hash mismatch",
+            wrong_hash,
+            ProtocolError::BadManifest,
+        ),
+        (
+            "manifest part twice",
+            part_twice,
+            ProtocolError::BadManifest,
+        ),
+        (
+            "manifest part beyond its length",
+            part_beyond,
+            ProtocolError::BadManifest,
+        ),
+        ("a version-1 peer", old_peer, ProtocolError::VersionMismatch),
+        (
             "no common version",
             wrong_version,
             ProtocolError::VersionMismatch,
         ),
     ];
+    let pending = w.t.path().join("ps1-lib").join("pending");
     for (what, bytes, want) in cases {
         let answer = raw_session(raw, &bytes).await;
         assert_eq!(abort_code(&answer), Some(want.code()), "{what}: {answer:?}");
         let ev = rx.events.recv().await.unwrap();
         assert!(ev.result.is_err(), "{what}");
         assert_one_line(&ev.result.unwrap_err());
+        // The parts received before the refusal are not left behind.
+        let left: Vec<_> = std::fs::read_dir(&pending)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{what}: {left:?}");
     }
 
     // A data stream for a session that does not exist is refused on its own: the stream is

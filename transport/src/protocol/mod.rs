@@ -32,9 +32,15 @@
 //! Sender                                   Receiver
 //!   Hello(min,max)        ───────────►     (picks the highest common version, replies)
 //!                         ◄───────────     Hello(min,max)
-//!   Offer(pkg,ver,manifest) ─────────►     decodes + validates manifest, Lookup event,
-//!                                          shell answers lacking(ids)
-//!                         ◄───────────     Need(ids it lacks)
+//!   Offer(pkg,ver,len,hash) ─────────►     checks len <= MAX_MANIFEST_LEN
+//!   ReadManifest event, shell answers
+//!   manifest_part(..), one part at a time
+//!   ManifestPart * n (≤ 1 MiB each) ───►   checks each part's place, hashes it, ManifestPart
+//!                                          event (shell appends it to a temporary file);
+//!                                          after the last, hash == offered: ManifestComplete,
+//!                                          shell decodes the file, manifest_loaded(..),
+//!                                          Lookup event, shell answers lacking(ids)
+//!                         ◄───────────     Need(≤ 32,768 ids) * n, NeedEnd
 //!   ReadChunk events, shell answers        data_stream_opened(i) per data stream
 //!   chunk_ready(..) per ID
 //!   Chunk * n  (data streams) ────────►    verifies each (decompress, BLAKE3 == id), Store event
@@ -45,8 +51,18 @@
 //!                         ◄───────────     Committed(hash)
 //!   hash == manifest hash: done
 //! ```
-//! Versions: each side announces the range it speaks (today only 1..=1); both pick the highest
-//! version in both ranges; no overlap ends the session with `VersionMismatch`.
+//! Versions: each side announces the range it speaks (today only 2..=2: version 2 carries the
+//! manifest and the `Need` list in bounded parts; version 1 carried each in one frame); both
+//! pick the highest version in both ranges; no overlap ends the session with
+//! `VersionMismatch`, so a version-1 peer is refused in one line naming both ranges.
+//!
+//! No package is too large for one frame: the sender reads its stored manifest one part at a
+//! time and the receiver writes each part to disk as it arrives, so neither holds more than a
+//! part of the manifest's bytes in flight. What a receiver accepts is bounded against hostile
+//! peers: a declared length above [`MAX_MANIFEST_LEN`] (`ManifestTooLarge`), a part out of
+//! place or beyond the declared length, or bytes not hashing to the offered hash
+//! (`BadManifest`); a sender refuses `Need` parts naming chunks the manifest does not, naming
+//! one twice, or listing more than the manifest names (`UnexpectedChunk`).
 //!
 //! Resume after a cut is simply the same session again: the receiver's library now holds the
 //! chunks that arrived before the cut, so its `Need` lists only the rest.
@@ -71,7 +87,8 @@ pub use receiver::{Receiver, ReceiverEvent};
 pub use sender::{Sender, SenderEvent, Transmit};
 pub use verify::{ChunkVerifier, VerifiedChunk};
 pub use wire::{
-    CHUNK_HEADER, FLAG_ZSTD, FrameDecoder, MAX_CHUNK_DATA, MAX_CHUNK_FRAME, MAX_FRAME, MAX_REASON,
+    CHUNK_HEADER, FLAG_ZSTD, FrameDecoder, MAX_CHUNK_DATA, MAX_CHUNK_FRAME, MAX_FRAME,
+    MAX_MANIFEST_LEN, MAX_MANIFEST_PART, MAX_NEED_FRAME, MAX_NEED_IDS, MAX_PART_FRAME, MAX_REASON,
     MAX_ULEN, Message, ProtocolError, VERSION_MAX, VERSION_MIN, chunk_header, encode,
 };
 

@@ -7,7 +7,9 @@
 //! arrives earlier is held, not refused: the streams are not ordered against each other.
 
 use super::verify::{ChunkVerifier, VerifiedChunk};
-use super::wire::{Message, ProtocolError, VERSION_MAX, VERSION_MIN};
+use super::wire::{
+    MAX_MANIFEST_LEN, MAX_NEED_IDS, Message, ProtocolError, VERSION_MAX, VERSION_MIN,
+};
 use super::{Link, version_mismatch};
 use crate::error::{Error, Result};
 use freight_core::{ChunkId, Manifest, PackageId};
@@ -17,6 +19,17 @@ use std::sync::Arc;
 /// What the receiver's I/O shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiverEvent {
+    /// The next part of the offered manifest's bytes, in order: append it to the session's
+    /// temporary manifest file (create it at the first part; remove it when the session
+    /// ends). The receiver has checked its place and hashes the parts as they come.
+    ManifestPart {
+        /// The part's bytes.
+        data: Vec<u8>,
+    },
+    /// Every byte of the manifest arrived, as long as the offer said and hashing to the
+    /// offered hash: decode the manifest from the temporary file and call
+    /// [`Receiver::manifest_loaded`].
+    ManifestComplete,
     /// Find which of the manifest's chunks the library lacks and call [`Receiver::lacking`].
     Lookup {
         /// The offered, validated manifest.
@@ -44,6 +57,10 @@ pub enum ReceiverEvent {
 enum ReceiverState {
     AwaitHello,
     AwaitOffer,
+    /// After `Offer`: its `ManifestPart`s arrive.
+    ReceivingManifest,
+    /// Every part arrived and hashed right; the shell decodes the manifest.
+    AwaitManifestLoad,
     AwaitLacking,
     /// After `Need`; chunks are taken until `Done` is acted on (it may be held, see
     /// [`Receiver::data_stream_ended`]).
@@ -65,6 +82,14 @@ enum ReceiverState {
 #[derive(Debug)]
 pub struct Receiver {
     state: ReceiverState,
+    /// The package version offered, once `Offer` arrived.
+    offered: Option<(PackageId, u32)>,
+    /// The offered manifest's length, the bytes received so far and their hash so far.
+    manifest_len: u64,
+    manifest_received: u64,
+    manifest_hasher: blake3::Hasher,
+    /// Most IDs per `Need` part ([`MAX_NEED_IDS`]; smaller in tests).
+    pub(super) need_part: usize,
     manifest: Option<Manifest>,
     hash: [u8; 32],
     verifier: Option<ChunkVerifier>,
@@ -106,6 +131,11 @@ impl Receiver {
         Receiver {
             state: ReceiverState::AwaitHello,
             link: Link::default(),
+            offered: None,
+            manifest_len: 0,
+            manifest_received: 0,
+            manifest_hasher: blake3::Hasher::new(),
+            need_part: MAX_NEED_IDS,
             manifest: None,
             hash: [0; 32],
             verifier: None,
@@ -142,8 +172,8 @@ impl Receiver {
     }
 
     fn role(&self) -> String {
-        match &self.manifest {
-            Some(m) => format!("receiver of {} v{}", m.package, m.version),
+        match &self.offered {
+            Some((p, v)) => format!("receiver of {p} v{v}"),
             None => "receiver".to_string(),
         }
     }
@@ -185,9 +215,13 @@ impl Receiver {
                 Message::Offer {
                     package,
                     version,
-                    manifest,
+                    manifest_len,
+                    manifest_hash,
                 },
-            ) => self.offer(package, version, manifest),
+            ) => self.offer(package, version, manifest_len, manifest_hash),
+            (ReceiverState::ReceivingManifest, Message::ManifestPart { offset, data }) => {
+                self.manifest_part(offset, data)
+            }
             (ReceiverState::Receiving, Message::Chunk { .. }) if self.data_streams > 0 => {
                 let detail = format!(
                     "{}: sending peer sent a Chunk on the control stream of a session with {} data streams",
@@ -228,24 +262,102 @@ impl Receiver {
         &mut self,
         package: PackageId,
         version: u32,
-        bytes: Vec<u8>,
+        len: u64,
+        hash: [u8; 32],
     ) -> Result<Vec<ReceiverEvent>> {
-        let what = format!("offered manifest of {package} v{version}");
-        let manifest = match Manifest::decode(&bytes, &what) {
-            Ok(m) => m,
-            Err(e) => {
-                let detail = format!("receiver: {e}");
-                return Err(self.fail(ProtocolError::BadManifest, detail));
-            }
-        };
-        if manifest.package != package || manifest.version != version {
+        self.offered = Some((package, version));
+        if len > MAX_MANIFEST_LEN {
             let detail = format!(
-                "receiver: {what} is really {} v{}",
-                manifest.package, manifest.version
+                "{}: offered manifest is {len} bytes, more than this receiver accepts ({MAX_MANIFEST_LEN})",
+                self.role()
+            );
+            return Err(self.fail(ProtocolError::ManifestTooLarge, detail));
+        }
+        if len == 0 {
+            let detail = format!("{}: offered manifest is 0 bytes long", self.role());
+            return Err(self.fail(ProtocolError::BadManifest, detail));
+        }
+        self.manifest_len = len;
+        self.hash = hash;
+        self.state = ReceiverState::ReceivingManifest;
+        Ok(Vec::new())
+    }
+
+    /// One part of the manifest: exactly where the previous one ended, not beyond the
+    /// declared length; after the last, the hash of all of them must be the offered one.
+    fn manifest_part(&mut self, offset: u64, data: Vec<u8>) -> Result<Vec<ReceiverEvent>> {
+        if offset != self.manifest_received {
+            let detail = format!(
+                "{}: sending peer sent the manifest part at offset {offset}, expected {} (out of order or duplicated)",
+                self.role(),
+                self.manifest_received
             );
             return Err(self.fail(ProtocolError::BadManifest, detail));
         }
-        self.hash = *blake3::hash(&bytes).as_bytes();
+        let end = offset + data.len() as u64;
+        if end > self.manifest_len {
+            let detail = format!(
+                "{}: sending peer sent a manifest part ending at {end}, beyond the offered length {}",
+                self.role(),
+                self.manifest_len
+            );
+            return Err(self.fail(ProtocolError::BadManifest, detail));
+        }
+        self.manifest_hasher.update(&data);
+        self.manifest_received = end;
+        let mut events = vec![ReceiverEvent::ManifestPart { data }];
+        if end == self.manifest_len {
+            let got = *self.manifest_hasher.finalize().as_bytes();
+            if got != self.hash {
+                let detail = format!(
+                    "{}: offered manifest hashes to {}, the offer said {}",
+                    self.role(),
+                    ChunkId(got).short(),
+                    ChunkId(self.hash).short()
+                );
+                return Err(self.fail(ProtocolError::BadManifest, detail));
+            }
+            self.state = ReceiverState::AwaitManifestLoad;
+            events.push(ReceiverEvent::ManifestComplete);
+        }
+        Ok(events)
+    }
+
+    /// The shell's answer to [`ReceiverEvent::ManifestComplete`]: the manifest decoded from
+    /// the received bytes, or the decoder's error (which ends the session with
+    /// `BadManifest`). The manifest must be the offered package version. Returns the
+    /// `Lookup` event.
+    pub fn manifest_loaded(
+        &mut self,
+        decoded: freight_core::Result<Manifest>,
+    ) -> Result<Vec<ReceiverEvent>> {
+        if self.state != ReceiverState::AwaitManifestLoad {
+            return Err(Error::Misuse(format!(
+                "{}: manifest_loaded() called in state {:?}, expected after a ManifestComplete event",
+                self.role(),
+                self.state
+            )));
+        }
+        let manifest = match decoded {
+            Ok(m) => m,
+            Err(e) => {
+                let detail = format!("{}: {e}", self.role());
+                return Err(self.fail(ProtocolError::BadManifest, detail));
+            }
+        };
+        if self
+            .offered
+            .as_ref()
+            .is_some_and(|(p, v)| *p != manifest.package || *v != manifest.version)
+        {
+            let detail = format!(
+                "{}: offered manifest is really {} v{}",
+                self.role(),
+                manifest.package,
+                manifest.version
+            );
+            return Err(self.fail(ProtocolError::BadManifest, detail));
+        }
         self.manifest = Some(manifest.clone());
         self.verifier = Some(ChunkVerifier {
             lens: Arc::new(manifest.chunks()),
@@ -254,6 +366,11 @@ impl Receiver {
         });
         self.state = ReceiverState::AwaitLacking;
         Ok(vec![ReceiverEvent::Lookup { manifest }])
+    }
+
+    /// The offered package version, once an `Offer` arrived.
+    pub fn offered(&self) -> Option<&(PackageId, u32)> {
+        self.offered.as_ref()
     }
 
     /// The verifier of the offered manifest's chunks, once an `Offer` was accepted.
@@ -370,7 +487,8 @@ impl Receiver {
     }
 
     /// The shell's answer to [`ReceiverEvent::Lookup`]: the manifest's chunk IDs its library
-    /// lacks (duplicates are ignored). Queues `Need`.
+    /// lacks (duplicates are ignored). Queues them as `Need` parts of at most
+    /// [`MAX_NEED_IDS`] IDs, then `NeedEnd`.
     pub fn lacking(&mut self, ids: impl IntoIterator<Item = ChunkId>) -> Result<()> {
         if self.state != ReceiverState::AwaitLacking {
             return Err(Error::Misuse(format!(
@@ -398,7 +516,12 @@ impl Receiver {
             }
         }
         self.missing = seen;
-        self.link.outbox.push_back(Message::Need { chunks: need });
+        for part in need.chunks(self.need_part.max(1)) {
+            self.link.outbox.push_back(Message::Need {
+                chunks: part.to_vec(),
+            });
+        }
+        self.link.outbox.push_back(Message::NeedEnd);
         self.state = ReceiverState::Receiving;
         Ok(())
     }
@@ -442,27 +565,12 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::tests::{Lib, assert_abort, code_of, fixture};
+    use crate::protocol::tests::{Lib, assert_abort, code_of, fixture, receiving_on};
 
-    /// A receiver of `m` with `streams` data streams that asked for every chunk, its Hello and
-    /// Need taken.
+    /// A receiver of `m` with `streams` data streams that asked for every chunk, its Hello,
+    /// Need and NeedEnd taken.
     fn receiving(m: &Manifest, streams: u16) -> Receiver {
-        let mut r = Receiver::with_data_streams(streams);
-        r.handle(Message::Hello {
-            version_min: VERSION_MIN,
-            version_max: VERSION_MAX,
-        })
-        .unwrap();
-        r.handle(Message::Offer {
-            package: m.package.clone(),
-            version: m.version,
-            manifest: m.encode(),
-        })
-        .unwrap();
-        r.lacking(m.chunks().into_keys()).unwrap();
-        assert!(matches!(r.poll_transmit(), Some(Message::Hello { .. })));
-        assert!(matches!(r.poll_transmit(), Some(Message::Need { .. })));
-        r
+        receiving_on(m, Receiver::with_data_streams(streams))
     }
 
     fn chunk(lib: &Lib, id: &ChunkId) -> Message {

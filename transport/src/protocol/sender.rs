@@ -4,7 +4,10 @@
 //! the end of the data (finish the data streams, then `Done`) is its decision too, taken from
 //! the shell's reports that each data stream has finished. The shell only routes and reports.
 
-use super::wire::{MAX_CHUNK_DATA, MAX_FRAME, Message, ProtocolError, VERSION_MAX, VERSION_MIN};
+use super::wire::{
+    MAX_CHUNK_DATA, MAX_MANIFEST_LEN, MAX_MANIFEST_PART, Message, ProtocolError, VERSION_MAX,
+    VERSION_MIN,
+};
 use super::{Link, version_mismatch};
 use crate::error::{Error, Result};
 use freight_core::{ChunkId, Manifest, PackageId};
@@ -14,6 +17,15 @@ use std::fmt;
 /// What the sender's I/O shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SenderEvent {
+    /// Read `len` bytes of the offered manifest's canonical bytes (the stored manifest file)
+    /// from `offset` and call [`Sender::manifest_part`]. Asked for one part at a time, so at
+    /// most one part of a manifest is in the sender's hands at once.
+    ReadManifest {
+        /// Where the part starts.
+        offset: u64,
+        /// Its length, 1 ..= [`MAX_MANIFEST_PART`].
+        len: usize,
+    },
     /// Read this chunk's stored form from the library and call [`Sender::chunk_ready`].
     ReadChunk(ChunkId),
 }
@@ -28,8 +40,8 @@ pub enum SenderEvent {
 /// acts on `Done` only once it has seen every data stream end.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Transmit {
-    /// A message for the control stream, in order: `Hello`, `Offer`, `Done`, `Abort`, and the
-    /// chunks too in a session without data streams.
+    /// A message for the control stream, in order: `Hello`, `Offer`, the `ManifestPart`s,
+    /// `Done`, `Abort`, and the chunks too in a session without data streams.
     Control(Message),
     /// A chunk for any one of the data streams. The shell picks the stream (whichever is free
     /// first): the receiver takes chunks in any order.
@@ -102,6 +114,9 @@ impl From<Message> for Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SenderState {
     AwaitHello,
+    /// `Offer` queued; the manifest's parts are read and queued one at a time.
+    SendingManifest,
+    /// The whole manifest queued; `Need` parts arrive until `NeedEnd`.
     AwaitNeed,
     Sending,
     /// Every chunk queued, `FinishData` given; waiting for the data streams to finish.
@@ -120,9 +135,17 @@ enum SenderState {
 pub struct Sender {
     package: PackageId,
     version: u32,
-    manifest: Vec<u8>,
+    manifest_len: u64,
     hash: [u8; 32],
+    /// Bytes of the manifest queued so far, and their hash so far (checked against the
+    /// offered hash once all are queued).
+    manifest_sent: u64,
+    manifest_hasher: blake3::Hasher,
+    /// Largest manifest part asked for ([`MAX_MANIFEST_PART`]; smaller in tests).
+    pub(super) part_len: usize,
     chunks: BTreeMap<ChunkId, u32>,
+    /// The `Need` parts received so far, in order.
+    need: Vec<ChunkId>,
     pending: HashSet<ChunkId>,
     state: SenderState,
     /// Data streams of the session; 0 = chunks go on the control stream.
@@ -134,22 +157,43 @@ pub struct Sender {
 
 impl Sender {
     /// A session offering `manifest` on one stream: chunks travel on the control stream,
-    /// between `Need` and `Done`. Fails if the manifest's canonical bytes do not fit one frame.
+    /// between `Need` and `Done`. Fails if the manifest is above [`MAX_MANIFEST_LEN`].
     pub fn new(manifest: &Manifest) -> Result<Sender> {
         Sender::with_data_streams(manifest, 0)
     }
 
     /// A session offering `manifest` whose chunks travel on `data_streams` data streams (the
-    /// number the shell announces to the receiver; 0 is [`new`](Self::new)).
+    /// number the shell announces to the receiver; 0 is [`new`](Self::new)). Encodes the
+    /// manifest once to learn its length and hash; a shell that has the stored manifest file
+    /// uses [`offering`](Self::offering) instead.
     pub fn with_data_streams(manifest: &Manifest, data_streams: u16) -> Result<Sender> {
         let bytes = manifest.encode();
-        let max = MAX_FRAME as usize - 1 - 1 - 8 - 4 - 4;
-        if bytes.len() > max {
+        let hash = *blake3::hash(&bytes).as_bytes();
+        Sender::offering(manifest, bytes.len() as u64, hash, data_streams)
+    }
+
+    /// A session offering `manifest`, whose canonical bytes are `manifest_len` bytes long and
+    /// hash to `manifest_hash` (the shell learnt both from the stored manifest file, which it
+    /// reads again part by part on [`SenderEvent::ReadManifest`]). Fails if the manifest is
+    /// above [`MAX_MANIFEST_LEN`], the receivers' defence limit.
+    pub fn offering(
+        manifest: &Manifest,
+        manifest_len: u64,
+        manifest_hash: [u8; 32],
+        data_streams: u16,
+    ) -> Result<Sender> {
+        if manifest_len > MAX_MANIFEST_LEN {
             return Err(Error::TooLarge {
                 what: format!("manifest of {} v{}", manifest.package, manifest.version),
-                size: bytes.len() as u64,
-                max: max as u64,
+                size: manifest_len,
+                max: MAX_MANIFEST_LEN,
             });
+        }
+        if manifest_len == 0 {
+            return Err(Error::Misuse(format!(
+                "manifest of {} v{} offered with length 0",
+                manifest.package, manifest.version
+            )));
         }
         let mut outbox = VecDeque::new();
         outbox.push_back(Transmit::Control(Message::Hello {
@@ -159,9 +203,13 @@ impl Sender {
         Ok(Sender {
             package: manifest.package.clone(),
             version: manifest.version,
-            hash: *blake3::hash(&bytes).as_bytes(),
-            manifest: bytes,
+            manifest_len,
+            hash: manifest_hash,
+            manifest_sent: 0,
+            manifest_hasher: blake3::Hasher::new(),
+            part_len: MAX_MANIFEST_PART,
             chunks: manifest.chunks(),
+            need: Vec::new(),
             pending: HashSet::new(),
             state: SenderState::AwaitHello,
             data_streams,
@@ -237,10 +285,11 @@ impl Sender {
                         .push_back(Transmit::Control(Message::Offer {
                             package: self.package.clone(),
                             version: self.version,
-                            manifest: self.manifest.clone(),
+                            manifest_len: self.manifest_len,
+                            manifest_hash: self.hash,
                         }));
-                    self.state = SenderState::AwaitNeed;
-                    Ok(Vec::new())
+                    self.state = SenderState::SendingManifest;
+                    Ok(vec![self.next_part()])
                 }
                 false => {
                     let detail = version_mismatch(&self.role(), version_min, version_max);
@@ -248,9 +297,18 @@ impl Sender {
                 }
             },
             (SenderState::AwaitNeed, Message::Need { chunks }) => {
-                let mut seen = HashSet::with_capacity(chunks.len());
-                for id in &chunks {
-                    if !self.chunks.contains_key(id) || !seen.insert(*id) {
+                // A list that never ends: more IDs than the manifest names.
+                if self.need.len() + chunks.len() > self.chunks.len() {
+                    let detail = format!(
+                        "{}: receiving peer's Need lists {} chunks so far, more than the {} the manifest names",
+                        self.role(),
+                        self.need.len() + chunks.len(),
+                        self.chunks.len()
+                    );
+                    return Err(self.fail(ProtocolError::UnexpectedChunk, detail));
+                }
+                for id in chunks {
+                    if !self.chunks.contains_key(&id) || !self.pending.insert(id) {
                         let detail = format!(
                             "{}: receiving peer needs chunk {} which the manifest does not name or which it listed twice",
                             self.role(),
@@ -258,13 +316,17 @@ impl Sender {
                         );
                         return Err(self.fail(ProtocolError::UnexpectedChunk, detail));
                     }
+                    self.need.push(id);
                 }
-                self.pending = seen;
+                Ok(Vec::new())
+            }
+            (SenderState::AwaitNeed, Message::NeedEnd) => {
                 self.state = SenderState::Sending;
                 if self.pending.is_empty() {
                     self.all_chunks_queued();
                 }
-                Ok(chunks.into_iter().map(SenderEvent::ReadChunk).collect())
+                let need = std::mem::take(&mut self.need);
+                Ok(need.into_iter().map(SenderEvent::ReadChunk).collect())
             }
             (SenderState::AwaitCommit, Message::Committed { hash }) => {
                 if hash != self.hash {
@@ -281,6 +343,54 @@ impl Sender {
             }
             (_, msg) => Err(self.unexpected(&msg)),
         }
+    }
+
+    /// The next part of the manifest to read.
+    fn next_part(&self) -> SenderEvent {
+        let left = self.manifest_len - self.manifest_sent;
+        SenderEvent::ReadManifest {
+            offset: self.manifest_sent,
+            len: (self.part_len as u64).min(left) as usize,
+        }
+    }
+
+    /// The shell's answer to [`SenderEvent::ReadManifest`]: the part's bytes. Queues the part
+    /// and returns the event for the next one; after the last, none (the receiver's `Need`
+    /// follows). When the parts together do not hash to the offered hash (the stored file
+    /// changed under the shell), the session is aborted: the receiver would refuse them.
+    pub fn manifest_part(&mut self, offset: u64, data: Vec<u8>) -> Result<Vec<SenderEvent>> {
+        let expected = match self.next_part() {
+            SenderEvent::ReadManifest { offset: o, len } if o == offset && len == data.len() => len,
+            _ => 0,
+        };
+        if self.state != SenderState::SendingManifest || expected == 0 {
+            return Err(Error::Misuse(format!(
+                "{}: manifest_part at {offset} of {} bytes, not the part asked for (state {:?}, {} of {} bytes sent)",
+                self.role(),
+                data.len(),
+                self.state,
+                self.manifest_sent,
+                self.manifest_len
+            )));
+        }
+        self.manifest_hasher.update(&data);
+        self.manifest_sent += data.len() as u64;
+        self.link
+            .outbox
+            .push_back(Transmit::Control(Message::ManifestPart { offset, data }));
+        if self.manifest_sent < self.manifest_len {
+            return Ok(vec![self.next_part()]);
+        }
+        if *self.manifest_hasher.finalize().as_bytes() != self.hash {
+            let detail = format!(
+                "{}: the manifest's bytes read for the offer do not hash to the offered {} (did the stored manifest change?)",
+                self.role(),
+                ChunkId(self.hash).short()
+            );
+            return Err(self.fail(ProtocolError::Aborted, detail));
+        }
+        self.state = SenderState::AwaitNeed;
+        Ok(Vec::new())
     }
 
     /// The shell's answer to [`SenderEvent::ReadChunk`]: the chunk's stored form as in the
@@ -375,7 +485,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::tests::{Lib, code_of, fixture};
+    use crate::protocol::tests::{Lib, answer, code_of, fixture};
 
     const HELLO: Message = Message::Hello {
         version_min: VERSION_MIN,
@@ -386,7 +496,8 @@ mod tests {
     /// `need`, its Hello and Offer taken; the chunks are read from `lib`.
     fn sending(m: &Manifest, lib: &Lib, streams: u16, need: &[ChunkId]) -> Sender {
         let mut s = Sender::with_data_streams(m, streams).unwrap();
-        s.handle(HELLO).unwrap();
+        let ev = s.handle(HELLO).unwrap();
+        answer(&mut s, ev, &m.encode(), lib);
         assert!(matches!(
             s.poll_transmit(),
             Some(Transmit::Control(Message::Hello { .. }))
@@ -395,15 +506,18 @@ mod tests {
             s.poll_transmit(),
             Some(Transmit::Control(Message::Offer { .. }))
         ));
+        assert!(matches!(
+            s.poll_transmit(),
+            Some(Transmit::Control(Message::ManifestPart { .. }))
+        ));
         let events = s
             .handle(Message::Need {
                 chunks: need.to_vec(),
             })
             .unwrap();
-        for SenderEvent::ReadChunk(id) in events {
-            let (ulen, flags, data) = lib[&id].clone();
-            s.chunk_ready(id, ulen, flags, data).unwrap();
-        }
+        assert!(events.is_empty());
+        let events = s.handle(Message::NeedEnd).unwrap();
+        answer(&mut s, events, &[], lib);
         s
     }
 

@@ -6,7 +6,7 @@ use crate::error::Error;
 use freight_core::manifest::{ChunkRef, Entry, EntryKind};
 use freight_core::{ChunkId, Manifest, PackageId};
 use proptest::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// A library: chunk ID → (ulen, flags, stored data).
 pub(super) type Lib = HashMap<ChunkId, (u32, u8, Vec<u8>)>;
@@ -94,7 +94,13 @@ pub(super) fn fixture() -> (Manifest, Lib) {
 
 #[derive(Debug, Default)]
 struct Outcome {
+    /// The whole Need list, once `NeedEnd` arrived, and how many parts carried it.
     need: Option<Vec<ChunkId>>,
+    need_so_far: Vec<ChunkId>,
+    need_parts: usize,
+    /// Manifest parts the sender queued, and the receiver's "temporary file".
+    manifest_parts: usize,
+    manifest_file: Vec<u8>,
     chunks_sent: usize,
     sender_err: Option<Error>,
     receiver_err: Option<Error>,
@@ -129,6 +135,16 @@ struct DataPipe {
 fn perform(r: &mut Receiver, events: Vec<ReceiverEvent>, recv_lib: &mut Lib, out: &mut Outcome) {
     for ev in events {
         match ev {
+            ReceiverEvent::ManifestPart { data } => out.manifest_file.extend_from_slice(&data),
+            ReceiverEvent::ManifestComplete => {
+                let decoded = Manifest::decode(&out.manifest_file, "received manifest");
+                match r.manifest_loaded(decoded) {
+                    Ok(events) => perform(r, events, recv_lib, out),
+                    Err(e) => {
+                        out.receiver_err.get_or_insert(e);
+                    }
+                }
+            }
             ReceiverEvent::Lookup { manifest } => {
                 let lack: Vec<ChunkId> = manifest
                     .chunks()
@@ -153,16 +169,30 @@ fn perform(r: &mut Receiver, events: Vec<ReceiverEvent>, recv_lib: &mut Lib, out
     }
 }
 
+/// What a sender's shell does with its events: read manifest parts (from `bytes`, the
+/// stored manifest) and chunks (from `lib`), one after the other.
+pub(super) fn answer(s: &mut Sender, events: Vec<SenderEvent>, bytes: &[u8], lib: &Lib) {
+    let mut todo = VecDeque::from(events);
+    while let Some(ev) = todo.pop_front() {
+        match ev {
+            SenderEvent::ReadManifest { offset, len } => {
+                let part = bytes[offset as usize..][..len].to_vec();
+                todo.extend(s.manifest_part(offset, part).unwrap());
+            }
+            SenderEvent::ReadChunk(id) => {
+                let (ulen, flags, data) = lib[&id].clone();
+                s.chunk_ready(id, ulen, flags, data).unwrap();
+            }
+        }
+    }
+}
+
 /// Runs a whole session on one stream through encode → byte pipes cut in random slices →
 /// FrameDecoder.
 fn run(manifest: &Manifest, send_lib: &Lib, recv_lib: &mut Lib, seed: u64) -> Outcome {
     run_streams(manifest, send_lib, recv_lib, seed, 0)
 }
 
-/// Runs a whole session with `data_streams` data streams beside the control stream, as a
-/// shell would, without sockets: each stream is a byte pipe cut in random slices, chunks go
-/// to a random data stream, and the streams advance at random relative to each other, so
-/// `Done` often overtakes chunks still on their way. With 0 it is [`run`].
 fn run_streams(
     manifest: &Manifest,
     send_lib: &Lib,
@@ -170,10 +200,36 @@ fn run_streams(
     seed: u64,
     data_streams: u16,
 ) -> Outcome {
+    run_parts(
+        manifest,
+        send_lib,
+        recv_lib,
+        seed,
+        data_streams,
+        (MAX_MANIFEST_PART, MAX_NEED_IDS),
+    )
+}
+
+/// Runs a whole session with `data_streams` data streams beside the control stream, as a
+/// shell would, without sockets: each stream is a byte pipe cut in random slices, chunks go
+/// to a random data stream, and the streams advance at random relative to each other, so
+/// `Done` often overtakes chunks still on their way. With 0 it is [`run`]. `parts` are the
+/// largest manifest part (bytes) and `Need` part (IDs), so a small manifest travels in many.
+fn run_parts(
+    manifest: &Manifest,
+    send_lib: &Lib,
+    recv_lib: &mut Lib,
+    seed: u64,
+    data_streams: u16,
+    parts: (usize, usize),
+) -> Outcome {
     let mut rng = Rng(seed | 1);
     let mut out = Outcome::default();
+    let bytes = manifest.encode();
     let mut s = Sender::with_data_streams(manifest, data_streams).unwrap();
+    s.part_len = parts.0;
     let mut r = Receiver::with_data_streams(data_streams);
+    r.need_part = parts.1;
     let (mut s2r, mut r2s) = (Vec::new(), Vec::new());
     let (mut sdec, mut rdec) = (FrameDecoder::new(), FrameDecoder::new());
     // Opened by the sender once it has the Need, like the shell's writers.
@@ -184,6 +240,9 @@ fn run_streams(
                 Transmit::Control(m) => {
                     if matches!(m, Message::Chunk { .. }) {
                         out.chunks_sent += 1;
+                    }
+                    if matches!(m, Message::ManifestPart { .. }) {
+                        out.manifest_parts += 1;
                     }
                     m.encode_into(&mut s2r);
                 }
@@ -214,8 +273,13 @@ fn run_streams(
             }
         }
         while let Some(m) = r.poll_transmit() {
-            if let Message::Need { chunks } = &m {
-                out.need = Some(chunks.clone());
+            match &m {
+                Message::Need { chunks } => {
+                    out.need_parts += 1;
+                    out.need_so_far.extend_from_slice(chunks);
+                }
+                Message::NeedEnd => out.need = Some(std::mem::take(&mut out.need_so_far)),
+                _ => {}
             }
             m.encode_into(&mut r2s);
         }
@@ -282,15 +346,12 @@ fn run_streams(
         move_bytes(&mut r2s, &mut sdec, &mut rng);
         loop {
             match sdec.next_message() {
-                Ok(Some(m)) => match (matches!(m, Message::Need { .. }), s.handle(m)) {
-                    (is_need, Ok(events)) => {
-                        if is_need {
+                Ok(Some(m)) => match (m == Message::NeedEnd, s.handle(m)) {
+                    (need_end, Ok(events)) => {
+                        if need_end {
                             data.resize_with(usize::from(data_streams), DataPipe::default);
                         }
-                        for SenderEvent::ReadChunk(id) in events {
-                            let (ulen, flags, data) = send_lib[&id].clone();
-                            s.chunk_ready(id, ulen, flags, data).unwrap();
-                        }
+                        answer(&mut s, events, &bytes, send_lib);
                     }
                     (_, Err(e)) => {
                         out.sender_err.get_or_insert(e);
@@ -346,6 +407,57 @@ proptest! {
         prop_assert_eq!(out.committed.as_ref(), Some(&m));
         prop_assert_eq!(&recv_lib, &send_lib);
     }
+
+    /// The manifest in many small parts (so some parts are a single byte and the last is
+    /// short) and the Need list in many parts, over data streams or none.
+    #[test]
+    fn multi_part_manifests_and_needs_in_random_slices(
+        seed in any::<u64>(),
+        streams in 0u16..4,
+        part_len in 1usize..400,
+        need_part in 1usize..7,
+    ) {
+        let (m, send_lib) = fixture();
+        let mut recv_lib = Lib::new();
+        let out = run_parts(&m, &send_lib, &mut recv_lib, seed, streams, (part_len, need_part));
+        prop_assert!(out.sender_err.is_none(), "{:?}", out.sender_err);
+        prop_assert!(out.receiver_err.is_none(), "{:?}", out.receiver_err);
+        let len = m.encode().len();
+        prop_assert_eq!(out.manifest_parts, len.div_ceil(part_len));
+        prop_assert_eq!(&out.manifest_file, &m.encode());
+        prop_assert_eq!(out.need_parts, 20usize.div_ceil(need_part));
+        prop_assert_eq!(out.need.as_ref().map(Vec::len), Some(20));
+        prop_assert_eq!(out.chunks_sent, 20);
+        prop_assert_eq!(out.committed.as_ref(), Some(&m));
+        prop_assert_eq!(&recv_lib, &send_lib);
+    }
+}
+
+#[test]
+fn a_multi_part_session_resumes_with_only_what_is_missing() {
+    let (m, send_lib) = fixture();
+    let all: Vec<ChunkId> = m.chunks().into_keys().collect();
+    let mut recv_lib: Lib = all
+        .iter()
+        .step_by(4)
+        .map(|id| (*id, send_lib[id].clone()))
+        .collect();
+    let out = run_parts(&m, &send_lib, &mut recv_lib, 3, 2, (64, 4));
+    assert!(
+        out.sender_err.is_none() && out.receiver_err.is_none(),
+        "{out:?}"
+    );
+    assert_eq!(out.chunks_sent, 15);
+    assert_eq!(out.need_parts, 4);
+    assert_eq!(recv_lib, send_lib);
+    // Nothing missing: no Need part at all, just its end; the manifest still travels whole.
+    let out = run_parts(&m, &send_lib, &mut recv_lib, 4, 2, (64, 4));
+    assert_eq!(
+        (out.need, out.need_parts, out.chunks_sent),
+        (Some(vec![]), 0, 0)
+    );
+    assert_eq!(out.manifest_file, m.encode());
+    assert_eq!(out.committed.as_ref(), Some(&m));
 }
 
 #[test]
@@ -423,23 +535,52 @@ fn resume_sends_only_missing_chunks() {
 
 /// A receiver driven to the Receiving state for `m`, lacking everything.
 pub(super) fn receiving(m: &Manifest) -> Receiver {
-    let mut r = Receiver::new();
-    r.handle(Message::Hello {
-        version_min: 1,
-        version_max: 1,
-    })
-    .unwrap();
-    let ev = r
-        .handle(Message::Offer {
-            package: m.package.clone(),
-            version: m.version,
-            manifest: m.encode(),
-        })
-        .unwrap();
+    receiving_on(m, Receiver::new())
+}
+
+pub(super) const HELLO: Message = Message::Hello {
+    version_min: VERSION_MIN,
+    version_max: VERSION_MAX,
+};
+
+/// The `Offer` of `bytes`, the canonical bytes of a manifest of `m`'s package version.
+pub(super) fn offer_of(m: &Manifest, bytes: &[u8]) -> Message {
+    Message::Offer {
+        package: m.package.clone(),
+        version: m.version,
+        manifest_len: bytes.len() as u64,
+        manifest_hash: *blake3::hash(bytes).as_bytes(),
+    }
+}
+
+/// Hands a receiver that got `Hello` the offer of `bytes` (as `m`'s) in one part and loads
+/// the manifest they decode to: the `Lookup` event, or the first error.
+pub(super) fn offer_bytes(
+    r: &mut Receiver,
+    m: &Manifest,
+    bytes: &[u8],
+) -> Result<Vec<ReceiverEvent>, Error> {
+    assert!(r.handle(offer_of(m, bytes))?.is_empty());
+    let ev = r.handle(Message::ManifestPart {
+        offset: 0,
+        data: bytes.to_vec(),
+    })?;
+    assert!(
+        matches!(&ev[..], [ReceiverEvent::ManifestPart { data }, ReceiverEvent::ManifestComplete] if data == bytes)
+    );
+    r.manifest_loaded(Manifest::decode(bytes, "received manifest"))
+}
+
+/// `r` (new, any data streams) driven to the Receiving state for `m`, lacking everything,
+/// its Hello, Need and NeedEnd taken.
+pub(super) fn receiving_on(m: &Manifest, mut r: Receiver) -> Receiver {
+    r.handle(HELLO).unwrap();
+    let ev = offer_bytes(&mut r, m, &m.encode()).unwrap();
     assert!(matches!(&ev[..], [ReceiverEvent::Lookup { .. }]));
     r.lacking(m.chunks().into_keys()).unwrap();
     assert!(matches!(r.poll_transmit(), Some(Message::Hello { .. })));
     assert!(matches!(r.poll_transmit(), Some(Message::Need { .. })));
+    assert_eq!(r.poll_transmit(), Some(Message::NeedEnd));
     r
 }
 
@@ -581,35 +722,343 @@ fn bad_manifest_is_aborted() {
         version_max: 3,
     })
     .unwrap();
-    assert_eq!(r.protocol_version(), Some(1));
+    assert_eq!(r.protocol_version(), Some(2));
+    // Bytes that hash right (the offer names their hash) but do not decode.
     let mut bytes = m.encode();
     bytes.truncate(bytes.len() - 3);
-    let err = r
-        .handle(Message::Offer {
-            package: m.package.clone(),
-            version: m.version,
-            manifest: bytes,
-        })
-        .unwrap_err();
+    let err = offer_bytes(&mut r, &m, &bytes).unwrap_err();
     assert_eq!(code_of(&err), Some(ProtocolError::BadManifest));
     // Unsent messages (the Hello) are dropped: the Abort goes out alone.
     assert_abort(r.poll_transmit(), ProtocolError::BadManifest);
 
     // Offer naming another version than its manifest.
     let mut r = Receiver::new();
-    r.handle(Message::Hello {
-        version_min: 1,
-        version_max: 1,
-    })
-    .unwrap();
+    r.handle(HELLO).unwrap();
+    let mut other = m.clone();
+    other.version += 1;
+    let err = offer_bytes(&mut r, &other, &m.encode()).unwrap_err();
+    assert_eq!(code_of(&err), Some(ProtocolError::BadManifest));
+    assert!(err.to_string().contains("is really"), "{err}");
+}
+
+/// A receiver of `m`'s offer (in parts of `part` bytes) that took `Hello` and `Offer`.
+fn offered(m: &Manifest) -> (Receiver, Vec<u8>) {
+    let bytes = m.encode();
+    let mut r = Receiver::new();
+    r.handle(HELLO).unwrap();
+    assert!(r.handle(offer_of(m, &bytes)).unwrap().is_empty());
+    (r, bytes)
+}
+
+fn part(bytes: &[u8], from: usize, to: usize) -> Message {
+    Message::ManifestPart {
+        offset: from as u64,
+        data: bytes[from..to].to_vec(),
+    }
+}
+
+/// The receiver's error is a one-line `code` naming the offered package version, and the
+/// Abort carrying it is the only message it queues.
+fn assert_refused(r: &mut Receiver, err: &Error, code: ProtocolError, m: &Manifest) {
+    assert_eq!(code_of(err), Some(code), "{err}");
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    let name = format!("{} v{}", m.package, m.version);
+    assert!(text.contains(&name), "{text}");
+    let reason = assert_abort(r.poll_transmit(), code);
+    assert!(reason.contains(&name), "{reason}");
+    assert!(r.poll_transmit().is_none());
+    assert!(r.is_failed());
+}
+
+#[test]
+fn a_manifest_in_parts_is_checked_part_by_part_and_hashed_at_the_end() {
+    let (m, _) = fixture();
+    // In order, in parts of 100 bytes: each part handed to the shell, the last completes it.
+    let (mut r, bytes) = offered(&m);
+    let mut file = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let to = (at + 100).min(bytes.len());
+        let ev = r.handle(part(&bytes, at, to)).unwrap();
+        match &ev[..] {
+            [ReceiverEvent::ManifestPart { data }] => {
+                assert!(to < bytes.len() && data.len() == to - at)
+            }
+            [
+                ReceiverEvent::ManifestPart { data },
+                ReceiverEvent::ManifestComplete,
+            ] => {
+                assert_eq!((to, data.len()), (bytes.len(), to - at))
+            }
+            other => panic!("{other:?}"),
+        }
+        if let ReceiverEvent::ManifestPart { data } = &ev[0] {
+            file.extend_from_slice(data);
+        }
+        at = to;
+    }
+    assert_eq!(file, bytes);
+    // Decoded by the shell, then looked up.
+    let ev = r.manifest_loaded(Manifest::decode(&file, "x")).unwrap();
+    assert!(matches!(&ev[..], [ReceiverEvent::Lookup { manifest }] if *manifest == m));
+    // A second load is the shell's bug.
+    assert!(matches!(
+        r.manifest_loaded(Manifest::decode(&file, "x")),
+        Err(Error::Misuse(_))
+    ));
+
+    // Duplicated part.
+    let (mut r, bytes) = offered(&m);
+    r.handle(part(&bytes, 0, 100)).unwrap();
+    let err = r.handle(part(&bytes, 0, 100)).unwrap_err();
+    assert_refused(&mut r, &err, ProtocolError::BadManifest, &m);
+    assert!(err.to_string().contains("offset 0, expected 100"), "{err}");
+    // Out of order: a gap.
+    let (mut r, bytes) = offered(&m);
+    r.handle(part(&bytes, 0, 100)).unwrap();
+    let err = r.handle(part(&bytes, 200, 300)).unwrap_err();
+    assert_refused(&mut r, &err, ProtocolError::BadManifest, &m);
+    // Overlapping the previous part.
+    let (mut r, bytes) = offered(&m);
+    r.handle(part(&bytes, 0, 100)).unwrap();
+    let err = r.handle(part(&bytes, 50, 150)).unwrap_err();
+    assert_refused(&mut r, &err, ProtocolError::BadManifest, &m);
+    // Beyond the declared length.
+    let (mut r, bytes) = offered(&m);
+    let mut longer = bytes.clone();
+    longer.push(0);
+    let err = r.handle(part(&longer, 0, longer.len())).unwrap_err();
+    assert_refused(&mut r, &err, ProtocolError::BadManifest, &m);
+    assert!(
+        err.to_string().contains("beyond the offered length"),
+        "{err}"
+    );
+    // A part after the last one.
+    let (mut r, bytes) = offered(&m);
+    r.handle(part(&bytes, 0, bytes.len())).unwrap();
+    let err = r.handle(part(&bytes, 0, 1)).unwrap_err();
+    assert_refused(&mut r, &err, ProtocolError::UnexpectedMessage, &m);
+    // The right length, the wrong bytes: the hash is checked before anything is decoded.
+    let (mut r, bytes) = offered(&m);
+    let mut wrong = bytes.clone();
+    wrong[bytes.len() / 2] ^= 1;
+    r.handle(part(&wrong, 0, 100)).unwrap();
+    let err = r.handle(part(&wrong, 100, wrong.len())).unwrap_err();
+    assert_refused(&mut r, &err, ProtocolError::BadManifest, &m);
+    assert!(err.to_string().contains("hashes to"), "{err}");
+    // Need or Done before the manifest is complete.
+    for early in [Message::Done, Message::NeedEnd] {
+        let (mut r, bytes) = offered(&m);
+        r.handle(part(&bytes, 0, 100)).unwrap();
+        let err = r.handle(early).unwrap_err();
+        assert_refused(&mut r, &err, ProtocolError::UnexpectedMessage, &m);
+    }
+}
+
+#[test]
+fn a_manifest_above_the_defence_limit_is_refused_at_the_offer() {
+    let (m, _) = fixture();
+    let mut r = Receiver::new();
+    r.handle(HELLO).unwrap();
     let err = r
         .handle(Message::Offer {
             package: m.package.clone(),
-            version: m.version + 1,
-            manifest: m.encode(),
+            version: m.version,
+            manifest_len: MAX_MANIFEST_LEN + 1,
+            manifest_hash: [1; 32],
         })
         .unwrap_err();
-    assert_eq!(code_of(&err), Some(ProtocolError::BadManifest));
+    assert_refused(&mut r, &err, ProtocolError::ManifestTooLarge, &m);
+    assert!(
+        err.to_string()
+            .contains(&(MAX_MANIFEST_LEN + 1).to_string()),
+        "{err}"
+    );
+    // At the limit the offer is taken (its parts would follow).
+    let mut r = Receiver::new();
+    r.handle(HELLO).unwrap();
+    let offer = Message::Offer {
+        package: m.package.clone(),
+        version: m.version,
+        manifest_len: MAX_MANIFEST_LEN,
+        manifest_hash: [1; 32],
+    };
+    assert!(r.handle(offer).unwrap().is_empty());
+    // An empty manifest is no manifest.
+    let mut r = Receiver::new();
+    r.handle(HELLO).unwrap();
+    let err = r
+        .handle(Message::Offer {
+            package: m.package.clone(),
+            version: m.version,
+            manifest_len: 0,
+            manifest_hash: [1; 32],
+        })
+        .unwrap_err();
+    assert_refused(&mut r, &err, ProtocolError::BadManifest, &m);
+    // The sender refuses to offer what no receiver takes.
+    let err = Sender::offering(&m, MAX_MANIFEST_LEN + 1, [0; 32], 0).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains(m.package.as_str()), "{err}");
+}
+
+#[test]
+fn the_sender_reads_the_manifest_one_part_at_a_time() {
+    let (m, _) = fixture();
+    let bytes = m.encode();
+    let mut s = Sender::new(&m).unwrap();
+    s.part_len = 300;
+    assert!(matches!(sent(&mut s), Some(Message::Hello { .. })));
+    let mut ev = s.handle(HELLO).unwrap();
+    assert_eq!(sent(&mut s), Some(offer_of(&m, &bytes)));
+    let mut got = Vec::new();
+    let mut parts = 0;
+    while let [SenderEvent::ReadManifest { offset, len }] = ev[..] {
+        assert_eq!(offset as usize, got.len());
+        assert!(len <= 300 && len > 0);
+        // A part other than the one asked for is the shell's bug, and changes nothing.
+        assert!(matches!(
+            s.manifest_part(offset + 1, bytes[offset as usize..][..len].to_vec()),
+            Err(Error::Misuse(_))
+        ));
+        ev = s
+            .manifest_part(offset, bytes[offset as usize..][..len].to_vec())
+            .unwrap();
+        let Some(Message::ManifestPart { offset: o, data }) = sent(&mut s) else {
+            panic!("no part queued");
+        };
+        assert_eq!(o as usize, got.len());
+        got.extend_from_slice(&data);
+        // One part in the outbox at a time.
+        assert!(sent(&mut s).is_none());
+        parts += 1;
+    }
+    assert!(ev.is_empty());
+    assert_eq!(got, bytes);
+    assert_eq!(parts, bytes.len().div_ceil(300));
+
+    // Parts that do not hash to the offered hash (the stored file changed): aborted.
+    let mut s = Sender::offering(&m, bytes.len() as u64, [7; 32], 0).unwrap();
+    let ev = s.handle(HELLO).unwrap();
+    let [SenderEvent::ReadManifest { offset: 0, len }] = ev[..] else {
+        panic!("{ev:?}")
+    };
+    let err = s.manifest_part(0, bytes[..len].to_vec()).unwrap_err();
+    assert_eq!(code_of(&err), Some(ProtocolError::Aborted));
+    assert!(s.is_failed());
+}
+
+/// A sender of `m` that sent its whole manifest and waits for the `Need` parts.
+fn awaiting_need(m: &Manifest) -> Sender {
+    let mut s = Sender::new(m).unwrap();
+    let ev = s.handle(HELLO).unwrap();
+    answer(&mut s, ev, &m.encode(), &Lib::new());
+    while sent(&mut s).is_some() {}
+    s
+}
+
+#[test]
+fn need_parts_are_checked_against_the_manifest() {
+    let (m, lib) = fixture();
+    let ids: Vec<ChunkId> = m.chunks().into_keys().collect();
+    let assert_sender_refused = |s: &mut Sender, err: Error, code: ProtocolError| {
+        assert_eq!(code_of(&err), Some(code), "{err}");
+        let text = err.to_string();
+        let name = format!("{} v{}", m.package, m.version);
+        assert!(!text.contains('\n') && text.contains(&name), "{text}");
+        let queued: Vec<Message> = std::iter::from_fn(|| sent(s)).collect();
+        assert!(
+            matches!(&queued[..], [Message::Abort { code: c, .. }] if *c == code.code()),
+            "{queued:?}"
+        );
+        assert!(s.is_failed());
+    };
+    // In parts, then the end: every chunk read, in the order asked.
+    let mut s = awaiting_need(&m);
+    for p in ids.chunks(6) {
+        assert!(
+            s.handle(Message::Need { chunks: p.to_vec() })
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let ev = s.handle(Message::NeedEnd).unwrap();
+    let read: Vec<ChunkId> = ev
+        .iter()
+        .map(|e| match e {
+            SenderEvent::ReadChunk(id) => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(read, ids);
+    answer(&mut s, ev, &[], &lib);
+    // A chunk not in the manifest.
+    let mut s = awaiting_need(&m);
+    let err = s
+        .handle(Message::Need {
+            chunks: vec![ChunkId::of(b"nope")],
+        })
+        .unwrap_err();
+    assert_sender_refused(&mut s, err, ProtocolError::UnexpectedChunk);
+    // The same chunk in two parts.
+    let mut s = awaiting_need(&m);
+    s.handle(Message::Need {
+        chunks: ids[..3].to_vec(),
+    })
+    .unwrap();
+    let err = s
+        .handle(Message::Need {
+            chunks: ids[2..4].to_vec(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains(&ids[2].short()), "{err}");
+    assert_sender_refused(&mut s, err, ProtocolError::UnexpectedChunk);
+    // A list that does not end: more IDs than the manifest names.
+    let mut s = awaiting_need(&m);
+    s.handle(Message::Need {
+        chunks: ids.clone(),
+    })
+    .unwrap();
+    let err = s
+        .handle(Message::Need {
+            chunks: ids[..1].to_vec(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("more than the 20"), "{err}");
+    assert_sender_refused(&mut s, err, ProtocolError::UnexpectedChunk);
+    // Need before the manifest was all sent.
+    let mut s = Sender::new(&m).unwrap();
+    s.part_len = 10;
+    s.handle(HELLO).unwrap();
+    let err = s.handle(Message::NeedEnd).unwrap_err();
+    assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
+}
+
+#[test]
+fn the_receiver_sends_need_in_bounded_parts_and_an_end() {
+    let (m, _) = fixture();
+    let mut r = Receiver::new();
+    r.need_part = 6;
+    r.handle(HELLO).unwrap();
+    offer_bytes(&mut r, &m, &m.encode()).unwrap();
+    let ids: Vec<ChunkId> = m.chunks().into_keys().collect();
+    r.lacking(ids.clone()).unwrap();
+    assert!(matches!(r.poll_transmit(), Some(Message::Hello { .. })));
+    let out: Vec<Message> = std::iter::from_fn(|| r.poll_transmit()).collect();
+    let sizes: Vec<usize> = out
+        .iter()
+        .map(|m| match m {
+            Message::Need { chunks } => chunks.len(),
+            Message::NeedEnd => 0,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sizes, [6, 6, 6, 2, 0]);
+    assert_eq!(out.last(), Some(&Message::NeedEnd));
+    // The default part is 1 MiB of IDs.
+    assert_eq!(Receiver::new().need_part, MAX_NEED_IDS);
+    assert_eq!(MAX_NEED_IDS * 32, 1 << 20);
 }
 
 #[test]
@@ -645,16 +1094,12 @@ fn unexpected_order_aborts() {
     assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
     assert_abort(sent(&mut s), ProtocolError::UnexpectedMessage);
 
-    // Sender: Need twice.
-    let hello = Message::Hello {
-        version_min: 1,
-        version_max: 1,
-    };
-    let mut s = Sender::new(&m).unwrap();
-    s.handle(hello.clone()).unwrap();
-    let ev = s.handle(Message::Need { chunks: vec![] }).unwrap();
+    // Sender: NeedEnd twice.
+    let hello = HELLO;
+    let mut s = awaiting_need(&m);
+    let ev = s.handle(Message::NeedEnd).unwrap();
     assert!(ev.is_empty());
-    let err = s.handle(Message::Need { chunks: vec![] }).unwrap_err();
+    let err = s.handle(Message::NeedEnd).unwrap_err();
     assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
     let queued: Vec<Message> = std::iter::from_fn(|| sent(&mut s)).collect();
     assert!(matches!(
@@ -663,15 +1108,14 @@ fn unexpected_order_aborts() {
     ));
 
     // Sender: Committed before Done, then with the wrong hash.
-    let mut s = Sender::new(&m).unwrap();
-    s.handle(hello.clone()).unwrap();
+    let mut s = awaiting_need(&m);
     let id = *m.chunks().keys().next().unwrap();
     s.handle(Message::Need { chunks: vec![id] }).unwrap();
+    s.handle(Message::NeedEnd).unwrap();
     let err = s.handle(Message::Committed { hash: [0; 32] }).unwrap_err();
     assert_eq!(code_of(&err), Some(ProtocolError::UnexpectedMessage));
-    let mut s = Sender::new(&m).unwrap();
-    s.handle(hello.clone()).unwrap();
-    s.handle(Message::Need { chunks: vec![] }).unwrap();
+    let mut s = awaiting_need(&m);
+    s.handle(Message::NeedEnd).unwrap();
     let err = s.handle(Message::Committed { hash: [7; 32] }).unwrap_err();
     assert_eq!(code_of(&err), Some(ProtocolError::BadCommit));
     let queued: Vec<Message> = std::iter::from_fn(|| sent(&mut s)).collect();
@@ -682,8 +1126,7 @@ fn unexpected_order_aborts() {
     s.handle(hello.clone()).unwrap_err();
 
     // Sender: Need naming a chunk outside the manifest.
-    let mut s = Sender::new(&m).unwrap();
-    s.handle(hello.clone()).unwrap();
+    let mut s = awaiting_need(&m);
     let err = s
         .handle(Message::Need {
             chunks: vec![ChunkId::of(b"nope")],
@@ -700,6 +1143,10 @@ fn unexpected_order_aborts() {
     let mut r = Receiver::new();
     assert!(matches!(r.committed(), Err(Error::Misuse(_))));
     assert!(matches!(r.lacking([id]), Err(Error::Misuse(_))));
+    assert!(matches!(
+        r.manifest_loaded(Ok(m.clone())),
+        Err(Error::Misuse(_))
+    ));
     assert!(r.poll_transmit().is_none());
 }
 
@@ -724,10 +1171,25 @@ fn peer_abort_becomes_error() {
 #[test]
 fn version_negotiation() {
     let (m, _) = fixture();
+    // A version-1 peer (manifests in one frame) is refused in one line saying so.
     let mut r = Receiver::new();
     let err = r
         .handle(Message::Hello {
-            version_min: 2,
+            version_min: 1,
+            version_max: 1,
+        })
+        .unwrap_err();
+    assert_eq!(code_of(&err), Some(ProtocolError::VersionMismatch));
+    let reason = assert_abort(r.poll_transmit(), ProtocolError::VersionMismatch);
+    assert!(
+        reason.contains("1..=1") && reason.contains("2..=2"),
+        "{reason}"
+    );
+    assert!(!err.to_string().contains('\n'));
+    let mut r = Receiver::new();
+    let err = r
+        .handle(Message::Hello {
+            version_min: 3,
             version_max: 5,
         })
         .unwrap_err();
@@ -747,8 +1209,8 @@ fn version_negotiation() {
     s.poll_transmit();
     let err = s
         .handle(Message::Hello {
-            version_min: 0,
-            version_max: 0,
+            version_min: 1,
+            version_max: 1,
         })
         .unwrap_err();
     assert_eq!(code_of(&err), Some(ProtocolError::VersionMismatch));
@@ -760,5 +1222,5 @@ fn version_negotiation() {
         version_max: 9,
     })
     .unwrap();
-    assert_eq!(s.protocol_version(), Some(1));
+    assert_eq!(s.protocol_version(), Some(2));
 }

@@ -3,8 +3,10 @@
 //! # Framing
 //! All integers little-endian. A frame is
 //! ```text
-//! length  u32   bytes of type + payload: 1 ..= MAX_FRAME (8 MiB + 64), or for a Chunk
-//!               up to MAX_CHUNK_FRAME (a 64 MiB chunk stored raw and its header)
+//! length  u32   bytes of type + payload: 1 ..= the type's limit: MAX_FRAME (8 MiB + 64) for
+//!               most, MAX_PART_FRAME (1 MiB + 9) for ManifestPart, MAX_NEED_FRAME
+//!               (1 MiB + 5) for Need, MAX_CHUNK_FRAME for a Chunk (a 64 MiB chunk stored
+//!               raw and its header)
 //! type    u8    message type, below
 //! payload       length - 1 bytes
 //! ```
@@ -16,18 +18,32 @@
 //! # Messages
 //! ```text
 //! 1 Hello      version_min u16, version_max u16
-//! 2 Offer      package (u8 length + ASCII package ID), version u32,
-//!              manifest (u32 length + canonical manifest bytes, freight_core::manifest)
-//! 3 Need       count u32, chunk id [32] * count        (may be empty)
-//! 4 Chunk      id [32], ulen u32 (<= 64 MiB), flags u8 (bit0 = zstd), data = rest of frame
-//! 5 Done       (empty)
-//! 6 Committed  hash [32] = BLAKE3 of the offered manifest bytes
-//! 7 Abort      code u16 (ProtocolError), reason (u16 length + UTF-8, <= 1 KiB)
+//! 2 Offer        package (u8 length + ASCII package ID), version u32,
+//!                manifest length u64 (1 ..= MAX_MANIFEST_LEN), manifest hash [32]
+//!                (BLAKE3 of the canonical manifest bytes, freight_core::manifest: the
+//!                package hash); the manifest follows in ManifestParts
+//! 8 ManifestPart offset u64 (= bytes of the manifest sent before it), data = rest of frame
+//!                (1 ..= MAX_MANIFEST_PART bytes); parts follow the Offer in order, without
+//!                gaps or overlaps, until the declared length is reached
+//! 3 Need         count u32 (<= MAX_NEED_IDS), chunk id [32] * count (may be empty): one
+//!                part of the list of chunks the receiver lacks
+//! 9 NeedEnd      (empty): the list is complete
+//! 4 Chunk        id [32], ulen u32 (<= 64 MiB), flags u8 (bit0 = zstd), data = rest of frame
+//! 5 Done         (empty)
+//! 6 Committed    hash [32] = BLAKE3 of the offered manifest bytes
+//! 7 Abort        code u16 (ProtocolError), reason (u16 length + UTF-8, <= 1 KiB)
 //! ```
-//! Limits that follow from the frame sizes: a chunk's stored form carries at most
-//! [`MAX_CHUNK_DATA`] bytes, the library's largest chunk (so every chunk a library holds can
-//! travel), a manifest at most `MAX_FRAME` minus its header, and a `Need` at most
-//! (`MAX_FRAME` - 5) / 32 IDs (never more than the manifest names).
+//! Protocol version 2 introduced the manifest and the `Need` list in parts (version 1 carried
+//! each in one frame, which limited a manifest to 8 MiB); versions 1 and 2 do not overlap, so
+//! a version-1 peer is refused at `Hello` with `VersionMismatch`.
+//!
+//! Limits: a chunk's stored form carries at most [`MAX_CHUNK_DATA`] bytes, the library's
+//! largest chunk (so every chunk a library holds can travel). The size of a package is not
+//! limited by a frame: its manifest travels in parts of at most [`MAX_MANIFEST_PART`] bytes
+//! and its `Need` in parts of at most [`MAX_NEED_IDS`] IDs. [`MAX_FRAME`] and
+//! [`MAX_MANIFEST_LEN`] are defences against hostile peers (what one frame, and one
+//! announced manifest, may make the other side buffer or write), far above what real
+//! packages need.
 
 use crate::error::{Error, Result};
 use freight_core::codec::Reader;
@@ -35,8 +51,23 @@ use freight_core::manifest::MAX_CHUNK;
 use freight_core::{ChunkId, PackageId};
 use std::fmt;
 
-/// Largest frame length (type byte + payload) of every message but `Chunk`: 8 MiB + 64.
+/// Largest frame length (type byte + payload) of the messages without a tighter limit of
+/// their own (`Hello`, `Offer`, `Done`, `Committed`, `Abort`, all small): 8 MiB + 64. A
+/// defence against a hostile peer (how much one frame makes the decoder buffer), not a limit
+/// on packages: manifests and `Need` lists travel in bounded parts.
 pub const MAX_FRAME: u32 = (8 << 20) + 64;
+/// Largest part of a manifest one `ManifestPart` carries: 1 MiB.
+pub const MAX_MANIFEST_PART: usize = 1 << 20;
+/// Largest `ManifestPart` frame length: type, offset and [`MAX_MANIFEST_PART`] bytes.
+pub const MAX_PART_FRAME: u32 = 1 + 8 + MAX_MANIFEST_PART as u32;
+/// Most chunk IDs one `Need` part carries: 1 MiB of IDs.
+pub const MAX_NEED_IDS: usize = (1 << 20) / 32;
+/// Largest `Need` frame length: type, count and [`MAX_NEED_IDS`] IDs.
+pub const MAX_NEED_FRAME: u32 = 1 + 4 + 32 * MAX_NEED_IDS as u32;
+/// Largest manifest a receiver accepts: 1 GiB (some 7 million files). A defence limit: a
+/// hostile sender cannot make a receiver write more than this to its disk for one offer. A
+/// sender refuses to offer a larger manifest, with an error naming the package.
+pub const MAX_MANIFEST_LEN: u64 = 1 << 30;
 /// Largest stored chunk data one `Chunk` frame carries: the library's largest chunk, which it
 /// stores raw when it does not shrink ([`MAX_CHUNK`], 64 MiB). One constant for library and
 /// wire, so any chunk a library holds can be pushed.
@@ -49,10 +80,10 @@ pub const MAX_REASON: usize = 1024;
 pub const MAX_ULEN: u32 = MAX_CHUNK;
 /// Chunk flag: the data is zstd-compressed.
 pub const FLAG_ZSTD: u8 = 1;
-/// Lowest protocol version this code speaks.
-pub const VERSION_MIN: u16 = 1;
+/// Lowest protocol version this code speaks: 2, manifests and `Need` lists in parts.
+pub const VERSION_MIN: u16 = 2;
 /// Highest protocol version this code speaks.
-pub const VERSION_MAX: u16 = 1;
+pub const VERSION_MAX: u16 = 2;
 
 const T_HELLO: u8 = 1;
 const T_OFFER: u8 = 2;
@@ -61,6 +92,8 @@ const T_CHUNK: u8 = 4;
 const T_DONE: u8 = 5;
 const T_COMMITTED: u8 = 6;
 const T_ABORT: u8 = 7;
+const T_MANIFEST_PART: u8 = 8;
+const T_NEED_END: u8 = 9;
 
 /// Why a session ended; sent in `Abort` as a u16.
 #[repr(u16)]
@@ -90,10 +123,12 @@ pub enum ProtocolError {
     Aborted = 11,
     /// The authorization table does not let this peer do this (see `authz`).
     Unauthorized = 12,
+    /// The offered manifest is larger than [`MAX_MANIFEST_LEN`], the receiver's defence limit.
+    ManifestTooLarge = 13,
 }
 
 impl ProtocolError {
-    pub(crate) const ALL: [ProtocolError; 12] = [
+    pub(crate) const ALL: [ProtocolError; 13] = [
         ProtocolError::Malformed,
         ProtocolError::FrameTooLarge,
         ProtocolError::UnknownType,
@@ -106,6 +141,7 @@ impl ProtocolError {
         ProtocolError::BadCommit,
         ProtocolError::Aborted,
         ProtocolError::Unauthorized,
+        ProtocolError::ManifestTooLarge,
     ];
 
     /// The wire code.
@@ -133,6 +169,7 @@ impl ProtocolError {
             ProtocolError::BadCommit => "bad-commit",
             ProtocolError::Aborted => "aborted",
             ProtocolError::Unauthorized => "unauthorized",
+            ProtocolError::ManifestTooLarge => "manifest-too-large",
         }
     }
 
@@ -169,6 +206,9 @@ impl ProtocolError {
             ProtocolError::Unauthorized => {
                 "the receiver does not let this site do that; if it should, trust it there in a role that may"
             }
+            ProtocolError::ManifestTooLarge => {
+                "the manifest is above the receiver's defence limit (1 GiB); split the package"
+            }
         }
     }
 }
@@ -199,14 +239,25 @@ pub enum Message {
         package: PackageId,
         /// Package version.
         version: u32,
-        /// Canonical manifest bytes.
-        manifest: Vec<u8>,
+        /// Length of the canonical manifest bytes that follow in `ManifestPart`s.
+        manifest_len: u64,
+        /// BLAKE3 of those bytes (the package hash).
+        manifest_hash: [u8; 32],
     },
-    /// The chunk IDs the receiver lacks (may be empty).
+    /// A part of the offered manifest's bytes.
+    ManifestPart {
+        /// Where the part starts in the manifest (the bytes sent before it).
+        offset: u64,
+        /// The part's bytes, 1 ..= [`MAX_MANIFEST_PART`].
+        data: Vec<u8>,
+    },
+    /// A part of the list of chunk IDs the receiver lacks (may be empty).
     Need {
-        /// IDs, each once.
+        /// IDs, each once in the whole list; at most [`MAX_NEED_IDS`].
         chunks: Vec<ChunkId>,
     },
+    /// Receiver: the list of chunks it lacks is complete.
+    NeedEnd,
     /// One chunk in its stored form.
     Chunk {
         /// BLAKE3 of the uncompressed bytes.
@@ -244,9 +295,18 @@ impl fmt::Debug for Message {
             Message::Offer {
                 package,
                 version,
-                manifest,
-            } => write!(f, "Offer({package} v{version}, {} bytes)", manifest.len()),
+                manifest_len,
+                manifest_hash,
+            } => write!(
+                f,
+                "Offer({package} v{version}, {manifest_len} bytes, {})",
+                ChunkId(*manifest_hash).short()
+            ),
+            Message::ManifestPart { offset, data } => {
+                write!(f, "ManifestPart(at {offset}, {} bytes)", data.len())
+            }
             Message::Need { chunks } => write!(f, "Need({} chunks)", chunks.len()),
+            Message::NeedEnd => f.write_str("NeedEnd"),
             Message::Chunk {
                 id,
                 ulen,
@@ -271,7 +331,9 @@ impl Message {
         match self {
             Message::Hello { .. } => "Hello",
             Message::Offer { .. } => "Offer",
+            Message::ManifestPart { .. } => "ManifestPart",
             Message::Need { .. } => "Need",
+            Message::NeedEnd => "NeedEnd",
             Message::Chunk { .. } => "Chunk",
             Message::Done => "Done",
             Message::Committed { .. } => "Committed",
@@ -309,16 +371,23 @@ impl Message {
             Message::Offer {
                 package,
                 version,
-                manifest,
+                manifest_len,
+                manifest_hash,
             } => {
                 out.push(T_OFFER);
                 let p = package.as_str().as_bytes();
                 out.push(p.len() as u8);
                 out.extend_from_slice(p);
                 out.extend_from_slice(&version.to_le_bytes());
-                out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
-                out.extend_from_slice(manifest);
+                out.extend_from_slice(&manifest_len.to_le_bytes());
+                out.extend_from_slice(manifest_hash);
             }
+            Message::ManifestPart { offset, data } => {
+                out.push(T_MANIFEST_PART);
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(data);
+            }
+            Message::NeedEnd => out.push(T_NEED_END),
             Message::Need { chunks } => {
                 out.push(T_NEED);
                 out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
@@ -367,6 +436,8 @@ impl Message {
             T_DONE => "Done",
             T_COMMITTED => "Committed",
             T_ABORT => "Abort",
+            T_MANIFEST_PART => "ManifestPart",
+            T_NEED_END => "NeedEnd",
             _ => {
                 return Err(proto(
                     ProtocolError::UnknownType,
@@ -393,16 +464,37 @@ impl Message {
                     .and_then(|s| PackageId::parse(s).ok())
                     .ok_or_else(|| r.err_here("package ID is not valid"))?;
                 let version = r.u32()?;
-                let n = r.u32()? as usize;
-                let manifest = r.take(n)?.to_vec();
+                let manifest_len = r.u64()?;
+                let manifest_hash = r.array()?;
                 Message::Offer {
                     package,
                     version,
-                    manifest,
+                    manifest_len,
+                    manifest_hash,
                 }
             }
+            T_MANIFEST_PART => {
+                let offset = r.u64()?;
+                let data = r.rest();
+                if data.is_empty() || data.len() > MAX_MANIFEST_PART {
+                    return Err(r.err_here(&format!(
+                        "carries {} bytes, outside 1..={MAX_MANIFEST_PART}",
+                        data.len()
+                    )));
+                }
+                Message::ManifestPart {
+                    offset,
+                    data: data.to_vec(),
+                }
+            }
+            T_NEED_END => Message::NeedEnd,
             T_NEED => {
                 let n = r.u32()? as usize;
+                if n > MAX_NEED_IDS {
+                    return Err(
+                        r.err_here(&format!("counts {n} chunk IDs, more than {MAX_NEED_IDS}"))
+                    );
+                }
                 if n > r.remaining() / 32 {
                     return Err(r.err_here(&format!("counts {n} chunk IDs but carries fewer")));
                 }
@@ -481,10 +573,11 @@ pub struct FrameDecoder {
 
 /// Largest frame length for message type `t`.
 fn frame_limit(t: u8) -> u32 {
-    if t == T_CHUNK {
-        MAX_CHUNK_FRAME
-    } else {
-        MAX_FRAME
+    match t {
+        T_CHUNK => MAX_CHUNK_FRAME,
+        T_MANIFEST_PART => MAX_PART_FRAME,
+        T_NEED => MAX_NEED_FRAME,
+        _ => MAX_FRAME,
     }
 }
 
@@ -616,12 +709,22 @@ mod tests {
             Message::Offer {
                 package: m.package.clone(),
                 version: 3,
-                manifest: m.encode(),
+                manifest_len: m.encode().len() as u64,
+                manifest_hash: *m.hash().as_bytes(),
+            },
+            Message::ManifestPart {
+                offset: 0,
+                data: m.encode(),
+            },
+            Message::ManifestPart {
+                offset: 1 << 40,
+                data: vec![7],
             },
             Message::Need {
                 chunks: m.chunks().into_keys().collect(),
             },
             Message::Need { chunks: vec![] },
+            Message::NeedEnd,
             Message::Chunk {
                 id: ChunkId::of(b"abc"),
                 ulen: 3,
@@ -687,7 +790,12 @@ mod tests {
                 d.push(&g);
                 match d.next_message() {
                     Ok(Some(got)) => assert!(
-                        matches!(got, Message::Chunk { .. } | Message::Need { .. }),
+                        matches!(
+                            got,
+                            Message::Chunk { .. }
+                                | Message::Need { .. }
+                                | Message::ManifestPart { .. }
+                        ),
                         "{m:?} cut to {len} decoded as {got:?}"
                     ),
                     Ok(None) => panic!("complete frame reported as incomplete"),
@@ -704,7 +812,8 @@ mod tests {
         // other message at most MAX_FRAME.
         for (len, ty) in [
             (MAX_FRAME + 1, T_OFFER),
-            (MAX_FRAME + 1, T_NEED),
+            (MAX_NEED_FRAME + 1, T_NEED),
+            (MAX_PART_FRAME + 1, T_MANIFEST_PART),
             (MAX_CHUNK_FRAME + 1, T_CHUNK),
             (u32::MAX, T_CHUNK),
             (u32::MAX, T_HELLO),
@@ -721,7 +830,12 @@ mod tests {
             assert_eq!(d.next_message().unwrap_err().to_string(), err.to_string());
         }
         // The largest legal lengths only wait for more, and say what they will need.
-        for (len, ty) in [(MAX_FRAME, T_OFFER), (MAX_CHUNK_FRAME, T_CHUNK)] {
+        for (len, ty) in [
+            (MAX_FRAME, T_OFFER),
+            (MAX_CHUNK_FRAME, T_CHUNK),
+            (MAX_PART_FRAME, T_MANIFEST_PART),
+            (MAX_NEED_FRAME, T_NEED),
+        ] {
             let mut d = FrameDecoder::new();
             d.push(&len.to_le_bytes());
             d.push(&[ty]);
@@ -790,6 +904,30 @@ mod tests {
                 frame(T_OFFER, &[&[3][..], b"abc", &[0; 8]].concat()),
                 ProtocolError::Malformed,
             ),
+            // A version-1 Offer (the manifest inline, u32 length): too short for a hash.
+            (
+                frame(
+                    T_OFFER,
+                    &[&[8][..], b"CAS00001", &[3, 0, 0, 0], &[4, 0, 0, 0], b"abcd"].concat(),
+                ),
+                ProtocolError::Malformed,
+            ),
+            // An empty manifest part.
+            (frame(T_MANIFEST_PART, &[0; 8]), ProtocolError::Malformed),
+            // A Need part counting more IDs than a part may carry (the frame holds them all).
+            (
+                frame(
+                    T_NEED,
+                    &[
+                        &((MAX_NEED_IDS + 1) as u32).to_le_bytes()[..],
+                        &vec![0; 32 * (MAX_NEED_IDS + 1)],
+                    ]
+                    .concat(),
+                ),
+                ProtocolError::FrameTooLarge,
+            ),
+            // NeedEnd carries nothing.
+            (frame(T_NEED_END, &[1]), ProtocolError::Malformed),
         ];
         for (f, code) in cases {
             let mut d = FrameDecoder::new();
