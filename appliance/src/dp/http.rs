@@ -648,11 +648,7 @@ fn just_removed(pkg: &PackageId, v: u32) -> Fail {
 /// The version `ver` names and the identity of its manifest file (device, inode, size,
 /// mtime): a manifest is replaced by renaming a new file into place, so a cached decode is
 /// current exactly while its file's identity is unchanged.
-fn locate_manifest(
-    dir: &Shown,
-    pkg: &PackageId,
-    ver: VersionSel,
-) -> Result<(u32, FileId), Fail> {
+fn locate_manifest(dir: &Shown, pkg: &PackageId, ver: VersionSel) -> Result<(u32, FileId), Fail> {
     use std::os::unix::fs::MetadataExt;
     let versions = versions_of(dir, pkg)?;
     let v = match ver {
