@@ -11,8 +11,9 @@
 //! - disk: the chunks a peer's unfinished transfers stored here (kept by their leases for a
 //!   resumption) count against a quota per peer ([`Limits::charge`]); a transfer's bytes are
 //!   released when its manifest is stored ([`Limits::settle`]) or when its lease would have
-//!   expired. A peer over its quota has its session aborted, so a peer that starts and
-//!   abandons transfers cannot fill the disk with chunks nothing names.
+//!   expired. A transfer is aborted while the peer's *other* unfinished transfers hold more
+//!   than the quota, so a peer that starts and abandons transfers cannot fill the disk with
+//!   chunks nothing names, while one transfer of any size (and its resumption) always goes.
 
 use crate::quic::NodeConfig;
 use freight_core::SiteCode;
@@ -57,19 +58,17 @@ struct Held {
     last: Instant,
 }
 
-/// A peer whose unfinished transfers hold more than its quota; the session storing more is
-/// aborted.
+/// A peer whose other unfinished transfers hold more than its quota; the session storing
+/// more is aborted.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "site {peer} holds {held} bytes of chunks of unfinished transfers here, and {more} more would exceed its quota of {quota}; finish or resume those transfers (their chunks are released when they commit, or {expiry_h} h after their last chunk)"
+    "site {peer} holds {held} bytes of chunks of other unfinished transfers here, more than its quota of {quota}; finish or resume those transfers (their chunks are released when they commit, or {expiry_h} h after their last chunk)"
 )]
 pub struct OverQuota {
     /// The peer.
     pub peer: SiteCode,
-    /// What its unfinished transfers hold.
+    /// What its other unfinished transfers hold.
     pub held: u64,
-    /// What the refused chunk would add.
-    pub more: u64,
     /// Its quota.
     pub quota: u64,
     /// Hours until an abandoned transfer's bytes are released.
@@ -126,9 +125,10 @@ impl Limits {
         })
     }
 
-    /// Counts `bytes` stored for `transfer` of `peer` against the peer's quota of unfinished
-    /// transfers; refuses them (counting nothing) if they would exceed it. Transfers that
-    /// stored nothing for the expiry time (their leases have lapsed) no longer count.
+    /// Counts `bytes` stored for `transfer` of `peer` as unfinished; refuses them (counting
+    /// nothing) while the peer's *other* unfinished transfers hold more than its quota.
+    /// Transfers that stored nothing for the expiry time (their leases have lapsed) no longer
+    /// count.
     pub fn charge(&self, peer: SiteCode, transfer: &Transfer, bytes: u64) -> Result<(), OverQuota> {
         self.charge_at(peer, transfer, bytes, Instant::now())
     }
@@ -144,12 +144,18 @@ impl Limits {
         let mine = all.entry(peer).or_default();
         let expiry = self.unfinished_expiry;
         mine.retain(|_, h| now.saturating_duration_since(h.last) < expiry);
-        let held: u64 = mine.values().map(|h| h.bytes).sum();
-        if held.saturating_add(bytes) > self.unfinished_per_peer {
+        // Only the peer's *other* unfinished transfers count: one transfer alone is never
+        // limited (a real package may be larger than any quota, and a resumption of a cut
+        // one must go on), but what a peer leaves behind stops its next transfers.
+        let held: u64 = mine
+            .iter()
+            .filter(|(t, _)| *t != transfer)
+            .map(|(_, h)| h.bytes)
+            .sum();
+        if held > self.unfinished_per_peer {
             return Err(OverQuota {
                 peer,
                 held,
-                more: bytes,
                 quota: self.unfinished_per_peer,
                 expiry_h: expiry.as_secs() / 3600,
             });
@@ -264,19 +270,25 @@ mod tests {
         let (a, b) = (code("PS1"), code("PS2"));
         let t = |v: u32| (freight_core::PackageId::parse("PS100001").unwrap(), v);
         let t0 = Instant::now();
+        // One transfer alone is never limited, however large.
         l.charge_at(a, &t(1), 60, t0).unwrap();
-        l.charge_at(a, &t(2), 40, t0).unwrap();
-        // Full: a third transfer, or more of the first, is refused and counts nothing.
-        let e = l.charge_at(a, &t(3), 1, t0).unwrap_err();
-        assert_eq!((e.held, e.more, e.quota), (100, 1, 100));
-        assert!(e.to_string().contains("site PS1 holds 100 bytes"), "{e}");
-        assert_eq!(l.unfinished_bytes(a), 100);
+        l.charge_at(a, &t(1), 90, t0).unwrap();
+        // Another one goes while the first holds no more than the quota...
+        assert!(l.charge_at(a, &t(2), 40, t0).is_err());
+        let e = l.charge_at(a, &t(2), 1, t0).unwrap_err();
+        assert_eq!((e.held, e.quota), (150, 100));
+        assert!(e.to_string().contains("site PS1 holds 150 bytes"), "{e}");
+        assert_eq!(l.unfinished_bytes(a), 150);
+        // ... and the first resumes: its own bytes never stop it.
+        l.charge_at(a, &t(1), 10, t0).unwrap();
         // Another peer has its own quota.
-        l.charge_at(b, &t(1), 100, t0).unwrap();
+        l.charge_at(b, &t(2), 100, t0).unwrap();
         // A committed transfer releases its bytes.
-        l.settle(a, &t(2));
-        l.charge_at(a, &t(3), 40, t0).unwrap();
-        // An abandoned one is released when its lease would have lapsed.
+        l.settle(a, &t(1));
+        l.charge_at(a, &t(2), 60, t0).unwrap();
+        l.charge_at(a, &t(3), 50, t0).unwrap();
+        assert!(l.charge_at(a, &t(4), 1, t0).is_err());
+        // Abandoned ones are released when their leases would have lapsed.
         let later = t0 + Duration::from_secs(3601);
         l.charge_at(a, &t(4), 100, later).unwrap();
         assert_eq!(l.unfinished_bytes(a), 100);

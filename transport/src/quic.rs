@@ -78,8 +78,9 @@ pub struct NodeConfig {
     pub receive_memory: u64,
     /// Handshakes in progress at once; further connection attempts are refused at once.
     pub max_handshakes: usize,
-    /// Bytes of chunks one peer's unfinished transfers may hold in this node's library (see
-    /// [`crate::limits`]); at least the largest package a peer sends here.
+    /// Bytes of chunks a peer's unfinished transfers may leave in this node's library before
+    /// its other transfers are refused (see [`crate::limits`]); one transfer alone is never
+    /// limited by it.
     pub unfinished_per_peer: u64,
     /// An unfinished transfer that stored nothing for this long no longer counts (its lease
     /// has lapsed and its chunks may be collected).

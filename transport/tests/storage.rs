@@ -374,10 +374,11 @@ async fn a_sender_whose_packs_are_collected_mid_session_completes() {
     assert_complete(&rx.lib.read(), &m);
 }
 
-/// A peer's unfinished transfers hold at most its quota of the receiver's disk: a package
-/// larger than the quota is aborted once the quota is reached, with one line naming the peer
-/// and the quota; a package that fits commits and frees its share of the quota at once, so
-/// transfers one after the other never add up.
+/// What a peer's abandoned transfers leave on the receiver's disk is bounded by its quota:
+/// transfers that commit free their share at once (so transfers one after the other never add
+/// up), a single transfer larger than the quota is never limited by it, but once a cut
+/// transfer holds more than the quota the peer's other transfers are aborted with one line
+/// naming the peer and the quota, until it resumes and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_unfinished_transfers_stay_within_its_disk_quota() {
     let t = tempfile::tempdir().unwrap();
@@ -409,18 +410,52 @@ async fn a_peers_unfinished_transfers_stay_within_its_disk_quota() {
         .unwrap();
     let sender = SharedLibrary::new(src_lib);
     let opts = PushOptions::default();
+    let limits = rx.node.limits().clone();
 
-    // Three packages of 600 KB, one after the other: 1.8 MB in all, each within the quota.
-    for m in &smalls {
+    // Two packages of 600 KB, one after the other: more than the quota in all.
+    for m in &smalls[..2] {
         let mut report = PushReport::default();
         push(&conn, &sender, m, &opts, &mut report).await.unwrap();
         assert_complete(&rx_lib.read(), m);
     }
-    assert_eq!(rx.node.limits().unfinished_bytes(code("CAS")), 0);
+    assert_eq!(limits.unfinished_bytes(code("CAS")), 0);
 
-    // 3 MiB against a 1 MiB quota: aborted, having stored no more than the quota.
+    // The 3 MiB package at 1 MB/s, cut after 2 s: about 2 MB of it stay, unfinished.
+    let cut = node
+        .connect(rx.node.local_addr().unwrap(), code("PS1"))
+        .await
+        .unwrap();
+    let slow = PushOptions {
+        limiter: Some(limiter("daily 1MB/s")),
+        ..PushOptions::default()
+    };
     let mut report = PushReport::default();
-    let err = push(&conn, &sender, &big, &opts, &mut report)
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        push(&cut, &sender, &big, &slow, &mut report),
+    )
+    .await;
+    assert!(r.is_err(), "the slow push ended before the cut");
+    cut.close("cut");
+    let mut rx = rx;
+    // The receiver reported the two committed sessions, then the cut one.
+    loop {
+        let ended = tokio::time::timeout(Duration::from_secs(10), rx.events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if ended.package.as_ref().map(|p| &p.0) == Some(&big.package) {
+            assert!(ended.result.is_err());
+            break;
+        }
+        ended.result.unwrap();
+    }
+    let held = limits.unfinished_bytes(code("CAS"));
+    assert!(held > quota, "the cut transfer holds only {held} bytes");
+
+    // Another transfer of the peer is refused while the cut one holds more than the quota.
+    let mut report = PushReport::default();
+    let err = push(&conn, &sender, &smalls[2], &opts, &mut report)
         .await
         .unwrap_err()
         .to_string();
@@ -428,8 +463,19 @@ async fn a_peers_unfinished_transfers_stay_within_its_disk_quota() {
         err.contains("site CAS holds") && err.contains(&format!("quota of {quota}")),
         "{err}"
     );
-    let held = rx.node.limits().unfinished_bytes(code("CAS"));
-    assert!(held <= quota && held > 0, "{held}");
-    let lacking = rx_lib.lacking(&big).await.unwrap().len();
-    assert!(lacking > 0, "the package arrived whole past its quota");
+    assert!(!rx_lib.lacking(&smalls[2]).await.unwrap().is_empty());
+
+    // The cut transfer itself resumes past the quota and commits, which frees its bytes; then
+    // the refused one goes through.
+    let mut report = PushReport::default();
+    push(&conn, &sender, &big, &opts, &mut report)
+        .await
+        .unwrap();
+    assert_complete(&rx_lib.read(), &big);
+    assert_eq!(limits.unfinished_bytes(code("CAS")), 0);
+    let mut report = PushReport::default();
+    push(&conn, &sender, &smalls[2], &opts, &mut report)
+        .await
+        .unwrap();
+    assert_complete(&rx_lib.read(), &smalls[2]);
 }

@@ -69,9 +69,10 @@ pub struct DaemonConfig {
     /// See `handshake_timeout`.
     #[serde(default = "d10m", with = "duration")]
     pub command_timeout: Duration,
-    /// Bytes of chunks one peer's unfinished transfers may hold in this host's library (kept
-    /// for a resumption until they commit or 24 h pass); a session over it is aborted. At
-    /// least the largest package a peer sends here. Written like `256GiB`.
+    /// Bytes of chunks a peer's unfinished transfers may leave in this host's library (kept
+    /// for a resumption until they commit or 24 h pass) before its other transfers are
+    /// aborted; one transfer alone (a resumption included) is never limited by it. Written
+    /// like `256GiB`.
     #[serde(default = "d256gib", with = "size")]
     pub unfinished_per_peer: u64,
     /// The site server role.
