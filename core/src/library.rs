@@ -181,8 +181,40 @@ pub fn pin_budget() -> usize {
     usize::try_from(soft / 4).unwrap_or(usize::MAX).max(16)
 }
 
+/// Where the committed entries of index `ix` end in a data file of `data_len` bytes of pack
+/// `format`, or why they cannot be right: every entry must lie inside the data file, past its
+/// headers (a crash cannot cut a pack short of what its index committed).
+fn committed_end(
+    ix: &pack::IndexFile,
+    format: u8,
+    data_len: u64,
+) -> std::result::Result<u64, String> {
+    let min_offset = if format == 1 {
+        PACK_HEADER as u64
+    } else {
+        (PACK_HEADER + RECORD_HEADER) as u64
+    };
+    if let Some((_, bad)) = ix
+        .entries
+        .iter()
+        .find(|(_, l)| l.end() > data_len || l.offset < min_offset)
+    {
+        return Err(format!(
+            "pack is {data_len} bytes but its index names bytes {}..{}",
+            bad.offset,
+            bad.end()
+        ));
+    }
+    Ok(ix
+        .entries
+        .iter()
+        .map(|(_, l)| l.end())
+        .max()
+        .unwrap_or(PACK_HEADER as u64))
+}
+
 /// Reads into `buf` at `at` until it is full or the file ends; returns the bytes read.
-fn read_full_at(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+pub(crate) fn read_full_at(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
     use std::os::unix::fs::FileExt;
     let mut got = 0;
     while got < buf.len() {
@@ -460,31 +492,10 @@ impl Library {
         // Stat the data after the index was read: every entry read was made durable in the
         // data file before it was written to the index.
         let data_len = file.metadata().ctx(&data, "stat pack")?.len();
-        let min_offset = if format == 1 {
-            PACK_HEADER as u64
-        } else {
-            (PACK_HEADER + RECORD_HEADER) as u64
+        let end = match committed_end(&ix, format, data_len) {
+            Ok(end) => end,
+            Err(reason) => return Ok(Err(damaged(&data, reason))),
         };
-        if let Some((_, bad)) = ix
-            .entries
-            .iter()
-            .find(|(_, l)| l.end() > data_len || l.offset < min_offset)
-        {
-            return Ok(Err(damaged(
-                &data,
-                format!(
-                    "pack is {data_len} bytes but its index names bytes {}..{}",
-                    bad.offset,
-                    bad.end()
-                ),
-            )));
-        }
-        let end = ix
-            .entries
-            .iter()
-            .map(|(_, l)| l.end())
-            .max()
-            .unwrap_or(PACK_HEADER as u64);
         for (id, loc) in &ix.entries {
             self.index.entry(*id).or_insert(*loc);
         }
@@ -708,31 +719,10 @@ impl Library {
         }
         // Committed entries must point inside the data file: a crash cannot cut a pack
         // short of what its index committed.
-        let min_offset = if format == 1 {
-            PACK_HEADER as u64
-        } else {
-            (PACK_HEADER + RECORD_HEADER) as u64
+        let end = match committed_end(&ix, format, data_len) {
+            Ok(end) => end,
+            Err(reason) => return self.damaged(damaged(&data, reason)),
         };
-        if let Some((_, bad)) = ix
-            .entries
-            .iter()
-            .find(|(_, l)| l.end() > data_len || l.offset < min_offset)
-        {
-            return self.damaged(damaged(
-                &data,
-                format!(
-                    "pack is {data_len} bytes but its index names bytes {}..{}",
-                    bad.offset,
-                    bad.end()
-                ),
-            ));
-        }
-        let end = ix
-            .entries
-            .iter()
-            .map(|(_, l)| l.end())
-            .max()
-            .unwrap_or(PACK_HEADER as u64);
         if ix.file_len > ix.committed {
             if format == 1 {
                 // Format 1 is never appended to again: leave its files as they are.

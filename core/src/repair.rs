@@ -18,13 +18,13 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
-use crate::library::{Access, Damaged, Library, check_chunk};
+
+use crate::library::{Access, Damaged, Library, check_chunk, read_full_at};
 use crate::pack::{self, ENTRY_LEN, Loc, PACK_HEADER, RECORD_HEADER, RECORD_MAGIC};
 use crate::progress::Progress;
 use crate::writer::sync_dir;
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// A package version that names chunks the library no longer holds.
@@ -107,7 +107,7 @@ fn candidates(d: &Damaged, data: Option<&File>, data_len: u64) -> Result<Vec<(Ch
     if let Some(f) = data {
         let path = d.data.as_deref().unwrap_or(&d.path);
         let mut head = [0u8; PACK_HEADER];
-        let got = read_full(f, &mut head, 0).ctx(path, "read pack")?;
+        let got = read_full_at(f, &mut head, 0).ctx(path, "read pack")?;
         if got == PACK_HEADER && &head[..7] == b"FRPACK\x00" && head[7] > pack::FORMAT {
             // A newer format: nothing of it can be read safely.
             return Ok(out);
@@ -132,19 +132,6 @@ fn candidates(d: &Damaged, data: Option<&File>, data_len: u64) -> Result<Vec<(Ch
     Ok(out)
 }
 
-fn read_full(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], at + got as u64) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 /// Walks the records of a format-2 data file. A header found where the previous record ended
 /// is trusted for its length (its check value holds) even if its bytes turn out bad; after an
 /// unreadable header the next record is searched for by its magic, and each one found that
@@ -158,7 +145,7 @@ fn scan_records(
     let mut pos = PACK_HEADER as u64;
     let mut hdr = [0u8; RECORD_HEADER];
     while pos + RECORD_HEADER as u64 <= len {
-        let got = read_full(f, &mut hdr, pos)?;
+        let got = read_full_at(f, &mut hdr, pos)?;
         if let Some((id, loc)) = pack::decode_record(&hdr[..got], pack_no, pos)
             && loc.end() <= len
         {
@@ -180,7 +167,7 @@ fn find_record(f: &File, pack_no: u32, from: u64, len: u64) -> std::io::Result<O
     let mut buf = vec![0u8; SCAN_WINDOW + RECORD_HEADER];
     let mut at = from;
     while at + RECORD_HEADER as u64 <= len {
-        let got = read_full(f, &mut buf, at)?;
+        let got = read_full_at(f, &mut buf, at)?;
         let window = &buf[..got];
         let mut i = 0;
         while i + RECORD_HEADER <= window.len() {
@@ -227,7 +214,7 @@ fn salvage(lib: &mut Library, d: &Damaged, report: &mut RepairReport) -> Result<
         }
         let Some(f) = &data else { continue };
         let mut bytes = vec![0u8; loc.clen as usize];
-        let got = read_full(f, &mut bytes, loc.offset).ctx(&d.path, "read pack")?;
+        let got = read_full_at(f, &mut bytes, loc.offset).ctx(&d.path, "read pack")?;
         if got != bytes.len() || check_chunk(&id, &loc, &bytes).is_err() {
             report.chunks_unreadable += 1;
             seen.remove(&id);
