@@ -178,7 +178,11 @@ pub fn install(
 const INSTALLED: &str = "installed";
 
 fn installed_marker(lib: &Library, p: &PackageId) -> PathBuf {
-    lib.dir().join(INSTALLED).join(p.as_str())
+    marker_in(lib.dir(), p)
+}
+
+fn marker_in(lib_dir: &Path, p: &PackageId) -> PathBuf {
+    lib_dir.join(INSTALLED).join(p.as_str())
 }
 
 /// The version of `p` whose install last succeeded here, if any.
@@ -189,7 +193,7 @@ pub fn installed_version(lib: &Library, p: &PackageId) -> Option<u32> {
 /// [`installed_version`] of the library at `lib_dir` (read without the library, by the DP's
 /// content server).
 pub fn installed_version_at(lib_dir: &Path, p: &PackageId) -> Option<u32> {
-    std::fs::read_to_string(lib_dir.join(INSTALLED).join(p.as_str()))
+    std::fs::read_to_string(marker_in(lib_dir, p))
         .ok()?
         .trim()
         .parse()
