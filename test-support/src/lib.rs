@@ -9,6 +9,7 @@
 
 pub mod bins;
 pub mod dataset;
+pub mod many;
 pub mod netem;
 pub mod tmpfs;
 pub mod tree;

@@ -29,8 +29,11 @@ const GOAL_ONE_DP: f64 = 4.0;
 const GOAL_MANY_DPS: f64 = 2.0;
 const GOAL_UPDATE: f64 = 5.0;
 const GOAL_RSS_MIB: f64 = 200.0;
+/// The site server's role section of `freightd.toml`.
+pub(crate) const SITE_ROLE: &str =
+    "[site]\ndatabase = \"site.db\"\nadmin_socket = \"admin.sock\"\npoll_interval = \"50ms\"\n";
 /// The site's first package.
-const PACKAGE: &str = "PS100001";
+pub(crate) const PACKAGE: &str = "PS100001";
 
 /// Arguments of `freight-bench distribute`.
 #[derive(Debug, Args)]
@@ -93,26 +96,26 @@ struct DistributeReport {
 }
 
 /// The site and its DPs.
-struct Hosts {
-    root: PathBuf,
-    freight: PathBuf,
-    admin: PathBuf,
-    dps: u32,
+pub(crate) struct Hosts {
+    pub(crate) root: PathBuf,
+    pub(crate) freight: PathBuf,
+    pub(crate) admin: PathBuf,
+    pub(crate) dps: u32,
 }
 
 impl Hosts {
-    fn dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn dir(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
 
-    fn cli(&self, args: &[&str]) -> Command {
+    pub(crate) fn cli(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.freight);
         c.arg("--quiet").args(args).arg("--admin").arg(&self.admin);
         c
     }
 
     /// Runs a CLI command that must succeed; returns its standard output.
-    fn run(&self, args: &[&str]) -> Result<String, BenchError> {
+    pub(crate) fn run(&self, args: &[&str]) -> Result<String, BenchError> {
         let mut c = self.cli(args);
         let out = c.output().map_err(ctx(command_line(&c)))?;
         if !out.status.success() {
@@ -126,7 +129,7 @@ impl Hosts {
     }
 
     /// `freight daemon` of host `name`.
-    fn start(&self, name: &str) -> Result<(Serve, String), BenchError> {
+    pub(crate) fn start(&self, name: &str) -> Result<(Serve, String), BenchError> {
         let mut c = Command::new(&self.freight);
         c.arg("daemon")
             .arg("--config")
@@ -139,15 +142,68 @@ impl Hosts {
         })
     }
 
+    /// Creates host `name` (untimed setup): its site folder with a key for site `code`, its
+    /// identity in `ROOT/NAME.id`, and its `freightd.toml` (QUIC on a free loopback port) with
+    /// the `role` section.
+    pub(crate) fn init(
+        &self,
+        name: &str,
+        code: &str,
+        role: &str,
+        commands: &mut Vec<LabeledCommand>,
+    ) -> Result<(), BenchError> {
+        let dir = self.dir(name);
+        let home = dir.join("home");
+        let mut c = Command::new(&self.freight);
+        c.arg("site")
+            .arg("--site")
+            .arg(&home)
+            .args(["init", "--code", code]);
+        run_setup(c, commands)?;
+        let mut c = Command::new(&self.freight);
+        c.arg("site")
+            .arg("--site")
+            .arg(&home)
+            .args(["identity", "export", "--out"])
+            .arg(self.root.join(format!("{name}.id")));
+        run_setup(c, commands)?;
+        let port = freight_bench::servers::free_tcp_port()?;
+        fs::write(
+            dir.join("freightd.toml"),
+            format!(
+                "home = \"home\"\nlibrary = \"library\"\nlisten = \"127.0.0.1:{port}\"\n{role}"
+            ),
+        )
+        .map_err(ctx(dir.display()))?;
+        Ok(())
+    }
+
+    /// Host `name` trusts host `other` (created before) in `role` (`site-server`, `dp`, ...).
+    pub(crate) fn trust(
+        &self,
+        name: &str,
+        other: &str,
+        role: &str,
+        commands: &mut Vec<LabeledCommand>,
+    ) -> Result<(), BenchError> {
+        let mut c = Command::new(&self.freight);
+        c.arg("site")
+            .arg("--site")
+            .arg(self.dir(name).join("home"))
+            .args(["identity", "import", "--role", role])
+            .arg(self.root.join(format!("{other}.id")));
+        run_setup(c, commands)
+    }
+
     /// Runs `action` and waits until every copy of the package settled; returns seconds.
-    fn timed(&self, action: &[&str]) -> Result<f64, BenchError> {
+    pub(crate) fn timed(&self, action: &[&str]) -> Result<f64, BenchError> {
         let started = Instant::now();
         self.run(action)?;
         self.settle()?;
         Ok(started.elapsed().as_secs_f64())
     }
 
-    fn settle(&self) -> Result<(), BenchError> {
+    pub(crate) fn settle(&self) -> Result<(), BenchError> {
         self.run(&["watch", PACKAGE, "--until-settled", "--interval", "0.05"])
             .map(|_| ())
     }
@@ -217,66 +273,18 @@ pub fn distribute(args: &DistributeArgs) -> Result<(), BenchError> {
     };
 
     // Hosts: folders, keys, configs, trust (untimed).
-    let site_role =
-        "[site]\ndatabase = \"site.db\"\nadmin_socket = \"admin.sock\"\npoll_interval = \"50ms\"\n";
     let mut names = vec!["ps1".to_string()];
     names.extend(hosts.dp_names(args.dps));
     for (i, name) in names.iter().enumerate() {
-        let dir = hosts.dir(name);
-        let code = if i == 0 {
-            "PS1".to_owned()
+        if i == 0 {
+            hosts.init(name, "PS1", SITE_ROLE, &mut commands)?;
         } else {
-            format!("D{i:02}")
-        };
-        let home = dir.join("home");
-        run_setup(
-            freight(&[&"site", &"--site", &home, &"init", &"--code", &code]),
-            &mut commands,
-        )?;
-        let id = root.join(format!("{name}.id"));
-        run_setup(
-            freight(&[
-                &"site",
-                &"--site",
-                &home,
-                &"identity",
-                &"export",
-                &"--out",
-                &id,
-            ]),
-            &mut commands,
-        )?;
-        let role = if i == 0 {
-            site_role.to_owned()
-        } else {
-            format!(
+            let role = format!(
                 "[dp]\nhttp = \"127.0.0.1:{}\"\n",
                 freight_bench::servers::free_tcp_port()?
-            )
-        };
-        let port = freight_bench::servers::free_tcp_port()?;
-        fs::write(
-            dir.join("freightd.toml"),
-            format!(
-                "home = \"home\"\nlibrary = \"library\"\nlisten = \"127.0.0.1:{port}\"\n{role}"
-            ),
-        )
-        .map_err(ctx(dir.display()))?;
-        if i > 0 {
-            let site_id = root.join("ps1.id");
-            run_setup(
-                freight(&[
-                    &"site",
-                    &"--site",
-                    &home,
-                    &"identity",
-                    &"import",
-                    &"--role",
-                    &"site-server",
-                    &site_id,
-                ]),
-                &mut commands,
-            )?;
+            );
+            hosts.init(name, &format!("D{i:02}"), &role, &mut commands)?;
+            hosts.trust(name, "ps1", "site-server", &mut commands)?;
         }
     }
     // The package's source: a copy of the dataset, since (c) changes it.

@@ -27,6 +27,7 @@ use serde::Serialize;
 
 mod distribute;
 mod net;
+mod scale;
 mod serve;
 mod transfer;
 
@@ -51,6 +52,9 @@ enum Cmd {
     /// A site server and DPs (real daemons) on loopback: distribute to one DP and to many, and
     /// update, vs `rsync -a` over ssh to localhost of the same tree; peak RSS of the daemons.
     Distribute(distribute::DistributeArgs),
+    /// Real package sizes: a million small files through the library verbs and a site
+    /// server, a standard DP and a pull DP; peak RSS of every process.
+    Scale(scale::ScaleArgs),
     /// Chunk transport from memory to memory over loopback QUIC (in this process)
     /// vs `iperf3` over loopback TCP.
     QuicRaw(net::QuicRawArgs),
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
         Cmd::Parcel(args) => parcel(&args),
         Cmd::Transfer(args) => transfer::transfer(&args),
         Cmd::Distribute(args) => distribute::distribute(&args),
+        Cmd::Scale(args) => scale::scale(&args),
         Cmd::QuicRaw(args) => net::quic_raw(&args),
         Cmd::Throttle(args) => net::throttle(&args),
     };
