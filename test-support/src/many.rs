@@ -53,7 +53,7 @@ fn small_content(seed: u64, i: u64, round: u64) -> Vec<u8> {
     while out.len() < len {
         x = mix(x);
         out.extend_from_slice(WORDS[(x % 16) as usize].as_bytes());
-        out.push(if x % 11 == 0 { b'\n' } else { b' ' });
+        out.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
     }
     out.truncate(len);
     out
