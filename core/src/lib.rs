@@ -5,6 +5,7 @@
 //! and signed instructions (`site`, `instruction`). The transport and the appliance build on
 //! these types. See `ARCHITECTURE.md` at the repository root for the map.
 
+pub mod chunk_table;
 pub mod chunker;
 pub mod codec;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod view;
 pub mod walk;
 pub mod writer;
 
+pub use chunk_table::{ChunkTable, ChunkTableBuilder, ManifestChunks};
 pub use chunker::ChunkParams;
 pub use config::LibraryConfig;
 pub use engine::{Engine, EngineKind, IoMode};

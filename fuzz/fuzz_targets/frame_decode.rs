@@ -33,7 +33,8 @@ fuzz_target!(|data: &[u8]| {
                                 manifest.extend_from_slice(&data)
                             }
                             ReceiverEvent::ManifestComplete => {
-                                let loaded = Manifest::decode(&manifest, "fuzz");
+                                let loaded = Manifest::decode(&manifest, "fuzz")
+                                    .and_then(|m| freight_core::ManifestChunks::of(&m));
                                 events.extend(receiver.manifest_loaded(loaded).unwrap_or_default());
                             }
                             _ => {}

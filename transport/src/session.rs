@@ -26,7 +26,7 @@ use crate::schedule::Priority;
 use crate::store::SharedLibrary;
 use crate::throttle;
 use bytes::Bytes;
-use freight_core::{ChunkId, Manifest, Progress, SiteCode};
+use freight_core::{ChunkId, Manifest, ManifestChunks, Progress, SiteCode};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -294,7 +294,15 @@ async fn push_inner(
         .map_err(|e| write_error(who, e))?;
     // The manifest is offered from its stored file, read one part at a time.
     let source = ManifestSource::open(lib, manifest).await?;
-    let mut sender = Sender::offering(manifest, source.len, source.hash, streams)?;
+    let chunks = Arc::new(freight_core::ChunkTable::of(manifest)?);
+    let mut sender = Sender::offering(
+        manifest.package.clone(),
+        manifest.version,
+        chunks,
+        source.len,
+        source.hash,
+        streams,
+    )?;
     let mut ctl = spawn_reader(crecv, who.to_string());
 
     // Hello, then Offer and the manifest's parts, until the receiver's Need parts and
@@ -678,6 +686,8 @@ impl ManifestSource {
 #[derive(Default)]
 struct IncomingManifest {
     file: Option<(Arc<std::fs::File>, std::path::PathBuf)>,
+    /// The decoded manifest, for the library's lookup and commit.
+    manifest: Option<Arc<Manifest>>,
 }
 
 impl IncomingManifest {
@@ -713,8 +723,8 @@ impl IncomingManifest {
     }
 
     /// Decodes the received manifest from the file (the outer error is the file's, the inner
-    /// the decoder's), then removes the file.
-    async fn load(&mut self, what: String) -> Result<freight_core::Result<Manifest>> {
+    /// the decoder's), then removes the file; what the receiver checks of it.
+    async fn load(&mut self, what: String) -> Result<freight_core::Result<ManifestChunks>> {
         let Some((file, path)) = self.file.clone() else {
             return Err(Error::Misuse(format!(
                 "{what}: the manifest is complete but no part was written"
@@ -725,12 +735,28 @@ impl IncomingManifest {
             std::io::Seek::seek(&mut &*file, std::io::SeekFrom::Start(0))
                 .and_then(|_| std::io::Read::read_to_end(&mut &*file, &mut bytes))
                 .map_err(|e| freight_core::Error::io(&path, "read temporary manifest", e))?;
-            Ok::<_, Error>(Manifest::decode(&bytes, &what))
+            Ok::<_, Error>(Manifest::decode(&bytes, &what).and_then(|m| {
+                let chunks = ManifestChunks::of(&m)?;
+                Ok((m, chunks))
+            }))
         })
         .await
         .map_err(|e| Error::Misuse(format!("reading a manifest panicked: {e}")))?;
         self.remove();
-        loaded
+        Ok(match loaded? {
+            Ok((m, chunks)) => {
+                self.manifest = Some(Arc::new(m));
+                Ok(chunks)
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    /// The manifest [`load`](Self::load) decoded.
+    fn manifest(&self) -> Result<Arc<Manifest>> {
+        self.manifest
+            .clone()
+            .ok_or_else(|| Error::Misuse("the received manifest was not loaded".into()))
     }
 
     fn remove(&mut self) {
@@ -1216,14 +1242,16 @@ async fn perform(
                 let next = session.receiver().manifest_loaded(decoded)?;
                 events.extend(next);
             }
-            ReceiverEvent::Lookup { manifest } => {
+            ReceiverEvent::Lookup { chunks: _ } => {
+                let manifest = incoming.manifest()?;
                 let lacking = match lib.lacking(&manifest).await {
                     Ok(l) => l,
                     Err(e) => return Err(abort_with(session, e)),
                 };
                 session.receiver().lacking(lacking)?;
             }
-            ReceiverEvent::Commit { manifest } => {
+            ReceiverEvent::Commit => {
+                let manifest = incoming.manifest()?;
                 if let Err(e) = lib.commit_manifest(&manifest).await {
                     return Err(abort_with(session, e));
                 }

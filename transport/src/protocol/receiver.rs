@@ -12,8 +12,7 @@ use super::wire::{
 };
 use super::{Link, version_mismatch};
 use crate::error::{Error, Result};
-use freight_core::{ChunkId, Manifest, PackageId};
-use std::collections::HashSet;
+use freight_core::{ChunkId, ChunkTable, ManifestChunks, PackageId};
 use std::sync::Arc;
 
 /// What the receiver's I/O shell must do.
@@ -32,8 +31,8 @@ pub enum ReceiverEvent {
     ManifestComplete,
     /// Find which of the manifest's chunks the library lacks and call [`Receiver::lacking`].
     Lookup {
-        /// The offered, validated manifest.
-        manifest: Manifest,
+        /// The offered, validated manifest's chunks.
+        chunks: Arc<ChunkTable>,
     },
     /// A verified chunk: store it in the library as is.
     Store {
@@ -46,11 +45,9 @@ pub enum ReceiverEvent {
         /// Stored bytes.
         data: Vec<u8>,
     },
-    /// Every needed chunk arrived: commit the manifest, then call [`Receiver::committed`].
-    Commit {
-        /// The manifest to commit.
-        manifest: Manifest,
-    },
+    /// Every needed chunk arrived: commit the received manifest (the bytes of the
+    /// `ManifestPart`s), then call [`Receiver::committed`].
+    Commit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,10 +87,12 @@ pub struct Receiver {
     manifest_hasher: blake3::Hasher,
     /// Most IDs per `Need` part ([`MAX_NEED_IDS`]; smaller in tests).
     pub(super) need_part: usize,
-    manifest: Option<Manifest>,
     hash: [u8; 32],
     verifier: Option<ChunkVerifier>,
-    missing: HashSet<ChunkId>,
+    /// Per position in the manifest's chunk table: asked for and not yet arrived; and how
+    /// many are.
+    missing: Vec<bool>,
+    missing_left: usize,
     /// Data streams the sender announced; 0 = chunks come on the control stream.
     data_streams: u16,
     /// Each data stream's progress, by index.
@@ -136,10 +135,10 @@ impl Receiver {
             manifest_received: 0,
             manifest_hasher: blake3::Hasher::new(),
             need_part: MAX_NEED_IDS,
-            manifest: None,
             hash: [0; 32],
             verifier: None,
-            missing: HashSet::new(),
+            missing: Vec::new(),
+            missing_left: 0,
             data_streams,
             streams: vec![DataStream::Unopened; usize::from(data_streams)],
             done_held: false,
@@ -323,13 +322,13 @@ impl Receiver {
         Ok(events)
     }
 
-    /// The shell's answer to [`ReceiverEvent::ManifestComplete`]: the manifest decoded from
-    /// the received bytes, or the decoder's error (which ends the session with
-    /// `BadManifest`). The manifest must be the offered package version. Returns the
-    /// `Lookup` event.
+    /// The shell's answer to [`ReceiverEvent::ManifestComplete`]: what the decoder read from
+    /// the received bytes (whose version it is and its chunks), or the decoder's error (which
+    /// ends the session with `BadManifest`). The manifest must be the offered package
+    /// version. Returns the `Lookup` event.
     pub fn manifest_loaded(
         &mut self,
-        decoded: freight_core::Result<Manifest>,
+        decoded: freight_core::Result<ManifestChunks>,
     ) -> Result<Vec<ReceiverEvent>> {
         if self.state != ReceiverState::AwaitManifestLoad {
             return Err(Error::Misuse(format!(
@@ -358,14 +357,14 @@ impl Receiver {
             );
             return Err(self.fail(ProtocolError::BadManifest, detail));
         }
-        self.manifest = Some(manifest.clone());
+        let chunks = Arc::new(manifest.chunks);
         self.verifier = Some(ChunkVerifier {
-            lens: Arc::new(manifest.chunks()),
+            lens: chunks.clone(),
             hash: self.hash,
             role: self.role().into(),
         });
         self.state = ReceiverState::AwaitLacking;
-        Ok(vec![ReceiverEvent::Lookup { manifest }])
+        Ok(vec![ReceiverEvent::Lookup { chunks }])
     }
 
     /// The offered package version, once an `Offer` arrived.
@@ -404,7 +403,16 @@ impl Receiver {
                 chunk.id.short()
             )));
         }
-        if !self.missing.remove(&chunk.id) {
+        let table = &self
+            .verifier
+            .as_ref()
+            .expect("verifier set in Receiving")
+            .lens;
+        let at = table.position(&chunk.id).filter(|&i| self.missing[i]);
+        if let Some(i) = at {
+            self.missing[i] = false;
+            self.missing_left -= 1;
+        } else {
             let detail = format!(
                 "{}: sending peer sent chunk {} which was not needed or already received",
                 self.role(),
@@ -426,20 +434,23 @@ impl Receiver {
         if self.streams.iter().any(|s| *s != DataStream::Ended) {
             return Ok(Vec::new());
         }
-        if !self.missing.is_empty() {
-            let mut first: Vec<&ChunkId> = self.missing.iter().collect();
-            first.sort();
+        if self.missing_left > 0 {
+            let table = &self
+                .verifier
+                .as_ref()
+                .expect("verifier set in Receiving")
+                .lens;
+            let first = self.missing.iter().position(|&m| m).map(|i| table.id(i));
             let detail = format!(
                 "{}: sending peer said Done with {} needed chunks missing (first {})",
                 self.role(),
-                self.missing.len(),
-                first[0].short()
+                self.missing_left,
+                first.map_or_else(String::new, |id| id.short())
             );
             return Err(self.fail(ProtocolError::Incomplete, detail));
         }
         self.state = ReceiverState::AwaitCommitCall;
-        let manifest = self.manifest.clone().expect("manifest set in Receiving");
-        Ok(vec![ReceiverEvent::Commit { manifest }])
+        Ok(vec![ReceiverEvent::Commit])
     }
 
     /// The shell's report that the sender opened data stream `index` (from the stream's
@@ -497,30 +508,33 @@ impl Receiver {
                 self.state
             )));
         }
-        let mut need = Vec::new();
-        let mut seen = HashSet::new();
+        let table = self.verifier.as_ref().expect("verifier set").lens.clone();
+        let mut missing = vec![false; table.len()];
+        let mut left = 0;
+        let per_part = self.need_part.max(1);
+        let mut part = Vec::new();
         for id in ids {
-            if !self
-                .verifier
-                .as_ref()
-                .is_some_and(|v| v.lens.contains_key(&id))
-            {
+            let Some(i) = table.position(&id) else {
                 return Err(Error::Misuse(format!(
                     "{}: lacking() names chunk {} which the manifest does not",
                     self.role(),
                     id.short()
                 )));
+            };
+            if std::mem::replace(&mut missing[i], true) {
+                continue;
             }
-            if seen.insert(id) {
-                need.push(id);
+            left += 1;
+            part.push(id);
+            if part.len() == per_part {
+                let chunks = std::mem::take(&mut part);
+                self.link.outbox.push_back(Message::Need { chunks });
             }
         }
-        self.missing = seen;
-        for part in need.chunks(self.need_part.max(1)) {
-            self.link.outbox.push_back(Message::Need {
-                chunks: part.to_vec(),
-            });
+        if !part.is_empty() {
+            self.link.outbox.push_back(Message::Need { chunks: part });
         }
+        (self.missing, self.missing_left) = (missing, left);
         self.link.outbox.push_back(Message::NeedEnd);
         self.state = ReceiverState::Receiving;
         Ok(())
@@ -566,6 +580,7 @@ impl Receiver {
 mod tests {
     use super::*;
     use crate::protocol::tests::{Lib, assert_abort, code_of, fixture, receiving_on};
+    use freight_core::Manifest;
 
     /// A receiver of `m` with `streams` data streams that asked for every chunk, its Hello,
     /// Need and NeedEnd taken.
@@ -627,7 +642,7 @@ mod tests {
         deliver(&mut r, &v1, &lib, rest);
         // The last stream's end lets the receiver act on Done.
         let events = r.data_stream_ended(1).unwrap();
-        assert!(matches!(&events[..], [ReceiverEvent::Commit { manifest }] if *manifest == m));
+        assert!(matches!(&events[..], [ReceiverEvent::Commit]));
         r.committed().unwrap();
         assert!(matches!(r.poll_transmit(), Some(Message::Committed { .. })));
         assert!(r.is_done());
@@ -642,7 +657,7 @@ mod tests {
         deliver(&mut r, &v, &lib, &ids);
         assert!(r.data_stream_ended(0).unwrap().is_empty());
         let events = r.handle(Message::Done).unwrap();
-        assert!(matches!(&events[..], [ReceiverEvent::Commit { .. }]));
+        assert!(matches!(&events[..], [ReceiverEvent::Commit]));
     }
 
     #[test]

@@ -10,9 +10,10 @@ use super::wire::{
 };
 use super::{Link, version_mismatch};
 use crate::error::{Error, Result};
-use freight_core::{ChunkId, Manifest, PackageId};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use freight_core::{ChunkId, ChunkTable, Manifest, PackageId};
+use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 
 /// What the sender's I/O shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,10 +144,13 @@ pub struct Sender {
     manifest_hasher: blake3::Hasher,
     /// Largest manifest part asked for ([`MAX_MANIFEST_PART`]; smaller in tests).
     pub(super) part_len: usize,
-    chunks: BTreeMap<ChunkId, u32>,
-    /// The `Need` parts received so far, in order.
-    need: Vec<ChunkId>,
-    pending: HashSet<ChunkId>,
+    /// The offered version's distinct chunks: what a `Need` may name.
+    chunks: Arc<ChunkTable>,
+    /// The `Need` parts received so far, in order, as positions in `chunks`.
+    need: Vec<u32>,
+    /// Per position in `chunks`: needed and not yet queued; and how many are.
+    pending: Vec<bool>,
+    pending_left: usize,
     state: SenderState,
     /// Data streams of the session; 0 = chunks go on the control stream.
     data_streams: u16,
@@ -169,30 +173,39 @@ impl Sender {
     pub fn with_data_streams(manifest: &Manifest, data_streams: u16) -> Result<Sender> {
         let bytes = manifest.encode();
         let hash = *blake3::hash(&bytes).as_bytes();
-        Sender::offering(manifest, bytes.len() as u64, hash, data_streams)
+        Sender::offering(
+            manifest.package.clone(),
+            manifest.version,
+            Arc::new(ChunkTable::of(manifest)?),
+            bytes.len() as u64,
+            hash,
+            data_streams,
+        )
     }
 
-    /// A session offering `manifest`, whose canonical bytes are `manifest_len` bytes long and
-    /// hash to `manifest_hash` (the shell learnt both from the stored manifest file, which it
-    /// reads again part by part on [`SenderEvent::ReadManifest`]). Fails if the manifest is
-    /// above [`MAX_MANIFEST_LEN`], the receivers' defence limit.
+    /// A session offering `package` `version`, whose manifest names `chunks` and whose
+    /// canonical bytes are `manifest_len` bytes long and hash to `manifest_hash` (the shell
+    /// learnt all three from the stored manifest file, which it reads again part by part on
+    /// [`SenderEvent::ReadManifest`]; the decoded manifest is never needed). Fails if the
+    /// manifest is above [`MAX_MANIFEST_LEN`], the receivers' defence limit.
     pub fn offering(
-        manifest: &Manifest,
+        package: PackageId,
+        version: u32,
+        chunks: Arc<ChunkTable>,
         manifest_len: u64,
         manifest_hash: [u8; 32],
         data_streams: u16,
     ) -> Result<Sender> {
         if manifest_len > MAX_MANIFEST_LEN {
             return Err(Error::TooLarge {
-                what: format!("manifest of {} v{}", manifest.package, manifest.version),
+                what: format!("manifest of {package} v{version}"),
                 size: manifest_len,
                 max: MAX_MANIFEST_LEN,
             });
         }
         if manifest_len == 0 {
             return Err(Error::Misuse(format!(
-                "manifest of {} v{} offered with length 0",
-                manifest.package, manifest.version
+                "manifest of {package} v{version} offered with length 0"
             )));
         }
         let mut outbox = VecDeque::new();
@@ -201,16 +214,17 @@ impl Sender {
             version_max: VERSION_MAX,
         }));
         Ok(Sender {
-            package: manifest.package.clone(),
-            version: manifest.version,
+            package,
+            version,
             manifest_len,
             hash: manifest_hash,
             manifest_sent: 0,
             manifest_hasher: blake3::Hasher::new(),
             part_len: MAX_MANIFEST_PART,
-            chunks: manifest.chunks(),
+            pending: vec![false; chunks.len()],
+            pending_left: 0,
+            chunks,
             need: Vec::new(),
-            pending: HashSet::new(),
             state: SenderState::AwaitHello,
             data_streams,
             finished: vec![false; usize::from(data_streams)],
@@ -308,7 +322,8 @@ impl Sender {
                     return Err(self.fail(ProtocolError::UnexpectedChunk, detail));
                 }
                 for id in chunks {
-                    if !self.chunks.contains_key(&id) || !self.pending.insert(id) {
+                    let at = self.chunks.position(&id);
+                    if at.is_none_or(|i| std::mem::replace(&mut self.pending[i], true)) {
                         let detail = format!(
                             "{}: receiving peer needs chunk {} which the manifest does not name or which it listed twice",
                             self.role(),
@@ -316,17 +331,23 @@ impl Sender {
                         );
                         return Err(self.fail(ProtocolError::UnexpectedChunk, detail));
                     }
-                    self.need.push(id);
+                    self.pending_left += 1;
+                    // A table has fewer than 2^32 chunks: a manifest is at most 1 GiB.
+                    self.need.push(at.map_or(0, |i| i as u32));
                 }
                 Ok(Vec::new())
             }
             (SenderState::AwaitNeed, Message::NeedEnd) => {
                 self.state = SenderState::Sending;
-                if self.pending.is_empty() {
+                if self.pending_left == 0 {
                     self.all_chunks_queued();
                 }
                 let need = std::mem::take(&mut self.need);
-                Ok(need.into_iter().map(SenderEvent::ReadChunk).collect())
+                let chunks = &self.chunks;
+                Ok(need
+                    .into_iter()
+                    .map(|i| SenderEvent::ReadChunk(chunks.id(i as usize)))
+                    .collect())
             }
             (SenderState::AwaitCommit, Message::Committed { hash }) => {
                 if hash != self.hash {
@@ -397,7 +418,8 @@ impl Sender {
     /// library (`flags` bit 0 = zstd). Queues the chunk, and after the last one the end of
     /// the data (see [`Transmit`]).
     pub fn chunk_ready(&mut self, id: ChunkId, ulen: u32, flags: u8, data: Vec<u8>) -> Result<()> {
-        if self.state != SenderState::Sending || !self.pending.contains(&id) {
+        let at = self.chunks.position(&id).filter(|&i| self.pending[i]);
+        if self.state != SenderState::Sending || at.is_none() {
             return Err(Error::Misuse(format!(
                 "{}: chunk_ready for chunk {} which is not awaited (state {:?})",
                 self.role(),
@@ -412,7 +434,10 @@ impl Sender {
                 max: MAX_CHUNK_DATA as u64,
             });
         }
-        self.pending.remove(&id);
+        if let Some(i) = at {
+            self.pending[i] = false;
+            self.pending_left -= 1;
+        }
         self.link.outbox.push_back(match self.data_streams {
             0 => Transmit::Control(Message::Chunk {
                 id,
@@ -427,7 +452,7 @@ impl Sender {
                 data,
             },
         });
-        if self.pending.is_empty() {
+        if self.pending_left == 0 {
             self.all_chunks_queued();
         }
         Ok(())

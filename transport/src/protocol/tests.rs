@@ -7,6 +7,7 @@ use freight_core::manifest::{ChunkRef, Entry, EntryKind};
 use freight_core::{ChunkId, Manifest, PackageId};
 use proptest::prelude::*;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// A library: chunk ID → (ulen, flags, stored data).
 pub(super) type Lib = HashMap<ChunkId, (u32, u8, Vec<u8>)>;
@@ -131,13 +132,18 @@ struct DataPipe {
     ended: bool,
 }
 
+/// What the shell tells the receiver of received manifest bytes.
+pub(super) fn load(bytes: &[u8], what: &str) -> freight_core::Result<freight_core::ManifestChunks> {
+    Manifest::decode(bytes, what).and_then(|m| freight_core::ManifestChunks::of(&m))
+}
+
 /// What a shell does with the receiver's events: look up, store, commit.
 fn perform(r: &mut Receiver, events: Vec<ReceiverEvent>, recv_lib: &mut Lib, out: &mut Outcome) {
     for ev in events {
         match ev {
             ReceiverEvent::ManifestPart { data } => out.manifest_file.extend_from_slice(&data),
             ReceiverEvent::ManifestComplete => {
-                let decoded = Manifest::decode(&out.manifest_file, "received manifest");
+                let decoded = load(&out.manifest_file, "received manifest");
                 match r.manifest_loaded(decoded) {
                     Ok(events) => perform(r, events, recv_lib, out),
                     Err(e) => {
@@ -145,10 +151,11 @@ fn perform(r: &mut Receiver, events: Vec<ReceiverEvent>, recv_lib: &mut Lib, out
                     }
                 }
             }
-            ReceiverEvent::Lookup { manifest } => {
-                let lack: Vec<ChunkId> = manifest
-                    .chunks()
-                    .into_keys()
+            ReceiverEvent::Lookup { chunks } => {
+                let lack: Vec<ChunkId> = chunks
+                    .ids()
+                    .iter()
+                    .copied()
                     .filter(|id| !recv_lib.contains_key(id))
                     .collect();
                 r.lacking(lack).unwrap();
@@ -161,8 +168,9 @@ fn perform(r: &mut Receiver, events: Vec<ReceiverEvent>, recv_lib: &mut Lib, out
             } => {
                 recv_lib.insert(id, (ulen, flags, data));
             }
-            ReceiverEvent::Commit { manifest } => {
-                out.committed = Some(manifest);
+            ReceiverEvent::Commit => {
+                // The shell commits the bytes it received.
+                out.committed = Some(Manifest::decode(&out.manifest_file, "committed").unwrap());
                 r.committed().unwrap();
             }
         }
@@ -568,7 +576,7 @@ pub(super) fn offer_bytes(
     assert!(
         matches!(&ev[..], [ReceiverEvent::ManifestPart { data }, ReceiverEvent::ManifestComplete] if data == bytes)
     );
-    r.manifest_loaded(Manifest::decode(bytes, "received manifest"))
+    r.manifest_loaded(load(bytes, "received manifest"))
 }
 
 /// `r` (new, any data streams) driven to the Receiving state for `m`, lacking everything,
@@ -800,11 +808,12 @@ fn a_manifest_in_parts_is_checked_part_by_part_and_hashed_at_the_end() {
     }
     assert_eq!(file, bytes);
     // Decoded by the shell, then looked up.
-    let ev = r.manifest_loaded(Manifest::decode(&file, "x")).unwrap();
-    assert!(matches!(&ev[..], [ReceiverEvent::Lookup { manifest }] if *manifest == m));
+    let ev = r.manifest_loaded(load(&file, "x")).unwrap();
+    let want = freight_core::ChunkTable::of(&m).unwrap();
+    assert!(matches!(&ev[..], [ReceiverEvent::Lookup { chunks }] if **chunks == want));
     // A second load is the shell's bug.
     assert!(matches!(
-        r.manifest_loaded(Manifest::decode(&file, "x")),
+        r.manifest_loaded(load(&file, "x")),
         Err(Error::Misuse(_))
     ));
 
@@ -898,7 +907,15 @@ fn a_manifest_above_the_defence_limit_is_refused_at_the_offer() {
         .unwrap_err();
     assert_refused(&mut r, &err, ProtocolError::BadManifest, &m);
     // The sender refuses to offer what no receiver takes.
-    let err = Sender::offering(&m, MAX_MANIFEST_LEN + 1, [0; 32], 0).unwrap_err();
+    let err = Sender::offering(
+        m.package.clone(),
+        m.version,
+        Arc::new(freight_core::ChunkTable::of(&m).unwrap()),
+        MAX_MANIFEST_LEN + 1,
+        [0; 32],
+        0,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains(m.package.as_str()), "{err}");
 }
@@ -939,7 +956,15 @@ fn the_sender_reads_the_manifest_one_part_at_a_time() {
     assert_eq!(parts, bytes.len().div_ceil(300));
 
     // Parts that do not hash to the offered hash (the stored file changed): aborted.
-    let mut s = Sender::offering(&m, bytes.len() as u64, [7; 32], 0).unwrap();
+    let mut s = Sender::offering(
+        m.package.clone(),
+        m.version,
+        Arc::new(freight_core::ChunkTable::of(&m).unwrap()),
+        bytes.len() as u64,
+        [7; 32],
+        0,
+    )
+    .unwrap();
     let ev = s.handle(HELLO).unwrap();
     let [SenderEvent::ReadManifest { offset: 0, len }] = ev[..] else {
         panic!("{ev:?}")
@@ -1144,7 +1169,7 @@ fn unexpected_order_aborts() {
     assert!(matches!(r.committed(), Err(Error::Misuse(_))));
     assert!(matches!(r.lacking([id]), Err(Error::Misuse(_))));
     assert!(matches!(
-        r.manifest_loaded(Ok(m.clone())),
+        r.manifest_loaded(freight_core::ManifestChunks::of(&m)),
         Err(Error::Misuse(_))
     ));
     assert!(r.poll_transmit().is_none());

@@ -3,15 +3,14 @@
 
 use super::wire::{FLAG_ZSTD, MAX_ULEN, Message, ProtocolError, proto};
 use crate::error::Result;
-use freight_core::ChunkId;
-use std::collections::BTreeMap;
+use freight_core::{ChunkId, ChunkTable};
 use std::sync::Arc;
 
 /// Checks chunks against one offered manifest. Cheap to clone and `Send`, so the I/O shell can
 /// verify chunks on several threads and hand only [`VerifiedChunk`]s to the [`Receiver`](super::Receiver).
 #[derive(Debug, Clone)]
 pub struct ChunkVerifier {
-    pub(super) lens: Arc<BTreeMap<ChunkId, u32>>,
+    pub(super) lens: Arc<ChunkTable>,
     pub(super) hash: [u8; 32],
     pub(super) role: Arc<str>,
 }
@@ -49,7 +48,7 @@ impl ChunkVerifier {
         flags: u8,
         data: Vec<u8>,
     ) -> Result<VerifiedChunk> {
-        let Some(&expected) = self.lens.get(&id) else {
+        let Some(expected) = self.lens.chunk_len(&id) else {
             return Err(proto(
                 ProtocolError::UnexpectedChunk,
                 format!(
