@@ -129,7 +129,6 @@ fn gc_with(
         report.packs_deleted += 1;
         progress.add_file();
     }
-    lib.index.retain(|_, loc| lib.packs.contains_key(&loc.pack));
     // Step 2: rewrite the rest, about one pack's worth of live bytes per transaction.
     let pack_size = lib.config().pack_size;
     let mut groups: Vec<Vec<Rewrite>> = Vec::new();
@@ -170,7 +169,11 @@ fn gc_with(
             report.packs_compacted += 1;
             progress.add_file();
         }
-        lib.index.retain(|_, loc| lib.packs.contains_key(&loc.pack));
+    }
+    // Entries of the deleted packs are ignored from now on; the merge drops them for good
+    // and counts what is left.
+    if report.packs_deleted + report.packs_compacted > 0 {
+        lib.compact_index()?;
     }
     // Garbage left in packs not worth rewriting stays indexed: it is intact, and a transfer
     // that needs it again finds it.

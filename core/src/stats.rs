@@ -60,7 +60,7 @@ pub fn stats(lib: &Library) -> Result<Stats> {
                 versions: v,
             })
             .collect(),
-        chunks: lib.index.len() as u64,
+        chunks: 0,
         stored_bytes: 0,
         logical_bytes: 0,
         referenced_chunks: 0,
@@ -72,15 +72,17 @@ pub fn stats(lib: &Library) -> Result<Stats> {
         }
         .into(),
     };
-    for (id, loc) in &lib.index {
+    lib.for_each_chunk(&mut |id, loc| {
+        s.chunks += 1;
         s.stored_bytes += loc.clen as u64;
         s.logical_bytes += loc.ulen as u64;
-        if rc.contains_key(id) {
+        if rc.contains_key(&id) {
             s.referenced_chunks += 1;
         } else {
             s.garbage_bytes += loc.clen as u64;
         }
-    }
+        Ok(())
+    })?;
     for (i, root) in lib.roots().iter().enumerate() {
         let packs: Vec<_> = lib.packs.values().filter(|p| p.root == i).collect();
         s.roots.push(RootStats {
