@@ -295,6 +295,7 @@ impl RunWriter {
     /// rebuild, unlinked at once).
     fn create(dir: &Path, number: u64, named: bool) -> Result<RunWriter> {
         let path = dir.join(run_name(number));
+        std::fs::create_dir_all(dir).ctx(dir, "create chunk index folder")?;
         let (file, tmp) = if named {
             let tmp = dir.join(format!(".{}.tmp", run_name(number)));
             let f = OpenOptions::new()

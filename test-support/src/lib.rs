@@ -10,6 +10,7 @@
 pub mod bins;
 pub mod dataset;
 pub mod netem;
+pub mod synthetic;
 pub mod tmpfs;
 pub mod tree;
 mod words;
