@@ -34,6 +34,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, PackageId};
 use crate::manifest::Manifest;
 use crate::pack::{self, FLAG_ZSTD, Loc, PACK_HEADER, PackFile, RECORD_HEADER};
+use crate::spill::{SORT_MEMORY, Sorted, Sorter};
 use crate::writer::{Committed, PackInfo, PackNumbers, Reuse, Writer, sync_dir};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -1606,7 +1607,35 @@ impl Library {
         Ok(())
     }
 
-    /// How many manifests reference each stored chunk (absent = unreferenced).
+    /// Every chunk some stored manifest names, each once, sorted: collected in bounded
+    /// memory (spilled to sorted temporary files past [`crate::spill::SORT_MEMORY`]) and
+    /// read back in chunk ID order, to be merge-joined with [`for_each_chunk`](Self::for_each_chunk)
+    /// (garbage collection, statistics). Manifests are read one at a time.
+    pub fn referenced_ids(&self) -> Result<Sorted<32>> {
+        let mut ids = Sorter::<32>::new(&self.spill_dir(), SORT_MEMORY);
+        for (p, vs) in self.versions()? {
+            for v in vs {
+                let m = match self.manifest(&p, v) {
+                    Ok(m) => m,
+                    // Removed between the listing and its reading.
+                    Err(Error::NoSuchVersion { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                for e in &m.entries {
+                    if let crate::manifest::EntryKind::File { chunks, .. } = &e.kind {
+                        for c in chunks {
+                            ids.push(c.id.0)?;
+                        }
+                    }
+                }
+            }
+        }
+        ids.finish()
+    }
+
+    /// How many manifests reference each stored chunk (absent = unreferenced). This holds a
+    /// map entry per referenced chunk (~50 bytes each); whole-library passes use
+    /// [`referenced_ids`](Self::referenced_ids) instead.
     pub fn refcounts(&self) -> Result<HashMap<ChunkId, u32>> {
         let mut rc = HashMap::new();
         for m in self.manifests()? {
