@@ -571,6 +571,20 @@ impl ChunkIndex {
             }
             Err(e) => return Err(e),
         };
+        // Run numbers are never reused, not even across a rebuild: a reader that read an old
+        // catalog must never open a new run under a name the old catalog gave another.
+        let highest = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let num = name.trim_start_matches('.').strip_prefix("run-")?;
+                num.get(..16)?.parse::<u64>().ok()
+            })
+            .max()
+            .unwrap_or(0);
+        ix.next_run = ix.next_run.max(highest + 1);
         if publish {
             ix.clean()?;
         }
