@@ -187,6 +187,10 @@ pub fn pin_budget() -> usize {
     usize::try_from(soft / 4).unwrap_or(usize::MAX).max(16)
 }
 
+/// Chunks a manifest names from which [`Library::missing`] merge-joins them with the index
+/// (when they are also an eighth of the library or more) instead of looking each one up.
+const MERGE_JOIN_MIN: usize = 100_000;
+
 /// The chunk index's folder inside the library ([`crate::chunk_index`]).
 pub const INDEX_DIR: &str = "index";
 
@@ -519,15 +523,16 @@ impl Library {
         // durable in the data file before the header moved over it.
         let data_len = file.metadata().ctx(&data, "stat pack")?.len();
         let live = |p: u32| live.contains(&p);
-        let (end, committed) = match self.index_pack(n, &idx, &ixf, head, format, data_len, &live)? {
-            Indexed::Ok { end, committed } => (end, committed),
-            Indexed::Stale(reason) => return Ok(Ok(ViewPack::Stale(reason))),
-            Indexed::Damaged { in_data, reason } => {
-                self.index.count_unknown();
-                let p = if in_data { &data } else { &idx };
-                return Ok(Err(damaged(p, reason)));
-            }
-        };
+        let (end, committed) =
+            match self.index_pack(n, &idx, &ixf, head, format, data_len, &live)? {
+                Indexed::Ok { end, committed } => (end, committed),
+                Indexed::Stale(reason) => return Ok(Ok(ViewPack::Stale(reason))),
+                Indexed::Damaged { in_data, reason } => {
+                    self.index.count_unknown();
+                    let p = if in_data { &data } else { &idx };
+                    return Ok(Err(damaged(p, reason)));
+                }
+            };
         self.packs.insert(
             n,
             PackInfo {
@@ -767,29 +772,22 @@ impl Library {
             }
         };
         let mut bad: Option<String> = None;
-        let res = pack::read_entries(
-            ixf,
-            idx,
-            n,
-            from,
-            head.committed,
-            &mut |id, loc, check| {
-                if bad.is_some() {
-                    return Ok(());
-                }
-                if outside(&loc) {
-                    bad = Some(format!(
-                        "pack is {data_len} bytes but its index names bytes {}..{}",
-                        loc.offset,
-                        loc.end()
-                    ));
-                    return Ok(());
-                }
-                end = end.max(loc.end());
-                last = check;
-                self.add_entry(id, loc, live)
-            },
-        )?;
+        let res = pack::read_entries(ixf, idx, n, from, head.committed, &mut |id, loc, check| {
+            if bad.is_some() {
+                return Ok(());
+            }
+            if outside(&loc) {
+                bad = Some(format!(
+                    "pack is {data_len} bytes but its index names bytes {}..{}",
+                    loc.offset,
+                    loc.end()
+                ));
+                return Ok(());
+            }
+            end = end.max(loc.end());
+            last = check;
+            self.add_entry(id, loc, live)
+        })?;
         if let Err(d) = res {
             return Ok(Indexed::Damaged {
                 in_data: false,
@@ -909,12 +907,7 @@ impl Library {
 
     /// Loads pack `n` as found on the roots; `Some(reason)` when the published chunk index
     /// disagrees with it (the caller rebuilds the index).
-    fn load_found(
-        &mut self,
-        n: u32,
-        f: &FoundPack,
-        live: &HashSet<u32>,
-    ) -> Result<Option<String>> {
+    fn load_found(&mut self, n: u32, f: &FoundPack, live: &HashSet<u32>) -> Result<Option<String>> {
         let root_of = |f: &FoundPack| {
             f.data
                 .as_ref()
@@ -1162,20 +1155,43 @@ impl Library {
         self.locate(id).is_some()
     }
 
-    /// The chunks `m` names that this library lacks.
+    /// The chunks `m` names that this library lacks, in chunk ID order.
     pub fn missing(&self, m: &Manifest) -> Vec<ChunkId> {
-        m.chunks()
-            .into_keys()
-            .filter(|id| !self.has_chunk(id))
-            .collect()
+        let ids = m.chunks();
+        if ids.len() < MERGE_JOIN_MIN || ids.len() * 8 < self.chunk_count() {
+            return ids.into_keys().filter(|id| !self.has_chunk(id)).collect();
+        }
+        // Most of a large library: one merged pass over the index in ID order beats a block
+        // read per chunk.
+        let mut out = Vec::new();
+        let mut want = ids.into_keys().peekable();
+        let res = self.for_each_chunk(&mut |id, _| {
+            while let Some(w) = want.next_if(|w| *w < id) {
+                out.push(w);
+            }
+            want.next_if_eq(&id);
+            Ok(())
+        });
+        match res {
+            Ok(()) => {
+                out.extend(want);
+                out
+            }
+            Err(e) => {
+                tracing::error!("{e}; looking the chunks up one by one instead");
+                m.chunks()
+                    .into_keys()
+                    .filter(|id| !self.has_chunk(id))
+                    .collect()
+            }
+        }
     }
 
     /// Calls `f` once per stored chunk, in chunk ID order, with its location: one streamed
     /// pass over the chunk index (nothing per chunk is kept).
     pub fn for_each_chunk(&self, f: &mut dyn FnMut(ChunkId, Loc) -> Result<()>) -> Result<()> {
         let packs = &self.packs;
-        self.index
-            .for_each_located(&|p| packs.contains_key(&p), f)
+        self.index.for_each_located(&|p| packs.contains_key(&p), f)
     }
 
     /// Where temporary sorted files of whole-library passes go (gc's mark, stats): the
@@ -1267,9 +1283,10 @@ impl Library {
         for (id, loc) in &c.entries {
             last.insert(loc.pack, (*id, *loc));
         }
+        let mut covers = Vec::new();
         for (n, info) in c.packs {
             if let Some((id, loc)) = last.get(&n) {
-                self.index.set_covered(
+                covers.push((
                     n,
                     Covered {
                         format: info.format,
@@ -1277,18 +1294,39 @@ impl Library {
                         data_end: info.len,
                         last_check: pack::entry_check(id, loc),
                     },
-                );
+                ));
             }
             self.packs.insert(n, info);
         }
+        // A large transaction (an ingest, a parcel) is flushed as it is taken in, so the
+        // table stays bounded; a catalog published meanwhile still says the packs' old
+        // coverage, which is never more than its runs hold (the next open reads the rest from
+        // the pack indexes again, and equal entries count once).
+        let mut flushing = self.index.publishes();
         for (id, loc) in c.entries {
             let known = self.index.counting() && self.locate(&id).is_some();
             self.index.insert(id, loc, known);
+            if flushing && self.index.table_full() {
+                flushing = self.flush_index();
+            }
         }
-        if self.index.table_full() && self.index.publishes() {
-            let packs = &self.packs;
-            if let Err(e) = self.index.flush(&|p| packs.contains_key(&p)) {
+        for (n, cov) in covers {
+            self.index.set_covered(n, cov);
+        }
+        if flushing && self.index.table_full() {
+            self.flush_index();
+        }
+    }
+
+    /// Flushes the chunk index's table to a run and publishes it; false when that failed
+    /// (logged: the pack indexes hold the entries, the table keeps them meanwhile).
+    fn flush_index(&mut self) -> bool {
+        let packs = &self.packs;
+        match self.index.flush(&|p| packs.contains_key(&p)) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::warn!("{e}; the chunk index keeps these entries in memory for now");
+                false
             }
         }
     }

@@ -139,11 +139,32 @@ fn a_synthetic_library_is_indexed_once_and_then_opened_from_its_index() {
     assert_eq!(lib.chunk_count(), 250_000);
     for i in (0..250_000).step_by(997) {
         let l = lib.locate(&chunk_id(i)).expect("indexed");
-        assert_eq!(lib.read_chunk(&chunk_id(i)).unwrap(), chunk_bytes(i), "{l:?}");
+        assert_eq!(
+            lib.read_chunk(&chunk_id(i)).unwrap(),
+            chunk_bytes(i),
+            "{l:?}"
+        );
     }
     assert!(!lib.has_chunk(&chunk_id(250_000)));
     let m = lib.manifest(&syn.package, syn.version).unwrap();
     assert!(lib.missing(&m).is_empty());
+    // A manifest naming most of the library: `missing` merge-joins it with the index.
+    let mut big = m.clone();
+    big.version = 2;
+    let ids: Vec<u64> = (100_000..250_100).collect();
+    big.entries[1].kind = freight_core::EntryKind::File {
+        size: ids.len() as u64 * 8,
+        chunks: ids
+            .iter()
+            .map(|&i| freight_core::manifest::ChunkRef {
+                id: chunk_id(i),
+                len: 8,
+            })
+            .collect(),
+    };
+    let mut want: Vec<ChunkId> = (250_000..250_100).map(chunk_id).collect();
+    want.sort();
+    assert_eq!(lib.missing(&big), want);
     let report = freight_core::verify::verify(&lib, None, &Progress::default()).unwrap();
     assert!(report.is_clean());
     assert_eq!(report.chunks, syn.referenced.len() as u64);
@@ -171,7 +192,15 @@ fn commits_past_the_table_are_flushed_published_and_read_back_after_reopening() 
     // The 50 chunks of the last commit are a tail past the catalog: read from the pack index.
     let lib = open(&dir);
     assert_eq!(lib.chunk_count(), total);
-    for i in [0, 999, 1000, 50_000, 1000 + TABLE_MAX as u64 + 9, 200_000, 200_049] {
+    for i in [
+        0,
+        999,
+        1000,
+        50_000,
+        1000 + TABLE_MAX as u64 + 9,
+        200_000,
+        200_049,
+    ] {
         assert_eq!(lib.read_chunk(&chunk_id(i)).unwrap(), chunk_bytes(i), "{i}");
     }
     // Duplicates across packs: the first indexed stays the answer, after reopening too.
@@ -202,13 +231,20 @@ fn crash_leftovers_in_the_index_folder_are_removed_and_change_nothing() {
     let ix = dir.join(INDEX_DIR);
     // A half-written run of an interrupted flush, an orphaned run of an interrupted merge,
     // a half-written catalog.
-    std::fs::write(ix.join(".run-0000000000000099.fci.tmp"), b"FRCIRUN\x01 torn").unwrap();
+    std::fs::write(
+        ix.join(".run-0000000000000099.fci.tmp"),
+        b"FRCIRUN\x01 torn",
+    )
+    .unwrap();
     std::fs::write(ix.join("run-0000000000000098.fci"), vec![7u8; 5000]).unwrap();
     std::fs::write(ix.join(".catalog.tmp"), b"FRCI").unwrap();
     let lib = open(&dir);
     assert_eq!(index_files(&dir), files);
     assert_eq!(lib.chunk_count(), 150_000);
-    assert_eq!(lib.read_chunk(&chunk_id(149_999)).unwrap(), chunk_bytes(149_999));
+    assert_eq!(
+        lib.read_chunk(&chunk_id(149_999)).unwrap(),
+        chunk_bytes(149_999)
+    );
 }
 
 #[test]
@@ -260,7 +296,10 @@ fn a_damaged_index_is_rebuilt_from_the_packs_never_trusted() {
     flip(&cat, 20);
     let lib = open(&dir);
     assert_eq!(lib.chunk_count(), 150_000);
-    assert_eq!(lib.read_chunk(&chunk_id(77_777)).unwrap(), chunk_bytes(77_777));
+    assert_eq!(
+        lib.read_chunk(&chunk_id(77_777)).unwrap(),
+        chunk_bytes(77_777)
+    );
     drop(lib);
     let run = index_files(&dir)
         .into_iter()
@@ -344,15 +383,17 @@ fn a_reader_keeps_its_index_while_the_writer_replaces_it() {
     assert!(!fresh.has_chunk(&chunk_id(1)));
 }
 
-/// Heavy tier: writes a 10,000,000-chunk library (1.3 GB of disk) and takes over a minute on
-/// two cores. The process's peak RSS must stay within 200 MiB through building the index,
+/// Heavy tier: writes a 10,000,000-chunk library (1.3 GB of disk, in `/var/tmp` or
+/// `$FREIGHT_SCALE_DIR`) and takes about a minute on two cores. The process's peak RSS must stay within 200 MiB through building the index,
 /// reopening, lookups, an ingest past the table, gc, verify and stats.
 #[test]
 fn heavy_ten_million_chunks_open_and_work_in_bounded_memory() {
     const N: u64 = 10_000_000;
     const LIMIT: u64 = 200 << 20;
-    let tmp = tempfile::tempdir_in(std::env::var_os("FREIGHT_SCALE_DIR").unwrap_or_else(|| "/var/tmp".into()))
-        .unwrap();
+    let tmp = tempfile::tempdir_in(
+        std::env::var_os("FREIGHT_SCALE_DIR").unwrap_or_else(|| "/var/tmp".into()),
+    )
+    .unwrap();
     let dir = tmp.path().join("lib");
     let t = Instant::now();
     let syn = synthetic::library(&dir, N).unwrap();
@@ -402,6 +443,14 @@ fn heavy_ten_million_chunks_open_and_work_in_bounded_memory() {
     assert!(lib.has_chunk(&chunk_id(N + 299_999)));
     let st = freight_core::stats::stats(&lib).unwrap();
     assert_eq!(st.chunks, N + 300_000);
+    assert_eq!(st.referenced_chunks, syn.referenced.len() as u64);
+    // A reader beside the writer: the published runs plus the pack index tails.
+    let t = Instant::now();
+    let view = Library::open_read_only(&dir, None).unwrap();
+    eprintln!("read-only view beside the writer: {:.2?}", t.elapsed());
+    assert_eq!(view.chunk_count() as u64, N + 300_000);
+    assert!(view.has_chunk(&chunk_id(N + 299_999)) && view.has_chunk(&chunk_id(N / 2)));
+    drop(view);
     let t = Instant::now();
     let report = gc(&mut lib, &Progress::default()).unwrap();
     eprintln!("gc: {:.2?} {report:?}", t.elapsed());
