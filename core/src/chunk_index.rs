@@ -533,6 +533,8 @@ pub struct ChunkIndex {
     /// Runs written while loading that no catalog names yet (see
     /// [`spill_table`](Self::spill_table)).
     unpublished: bool,
+    /// How many of `runs` (the oldest) a published catalog names.
+    base: usize,
     next_run: u64,
     /// Distinct chunks of live packs, `u64::MAX` when unknown (computed on demand).
     count: AtomicU64,
@@ -563,6 +565,7 @@ impl ChunkIndex {
             extra: Vec::new(),
             covered: BTreeMap::new(),
             unpublished: false,
+            base: 0,
             next_run: 1,
             count: AtomicU64::new(0),
             broken: AtomicBool::new(false),
@@ -650,6 +653,7 @@ impl ChunkIndex {
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 continue;
             }
+            self.base = open.len();
             self.runs = open;
             self.next_run = next_run;
             self.covered = covered;
@@ -690,6 +694,7 @@ impl ChunkIndex {
         self.extra = Vec::new();
         self.covered.clear();
         self.unpublished = false;
+        self.base = 0;
         self.count.store(0, Ordering::Relaxed);
     }
 
@@ -908,6 +913,26 @@ impl ChunkIndex {
         self.publish_catalog(live)
     }
 
+    /// After loading: merges the runs spilled while loading (the table too) into one, leaving
+    /// the published runs as they are, so the cost follows what was read, not the index's
+    /// size; a writer then publishes (and merges further as its policy says).
+    pub fn merge_loaded(&mut self, live: &dyn Fn(u32) -> bool) -> Result<()> {
+        if !self.unpublished {
+            return Ok(());
+        }
+        if self.table_len() > 0 {
+            self.spill_table(live)?;
+        }
+        let from = self.base.min(self.runs.len());
+        if self.runs.len() - from > 1 || (self.publish && self.runs.len() > from) {
+            self.merge_from(from, live)?;
+        }
+        if self.publish {
+            self.flush(live)?;
+        }
+        Ok(())
+    }
+
     /// Writes the table to a private run, published by nothing yet (a rebuild spilling what
     /// it read; [`compact`](Self::compact) merges and publishes them).
     pub fn spill_table(&mut self, live: &dyn Fn(u32) -> bool) -> Result<()> {
@@ -1005,6 +1030,7 @@ impl ChunkIndex {
         );
         write_atomic(&self.catalog_path(), &bytes)?;
         self.unpublished = false;
+        self.base = self.runs.len();
         self.clean()
     }
 

@@ -297,6 +297,12 @@ impl Library {
             lease_timeout: LEASE_TIMEOUT,
         };
         lib.index = lib.open_index(access != Access::Read)?;
+        if access == Access::Repair {
+            // Repair looks for damage in every committed entry, including those the published
+            // index covers (which an ordinary open does not read again): index everything anew.
+            lib.index.discard_published();
+            lib.index.reset();
+        }
         let floor = lib.load_packs()?;
         lib.numbers = Arc::new(match PackNumbers::load(&seq, floor) {
             Err(Error::NeedsRepair { path, reason }) if access == Access::Repair => {
@@ -371,22 +377,19 @@ impl Library {
     /// while a pass found a pack deleted under it (its live chunks went to a newer pack,
     /// committed before the deletion began, which the next listing shows).
     fn load_view(&mut self) -> Result<()> {
-        match self.load_view_passes()? {
-            Some(stale) => {
-                // The published index disagrees with a pack: build a private one instead.
-                tracing::warn!("{stale}; this reader indexes the packs itself");
-                self.index.reset();
-                self.packs.clear();
-                self.damage.clear();
-                self.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                if let Some(stale) = self.load_view_passes()? {
-                    return Err(Error::BadLibrary {
-                        path: self.dir.clone(),
-                        reason: format!("{stale} while it was being read; retry"),
-                    });
-                }
+        if let Some(stale) = self.load_view_passes()? {
+            // The published index disagrees with a pack: build a private one instead.
+            tracing::warn!("{stale}; this reader indexes the packs itself");
+            self.index.reset();
+            self.packs.clear();
+            self.damage.clear();
+            self.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            if let Some(stale) = self.load_view_passes()? {
+                return Err(Error::BadLibrary {
+                    path: self.dir.clone(),
+                    reason: format!("{stale} while it was being read; retry"),
+                });
             }
-            None => {}
         }
         self.finish_index()
     }
@@ -635,7 +638,7 @@ impl Library {
         let live = |p: u32| packs.contains_key(&p);
         self.index.drop_dead_coverage(&live);
         if self.index.has_unpublished() {
-            self.index.compact(&live)?;
+            self.index.merge_loaded(&live)?;
         } else if self.index.table_full() && self.index.publishes() {
             self.index.flush(&live)?;
         }
@@ -1303,17 +1306,21 @@ impl Library {
         // coverage, which is never more than its runs hold (the next open reads the rest from
         // the pack indexes again, and equal entries count once).
         let mut flushing = self.index.publishes();
+        let mut flushed = false;
         for (id, loc) in c.entries {
             let known = self.index.counting() && self.locate(&id).is_some();
             self.index.insert(id, loc, known);
             if flushing && self.index.table_full() {
                 flushing = self.flush_index();
+                flushed = true;
             }
         }
         for (n, cov) in covers {
             self.index.set_covered(n, cov);
         }
-        if flushing && self.index.table_full() {
+        // Once anything of this transaction was published, publish the rest with the new
+        // coverage, so the next open does not read the whole transaction again.
+        if flushing && (flushed || self.index.table_full()) {
             self.flush_index();
         }
     }

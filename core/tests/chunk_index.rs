@@ -471,3 +471,43 @@ fn heavy_ten_million_chunks_open_and_work_in_bounded_memory() {
         "opening a 10 M-chunk library took {open_time:?}"
     );
 }
+
+#[test]
+fn repair_reads_every_entry_again_and_leaves_a_sound_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lib");
+    let syn = synthetic::library(&dir, 250_000).unwrap();
+    drop(open(&dir));
+    // Damage an entry of pack 2's index inside what the published index covers: an ordinary
+    // open does not read it again, gc (which streams every pack index) refuses.
+    let idx = dir
+        .join("store/packs")
+        .join(freight_core::pack::idx_name(2));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&idx).unwrap();
+        f.write_all_at(&[0xAB], 32 + 64 * 500 + 40).unwrap();
+    }
+    let mut lib = open(&dir);
+    let err = gc(&mut lib, &Progress::default()).unwrap_err();
+    assert!(
+        matches!(err, freight_core::Error::NeedsRepair { .. }),
+        "{err}"
+    );
+    drop(lib);
+    let mut lib = Library::open(&dir, Access::Repair, None).unwrap();
+    assert_eq!(lib.damage().len(), 1, "repair sees the damaged entry");
+    let report = freight_core::repair::repair(&mut lib, &Progress::default()).unwrap();
+    assert!(report.lost.is_empty(), "{report:?}");
+    drop(lib);
+    let mut lib = open(&dir);
+    assert_eq!(lib.chunk_count(), 250_000);
+    for i in (100_000..200_000).step_by(97) {
+        assert_eq!(lib.read_chunk(&chunk_id(i)).unwrap(), chunk_bytes(i), "{i}");
+    }
+    gc(&mut lib, &Progress::default()).unwrap();
+    assert_eq!(lib.chunk_count(), syn.referenced.len());
+    drop(lib);
+    let lib = open(&dir);
+    assert_eq!(lib.chunk_count(), syn.referenced.len());
+}
