@@ -61,14 +61,16 @@
 //!
 //! | | runs + fences + table (this module) | redb 2 (B-tree) |
 //! |---|---|---|
-//! | open | 9.8 ms (catalog, 137,000 fence IDs, 100 pack index headers) | 0.6 ms |
-//! | first open / build | 17.8 s: reads the 640 MB of pack indexes, external sort | 482 s to insert (20,800/s) |
-//! | lookups | 145,000/s hits, 148,000/s misses | 108,000/s hits, 134,000/s misses |
-//! | append + commit | 300,000 chunks in 2.7 s (110,000/s, flush and publish included) | 20,800/s |
+//! | open | 7.6-19 ms (catalog, 137,000 fence IDs, 100 pack index headers) | 0.6 ms |
+//! | read-only view beside the writer | 25 ms | |
+//! | first open / build | 18-31 s: reads the 640 MB of pack indexes, external sort | 482 s to insert (20,800/s) |
+//! | lookups | 68,000-145,000/s hits, 75,000-152,000/s misses | 108,000/s hits, 134,000/s misses |
+//! | append + commit | 300,000 chunks in 2.7-7.9 s (38,000-110,000/s, flushes and publishing included) | 20,800/s |
 //! | index memory | 4.2 MiB of fences + a table of at most 100,000 entries (~10 MiB) | 64 MiB cache (RSS 70-77 MiB) |
 //! | on disk | 560 MB (56-byte records) | 2,056 MB |
-//! | whole test, peak RSS | 87 MiB (generate, build, reopen, lookups, ingest, stats, gc, verify) | |
+//! | whole test, peak RSS | 72-87 MiB (generate, build, reopen, lookups, ingest, stats, view, gc, verify) | |
 //!
+//! (Ranges: runs on a quiet and on a busy machine; redb ran once, beside other builds.)
 //! The former `HashMap<ChunkId, Loc>` held ~100 bytes per chunk (about 1 GB at this size) and
 //! read every pack index at each open. redb opens faster and looks up about as fast, but
 //! inserts 5× slower, takes 4× the disk, and would still need the coverage bookkeeping

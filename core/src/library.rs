@@ -9,6 +9,8 @@
 //! LIB/manifests/<PKG>/<VERSION>.fmf     canonical manifests; their presence is a reference
 //! LIB/pending/<HASH>.fmf                leases: manifests of transfers not yet committed
 //! LIB/quick-check/<PKG>.fqc             inodes and ctimes the last snapshot saw (ingest)
+//! LIB/index/{catalog,run-N.fci}         the global chunk index, derived from the pack indexes
+//!                                       ([`crate::chunk_index`])
 //! ROOT/packs/pack-NNNNNNNN.{dat,idx}    chunk data and its index, on each storage root
 //! ROOT/quarantine/                      what `repair` could not use, set aside (never read)
 //! ```
