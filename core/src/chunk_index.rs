@@ -59,20 +59,24 @@
 //! key-value store, a release-built program doing the same with `redb` 2 (64 MiB cache,
 //! 32-byte keys, 24-byte values, commits of 100,000):
 //!
-//! | | runs + fences + table (this module) | redb 2 (B-tree) |
-//! |---|---|---|
-//! | open | 7.6-19 ms (catalog, 137,000 fence IDs, 100 pack index headers) | 0.6 ms |
-//! | read-only view beside the writer | 25 ms | |
-//! | first open / build | 18-31 s: reads the 640 MB of pack indexes, external sort | 482 s to insert (20,800/s) |
-//! | lookups | 68,000-145,000/s hits, 75,000-152,000/s misses | 108,000/s hits, 134,000/s misses |
-//! | append + commit | 300,000 chunks in 2.7-7.9 s (38,000-110,000/s, flushes and publishing included) | 20,800/s |
-//! | index memory | 4.2 MiB of fences + a table of at most 100,000 entries (~10 MiB) | 64 MiB cache (RSS 70-77 MiB) |
-//! | on disk | 560 MB (56-byte records) | 2,056 MB |
-//! | whole test, peak RSS | 72-87 MiB (generate, build, reopen, lookups, ingest, stats, view, gc, verify) | |
+//! | | runs + fences + table (this module) | redb 2 (B-tree) | `HashMap` (before) |
+//! |---|---|---|---|
+//! | open | 7.6-19 ms (catalog, 137,000 fence IDs, 100 pack index headers) | 0.6 ms | 29.9 s (reads all pack indexes) |
+//! | read-only view beside the writer | 25 ms | | as open |
+//! | first open / build | 18-31 s: reads the 640 MB of pack indexes, external sort | 482 s to insert (20,800/s) | |
+//! | lookups | 68,000-145,000/s hits, 75,000-152,000/s misses | 108,000/s hits, 134,000/s misses | 583,000/s hits, 1,329,000/s misses |
+//! | append + commit | 300,000 chunks in 2.7-7.9 s (38,000-110,000/s, flushes and publishing included) | 20,800/s | 300,000 in 0.77 s |
+//! | index memory | 4.2 MiB of fences + a table of at most 100,000 entries (~10 MiB) | 64 MiB cache (RSS 70-77 MiB) | RSS 931 MiB after open |
+//! | on disk | 560 MB (56-byte records) | 2,056 MB | none |
+//! | whole test, peak RSS | 72-87 MiB (generate, build, reopen, lookups, ingest, stats, view, gc, verify) | | 1,386 MiB (open, lookups, ingest, gc) |
 //!
-//! (Ranges: runs on a quiet and on a busy machine; redb ran once, beside other builds.)
-//! The former `HashMap<ChunkId, Loc>` held ~100 bytes per chunk (about 1 GB at this size) and
-//! read every pack index at each open. redb opens faster and looks up about as fast, but
+//! (Ranges: runs on a quiet and on a busy machine; redb and the `HashMap` ran once each,
+//! beside other builds. Lookups cost one positioned read and check of a 4 KiB block per run
+//! searched where the map cost a hash probe: slower per lookup, but a chunk of 256 KiB or
+//! more is read, hashed and compressed in far longer, and a large set of lookups, such as
+//! what a transfer of a large manifest lacks, is a merge-join instead.)
+//! The former `HashMap<ChunkId, Loc>` held ~100 bytes per chunk (931 MiB resident at this
+//! size) and read every pack index at each open. redb opens faster and looks up about as fast, but
 //! inserts 5× slower, takes 4× the disk, and would still need the coverage bookkeeping
 //! against the pack indexes below; sorted runs also give the merge-joins of gc, stats and
 //! verify a streamed pass in chunk ID order for free. Lookup cost is one positioned read of a
