@@ -180,6 +180,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A file of the library's global chunk index (`LIB/index/`) is damaged or does not match
+    /// the pack files. The index is derived from the pack indexes, so nothing is lost: it is
+    /// rebuilt from them (at once, or at the next open).
+    #[error(
+        "{path}: chunk index is damaged ({reason}); it is rebuilt from the pack indexes at the next open, or remove the `index` folder to force that"
+    )]
+    BadIndex {
+        /// The damaged index file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A storage root's folder is missing: an unmounted disk, or a root added by hand.
     #[error(
         "{0}: storage root is missing (an unmounted disk?); mount it, or create this folder if it is a new root"

@@ -12,16 +12,54 @@
 //! [`crate::pack`]); a crash at any point leaves every live chunk reachable through at least
 //! one index, and the next open finishes an interrupted deletion.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::library::Library;
 use crate::pack::{self, Loc};
 use crate::progress::Progress;
-use crate::writer::delete_pack;
-use std::collections::{HashSet, VecDeque};
+use crate::spill::{SORT_MEMORY, Sorter};
+use crate::writer::{PackInfo, delete_pack};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-/// A pack to rewrite and the live entries it keeps.
-type Rewrite = (u32, Vec<(ChunkId, Loc)>);
+/// Width of a live location's sort key: pack number and offset, big-endian, so byte order
+/// is storage order.
+const KEEP: usize = 12;
+
+fn keep_key(pack: u32, offset: u64) -> [u8; KEEP] {
+    let mut k = [0u8; KEEP];
+    k[..4].copy_from_slice(&pack.to_be_bytes());
+    k[4..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Streams the committed entries of pack `n` from its index file, in index order.
+fn pack_entries(
+    n: u32,
+    info: &PackInfo,
+    f: &mut dyn FnMut(ChunkId, Loc) -> Result<()>,
+) -> Result<()> {
+    let damaged = |d: pack::IndexDamage| Error::NeedsRepair {
+        path: info.idx.clone(),
+        reason: d.to_string(),
+    };
+    if info.format == 1 {
+        let ix = pack::read_index(&info.idx, n)?.map_err(damaged)?;
+        for (id, loc) in ix.entries {
+            f(id, loc)?;
+        }
+        return Ok(());
+    }
+    let file = std::fs::File::open(&info.idx).ctx(&info.idx, "open index")?;
+    pack::read_entries(
+        &file,
+        &info.idx,
+        n,
+        pack::IDX_HEADER as u64,
+        info.idx_len,
+        &mut |id, loc, _| f(id, loc),
+    )?
+    .map_err(damaged)
+}
 
 /// What a collection did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -75,48 +113,84 @@ fn gc_with(
     progress: &Progress,
 ) -> Result<GcReport> {
     lib.require_write();
-    let named: HashSet<ChunkId> = lib.refcounts()?.into_keys().collect();
+    // Mark, in bounded memory: the chunks manifests name, sorted on disk, merge-joined with
+    // the chunk index in ID order; what is live is recorded by where it is (pack, offset),
+    // sorted again, then met pack by pack with each pack's index.
+    let named = lib.referenced_ids()?;
     let leased = lib.leased_chunks()?;
-    let mut report = GcReport {
-        chunks_leased: leased
-            .iter()
-            .filter(|id| !named.contains(id) && lib.has_chunk(id))
-            .count() as u64,
-        ..GcReport::default()
-    };
-    let live: HashSet<ChunkId> = named
-        .into_iter()
-        .chain(leased)
-        .filter(|id| !drop.contains(id))
-        .collect();
-    // The packs to delete or rewrite, each with its live entries to keep.
-    let mut empty: Vec<u32> = Vec::new();
-    let mut rewrite: Vec<Rewrite> = Vec::new();
-    for (&n, info) in lib.packs() {
-        let ix = pack::read_index(&info.idx, n)?.map_err(|d| Error::NeedsRepair {
-            path: info.idx.clone(),
-            reason: d.to_string(),
-        })?;
-        let mut keep = Vec::new();
-        let (mut dead, mut total) = (0u64, 0u64);
-        for (id, loc) in ix.entries {
-            total += loc.clen as u64;
-            if live.contains(&id) && lib.locate(&id) == Some(loc) {
-                keep.push((id, loc));
-            } else {
-                dead += loc.clen as u64;
+    let mut report = GcReport::default();
+    let spill = lib.spill_dir();
+    let mut keeps = Sorter::<KEEP>::new(&spill, SORT_MEMORY);
+    let mut live_bytes: HashMap<u32, u64> = HashMap::new();
+    {
+        let mut names = named.reader();
+        let mut cur = names.next_rec()?;
+        let mut err: Option<Error> = None;
+        lib.for_each_chunk(&mut |id, loc| {
+            while cur.is_some_and(|c| c < id.0) {
+                cur = names.next_rec()?;
             }
-        }
-        if keep.is_empty() {
-            empty.push(n);
-        } else if dead > 0 && dead as f64 >= min_garbage * total.max(1) as f64 {
-            rewrite.push((n, keep));
+            let is_named = cur == Some(id.0);
+            let is_leased = leased.contains(&id);
+            if is_leased && !is_named {
+                report.chunks_leased += 1;
+            }
+            if (is_named || is_leased) && !drop.contains(&id) {
+                if let Err(e) = keeps.push(keep_key(loc.pack, loc.offset)) {
+                    err = Some(e);
+                }
+                *live_bytes.entry(loc.pack).or_insert(0) += loc.clen as u64;
+            }
+            Ok(())
+        })?;
+        if let Some(e) = err {
+            return Err(e);
         }
     }
-    let moving: u64 = rewrite
-        .iter()
-        .flat_map(|(_, k)| k.iter().map(|(_, l)| l.clen as u64))
-        .sum();
+    std::mem::drop(named);
+    let keeps = keeps.finish()?;
+    // The packs to delete or rewrite.
+    let mut empty: Vec<u32> = Vec::new();
+    let mut rewrite: Vec<(u32, u64)> = Vec::new();
+    let packs: Vec<(u32, PackInfo)> = lib.packs().iter().map(|(n, i)| (*n, i.clone())).collect();
+    {
+        let mut kr = keeps.reader();
+        let mut next = kr.next_rec()?;
+        for (n, info) in &packs {
+            let (mut dead, mut total) = (0u64, 0u64);
+            let mut kept = false;
+            let mut err = None;
+            pack_entries(*n, info, &mut |_, loc| {
+                total += loc.clen as u64;
+                while let Some(k) = next
+                    && k < keep_key(*n, loc.offset)
+                {
+                    next = match kr.next_rec() {
+                        Ok(x) => x,
+                        Err(e) => {
+                            err = Some(e);
+                            None
+                        }
+                    };
+                }
+                if next == Some(keep_key(*n, loc.offset)) {
+                    kept = true;
+                } else {
+                    dead += loc.clen as u64;
+                }
+                Ok(())
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+            if !kept {
+                empty.push(*n);
+            } else if dead > 0 && dead as f64 >= min_garbage * total.max(1) as f64 {
+                rewrite.push((*n, live_bytes.get(n).copied().unwrap_or(0)));
+            }
+        }
+    }
+    let moving: u64 = rewrite.iter().map(|(_, b)| b).sum();
     progress.start("gc", (empty.len() + rewrite.len()) as u64, moving);
     let before = lib.chunk_count();
     // One record for the whole collection: none of these numbers will be used again.
@@ -129,23 +203,51 @@ fn gc_with(
         report.packs_deleted += 1;
         progress.add_file();
     }
-    lib.index.retain(|_, loc| lib.packs.contains_key(&loc.pack));
     // Step 2: rewrite the rest, about one pack's worth of live bytes per transaction.
     let pack_size = lib.config().pack_size;
-    let mut groups: Vec<Vec<Rewrite>> = Vec::new();
+    let mut groups: Vec<Vec<u32>> = Vec::new();
     let mut group_bytes = 0u64;
-    for item in rewrite {
-        let bytes: u64 = item.1.iter().map(|(_, l)| l.clen as u64).sum();
+    for (n, bytes) in rewrite {
         if groups.is_empty() || group_bytes + bytes > pack_size {
             groups.push(Vec::new());
             group_bytes = 0;
         }
         group_bytes += bytes;
-        groups.last_mut().expect("a group").push(item);
+        groups.last_mut().expect("a group").push(n);
     }
+    let mut kr = keeps.reader();
+    let mut next = kr.next_rec()?;
     for group in groups {
         let mut writer = lib.writer(false);
-        for (_, keep) in &group {
+        for n in &group {
+            // This pack's live entries (one pack's worth at most), in storage order.
+            let info = packs
+                .iter()
+                .find(|(x, _)| x == n)
+                .map(|(_, i)| i.clone())
+                .expect("a listed pack");
+            let mut keep: Vec<(ChunkId, Loc)> = Vec::new();
+            let mut err = None;
+            pack_entries(*n, &info, &mut |id, loc| {
+                while let Some(k) = next
+                    && k < keep_key(*n, loc.offset)
+                {
+                    next = match kr.next_rec() {
+                        Ok(x) => x,
+                        Err(e) => {
+                            err = Some(e);
+                            None
+                        }
+                    };
+                }
+                if next == Some(keep_key(*n, loc.offset)) {
+                    keep.push((id, loc));
+                }
+                Ok(())
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
             let mut reads: VecDeque<_> = VecDeque::new();
             let mut it = keep.iter();
             loop {
@@ -165,12 +267,16 @@ fn gc_with(
         let committed = writer.commit()?;
         lib.apply(committed);
         // Every live chunk of the group is durable and indexed elsewhere now.
-        for (n, _) in &group {
+        for n in &group {
             report.bytes_freed += remove(lib, *n)?;
             report.packs_compacted += 1;
             progress.add_file();
         }
-        lib.index.retain(|_, loc| lib.packs.contains_key(&loc.pack));
+    }
+    // Entries of the deleted packs are ignored from now on; the merge drops them for good
+    // and counts what is left.
+    if report.packs_deleted + report.packs_compacted > 0 {
+        lib.compact_index()?;
     }
     // Garbage left in packs not worth rewriting stays indexed: it is intact, and a transfer
     // that needs it again finds it.

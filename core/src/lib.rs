@@ -5,6 +5,7 @@
 //! and signed instructions (`site`, `instruction`). The transport and the appliance build on
 //! these types. See `ARCHITECTURE.md` at the repository root for the map.
 
+pub mod chunk_index;
 pub mod chunk_table;
 pub mod chunker;
 pub mod codec;
@@ -23,6 +24,7 @@ pub mod parcel;
 pub mod progress;
 pub mod repair;
 pub mod site;
+pub mod spill;
 pub mod stats;
 pub mod stream;
 pub mod text;

@@ -9,6 +9,8 @@
 //! LIB/manifests/<PKG>/<VERSION>.fmf     canonical manifests; their presence is a reference
 //! LIB/pending/<HASH>.fmf                leases: manifests of transfers not yet committed
 //! LIB/quick-check/<PKG>.fqc             inodes and ctimes the last snapshot saw (ingest)
+//! LIB/index/{catalog,run-N.fci}         the global chunk index, derived from the pack indexes
+//!                                       ([`crate::chunk_index`])
 //! ROOT/packs/pack-NNNNNNNN.{dat,idx}    chunk data and its index, on each storage root
 //! ROOT/quarantine/                      what `repair` could not use, set aside (never read)
 //! ```
@@ -27,12 +29,14 @@
 //! - Every read of a format-2 pack checks the record header in front of the chunk: a stale
 //!   location can never return another chunk's bytes.
 
+use crate::chunk_index::{ChunkIndex, Covered};
 use crate::config::{CONFIG_FILE, LibraryConfig};
 use crate::engine::{Engine, IoMode, Pending};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, PackageId};
 use crate::manifest::Manifest;
 use crate::pack::{self, FLAG_ZSTD, Loc, PACK_HEADER, PackFile, RECORD_HEADER};
+use crate::spill::{SORT_MEMORY, Sorted, Sorter};
 use crate::writer::{Committed, PackInfo, PackNumbers, Reuse, Writer, sync_dir};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -103,7 +107,9 @@ pub struct Library {
     /// Opened by [`Library::open_read_only`]: no lock, pack files pinned while it lives.
     view: bool,
     pub(crate) packs: BTreeMap<u32, PackInfo>,
-    pub(crate) index: HashMap<ChunkId, Loc>,
+    /// Where each chunk is ([`crate::chunk_index`]): every entry of every pack in `packs`,
+    /// and possibly entries of packs gone since (ignored).
+    pub(crate) index: ChunkIndex,
     files: Mutex<HashMap<u32, Arc<File>>>,
     numbers: Arc<PackNumbers>,
     damage: Vec<Damaged>,
@@ -155,8 +161,10 @@ const VIEW_PASSES: usize = 16;
 const VIEW_TRIES: usize = 3;
 
 /// What loading one pack into a view did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum ViewPack {
+    /// The published chunk index disagrees with this pack (why).
+    Stale(String),
     /// Its committed chunks are in the view.
     Loaded,
     /// Left out: nothing committed yet, or damaged (listed).
@@ -181,36 +189,33 @@ pub fn pin_budget() -> usize {
     usize::try_from(soft / 4).unwrap_or(usize::MAX).max(16)
 }
 
-/// Where the committed entries of index `ix` end in a data file of `data_len` bytes of pack
-/// `format`, or why they cannot be right: every entry must lie inside the data file, past its
-/// headers (a crash cannot cut a pack short of what its index committed).
-fn committed_end(
-    ix: &pack::IndexFile,
-    format: u8,
-    data_len: u64,
-) -> std::result::Result<u64, String> {
-    let min_offset = if format == 1 {
-        PACK_HEADER as u64
-    } else {
-        (PACK_HEADER + RECORD_HEADER) as u64
-    };
-    if let Some((_, bad)) = ix
-        .entries
-        .iter()
-        .find(|(_, l)| l.end() > data_len || l.offset < min_offset)
-    {
-        return Err(format!(
-            "pack is {data_len} bytes but its index names bytes {}..{}",
-            bad.offset,
-            bad.end()
-        ));
-    }
-    Ok(ix
-        .entries
-        .iter()
-        .map(|(_, l)| l.end())
-        .max()
-        .unwrap_or(PACK_HEADER as u64))
+/// Chunks a manifest names from which [`Library::missing`] merge-joins them with the index
+/// (when they are also an eighth of the library or more) instead of looking each one up.
+const MERGE_JOIN_MIN: usize = 100_000;
+
+/// The chunk index's folder inside the library ([`crate::chunk_index`]).
+pub const INDEX_DIR: &str = "index";
+
+/// What adding a pack's entries to the chunk index found.
+enum Indexed {
+    /// Its committed entries are indexed: where they end in the data file, and the
+    /// committed length of its index.
+    Ok { end: u64, committed: u64 },
+    /// The pack is damaged: in its data file or its index, and why.
+    Damaged { in_data: bool, reason: String },
+    /// The published chunk index disagrees with this pack (why).
+    Stale(String),
+}
+
+/// Reads and checks the header of index file `f` (at `path`).
+fn read_index_head(
+    f: &File,
+    path: &Path,
+) -> Result<std::result::Result<pack::IndexHead, pack::IndexDamage>> {
+    let file_len = f.metadata().ctx(path, "stat index")?.len();
+    let mut head = [0u8; pack::IDX_HEADER];
+    let got = read_full_at(f, &mut head, 0).ctx(path, "read index")?;
+    Ok(pack::parse_index_head(&head[..got], file_len))
 }
 
 /// Reads into `buf` at `at` until it is full or the file ends; returns the bytes read.
@@ -287,12 +292,19 @@ impl Library {
             _lock: Some(lock),
             view: false,
             packs: BTreeMap::new(),
-            index: HashMap::new(),
+            index: ChunkIndex::empty(&dir.join(INDEX_DIR), false, dir),
             files: Mutex::new(HashMap::new()),
             numbers,
             damage: Vec::new(),
             lease_timeout: LEASE_TIMEOUT,
         };
+        lib.index = lib.open_index(access != Access::Read)?;
+        if access == Access::Repair {
+            // Repair looks for damage in every committed entry, including those the published
+            // index covers (which an ordinary open does not read again): index everything anew.
+            lib.index.discard_published();
+            lib.index.reset();
+        }
         let floor = lib.load_packs()?;
         lib.numbers = Arc::new(match PackNumbers::load(&seq, floor) {
             Err(Error::NeedsRepair { path, reason }) if access == Access::Repair => {
@@ -347,12 +359,13 @@ impl Library {
             _lock: None,
             view: true,
             packs: BTreeMap::new(),
-            index: HashMap::new(),
+            index: ChunkIndex::empty(&dir.join(INDEX_DIR), false, dir),
             files: Mutex::new(HashMap::new()),
             numbers,
             damage: Vec::new(),
             lease_timeout: LEASE_TIMEOUT,
         };
+        lib.index = lib.open_index(false)?;
         lib.load_view()?;
         Ok(lib)
     }
@@ -366,18 +379,44 @@ impl Library {
     /// while a pass found a pack deleted under it (its live chunks went to a newer pack,
     /// committed before the deletion began, which the next listing shows).
     fn load_view(&mut self) -> Result<()> {
+        if let Some(stale) = self.load_view_passes()? {
+            // The published index disagrees with a pack: build a private one instead.
+            tracing::warn!("{stale}; this reader indexes the packs itself");
+            self.index.reset();
+            self.packs.clear();
+            self.damage.clear();
+            self.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            if let Some(stale) = self.load_view_passes()? {
+                return Err(Error::BadLibrary {
+                    path: self.dir.clone(),
+                    reason: format!("{stale} while it was being read; retry"),
+                });
+            }
+        }
+        self.finish_index()
+    }
+
+    /// The listing passes of [`load_view`](Self::load_view); `Some(reason)` when the
+    /// published chunk index disagrees with a pack.
+    fn load_view_passes(&mut self) -> Result<Option<String>> {
         let mut budget = pin_budget();
         let mut seen: HashSet<u32> = HashSet::new();
         for _ in 0..VIEW_PASSES {
             let mut vanished = false;
-            for (n, f) in self.list_packs()? {
-                if seen.insert(n) && self.load_view_pack(n, &f, &mut budget)? == ViewPack::Vanished
-                {
-                    vanished = true;
+            let listed = self.list_packs()?;
+            let live: HashSet<u32> = listed.keys().copied().collect();
+            for (n, f) in listed {
+                if !seen.insert(n) {
+                    continue;
+                }
+                match self.load_view_pack(n, &f, &mut budget, &live)? {
+                    ViewPack::Vanished => vanished = true,
+                    ViewPack::Stale(reason) => return Ok(Some(reason)),
+                    _ => {}
                 }
             }
             if !vanished {
-                return Ok(());
+                return Ok(None);
             }
         }
         Err(Error::BadLibrary {
@@ -390,7 +429,13 @@ impl Library {
 
     /// Loads pack `n` into a view, reading again (up to [`VIEW_TRIES`] times) what looks
     /// damaged, in case it was a writer's change in progress.
-    fn load_view_pack(&mut self, n: u32, f: &FoundPack, budget: &mut usize) -> Result<ViewPack> {
+    fn load_view_pack(
+        &mut self,
+        n: u32,
+        f: &FoundPack,
+        budget: &mut usize,
+        live: &HashSet<u32>,
+    ) -> Result<ViewPack> {
         let root = f
             .data
             .as_ref()
@@ -400,7 +445,7 @@ impl Library {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.try_view_pack(n, root, budget)? {
+            match self.try_view_pack(n, root, budget, live)? {
                 Err(d) if tries < VIEW_TRIES => {
                     tracing::debug!(pack = n, "{}; reading it again", d.reason);
                     std::thread::sleep(Duration::from_millis(20));
@@ -421,6 +466,7 @@ impl Library {
         n: u32,
         root: usize,
         budget: &mut usize,
+        live: &HashSet<u32>,
     ) -> Result<std::result::Result<ViewPack, Damaged>> {
         let (data, idx) = pack::paths(&self.roots[root], n);
         let tomb = idx.with_file_name(pack::tombstone_name(n));
@@ -430,10 +476,10 @@ impl Library {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&data, "open pack", e)),
         };
-        let bytes = match std::fs::read(&idx) {
-            Ok(b) => Some(b),
+        let ixf = match File::open(&idx) {
+            Ok(f) => Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io(&idx, "read index", e)),
+            Err(e) => return Err(Error::io(&idx, "open index", e)),
         };
         let damaged = |path: &Path, reason: String| Damaged {
             pack: n,
@@ -443,7 +489,7 @@ impl Library {
             path: path.to_path_buf(),
             reason,
         };
-        let Some(bytes) = bytes else {
+        let Some(ixf) = ixf else {
             // Deleted (index renamed to a tombstone first, data unlinked next), or never had
             // an index.
             if exists(&tomb) || !exists(&data) {
@@ -452,53 +498,46 @@ impl Library {
             return Ok(Err(damaged(&idx, "index is missing".into())));
         };
         if exists(&tomb) {
-            // A deletion under way: the index was renamed after it was read.
+            // A deletion under way: the index was renamed after it was opened.
             return Ok(Ok(ViewPack::Vanished));
         }
-        let ix = match pack::parse_index(&bytes, n) {
-            Ok(ix) => ix,
+        let head = match read_index_head(&ixf, &idx)? {
+            Ok(h) => h,
             Err(d) => return Ok(Err(damaged(&idx, d.to_string()))),
         };
+        let named = head.committed > pack::IDX_HEADER as u64 || head.format == 1;
         let Some(file) = file else {
-            if ix.entries.is_empty() {
+            if !named {
                 // Created index first: its data file is not there yet.
                 return Ok(Ok(ViewPack::Left));
             }
             return Ok(Err(damaged(
                 &data,
-                format!(
-                    "data file is missing but its index names {} chunks",
-                    ix.entries.len()
-                ),
+                "data file is missing but its index names chunks".into(),
             )));
         };
-        let mut head = [0u8; PACK_HEADER];
-        let head_len = read_full_at(&file, &mut head, 0).ctx(&data, "read pack")?;
-        let format = match pack::data_format(&head[..head_len]) {
+        let mut hd = [0u8; PACK_HEADER];
+        let head_len = read_full_at(&file, &mut hd, 0).ctx(&data, "read pack")?;
+        let format = match pack::data_format(&hd[..head_len]) {
             Ok(v) => v,
             // Just created: its header is not written yet, nothing is committed.
-            Err(_) if ix.entries.is_empty() => return Ok(Ok(ViewPack::Left)),
+            Err(_) if !named => return Ok(Ok(ViewPack::Left)),
             Err(reason) => return Ok(Err(damaged(&data, reason))),
         };
-        if format != ix.format {
-            return Ok(Err(damaged(
-                &idx,
-                format!(
-                    "index format {} does not match pack format {format}",
-                    ix.format
-                ),
-            )));
-        }
-        // Stat the data after the index was read: every entry read was made durable in the
-        // data file before it was written to the index.
+        // Stat the data after the index header was read: every entry it commits was made
+        // durable in the data file before the header moved over it.
         let data_len = file.metadata().ctx(&data, "stat pack")?.len();
-        let end = match committed_end(&ix, format, data_len) {
-            Ok(end) => end,
-            Err(reason) => return Ok(Err(damaged(&data, reason))),
-        };
-        for (id, loc) in &ix.entries {
-            self.index.entry(*id).or_insert(*loc);
-        }
+        let live = |p: u32| live.contains(&p);
+        let (end, committed) =
+            match self.index_pack(n, &idx, &ixf, head, format, data_len, &live)? {
+                Indexed::Ok { end, committed } => (end, committed),
+                Indexed::Stale(reason) => return Ok(Ok(ViewPack::Stale(reason))),
+                Indexed::Damaged { in_data, reason } => {
+                    self.index.count_unknown();
+                    let p = if in_data { &data } else { &idx };
+                    return Ok(Err(damaged(p, reason)));
+                }
+            };
         self.packs.insert(
             n,
             PackInfo {
@@ -506,7 +545,7 @@ impl Library {
                 data,
                 idx,
                 len: end,
-                idx_len: ix.committed,
+                idx_len: committed,
                 format,
             },
         );
@@ -547,10 +586,287 @@ impl Library {
     fn load_packs(&mut self) -> Result<u32> {
         let found = self.list_packs()?;
         let floor = found.keys().next_back().map_or(1, |n| n.saturating_add(1));
-        for (n, f) in found {
-            self.load_found(n, f)?;
+        let live: HashSet<u32> = found.keys().copied().collect();
+        let mut stale = None;
+        for (n, f) in &found {
+            if let Some(reason) = self.load_found(*n, f, &live)? {
+                stale = Some(reason);
+                break;
+            }
         }
+        if let Some(reason) = stale {
+            // The published index disagrees with the packs: never trust it, rebuild it.
+            tracing::warn!("{reason}; rebuilding the chunk index from the pack indexes");
+            self.index.discard_published();
+            self.index.reset();
+            self.packs.clear();
+            self.damage.clear();
+            let found = self.list_packs()?;
+            let live: HashSet<u32> = found.keys().copied().collect();
+            for (n, f) in &found {
+                if let Some(reason) = self.load_found(*n, f, &live)? {
+                    return Err(Error::BadLibrary {
+                        path: self.dir.join(INDEX_DIR),
+                        reason: format!("{reason} even after a rebuild; remove this folder"),
+                    });
+                }
+            }
+        }
+        self.finish_index()?;
         Ok(floor)
+    }
+
+    /// Opens the published chunk index (a writer also removes what its catalog does not
+    /// name); an unusable one is replaced by an empty index that the packs then fill.
+    fn open_index(&self, publish: bool) -> Result<ChunkIndex> {
+        let ix_dir = self.dir.join(INDEX_DIR);
+        let spill = if publish {
+            std::fs::create_dir_all(&ix_dir).ctx(&ix_dir, "create chunk index folder")?;
+            ix_dir.clone()
+        } else {
+            std::env::temp_dir()
+        };
+        let opened = ChunkIndex::open(&ix_dir, publish, &spill)?;
+        if let Some(why) = &opened.discarded {
+            tracing::debug!(index = %ix_dir.display(), "{why}; indexing the packs");
+        }
+        Ok(opened.index)
+    }
+
+    /// After the packs were loaded: entries of packs gone meanwhile are ignored, a rebuild's
+    /// spilled runs are merged (and, by a writer, published), a full table is flushed.
+    fn finish_index(&mut self) -> Result<()> {
+        let packs = &self.packs;
+        let live = |p: u32| packs.contains_key(&p);
+        self.index.drop_dead_coverage(&live);
+        if self.index.has_unpublished() {
+            self.index.merge_loaded(&live)?;
+        } else if self.index.table_full() && self.index.publishes() {
+            self.index.flush(&live)?;
+        }
+        Ok(())
+    }
+
+    /// Adds pack `n`'s entries that the chunk index does not hold yet (its index's tail
+    /// past what the index covers, all of them for a pack it does not know), checking each
+    /// as the pack's own open would: it decodes, and it lies inside the data file
+    /// (`data_len` bytes; a crash cannot cut a pack short of what its index committed).
+    /// What the chunk index covers of the pack must agree with the pack's index (same format,
+    /// no more than it commits, the same last entry), else it is stale.
+    #[allow(clippy::too_many_arguments)]
+    fn index_pack(
+        &mut self,
+        n: u32,
+        idx: &Path,
+        ixf: &File,
+        head: pack::IndexHead,
+        format: u8,
+        data_len: u64,
+        live: &dyn Fn(u32) -> bool,
+    ) -> Result<Indexed> {
+        if format != head.format {
+            return Ok(Indexed::Damaged {
+                in_data: false,
+                reason: format!(
+                    "index format {} does not match pack format {format}",
+                    head.format
+                ),
+            });
+        }
+        let min_offset = if format == 1 {
+            PACK_HEADER as u64
+        } else {
+            (PACK_HEADER + RECORD_HEADER) as u64
+        };
+        let outside = |l: &Loc| l.end() > data_len || l.offset < min_offset;
+        let cov = self.index.covered(n);
+        if format == 1 {
+            // Format 1 has no committed length: parse it whole (never appended to again).
+            let bytes = std::fs::read(idx).ctx(idx, "read index")?;
+            let ix = match pack::parse_index(&bytes, n) {
+                Ok(ix) => ix,
+                Err(d) => {
+                    return Ok(Indexed::Damaged {
+                        in_data: false,
+                        reason: d.to_string(),
+                    });
+                }
+            };
+            let last = ix
+                .entries
+                .last()
+                .map_or([0; 8], |(id, l)| pack::entry_check(id, l));
+            if let Some((_, bad)) = ix.entries.iter().find(|(_, l)| outside(l)) {
+                return Ok(Indexed::Damaged {
+                    in_data: true,
+                    reason: format!(
+                        "pack is {data_len} bytes but its index names bytes {}..{}",
+                        bad.offset,
+                        bad.end()
+                    ),
+                });
+            }
+            let end = ix
+                .entries
+                .iter()
+                .map(|(_, l)| l.end())
+                .max()
+                .unwrap_or(PACK_HEADER as u64);
+            if let Some(c) = cov {
+                if c.format != 1 || c.idx_len != ix.committed || c.last_check != last {
+                    return Ok(Indexed::Stale(format!(
+                        "the chunk index does not match {}",
+                        idx.display()
+                    )));
+                }
+                return Ok(Indexed::Ok {
+                    end,
+                    committed: ix.committed,
+                });
+            }
+            for (id, loc) in &ix.entries {
+                self.add_entry(*id, *loc, live)?;
+            }
+            self.index.set_covered(
+                n,
+                Covered {
+                    format: 1,
+                    idx_len: ix.committed,
+                    data_end: end,
+                    last_check: last,
+                },
+            );
+            return Ok(Indexed::Ok {
+                end,
+                committed: ix.committed,
+            });
+        }
+        let (from, mut end, mut last) = match cov {
+            None => (pack::IDX_HEADER as u64, PACK_HEADER as u64, [0u8; 8]),
+            Some(c) => {
+                let stale = |why: &str| {
+                    Ok(Indexed::Stale(format!(
+                        "the chunk index does not match {}: {why}",
+                        idx.display()
+                    )))
+                };
+                if c.format != 2 {
+                    return stale("another format");
+                }
+                if c.idx_len > head.committed || c.idx_len < pack::IDX_HEADER as u64 {
+                    return stale("it covers more than the pack index commits");
+                }
+                if c.idx_len > pack::IDX_HEADER as u64 {
+                    let mut e = [0u8; pack::ENTRY_LEN];
+                    let at = c.idx_len - pack::ENTRY_LEN as u64;
+                    let got = read_full_at(ixf, &mut e, at).ctx(idx, "read index")?;
+                    if got != e.len() || e[56..] != c.last_check {
+                        return stale("its last covered entry differs");
+                    }
+                }
+                if c.data_end > data_len {
+                    return Ok(Indexed::Damaged {
+                        in_data: true,
+                        reason: format!(
+                            "pack is {data_len} bytes but its index names bytes up to {}",
+                            c.data_end
+                        ),
+                    });
+                }
+                (c.idx_len, c.data_end, c.last_check)
+            }
+        };
+        let mut bad: Option<String> = None;
+        let res = pack::read_entries(ixf, idx, n, from, head.committed, &mut |id, loc, check| {
+            if bad.is_some() {
+                return Ok(());
+            }
+            if outside(&loc) {
+                bad = Some(format!(
+                    "pack is {data_len} bytes but its index names bytes {}..{}",
+                    loc.offset,
+                    loc.end()
+                ));
+                return Ok(());
+            }
+            end = end.max(loc.end());
+            last = check;
+            self.add_entry(id, loc, live)
+        })?;
+        if let Err(d) = res {
+            return Ok(Indexed::Damaged {
+                in_data: false,
+                reason: d.to_string(),
+            });
+        }
+        if let Some(reason) = bad {
+            return Ok(Indexed::Damaged {
+                in_data: true,
+                reason,
+            });
+        }
+        self.index.set_covered(
+            n,
+            Covered {
+                format: 2,
+                idx_len: head.committed,
+                data_end: end,
+                last_check: last,
+            },
+        );
+        Ok(Indexed::Ok {
+            end,
+            committed: head.committed,
+        })
+    }
+
+    /// Adds one entry read from a pack index while loading; spills the table when full
+    /// (a rebuild: the count of distinct chunks is then left to the merge that follows,
+    /// rather than looking every entry up in a growing number of runs).
+    fn add_entry(&mut self, id: ChunkId, loc: Loc, live: &dyn Fn(u32) -> bool) -> Result<()> {
+        let known = self.index.counting() && self.index_get(&id, live).is_some();
+        self.index.insert(id, loc, known);
+        if self.index.table_full() {
+            self.index.spill_table(live)?;
+            self.index.count_unknown();
+        }
+        Ok(())
+    }
+
+    /// Looks `id` up in the chunk index among the packs `live` accepts. A damaged index
+    /// block makes it look in the pack indexes themselves (slow, but never wrong) and drops
+    /// the published index so that the next open rebuilds it.
+    fn index_get(&self, id: &ChunkId, live: &dyn Fn(u32) -> bool) -> Option<Loc> {
+        match self.index.get(id, live) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("{e}; looking in the pack indexes instead");
+                self.index.discard_published();
+                self.index.count_unknown();
+                self.scan_packs(id, live)
+            }
+        }
+    }
+
+    /// Finds `id` by reading the pack indexes (after the chunk index was found damaged).
+    fn scan_packs(&self, id: &ChunkId, live: &dyn Fn(u32) -> bool) -> Option<Loc> {
+        for (&n, info) in &self.packs {
+            if !live(n) {
+                continue;
+            }
+            let Ok(Ok(ix)) = pack::read_index(&info.idx, n) else {
+                continue;
+            };
+            if let Some((_, l)) = ix
+                .entries
+                .iter()
+                .take_while(|(_, l)| l.end() <= info.len)
+                .find(|(x, _)| x == id)
+            {
+                return Some(*l);
+            }
+        }
+        None
     }
 
     /// The pack files on every root, by pack number.
@@ -594,7 +910,9 @@ impl Library {
         Ok(found)
     }
 
-    fn load_found(&mut self, n: u32, f: FoundPack) -> Result<()> {
+    /// Loads pack `n` as found on the roots; `Some(reason)` when the published chunk index
+    /// disagrees with it (the caller rebuilds the index).
+    fn load_found(&mut self, n: u32, f: &FoundPack, live: &HashSet<u32>) -> Result<Option<String>> {
         let root_of = |f: &FoundPack| {
             f.data
                 .as_ref()
@@ -602,19 +920,20 @@ impl Library {
                 .or(f.tomb.as_ref())
                 .map_or(0, |x| x.0)
         };
-        let root = root_of(&f);
-        let data = f.data.map(|x| x.1);
-        let idx = f.idx.map(|x| x.1);
-        if let Some((_, tomb)) = f.tomb {
+        let root = root_of(f);
+        let data = f.data.as_ref().map(|x| x.1.clone());
+        let idx = f.idx.as_ref().map(|x| x.1.clone());
+        if let Some((_, tomb)) = &f.tomb {
             if let Some(idx) = idx {
-                return self.damaged(Damaged {
+                self.damaged(Damaged {
                     pack: n,
                     root,
                     data,
                     path: idx.clone(),
                     idx: Some(idx),
                     reason: "index exists beside a deletion tombstone of the same pack".into(),
-                });
+                })?;
+                return Ok(None);
             }
             // An interrupted deletion (gc, rollback): the index was already gone.
             if self.writes() {
@@ -622,12 +941,12 @@ impl Library {
                 if let Some(d) = &data {
                     remove_if_present(d, "remove deleted pack")?;
                 }
-                remove_if_present(&tomb, "remove tombstone")?;
+                remove_if_present(tomb, "remove tombstone")?;
             }
-            return Ok(());
+            return Ok(None);
         }
         match (data, idx) {
-            (Some(data), Some(idx)) => self.load_pack(n, root, data, idx),
+            (Some(data), Some(idx)) => self.load_pack(n, root, data, idx, live),
             (None, Some(idx)) => {
                 // Packs are created index first; an index whose data file was never created
                 // holds nothing committed (its header may even be torn).
@@ -640,7 +959,7 @@ impl Library {
                         tracing::info!(index = %idx.display(), "removing an index whose pack was never created");
                         remove_if_present(&idx, "remove empty index")?;
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
                 let (data, _) = pack::paths(&self.roots[root], n);
                 self.damaged(Damaged {
@@ -650,7 +969,8 @@ impl Library {
                     idx: Some(idx),
                     reason: format!("data file is missing but its index names {named} chunks"),
                     path: data,
-                })
+                })?;
+                Ok(None)
             }
             (Some(data), None) => {
                 let (_, idx) = pack::paths(&self.roots[root], n);
@@ -661,13 +981,21 @@ impl Library {
                     idx: None,
                     reason: "index is missing".into(),
                     path: idx,
-                })
+                })?;
+                Ok(None)
             }
-            (None, None) => Ok(()),
+            (None, None) => Ok(None),
         }
     }
 
-    fn load_pack(&mut self, n: u32, root: usize, data: PathBuf, idx: PathBuf) -> Result<()> {
+    fn load_pack(
+        &mut self,
+        n: u32,
+        root: usize,
+        data: PathBuf,
+        idx: PathBuf,
+        live: &HashSet<u32>,
+    ) -> Result<Option<String>> {
         let damaged = |path: &Path, reason: String| Damaged {
             pack: n,
             root,
@@ -679,61 +1007,56 @@ impl Library {
         let data_len = std::fs::metadata(&data).ctx(&data, "stat pack")?.len();
         let mut head = [0u8; PACK_HEADER];
         let head_len = {
-            use std::os::unix::fs::FileExt;
             let f = File::open(&data).ctx(&data, "open pack")?;
-            let mut got = 0;
-            while got < head.len() {
-                match f.read_at(&mut head[got..], got as u64) {
-                    Ok(0) => break,
-                    Ok(k) => got += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::io(&data, "read pack", e)),
-                }
+            read_full_at(&f, &mut head, 0).ctx(&data, "read pack")?
+        };
+        let ixf = File::open(&idx).ctx(&idx, "open index")?;
+        let ihead = match read_index_head(&ixf, &idx)? {
+            Ok(h) => h,
+            Err(d) => {
+                self.damaged(damaged(&idx, d.to_string()))?;
+                return Ok(None);
             }
-            got
         };
-        let ix = match pack::read_index(&idx, n)? {
-            Ok(ix) => ix,
-            Err(damage) => return self.damaged(damaged(&idx, damage.to_string())),
-        };
+        let empty = ihead.format == pack::FORMAT && ihead.committed == pack::IDX_HEADER as u64;
         let format = match pack::data_format(&head[..head_len]) {
             Ok(v) => v,
-            Err(_) if ix.entries.is_empty() && ix.format == pack::FORMAT => {
+            Err(_) if empty => {
                 // The data header of a pack created just before a crash: nothing committed.
                 if self.writes() {
                     tracing::info!(pack = %data.display(), "removing a pack created just before a crash");
                     crate::writer::delete_pack(&data, &idx, n)?;
                 }
-                return Ok(());
+                return Ok(None);
             }
-            Err(reason) => return self.damaged(damaged(&data, reason)),
+            Err(reason) => {
+                self.damaged(damaged(&data, reason))?;
+                return Ok(None);
+            }
         };
-        if format != ix.format {
-            return self.damaged(damaged(
-                &idx,
-                format!(
-                    "index format {} does not match pack format {format}",
-                    ix.format
-                ),
-            ));
-        }
-        // Committed entries must point inside the data file: a crash cannot cut a pack
-        // short of what its index committed.
-        let end = match committed_end(&ix, format, data_len) {
-            Ok(end) => end,
-            Err(reason) => return self.damaged(damaged(&data, reason)),
-        };
-        if ix.file_len > ix.committed {
+        let is_live = |p: u32| live.contains(&p);
+        let (end, committed) =
+            match self.index_pack(n, &idx, &ixf, ihead, format, data_len, &is_live)? {
+                Indexed::Ok { end, committed } => (end, committed),
+                Indexed::Stale(reason) => return Ok(Some(reason)),
+                Indexed::Damaged { in_data, reason } => {
+                    self.index.count_unknown();
+                    let p = if in_data { &data } else { &idx };
+                    self.damaged(damaged(p, reason))?;
+                    return Ok(None);
+                }
+            };
+        if ihead.file_len > committed {
             if format == 1 {
                 // Format 1 is never appended to again: leave its files as they are.
-                tracing::warn!(index = %idx.display(), bytes = ix.file_len - ix.committed, "ignoring the torn tail of a format-1 index");
+                tracing::warn!(index = %idx.display(), bytes = ihead.file_len - committed, "ignoring the torn tail of a format-1 index");
             } else if self.writes() {
-                tracing::warn!(index = %idx.display(), bytes = ix.file_len - ix.committed, entries = ix.tail_valid, "cutting an interrupted commit from the index");
+                tracing::warn!(index = %idx.display(), bytes = ihead.file_len - committed, "cutting an interrupted commit from the index");
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&idx)
                     .ctx(&idx, "open index")?;
-                f.set_len(ix.committed).ctx(&idx, "truncate torn index")?;
+                f.set_len(committed).ctx(&idx, "truncate torn index")?;
                 f.sync_all().ctx(&idx, "fsync index")?;
             }
         }
@@ -747,9 +1070,6 @@ impl Library {
                 .ctx(&data, "truncate uncommitted pack tail")?;
             f.sync_all().ctx(&data, "fsync pack")?;
         }
-        for (id, loc) in &ix.entries {
-            self.index.entry(*id).or_insert(*loc);
-        }
         self.packs.insert(
             n,
             PackInfo {
@@ -757,11 +1077,11 @@ impl Library {
                 data,
                 idx,
                 len: end,
-                idx_len: ix.committed,
+                idx_len: committed,
                 format,
             },
         );
-        Ok(())
+        Ok(None)
     }
 
     fn clean_manifest_temps(&self) -> Result<()> {
@@ -809,27 +1129,98 @@ impl Library {
         &self.engine
     }
 
-    /// Number of distinct chunks stored.
+    /// Number of distinct chunks stored. Usually known; after packs were removed (a
+    /// collection) or left out (damage) it is counted by one streamed pass over the index.
     pub fn chunk_count(&self) -> usize {
-        self.index.len()
+        let packs = &self.packs;
+        match self.index.count(&|p| packs.contains_key(&p)) {
+            Ok(n) => n as usize,
+            Err(e) => {
+                tracing::error!("{e}; counting the chunks of the pack indexes instead");
+                self.index.discard_published();
+                let mut seen = HashSet::new();
+                for (&n, info) in packs {
+                    if let Ok(Ok(ix)) = pack::read_index(&info.idx, n) {
+                        seen.extend(ix.entries.into_iter().map(|(id, _)| id));
+                    }
+                }
+                seen.len()
+            }
+        }
     }
 
     /// Where a chunk is stored, if it is.
     pub fn locate(&self, id: &ChunkId) -> Option<Loc> {
-        self.index.get(id).copied()
+        let packs = &self.packs;
+        self.index_get(id, &|p| packs.contains_key(&p))
     }
 
     /// True when the chunk is stored.
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.index.contains_key(id)
+        self.locate(id).is_some()
     }
 
-    /// The chunks `m` names that this library lacks.
+    /// The chunks `m` names that this library lacks, in chunk ID order.
     pub fn missing(&self, m: &Manifest) -> Vec<ChunkId> {
-        m.chunks()
-            .into_keys()
-            .filter(|id| !self.index.contains_key(id))
-            .collect()
+        let ids = m.chunks();
+        if ids.len() < MERGE_JOIN_MIN || ids.len() * 8 < self.chunk_count() {
+            return ids.into_keys().filter(|id| !self.has_chunk(id)).collect();
+        }
+        // Most of a large library: one merged pass over the index in ID order beats a block
+        // read per chunk.
+        let mut out = Vec::new();
+        let mut want = ids.into_keys().peekable();
+        let res = self.for_each_chunk(&mut |id, _| {
+            while let Some(w) = want.next_if(|w| *w < id) {
+                out.push(w);
+            }
+            want.next_if_eq(&id);
+            Ok(())
+        });
+        match res {
+            Ok(()) => {
+                out.extend(want);
+                out
+            }
+            Err(e) => {
+                tracing::error!("{e}; looking the chunks up one by one instead");
+                m.chunks()
+                    .into_keys()
+                    .filter(|id| !self.has_chunk(id))
+                    .collect()
+            }
+        }
+    }
+
+    /// Calls `f` once per stored chunk, in chunk ID order, with its location: one streamed
+    /// pass over the chunk index (nothing per chunk is kept).
+    pub fn for_each_chunk(&self, f: &mut dyn FnMut(ChunkId, Loc) -> Result<()>) -> Result<()> {
+        let packs = &self.packs;
+        self.index.for_each_located(&|p| packs.contains_key(&p), f)
+    }
+
+    /// Where temporary sorted files of whole-library passes go (gc's mark, stats): the
+    /// index folder for a writer (same file system as the library), the system's temporary
+    /// folder for a reader, which never writes into the library. The files are unlinked as
+    /// soon as they are created.
+    pub fn spill_dir(&self) -> PathBuf {
+        if self.index.publishes() {
+            self.dir.join(INDEX_DIR)
+        } else {
+            std::env::temp_dir()
+        }
+    }
+
+    /// Resident bytes of the chunk index's in-memory part (fences and recent entries).
+    pub fn index_memory(&self) -> usize {
+        self.index.memory()
+    }
+
+    /// Merges the chunk index into one run without entries of removed packs and publishes
+    /// it (after a collection; a writer only).
+    pub fn compact_index(&mut self) -> Result<()> {
+        let packs = &self.packs;
+        self.index.compact(&|p| packs.contains_key(&p))
     }
 
     /// Packs with their state.
@@ -887,12 +1278,65 @@ impl Library {
     }
 
     /// Records a committed transaction in the in-memory state: its chunks become visible.
+    ///
+    /// The chunk index takes the new entries into its in-memory table; when that is full it
+    /// is written out as a run and published. A failure to do so is logged and retried at the
+    /// next commit: the pack indexes already hold the entries, and the next open reads what
+    /// the published index lacks from them.
     pub fn apply(&mut self, c: Committed) {
+        let mut last: HashMap<u32, (ChunkId, Loc)> = HashMap::new();
+        for (id, loc) in &c.entries {
+            last.insert(loc.pack, (*id, *loc));
+        }
+        let mut covers = Vec::new();
         for (n, info) in c.packs {
+            if let Some((id, loc)) = last.get(&n) {
+                covers.push((
+                    n,
+                    Covered {
+                        format: info.format,
+                        idx_len: info.idx_len,
+                        data_end: info.len,
+                        last_check: pack::entry_check(id, loc),
+                    },
+                ));
+            }
             self.packs.insert(n, info);
         }
+        // A large transaction (an ingest, a parcel) is flushed as it is taken in, so the
+        // table stays bounded; a catalog published meanwhile still says the packs' old
+        // coverage, which is never more than its runs hold (the next open reads the rest from
+        // the pack indexes again, and equal entries count once).
+        let mut flushing = self.index.publishes();
+        let mut flushed = false;
         for (id, loc) in c.entries {
-            self.index.insert(id, loc);
+            let known = self.index.counting() && self.locate(&id).is_some();
+            self.index.insert(id, loc, known);
+            if flushing && self.index.table_full() {
+                flushing = self.flush_index();
+                flushed = true;
+            }
+        }
+        for (n, cov) in covers {
+            self.index.set_covered(n, cov);
+        }
+        // Once anything of this transaction was published, publish the rest with the new
+        // coverage, so the next open does not read the whole transaction again.
+        if flushing && (flushed || self.index.table_full()) {
+            self.flush_index();
+        }
+    }
+
+    /// Flushes the chunk index's table to a run and publishes it; false when that failed
+    /// (logged: the pack indexes hold the entries, the table keeps them meanwhile).
+    fn flush_index(&mut self) -> bool {
+        let packs = &self.packs;
+        match self.index.flush(&|p| packs.contains_key(&p)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("{e}; the chunk index keeps these entries in memory for now");
+                false
+            }
         }
     }
 
@@ -926,6 +1370,8 @@ impl Library {
 
     pub(crate) fn forget_pack(&mut self, n: u32) {
         self.packs.remove(&n);
+        // Its entries stay in the index, ignored, until the next merge drops them.
+        self.index.count_unknown();
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1208,7 +1654,35 @@ impl Library {
         Ok(())
     }
 
-    /// How many manifests reference each stored chunk (absent = unreferenced).
+    /// Every chunk some stored manifest names, each once, sorted: collected in bounded
+    /// memory (spilled to sorted temporary files past [`crate::spill::SORT_MEMORY`]) and
+    /// read back in chunk ID order, to be merge-joined with [`for_each_chunk`](Self::for_each_chunk)
+    /// (garbage collection, statistics). Manifests are read one at a time.
+    pub fn referenced_ids(&self) -> Result<Sorted<32>> {
+        let mut ids = Sorter::<32>::new(&self.spill_dir(), SORT_MEMORY);
+        for (p, vs) in self.versions()? {
+            for v in vs {
+                let m = match self.manifest(&p, v) {
+                    Ok(m) => m,
+                    // Removed between the listing and its reading.
+                    Err(Error::NoSuchVersion { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                for e in &m.entries {
+                    if let crate::manifest::EntryKind::File { chunks, .. } = &e.kind {
+                        for c in chunks {
+                            ids.push(c.id.0)?;
+                        }
+                    }
+                }
+            }
+        }
+        ids.finish()
+    }
+
+    /// How many manifests reference each stored chunk (absent = unreferenced). This holds a
+    /// map entry per referenced chunk (~50 bytes each); whole-library passes use
+    /// [`referenced_ids`](Self::referenced_ids) instead.
     pub fn refcounts(&self) -> Result<HashMap<ChunkId, u32>> {
         let mut rc = HashMap::new();
         for m in self.manifests()? {

@@ -389,6 +389,100 @@ pub fn parse_index(bytes: &[u8], pack: u32) -> std::result::Result<IndexFile, In
     }
 }
 
+/// The header of an index file: its format and how much of it is committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexHead {
+    /// Format version (1 or 2).
+    pub format: u8,
+    /// Length of the committed part (format 2; for format 1 the whole file, whose committed
+    /// part only a full parse finds).
+    pub committed: u64,
+    /// Actual file length.
+    pub file_len: u64,
+}
+
+/// Checks an index file's first bytes (`head`, up to [`IDX_HEADER`]) given its length.
+pub fn parse_index_head(head: &[u8], file_len: u64) -> std::result::Result<IndexHead, IndexDamage> {
+    let Some(version) = magic_version(head, b"FRPIDX\x00") else {
+        return Err(if head.len() < IDX_HEADER_V1 {
+            IndexDamage::ShortHeader
+        } else {
+            IndexDamage::BadHeader
+        });
+    };
+    match version {
+        1 => Ok(IndexHead {
+            format: 1,
+            committed: file_len,
+            file_len,
+        }),
+        2 => {
+            if head.len() < IDX_HEADER {
+                return Err(IndexDamage::ShortHeader);
+            }
+            if check(&head[..24]) != head[24..32] || head[16..24] != [0; 8] {
+                return Err(IndexDamage::BadHeader);
+            }
+            let committed = u64_at(head, 8);
+            if committed < IDX_HEADER as u64
+                || committed > file_len
+                || !(committed - IDX_HEADER as u64).is_multiple_of(ENTRY_LEN as u64)
+            {
+                return Err(IndexDamage::BadCommitted(committed));
+            }
+            Ok(IndexHead {
+                format: 2,
+                committed,
+                file_len,
+            })
+        }
+        v if v > FORMAT => Err(IndexDamage::Newer(v)),
+        _ => Err(IndexDamage::BadHeader),
+    }
+}
+
+/// Bytes of a format-2 index read at once by [`read_entries`].
+const ENTRIES_READ: usize = ENTRY_LEN * 16384;
+
+/// Streams the format-2 index entries of `f` (pack `pack`) between byte `from` and `to`,
+/// calling `each` with each entry and its check value, without holding more than a buffer
+/// of them: the index of a pack of many small chunks can be large. Stops at the first entry
+/// that does not decode (`BadEntry`).
+pub fn read_entries(
+    f: &std::fs::File,
+    path: &Path,
+    pack: u32,
+    from: u64,
+    to: u64,
+    each: &mut dyn FnMut(ChunkId, Loc, [u8; 8]) -> Result<()>,
+) -> Result<std::result::Result<(), IndexDamage>> {
+    let mut buf = vec![0u8; ENTRIES_READ.min((to.saturating_sub(from)) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        let got = crate::library::read_full_at(f, &mut buf[..n], at).ctx(path, "read index")?;
+        if got != n {
+            return Ok(Err(IndexDamage::BadCommitted(to)));
+        }
+        for (i, e) in buf[..n].chunks(ENTRY_LEN).enumerate() {
+            let eat = at + (i * ENTRY_LEN) as u64;
+            match decode_entry(e, pack) {
+                Some((id, loc)) if loc.offset >= (PACK_HEADER + RECORD_HEADER) as u64 => {
+                    each(id, loc, e[56..64].try_into().expect("8 bytes"))?;
+                }
+                _ => return Ok(Err(IndexDamage::BadEntry(eat))),
+            }
+        }
+        at += n as u64;
+    }
+    Ok(Ok(()))
+}
+
+/// The check value of an encoded entry (what [`read_entries`] reports).
+pub fn entry_check(id: &ChunkId, loc: &Loc) -> [u8; 8] {
+    encode_entry(id, loc)[56..64].try_into().expect("8 bytes")
+}
+
 /// Reads and parses an index file.
 pub fn read_index(path: &Path, pack: u32) -> Result<std::result::Result<IndexFile, IndexDamage>> {
     let bytes = std::fs::read(path).ctx(path, "read index")?;

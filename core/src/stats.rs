@@ -50,7 +50,8 @@ pub struct Stats {
 
 /// Computes statistics for `lib`.
 pub fn stats(lib: &Library) -> Result<Stats> {
-    let rc = lib.refcounts()?;
+    // Referenced chunks, sorted on disk, merge-joined with the index in ID order.
+    let named = lib.referenced_ids()?;
     let mut s = Stats {
         packages: lib
             .versions()?
@@ -60,7 +61,7 @@ pub fn stats(lib: &Library) -> Result<Stats> {
                 versions: v,
             })
             .collect(),
-        chunks: lib.index.len() as u64,
+        chunks: 0,
         stored_bytes: 0,
         logical_bytes: 0,
         referenced_chunks: 0,
@@ -72,15 +73,22 @@ pub fn stats(lib: &Library) -> Result<Stats> {
         }
         .into(),
     };
-    for (id, loc) in &lib.index {
+    let mut names = named.reader();
+    let mut cur = names.next_rec()?;
+    lib.for_each_chunk(&mut |id, loc| {
+        s.chunks += 1;
         s.stored_bytes += loc.clen as u64;
         s.logical_bytes += loc.ulen as u64;
-        if rc.contains_key(id) {
+        while cur.is_some_and(|c| c < id.0) {
+            cur = names.next_rec()?;
+        }
+        if cur == Some(id.0) {
             s.referenced_chunks += 1;
         } else {
             s.garbage_bytes += loc.clen as u64;
         }
-    }
+        Ok(())
+    })?;
     for (i, root) in lib.roots().iter().enumerate() {
         let packs: Vec<_> = lib.packs.values().filter(|p| p.root == i).collect();
         s.roots.push(RootStats {

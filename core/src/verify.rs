@@ -4,7 +4,9 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackageId};
 use crate::library::Library;
 use crate::manifest::{EntryKind, Manifest};
+use crate::pack::Loc;
 use crate::progress::Progress;
+use crate::spill::{SORT_MEMORY, Sorter};
 use crate::stream::for_each_chunk;
 use std::collections::HashMap;
 
@@ -58,64 +60,130 @@ pub(crate) fn reason(e: Error) -> String {
     }
 }
 
-/// Verifies `manifests` against `lib`.
+/// Verifies `manifests` against `lib`: each distinct chunk they use is read once, in storage
+/// order (so packs are read sequentially), decompressed and hashed. Bounded memory: the
+/// chunks are collected and put in storage order by sorting on disk ([`crate::spill`]), and
+/// file names are gathered afterwards for the chunks that failed only.
 pub fn verify_manifests(
     lib: &Library,
     manifests: &[Manifest],
     progress: &Progress,
 ) -> Result<VerifyReport> {
-    let mut users: HashMap<ChunkId, (u32, Vec<String>)> = HashMap::new();
+    let spill = lib.spill_dir();
+    let mut ids = Sorter::<32>::new(&spill, SORT_MEMORY);
     for m in manifests {
         for e in &m.entries {
             if let EntryKind::File { chunks, .. } = &e.kind {
                 for c in chunks {
-                    let u = users.entry(c.id).or_insert((c.len, Vec::new()));
-                    let name = format!("{} v{} {}", m.package, m.version, e.display_path());
-                    if u.1.len() < NAMES_PER_CHUNK && u.1.last() != Some(&name) {
-                        u.1.push(name);
-                    }
+                    ids.push(c.id.0)?;
                 }
             }
         }
     }
+    let ids = ids.finish()?;
+    // Storage order: (pack, offset) big-endian, then the ID; missing chunks last.
+    let mut order = Sorter::<ORDER>::new(&spill, SORT_MEMORY);
+    let mut bytes = 0u64;
+    let mut put = |id: [u8; 32], loc: Option<Loc>| {
+        let mut k = [0u8; ORDER];
+        k[..4].copy_from_slice(&loc.map_or(u32::MAX, |l| l.pack).to_be_bytes());
+        k[4..12].copy_from_slice(&loc.map_or(u64::MAX, |l| l.offset).to_be_bytes());
+        k[12..].copy_from_slice(&id);
+        bytes += loc.map_or(0, |l| l.ulen as u64);
+        order.push(k)
+    };
+    if ids.len().saturating_mul(16) < lib.chunk_count() as u64 {
+        // A few versions of a large library: look each chunk up.
+        let mut r = ids.reader();
+        while let Some(id) = r.next_rec()? {
+            put(id, lib.locate(&ChunkId(id)))?;
+        }
+    } else {
+        // Most of it: one merged pass over the index.
+        let mut r = ids.reader();
+        let mut cur = r.next_rec()?;
+        lib.for_each_chunk(&mut |id, loc| {
+            while let Some(c) = cur
+                && c < id.0
+            {
+                put(c, None)?;
+                cur = r.next_rec()?;
+            }
+            if cur == Some(id.0) {
+                put(id.0, Some(loc))?;
+                cur = r.next_rec()?;
+            }
+            Ok(())
+        })?;
+        while let Some(c) = cur {
+            put(c, None)?;
+            cur = r.next_rec()?;
+        }
+    }
+    let order = order.finish()?;
     let mut report = VerifyReport {
         versions: manifests.len() as u64,
         ..Default::default()
     };
-    // Read in storage order so the packs are read sequentially.
-    let mut order: Vec<ChunkId> = users.keys().copied().collect();
-    order.sort_by_key(|id| lib.locate(id).map(|l| (l.pack, l.offset)));
-    progress.start(
-        "verify",
-        order.len() as u64,
-        users.values().map(|u| u.0 as u64).sum(),
-    );
-    for_each_chunk(
-        lib,
-        order.into_iter().map(|id| ((), id)),
-        64,
-        |(), id, res| {
-            report.chunks += 1;
-            progress.add_file();
-            match res {
-                Ok(data) => {
-                    report.bytes += data.len() as u64;
-                    progress.add_bytes(data.len() as u64);
-                }
-                Err(e) => {
-                    report.bad.push(BadChunk {
-                        id,
-                        reason: reason(e),
-                        files: users.get(&id).map(|u| u.1.clone()).unwrap_or_default(),
-                    });
+    progress.start("verify", order.len(), bytes);
+    let mut rd = order.reader();
+    let mut read_err: Option<Error> = None;
+    let items = std::iter::from_fn(|| match rd.next_rec() {
+        Ok(Some(k)) => Some(((), ChunkId(k[12..].try_into().expect("32 bytes")))),
+        Ok(None) => None,
+        Err(e) => {
+            read_err = Some(e);
+            None
+        }
+    });
+    let mut bad: Vec<(ChunkId, String)> = Vec::new();
+    for_each_chunk(lib, items, 64, |(), id, res| {
+        report.chunks += 1;
+        progress.add_file();
+        match res {
+            Ok(data) => {
+                report.bytes += data.len() as u64;
+                progress.add_bytes(data.len() as u64);
+            }
+            Err(e) => bad.push((id, reason(e))),
+        }
+        Ok(())
+    })?;
+    if let Some(e) = read_err {
+        return Err(e);
+    }
+    if !bad.is_empty() {
+        let mut names: HashMap<ChunkId, Vec<String>> =
+            bad.iter().map(|(id, _)| (*id, Vec::new())).collect();
+        for m in manifests {
+            for e in &m.entries {
+                if let EntryKind::File { chunks, .. } = &e.kind {
+                    for c in chunks {
+                        if let Some(u) = names.get_mut(&c.id) {
+                            let name = format!("{} v{} {}", m.package, m.version, e.display_path());
+                            if u.len() < NAMES_PER_CHUNK && u.last() != Some(&name) {
+                                u.push(name);
+                            }
+                        }
+                    }
                 }
             }
-            Ok(())
-        },
-    )?;
+        }
+        report.bad = bad
+            .into_iter()
+            .map(|(id, reason)| BadChunk {
+                id,
+                reason,
+                files: names.remove(&id).unwrap_or_default(),
+            })
+            .collect();
+    }
     report.bad.sort_by_key(|b| b.id);
     Ok(report)
 }
+
+/// Width of a storage-order sort key: pack u32, offset u64 (big-endian), chunk ID.
+const ORDER: usize = 44;
 
 /// Verifies one version, all versions of one package, or (with `None`) the whole library.
 pub fn verify(

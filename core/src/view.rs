@@ -177,11 +177,18 @@ pub fn verify(
     // there once it is open.
     drop(lib);
     let lib = Library::open_read_only(dir, io)?;
+    // Only the failed chunks matter: which of them a version still there needs.
+    let failed: HashSet<ChunkId> = report.bad.iter().map(|b| b.id).collect();
     let mut needed: HashSet<ChunkId> = HashSet::new();
     held.retain(|h| {
         let there = h.still_there(&md);
         if there {
-            needed.extend(h.manifest.chunks().into_keys());
+            needed.extend(
+                h.manifest
+                    .chunks()
+                    .into_keys()
+                    .filter(|id| failed.contains(id)),
+            );
         } else {
             skipped.push(name(&h.manifest));
         }

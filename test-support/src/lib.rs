@@ -11,6 +11,7 @@ pub mod bins;
 pub mod dataset;
 pub mod many;
 pub mod netem;
+pub mod synthetic;
 pub mod tmpfs;
 pub mod tree;
 mod words;
