@@ -3,10 +3,9 @@
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackageId};
 use crate::library::Library;
-use crate::manifest::{EntryKind, Manifest};
+use crate::manifest::{EntryKind, EntrySource, Manifest};
 use crate::progress::Progress;
 use crate::stream::for_each_chunk;
-use std::collections::HashMap;
 
 const NAMES_PER_CHUNK: usize = 8;
 
@@ -64,32 +63,50 @@ pub fn verify_manifests(
     manifests: &[Manifest],
     progress: &Progress,
 ) -> Result<VerifyReport> {
-    let mut users: HashMap<ChunkId, (u32, Vec<String>)> = HashMap::new();
-    for m in manifests {
-        for e in &m.entries {
-            if let EntryKind::File { chunks, .. } = &e.kind {
+    let sources: Vec<&dyn EntrySource> = manifests.iter().map(|m| m as &dyn EntrySource).collect();
+    verify_sources(lib, &sources, progress)
+}
+
+/// [`verify_manifests`] over entry sources (stored manifests streamed from their files): the
+/// manifests are read one entry at a time, once to list their chunks and again, only when a
+/// chunk is bad, to name the files that use it. The chunk list is a plain sorted vector (32
+/// bytes a chunk, duplicates dropped as it grows), not a map of names per chunk.
+pub fn verify_sources(
+    lib: &Library,
+    sources: &[&dyn EntrySource],
+    progress: &Progress,
+) -> Result<VerifyReport> {
+    let mut order: Vec<ChunkId> = Vec::new();
+    for m in sources {
+        for e in m.entries()? {
+            if let EntryKind::File { chunks, .. } = &e?.kind {
                 for c in chunks {
-                    let u = users.entry(c.id).or_insert((c.len, Vec::new()));
-                    let name = format!("{} v{} {}", m.package, m.version, e.display_path());
-                    if u.1.len() < NAMES_PER_CHUNK && u.1.last() != Some(&name) {
-                        u.1.push(name);
+                    if order.len() == order.capacity() && order.len() >= 1 << 16 {
+                        // Drop repeats before growing: the list stays as long as the chunks
+                        // are many, not as the files are.
+                        order.sort_unstable();
+                        order.dedup();
+                        order.reserve(order.len());
                     }
+                    order.push(c.id);
                 }
             }
         }
     }
+    order.sort_unstable();
+    order.dedup();
+    order.shrink_to_fit();
     let mut report = VerifyReport {
-        versions: manifests.len() as u64,
+        versions: sources.len() as u64,
         ..Default::default()
     };
-    // Read in storage order so the packs are read sequentially.
-    let mut order: Vec<ChunkId> = users.keys().copied().collect();
+    let total: u64 = order
+        .iter()
+        .filter_map(|id| lib.locate(id))
+        .map(|l| u64::from(l.ulen))
+        .sum();
     order.sort_by_key(|id| lib.locate(id).map(|l| (l.pack, l.offset)));
-    progress.start(
-        "verify",
-        order.len() as u64,
-        users.values().map(|u| u.0 as u64).sum(),
-    );
+    progress.start("verify", order.len() as u64, total);
     for_each_chunk(
         lib,
         order.into_iter().map(|id| ((), id)),
@@ -106,7 +123,7 @@ pub fn verify_manifests(
                     report.bad.push(BadChunk {
                         id,
                         reason: reason(e),
-                        files: users.get(&id).map(|u| u.1.clone()).unwrap_or_default(),
+                        files: Vec::new(),
                     });
                 }
             }
@@ -114,6 +131,26 @@ pub fn verify_manifests(
         },
     )?;
     report.bad.sort_by_key(|b| b.id);
+    if !report.bad.is_empty() {
+        // Name the files that use each bad chunk (a few of them).
+        for m in sources {
+            for e in m.entries()? {
+                let e = e?;
+                if let EntryKind::File { chunks, .. } = &e.kind {
+                    for c in chunks {
+                        let Ok(i) = report.bad.binary_search_by_key(&c.id, |b| b.id) else {
+                            continue;
+                        };
+                        let files = &mut report.bad[i].files;
+                        let name = format!("{} v{} {}", m.package(), m.version(), e.display_path());
+                        if files.len() < NAMES_PER_CHUNK && files.last() != Some(&name) {
+                            files.push(name);
+                        }
+                    }
+                }
+            }
+        }
+    }
     Ok(report)
 }
 

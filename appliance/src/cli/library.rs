@@ -212,11 +212,12 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
             dest,
         } => {
             let p = pkg(&package)?;
-            let (lib, m) = freight_core::view::open_version(&dir, &p, version, io)?;
-            let v = m.version;
+            // Streamed from the stored file: memory does not grow with the package.
+            let (lib, m) = freight_core::view::open_stored_version(&dir, &p, version, io)?;
+            let v = m.version();
             let r = {
                 let _bar = Bar::start(progress.clone(), quiet);
-                freight_core::materialize::materialize(&lib, &m, &dest, &progress)?
+                freight_core::materialize::materialize_from(&lib, &m, &dest, &progress)?
             };
             println!(
                 "{p} v{v} -> {}: {} files, {} dirs, {} symlinks, {}",
