@@ -20,7 +20,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackageId};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 const MAGIC: &[u8; 8] = b"FRMANIF\0";
@@ -182,44 +182,103 @@ impl Manifest {
             .sum()
     }
 
-    /// Compares this (older) version with `new`.
+    /// Compares this (older) version with `new` ([`diff_entries`] over both).
     pub fn diff(&self, new: &Manifest) -> Diff {
-        let old: BTreeMap<&[u8], &Entry> = self
-            .entries
-            .iter()
-            .map(|e| (e.path.as_slice(), e))
-            .collect();
-        let mut d = Diff::default();
-        let mut seen = HashSet::new();
-        for e in &new.entries {
-            seen.insert(e.path.as_slice());
-            match old.get(e.path.as_slice()) {
-                None => d.added.push(e.display_path()),
-                Some(o) if o.kind != e.kind => d.changed.push(e.display_path()),
-                Some(o)
-                    if o.mode != e.mode
-                        || (o.mtime_sec, o.mtime_nsec) != (e.mtime_sec, e.mtime_nsec) =>
+        diff_entries(
+            self.entries.iter().cloned().map(Ok),
+            new.entries.iter().cloned().map(Ok),
+        )
+        .expect("entries in memory cannot fail to read")
+    }
+}
+
+/// Compares an older version's entries with a newer one's, both in canonical order (two
+/// [`Reader`]s, or any [`EntrySource`]): a merge join by path, one entry of each at a time.
+/// The chunk IDs of both are gathered for `new_chunks` as sorted vectors (36 bytes a chunk,
+/// repeats dropped as they grow), not as maps.
+pub fn diff_entries(
+    old: impl Iterator<Item = Result<Entry>>,
+    new: impl Iterator<Item = Result<Entry>>,
+) -> Result<Diff> {
+    let mut d = Diff::default();
+    let mut old_chunks = ChunkList::default();
+    let mut new_chunks = ChunkList::default();
+    let mut old = old.peekable();
+    let mut new = new.peekable();
+    loop {
+        // Errors surface as they are met.
+        if let Some(Err(_)) = old.peek() {
+            return Err(old.next().expect("peeked").expect_err("peeked an error"));
+        }
+        if let Some(Err(_)) = new.peek() {
+            return Err(new.next().expect("peeked").expect_err("peeked an error"));
+        }
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(Ok(o)), Some(Ok(n))) => o.path.cmp(&n.path),
+            _ => unreachable!("errors returned above"),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let o = old.next().expect("peeked")?;
+                old_chunks.add(&o);
+                d.removed.push(o.display_path());
+            }
+            std::cmp::Ordering::Greater => {
+                let e = new.next().expect("peeked")?;
+                new_chunks.add(&e);
+                d.added.push(e.display_path());
+            }
+            std::cmp::Ordering::Equal => {
+                let o = old.next().expect("peeked")?;
+                let e = new.next().expect("peeked")?;
+                old_chunks.add(&o);
+                new_chunks.add(&e);
+                if o.kind != e.kind {
+                    d.changed.push(e.display_path());
+                } else if o.mode != e.mode
+                    || (o.mtime_sec, o.mtime_nsec) != (e.mtime_sec, e.mtime_nsec)
                 {
-                    // A directory's mtime moves whenever its listing does; only report it when
-                    // nothing inside explains it.
-                    d.metadata.push(e.display_path())
+                    d.metadata.push(e.display_path());
                 }
-                Some(_) => {}
             }
         }
-        for e in &self.entries {
-            if !seen.contains(e.path.as_slice()) {
-                d.removed.push(e.display_path());
+    }
+    let old_chunks = old_chunks.finish();
+    for (id, len) in new_chunks.finish() {
+        if old_chunks.binary_search_by_key(&id, |c| c.0).is_err() {
+            d.new_chunks.push(id);
+            d.new_bytes += u64::from(len);
+        }
+    }
+    Ok(d)
+}
+
+/// Chunk IDs with their lengths, gathered into a vector kept free of repeats as it grows.
+#[derive(Default)]
+struct ChunkList(Vec<(ChunkId, u32)>);
+
+impl ChunkList {
+    fn add(&mut self, e: &Entry) {
+        if let EntryKind::File { chunks, .. } = &e.kind {
+            for c in chunks {
+                if self.0.len() == self.0.capacity() && self.0.len() >= 1 << 16 {
+                    self.0.sort_unstable_by_key(|c| c.0);
+                    self.0.dedup_by_key(|c| c.0);
+                    self.0.reserve(self.0.len());
+                }
+                self.0.push((c.id, c.len));
             }
         }
-        let old_chunks = self.chunks();
-        for (id, len) in new.chunks() {
-            if !old_chunks.contains_key(&id) {
-                d.new_chunks.push(id);
-                d.new_bytes += len as u64;
-            }
-        }
-        d
+    }
+
+    /// Sorted by ID, each once.
+    fn finish(mut self) -> Vec<(ChunkId, u32)> {
+        self.0.sort_unstable_by_key(|c| c.0);
+        self.0.dedup_by_key(|c| c.0);
+        self.0
     }
 }
 

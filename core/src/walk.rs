@@ -1,9 +1,10 @@
 //! Walking a source folder into the list of entries a manifest will hold, and opening its files
 //! again for the snapshot to read, without ever following what the walk did not see.
 //!
-//! Everything that can make an ingest fail on the source's shape is found here, before a single
-//! byte is written to the library: special files, symlinks leaving the tree, names a manifest
-//! cannot carry, unreadable directories.
+//! Everything that can make an ingest fail on the source's shape is found here: special files,
+//! symlinks leaving the tree, names a manifest cannot carry, unreadable directories. The walk
+//! streams ([`Walk`]), so these are found when it reaches them, while the snapshot runs; the
+//! snapshot then fails and rolls back what it wrote, leaving the library as it was.
 //!
 //! # A source that changes under the snapshot
 //! Whoever can write in the source folder can swap a file or folder for a symlink to something

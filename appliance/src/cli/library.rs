@@ -380,7 +380,11 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
         } => {
             let md = freight_core::ManifestDir::open(&dir)?;
             let p = pkg(&package)?;
-            let d = md.manifest(&p, from)?.diff(&md.manifest(&p, to)?);
+            // A merge join of the two stored manifests, streamed one entry at a time.
+            let d = freight_core::manifest::diff_entries(
+                md.open_manifest(&p, from)?.reader()?,
+                md.open_manifest(&p, to)?.reader()?,
+            )?;
             if json {
                 let v = serde_json::json!({
                     "added": d.added, "removed": d.removed, "changed": d.changed,
