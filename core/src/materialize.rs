@@ -304,9 +304,11 @@ fn write_tree(
     let complete = |report: &mut MaterializeReport,
                     (job_no, len, p): (usize, u64, Pending<()>)|
      -> Result<()> {
+        // Waited for without the lock, which the plan's thread takes to register files.
+        let written = p.wait();
         let mut jobs = live.lock().unwrap_or_else(|p| p.into_inner());
         let job = jobs.get_mut(&job_no).expect("live job");
-        p.wait().ctx(ctx.tmp_path(&job.tmp), "write")?;
+        written.ctx(ctx.tmp_path(&job.tmp), "write")?;
         progress.add_bytes(len);
         job.remaining -= 1;
         if job.remaining == 0 {

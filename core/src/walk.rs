@@ -735,6 +735,28 @@ mod tests {
         );
     }
 
+    /// The streaming walk yields byte order of full paths, where a folder's contents come
+    /// after siblings that extend its name with a byte below `/` (`a/b`, `a/b.txt`, `a/b/c`).
+    #[test]
+    fn the_walk_yields_full_path_byte_order() {
+        let t = tempfile::tempdir().unwrap();
+        for d in ["a/b/c", "a/b.d/e", "a/b-", "z"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in ["a/b.txt", "a/b/c/y", "a/b.d/x", "a/b0", "a/b/!", "z/.z"] {
+            std::fs::write(t.path().join(f), f).unwrap();
+        }
+        let walked: Vec<Vec<u8>> = Walk::new(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().rel)
+            .collect();
+        let mut sorted = walked.clone();
+        sorted.sort();
+        assert_eq!(walked, sorted);
+        assert_eq!(walked.len(), 14);
+        assert_eq!(walked[0], b"");
+    }
+
     /// A folder chain deeper than the descriptors it keeps open still reaches every level, and
     /// reopens the ones it closed only after checking they are the folders walked.
     #[test]
