@@ -80,6 +80,11 @@ fn run(lib: &Path, args: &[&str], src: Option<&Path>) -> (f64, Duration, String)
 
 /// Heavy tier: writing 1,000,000 files and running four passes over them takes several
 /// minutes on a 2-core machine.
+///
+/// Known to fail until the chunk index leaves memory: manifests, walk, quick check,
+/// materialise and verify now stream, but opening a library of 1,000,000 chunks alone peaks at
+/// about 234 MiB (the in-memory `HashMap<ChunkId, Loc>` index), and the first snapshot adds
+/// the chunks it claims and appends (measured 353 MiB).
 #[test]
 fn heavy_a_million_file_package_is_snapshotted_materialised_and_verified_in_bounded_memory() {
     let t = tempfile::tempdir().unwrap();
