@@ -28,16 +28,20 @@ use crate::chunker::StreamChunker;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackageId};
 use crate::library::Library;
-use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest};
+use crate::library::{FileAt, StoredManifest};
+use crate::manifest::{self, ChunkRef, Entry, EntryKind};
 use crate::pack::FLAG_ZSTD;
 use crate::progress::Progress;
-use crate::walk::{SourceKind, SourceTree, walk};
+use crate::walk::{SourceEntry, SourceKind, Walk};
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, bounded};
-use std::collections::{HashSet, VecDeque};
+use crossbeam_channel::{Receiver, Sender, bounded, never, unbounded};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
+use std::io::{Read as _, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 const READ_BLOCK: usize = 4 << 20;
@@ -58,7 +62,7 @@ pub struct IngestOptions {
     /// Quick check against this version, as rsync and git do: a file whose path, size and
     /// modification time equal those in this version is taken from it without being read (if
     /// all its chunks are in the library). When this library's last snapshot of the package
-    /// made (or confirmed) this version, its [quick-check record](QuickRecord) also holds
+    /// made (or confirmed) this version, its quick-check record (`LIB/quick-check/<PKG>.fqc`) also holds
     /// each file's inode and ctime, and those must match too: a file replaced by another one
     /// (a new inode) or changed with its size and mtime restored (ctime, which cannot be set
     /// back) is read again. The caller names the version it vouches for (the site server: the
@@ -145,15 +149,75 @@ struct ReadFile {
     attempt: u8,
 }
 
-/// What the reader returns: each file as read, and how many were read more than once.
+/// Inode and ctime of a file as a snapshot saw it (the quick-check record's fields).
+type Seen = (u64, (i64, u32));
+
+/// What the reader thread tells the manifest's writer (this thread), in manifest order for
+/// `Entry` and `Read`: the walk's entries as they come, each one either ready or a file being
+/// read; `Finished` when a file's last read attempt is in.
+enum Order {
+    /// An entry known in full: a folder, a symlink, or a file taken from the quick check's
+    /// base unread (with what the walk saw of it).
+    Entry(Entry, Option<Seen>),
+    /// A file being read, by its read number: its entry is made once its chunks are hashed.
+    Read { file: usize, rel: Vec<u8>, ino: u64 },
+    /// The kept read of file `file`: its state, and how many chunks it has.
+    Finished {
+        file: usize,
+        read: ReadFile,
+        chunks: usize,
+    },
+}
+
+/// What the reader returns: how many files were read more than once, and the bytes read.
+#[derive(Default)]
 struct Read {
-    files: Vec<ReadFile>,
     reread: u64,
     /// Bytes read, every attempt.
     bytes: u64,
 }
 
+/// Entries the reader may have handed over and the writer not yet written: the queue between
+/// them stays bounded when a slow file holds up the entries behind it.
+const MAX_PENDING: usize = 16 << 10;
+
+/// A file being read, as the writer collects it.
+#[derive(Default)]
+struct Collecting {
+    attempt: u8,
+    chunks: Vec<Option<ChunkRef>>,
+    finished: Option<(ReadFile, usize)>,
+}
+
+impl Collecting {
+    /// Its chunk list once every chunk of its kept read is hashed.
+    fn complete(&mut self) -> Option<(ReadFile, Vec<ChunkRef>)> {
+        let (read, n) = self.finished?;
+        if n == 0 {
+            // Empty when read: whatever an earlier attempt had is not the file.
+            return Some((read, Vec::new()));
+        }
+        if self.attempt != read.attempt || self.chunks.len() != n {
+            return None;
+        }
+        if self.chunks.iter().any(Option::is_none) {
+            return None;
+        }
+        Some((
+            read,
+            std::mem::take(&mut self.chunks)
+                .into_iter()
+                .flatten()
+                .collect(),
+        ))
+    }
+}
+
 /// Snapshots `src` into `lib` as a new package version.
+///
+/// The walk, the quick check against the base version and the writing of the manifest all
+/// stream in manifest order: memory stays bounded by the widest folder and the read-ahead,
+/// not by the number of files.
 pub fn ingest(
     lib: &mut Library,
     src: &Path,
@@ -161,82 +225,64 @@ pub fn ingest(
     progress: &Progress,
 ) -> Result<IngestReport> {
     lib.require_write();
-    let tree = walk(src)?;
-    let entries = tree.entries();
+    let walk = Walk::new(src)?;
     let version = match opts.version {
         Some(v) => v,
         None => lib.latest(&opts.package)?.map_or(1, |v| v + 1),
     };
-    let files: Vec<usize> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| matches!(e.kind, SourceKind::File { .. }))
-        .map(|(i, _)| i)
-        .collect();
-    // Per file: its chunk list taken from the quick check's base version, if any.
-    let reused: Vec<Option<Vec<ChunkRef>>> = {
-        let base = match opts.quick_check {
-            Some(v) => stored_version(lib, &opts.package, v, "quick check")?,
-            None => None,
-        };
-        let record = base.as_ref().and_then(|b| QuickRecord::load(lib, b));
-        let unchanged = quick_check(lib, base.as_ref(), record.as_ref());
-        files
-            .iter()
-            .map(|&i| {
-                let e = &entries[i];
-                let SourceKind::File { size } = e.kind else {
-                    return None;
-                };
-                unchanged
-                    .get(e.rel.as_slice())
-                    .filter(|q| {
-                        q.size == size
-                            && q.mtime == (e.mtime_sec, e.mtime_nsec)
-                            && q.seen.is_none_or(|seen| seen == (e.id.ino, e.ctime))
-                    })
-                    .map(|q| q.chunks.to_vec())
-            })
-            .collect()
+    let base = match opts.quick_check {
+        Some(v) => stored_version(lib, &opts.package, v, "quick check")?,
+        None => None,
     };
-    // File positions to read, and the entries they are.
-    let to_read: Vec<usize> = (0..files.len()).filter(|&f| reused[f].is_none()).collect();
-    let read_entries: Vec<usize> = to_read.iter().map(|&f| files[f]).collect();
-    let total: u64 = read_entries
-        .iter()
-        .map(|&i| match entries[i].kind {
-            SourceKind::File { size } => size,
-            _ => 0,
-        })
-        .sum();
-    progress.start("ingest", read_entries.len() as u64, total);
+    let quick = match &base {
+        Some(b) => Some(QuickBase::open(lib, b)?),
+        None => None,
+    };
+    progress.start("ingest", 0, 0);
 
     let mut writer = lib.writer(true);
-    // Per file position: the read attempt its chunks belong to, and the chunks.
-    let mut chunk_lists: Vec<(u8, Vec<Option<ChunkRef>>)> = reused
-        .iter()
-        .map(|r| {
-            let list = r
-                .as_ref()
-                .map_or_else(Vec::new, |c| c.iter().copied().map(Some).collect());
-            (0, list)
-        })
-        .collect();
     let mut new_chunks = 0u64;
     let lib_ref: &Library = lib;
+    let mut out = lib_ref.manifest_writer(&opts.package, version)?;
+    let mut record = RecordWriter::create(lib_ref, &opts.package);
     let claimed: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let level = lib_ref.config().compression_level;
     let params = lib_ref.config().chunk;
+    let pending = AtomicUsize::new(0);
+    let abort = AtomicBool::new(false);
+    let mut files = 0u64;
+    let mut unchanged_files = 0u64;
+    let mut chunks = 0u64;
+    let mut bytes = 0u64;
+    let mut entries = 0u64;
 
     let read = std::thread::scope(|s| -> Result<Read> {
         let (work_tx, work_rx) = bounded::<Work>(workers * 2);
         let (done_tx, done_rx) = bounded::<Done>(workers * 2);
+        // Unbounded, so the reader never waits on it while the writer waits on the hashers;
+        // `pending` bounds what it holds.
+        let (order_tx, order_rx) = unbounded::<Order>();
         let reader = {
-            let tree = &tree;
-            let files = &read_entries;
+            let (pending, abort) = (&pending, &abort);
             let engine = lib_ref.engine().clone();
-            s.spawn(move || read_and_chunk(tree, files, &engine, params, work_tx, progress))
+            s.spawn(move || {
+                let src = Source {
+                    walk,
+                    quick,
+                    lib: lib_ref,
+                    order: order_tx,
+                    pending,
+                    abort,
+                    progress,
+                    files: 0,
+                };
+                let res = read_and_chunk(src, &engine, params, work_tx, progress);
+                if res.is_err() {
+                    abort.store(true, Ordering::Relaxed);
+                }
+                res
+            })
         };
         for _ in 0..workers {
             let rx = work_rx.clone();
@@ -246,119 +292,148 @@ pub fn ingest(
         }
         drop(work_rx);
         drop(done_tx);
+        let mut queue: VecDeque<Order> = VecDeque::new();
+        let mut reading: HashMap<usize, Collecting> = HashMap::new();
+        // Read numbers below this were written out: their late chunks belong to no file.
+        let mut next_read = 0usize;
         let mut failure = None;
-        for d in done_rx.iter() {
-            // A new chunk is written even when its read attempt was given up: another attempt
-            // finds it claimed and relies on it being stored.
-            if let Some((flags, bytes)) = &d.stored {
-                if let Err(e) = writer.append(d.id, d.ulen, *flags, bytes) {
-                    failure = Some(e);
-                    break;
+        let (mut done_open, mut order_open) = (true, true);
+        let (never_done, never_order) = (never::<Done>(), never::<Order>());
+        while done_open || order_open {
+            let drx = if done_open { &done_rx } else { &never_done };
+            let orx = if order_open { &order_rx } else { &never_order };
+            let mut step = || -> Result<()> {
+                crossbeam_channel::select! {
+                    recv(drx) -> d => match d {
+                        Err(_) => done_open = false,
+                        Ok(d) => {
+                            // A new chunk is written even when its read attempt was given up:
+                            // another attempt finds it claimed and relies on it being stored.
+                            if let Some((flags, stored)) = &d.stored {
+                                writer.append(d.id, d.ulen, *flags, stored)?;
+                                new_chunks += 1;
+                            }
+                            if d.file < next_read && !reading.contains_key(&d.file) {
+                                return Ok(());
+                            }
+                            let c = reading.entry(d.file).or_default();
+                            if d.attempt < c.attempt {
+                                return Ok(());
+                            }
+                            if d.attempt > c.attempt {
+                                c.attempt = d.attempt;
+                                c.chunks.clear();
+                            }
+                            if c.chunks.len() <= d.seq {
+                                c.chunks.resize(d.seq + 1, None);
+                            }
+                            c.chunks[d.seq] = Some(ChunkRef { id: d.id, len: d.ulen });
+                        }
+                    },
+                    recv(orx) -> o => match o {
+                        Err(_) => order_open = false,
+                        Ok(Order::Finished { file, read, chunks }) => {
+                            reading.entry(file).or_default().finished = Some((read, chunks));
+                        }
+                        Ok(o) => {
+                            if let Order::Read { file, .. } = &o {
+                                reading.entry(*file).or_default();
+                                next_read = next_read.max(file + 1);
+                            }
+                            queue.push_back(o);
+                        }
+                    },
                 }
-                new_chunks += 1;
+                // Write out what is complete at the front, in order.
+                while let Some(front) = queue.front() {
+                    let (entry, seen) = match front {
+                        Order::Entry(..) => match queue.pop_front() {
+                            Some(Order::Entry(e, seen)) => {
+                                if seen.is_some() {
+                                    unchanged_files += 1;
+                                }
+                                (e, seen)
+                            }
+                            _ => unreachable!("front was an entry"),
+                        },
+                        Order::Read { file, .. } => {
+                            let Some((read, list)) =
+                                reading.get_mut(file).and_then(Collecting::complete)
+                            else {
+                                break;
+                            };
+                            let file = *file;
+                            reading.remove(&file);
+                            let Some(Order::Read { rel, ino, .. }) = queue.pop_front() else {
+                                unreachable!("front was a read");
+                            };
+                            debug_assert_eq!(
+                                list.iter().map(|c| u64::from(c.len)).sum::<u64>(),
+                                read.size
+                            );
+                            // A file read is recorded as it was read.
+                            let e = Entry {
+                                path: rel,
+                                mode: read.mode,
+                                mtime_sec: read.mtime_sec,
+                                mtime_nsec: read.mtime_nsec,
+                                kind: EntryKind::File {
+                                    size: read.size,
+                                    chunks: list,
+                                },
+                            };
+                            (e, Some((ino, read.ctime)))
+                        }
+                        Order::Finished { .. } => unreachable!("never queued"),
+                    };
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    if let EntryKind::File { size, chunks: list } = &entry.kind {
+                        files += 1;
+                        chunks += list.len() as u64;
+                        bytes += size;
+                    }
+                    if let Some(seen) = seen {
+                        record.push(seen);
+                    }
+                    out.push(&entry)?;
+                    entries += 1;
+                }
+                Ok(())
+            };
+            if let Err(e) = step() {
+                failure = Some(e);
+                break;
             }
-            let (attempt, list) = &mut chunk_lists[to_read[d.file]];
-            if d.attempt < *attempt {
-                continue;
-            }
-            if d.attempt > *attempt {
-                *attempt = d.attempt;
-                list.clear();
-            }
-            if list.len() <= d.seq {
-                list.resize(d.seq + 1, None);
-            }
-            list[d.seq] = Some(ChunkRef {
-                id: d.id,
-                len: d.ulen,
-            });
         }
-        // Dropping the receiver makes the workers, then the reader, stop early on failure.
+        // Dropping the receivers makes the workers, then the reader, stop early on failure.
+        abort.store(failure.is_some(), Ordering::Relaxed);
         drop(done_rx);
+        drop(order_rx);
         let read = reader.join().expect("reader thread panicked");
         match failure {
             Some(e) => Err(e),
-            None => read,
+            None => {
+                let read = read?;
+                debug_assert!(queue.is_empty(), "every entry was written");
+                Ok(read)
+            }
         }
     })?;
 
-    let mut m = Manifest {
-        package: opts.package.clone(),
-        version,
-        entries: Vec::with_capacity(entries.len()),
-    };
-    // Per file position: its state as read, if it was read.
-    let mut as_read: Vec<Option<ReadFile>> = vec![None; files.len()];
-    for (k, &f) in to_read.iter().enumerate() {
-        as_read[f] = Some(read.files[k]);
-    }
-    let mut file_no = 0;
-    let mut chunks = 0u64;
-    let mut bytes = 0u64;
-    // Per file, in manifest order: the inode and ctime it had when read (or walked, if taken
-    // unread), for the next quick check.
-    let mut seen: Vec<(u64, (i64, u32))> = Vec::with_capacity(files.len());
-    for e in entries {
-        let (mut mode, mut mtime_sec, mut mtime_nsec) = (e.mode, e.mtime_sec, e.mtime_nsec);
-        let kind = match &e.kind {
-            SourceKind::Dir => EntryKind::Dir,
-            SourceKind::Symlink { target } => EntryKind::Symlink {
-                target: target.clone(),
-            },
-            &SourceKind::File { size } => {
-                let (attempt, list) = std::mem::take(&mut chunk_lists[file_no]);
-                let mut size = size;
-                // A file read is recorded as it was read; its chunks are those of the attempt
-                // that was kept (none when that attempt found it empty).
-                let list = match as_read[file_no] {
-                    Some(r) => {
-                        (size, mode, mtime_sec, mtime_nsec) =
-                            (r.size, r.mode, r.mtime_sec, r.mtime_nsec);
-                        seen.push((e.id.ino, r.ctime));
-                        if attempt == r.attempt {
-                            list
-                        } else {
-                            Vec::new()
-                        }
-                    }
-                    None => {
-                        seen.push((e.id.ino, e.ctime));
-                        list
-                    }
-                };
-                let list: Vec<ChunkRef> = list
-                    .into_iter()
-                    .map(|c| c.expect("every chunk of a file is hashed"))
-                    .collect();
-                debug_assert_eq!(list.iter().map(|c| u64::from(c.len)).sum::<u64>(), size);
-                chunks += list.len() as u64;
-                bytes += size;
-                file_no += 1;
-                EntryKind::File { size, chunks: list }
-            }
-        };
-        m.entries.push(Entry {
-            path: e.rel.clone(),
-            mode,
-            mtime_sec,
-            mtime_nsec,
-            kind,
-        });
-    }
-    drop(tree);
+    let m = out.finish()?;
     let stored_bytes = writer.bytes_written();
     let committed = writer.commit()?;
     lib.apply(committed);
     let mut report = IngestReport {
-        package: m.package.to_string(),
+        package: opts.package.to_string(),
         version,
         hash: m.hash().to_hex().to_string(),
-        files: files.len() as u64,
-        entries: m.entries.len() as u64,
+        files,
+        entries,
         bytes,
         chunks,
         new_chunks,
-        unchanged_files: (files.len() - to_read.len()) as u64,
+        unchanged_files,
         stored_bytes,
         created: false,
         reread_files: read.reread,
@@ -369,16 +444,18 @@ pub fn ingest(
     // it if it lacked any) or garbage for gc.
     if let Some(b) = opts.skip_if_unchanged_from
         && let Some(base) = stored_version(lib, &opts.package, b, "unchanged check")?
-        && base.entries == m.entries
+        && m.same_entries_as(&base)?
     {
+        let hash = base.hash()?;
         report.version = b;
-        report.hash = base.hash().to_hex().to_string();
+        report.hash = hash.to_hex().to_string();
         report.unchanged_from = Some(b);
-        QuickRecord::save(lib, &base, &seen);
+        record.save(b, &hash);
         return Ok(report);
     }
-    report.created = lib.store_manifest(&m)?;
-    QuickRecord::save(lib, &m, &seen);
+    let hash = m.hash();
+    report.created = lib.commit_manifest(m)?;
+    record.save(version, &hash);
     Ok(report)
 }
 
@@ -388,8 +465,8 @@ fn stored_version(
     package: &PackageId,
     version: u32,
     purpose: &str,
-) -> Result<Option<Manifest>> {
-    match lib.manifest(package, version) {
+) -> Result<Option<StoredManifest>> {
+    match lib.manifest_dir().open_manifest(package, version) {
         Ok(m) => Ok(Some(m)),
         Err(Error::NoSuchVersion { .. }) => {
             tracing::warn!(
@@ -401,45 +478,67 @@ fn stored_version(
     }
 }
 
-/// A file of the quick check's base as it may be taken unread.
-struct Unchanged<'m> {
-    size: u64,
-    mtime: (i64, u32),
-    /// Inode and ctime when the base's snapshot saw it, if recorded.
-    seen: Option<(u64, (i64, u32))>,
-    chunks: &'m [ChunkRef],
+/// The quick check's base, read alongside the walk (both in manifest order): a merge join of
+/// the base manifest's entries with its quick-check record, one file at a time.
+struct QuickBase {
+    entries: manifest::Reader<FileAt>,
+    /// The entry read ahead (the first not before the walk's current path).
+    next: Option<Entry>,
+    /// The record's files, when it is the base's.
+    record: Option<RecordReader>,
 }
 
-/// The previous version's files whose chunks are all in the library, by path, with the inode
-/// and ctime `record` holds for them.
-fn quick_check<'m>(
-    lib: &Library,
-    previous: Option<&'m Manifest>,
-    record: Option<&QuickRecord>,
-) -> std::collections::HashMap<&'m [u8], Unchanged<'m>> {
-    previous
-        .into_iter()
-        .flat_map(|m| {
-            m.entries
-                .iter()
-                .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+impl QuickBase {
+    fn open(lib: &Library, base: &StoredManifest) -> Result<QuickBase> {
+        let record = RecordReader::open(lib, base)?;
+        let mut entries = base.reader()?;
+        let next = entries.next_entry()?;
+        Ok(QuickBase {
+            entries,
+            next,
+            record,
         })
-        .enumerate()
-        .filter_map(|(k, e)| match &e.kind {
-            EntryKind::File { size, chunks } if chunks.iter().all(|c| lib.has_chunk(&c.id)) => {
-                Some((
-                    e.path.as_slice(),
-                    Unchanged {
-                        size: *size,
-                        mtime: (e.mtime_sec, e.mtime_nsec),
-                        seen: record.map(|r| r.files[k]),
-                        chunks: chunks.as_slice(),
-                    },
-                ))
+    }
+
+    /// The chunks of the base's file at `e`'s path when the walked file may be taken from it
+    /// unread: same size and mtime, the inode and ctime the record holds (if it does), and all
+    /// its chunks in the library.
+    fn reuse(
+        &mut self,
+        lib: &Library,
+        e: &SourceEntry,
+        size: u64,
+    ) -> Result<Option<Vec<ChunkRef>>> {
+        while let Some(n) = &self.next {
+            if n.path.as_slice() >= e.rel.as_slice() {
+                break;
             }
-            _ => None,
-        })
-        .collect()
+            if matches!(n.kind, EntryKind::File { .. })
+                && let Some(r) = &mut self.record
+            {
+                r.skip();
+            }
+            self.next = self.entries.next_entry()?;
+        }
+        let Some(n) = self.next.take_if(|n| n.path == e.rel) else {
+            return Ok(None);
+        };
+        let EntryKind::File {
+            size: bsize,
+            chunks,
+        } = n.kind
+        else {
+            return Ok(None);
+        };
+        let seen = self.record.as_mut().and_then(RecordReader::next);
+        let next = self.entries.next_entry()?;
+        self.next = next;
+        let same = bsize == size
+            && (n.mtime_sec, n.mtime_nsec) == (e.mtime_sec, e.mtime_nsec)
+            && seen.is_none_or(|seen| seen == (e.id.ino, e.ctime))
+            && chunks.iter().all(|c| lib.has_chunk(&c.id));
+        Ok(same.then_some(chunks))
+    }
 }
 
 /// What a snapshot saw of each file of the version it made or confirmed, beyond what the
@@ -450,81 +549,186 @@ fn quick_check<'m>(
 /// files × (inode u64 | ctime seconds i64 | ctime nanoseconds u32) | BLAKE3(all before)[..8]
 /// ```
 /// The files are the manifest's regular files in its order. A record is used only for the
-/// version and manifest hash it names, and ignored when damaged.
-pub struct QuickRecord {
-    files: Vec<(u64, (i64, u32))>,
+/// version and manifest hash it names, and ignored when damaged. It is written and read one
+/// file at a time.
+const QUICK_MAGIC: &[u8; 8] = b"FRQCK\0\0\x01";
+const QUICK_HEADER: usize = 52;
+
+fn record_path(lib: &Library, package: &PackageId) -> std::path::PathBuf {
+    lib.dir()
+        .join("quick-check")
+        .join(format!("{}.fqc", package.as_str()))
 }
 
-const QUICK_MAGIC: &[u8; 8] = b"FRQCK\0\0\x01";
+/// Reads the record of a base version, its files in manifest order.
+struct RecordReader {
+    src: std::io::BufReader<File>,
+    left: u64,
+}
 
-impl QuickRecord {
-    fn path(lib: &Library, package: &PackageId) -> std::path::PathBuf {
-        lib.dir()
-            .join("quick-check")
-            .join(format!("{}.fqc", package.as_str()))
+impl RecordReader {
+    /// The record of `base`, if the last snapshot of its package made or confirmed it and it
+    /// is intact (checked in one pass before use).
+    fn open(lib: &Library, base: &StoredManifest) -> Result<Option<RecordReader>> {
+        let path = record_path(lib, base.package());
+        let Ok(mut f) = File::open(&path) else {
+            return Ok(None);
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut head = [0u8; QUICK_HEADER];
+        if len < (QUICK_HEADER + 8) as u64 || f.read_exact(&mut head).is_err() {
+            return Ok(None);
+        }
+        if head[..8] != *QUICK_MAGIC || head[8..12] != base.version().to_le_bytes() {
+            return Ok(None);
+        }
+        let n = u64::from_le_bytes(head[44..52].try_into().expect("8 bytes"));
+        if Some(len) != n.checked_mul(20).map(|b| b + (QUICK_HEADER + 8) as u64) {
+            return Ok(None);
+        }
+        // The record names the base by its hash, and holds one line per file of it.
+        let mut r = base.hashing_reader()?;
+        let mut base_files = 0u64;
+        while let Some(e) = r.next_entry()? {
+            base_files += u64::from(matches!(e.kind, EntryKind::File { .. }));
+        }
+        let hash = r.hash().expect("hashing reader at its end");
+        if head[12..44] != *hash.as_bytes() || base_files != n {
+            return Ok(None);
+        }
+        let mut h = blake3::Hasher::new();
+        let body = len - 8;
+        let mut check = [0u8; 8];
+        let ok = f.seek(SeekFrom::Start(0)).is_ok()
+            && std::io::copy(&mut (&mut f).take(body), &mut h).ok() == Some(body)
+            && f.read_exact(&mut check).is_ok()
+            && h.finalize().as_bytes()[..8] == check;
+        if !ok || f.seek(SeekFrom::Start(QUICK_HEADER as u64)).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(RecordReader {
+            src: std::io::BufReader::with_capacity(64 << 10, f),
+            left: n,
+        }))
     }
 
-    fn encode(m: &Manifest, files: &[(u64, (i64, u32))]) -> Vec<u8> {
-        let mut b = Vec::with_capacity(60 + files.len() * 20);
-        // 52 bytes of header, the files, 8 of check.
-        b.extend_from_slice(QUICK_MAGIC);
-        b.extend_from_slice(&m.version.to_le_bytes());
-        b.extend_from_slice(m.hash().as_bytes());
-        b.extend_from_slice(&(files.len() as u64).to_le_bytes());
-        for (ino, (sec, nsec)) in files {
-            b.extend_from_slice(&ino.to_le_bytes());
-            b.extend_from_slice(&sec.to_le_bytes());
-            b.extend_from_slice(&nsec.to_le_bytes());
+    /// The next file's inode and ctime (`None` past the end or on a read error: then the
+    /// quick check compares size and mtime only).
+    fn next(&mut self) -> Option<Seen> {
+        if self.left == 0 {
+            return None;
         }
-        let c = blake3::hash(&b);
-        b.extend_from_slice(&c.as_bytes()[..8]);
-        b
+        self.left -= 1;
+        let mut f = [0u8; 20];
+        self.src.read_exact(&mut f).ok()?;
+        let ino = u64::from_le_bytes(f[..8].try_into().expect("8 bytes"));
+        let sec = i64::from_le_bytes(f[8..16].try_into().expect("8 bytes"));
+        let nsec = u32::from_le_bytes(f[16..20].try_into().expect("4 bytes"));
+        Some((ino, (sec, nsec)))
     }
 
-    /// The record of `base`, if the last snapshot of its package made or confirmed it.
-    fn load(lib: &Library, base: &Manifest) -> Option<QuickRecord> {
-        let bytes = std::fs::read(Self::path(lib, &base.package)).ok()?;
-        let n = base
-            .entries
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-            .count();
-        if bytes.len() != 52 + n * 20 + 8 {
-            return None;
-        }
-        let (body, check) = bytes.split_at(bytes.len() - 8);
-        let want = Self::encode_header(base, n);
-        if blake3::hash(body).as_bytes()[..8] != *check || body[..want.len()] != want[..] {
-            return None;
-        }
-        let files = body[52..]
-            .chunks(20)
-            .map(|f| {
-                let ino = u64::from_le_bytes(f[..8].try_into().expect("8 bytes"));
-                let sec = i64::from_le_bytes(f[8..16].try_into().expect("8 bytes"));
-                let nsec = u32::from_le_bytes(f[16..20].try_into().expect("4 bytes"));
-                (ino, (sec, nsec))
+    fn skip(&mut self) {
+        let _ = self.next();
+    }
+}
+
+/// Writes this snapshot's record as the files are written to the manifest: to a temporary
+/// file, its header and check completed by [`save`](Self::save). Best effort throughout:
+/// without a record the next quick check compares size and mtime only.
+struct RecordWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    out: Option<std::io::BufWriter<File>>,
+    files: u64,
+}
+
+impl RecordWriter {
+    fn create(lib: &Library, package: &PackageId) -> RecordWriter {
+        let path = record_path(lib, package);
+        let name = path.file_name().expect("file name").to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.tmp"));
+        let out = std::fs::create_dir_all(path.parent().expect("quick-check folder"))
+            .and_then(|()| {
+                // Read back to hash it once complete.
+                File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
             })
-            .collect();
-        Some(QuickRecord { files })
+            .and_then(|f| {
+                let mut w = std::io::BufWriter::with_capacity(64 << 10, f);
+                w.write_all(&[0u8; QUICK_HEADER])?;
+                Ok(w)
+            });
+        let out = match out {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %Error::io(&tmp, "create quick-check record", e), "no quick-check record; the next quick check compares size and mtime only");
+                None
+            }
+        };
+        RecordWriter {
+            path,
+            tmp,
+            out,
+            files: 0,
+        }
     }
 
-    fn encode_header(m: &Manifest, files: usize) -> Vec<u8> {
-        let mut b = Self::encode(m, &[]);
-        b.truncate(44);
-        b.extend_from_slice(&(files as u64).to_le_bytes());
-        b
+    fn push(&mut self, (ino, (sec, nsec)): Seen) {
+        if let Some(w) = &mut self.out {
+            let mut b = [0u8; 20];
+            b[..8].copy_from_slice(&ino.to_le_bytes());
+            b[8..16].copy_from_slice(&sec.to_le_bytes());
+            b[16..].copy_from_slice(&nsec.to_le_bytes());
+            if w.write_all(&b).is_err() {
+                self.out = None;
+            }
+        }
+        self.files += 1;
     }
 
-    /// Records what this snapshot saw of `m`'s files. Best effort: without a record the next
-    /// quick check compares size and mtime only.
-    fn save(lib: &Library, m: &Manifest, files: &[(u64, (i64, u32))]) {
-        let path = Self::path(lib, &m.package);
-        let res = std::fs::create_dir_all(path.parent().expect("quick-check folder"))
-            .map_err(|e| Error::io(&path, "create quick-check folder", e))
-            .and_then(|()| crate::library::write_atomic(&path, &Self::encode(m, files)));
+    /// Completes the record as that of `version` whose manifest hashes to `hash`, and puts it
+    /// in place.
+    fn save(mut self, version: u32, hash: &blake3::Hash) {
+        let res = (|| -> std::io::Result<()> {
+            let Some(w) = self.out.take() else {
+                return Err(std::io::Error::other("the record could not be written"));
+            };
+            let mut f = w.into_inner().map_err(|e| e.into_error())?;
+            let mut head = Vec::with_capacity(QUICK_HEADER);
+            head.extend_from_slice(QUICK_MAGIC);
+            head.extend_from_slice(&version.to_le_bytes());
+            head.extend_from_slice(hash.as_bytes());
+            head.extend_from_slice(&self.files.to_le_bytes());
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(&head)?;
+            f.seek(SeekFrom::Start(0))?;
+            let mut h = blake3::Hasher::new();
+            let mut rf = std::io::BufReader::with_capacity(64 << 10, &f);
+            std::io::copy(&mut rf, &mut h)?;
+            drop(rf);
+            f.seek(SeekFrom::End(0))?;
+            f.write_all(&h.finalize().as_bytes()[..8])?;
+            f.sync_all()?;
+            std::fs::rename(&self.tmp, &self.path)?;
+            Ok(())
+        })()
+        .map_err(|e| Error::io(&self.path, "write quick-check record", e))
+        .and_then(|()| crate::writer::sync_dir(self.path.parent().expect("quick-check folder")));
         if let Err(e) = res {
+            let _ = std::fs::remove_file(&self.tmp);
             tracing::warn!(error = %e, "no quick-check record; the next quick check compares size and mtime only");
+        }
+    }
+}
+
+impl Drop for RecordWriter {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }
@@ -638,11 +842,94 @@ fn plus(t: Time, d: std::time::Duration) -> Time {
     }
 }
 
-/// Reads every file through the engine with read-ahead and cuts it into chunks; a file that
-/// changed while read is read again (see the module's documentation).
+/// Where the reader takes its files from: the walk, in manifest order, with the quick check's
+/// base alongside. Entries that need no reading are handed to the writer on the way.
+struct Source<'a> {
+    walk: Walk,
+    quick: Option<QuickBase>,
+    lib: &'a Library,
+    order: Sender<Order>,
+    pending: &'a AtomicUsize,
+    abort: &'a AtomicBool,
+    progress: &'a Progress,
+    /// Read numbers handed out.
+    files: usize,
+}
+
+/// What [`Source::next_file`] found.
+enum Pulled {
+    /// The next file to read, by read number.
+    File(usize, SourceEntry),
+    /// The writer holds `MAX_PENDING` entries: none is taken until it writes some.
+    Full,
+    /// The walk is over (or the writer stopped).
+    End,
+}
+
+impl Source<'_> {
+    /// Hands the writer every entry up to the next file to read, and returns that file.
+    fn next_file(&mut self) -> Result<Pulled> {
+        loop {
+            if self.pending.load(Ordering::Relaxed) >= MAX_PENDING {
+                return Ok(Pulled::Full);
+            }
+            let Some(e) = self.walk.next_entry()? else {
+                return Ok(Pulled::End);
+            };
+            self.pending.fetch_add(1, Ordering::Relaxed);
+            let entry = |kind| Entry {
+                path: e.rel.clone(),
+                mode: e.mode,
+                mtime_sec: e.mtime_sec,
+                mtime_nsec: e.mtime_nsec,
+                kind,
+            };
+            let order = match &e.kind {
+                SourceKind::Dir => Order::Entry(entry(EntryKind::Dir), None),
+                SourceKind::Symlink { target } => Order::Entry(
+                    entry(EntryKind::Symlink {
+                        target: target.clone(),
+                    }),
+                    None,
+                ),
+                &SourceKind::File { size } => {
+                    let reused = match &mut self.quick {
+                        Some(q) => q.reuse(self.lib, &e, size)?,
+                        None => None,
+                    };
+                    match reused {
+                        Some(chunks) => Order::Entry(
+                            entry(EntryKind::File { size, chunks }),
+                            Some((e.id.ino, e.ctime)),
+                        ),
+                        None => {
+                            let file = self.files;
+                            self.files += 1;
+                            self.progress.add_total(1, size);
+                            let read = Order::Read {
+                                file,
+                                rel: e.rel.clone(),
+                                ino: e.id.ino,
+                            };
+                            if self.order.send(read).is_err() {
+                                return Ok(Pulled::End);
+                            }
+                            return Ok(Pulled::File(file, e));
+                        }
+                    }
+                }
+            };
+            if self.order.send(order).is_err() {
+                return Ok(Pulled::End);
+            }
+        }
+    }
+}
+
+/// Reads every file the source hands out through the engine with read-ahead and cuts it into
+/// chunks; a file that changed while read is read again (see the module's documentation).
 fn read_and_chunk(
-    tree: &SourceTree,
-    files: &[usize],
+    mut src: Source<'_>,
     engine: &crate::engine::Engine,
     params: crate::chunker::ChunkParams,
     work: Sender<Work>,
@@ -665,19 +952,20 @@ fn read_and_chunk(
         pending: crate::engine::Pending<Vec<u8>>,
         last: Option<Opened>,
     }
-    let entries = tree.entries();
-    let path = |file: usize| tree.path_of(&entries[files[file]].rel);
-    let mut opener = tree.opener()?;
-    let mut out = Read {
-        files: vec![ReadFile::default(); files.len()],
-        reread: 0,
-        bytes: 0,
+    let mut opener = src.walk.opener()?;
+    let root = src.walk.root().to_path_buf();
+    // The files being read (until their kept read is in), by read number.
+    let mut reading: HashMap<usize, SourceEntry> = HashMap::new();
+    let path = |reading: &HashMap<usize, SourceEntry>, file: usize| {
+        let rel = reading.get(&file).map_or(&[][..], |e| e.rel.as_slice());
+        root.join(std::ffi::OsStr::from_bytes(rel))
     };
+    let mut out = Read::default();
     let mut queue: VecDeque<Inflight> = VecDeque::new();
     let mut queued_bytes = 0usize;
     // Files with a read in the queue (each holds its descriptor until its last read is in).
     let mut open_files = 0usize;
-    let mut next_file = 0usize;
+    let mut walked_all = false;
     // Files to read again, read before the next new one.
     let mut again: VecDeque<(usize, u8)> = VecDeque::new();
     // The file whose reads are being issued, and the offset of the next one.
@@ -688,6 +976,7 @@ fn read_and_chunk(
     let mut current = None;
     loop {
         // Top up the read-ahead window.
+        let mut full = false;
         while queued_bytes < READ_AHEAD_BYTES {
             if planning.is_none() {
                 if open_files >= READ_AHEAD_FILES {
@@ -695,14 +984,24 @@ fn read_and_chunk(
                 }
                 let (file, attempt) = match again.pop_front() {
                     Some(next) => next,
-                    None if next_file < files.len() => {
-                        next_file += 1;
-                        (next_file - 1, 0)
-                    }
-                    None => break,
+                    None if walked_all => break,
+                    None => match src.next_file()? {
+                        Pulled::File(file, e) => {
+                            reading.insert(file, e);
+                            (file, 0)
+                        }
+                        Pulled::Full => {
+                            full = true;
+                            break;
+                        }
+                        Pulled::End => {
+                            walked_all = true;
+                            break;
+                        }
+                    },
                 };
                 let started = coarse_now();
-                let (f, meta) = opener.open_file(&entries[files[file]])?;
+                let (f, meta) = opener.open_file(&reading[&file])?;
                 let opened = Opened {
                     file,
                     attempt,
@@ -737,10 +1036,19 @@ fn read_and_chunk(
             });
         }
         let Some(r) = queue.pop_front() else {
+            if src.abort.load(Ordering::Relaxed) {
+                // The consumer failed and reports why.
+                return Ok(out);
+            }
+            if full {
+                // Everything read is handed over: the writer catches up, then the walk goes on.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
             break;
         };
         let data = r.pending.wait().map_err(|source| Error::Unreadable {
-            path: path(r.file),
+            path: path(&reading, r.file),
             source,
         })?;
         queued_bytes -= r.len;
@@ -774,7 +1082,7 @@ fn read_and_chunk(
         if let Some(o) = r.last {
             open_files -= 1;
             let meta = o.f.metadata().map_err(|source| Error::Unreadable {
-                path: path(r.file),
+                path: path(&reading, r.file),
                 source,
             })?;
             let after = Stat::of(&meta);
@@ -782,7 +1090,7 @@ fn read_and_chunk(
             match changed_during_read(&o.before, &after, got, o.started, ended) {
                 None => {
                     chunker.finish(&mut emit);
-                    out.files[r.file] = ReadFile {
+                    let read = ReadFile {
                         size: o.before.size,
                         mode: o.before.mode,
                         mtime_sec: o.before.mtime.0,
@@ -792,15 +1100,27 @@ fn read_and_chunk(
                     };
                     out.reread += u64::from(r.attempt > 0);
                     progress.add_file();
+                    reading.remove(&r.file);
+                    let finished = Order::Finished {
+                        file: r.file,
+                        read,
+                        chunks: seq,
+                    };
+                    if src.order.send(finished).is_err() {
+                        stop = true;
+                    }
                 }
                 Some(how) if r.attempt + 1 < READ_ATTEMPTS => {
-                    tracing::debug!("{}: {how}; reading it again", path(r.file).display());
+                    tracing::debug!(
+                        "{}: {how}; reading it again",
+                        path(&reading, r.file).display()
+                    );
                     wait_past(after.ctime);
                     again.push_back((r.file, r.attempt + 1));
                 }
                 Some(how) => {
                     return Err(Error::SourceChanged {
-                        path: path(r.file),
+                        path: path(&reading, r.file),
                         how: format!("{how}, on each of {READ_ATTEMPTS} reads"),
                     });
                 }

@@ -34,7 +34,7 @@ use crate::config::{CONFIG_FILE, LibraryConfig};
 use crate::engine::{Engine, IoMode, Pending};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, PackageId};
-use crate::manifest::Manifest;
+use crate::manifest::{self, Manifest};
 use crate::pack::{self, FLAG_ZSTD, Loc, PACK_HEADER, PackFile, RECORD_HEADER};
 use crate::spill::{SORT_MEMORY, Sorted, Sorter};
 use crate::writer::{Committed, PackInfo, PackNumbers, Reuse, Writer, sync_dir};
@@ -1462,9 +1462,13 @@ impl Library {
     // ---- leases ----
 
     fn lease_path(&self, m: &Manifest) -> PathBuf {
+        self.lease_path_of(&m.hash())
+    }
+
+    fn lease_path_of(&self, hash: &blake3::Hash) -> PathBuf {
         self.dir
             .join("pending")
-            .join(format!("{}.fmf", m.hash().to_hex()))
+            .join(format!("{}.fmf", hash.to_hex()))
     }
 
     /// How long a lease protects its chunks after it was last taken (default
@@ -1607,27 +1611,86 @@ impl Library {
                 version: m.version,
             });
         }
-        let path = self.manifest_path(&m.package, m.version);
-        let bytes = m.encode();
-        match std::fs::read(&path) {
-            Ok(old) if old == bytes => return Ok(false),
-            Ok(_) => {
-                return Err(Error::VersionExists {
-                    package: m.package.to_string(),
-                    version: m.version,
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&path, "read manifest", e)),
+        let mut w = self.manifest_writer(&m.package, m.version)?;
+        for e in &m.entries {
+            w.push(e)?;
         }
+        self.commit_manifest(w.finish()?)
+    }
+
+    /// Starts writing `version` of `package` one entry at a time ([`ManifestWriter`]), to be
+    /// stored by [`commit_manifest`](Self::commit_manifest): a package of any size is stored
+    /// without holding its manifest in memory.
+    pub fn manifest_writer(&self, package: &PackageId, version: u32) -> Result<ManifestWriter> {
+        self.require_write();
+        let path = self.manifest_path(package, version);
         let pdir = path.parent().expect("package dir");
         if !pdir.exists() {
             std::fs::create_dir_all(pdir).ctx(pdir, "create manifest folder")?;
             sync_dir(pdir.parent().expect("manifests dir"))?;
         }
-        write_atomic(&path, &bytes)?;
+        let name = path.file_name().expect("file name").to_string_lossy();
+        // Its own temporary name (write_atomic's is `.NAME.tmp`); the `.tmp` suffix makes the
+        // next opening remove it after a crash.
+        let tmp = pdir.join(format!(".{name}.stream.tmp"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .ctx(&tmp, "create")?;
+        let w = manifest::Writer::new(file, package, version, None, &tmp.display().to_string())?;
+        Ok(ManifestWriter {
+            w: Some(w),
+            tmp,
+            path,
+            package: package.clone(),
+            version,
+        })
+    }
+
+    /// Stores a manifest written with [`manifest_writer`](Self::manifest_writer), whose
+    /// chunks must all be present (checked in one pass over what was written, which decodes
+    /// it too): fsync, rename into place, directory fsync; then its lease, if any, is
+    /// released. Returns false when the same version was already stored with identical
+    /// content.
+    pub fn commit_manifest(&mut self, m: FinishedManifest) -> Result<bool> {
+        self.require_write();
+        let mut r = m.stored.reader()?;
+        while let Some(e) = r.next_entry()? {
+            if let manifest::EntryKind::File { chunks, .. } = &e.kind
+                && let Some(c) = chunks.iter().find(|c| !self.has_chunk(&c.id))
+            {
+                return Err(Error::MissingChunk {
+                    id: c.id.to_hex(),
+                    package: m.stored.package.to_string(),
+                    version: m.stored.version,
+                });
+            }
+        }
+        match StoredManifest::open(&m.path, &m.stored.package, m.stored.version) {
+            Ok(old) => {
+                if old.len == m.stored.len && hash_file(&old)? == m.hash {
+                    return Ok(false);
+                }
+                return Err(Error::VersionExists {
+                    package: m.stored.package.to_string(),
+                    version: m.stored.version,
+                });
+            }
+            Err(Error::NoSuchVersion { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let tmp = &m.stored.path;
+        m.stored.file.sync_all().ctx(tmp, "fsync")?;
+        std::fs::rename(tmp, &m.path).ctx(&m.path, "rename into place")?;
+        let mut m = m;
+        // In place: nothing to remove any more.
+        m.stored.path = PathBuf::new();
+        sync_dir(m.path.parent().expect("package dir"))?;
         // Its chunks are referenced now: the transfer's lease has done its job.
-        self.release(m)?;
+        remove_if_present(&self.lease_path_of(&m.hash), "remove lease")?;
         Ok(true)
     }
 
@@ -1786,6 +1849,296 @@ impl ReadView {
     }
 }
 
+/// BLAKE3 of a stored manifest's bytes, read through its open file.
+fn hash_file(m: &StoredManifest) -> Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    let mut src = FileAt {
+        file: m.file.clone(),
+        at: 0,
+    };
+    std::io::copy(&mut src, &mut h).ctx(&m.path, "read manifest")?;
+    Ok(h.finalize())
+}
+/// Reads a file from a position of its own with `pread`, so that several readers can share
+/// one descriptor and none moves another's offset.
+#[derive(Clone, Debug)]
+pub struct FileAt {
+    file: Arc<File>,
+    at: u64,
+}
+
+impl std::io::Read for FileAt {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&*self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// A stored manifest opened for streaming ([`ManifestDir::open_manifest`]): its file is held
+/// open, so a version removed or replaced after the open still reads as it was, each
+/// [`reader`](Self::reader) from the start, any number of times, in memory bounded by one
+/// entry whatever the manifest's size.
+#[derive(Clone, Debug)]
+pub struct StoredManifest {
+    file: Arc<File>,
+    len: u64,
+    path: PathBuf,
+    package: PackageId,
+    version: u32,
+}
+
+impl StoredManifest {
+    /// Opens the manifest file at `path`, which must hold `version` of `package` (checked by
+    /// each reader).
+    pub fn open(path: &Path, package: &PackageId, version: u32) -> Result<StoredManifest> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchVersion {
+                    package: package.to_string(),
+                    version,
+                });
+            }
+            Err(e) => return Err(Error::io(path, "open manifest", e)),
+        };
+        let len = file.metadata().ctx(path, "stat manifest")?.len();
+        Ok(StoredManifest {
+            file: Arc::new(file),
+            len,
+            path: path.to_path_buf(),
+            package: package.clone(),
+            version,
+        })
+    }
+
+    /// The package.
+    pub fn package(&self) -> &PackageId {
+        &self.package
+    }
+
+    /// The version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The file's path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty (never a valid manifest).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    fn start(&self, hashing: bool) -> Result<manifest::Reader<FileAt>> {
+        let src = FileAt {
+            file: self.file.clone(),
+            at: 0,
+        };
+        let what = self.path.display().to_string();
+        let r = if hashing {
+            manifest::Reader::hashing(src, self.len, &what)?
+        } else {
+            manifest::Reader::new(src, self.len, &what)?
+        };
+        if r.package() != &self.package || r.version() != self.version {
+            return Err(Error::BadManifest {
+                what,
+                offset: 0,
+                reason: format!("file holds {} v{}", r.package(), r.version()),
+            });
+        }
+        Ok(r)
+    }
+
+    /// A reader of the entries from the first, every one checked as it is read.
+    pub fn reader(&self) -> Result<manifest::Reader<FileAt>> {
+        self.start(false)
+    }
+
+    /// A reader that also hashes what it reads: its [`hash`](manifest::Reader::hash) is the
+    /// package hash once the last entry was read.
+    pub fn hashing_reader(&self) -> Result<manifest::Reader<FileAt>> {
+        self.start(true)
+    }
+
+    /// Validates the whole manifest and returns its package hash (one pass over the file).
+    pub fn hash(&self) -> Result<blake3::Hash> {
+        let mut r = self.hashing_reader()?;
+        Ok(r.finish()?
+            .expect("a hashing reader read to the end has a hash"))
+    }
+
+    /// Reads the whole manifest into memory (for callers that need it whole: it costs memory
+    /// in proportion to the package's size).
+    pub fn load(&self) -> Result<Manifest> {
+        let mut r = self.reader()?;
+        let mut entries = Vec::with_capacity(r.entry_count().min(1 << 20) as usize);
+        while let Some(e) = r.next_entry()? {
+            entries.push(e);
+        }
+        Ok(Manifest {
+            package: self.package.clone(),
+            version: self.version,
+            entries,
+        })
+    }
+}
+
+impl manifest::EntrySource for StoredManifest {
+    fn package(&self) -> &PackageId {
+        &self.package
+    }
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn entries(&self) -> Result<Box<dyn Iterator<Item = Result<manifest::Entry>> + Send + '_>> {
+        Ok(Box::new(self.reader()?))
+    }
+}
+
+/// A manifest being written for [`Library::commit_manifest`]: a temporary file in the
+/// package's manifests folder (removed by the library's next opening if a crash leaves it),
+/// written one entry at a time in canonical order. Dropped without a commit, it is removed.
+pub struct ManifestWriter {
+    w: Option<manifest::Writer<File>>,
+    tmp: PathBuf,
+    path: PathBuf,
+    package: PackageId,
+    version: u32,
+}
+
+impl ManifestWriter {
+    /// Appends one entry (in canonical order, root first).
+    pub fn push(&mut self, e: &manifest::Entry) -> Result<()> {
+        self.w.as_mut().expect("not finished").push(e)
+    }
+
+    /// Entries written so far.
+    pub fn count(&self) -> u64 {
+        self.w.as_ref().map_or(0, |w| w.count())
+    }
+
+    /// The package.
+    pub fn package(&self) -> &PackageId {
+        &self.package
+    }
+
+    /// The version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Writes the entry count and hashes the file: the manifest as it will be stored, still
+    /// under its temporary name.
+    pub fn finish(mut self) -> Result<FinishedManifest> {
+        let w = self.w.take().expect("not finished");
+        let what = self.tmp.display().to_string();
+        let (file, hash, len) = manifest::finish_file(w, &self.package, &what)?;
+        let tmp = std::mem::take(&mut self.tmp);
+        Ok(FinishedManifest {
+            stored: StoredManifest {
+                file: Arc::new(file),
+                len,
+                path: tmp,
+                package: self.package.clone(),
+                version: self.version,
+            },
+            path: std::mem::take(&mut self.path),
+            hash,
+        })
+    }
+}
+
+impl Drop for ManifestWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A manifest written in full under its temporary name ([`ManifestWriter::finish`]), ready for
+/// [`Library::commit_manifest`] or to be compared with a stored one. Dropped uncommitted, its
+/// file is removed.
+pub struct FinishedManifest {
+    stored: StoredManifest,
+    path: PathBuf,
+    hash: blake3::Hash,
+}
+
+impl FinishedManifest {
+    /// The package hash.
+    pub fn hash(&self) -> blake3::Hash {
+        self.hash
+    }
+
+    /// The manifest as written, for reading it back.
+    pub fn stored(&self) -> &StoredManifest {
+        &self.stored
+    }
+
+    /// Whether the entries equal those of `other` (only the version may differ): compares
+    /// the files byte by byte past the version field, without decoding either.
+    pub fn same_entries_as(&self, other: &StoredManifest) -> Result<bool> {
+        if other.len != self.stored.len || other.package != self.stored.package {
+            return Ok(false);
+        }
+        let vat = manifest::version_offset(&self.stored.package);
+        let mut a = std::io::BufReader::new(FileAt {
+            file: self.stored.file.clone(),
+            at: 0,
+        });
+        let mut b = std::io::BufReader::new(FileAt {
+            file: other.file.clone(),
+            at: 0,
+        });
+        let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+        let mut at = 0u64;
+        while at < self.stored.len {
+            let n = ((self.stored.len - at) as usize).min(x.len());
+            std::io::Read::read_exact(&mut a, &mut x[..n])
+                .ctx(&self.stored.path, "read manifest")?;
+            std::io::Read::read_exact(&mut b, &mut y[..n]).ctx(&other.path, "read manifest")?;
+            // Blank the version field where it falls in this block.
+            for i in 0..4u64 {
+                let p = vat + i;
+                if p >= at && p < at + n as u64 {
+                    x[(p - at) as usize] = 0;
+                    y[(p - at) as usize] = 0;
+                }
+            }
+            if x[..n] != y[..n] {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for FinishedManifest {
+    fn drop(&mut self) {
+        if !self.stored.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.stored.path);
+        }
+    }
+}
+
 /// The versions named by the manifests in `rd` (the listing of package folder `pdir`),
 /// ascending.
 /// A library's stored manifests, read as plain files ([`Library::manifest_dir`]).
@@ -1855,10 +2208,16 @@ impl ManifestDir {
         }
     }
 
-    /// Loads and validates one manifest.
+    /// Loads and validates one manifest (read through [`open_manifest`](Self::open_manifest):
+    /// it costs memory in proportion to the package; streaming readers use that instead).
     pub fn manifest(&self, package: &PackageId, version: u32) -> Result<Manifest> {
-        let bytes = self.manifest_bytes(package, version)?;
-        self.decode(package, version, &bytes)
+        self.open_manifest(package, version)?.load()
+    }
+
+    /// Opens one stored manifest for streaming: its entries are read one at a time, each
+    /// checked as it comes, as often as needed ([`StoredManifest::reader`]).
+    pub fn open_manifest(&self, package: &PackageId, version: u32) -> Result<StoredManifest> {
+        StoredManifest::open(&self.path(package, version), package, version)
     }
 
     /// The stored bytes of one manifest, not yet validated (with [`decode`](Self::decode),

@@ -17,8 +17,9 @@
 
 use crate::engine::Pending;
 use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
 use crate::library::Library;
-use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::manifest::{Entry, EntryKind, EntrySource, Manifest, past_subtree};
 use crate::progress::Progress;
 use crate::stream::for_each_chunk;
 use crate::writer::sync_dir;
@@ -28,14 +29,14 @@ use nix::fcntl::{AT_FDCWD, OFlag, openat, renameat};
 use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags, fchmodat, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::fs::{File, Permissions};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const WINDOW: usize = 64;
 const MAX_WRITES: usize = 32;
@@ -60,23 +61,25 @@ struct FileJob {
     path: Vec<u8>,
     file: Option<Arc<File>>,
     remaining: usize,
-    entry: usize,
+    size: u64,
+    mode: u32,
+    mtime: (i64, u32),
 }
 
-/// A name in `dir` for private use that no entry of `m` at the top of the tree has.
-fn staging_name(m: &Manifest) -> Result<String> {
-    let top: std::collections::HashSet<&[u8]> = m
-        .entries
-        .iter()
-        .filter_map(|e| e.path.split(|b| *b == b'/').next())
-        .collect();
-    loop {
-        let mut r = [0u8; 8];
-        getrandom::fill(&mut r)
-            .map_err(|e| Error::io("<random>", "staging name", std::io::Error::other(e)))?;
-        let name = format!(".freight-staging-{}", u64::from_le_bytes(r));
-        if !top.contains(name.as_bytes()) {
-            return Ok(name);
+impl FileJob {
+    fn new(job_no: usize, e: Entry) -> FileJob {
+        let (size, remaining) = match &e.kind {
+            EntryKind::File { size, chunks } => (*size, chunks.len()),
+            _ => (0, 0),
+        };
+        FileJob {
+            tmp: format!("{job_no:x}"),
+            path: e.path,
+            file: None,
+            remaining,
+            size,
+            mode: e.mode,
+            mtime: (e.mtime_sec, e.mtime_nsec),
         }
     }
 }
@@ -135,6 +138,18 @@ pub fn materialize(
     dest: &Path,
     progress: &Progress,
 ) -> Result<MaterializeReport> {
+    materialize_from(lib, m, dest, progress)
+}
+
+/// [`materialize`] from any [`EntrySource`], such as a stored manifest streamed from its file:
+/// the entries are read several times over (checks, folders, files, names, symlinks, folder
+/// modes), one at a time, so memory does not grow with the package.
+pub fn materialize_from(
+    lib: &Library,
+    m: &dyn EntrySource,
+    dest: &Path,
+    progress: &Progress,
+) -> Result<MaterializeReport> {
     match std::fs::read_dir(dest) {
         Ok(mut rd) => {
             if rd.next().is_some() {
@@ -146,19 +161,36 @@ pub fn materialize(
         }
         Err(e) => return Err(Error::io(dest, "open destination", e)),
     }
-    if let Some(id) = lib.missing(m).first() {
-        return Err(Error::MissingChunk {
-            id: id.to_hex(),
-            package: m.package.to_string(),
-            version: m.version,
-        });
-    }
+    // Every chunk present, the totals, and a staging name no top-level entry has.
+    let (staging_name, files, bytes) = loop {
+        let name = staging_candidate()?;
+        let (mut files, mut bytes, mut clash) = (0u64, 0u64, false);
+        for e in m.entries()? {
+            let e = e?;
+            clash |= e.path.split(|b| *b == b'/').next() == Some(name.as_bytes());
+            if let EntryKind::File { chunks, size } = &e.kind {
+                files += 1;
+                bytes += size;
+                if let Some(c) = chunks.iter().find(|c| !lib.has_chunk(&c.id)) {
+                    return Err(Error::MissingChunk {
+                        id: c.id.to_hex(),
+                        package: m.package().to_string(),
+                        version: m.version(),
+                    });
+                }
+            }
+        }
+        if !clash {
+            break (name, files, bytes);
+        }
+    };
     let root = Root {
         fd: open_dir_at(AT_FDCWD, dest)
             .map_err(|e| Error::io(dest, "open destination", std::io::Error::from(e)))?,
         path: dest,
     };
-    let res = write_tree(lib, m, &root, progress);
+    progress.start("materialize", files, bytes);
+    let res = write_tree(lib, m, &root, &staging_name, progress);
     if res.is_err() {
         // Leave no half-written package behind: the destination was empty when we started.
         if let Err(e) = empty_dir(&root.fd, dest) {
@@ -168,32 +200,29 @@ pub fn materialize(
     res
 }
 
+/// A random name for the private staging folder.
+fn staging_candidate() -> Result<String> {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r)
+        .map_err(|e| Error::io("<random>", "staging name", std::io::Error::other(e)))?;
+    Ok(format!(".freight-staging-{}", u64::from_le_bytes(r)))
+}
+
 fn write_tree(
     lib: &Library,
-    m: &Manifest,
+    m: &dyn EntrySource,
     root: &Root,
+    staging_name: &str,
     progress: &Progress,
 ) -> Result<MaterializeReport> {
     let mut report = MaterializeReport::default();
-    progress.start(
-        "materialize",
-        m.entries
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-            .count() as u64,
-        m.total_bytes(),
-    );
-    let staging_name = staging_name(m)?;
-    mkdirat(
-        &root.fd,
-        staging_name.as_str(),
-        Mode::from_bits_truncate(0o700),
-    )
-    .map_err(root.err(staging_name.as_bytes(), "create staging folder"))?;
-    let staging = open_dir_at(&root.fd, Path::new(&staging_name))
+    mkdirat(&root.fd, staging_name, Mode::from_bits_truncate(0o700))
+        .map_err(root.err(staging_name.as_bytes(), "create staging folder"))?;
+    let staging = open_dir_at(&root.fd, Path::new(staging_name))
         .map_err(root.err(staging_name.as_bytes(), "open staging folder"))?;
     // Directories first, owner-writable until the end.
-    for e in &m.entries {
+    for e in m.entries()? {
+        let e = e?;
         if e.kind == EntryKind::Dir {
             report.dirs += 1;
             if !e.path.is_empty() {
@@ -206,94 +235,139 @@ fn write_tree(
             }
         }
     }
-    // Files: one staged file each, opened when its first chunk arrives and closed when its last
-    // one is written (so open files stay bounded by the read window), chunks written at their
-    // offsets as they verify.
-    let mut jobs: Vec<Option<FileJob>> = Vec::new();
-    let mut staged: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut plan: Vec<((usize, u64), crate::id::ChunkId)> = Vec::new();
     let ctx = Ctx {
         root,
         staging: &staging,
-        staging_name: &staging_name,
-        m,
+        staging_name,
     };
-    for (i, e) in m.entries.iter().enumerate() {
-        if let EntryKind::File { chunks, size } = &e.kind {
-            let job_no = jobs.len();
-            let mut off = 0u64;
-            for c in chunks {
-                plan.push(((job_no, off), c.id));
-                off += c.len as u64;
-            }
+    // Files: one staged file each, named by its number among the files (the same on every
+    // pass), opened when its first chunk arrives and closed when its last one is written (so
+    // open files stay bounded by the read window), chunks written at their offsets as they
+    // verify. Empty files first, then the others as their chunks stream in.
+    for (job_no, e) in files_of(m)?.enumerate() {
+        let e = e?;
+        if let EntryKind::File { chunks, .. } = &e.kind
+            && chunks.is_empty()
+        {
+            let mut job = FileJob::new(job_no, e);
+            ctx.open_job(&mut job)?;
+            ctx.finish_job(job)?;
             report.files += 1;
-            report.bytes += size;
-            let mut job = FileJob {
-                tmp: format!("{job_no:x}"),
-                path: e.path.clone(),
-                file: None,
-                remaining: chunks.len(),
-                entry: i,
-            };
-            if chunks.is_empty() {
-                ctx.open_job(&mut job)?;
-                staged.push(ctx.finish_job(job)?);
-                progress.add_file();
-                jobs.push(None);
-            } else {
-                jobs.push(Some(job));
-            }
+            progress.add_file();
         }
     }
+    // The jobs whose chunks are under way, registered by the plan's thread before it names
+    // their chunks; a failure to read the manifest there ends the plan and is reported here.
+    let live: Mutex<HashMap<usize, FileJob>> = Mutex::new(HashMap::new());
+    let plan_failure: Mutex<Option<Error>> = Mutex::new(None);
+    let plan = {
+        let (live, plan_failure) = (&live, &plan_failure);
+        let mut files = files_of(m)?.enumerate();
+        let mut current: std::vec::IntoIter<((usize, u64), ChunkId)> = Vec::new().into_iter();
+        std::iter::from_fn(move || {
+            loop {
+                if let Some(item) = current.next() {
+                    return Some(item);
+                }
+                let (job_no, e) = files.next()?;
+                let e = match e {
+                    Ok(e) => e,
+                    Err(err) => {
+                        *plan_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+                        return None;
+                    }
+                };
+                let EntryKind::File { chunks, .. } = &e.kind else {
+                    continue;
+                };
+                if chunks.is_empty() {
+                    continue;
+                }
+                let mut off = 0u64;
+                let items: Vec<_> = chunks
+                    .iter()
+                    .map(|c| {
+                        let item = ((job_no, off), c.id);
+                        off += u64::from(c.len);
+                        item
+                    })
+                    .collect();
+                live.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(job_no, FileJob::new(job_no, e));
+                current = items.into_iter();
+            }
+        })
+    };
     let engine = lib.engine().clone();
     let mut writes: VecDeque<(usize, u64, Pending<()>)> = VecDeque::new();
-    let complete = |jobs: &mut Vec<Option<FileJob>>,
-                    staged: &mut Vec<(String, Vec<u8>)>,
+    let complete = |report: &mut MaterializeReport,
                     (job_no, len, p): (usize, u64, Pending<()>)|
      -> Result<()> {
-        let job = jobs[job_no].as_mut().expect("live job");
-        p.wait().ctx(ctx.tmp_path(&job.tmp), "write")?;
+        // Waited for without the lock, which the plan's thread takes to register files.
+        let written = p.wait();
+        let mut jobs = live.lock().unwrap_or_else(|p| p.into_inner());
+        let job = jobs.get_mut(&job_no).expect("live job");
+        written.ctx(ctx.tmp_path(&job.tmp), "write")?;
         progress.add_bytes(len);
         job.remaining -= 1;
         if job.remaining == 0 {
-            let job = jobs[job_no].take().expect("live job");
-            staged.push(ctx.finish_job(job)?);
+            let job = jobs.remove(&job_no).expect("live job");
+            drop(jobs);
+            report.bytes += job.size;
+            report.files += 1;
+            ctx.finish_job(job)?;
             progress.add_file();
         }
         Ok(())
     };
-    for_each_chunk(lib, plan.into_iter(), WINDOW, |(job_no, off), id, data| {
-        let job = jobs[job_no].as_mut().expect("live job");
-        let data = data.map_err(|e| match e {
-            Error::CorruptChunk { .. } => Error::RefusedFile {
-                path: root.show(&job.path),
-                id: id.to_hex(),
-            },
-            other => other,
-        })?;
-        if job.file.is_none() {
-            ctx.open_job(job)?;
-        }
-        let f = job.file.as_ref().expect("open");
+    for_each_chunk(lib, plan, WINDOW, |(job_no, off), id, data| {
+        let f = {
+            let mut jobs = live.lock().unwrap_or_else(|p| p.into_inner());
+            let job = jobs.get_mut(&job_no).expect("live job");
+            let data_ok = match &data {
+                Err(Error::CorruptChunk { .. }) => Err(Error::RefusedFile {
+                    path: root.show(&job.path),
+                    id: id.to_hex(),
+                }),
+                _ => Ok(()),
+            };
+            data_ok?;
+            if job.file.is_none() {
+                ctx.open_job(job)?;
+            }
+            job.file.clone().expect("open")
+        };
+        let data = data?;
         let len = data.len() as u64;
-        writes.push_back((job_no, len, engine.write_at(f, off, Bytes::from(data))));
+        writes.push_back((job_no, len, engine.write_at(&f, off, Bytes::from(data))));
         while writes.len() > MAX_WRITES {
             let w = writes.pop_front().expect("write");
-            complete(&mut jobs, &mut staged, w)?;
+            complete(&mut report, w)?;
         }
         Ok(())
     })?;
     while let Some(w) = writes.pop_front() {
-        complete(&mut jobs, &mut staged, w)?;
+        complete(&mut report, w)?;
+    }
+    if let Some(e) = plan_failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Err(e);
     }
     // Every file's content is durable before any of them takes its name.
     sync_fs(&root.fd, root.path)?;
-    for (tmp, path) in &staged {
-        renameat(&staging, tmp.as_str(), &root.fd, OsStr::from_bytes(path))
-            .map_err(root.err(path, "rename into place"))?;
+    for (job_no, e) in files_of(m)?.enumerate() {
+        let e = e?;
+        let tmp = format!("{job_no:x}");
+        renameat(&staging, tmp.as_str(), &root.fd, OsStr::from_bytes(&e.path))
+            .map_err(root.err(&e.path, "rename into place"))?;
     }
     // Symlinks after files, so no write can ever follow one.
-    for e in &m.entries {
+    for e in m.entries()? {
+        let e = e?;
         if let EntryKind::Symlink { target } = &e.kind {
             symlinkat(
                 OsStr::from_bytes(target),
@@ -301,33 +375,63 @@ fn write_tree(
                 OsStr::from_bytes(&e.path),
             )
             .map_err(root.err(&e.path, "create symlink"))?;
-            set_times_at(root, &root.fd, &e.path, &e.path, e)?;
+            set_times_at(root, &root.fd, &e.path, &e.path, &e)?;
             report.symlinks += 1;
         }
     }
     drop(staging);
-    unlinkat(&root.fd, staging_name.as_str(), UnlinkatFlags::RemoveDir)
+    unlinkat(&root.fd, staging_name, UnlinkatFlags::RemoveDir)
         .map_err(root.err(staging_name.as_bytes(), "remove staging folder"))?;
-    for e in m.entries.iter().rev() {
-        if e.kind == EntryKind::Dir {
-            let rel: &OsStr = if e.path.is_empty() {
-                OsStr::new(".")
-            } else {
-                OsStr::from_bytes(&e.path)
-            };
-            fchmodat(
-                &root.fd,
-                rel,
-                Mode::from_bits_truncate(e.mode),
-                FchmodatFlags::FollowSymlink,
-            )
-            .map_err(root.err(&e.path, "set mode"))?;
-            set_times_at(root, &root.fd, rel.as_bytes(), &e.path, e)?;
+    // Folders get their modes and times last, each once nothing more is written below it:
+    // a folder is done when the entries sort past its own `folder/` run, and the folders
+    // still open form a stack whose deeper ones are done first.
+    let mut open: Vec<Entry> = Vec::new();
+    let finish_dir = |e: &Entry| -> Result<()> {
+        let rel: &OsStr = if e.path.is_empty() {
+            OsStr::new(".")
+        } else {
+            OsStr::from_bytes(&e.path)
+        };
+        fchmodat(
+            &root.fd,
+            rel,
+            Mode::from_bits_truncate(e.mode),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(root.err(&e.path, "set mode"))?;
+        set_times_at(root, &root.fd, rel.as_bytes(), &e.path, e)
+    };
+    for e in m.entries()? {
+        let e = e?;
+        while let Some(top) = open.last() {
+            if top.path.is_empty() || !past_subtree(&top.path, &e.path) {
+                break;
+            }
+            finish_dir(&open.pop().expect("top"))?;
         }
+        if e.kind == EntryKind::Dir {
+            open.push(e);
+        }
+    }
+    while let Some(d) = open.pop() {
+        finish_dir(&d)?;
     }
     // The names (renames, symlinks, folders, modes) are durable before this returns.
     sync_fs(&root.fd, root.path)?;
     Ok(report)
+}
+
+/// The regular files of `m`, in order (their position is their staged name).
+fn files_of<'a>(m: &'a dyn EntrySource) -> Result<impl Iterator<Item = Result<Entry>> + Send + 'a> {
+    Ok(m.entries()?.filter(|e| {
+        !matches!(
+            e,
+            Ok(Entry {
+                kind: EntryKind::Dir | EntryKind::Symlink { .. },
+                ..
+            })
+        )
+    }))
 }
 
 /// What a file job needs of the tree being written.
@@ -335,7 +439,6 @@ struct Ctx<'a> {
     root: &'a Root<'a>,
     staging: &'a OwnedFd,
     staging_name: &'a str,
-    m: &'a Manifest,
 }
 
 impl Ctx<'_> {
@@ -359,10 +462,17 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Applies mode and mtime to a fully written staged file and closes it; returns (staged
-    /// name, final path) for the rename once everything is durable.
-    fn finish_job(&self, job: FileJob) -> Result<(String, Vec<u8>)> {
-        let e = &self.m.entries[job.entry];
+    /// Applies mode and mtime to a fully written staged file and closes it; it takes its name
+    /// once everything is durable.
+    fn finish_job(&self, job: FileJob) -> Result<()> {
+        let e = Entry {
+            path: Vec::new(),
+            mode: job.mode,
+            mtime_sec: job.mtime.0,
+            mtime_nsec: job.mtime.1,
+            kind: EntryKind::Dir,
+        };
+        let e = &e;
         let f = job.file.as_ref().expect("open file");
         let tmp = || self.tmp_path(&job.tmp);
         f.set_permissions(Permissions::from_mode(e.mode))
@@ -388,7 +498,7 @@ impl Ctx<'_> {
                 )?
             }
         }
-        Ok((job.tmp, job.path))
+        Ok(())
     }
 }
 

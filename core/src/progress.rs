@@ -37,6 +37,12 @@ impl Progress {
         self.done_bytes.store(0, Ordering::Relaxed);
     }
 
+    /// Grows the totals, for a phase that finds its work as it goes (a streaming walk).
+    pub fn add_total(&self, files: u64, bytes: u64) {
+        self.total_files.fetch_add(files, Ordering::Relaxed);
+        self.total_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// The current phase's name.
     pub fn phase(&self) -> &'static str {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner())

@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackageId};
 use crate::library::Library;
-use crate::manifest::{EntryKind, Manifest};
+use crate::manifest::{EntryKind, EntrySource, Manifest};
 use crate::pack::Loc;
 use crate::progress::Progress;
 use crate::spill::{SORT_MEMORY, Sorter};
@@ -69,11 +69,23 @@ pub fn verify_manifests(
     manifests: &[Manifest],
     progress: &Progress,
 ) -> Result<VerifyReport> {
+    let sources: Vec<&dyn EntrySource> = manifests.iter().map(|m| m as &dyn EntrySource).collect();
+    verify_sources(lib, &sources, progress)
+}
+
+/// [`verify_manifests`] over entry sources (stored manifests streamed from their files, one
+/// entry at a time): read once to list their chunks and again, only when a chunk is bad, to
+/// name the files that use it.
+pub fn verify_sources(
+    lib: &Library,
+    sources: &[&dyn EntrySource],
+    progress: &Progress,
+) -> Result<VerifyReport> {
     let spill = lib.spill_dir();
     let mut ids = Sorter::<32>::new(&spill, SORT_MEMORY);
-    for m in manifests {
-        for e in &m.entries {
-            if let EntryKind::File { chunks, .. } = &e.kind {
+    for m in sources {
+        for e in m.entries()? {
+            if let EntryKind::File { chunks, .. } = &e?.kind {
                 for c in chunks {
                     ids.push(c.id.0)?;
                 }
@@ -122,7 +134,7 @@ pub fn verify_manifests(
     }
     let order = order.finish()?;
     let mut report = VerifyReport {
-        versions: manifests.len() as u64,
+        versions: sources.len() as u64,
         ..Default::default()
     };
     progress.start("verify", order.len(), bytes);
@@ -155,12 +167,14 @@ pub fn verify_manifests(
     if !bad.is_empty() {
         let mut names: HashMap<ChunkId, Vec<String>> =
             bad.iter().map(|(id, _)| (*id, Vec::new())).collect();
-        for m in manifests {
-            for e in &m.entries {
+        for m in sources {
+            for e in m.entries()? {
+                let e = e?;
                 if let EntryKind::File { chunks, .. } = &e.kind {
                     for c in chunks {
                         if let Some(u) = names.get_mut(&c.id) {
-                            let name = format!("{} v{} {}", m.package, m.version, e.display_path());
+                            let name =
+                                format!("{} v{} {}", m.package(), m.version(), e.display_path());
                             if u.len() < NAMES_PER_CHUNK && u.last() != Some(&name) {
                                 u.push(name);
                             }

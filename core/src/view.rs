@@ -20,11 +20,11 @@
 use crate::IoMode;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, PackageId};
-use crate::library::{Damaged, Library, ManifestDir};
-use crate::manifest::Manifest;
+use crate::library::{Damaged, Library, ManifestDir, StoredManifest};
+use crate::manifest::{EntryKind, EntrySource, Manifest};
 use crate::progress::Progress;
 use crate::stream::for_each_chunk;
-use crate::verify::{VerifyReport, verify_manifests};
+use crate::verify::{VerifyReport, verify_sources};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -43,34 +43,31 @@ fn key_of(m: &std::fs::Metadata) -> FileKey {
 
 /// A manifest read beside a writer, with the file it was read from.
 struct Held {
-    manifest: Manifest,
+    manifest: StoredManifest,
     key: FileKey,
 }
 
 impl Held {
-    /// Reads `version` of `package` (`None` when it is not stored).
+    /// Opens the stored manifest (held open, read as a stream) and records its file's
+    /// identity; `None` when it is not there.
     fn read(md: &ManifestDir, package: &PackageId, version: u32) -> Result<Option<Held>> {
-        let path = md.path(package, version);
-        let f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(&path, "open manifest", e)),
+        let stored = match md.open_manifest(package, version) {
+            Ok(m) => m,
+            Err(Error::NoSuchVersion { .. }) => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let meta = f
+        let meta = stored
+            .file()
             .metadata()
-            .map_err(|e| Error::io(&path, "stat manifest", e))?;
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        std::io::Read::read_to_end(&mut &f, &mut bytes)
-            .map_err(|e| Error::io(&path, "read manifest", e))?;
+            .map_err(|e| Error::io(stored.path(), "stat manifest", e))?;
         Ok(Some(Held {
-            manifest: md.decode(package, version, &bytes)?,
+            manifest: stored,
             key: key_of(&meta),
         }))
     }
 
-    /// Whether the manifest's file is still the one it was read from.
     fn still_there(&self, md: &ManifestDir) -> bool {
-        let path = md.path(&self.manifest.package, self.manifest.version);
+        let path = md.path(self.manifest.package(), self.manifest.version());
         std::fs::symlink_metadata(path).is_ok_and(|m| key_of(&m) == self.key)
     }
 }
@@ -84,6 +81,20 @@ pub fn open_version(
     version: Option<u32>,
     io: Option<IoMode>,
 ) -> Result<(Library, Manifest)> {
+    let (lib, stored) = open_stored_version(dir, package, version, io)?;
+    let m = stored.load()?;
+    Ok((lib, m))
+}
+
+/// [`open_version`] without loading the manifest: the stored manifest, held open (so it
+/// reads as it was when the view was taken, even if the version is removed meanwhile), to be
+/// streamed ([`crate::materialize::materialize_from`]).
+pub fn open_stored_version(
+    dir: &Path,
+    package: &PackageId,
+    version: Option<u32>,
+    io: Option<IoMode>,
+) -> Result<(Library, StoredManifest)> {
     let md = ManifestDir::open(dir)?;
     let version = match version {
         Some(v) => v,
@@ -164,8 +175,11 @@ pub fn verify(
         }
         there
     });
-    let manifests: Vec<Manifest> = held.iter().map(|h| h.manifest.clone()).collect();
-    let mut report = verify_manifests(&lib, &manifests, progress)?;
+    let sources: Vec<&dyn EntrySource> = held
+        .iter()
+        .map(|h| &h.manifest as &dyn EntrySource)
+        .collect();
+    let mut report = verify_sources(&lib, &sources, progress)?;
     if report.bad.is_empty() {
         report.skipped = skipped;
         return Ok(Verified {
@@ -177,23 +191,23 @@ pub fn verify(
     // there once it is open.
     drop(lib);
     let lib = Library::open_read_only(dir, io)?;
-    // Only the failed chunks matter: which of them a version still there needs.
-    let failed: HashSet<ChunkId> = report.bad.iter().map(|b| b.id).collect();
-    let mut needed: HashSet<ChunkId> = HashSet::new();
     held.retain(|h| {
         let there = h.still_there(&md);
-        if there {
-            needed.extend(
-                h.manifest
-                    .chunks()
-                    .into_keys()
-                    .filter(|id| failed.contains(id)),
-            );
-        } else {
+        if !there {
             skipped.push(name(&h.manifest));
         }
         there
     });
+    // The suspects some version still there needs (streamed: only those are kept).
+    let bad: HashSet<ChunkId> = report.bad.iter().map(|b| b.id).collect();
+    let mut needed: HashSet<ChunkId> = HashSet::new();
+    for h in &held {
+        for e in h.manifest.reader()? {
+            if let EntryKind::File { chunks, .. } = &e?.kind {
+                needed.extend(chunks.iter().map(|c| c.id).filter(|id| bad.contains(id)));
+            }
+        }
+    }
     report.versions = held.len() as u64;
     let suspects: Vec<ChunkId> = report
         .bad
@@ -229,6 +243,6 @@ pub fn verify(
     })
 }
 
-fn name(m: &Manifest) -> String {
-    format!("{} v{}", m.package, m.version)
+fn name(m: &StoredManifest) -> String {
+    format!("{} v{}", m.package(), m.version())
 }

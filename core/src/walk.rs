@@ -1,9 +1,10 @@
 //! Walking a source folder into the list of entries a manifest will hold, and opening its files
 //! again for the snapshot to read, without ever following what the walk did not see.
 //!
-//! Everything that can make an ingest fail on the source's shape is found here, before a single
-//! byte is written to the library: special files, symlinks leaving the tree, names a manifest
-//! cannot carry, unreadable directories.
+//! Everything that can make an ingest fail on the source's shape is found here: special files,
+//! symlinks leaving the tree, names a manifest cannot carry, unreadable directories. The walk
+//! streams ([`Walk`]), so these are found when it reaches them, while the snapshot runs; the
+//! snapshot then fails and rolls back what it wrote, leaving the library as it was.
 //!
 //! # A source that changes under the snapshot
 //! Whoever can write in the source folder can swap a file or folder for a symlink to something
@@ -22,12 +23,14 @@ use crate::manifest::{check_path, check_symlink_target, parent_of};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, FcntlArg, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a source entry is.
@@ -91,6 +94,30 @@ pub struct SourceEntry {
     pub ctime: (i64, u32),
     /// The object the walk saw under this name; opening it later must lead to the same one.
     pub id: FileId,
+    /// The folder holding it, with the folders above it (none for the root): what opening it
+    /// again must find on the way.
+    parent: Option<Arc<DirNode>>,
+}
+
+/// A folder the walk listed, and the one holding it: the chain of folder identities a file
+/// below them is opened through, shared by every entry listed there.
+#[derive(Debug)]
+struct DirNode {
+    rel: Vec<u8>,
+    id: FileId,
+    parent: Option<Arc<DirNode>>,
+}
+
+/// The walked identity of the folder `rel` among `node` and the folders above it.
+fn id_in_chain(node: Option<&Arc<DirNode>>, rel: &[u8]) -> Option<FileId> {
+    let mut n = node;
+    while let Some(d) = n {
+        if d.rel == rel {
+            return Some(d.id);
+        }
+        n = d.parent.as_ref();
+    }
+    None
 }
 
 /// A walked source folder: its entries, and the descriptor of its root through which every
@@ -120,18 +147,12 @@ impl SourceTree {
 
     /// An opener of this tree's files (one per thread: it keeps the folders it went through
     /// open, so that files of one folder cost one `openat` each).
-    pub fn opener(&self) -> Result<Opener<'_>> {
-        let root = self
-            .fd
-            .try_clone()
-            .map_err(|e| Error::io(&self.root, "duplicate descriptor", e))?;
-        Ok(Opener {
-            tree: self,
-            chain: Chain::new(root, self.root.clone()),
-        })
+    pub fn opener(&self) -> Result<Opener> {
+        Opener::new(&self.fd, &self.root)
     }
 
     /// The walked identity of the folder at `rel`, if the walk saw a folder there.
+    #[cfg(test)]
     fn dir_id(&self, rel: &[u8]) -> Option<FileId> {
         let i = self
             .entries
@@ -142,23 +163,34 @@ impl SourceTree {
     }
 }
 
-/// Opens the regular files of a [`SourceTree`] for reading, each relative to its parent
-/// folder's descriptor, and checks each is the file the walk saw.
-pub struct Opener<'t> {
-    tree: &'t SourceTree,
+/// Opens the regular files of a walked tree ([`SourceTree`] or [`Walk`]) for reading, each
+/// relative to its parent folder's descriptor, and checks each is the file the walk saw.
+pub struct Opener {
+    root: PathBuf,
     chain: Chain,
 }
 
-impl Opener<'_> {
+impl Opener {
+    fn new(fd: &OwnedFd, root: &Path) -> Result<Opener> {
+        let fd = fd
+            .try_clone()
+            .map_err(|e| Error::io(root, "duplicate descriptor", e))?;
+        Ok(Opener {
+            root: root.to_path_buf(),
+            chain: Chain::new(fd, root.to_path_buf()),
+        })
+    }
+
     /// Opens the regular file `e` and returns it with its metadata (`fstat` of the descriptor).
     /// Fails with [`Error::SourceChanged`] when the name no longer leads to the walked file, or
     /// when a folder on the way no longer is the walked folder.
     pub fn open_file(&mut self, e: &SourceEntry) -> Result<(File, Metadata)> {
-        let tree = self.tree;
         let parent = parent_of(&e.rel);
         let name = &e.rel[parent.len() + usize::from(!parent.is_empty())..];
-        let path = || tree.path_of(&e.rel);
-        let dir = self.chain.goto(parent, &|p| tree.dir_id(p))?;
+        let root = self.root.clone();
+        let path = || path_of(&root, &e.rel);
+        let chain = e.parent.as_ref();
+        let dir = self.chain.goto(parent, &|p| id_in_chain(chain, p))?;
         // O_NONBLOCK: a FIFO swapped in under this name must not block the open; it is
         // refused just below.
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
@@ -186,65 +218,185 @@ impl Opener<'_> {
     }
 }
 
-/// Walks `root` and returns its entries in manifest order (sorted by path bytes, root first).
+/// Walks `root` and returns its entries in manifest order (sorted by path bytes, root first):
+/// [`Walk`] collected, for callers that want the whole tree in memory.
 ///
 /// `root` itself is resolved once, as the caller named it (a symlink there is followed);
 /// nothing below it is resolved by path, and no symlink below it is followed.
 pub fn walk(root: &Path) -> Result<SourceTree> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let fd = match nix::fcntl::open(root, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Err(Error::SourceMissing(root.to_path_buf())),
-        Err(Errno::ENOTDIR) => {
-            return Err(Error::BadName {
-                path: root.to_path_buf(),
-                reason: "the source of a package must be a folder",
-            });
+    let mut w = Walk::new(root)?;
+    let mut entries = Vec::new();
+    while let Some(e) = w.next_entry()? {
+        entries.push(e);
+    }
+    Ok(SourceTree {
+        root: root.to_path_buf(),
+        fd: w.fd,
+        entries,
+    })
+}
+
+/// One item of a folder's listing, in the order the walk gives them: an entry at its path,
+/// a subfolder's contents at its path followed by `/`. Sorting a folder's items by those
+/// keys interleaves a subfolder's contents with its siblings exactly as sorting full paths
+/// does (`a/b`, `a/b.txt`, `a/b/c`), so the walk yields manifest order one folder at a time.
+enum Item {
+    Entry(SourceEntry),
+    Subtree(Arc<DirNode>),
+}
+
+impl Item {
+    fn key(&self) -> Vec<u8> {
+        match self {
+            Item::Entry(e) => e.rel.clone(),
+            Item::Subtree(d) => {
+                let mut k = d.rel.clone();
+                k.push(b'/');
+                k
+            }
         }
-        Err(err) => {
-            return Err(Error::Unreadable {
-                path: root.to_path_buf(),
-                source: err.into(),
-            });
-        }
-    };
-    let unreadable = |path: PathBuf| {
-        move |err: Errno| Error::Unreadable {
-            path,
+    }
+}
+
+/// A streaming walk of a source folder: yields its entries in manifest order (sorted by path
+/// bytes, root first) while holding only the listings of the folders on the current path
+/// (memory in proportion to depth times the widest folder, not to the tree). Refuses what
+/// [`walk`] refuses, when it reaches it.
+pub struct Walk {
+    root: PathBuf,
+    fd: OwnedFd,
+    chain: Chain,
+    /// The listings being gone through, the deepest last.
+    frames: Vec<VecDeque<Item>>,
+    /// The root's entry and folder, before the first call.
+    first: Option<(SourceEntry, Arc<DirNode>)>,
+    failed: bool,
+}
+
+impl Walk {
+    /// Opens `root` (resolved once, as the caller named it) for a walk.
+    pub fn new(root: &Path) -> Result<Walk> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::open(root, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Err(Error::SourceMissing(root.to_path_buf())),
+            Err(Errno::ENOTDIR) => {
+                return Err(Error::BadName {
+                    path: root.to_path_buf(),
+                    reason: "the source of a package must be a folder",
+                });
+            }
+            Err(err) => {
+                return Err(Error::Unreadable {
+                    path: root.to_path_buf(),
+                    source: err.into(),
+                });
+            }
+        };
+        let st = nix::sys::stat::fstat(&fd).map_err(|err| Error::Unreadable {
+            path: root.to_path_buf(),
             source: err.into(),
+        })?;
+        let node = Arc::new(DirNode {
+            rel: Vec::new(),
+            id: FileId::of_stat(&st),
+            parent: None,
+        });
+        let chain_root = fd
+            .try_clone()
+            .map_err(|e| Error::io(root, "duplicate descriptor", e))?;
+        Ok(Walk {
+            root: root.to_path_buf(),
+            chain: Chain::new(chain_root, root.to_path_buf()),
+            fd,
+            frames: Vec::new(),
+            first: Some((entry(Vec::new(), SourceKind::Dir, &st, None), node)),
+            failed: false,
+        })
+    }
+
+    /// The source folder as the caller named it.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The on-disk path of an entry, for messages only: nothing is opened by it.
+    pub fn path_of(&self, rel: &[u8]) -> PathBuf {
+        path_of(&self.root, rel)
+    }
+
+    /// An opener of the walked files (see [`SourceTree::opener`]).
+    pub fn opener(&self) -> Result<Opener> {
+        Opener::new(&self.fd, &self.root)
+    }
+
+    /// The next entry in manifest order, `None` after the last.
+    pub fn next_entry(&mut self) -> Result<Option<SourceEntry>> {
+        if self.failed {
+            return Ok(None);
         }
-    };
-    let st = nix::sys::stat::fstat(&fd).map_err(unreadable(root.to_path_buf()))?;
-    let root_id = FileId::of_stat(&st);
-    let mut out = vec![entry(Vec::new(), SourceKind::Dir, &st)];
-    let chain_root = fd
-        .try_clone()
-        .map_err(|e| Error::io(root, "duplicate descriptor", e))?;
-    let mut chain = Chain::new(chain_root, root.to_path_buf());
-    // Folders still to list. Taken last-in first-out, so every folder's ancestors are still in
-    // the chain when it is listed: only the folder itself is opened.
-    let mut pending = vec![(Vec::<u8>::new(), root_id)];
-    while let Some((rel_dir, id)) = pending.pop() {
-        let dir = chain.goto(&rel_dir, &|p| (p == rel_dir.as_slice()).then_some(id))?;
-        let dir_path = || path_of(root, &rel_dir);
+        let res = self.advance();
+        if res.is_err() {
+            self.failed = true;
+        }
+        res
+    }
+
+    fn advance(&mut self) -> Result<Option<SourceEntry>> {
+        if let Some((e, node)) = self.first.take() {
+            let items = self.list(&node)?;
+            self.frames.push(items);
+            return Ok(Some(e));
+        }
+        loop {
+            let Some(top) = self.frames.last_mut() else {
+                return Ok(None);
+            };
+            match top.pop_front() {
+                None => {
+                    self.frames.pop();
+                }
+                Some(Item::Entry(e)) => return Ok(Some(e)),
+                Some(Item::Subtree(node)) => {
+                    let items = self.list(&node)?;
+                    self.frames.push(items);
+                }
+            }
+        }
+    }
+
+    /// Lists the folder `node` (opened through the chain, checked to be the folder walked),
+    /// stats each name, and returns its items sorted.
+    fn list(&mut self, node: &Arc<DirNode>) -> Result<VecDeque<Item>> {
+        let root = self.root.clone();
+        let unreadable = |path: PathBuf| {
+            move |err: Errno| Error::Unreadable {
+                path,
+                source: err.into(),
+            }
+        };
+        let rel_dir = node.rel.as_slice();
+        let dir = self.chain.goto(rel_dir, &|p| id_in_chain(Some(node), p))?;
+        let dir_path = || path_of(&root, rel_dir);
         // The listing reads a duplicate of the descriptor that was opened and checked: the
         // folder is never looked up again by name.
         let listing = dir
             .try_clone_to_owned()
             .map_err(|e| Error::io(dir_path(), "duplicate descriptor", e))?;
         let listing = nix::dir::Dir::from_fd(listing).map_err(unreadable(dir_path()))?;
+        let mut items = Vec::new();
         for item in listing {
             let item = item.map_err(unreadable(dir_path()))?;
             let name = item.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
             }
-            let mut rel = rel_dir.clone();
+            let mut rel = rel_dir.to_vec();
             if !rel.is_empty() {
                 rel.push(b'/');
             }
             rel.extend_from_slice(name);
-            let path = || path_of(root, &rel);
+            let path = || path_of(&root, &rel);
             check_path(&rel).map_err(|reason| Error::BadName {
                 path: path(),
                 reason,
@@ -256,7 +408,11 @@ pub fn walk(root: &Path) -> Result<SourceTree> {
             };
             let kind = match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
                 SFlag::S_IFDIR => {
-                    pending.push((rel.clone(), FileId::of_stat(&st)));
+                    items.push(Item::Subtree(Arc::new(DirNode {
+                        rel: rel.clone(),
+                        id: FileId::of_stat(&st),
+                        parent: Some(node.clone()),
+                    })));
                     SourceKind::Dir
                 }
                 SFlag::S_IFREG => SourceKind::File {
@@ -285,19 +441,30 @@ pub fn walk(root: &Path) -> Result<SourceTree> {
                     });
                 }
             };
-            out.push(entry(rel, kind, &st));
+            items.push(Item::Entry(entry(rel, kind, &st, Some(node.clone()))));
         }
+        items.sort_by_cached_key(Item::key);
+        Ok(items.into())
     }
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(SourceTree {
-        root: root.to_path_buf(),
-        fd,
-        entries: out,
-    })
 }
 
-fn entry(rel: Vec<u8>, kind: SourceKind, st: &FileStat) -> SourceEntry {
+impl Iterator for Walk {
+    type Item = Result<SourceEntry>;
+
+    /// The entries as an iterator; after an error it ends.
+    fn next(&mut self) -> Option<Result<SourceEntry>> {
+        self.next_entry().transpose()
+    }
+}
+
+fn entry(
+    rel: Vec<u8>,
+    kind: SourceKind,
+    st: &FileStat,
+    parent: Option<Arc<DirNode>>,
+) -> SourceEntry {
     SourceEntry {
+        parent,
         rel,
         kind,
         mode: st.st_mode & 0o7777,
@@ -566,6 +733,28 @@ mod tests {
             open_beneath(dir.as_fd(), b"..", flags).unwrap_err(),
             Errno::EINVAL
         );
+    }
+
+    /// The streaming walk yields byte order of full paths, where a folder's contents come
+    /// after siblings that extend its name with a byte below `/` (`a/b`, `a/b.txt`, `a/b/c`).
+    #[test]
+    fn the_walk_yields_full_path_byte_order() {
+        let t = tempfile::tempdir().unwrap();
+        for d in ["a/b/c", "a/b.d/e", "a/b-", "z"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in ["a/b.txt", "a/b/c/y", "a/b.d/x", "a/b0", "a/b/!", "z/.z"] {
+            std::fs::write(t.path().join(f), f).unwrap();
+        }
+        let walked: Vec<Vec<u8>> = Walk::new(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().rel)
+            .collect();
+        let mut sorted = walked.clone();
+        sorted.sort();
+        assert_eq!(walked, sorted);
+        assert_eq!(walked.len(), 14);
+        assert_eq!(walked[0], b"");
     }
 
     /// A folder chain deeper than the descriptors it keeps open still reaches every level, and

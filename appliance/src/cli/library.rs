@@ -212,11 +212,12 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
             dest,
         } => {
             let p = pkg(&package)?;
-            let (lib, m) = freight_core::view::open_version(&dir, &p, version, io)?;
-            let v = m.version;
+            // Streamed from the stored file: memory does not grow with the package.
+            let (lib, m) = freight_core::view::open_stored_version(&dir, &p, version, io)?;
+            let v = m.version();
             let r = {
                 let _bar = Bar::start(progress.clone(), quiet);
-                freight_core::materialize::materialize(&lib, &m, &dest, &progress)?
+                freight_core::materialize::materialize_from(&lib, &m, &dest, &progress)?
             };
             println!(
                 "{p} v{v} -> {}: {} files, {} dirs, {} symlinks, {}",
@@ -379,7 +380,11 @@ pub fn run(a: LibraryArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErr
         } => {
             let md = freight_core::ManifestDir::open(&dir)?;
             let p = pkg(&package)?;
-            let d = md.manifest(&p, from)?.diff(&md.manifest(&p, to)?);
+            // A merge join of the two stored manifests, streamed one entry at a time.
+            let d = freight_core::manifest::diff_entries(
+                md.open_manifest(&p, from)?.reader()?,
+                md.open_manifest(&p, to)?.reader()?,
+            )?;
             if json {
                 let v = serde_json::json!({
                     "added": d.added, "removed": d.removed, "changed": d.changed,
