@@ -122,7 +122,11 @@ fn corrupt_largest_pack(lib: &Path) {
     packs.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
     let p = packs.last().expect("a pack file");
     let len = std::fs::metadata(p).unwrap().len();
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
     let at = len / 3;
     let mut buf = [0u8; 64];
     f.seek(SeekFrom::Start(at)).unwrap();
@@ -241,7 +245,11 @@ fn heavy_a_redistribute_killed_at_five_moments_serves_only_whole_copies_and_ends
         dp.start();
         site.settle(SETTLE);
         let st = site.status(&id);
-        assert_eq!(st, [("dp1".into(), "Installed".into(), Some(1))], "{moment}");
+        assert_eq!(
+            st,
+            [("dp1".into(), "Installed".into(), Some(1))],
+            "{moment}"
+        );
         assert_serves(&dp, &id, "1", &src);
         let ids = site.message_ids(&id, Some("dp1"));
         let retried = ids.iter().filter(|i| **i == 8201).count();
@@ -281,7 +289,11 @@ fn an_update_serves_the_older_version_until_the_newer_is_installed_even_through_
     std::fs::create_dir_all(&src).unwrap();
     let body = |v: u32| format!("version {v} of the file the client polls\n").repeat(2000);
     std::fs::write(src.join("polled.txt"), body(1)).unwrap();
-    std::fs::write(src.join("data.bin"), freight_test_support::noise("d1", 2 << 20)).unwrap();
+    std::fs::write(
+        src.join("data.bin"),
+        freight_test_support::noise("d1", 2 << 20),
+    )
+    .unwrap();
     let id = site.create("p", &src);
     site.act(&id, "distribute", json!({"dps": ["dp1"]}));
     site.settle(SETTLE);
@@ -348,8 +360,7 @@ fn an_update_serves_the_older_version_until_the_newer_is_installed_even_through_
 /// copy of the file: a redistribute of the first package repairs the chunk for both, rewrites
 /// the second package's share copy, and the good files of both are served throughout.
 #[test]
-fn a_redistribute_repairs_a_chunk_another_package_shares_for_both_and_keeps_serving_good_files()
-{
+fn a_redistribute_repairs_a_chunk_another_package_shares_for_both_and_keeps_serving_good_files() {
     let net = Net::new();
     let (site, dp) = site_and_dp_with_share(&net);
     let shared = freight_test_support::noise("shared", 3 << 20);

@@ -78,7 +78,7 @@ pub const LIBRARY_WAIT: Duration = Duration::from_millis(750);
 const LISTING_PIECE: usize = 64 * 1024;
 
 /// What the handlers share: the library (for chunks), its manifests as plain files (read
-/// without waiting for the library: a maintenance job such as a redistribute's Forget holds
+/// without waiting for the library: a maintenance job such as a redistribute's repair holds
 /// it for seconds), the decoded manifests and the listing slots.
 #[derive(Clone)]
 struct Content {
@@ -1177,11 +1177,13 @@ async fn file(
         }
         common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
-        let modified =
-            date.and(SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(info.mtime_sec as u64)));
+        let modified = date
+            .and(SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(info.mtime_sec as u64)));
         match preconditions(&method, &headers, &tag, modified) {
             Precondition::Proceed => {}
-            Precondition::NotModified => return Ok((StatusCode::NOT_MODIFIED, common).into_response()),
+            Precondition::NotModified => {
+                return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+            }
             Precondition::Failed => {
                 let f = Fail(
                     StatusCode::PRECONDITION_FAILED,
@@ -1247,7 +1249,7 @@ async fn file(
         // The first chunk is read before answering, so a damaged one still gets a proper 500.
         let read = spawn_read(&lib, first);
         // Chunks are read under the library's lock, which a maintenance job (a redistribute's
-        // Forget, an install) holds for seconds: answer 503 then rather than keep the client.
+        // repair, an install) holds for seconds: answer 503 then rather than keep the client.
         let read = match tokio::time::timeout(LIBRARY_WAIT, read).await {
             Ok(r) => r.unwrap_or_else(|e| Err(format!("chunk reader failed: {e}"))),
             Err(_) => return Err(busy("work on its library")),
@@ -1257,7 +1259,8 @@ async fn file(
             Err(msg) => {
                 // A version removed since its manifest was looked up is gone, not damaged.
                 let (dir, p, v) = (c.dir.clone(), info.package.clone(), info.version);
-                let still = blocking(move || locate_manifest(&dir, &p, VersionSel::Number(v))).await;
+                let still =
+                    blocking(move || locate_manifest(&dir, &p, VersionSel::Number(v))).await;
                 match still {
                     Ok((_, id)) if id == file_id => {}
                     // `latest` moved on (an update installed a newer version and dropped this
@@ -1285,7 +1288,10 @@ async fn file(
         let body = Body::from_stream(futures_util::stream::unfold(stream, ChunkStream::step));
         return Ok((status, common, body).into_response());
     }
-    Err(internal(format!("{} could not be served; retry", show(&path))))
+    Err(internal(format!(
+        "{} could not be served; retry",
+        show(&path)
+    )))
 }
 
 type ReadResult = Result<Bytes, String>;

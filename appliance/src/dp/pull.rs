@@ -9,8 +9,8 @@
 use super::command::{DpReply, DpRequest, PullState, Source, decode_reply, encode};
 use super::error::DpError;
 use crate::content::{self, FailureKind};
-use freight_transport::ProtocolError;
 use freight_core::{PackageId, SiteCode};
+use freight_transport::ProtocolError;
 use freight_transport::authz::Request;
 use freight_transport::command;
 use freight_transport::quic::Node;
@@ -122,7 +122,9 @@ impl Pulls {
         {
             let states = self.states();
             if let Some(
-                PullState::Running { .. } | PullState::Installed { .. } | PullState::NewerHeld { .. },
+                PullState::Running { .. }
+                | PullState::Installed { .. }
+                | PullState::NewerHeld { .. },
             ) = states.get(&key).map(|t| &t.state)
             {
                 return DpReply::Accepted;
@@ -293,5 +295,45 @@ fn running(source: &str) -> PullState {
         source: source.to_string(),
         total: 0,
         done: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_dps_own_permanent_failures_end_a_fetch_at_once() {
+        // A manifest this DP refuses is refused from every source.
+        for code in [
+            ProtocolError::BadManifest,
+            ProtocolError::ManifestTooLarge,
+            ProtocolError::Malformed,
+        ] {
+            assert!(hostile(code), "{code:?}");
+        }
+        // A source that gave up or a chunk that went bad on the way: another source may work.
+        for code in [ProtocolError::Aborted, ProtocolError::BadChunk] {
+            assert!(!hostile(code), "{code:?}");
+        }
+        let refused = DpError::Hostile {
+            from: "DP1".into(),
+            reason: "bad manifest".into(),
+        };
+        assert!(own_failure(&refused) && refused.kind() == FailureKind::Permanent);
+        // The share's name refused by this DP's file system: permanent, and this DP's own.
+        let share = DpError::Content(content::ContentError::Share {
+            path: "/share".into(),
+            reason: std::io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+        });
+        assert!(own_failure(&share) && share.kind() == FailureKind::Permanent);
+        // A full disk here is this DP's own but transient: the retry policy applies.
+        let full = DpError::Content(content::ContentError::Share {
+            path: "/share".into(),
+            reason: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        assert_eq!(full.kind(), FailureKind::Transient);
+        // A source's own refusal is not this DP's: the next source is tried.
+        assert!(!own_failure(&DpError::Source("DP1: not held".into())));
     }
 }
