@@ -8,7 +8,7 @@
 //!
 //! [`SharedLibrary::exclusive`]: freight_transport::store::SharedLibrary::exclusive
 
-use freight_core::gc::{GcReport, gc_dropping, gc_partial};
+use freight_core::gc::{GcReport, drop_chunks, gc_dropping, gc_partial};
 use freight_core::{ChunkId, Library, Manifest, PackageId, Progress};
 use freight_transport::store::SharedLibrary;
 use std::collections::HashSet;
@@ -196,7 +196,9 @@ pub fn drop_bad_chunks(
     let dir = path.parent().expect("record folder");
     std::fs::create_dir_all(dir).map_err(|e| freight_core::Error::io(dir, "create folder", e))?;
     freight_core::library::write_atomic(&path, (text.join("\n") + "\n").as_bytes())?;
-    Ok(gc_dropping(lib, bad, &Progress::default())?.bytes_freed)
+    // Only the packs holding them are rewritten: the library is held no longer than the
+    // damage needs, while HTTP readers wait.
+    Ok(drop_chunks(lib, bad, &Progress::default())?.bytes_freed)
 }
 
 /// After an install of `p`: the other installed packages whose files use a chunk a
