@@ -8,7 +8,7 @@
 //!
 //! [`SharedLibrary::exclusive`]: freight_transport::store::SharedLibrary::exclusive
 
-use freight_core::gc::{GcReport, gc_dropping, gc_partial};
+use freight_core::gc::{GcReport, drop_chunks, gc_dropping, gc_partial};
 use freight_core::{ChunkId, Library, Manifest, PackageId, Progress};
 use freight_transport::store::SharedLibrary;
 use std::collections::HashSet;
@@ -137,7 +137,121 @@ pub fn drop_package(
         }
     }
     remove_share(share, p);
+    clear_repaired(lib.dir(), p);
     Ok(gc_dropping(lib, bad, &Progress::default())?)
+}
+
+/// Where a library records, per package, the chunks a redistribute dropped because they
+/// failed verification (`LIB/repaired/<PKG>`, hex IDs one a line), until the install that
+/// follows has checked the shares of the other packages that use them.
+const REPAIRED: &str = "repaired";
+
+fn repaired_record(lib_dir: &Path, p: &PackageId) -> PathBuf {
+    lib_dir.join(REPAIRED).join(p.as_str())
+}
+
+/// The chunks recorded by [`drop_bad_chunks`] for `p` (none when there is no record; an
+/// unreadable line is skipped: the record only widens a check).
+fn repaired_chunks(lib_dir: &Path, p: &PackageId) -> HashSet<ChunkId> {
+    std::fs::read_to_string(repaired_record(lib_dir, p))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| blake3::Hash::from_hex(l.trim()).ok())
+        .map(|h| ChunkId(*h.as_bytes()))
+        .collect()
+}
+
+fn clear_repaired(lib_dir: &Path, p: &PackageId) {
+    match std::fs::remove_file(repaired_record(lib_dir, p)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(package = %p, error = %e, "could not remove the record of repaired chunks; the next install checks the shares again")
+        }
+    }
+}
+
+/// Before a redistribute: drops the chunks in `bad` (those of `p` that failed verification)
+/// from the library, even where other packages name them, so that the push that follows
+/// sends them again and every package using them is repaired. The versions, the install
+/// record and the share stay: every file whose chunks are good keeps being served, and a file
+/// with a dropped chunk answers an error (as its corrupt chunk did), never wrong bytes.
+///
+/// The chunks are recorded first (durably, added to what an interrupted redistribute
+/// recorded), so the install that follows checks the shares of the other packages that use
+/// them, whatever crash comes in between. Nothing is dropped when `bad` is empty.
+pub fn drop_bad_chunks(
+    lib: &mut Library,
+    p: &PackageId,
+    bad: &HashSet<ChunkId>,
+) -> Result<u64, ContentError> {
+    if bad.is_empty() {
+        return Ok(0);
+    }
+    let mut all = repaired_chunks(lib.dir(), p);
+    all.extend(bad.iter().copied());
+    let mut text: Vec<String> = all.iter().map(|c| c.to_hex()).collect();
+    text.sort();
+    let path = repaired_record(lib.dir(), p);
+    let dir = path.parent().expect("record folder");
+    std::fs::create_dir_all(dir).map_err(|e| freight_core::Error::io(dir, "create folder", e))?;
+    freight_core::library::write_atomic(&path, (text.join("\n") + "\n").as_bytes())?;
+    // Only the packs holding them are rewritten: the library is held no longer than the
+    // damage needs, while HTTP readers wait.
+    Ok(drop_chunks(lib, bad, &Progress::default())?.bytes_freed)
+}
+
+/// After an install of `p`: the other installed packages whose files use a chunk a
+/// redistribute of `p` repaired ([`drop_bad_chunks`]) get their share checked, file by file
+/// against the chunk hashes, and materialised again (staging and swap) where a file is wrong
+/// or missing; then the record goes. Only reads the library. Without a share there is
+/// nothing to check (HTTP reads the library, where the chunks are repaired for every package).
+fn recheck_shares(lib: &Library, p: &PackageId, share: Option<&Path>) -> Result<(), ContentError> {
+    let repaired = repaired_chunks(lib.dir(), p);
+    if repaired.is_empty() {
+        return Ok(());
+    }
+    if let Some(share) = share {
+        for q in lib.versions()?.into_keys().filter(|q| q != p) {
+            let Some(v) = installed_version(lib, &q) else {
+                continue;
+            };
+            let m = lib.manifest(&q, v)?;
+            if !share_holds(&share.join(q.as_str()), &m, &repaired) {
+                tracing::info!(package = %q, version = v, "rewriting a share copy that uses repaired content");
+                materialise_share(lib, &m, share)?;
+            }
+        }
+    }
+    clear_repaired(lib.dir(), p);
+    Ok(())
+}
+
+/// Whether every file of `m` using a chunk in `chunks` is in the tree at `dir` with exactly
+/// the manifest's bytes (size and each chunk's hash).
+fn share_holds(dir: &Path, m: &Manifest, chunks: &HashSet<ChunkId>) -> bool {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    m.entries.iter().all(|e| {
+        let freight_core::manifest::EntryKind::File { size, chunks: refs } = &e.kind else {
+            return true;
+        };
+        if !refs.iter().any(|c| chunks.contains(&c.id)) {
+            return true;
+        }
+        let path = dir.join(std::ffi::OsStr::from_bytes(&e.path));
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            return false;
+        };
+        if f.metadata().map(|md| md.len()).ok() != Some(*size) {
+            return false;
+        }
+        let mut buf = Vec::new();
+        refs.iter().all(|c| {
+            buf.resize(c.len as usize, 0);
+            f.read_exact(&mut buf).is_ok() && ChunkId::of(&buf) == c.id
+        })
+    })
 }
 
 /// Removes the versions of `p` that `which` selects.
@@ -169,7 +283,9 @@ pub fn install(
         .and_then(|()| finish_install(lib, p, version, hash));
     if res.is_err() {
         abandon(lib, p, version);
+        return res;
     }
+    recheck_shares(lib, p, share)?;
     res
 }
 
@@ -304,9 +420,12 @@ pub async fn install_shared(
     // other's staging trees, and on a DP's few cores parallel installs gain nothing.
     static INSTALLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one = INSTALLS.lock().await;
-    let (p2, hash2) = (p.clone(), hash.clone());
+    let (p2, hash2, share2) = (p.clone(), hash.clone(), share.clone());
     let res = match lib
-        .read_async(move |lib| prepare_install(lib, &p2, version, &hash2, share.as_deref()))
+        .read_async(move |lib| {
+            crate::test_pause::point("install");
+            prepare_install(lib, &p2, version, &hash2, share2.as_deref())
+        })
         .await
     {
         Ok(Ok(())) => {
@@ -321,7 +440,12 @@ pub async fn install_shared(
     };
     if res.is_err() {
         let _ = lib.exclusive(move |lib| abandon(lib, &p, version)).await;
+        return res;
     }
+    // The version is installed: content a redistribute repaired is checked in the other
+    // packages' share copies (a failure here is retried by the job, the record stays).
+    lib.read_async(move |lib| recheck_shares(lib, &p, share.as_deref()))
+        .await??;
     res
 }
 
@@ -350,10 +474,12 @@ fn materialise_share(lib: &Library, m: &Manifest, share: &Path) -> Result<(), Co
     std::fs::create_dir_all(share).map_err(share_error(share))?;
     clean_staging(share, &m.package);
     let new = staging_path(share, m.package.as_str())?;
-    let res =
-        freight_core::materialize::materialize(lib, m, &new, &Progress::default()).and_then(|_| {
+    let res = freight_core::materialize::materialize(lib, m, &new, &Progress::default())
+        .and_then(|_| {
+            crate::test_pause::point("materialised");
             freight_core::materialize::replace_tree(&new, &share.join(m.package.as_str()))
-        });
+        })
+        .inspect(|_| crate::test_pause::point("swapped"));
     if res.is_err() {
         let _ = freight_core::materialize::remove_tree(&new);
     }

@@ -16,3 +16,4 @@ pub mod home;
 pub mod logging;
 pub mod model;
 pub mod site_server;
+pub mod test_pause;

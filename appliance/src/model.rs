@@ -79,7 +79,8 @@ text_enum! {
     Action {
         /// Send what the DP lacks of a version, then have it host that version.
         Install = "install",
-        /// Send everything again, overwriting what the DP holds.
+        /// Repair the DP's copy: re-send what fails verification there (and whatever is
+        /// missing) and install it anew; the DP serves its copy throughout.
         Redistribute = "redistribute",
         /// Drop the package from the DP.
         Remove = "remove",

@@ -102,10 +102,23 @@ pub fn gc_dropping(
     gc_with(lib, drop, 0.0, progress)
 }
 
+/// Drops the chunks in `drop` even where a manifest still names them, touching only the packs
+/// that hold them: each is rewritten without them (packs with nothing live are deleted, which
+/// costs nothing); other garbage stays for a later collection. A repair that must hold the
+/// library only as long as the damage needs (a DP serving beside it) uses this rather than
+/// [`gc_dropping`], which also compacts every pack with any garbage.
+pub fn drop_chunks(
+    lib: &mut Library,
+    drop: &HashSet<ChunkId>,
+    progress: &Progress,
+) -> Result<GcReport> {
+    gc_with(lib, drop, f64::INFINITY, progress)
+}
+
 /// Collects garbage: every pack with nothing live is deleted, and every pack whose garbage is
 /// at least `min_garbage` of its bytes is rewritten. A chunk in `drop` counts as garbage even
-/// where a manifest names it; a non-empty `drop` comes only with `min_garbage` 0.0 (from
-/// [`gc_dropping`]), so every pack holding a dropped chunk is rewritten and the chunk is gone.
+/// where a manifest names it, and every pack holding one is rewritten whatever its garbage, so
+/// the chunk is gone ([`gc_dropping`], [`drop_chunks`]).
 fn gc_with(
     lib: &mut Library,
     drop: &HashSet<ChunkId>,
@@ -159,8 +172,9 @@ fn gc_with(
         for (n, info) in &packs {
             let (mut dead, mut total) = (0u64, 0u64);
             let mut kept = false;
+            let mut holds_dropped = false;
             let mut err = None;
-            pack_entries(*n, info, &mut |_, loc| {
+            pack_entries(*n, info, &mut |id, loc| {
                 total += loc.clen as u64;
                 while let Some(k) = next
                     && k < keep_key(*n, loc.offset)
@@ -177,6 +191,7 @@ fn gc_with(
                     kept = true;
                 } else {
                     dead += loc.clen as u64;
+                    holds_dropped |= drop.contains(&id);
                 }
                 Ok(())
             })?;
@@ -185,7 +200,9 @@ fn gc_with(
             }
             if !kept {
                 empty.push(*n);
-            } else if dead > 0 && dead as f64 >= min_garbage * total.max(1) as f64 {
+            } else if holds_dropped
+                || (dead > 0 && dead as f64 >= min_garbage * total.max(1) as f64)
+            {
                 rewrite.push((*n, live_bytes.get(n).copied().unwrap_or(0)));
             }
         }

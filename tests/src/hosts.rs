@@ -180,7 +180,14 @@ impl Host {
 
     /// Starts freightd and waits for its readiness line.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// [`Host::start`] with more environment variables (test hooks such as
+    /// `FREIGHT_TEST_PAUSE`, see `freight_appliance::test_pause`).
+    pub fn start_with(&mut self, env: &[(&str, &str)]) {
         let mut child = Command::new(bins::appliance("freightd"))
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&self.config)
             .env(

@@ -174,7 +174,7 @@ fn the_authorization_table_holds_on_real_processes() {
     let p = || id.clone();
     for req in [
         DpRequest::Remove { package: p() },
-        DpRequest::Forget { package: p() },
+        DpRequest::Repair { package: p() },
         DpRequest::Validate { package: p() },
         DpRequest::Install {
             package: p(),

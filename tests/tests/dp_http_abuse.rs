@@ -245,7 +245,7 @@ fn heavy_dp_http_abuse_idle_flood_and_listings_during_a_redistribute() {
                 i += 1;
                 let t = Instant::now();
                 match get(POLL_FROM, &addr, &path) {
-                    // 404: between the redistribute's Forget and its Install; 503: the
+                    // 404: a path the package does not hold; 503: the
                     // library held by that work for longer than a client should wait.
                     Ok((200 | 404 | 503, _)) => {}
                     Ok((s, _)) => failures.push(format!("{path}: status {s}")),

@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DpRequest {
-    /// Before a redistribute: forget `package` entirely, and drop its content that no other
-    /// package uses or that fails verification, so the following push re-sends it.
-    Forget {
+    /// Before a redistribute: verify every version of `package` the DP holds and drop only the
+    /// chunks that fail (for every package using them), so the following push re-sends them
+    /// and whatever else is missing. The installed copy keeps being served until the Install
+    /// that follows swaps the repaired one in.
+    Repair {
         /// Package ID.
         package: String,
     },
@@ -75,7 +77,7 @@ pub struct Source {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum DpReply {
-    /// Done; `freed` = bytes of content released (remove, forget, install).
+    /// Done; `freed` = bytes of content released (remove, repair, install).
     Ok {
         /// Bytes of pack files released.
         freed: u64,
@@ -143,10 +145,21 @@ pub enum PullState {
         /// Bytes received.
         bytes: u64,
     },
-    /// Every source failed.
+    /// Every source failed, or the version cannot be hosted here.
     Failed {
         /// Why, per source.
         reason: String,
+        /// Whether another attempt can help: permanent when the failure is this DP's own and
+        /// no retry changes it (a name its file system refuses, a manifest it refuses as
+        /// hostile, a hash that does not match); a DP that does not say is retried.
+        #[serde(default)]
+        kind: FailureKind,
+    },
+    /// This DP already holds a newer installed version than the one asked for, which it
+    /// does not fetch (informational, like an Install's [`DpReply::NewerHeld`]).
+    NewerHeld {
+        /// The newer version held.
+        newer: u32,
     },
 }
 

@@ -39,6 +39,17 @@ pub enum DpError {
     /// A source answered with an error line, or with something that does not fit.
     #[error("{0}")]
     Source(String),
+    /// This DP refused what a source offered as hostile or broken (a manifest that does not
+    /// decode or is too large): the same bytes are refused from every source, every time.
+    #[error(
+        "the copy source {from} offered was refused: {reason}; check the package on the site server and redistribute it"
+    )]
+    Hostile {
+        /// The source's site code.
+        from: String,
+        /// The receiving session's one-line reason.
+        reason: String,
+    },
     /// A blocking task died.
     #[error("{what} task failed: {reason}")]
     Task {
@@ -59,7 +70,8 @@ impl DpError {
             | DpError::BadRequest(_)
             | DpError::BadValue(_)
             | DpError::NotPull
-            | DpError::BadSourceAddress(_) => FailureKind::Permanent,
+            | DpError::BadSourceAddress(_)
+            | DpError::Hostile { .. } => FailureKind::Permanent,
             DpError::Content(e) => e.kind(),
             DpError::NotHeld { reason, .. } => chain_kind(reason),
             DpError::Transport(_) | DpError::Source(_) | DpError::Task { .. } => {

@@ -78,7 +78,7 @@ pub const LIBRARY_WAIT: Duration = Duration::from_millis(750);
 const LISTING_PIECE: usize = 64 * 1024;
 
 /// What the handlers share: the library (for chunks), its manifests as plain files (read
-/// without waiting for the library: a maintenance job such as a redistribute's Forget holds
+/// without waiting for the library: a maintenance job such as a redistribute's repair holds
 /// it for seconds), the decoded manifests and the listing slots.
 #[derive(Clone)]
 struct Content {
@@ -594,7 +594,7 @@ fn parse_package(s: &str) -> Result<PackageId, Fail> {
 }
 
 /// A version as asked for in a URL.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum VersionSel {
     Latest,
     Number(u32),
@@ -1156,128 +1156,142 @@ async fn file(
             }
         )));
     }
-    let loaded = c.manifests.get(&pkg, &ver).await?;
-    let info = find_file(&loaded.manifest, &path)?;
-    let file_id = loaded.file;
-    drop(loaded);
-    let lib = c.lib.clone();
+    // At most twice: a `latest` whose version was dropped between its lookup and its first
+    // chunk is looked up again.
+    for again in [true, false] {
+        let loaded = c.manifests.get(&pkg, &ver).await?;
+        let info = find_file(&loaded.manifest, &path)?;
+        let file_id = loaded.file;
+        drop(loaded);
+        let lib = c.lib.clone();
 
-    let tag = etag(info.size, &info.chunks);
-    let mut common = HeaderMap::new();
-    common.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex"));
-    let date = http_date(info.mtime_sec);
-    if let Some(date) = &date {
-        common.insert(
-            header::LAST_MODIFIED,
-            HeaderValue::from_str(date).expect("ascii"),
-        );
-    }
-    common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-
-    let modified =
-        date.and(SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(info.mtime_sec as u64)));
-    match preconditions(&method, &headers, &tag, modified) {
-        Precondition::Proceed => {}
-        Precondition::NotModified => return Ok((StatusCode::NOT_MODIFIED, common).into_response()),
-        Precondition::Failed => {
-            let f = Fail(
-                StatusCode::PRECONDITION_FAILED,
-                format!(
-                    "{} in {} v{} is {tag} now, not what the request's precondition names; fetch it again",
-                    show(&info.path),
-                    info.package,
-                    info.version
-                ),
-            );
-            return Ok((common, f).into_response());
-        }
-    }
-
-    // A Range whose If-Range no longer holds asks for the whole (current) file.
-    let range = match header_str(&headers, header::RANGE) {
-        Some(h) if if_range_allows(&headers, &tag) => parse_range(h, info.size),
-        _ => RangeReq::Whole,
-    };
-    let (status, start, end) = match range {
-        RangeReq::Unsatisfiable => {
+        let tag = etag(info.size, &info.chunks);
+        let mut common = HeaderMap::new();
+        common.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex"));
+        let date = http_date(info.mtime_sec);
+        if let Some(date) = &date {
             common.insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{}", info.size)).expect("ascii"),
+                header::LAST_MODIFIED,
+                HeaderValue::from_str(date).expect("ascii"),
             );
-            let f = Fail(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                format!(
-                    "the range asked for is outside {} in {} v{} ({} bytes); ask for bytes 0 to {}",
-                    show(&info.path),
-                    info.package,
-                    info.version,
-                    info.size,
-                    info.size.saturating_sub(1)
-                ),
-            );
-            return Ok((common, f).into_response());
         }
-        RangeReq::Part { start, end } => {
-            common.insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes {start}-{end}/{}", info.size))
-                    .expect("ascii"),
-            );
-            (StatusCode::PARTIAL_CONTENT, start, end)
-        }
-        // An empty file has no bytes to plan (`end` is never used then).
-        RangeReq::Whole => (StatusCode::OK, 0, info.size.saturating_sub(1)),
-    };
-    let length = if info.size == 0 { 0 } else { end - start + 1 };
-    common.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    common.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if method == Method::HEAD || length == 0 {
-        return Ok((status, common, Body::empty()).into_response());
-    }
+        common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
-    let mut pieces: VecDeque<Piece> = plan(&info.chunks, start, end).into();
-    let ctx = format!("{} in {} v{}", show(&info.path), info.package, info.version);
-    let first = pieces.pop_front().expect("a non-empty range has a chunk");
-    // The first chunk is read before answering, so a damaged one still gets a proper 500.
-    let read = spawn_read(&lib, first);
-    // Chunks are read under the library's lock, which a maintenance job (a redistribute's
-    // Forget, an install) holds for seconds: answer 503 then rather than keep the client.
-    let read = match tokio::time::timeout(LIBRARY_WAIT, read).await {
-        Ok(r) => r.unwrap_or_else(|e| Err(format!("chunk reader failed: {e}"))),
-        Err(_) => return Err(busy("work on its library")),
-    };
-    let first = match read {
-        Ok(b) => b,
-        Err(msg) => {
-            // A version removed since its manifest was looked up is gone, not damaged.
-            let (dir, p, v) = (c.dir.clone(), info.package.clone(), info.version);
-            let still = blocking(move || locate_manifest(&dir, &p, VersionSel::Number(v))).await;
-            match still {
-                Ok((_, id)) if id == file_id => {}
-                Ok(_) => return Err(just_removed(&info.package, v)),
-                Err(f) => return Err(f),
+        let modified = date
+            .and(SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(info.mtime_sec as u64)));
+        match preconditions(&method, &headers, &tag, modified) {
+            Precondition::Proceed => {}
+            Precondition::NotModified => {
+                return Ok((StatusCode::NOT_MODIFIED, common).into_response());
             }
-            tracing::warn!(chunk = %first.id, file = %ctx, "damaged chunk, not served: {msg}");
-            // The client learns which chunk, not the library's paths (those are in the log).
-            return Err(internal(format!(
-                "{ctx} cannot be served: chunk {} is damaged or unreadable in this DP's library; run `freight library verify --package {} --version {}` on the DP and distribute the package here again",
-                first.id, info.package, info.version
-            )));
+            Precondition::Failed => {
+                let f = Fail(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!(
+                        "{} in {} v{} is {tag} now, not what the request's precondition names; fetch it again",
+                        show(&info.path),
+                        info.package,
+                        info.version
+                    ),
+                );
+                return Ok((common, f).into_response());
+            }
         }
-    };
-    let next = pieces.pop_front().map(|p| (p.id, spawn_read(&lib, p)));
-    let stream = ChunkStream {
-        lib,
-        ctx,
-        ready: Some(first),
-        next,
-        pieces,
-    };
-    let body = Body::from_stream(futures_util::stream::unfold(stream, ChunkStream::step));
-    Ok((status, common, body).into_response())
+
+        // A Range whose If-Range no longer holds asks for the whole (current) file.
+        let range = match header_str(&headers, header::RANGE) {
+            Some(h) if if_range_allows(&headers, &tag) => parse_range(h, info.size),
+            _ => RangeReq::Whole,
+        };
+        let (status, start, end) = match range {
+            RangeReq::Unsatisfiable => {
+                common.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{}", info.size)).expect("ascii"),
+                );
+                let f = Fail(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    format!(
+                        "the range asked for is outside {} in {} v{} ({} bytes); ask for bytes 0 to {}",
+                        show(&info.path),
+                        info.package,
+                        info.version,
+                        info.size,
+                        info.size.saturating_sub(1)
+                    ),
+                );
+                return Ok((common, f).into_response());
+            }
+            RangeReq::Part { start, end } => {
+                common.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes {start}-{end}/{}", info.size))
+                        .expect("ascii"),
+                );
+                (StatusCode::PARTIAL_CONTENT, start, end)
+            }
+            // An empty file has no bytes to plan (`end` is never used then).
+            RangeReq::Whole => (StatusCode::OK, 0, info.size.saturating_sub(1)),
+        };
+        let length = if info.size == 0 { 0 } else { end - start + 1 };
+        common.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        common.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        if method == Method::HEAD || length == 0 {
+            return Ok((status, common, Body::empty()).into_response());
+        }
+
+        let mut pieces: VecDeque<Piece> = plan(&info.chunks, start, end).into();
+        let ctx = format!("{} in {} v{}", show(&info.path), info.package, info.version);
+        let first = pieces.pop_front().expect("a non-empty range has a chunk");
+        // The first chunk is read before answering, so a damaged one still gets a proper 500.
+        let read = spawn_read(&lib, first);
+        // Chunks are read under the library's lock, which a maintenance job (a redistribute's
+        // repair, an install) holds for seconds: answer 503 then rather than keep the client.
+        let read = match tokio::time::timeout(LIBRARY_WAIT, read).await {
+            Ok(r) => r.unwrap_or_else(|e| Err(format!("chunk reader failed: {e}"))),
+            Err(_) => return Err(busy("work on its library")),
+        };
+        let first = match read {
+            Ok(b) => b,
+            Err(msg) => {
+                // A version removed since its manifest was looked up is gone, not damaged.
+                let (dir, p, v) = (c.dir.clone(), info.package.clone(), info.version);
+                let still =
+                    blocking(move || locate_manifest(&dir, &p, VersionSel::Number(v))).await;
+                match still {
+                    Ok((_, id)) if id == file_id => {}
+                    // `latest` moved on (an update installed a newer version and dropped this
+                    // one meanwhile): answer from the newer one, never an error.
+                    _ if again && ver_sel == VersionSel::Latest => continue,
+                    Ok(_) => return Err(just_removed(&info.package, v)),
+                    Err(f) => return Err(f),
+                }
+                tracing::warn!(chunk = %first.id, file = %ctx, "damaged chunk, not served: {msg}");
+                // The client learns which chunk, not the library's paths (those are in the log).
+                return Err(internal(format!(
+                    "{ctx} cannot be served: chunk {} is damaged or unreadable in this DP's library; run `freight library verify --package {} --version {}` on the DP and distribute the package here again",
+                    first.id, info.package, info.version
+                )));
+            }
+        };
+        let next = pieces.pop_front().map(|p| (p.id, spawn_read(&lib, p)));
+        let stream = ChunkStream {
+            lib,
+            ctx,
+            ready: Some(first),
+            next,
+            pieces,
+        };
+        let body = Body::from_stream(futures_util::stream::unfold(stream, ChunkStream::step));
+        return Ok((status, common, body).into_response());
+    }
+    Err(internal(format!(
+        "{} could not be served; retry",
+        show(&path)
+    )))
 }
 
 type ReadResult = Result<Bytes, String>;

@@ -61,7 +61,7 @@ impl Dp {
             _ => Request::ManageDp,
         })?;
         match req {
-            DpRequest::Forget { package } => self.forget(package).await,
+            DpRequest::Repair { package } => self.repair(package).await,
             DpRequest::Install {
                 package,
                 version,
@@ -99,30 +99,37 @@ impl Dp {
         }
     }
 
-    async fn forget(&self, package: String) -> Result<DpReply, DpError> {
+    /// Before a redistribute: the package's versions are verified under the library's read
+    /// lock, beside the HTTP readers, and only the chunks that fail are dropped (on the store
+    /// thread), for every package using them; the versions, the install record and the share
+    /// stay, so every good file keeps being served while the push and the Install run.
+    async fn repair(&self, package: String) -> Result<DpReply, DpError> {
         let p = PackageId::parse(&package)?;
-        let share = self.share.clone();
-        // Corrupt content of this package goes even where another package shares it, so the
-        // redistribute that follows replaces it. The check reads the whole package: it runs
-        // under the library's read lock, beside the HTTP readers, and only the drop takes the
-        // library for itself.
         let checked = p.clone();
         let bad: HashSet<ChunkId> = self
             .lib
             .read_async(move |lib| {
                 match verify(lib, Some((&checked, None)), &Progress::default()) {
                     Ok(r) => r.bad.iter().map(|b| b.id).collect(),
+                    // Not held at all: the push brings everything.
                     Err(_) => HashSet::new(),
                 }
             })
             .await?;
-        let r = self
-            .lib
-            .exclusive(move |lib| content::drop_package(lib, &p, &bad, share.as_deref()))
-            .await??;
-        Ok(DpReply::Ok {
-            freed: r.bytes_freed,
-        })
+        let freed = if bad.is_empty() {
+            0
+        } else {
+            tracing::warn!(package = %p, chunks = bad.len(), "redistribute: dropping chunks that fail verification, to be sent again");
+            self.lib
+                .exclusive(move |lib| content::drop_bad_chunks(lib, &p, &bad))
+                .await??
+        };
+        // A pull DP fetches the version again even if it fetched it before.
+        if let Some(pulls) = &self.pulls {
+            pulls.forget_finished(&package);
+        }
+        crate::test_pause::point_async("repaired").await;
+        Ok(DpReply::Ok { freed })
     }
 
     async fn remove(&self, package: String) -> Result<DpReply, DpError> {

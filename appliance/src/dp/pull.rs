@@ -8,8 +8,9 @@
 
 use super::command::{DpReply, DpRequest, PullState, Source, decode_reply, encode};
 use super::error::DpError;
-use crate::content;
+use crate::content::{self, FailureKind};
 use freight_core::{PackageId, SiteCode};
+use freight_transport::ProtocolError;
 use freight_transport::authz::Request;
 use freight_transport::command;
 use freight_transport::quic::Node;
@@ -93,6 +94,13 @@ impl Pulls {
         }
     }
 
+    /// Forgets the finished fetches of `package` (before a redistribute, which must fetch the
+    /// version again even where it was fetched before); running ones stay.
+    pub fn forget_finished(&self, package: &str) {
+        self.states()
+            .retain(|(p, _), t| p != package || matches!(t.state, PullState::Running { .. }));
+    }
+
     /// Where the fetch of `version` of `package` stands.
     pub fn state(&self, package: &str, version: u32) -> PullState {
         self.states()
@@ -113,8 +121,11 @@ impl Pulls {
         let key = (package.clone(), version);
         {
             let states = self.states();
-            if let Some(PullState::Running { .. } | PullState::Installed { .. }) =
-                states.get(&key).map(|t| &t.state)
+            if let Some(
+                PullState::Running { .. }
+                | PullState::Installed { .. }
+                | PullState::NewerHeld { .. },
+            ) = states.get(&key).map(|t| &t.state)
             {
                 return DpReply::Accepted;
             }
@@ -135,7 +146,10 @@ impl Pulls {
         DpReply::Accepted
     }
 
-    /// Tries each source in order until one pushes a copy whose hash matches.
+    /// Tries each source in order until one pushes a copy whose hash matches. A failure that
+    /// is this DP's own and permanent (see [`PullState::Failed`]) ends the fetch at once: no
+    /// other source can change it. A source's own failure (unreachable, not holding the
+    /// version) moves on to the next source; when all fail, the fetch failed transiently.
     async fn fetch(
         &self,
         package: &str,
@@ -143,6 +157,16 @@ impl Pulls {
         hash: &str,
         sources: &[Source],
     ) -> PullState {
+        // A newer version installed here is never replaced by an older one: nothing to fetch.
+        if let Ok(p) = PackageId::parse(package)
+            && let Ok(Some(newer)) = self
+                .lib
+                .read_async(move |l| content::installed_version(l, &p))
+                .await
+                .map(|v| v.filter(|n| *n > version))
+        {
+            return PullState::NewerHeld { newer };
+        }
         let mut reasons = Vec::new();
         for s in sources {
             if let Some(t) = self.states().get_mut(&(package.to_string(), version)) {
@@ -155,9 +179,18 @@ impl Pulls {
                         bytes,
                     };
                 }
+                Err(DpError::Content(content::ContentError::NewerHeld { newer, .. })) => {
+                    return PullState::NewerHeld { newer };
+                }
                 Err(e) => {
                     tracing::warn!(source = %s.code, package, version, error = %e, "pull from source failed");
                     reasons.push(format!("{}: {e}", s.code));
+                    if own_failure(&e) && e.kind() == FailureKind::Permanent {
+                        return PullState::Failed {
+                            reason: reasons.join("; "),
+                            kind: FailureKind::Permanent,
+                        };
+                    }
                 }
             }
         }
@@ -166,6 +199,7 @@ impl Pulls {
         }
         PullState::Failed {
             reason: reasons.join("; "),
+            kind: FailureKind::Transient,
         }
     }
 
@@ -185,10 +219,11 @@ impl Pulls {
         let conn = self.node.connect(addr, code).await?;
         // The source pushes on this connection; it answers Pushed only once this side has
         // committed, and the install below checks the manifest and its hash.
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
         let serving = tokio::spawn(session::serve_connection(
             conn.clone(),
             self.lib.clone(),
-            None,
+            Some(events),
             None,
             Request::RequestedPush,
         ));
@@ -200,21 +235,59 @@ impl Pulls {
         // command's (a stalled push ends sooner, at the session's progress deadline).
         let reply = command::request_within(&conn, &req, self.deadline).await;
         conn.close("pull done");
-        serving.abort();
         let bytes = match decode_reply(&reply?) {
             Ok(DpReply::Pushed { bytes }) => bytes,
-            Ok(DpReply::Error { message, .. }) => return Err(DpError::Source(message)),
-            Ok(other) => return Err(DpError::Source(format!("unexpected answer {other:?}"))),
+            Ok(DpReply::Error { message, .. }) => {
+                // The source's push may have failed because this side refused what it
+                // offered: that session's own report says why (it ends at about the same
+                // moment as the source's answer).
+                let mine = tokio::time::timeout(Duration::from_secs(2), received.recv()).await;
+                serving.abort();
+                if let Ok(Some(session::Received {
+                    result: Err(e @ freight_transport::Error::Protocol { code, .. }),
+                    ..
+                })) = mine
+                    && hostile(code)
+                {
+                    return Err(DpError::Hostile {
+                        from: s.code.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                return Err(DpError::Source(message));
+            }
+            Ok(other) => {
+                serving.abort();
+                return Err(DpError::Source(format!("unexpected answer {other:?}")));
+            }
             Err(e) => {
+                serving.abort();
                 return Err(DpError::Source(format!(
                     "answer not understood ({e}); run the same Freight version on both"
                 )));
             }
         };
+        serving.abort();
         content::install_shared(&self.lib, p, version, hash.to_string(), self.share.clone())
             .await?;
         Ok(bytes)
     }
+}
+
+/// Whether a receiving session's protocol error means this DP refused what the source offered
+/// as hostile or broken (a manifest that does not decode or is too large, a malformed frame):
+/// the same bytes are refused every time.
+fn hostile(code: ProtocolError) -> bool {
+    matches!(
+        code,
+        ProtocolError::BadManifest | ProtocolError::ManifestTooLarge | ProtocolError::Malformed
+    )
+}
+
+/// Whether a fetch failed because of this DP (its library, its share, what it refuses), not
+/// because of the source: only such a failure can be permanent for every source.
+fn own_failure(e: &DpError) -> bool {
+    matches!(e, DpError::Content(_) | DpError::Hostile { .. })
 }
 
 fn running(source: &str) -> PullState {
@@ -222,5 +295,45 @@ fn running(source: &str) -> PullState {
         source: source.to_string(),
         total: 0,
         done: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_dps_own_permanent_failures_end_a_fetch_at_once() {
+        // A manifest this DP refuses is refused from every source.
+        for code in [
+            ProtocolError::BadManifest,
+            ProtocolError::ManifestTooLarge,
+            ProtocolError::Malformed,
+        ] {
+            assert!(hostile(code), "{code:?}");
+        }
+        // A source that gave up or a chunk that went bad on the way: another source may work.
+        for code in [ProtocolError::Aborted, ProtocolError::BadChunk] {
+            assert!(!hostile(code), "{code:?}");
+        }
+        let refused = DpError::Hostile {
+            from: "DP1".into(),
+            reason: "bad manifest".into(),
+        };
+        assert!(own_failure(&refused) && refused.kind() == FailureKind::Permanent);
+        // The share's name refused by this DP's file system: permanent, and this DP's own.
+        let share = DpError::Content(content::ContentError::Share {
+            path: "/share".into(),
+            reason: std::io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+        });
+        assert!(own_failure(&share) && share.kind() == FailureKind::Permanent);
+        // A full disk here is this DP's own but transient: the retry policy applies.
+        let full = DpError::Content(content::ContentError::Share {
+            path: "/share".into(),
+            reason: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        assert_eq!(full.kind(), FailureKind::Transient);
+        // A source's own refusal is not this DP's: the next source is tried.
+        assert!(!own_failure(&DpError::Source("DP1: not held".into())));
     }
 }

@@ -367,7 +367,8 @@ impl SiteServer {
         Ok(n)
     }
 
-    /// `redistribute`: one DP gets everything again, overwriting what it holds.
+    /// `redistribute`: one DP gets the current version again: what fails verification there
+    /// is sent again and the copy is installed anew, while the DP keeps serving what it holds.
     pub fn redistribute(&self, id: &str, t: &Targets) -> SiteResult<()> {
         self.store.write(|db| {
             let info = require_package(db, id)?;

@@ -90,10 +90,13 @@ pub enum Outcome {
         /// Its active jobs.
         active: usize,
     },
-    /// A pull DP could not download from any source (8213).
+    /// A pull DP could not download from any source (8213), or (permanent) cannot host the
+    /// version at all (8202 at once).
     PullFailed {
         /// Why, per source.
         reason: String,
+        /// Whether another attempt can help (the pull DP says).
+        kind: FailureKind,
     },
     /// The DP holds a newer version than the one offered and dropped the older one (seed 000:
     /// "a newer version has already arrived"): informational, not a failure.
@@ -244,7 +247,14 @@ pub fn next(f: &JobFacts, outcome: Outcome, policy: &RetryPolicy) -> Transition 
             let reason = format!("pull DP at capacity ({active} active jobs)");
             retry(f, reason, n, delay, m)
         }
-        Outcome::PullFailed { reason } => {
+        Outcome::PullFailed {
+            reason,
+            kind: FailureKind::Permanent,
+        } => fail(f, one_line(&format!("cannot host this version: {reason}"))),
+        Outcome::PullFailed {
+            reason,
+            kind: FailureKind::Transient,
+        } => {
             let reason = one_line(&format!("could not download from any source: {reason}"));
             let (n, delay) = (policy.dp_attempts, policy.dp_delay);
             let m = msg(
@@ -669,11 +679,36 @@ mod tests {
             &facts(Action::Install, 2, None),
             Outcome::PullFailed {
                 reason: "DP1: refused".into(),
+                kind: FailureKind::Transient,
             },
             &SPEC,
         );
         assert_eq!(ids(&t), [8213]);
         assert!(matches!(t.job, JobEnd::Retry { after, .. } if after == SPEC.dp_delay));
+    }
+
+    #[test]
+    fn a_permanent_pull_failure_fails_the_job_at_once_with_its_reason() {
+        let t = next(
+            &facts(Action::Install, 1, None),
+            Outcome::PullFailed {
+                reason: "DP1: share: File name too long (os error 36)".into(),
+                kind: FailureKind::Permanent,
+            },
+            &SPEC,
+        );
+        assert!(
+            matches!(&t.job, JobEnd::Failed { error } if error.contains("File name too long")),
+            "{t:?}"
+        );
+        assert_eq!(ids(&t), [8202]);
+        assert!(matches!(
+            t.status,
+            StatusWrite::Set {
+                state: DpState::Failed,
+                ..
+            }
+        ));
     }
 
     #[test]

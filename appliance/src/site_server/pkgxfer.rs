@@ -288,7 +288,7 @@ async fn push(
         .lib
         .read_async(move |l| l.manifest(&pid, version))
         .await??;
-    forget_if_redistributing(site, p, j).await?;
+    repair_if_redistributing(site, p, j).await?;
     let throttle = RouteThrottle::parse(&p.route.throttle)?;
     let opts = PushOptions {
         progress: Some(track(site, j.id)),
@@ -332,18 +332,20 @@ fn track(site: &SiteServer, job: i64) -> Arc<freight_core::Progress> {
     p
 }
 
-/// A redistribute overwrites: the DP first forgets the package and its unshared or corrupt
-/// content, so everything moves again.
-async fn forget_if_redistributing(
+/// A redistribute repairs without emptying the DP: the DP first verifies the package and
+/// drops only the chunks that fail (for every package using them), so the push that follows
+/// sends exactly those and whatever else is missing, and the Install swaps the repaired copy
+/// in. Meanwhile the installed copy keeps being served.
+async fn repair_if_redistributing(
     site: &SiteServer,
     p: &Peer,
     j: &JobRow,
 ) -> Result<(), XferError> {
     if j.action == Action::Redistribute {
         let package = j.package.clone();
-        match ask(site, p, &DpRequest::Forget { package }).await? {
+        match ask(site, p, &DpRequest::Repair { package }).await? {
             DpReply::Ok { .. } => {}
-            other => return Err(unexpected(p, "forget", other)),
+            other => return Err(unexpected(p, "repair", other)),
         }
     }
     Ok(())
@@ -376,7 +378,7 @@ async fn pull(site: &Arc<SiteServer>, j: &JobRow, p: &Peer) -> Result<Outcome, X
         hash,
         sources,
     };
-    forget_if_redistributing(site, p, j).await?;
+    repair_if_redistributing(site, p, j).await?;
     match ask(site, p, &notify).await? {
         DpReply::AtCapacity { active } => return Ok(Outcome::AtCapacity { active }),
         DpReply::Accepted => {}
@@ -400,8 +402,11 @@ async fn pull(site: &Arc<SiteServer>, j: &JobRow, p: &Peer) -> Result<Outcome, X
                     secs: started.elapsed().as_secs_f64(),
                 });
             }
-            DpReply::Pull(PullState::Failed { reason }) => {
-                return Ok(Outcome::PullFailed { reason });
+            DpReply::Pull(PullState::Failed { reason, kind }) => {
+                return Ok(Outcome::PullFailed { reason, kind });
+            }
+            DpReply::Pull(PullState::NewerHeld { newer }) => {
+                return Ok(Outcome::NewerHeld { newer });
             }
             // Restarted since: notified again.
             DpReply::Pull(PullState::Unknown) => {
