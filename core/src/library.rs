@@ -1162,14 +1162,25 @@ impl Library {
 
     /// The chunks `m` names that this library lacks, in chunk ID order.
     pub fn missing(&self, m: &Manifest) -> Vec<ChunkId> {
-        let ids = m.chunks();
+        let ids: Vec<ChunkId> = m.chunks().into_keys().collect();
+        self.missing_sorted(&ids)
+    }
+
+    /// The chunks of `ids` (sorted, each once, such as a [`crate::ChunkTable`]'s) that this
+    /// library lacks, in order.
+    pub fn missing_sorted(&self, ids: &[ChunkId]) -> Vec<ChunkId> {
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids sorted and unique");
         if ids.len() < MERGE_JOIN_MIN || ids.len() * 8 < self.chunk_count() {
-            return ids.into_keys().filter(|id| !self.has_chunk(id)).collect();
+            return ids
+                .iter()
+                .copied()
+                .filter(|id| !self.has_chunk(id))
+                .collect();
         }
         // Most of a large library: one merged pass over the index in ID order beats a block
         // read per chunk.
         let mut out = Vec::new();
-        let mut want = ids.into_keys().peekable();
+        let mut want = ids.iter().copied().peekable();
         let res = self.for_each_chunk(&mut |id, _| {
             while let Some(w) = want.next_if(|w| *w < id) {
                 out.push(w);
@@ -1184,8 +1195,8 @@ impl Library {
             }
             Err(e) => {
                 tracing::error!("{e}; looking the chunks up one by one instead");
-                m.chunks()
-                    .into_keys()
+                ids.iter()
+                    .copied()
                     .filter(|id| !self.has_chunk(id))
                     .collect()
             }
@@ -1485,22 +1496,51 @@ impl Library {
     pub fn lease(&mut self, m: &Manifest) -> Result<()> {
         self.require_write();
         let path = self.lease_path(m);
+        if self.renew_lease(&path)? {
+            return Ok(());
+        }
+        write_atomic(&path, &m.encode())
+    }
+
+    /// [`lease`](Self::lease) for a manifest received whole into the file `file` (complete,
+    /// its package hash `hash`): the lease is a second name of that file (a hard link, made
+    /// under a temporary name and renamed, so a lease is whole or absent), so a manifest of
+    /// any size is leased without reading it.
+    pub fn lease_file(&mut self, file: &Path, hash: &blake3::Hash) -> Result<()> {
+        self.require_write();
+        let path = self.lease_path_of(hash);
+        if self.renew_lease(&path)? {
+            return Ok(());
+        }
+        File::open(file)
+            .and_then(|f| f.sync_all())
+            .ctx(file, "fsync received manifest")?;
+        let dir = path.parent().expect("pending dir");
+        let tmp = dir.join(format!(".{}.lease.tmp", hash.to_hex()));
+        remove_if_present(&tmp, "remove stale lease")?;
+        std::fs::hard_link(file, &tmp).ctx(&tmp, "link lease")?;
+        std::fs::rename(&tmp, &path).ctx(&path, "rename lease into place")?;
+        sync_dir(dir)
+    }
+
+    /// Renews the lease at `path` if it exists (true); else makes sure its folder exists.
+    fn renew_lease(&self, path: &Path) -> Result<bool> {
         if path.exists() {
             let now = SystemTime::now();
             let f = File::options()
                 .write(true)
                 .open(&path)
                 .ctx(&path, "open lease")?;
-            return f
-                .set_times(std::fs::FileTimes::new().set_modified(now))
-                .ctx(&path, "renew lease");
+            f.set_times(std::fs::FileTimes::new().set_modified(now))
+                .ctx(path, "renew lease")?;
+            return Ok(true);
         }
         let dir = path.parent().expect("pending dir");
         if !dir.exists() {
             std::fs::create_dir_all(dir).ctx(dir, "create lease folder")?;
             sync_dir(&self.dir)?;
         }
-        write_atomic(&path, &m.encode())
+        Ok(false)
     }
 
     /// Releases the lease on `m`'s chunks (nothing if there is none).
@@ -1648,6 +1688,28 @@ impl Library {
             package: package.clone(),
             version,
         })
+    }
+
+    /// Stores the complete manifest file `file` (received whole by a transfer, in this
+    /// library's folder) as `version` of `package`, as
+    /// [`commit_manifest`](Self::commit_manifest) does a written one: the file is checked in
+    /// one streamed pass and moved into place, never held in memory.
+    pub fn commit_manifest_file(
+        &mut self,
+        file: &Path,
+        package: &PackageId,
+        version: u32,
+    ) -> Result<bool> {
+        self.require_write();
+        let stored = StoredManifest::open(file, package, version)?;
+        let hash = stored.hash()?;
+        let path = self.manifest_path(package, version);
+        let pdir = path.parent().expect("package dir");
+        if !pdir.exists() {
+            std::fs::create_dir_all(pdir).ctx(pdir, "create manifest folder")?;
+            sync_dir(pdir.parent().expect("manifests dir"))?;
+        }
+        self.commit_manifest(FinishedManifest { stored, path, hash })
     }
 
     /// Stores a manifest written with [`manifest_writer`](Self::manifest_writer), whose
@@ -1865,6 +1927,13 @@ fn hash_file(m: &StoredManifest) -> Result<blake3::Hash> {
 pub struct FileAt {
     file: Arc<File>,
     at: u64,
+}
+
+impl FileAt {
+    /// Reads `file` from byte `at` on.
+    pub fn new(file: Arc<File>, at: u64) -> FileAt {
+        FileAt { file, at }
+    }
 }
 
 impl std::io::Read for FileAt {

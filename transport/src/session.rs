@@ -23,10 +23,11 @@ use crate::protocol::{
 use crate::quic::{Conn, KIND_COMMAND, KIND_DATA, KIND_PUSH, Node, conn_error};
 use crate::route_limiter::RouteLimiter;
 use crate::schedule::Priority;
-use crate::store::SharedLibrary;
+use crate::store::{ReceivedManifest, SharedLibrary};
 use crate::throttle;
 use bytes::Bytes;
-use freight_core::{ChunkId, Manifest, ManifestChunks, Progress, SiteCode};
+use freight_core::library::FileAt;
+use freight_core::{ChunkId, Manifest, ManifestChunks, PackageId, Progress, SiteCode};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,16 +241,44 @@ fn spawn_reader(mut recv: quinn::RecvStream, who: String) -> mpsc::Receiver<Resu
     rx
 }
 
-/// Pushes `manifest`'s package version from `lib` to the peer of `conn` in one session.
+/// What a push offers: a version stored in the pushing library, read from its manifest file
+/// in parts and never held whole, or a manifest in memory (offered from its stored file when
+/// the library holds it, else from its encoding: tests, a version not stored).
+#[derive(Clone, Copy, Debug)]
+pub enum Offer<'a> {
+    /// A version the library stores.
+    Stored(&'a PackageId, u32),
+    /// A manifest in memory.
+    Manifest(&'a Manifest),
+}
+
+impl<'a> From<&'a Manifest> for Offer<'a> {
+    fn from(m: &'a Manifest) -> Offer<'a> {
+        Offer::Manifest(m)
+    }
+}
+
+impl Offer<'_> {
+    /// The offered package version.
+    pub fn version(&self) -> (PackageId, u32) {
+        match self {
+            Offer::Stored(p, v) => ((*p).clone(), *v),
+            Offer::Manifest(m) => (m.package.clone(), m.version),
+        }
+    }
+}
+
+/// Pushes the offered package version from `lib` to the peer of `conn` in one session.
 /// Returns when the receiver confirmed the commit; `report` counts what was sent even when
 /// the session fails (a cut connection, an abort by the peer).
 pub async fn push(
     conn: &Conn,
     lib: &SharedLibrary,
-    manifest: &Manifest,
+    offer: impl Into<Offer<'_>>,
     opts: &PushOptions,
     report: &mut PushReport,
 ) -> Result<()> {
+    let manifest = offer.into();
     let started = Instant::now();
     let who = conn.describe();
     let counters = Arc::new(Counters::default());
@@ -277,7 +306,7 @@ pub async fn push(
 async fn push_inner(
     conn: &Conn,
     lib: &SharedLibrary,
-    manifest: &Manifest,
+    manifest: Offer<'_>,
     opts: &PushOptions,
     report: &mut PushReport,
     counters: &Arc<Counters>,
@@ -293,12 +322,12 @@ async fn push_inner(
         .await
         .map_err(|e| write_error(who, e))?;
     // The manifest is offered from its stored file, read one part at a time.
+    let (package, version) = manifest.version();
     let source = ManifestSource::open(lib, manifest).await?;
-    let chunks = Arc::new(freight_core::ChunkTable::of(manifest)?);
     let mut sender = Sender::offering(
-        manifest.package.clone(),
-        manifest.version,
-        chunks,
+        package.clone(),
+        version,
+        source.chunks.clone(),
         source.len,
         source.hash,
         streams,
@@ -369,9 +398,7 @@ async fn push_inner(
     // Located once and their packs held open: a collection on this host during the session
     // moves chunks and deletes packs, but cannot take these bytes away (and every read checks
     // the record it finds names the chunk asked for).
-    let view = lib
-        .read_view(needed, manifest.package.clone(), manifest.version)
-        .await;
+    let view = lib.read_view(needed, package, version).await;
     let view = match view {
         Ok(v) => v,
         Err(e) => {
@@ -597,12 +624,14 @@ async fn push_inner(
     Ok(())
 }
 
-/// Where a push reads the manifest it offers: the library's stored manifest file, read one
-/// part at a time (so a large manifest is never held whole for the offer), or, for a manifest
-/// the library has not stored, its canonical encoding.
+/// Where a push reads the manifest it offers: the library's stored manifest file, checked,
+/// hashed and its chunks listed in one streamed pass, then read one part at a time (so a large
+/// manifest is never held whole), or, for a manifest the library has not stored, its
+/// canonical encoding.
 struct ManifestSource {
     len: u64,
     hash: [u8; 32],
+    chunks: Arc<freight_core::ChunkTable>,
     bytes: ManifestBytes,
 }
 
@@ -611,53 +640,61 @@ enum ManifestBytes {
     Memory(Arc<Vec<u8>>),
 }
 
-/// Bytes read at once while hashing a stored manifest.
-const HASH_READ: usize = crate::protocol::MAX_MANIFEST_PART;
-
 impl ManifestSource {
-    /// Opens `m`'s stored manifest and hashes it, reading it in parts.
-    async fn open(lib: &SharedLibrary, m: &Manifest) -> Result<ManifestSource> {
-        let (package, version) = (m.package.clone(), m.version);
+    /// Opens the offered version's stored manifest and reads it through once.
+    async fn open(lib: &SharedLibrary, offer: Offer<'_>) -> Result<ManifestSource> {
+        let (package, version) = offer.version();
+        let p = package.clone();
         let path = lib
-            .read_async(move |l| l.manifest_path(&package, version))
+            .read_async(move |l| l.manifest_path(&p, version))
             .await?;
         let opened = tokio::task::spawn_blocking(move || -> Result<Option<ManifestSource>> {
             let file = match std::fs::File::open(&path) {
-                Ok(f) => f,
+                Ok(f) => Arc::new(f),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(freight_core::Error::io(&path, "open manifest", e).into()),
             };
-            let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; HASH_READ];
-            let mut len = 0u64;
-            loop {
-                let n = std::io::Read::read(&mut &file, &mut buf)
-                    .map_err(|e| freight_core::Error::io(&path, "read manifest", e))?;
-                if n == 0 {
-                    break;
+            let len = file
+                .metadata()
+                .map_err(|e| freight_core::Error::io(&path, "stat manifest", e))?
+                .len();
+            let src = std::io::BufReader::with_capacity(1 << 16, FileAt::new(file.clone(), 0));
+            let what = path.display().to_string();
+            let (m, hash) = read_chunks(src, len, &what)?;
+            if m.package != package || m.version != version {
+                return Err(freight_core::Error::BadManifest {
+                    what,
+                    offset: 0,
+                    reason: format!("file holds {} v{}", m.package, m.version),
                 }
-                hasher.update(&buf[..n]);
-                len += n as u64;
+                .into());
             }
             Ok(Some(ManifestSource {
                 len,
-                hash: *hasher.finalize().as_bytes(),
-                bytes: ManifestBytes::File(Arc::new(file), path),
+                hash: *hash.as_bytes(),
+                chunks: Arc::new(m.chunks),
+                bytes: ManifestBytes::File(file, path),
             }))
         })
         .await
         .map_err(|e| Error::Misuse(format!("reading a manifest panicked: {e}")))??;
-        Ok(match opened {
-            Some(s) => s,
-            None => {
+        match (opened, offer) {
+            (Some(s), _) => Ok(s),
+            (None, Offer::Manifest(m)) => {
                 let bytes = m.encode();
-                ManifestSource {
+                Ok(ManifestSource {
                     len: bytes.len() as u64,
                     hash: *blake3::hash(&bytes).as_bytes(),
+                    chunks: Arc::new(freight_core::ChunkTable::of(m)?),
                     bytes: ManifestBytes::Memory(Arc::new(bytes)),
-                }
+                })
             }
-        })
+            (None, Offer::Stored(p, v)) => Err(freight_core::Error::NoSuchVersion {
+                package: p.to_string(),
+                version: v,
+            }
+            .into()),
+        }
     }
 
     /// `len` bytes from `offset`.
@@ -680,14 +717,16 @@ impl ManifestSource {
 }
 
 /// A receiving session's temporary manifest file, `LIB/pending/.recv-<pid>-<n>.tmp`: the
-/// parts are appended as they arrive, the manifest is decoded from it, and it is removed
-/// when dropped (the session ended, failed or moved on). A crash leaves it for the next
-/// opening of the library, which removes temporary files under `pending/`.
+/// parts are appended as they arrive, the manifest is checked and its chunks listed from it in
+/// one streamed pass, and the store thread leases it (a second name) and commits it (moves it
+/// into place); never is it held in memory. Removed when dropped uncommitted (the session
+/// failed or moved on); a crash leaves it for the next opening of the library, which removes
+/// temporary files under `pending/`.
 #[derive(Default)]
 struct IncomingManifest {
     file: Option<(Arc<std::fs::File>, std::path::PathBuf)>,
-    /// The decoded manifest, for the library's lookup and commit.
-    manifest: Option<Arc<Manifest>>,
+    /// The complete, checked manifest, for the store thread.
+    received: Option<ReceivedManifest>,
 }
 
 impl IncomingManifest {
@@ -722,41 +761,51 @@ impl IncomingManifest {
         Ok(())
     }
 
-    /// Decodes the received manifest from the file (the outer error is the file's, the inner
-    /// the decoder's), then removes the file; what the receiver checks of it.
+    /// Reads the received manifest from the file one entry at a time (every check of the
+    /// decoder) and lists its chunks (the outer error is the file's, the inner the
+    /// decoder's): what the receiver checks of it.
     async fn load(&mut self, what: String) -> Result<freight_core::Result<ManifestChunks>> {
         let Some((file, path)) = self.file.clone() else {
             return Err(Error::Misuse(format!(
                 "{what}: the manifest is complete but no part was written"
             )));
         };
+        let p = path.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let mut bytes = Vec::new();
-            std::io::Seek::seek(&mut &*file, std::io::SeekFrom::Start(0))
-                .and_then(|_| std::io::Read::read_to_end(&mut &*file, &mut bytes))
-                .map_err(|e| freight_core::Error::io(&path, "read temporary manifest", e))?;
-            Ok::<_, Error>(Manifest::decode(&bytes, &what).and_then(|m| {
-                let chunks = ManifestChunks::of(&m)?;
-                Ok((m, chunks))
-            }))
+            let len = file
+                .metadata()
+                .map_err(|e| freight_core::Error::io(&p, "stat temporary manifest", e))?
+                .len();
+            let src = std::io::BufReader::with_capacity(1 << 16, FileAt::new(file, 0));
+            Ok::<_, Error>(read_chunks(src, len, &what))
         })
         .await
-        .map_err(|e| Error::Misuse(format!("reading a manifest panicked: {e}")))?;
-        self.remove();
-        Ok(match loaded? {
-            Ok((m, chunks)) => {
-                self.manifest = Some(Arc::new(m));
-                Ok(chunks)
+        .map_err(|e| Error::Misuse(format!("reading a manifest panicked: {e}")))??;
+        Ok(match loaded {
+            Ok((m, hash)) => {
+                self.received = Some(ReceivedManifest {
+                    file: path,
+                    hash,
+                    package: m.package.clone(),
+                    version: m.version,
+                    chunks: Arc::new(m.chunks.clone()),
+                });
+                Ok(m)
             }
             Err(e) => Err(e),
         })
     }
 
-    /// The manifest [`load`](Self::load) decoded.
-    fn manifest(&self) -> Result<Arc<Manifest>> {
-        self.manifest
-            .clone()
+    /// The manifest [`load`](Self::load) checked.
+    fn received(&self) -> Result<&ReceivedManifest> {
+        self.received
+            .as_ref()
             .ok_or_else(|| Error::Misuse("the received manifest was not loaded".into()))
+    }
+
+    /// The store thread moved the file into place: nothing to remove any more.
+    fn committed(&mut self) {
+        self.file = None;
     }
 
     fn remove(&mut self) {
@@ -764,6 +813,35 @@ impl IncomingManifest {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// One streamed pass over manifest bytes: every check of the decoder, the chunk table and
+/// the package hash; nothing but the table is kept.
+fn read_chunks(
+    src: impl std::io::Read,
+    len: u64,
+    what: &str,
+) -> freight_core::Result<(ManifestChunks, blake3::Hash)> {
+    let mut r = freight_core::manifest::Reader::hashing(src, len, what)?;
+    let mut table = freight_core::ChunkTableBuilder::new(what);
+    while let Some(e) = r.next_entry()? {
+        if let freight_core::EntryKind::File { chunks, .. } = &e.kind {
+            for c in chunks {
+                table.push(c.id, c.len)?;
+            }
+        }
+    }
+    let hash = r
+        .finish()?
+        .expect("a hashing reader read to the end has a hash");
+    Ok((
+        ManifestChunks {
+            package: r.package().clone(),
+            version: r.version(),
+            chunks: table.finish()?,
+        },
+        hash,
+    ))
 }
 
 impl Drop for IncomingManifest {
@@ -880,10 +958,11 @@ pub async fn push_resuming(
     addr: SocketAddr,
     peer: SiteCode,
     lib: &SharedLibrary,
-    manifest: &Manifest,
+    offer: impl Into<Offer<'_>>,
     opts: &PushOptions,
     resume: &Resume,
 ) -> (Vec<PushReport>, Result<()>) {
+    let manifest = offer.into();
     let mut reports = Vec::new();
     let mut attempt = 0;
     loop {
@@ -1243,20 +1322,20 @@ async fn perform(
                 events.extend(next);
             }
             ReceiverEvent::Lookup { chunks: _ } => {
-                let manifest = incoming.manifest()?;
-                let lacking = match lib.lacking(&manifest).await {
+                let lacking = match lib.lacking(incoming.received()?).await {
                     Ok(l) => l,
                     Err(e) => return Err(abort_with(session, e)),
                 };
                 session.receiver().lacking(lacking)?;
             }
             ReceiverEvent::Commit => {
-                let manifest = incoming.manifest()?;
-                if let Err(e) = lib.commit_manifest(&manifest).await {
+                let received = incoming.received()?.clone();
+                if let Err(e) = lib.commit_manifest(&received).await {
                     return Err(abort_with(session, e));
                 }
+                incoming.committed();
                 session.receiver().committed()?;
-                tracing::info!(peer = %who, package = %manifest.package, version = manifest.version, "received and stored package version");
+                tracing::info!(peer = %who, package = %received.package, version = received.version, "received and stored package version");
             }
             // Only a session without data streams carries chunks on its control stream
             // (Freight's sender always opens some); the receiver verified them in `handle`.

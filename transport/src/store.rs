@@ -25,8 +25,9 @@
 use crate::error::{Error, Result};
 use freight_core::library::ReadView;
 use freight_core::writer::Writer;
-use freight_core::{ChunkId, Library, Manifest, PackageId};
+use freight_core::{ChunkId, ChunkTable, Library, PackageId};
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,10 +44,27 @@ type Job = Box<dyn FnOnce(&mut Library) + Send>;
 enum Cmd {
     Append(ChunkId, u32, u8, Vec<u8>),
     Flush(oneshot::Sender<Result<()>>),
-    Lacking(Arc<Manifest>, oneshot::Sender<Result<Vec<ChunkId>>>),
-    Commit(Arc<Manifest>, oneshot::Sender<Result<bool>>),
+    Lacking(ReceivedManifest, oneshot::Sender<Result<Vec<ChunkId>>>),
+    Commit(ReceivedManifest, oneshot::Sender<Result<bool>>),
     Stop(oneshot::Sender<Result<()>>),
     Exclusive(Job),
+}
+
+/// A manifest a receiving session holds whole in a file of the library's folder (its
+/// `pending/` folder), checked and hashed: what the store thread leases, looks up and commits
+/// without reading it into memory.
+#[derive(Clone, Debug)]
+pub struct ReceivedManifest {
+    /// The complete manifest file.
+    pub file: PathBuf,
+    /// Its package hash.
+    pub hash: blake3::Hash,
+    /// Whose version it is.
+    pub package: PackageId,
+    /// The version.
+    pub version: u32,
+    /// Its distinct chunks.
+    pub chunks: Arc<ChunkTable>,
 }
 
 /// A library open for writing, shared by sessions (cheap to clone).
@@ -137,12 +155,12 @@ impl SharedLibrary {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Takes a lease on `m`'s chunks (see the module docs), commits what is queued, and
-    /// returns the chunks of `m` the library lacks.
-    pub async fn lacking(&self, m: &Manifest) -> Result<Vec<ChunkId>> {
+    /// Takes a lease on the chunks of `m` (see the module docs), commits what is queued,
+    /// and returns the chunks of `m` the library lacks, in ID order.
+    pub async fn lacking(&self, m: &ReceivedManifest) -> Result<Vec<ChunkId>> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Lacking(Arc::new(m.clone()), tx))
+            .send(Cmd::Lacking(m.clone(), tx))
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -152,10 +170,11 @@ impl SharedLibrary {
     /// its lease. Returns false when the same version was already stored with identical
     /// content. When a chunk of `m` was lost to a failed commit, fails with that commit's
     /// error.
-    pub async fn commit_manifest(&self, m: &Manifest) -> Result<bool> {
+    /// The file is moved into the library's manifests.
+    pub async fn commit_manifest(&self, m: &ReceivedManifest) -> Result<bool> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Commit(Arc::new(m.clone()), tx))
+            .send(Cmd::Commit(m.clone(), tx))
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -312,13 +331,13 @@ impl Store {
         self.pending_bytes = 0;
     }
 
-    fn lacking(&mut self, m: &Manifest) -> Result<Vec<ChunkId>> {
+    fn lacking(&mut self, m: &ReceivedManifest) -> Result<Vec<ChunkId>> {
         // The lease first: from here on no collection takes what this transfer relies on,
         // neither chunks already here nor those it is about to send.
         self.lib
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .lease(m)?;
+            .lease_file(&m.file, &m.hash)?;
         // A failed commit is reported to the sessions whose chunks it lost, at their commit;
         // here its chunks are simply lacking again.
         let _ = self.commit();
@@ -326,13 +345,13 @@ impl Store {
             .lib
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .missing(m))
+            .missing_sorted(m.chunks.ids()))
     }
 
-    fn commit_manifest(&mut self, m: &Manifest) -> Result<bool> {
+    fn commit_manifest(&mut self, m: &ReceivedManifest) -> Result<bool> {
         let _ = self.commit();
         let mut lib = self.lib.write().unwrap_or_else(|e| e.into_inner());
-        let missing = lib.missing(m);
+        let missing = lib.missing_sorted(m.chunks.ids());
         if let Some((id, line)) = missing
             .iter()
             .find_map(|id| self.lost.get(id).map(|l| (id, l)))
@@ -344,6 +363,6 @@ impl Store {
                 reason: line.to_string(),
             });
         }
-        Ok(lib.store_manifest(m)?)
+        Ok(lib.commit_manifest_file(&m.file, &m.package, m.version)?)
     }
 }

@@ -11,7 +11,7 @@ use freight_core::verify::verify_manifests;
 use freight_core::{ChunkId, Library, LibraryConfig, Manifest, PackageId, Progress};
 use freight_transport::quic::Node;
 use freight_transport::session::{PushOptions, PushReport, push};
-use freight_transport::store::SharedLibrary;
+use freight_transport::store::{ReceivedManifest, SharedLibrary};
 use freight_transport::{RouteLimiter, RouteThrottle, SystemClock};
 use std::path::Path;
 use std::sync::Arc;
@@ -65,6 +65,21 @@ fn stored_chunks(lib: &Library, m: &Manifest) -> Vec<(ChunkId, u32, u8, Vec<u8>)
         .collect()
 }
 
+/// `m` as a receiving session holds it: its bytes in a file of the library's `pending/`.
+fn received(lib_dir: &std::path::Path, m: &Manifest) -> ReceivedManifest {
+    let dir = lib_dir.join("pending");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!(".recv-test-{}.tmp", m.package));
+    std::fs::write(&file, m.encode()).unwrap();
+    ReceivedManifest {
+        file,
+        hash: m.hash(),
+        package: m.package.clone(),
+        version: m.version,
+        chunks: std::sync::Arc::new(freight_core::ChunkTable::of(m).unwrap()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_keeps_received_chunks_through_collection_until_the_manifest_commits() {
     let t = tempfile::tempdir().unwrap();
@@ -76,9 +91,10 @@ async fn a_lease_keeps_received_chunks_through_collection_until_the_manifest_com
     let chunks_a = stored_chunks(&src_lib, &ma);
     let chunks_b = stored_chunks(&src_lib, &mb);
     let lib = SharedLibrary::with_commit_bytes(small_lib(&t.path().join("rx")), 64 << 10);
+    let ra = received(&t.path().join("rx"), &ma);
 
     // Half of A arrives and is committed; then the receiver collects garbage.
-    assert_eq!(lib.lacking(&ma).await.unwrap().len(), chunks_a.len());
+    assert_eq!(lib.lacking(&ra).await.unwrap().len(), chunks_a.len());
     let half = chunks_a.len() / 2;
     for (id, ulen, flags, data) in chunks_a[..half].iter().cloned() {
         lib.append(id, ulen, flags, data).await.unwrap();
@@ -92,23 +108,26 @@ async fn a_lease_keeps_received_chunks_through_collection_until_the_manifest_com
     assert_eq!(r.chunks_removed, 0, "{r:?}");
     assert_eq!(r.chunks_leased, half as u64, "{r:?}");
     assert_eq!(
-        lib.lacking(&ma).await.unwrap().len(),
+        lib.lacking(&ra).await.unwrap().len(),
         chunks_a.len() - half,
         "collection took received chunks"
     );
     for (id, ulen, flags, data) in chunks_a[half..].iter().cloned() {
         lib.append(id, ulen, flags, data).await.unwrap();
     }
-    assert!(lib.commit_manifest(&ma).await.unwrap());
+    assert!(lib.commit_manifest(&ra).await.unwrap());
     let pending = t.path().join("rx/pending");
     assert_eq!(
         std::fs::read_dir(&pending).unwrap().count(),
         0,
-        "the lease outlived its commit"
+        "the lease outlived its commit, or the received file was not moved into place"
     );
 
-    // An abandoned transfer's lease expires: then its chunks are garbage like any other.
-    lib.lacking(&mb).await.unwrap();
+    // An abandoned transfer's lease expires: then its chunks are garbage like any other. The
+    // session's own file is gone (its session ended); the lease, a second name, holds.
+    let rb = received(&t.path().join("rx"), &mb);
+    lib.lacking(&rb).await.unwrap();
+    std::fs::remove_file(&rb.file).unwrap();
     for (id, ulen, flags, data) in chunks_b.iter().cloned() {
         lib.append(id, ulen, flags, data).await.unwrap();
     }
@@ -139,32 +158,36 @@ async fn a_failed_commit_is_reported_only_to_the_session_whose_chunks_it_lost() 
     let chunks_a = stored_chunks(&src_lib, &ma);
     let chunks_b = stored_chunks(&src_lib, &mb);
     let lib = SharedLibrary::with_commit_bytes(small_lib(&t.path().join("rx")), 64 << 20);
+    let (ra, rb) = (
+        received(&t.path().join("rx"), &ma),
+        received(&t.path().join("rx"), &mb),
+    );
 
     // Session B stores its chunks.
-    lib.lacking(&mb).await.unwrap();
+    lib.lacking(&rb).await.unwrap();
     for (id, ulen, flags, data) in chunks_b.iter().cloned() {
         lib.append(id, ulen, flags, data).await.unwrap();
     }
     lib.flush().await.unwrap();
     // Session A's batch fails (a chunk the writer refuses stands for a full disk).
-    lib.lacking(&ma).await.unwrap();
+    lib.lacking(&ra).await.unwrap();
     let (id, _, flags, data) = chunks_a[0].clone();
     lib.append(id, 0, flags, data).await.unwrap();
     // B, which lost nothing, commits; A is told why its chunk is missing.
-    assert!(lib.commit_manifest(&mb).await.unwrap());
-    let err = lib.commit_manifest(&ma).await.unwrap_err().to_string();
+    assert!(lib.commit_manifest(&rb).await.unwrap());
+    let err = lib.commit_manifest(&ra).await.unwrap_err().to_string();
     assert!(
         err.contains("CAS00001 v1") && err.contains("could not be stored"),
         "{err}"
     );
     assert!(!err.contains('\n'));
     // A runs again: it is asked for what it lost, and commits.
-    let lacking = lib.lacking(&ma).await.unwrap();
+    let lacking = lib.lacking(&ra).await.unwrap();
     assert_eq!(lacking.len(), chunks_a.len());
     for (id, ulen, flags, data) in chunks_a.iter().cloned() {
         lib.append(id, ulen, flags, data).await.unwrap();
     }
-    assert!(lib.commit_manifest(&ma).await.unwrap());
+    assert!(lib.commit_manifest(&ra).await.unwrap());
 }
 
 /// Reads a sender makes (its read view, a read on the blocking pool) never park the async
@@ -463,7 +486,14 @@ async fn a_peers_unfinished_transfers_stay_within_its_disk_quota() {
         err.contains("site CAS holds") && err.contains(&format!("quota of {quota}")),
         "{err}"
     );
-    assert!(!rx_lib.lacking(&smalls[2]).await.unwrap().is_empty());
+    let s2 = smalls[2].clone();
+    assert!(
+        !rx_lib
+            .read_async(move |l| l.missing(&s2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // The cut transfer itself resumes past the quota and commits, which frees its bytes; then
     // the refused one goes through.

@@ -19,7 +19,7 @@ use freight_core::{ChunkId, Library, PackageId, Progress};
 use freight_transport::authz::Request;
 use freight_transport::command::{CommandHandler, Reply};
 use freight_transport::quic::{Conn, Node};
-use freight_transport::session::{self, PushOptions, PushReport};
+use freight_transport::session::{self, Offer, PushOptions, PushReport};
 use freight_transport::store::SharedLibrary;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -161,8 +161,8 @@ impl Dp {
         // Off the async worker: maintenance may hold the library for seconds.
         // A source serves only versions it installed, like its HTTP (a version pushed here
         // whose install failed or never came is not held, as far as others are concerned).
-        let m = self
-            .lib
+        let held = p.clone();
+        self.lib
             .read_async(move |l| {
                 if content::installed_version(l, &p).is_none_or(|i| i < version) {
                     return Err(freight_core::Error::NoSuchVersion {
@@ -170,7 +170,7 @@ impl Dp {
                         version,
                     });
                 }
-                l.manifest(&p, version)
+                l.manifest_dir().open_manifest(&p, version).map(|_| ())
             })
             .await
             .map_err(|e| DpError::Task {
@@ -183,7 +183,15 @@ impl Dp {
                 reason,
             })?;
         let mut report = PushReport::default();
-        session::push(&conn, &self.lib, &m, &PushOptions::default(), &mut report).await?;
+        let offer = Offer::Stored(&held, version);
+        session::push(
+            &conn,
+            &self.lib,
+            offer,
+            &PushOptions::default(),
+            &mut report,
+        )
+        .await?;
         Ok(DpReply::Pushed {
             bytes: report.bytes_sent,
         })

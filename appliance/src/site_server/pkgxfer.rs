@@ -14,7 +14,7 @@ use super::{SiteServer, now_ms};
 use crate::dp::command::{DpReply, DpRequest, PullState, Source, decode_reply, encode};
 use freight_core::{PackageId, SiteCode};
 use freight_transport::command;
-use freight_transport::session::{self, PushOptions, Resume};
+use freight_transport::session::{self, Offer, PushOptions, Resume};
 use freight_transport::{RouteLimiter, RouteThrottle, SystemClock};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -284,9 +284,11 @@ async fn push(
 ) -> Result<Outcome, XferError> {
     let pid = PackageId::parse(&j.package)?;
     let version = j.version;
-    let manifest = site
+    // The package hash, in one streamed pass over the stored manifest (never held whole).
+    let p_id = pid.clone();
+    let hash = site
         .lib
-        .read_async(move |l| l.manifest(&pid, version))
+        .read_async(move |l| l.manifest_dir().open_manifest(&p_id, version)?.hash())
         .await??;
     repair_if_redistributing(site, p, j).await?;
     let throttle = RouteThrottle::parse(&p.route.throttle)?;
@@ -301,7 +303,13 @@ async fn push(
     };
     let started = Instant::now();
     let (reports, res) = session::push_resuming(
-        &site.node, p.address, p.code, &site.lib, &manifest, &opts, &resume,
+        &site.node,
+        p.address,
+        p.code,
+        &site.lib,
+        Offer::Stored(&pid, version),
+        &opts,
+        &resume,
     )
     .await;
     let bytes: u64 = reports.iter().map(|r| r.bytes_sent).sum();
@@ -310,7 +318,7 @@ async fn push(
     let install = DpRequest::Install {
         package: j.package.clone(),
         version: j.version,
-        hash: manifest.hash().to_hex().to_string(),
+        hash: hash.to_hex().to_string(),
     };
     match ask(site, p, &install).await? {
         DpReply::Ok { .. } => Ok(Outcome::Copied {
@@ -365,9 +373,8 @@ async fn pull(site: &Arc<SiteServer>, j: &JobRow, p: &Peer) -> Result<Outcome, X
     let version = j.version;
     let hash = site
         .lib
-        .read_async(move |l| l.manifest(&pid, version))
+        .read_async(move |l| l.manifest_dir().open_manifest(&pid, version)?.hash())
         .await??
-        .hash()
         .to_hex()
         .to_string();
     let started = Instant::now();
