@@ -48,6 +48,9 @@ pub struct ScaleArgs {
     /// Only the library verbs, no daemons.
     #[arg(long)]
     no_daemons: bool,
+    /// Chunk index entries of the synthetic library (0: skip that part).
+    #[arg(long, default_value_t = 10_000_000)]
+    chunks: u64,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -331,6 +334,45 @@ pub fn scale(args: &ScaleArgs) -> Result<(), BenchError> {
             }
             remove_path(&out)?;
         }
+    }
+
+    if args.chunks > 0 {
+        // A library whose chunk index holds `chunks` entries (real packs and pack indexes,
+        // tiny chunks): its first opening builds the index, later ones read only its summary.
+        let syn = args.work.join("synthetic");
+        remove_path(&syn)?;
+        eprintln!("writing a synthetic library of {} chunks ...", args.chunks);
+        let started = Instant::now();
+        freight_test_support::synthetic::library(&syn, args.chunks)
+            .map_err(|e| BenchError::Failed(format!("synthetic library: {e}")))?;
+        eprintln!("written in {:.1} s", started.elapsed().as_secs_f64());
+        let syn_cli = |verb: &[&str]| {
+            let mut c = Command::new(&freight);
+            c.arg("--quiet").arg("library").arg("--library").arg(&syn);
+            c.args(verb);
+            c
+        };
+        let small = args.work.join("small");
+        remove_path(&small)?;
+        many::generate(&small, 1000, 0, 0, args.seed).map_err(ctx(small.display()))?;
+        let small_s = small.to_string_lossy().into_owned();
+        let n = args.chunks;
+        for (what, verb) in [
+            (
+                format!("{n}-chunk library: first open (index built) + stats"),
+                vec!["stats"],
+            ),
+            (format!("{n}-chunk library: open + stats"), vec!["stats"]),
+            (format!("{n}-chunk library: verify"), vec!["verify"]),
+            (
+                format!("{n}-chunk library: ingest of 1,000 files"),
+                vec!["ingest", "--package", LIB_PACKAGE, &small_s],
+            ),
+            (format!("{n}-chunk library: gc"), vec!["gc"]),
+        ] {
+            measured(&what, &mut syn_cli(&verb), &mut commands, &mut steps)?;
+        }
+        remove_path(&syn)?;
     }
 
     let max_rss_mib = steps
