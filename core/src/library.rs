@@ -1529,8 +1529,8 @@ impl Library {
             let now = SystemTime::now();
             let f = File::options()
                 .write(true)
-                .open(&path)
-                .ctx(&path, "open lease")?;
+                .open(path)
+                .ctx(path, "open lease")?;
             f.set_times(std::fs::FileTimes::new().set_modified(now))
                 .ctx(path, "renew lease")?;
             return Ok(true);
