@@ -2342,6 +2342,11 @@ type Scratch = (zstd::bulk::Decompressor<'static>, Vec<u8>);
 static SCRATCH: Mutex<Vec<Scratch>> = Mutex::new(Vec::new());
 /// Most scratch sets kept idle; more in use at once are freed after use.
 const SCRATCH_KEPT: usize = 8;
+/// Largest buffer kept idle: twice the chunker's largest cut (4 MiB). A chunk up to
+/// `MAX_CHUNK` (64 MiB: a peer's, or a decompression bomb refused after decompressing) gets
+/// its buffer freed after use, so idle scratch stays within `SCRATCH_KEPT` × this whatever
+/// chunks came by, instead of keeping up to 8 × 64 MiB resident.
+const SCRATCH_BUF_KEPT: usize = 8 << 20;
 
 /// Runs `f` on the uncompressed bytes of a stored chunk (decompressed into a pooled scratch
 /// buffer when compressed, the stored bytes themselves when raw).
@@ -2382,6 +2387,11 @@ fn with_raw<T>(
             Err(format!("length {} != {}", buf.len(), loc.ulen))
         }
         Ok(_) => Ok(f(&buf)),
+    };
+    let buf = if buf.capacity() > SCRATCH_BUF_KEPT {
+        Vec::new()
+    } else {
+        buf
     };
     let mut pool = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
     if pool.len() < SCRATCH_KEPT {
