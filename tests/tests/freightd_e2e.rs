@@ -472,6 +472,55 @@ fn a_pull_dp_waits_for_a_source_pulls_from_the_first_that_works_and_reports_capa
     assert_serves(&pull, &idb, "1", &b);
 }
 
+/// With SPEC's pull retry delay (30 minutes), a pull DP whose version no source holds yet
+/// (8212) gets it as soon as a source installs it, for a first version and for an update: the
+/// source's install wakes the waiting job instead of leaving it to its retry delay.
+#[test]
+fn a_pull_dp_waiting_for_its_source_starts_when_the_source_installs_not_after_the_retry_delay() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    let text = std::fs::read_to_string(&site.config)
+        .unwrap()
+        .replace("pull_retry_delay = \"1s\"", "pull_retry_delay = \"30min\"");
+    std::fs::write(&site.config, text).unwrap();
+    let mut dp1 = net.dp("dp1", "DP1", "standard", "");
+    let mut pull = net.dp("pull", "PD1", "pull", "");
+    for h in [&mut site, &mut dp1, &mut pull] {
+        h.start();
+    }
+    pull.trust(&dp1, "dp");
+    dp1.trust(&pull, "pull-dp");
+    site.add_dp(&dp1, "dp1", &[]);
+    site.add_dp(&pull, "pull", &["dp1"]);
+    let src = net.p("src");
+    tree(&src, 6 << 20, 41);
+    let id = site.create("p", &src);
+
+    // The pull DP first: no source holds the version, so it waits (8212) 30 minutes...
+    site.act(&id, "distribute", json!({"dps": ["pull"]}));
+    site.wait_for("8212", SETTLE, |s| {
+        s.message_ids(&id, Some("pull")).contains(&8212)
+    });
+    // ...until its source installs it.
+    site.act(&id, "distribute", json!({"dps": ["dp1"]}));
+    site.settle(SETTLE);
+    for (dp, state, v) in site.status(&id) {
+        assert_eq!((state.as_str(), v), ("Installed", Some(1)), "{dp}");
+    }
+    assert_serves(&pull, &id, "1", &src);
+
+    // An update goes to both at once; the pull DP's job usually runs before its source has
+    // the version, and must not then wait 30 minutes.
+    change_five_percent(&src);
+    let v2 = site.act(&id, "update", json!({}));
+    assert_eq!(v2["version"], 2);
+    site.settle(SETTLE);
+    for (dp, state, v) in site.status(&id) {
+        assert_eq!((state.as_str(), v), ("Installed", Some(2)), "{dp}");
+    }
+    assert_serves(&pull, &id, "2", &src);
+}
+
 #[test]
 fn sigkill_of_the_site_server_and_dps_at_ten_moments_loses_no_job_and_duplicates_none() {
     let net = Net::new();

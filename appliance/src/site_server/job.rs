@@ -57,6 +57,11 @@ pub struct JobFacts<'a> {
     pub held: Option<u32>,
 }
 
+/// A pull DP job's error while it waits for a source DP to hold its version. The store wakes
+/// the jobs waiting so as soon as a source installs that version, so an update reaching a pull
+/// DP before its sources waits for them, not for the retry delay (SPEC's 30 minutes).
+pub const NO_SOURCE_YET: &str = "no source DP holds this version yet";
+
 /// How one attempt of a job ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -239,7 +244,7 @@ pub fn next(f: &JobFacts, outcome: Outcome, policy: &RetryPolicy) -> Transition 
         Outcome::NoSource => {
             let (n, delay) = (policy.pull_attempts, policy.pull_delay);
             let m = msg(8212, &[&dp, &p, &v, &f.attempts, &n, &human_delay(delay)]);
-            retry(f, "no source DP holds this version yet".into(), n, delay, m)
+            retry(f, NO_SOURCE_YET.into(), n, delay, m)
         }
         Outcome::AtCapacity { active } => {
             let (n, delay) = (policy.pull_attempts, policy.pull_delay);

@@ -37,7 +37,7 @@
 pub mod schema;
 pub mod types;
 
-use super::job::{JobEnd, StatusWrite, Transition};
+use super::job::{JobEnd, NO_SOURCE_YET, StatusWrite, Transition};
 use super::statmgr::{self, Msg};
 use crate::api::{
     DpInfo, GroupInfo, JobProgress, PackageInfo, PackageStatus, StatusMessage, Summary, VersionInfo,
@@ -1194,6 +1194,9 @@ impl Db<'_> {
                          message = ?6, updated = ?7",
                     params![package, dp, state, version, copied, message, now],
                 )?;
+                if *state == DpState::Installed {
+                    self.wake_pull_dps_waiting_for(package, dp, *version, now_ms)?;
+                }
             }
             StatusWrite::Validated { failed: None } => {
                 self.c.execute(
@@ -1213,6 +1216,36 @@ impl Db<'_> {
         for m in &t.messages {
             self.raise(site, now, m)?;
         }
+        Ok(())
+    }
+
+    /// `source` now holds `version` of `package`: the pull DPs ranking it as a source whose
+    /// job for that version waits because no source held it ([`NO_SOURCE_YET`]) are due now
+    /// rather than after their retry delay. Other waits (capacity, failed downloads) keep
+    /// their delay: a new source does not change them.
+    fn wake_pull_dps_waiting_for(
+        &self,
+        package: &str,
+        source: &str,
+        version: Option<u32>,
+        now_ms: i64,
+    ) -> Result<()> {
+        let Some(version) = version else {
+            return Ok(());
+        };
+        self.c.execute(
+            "UPDATE distribution_jobs SET next_attempt = ?4
+             WHERE package = ?1 AND version = ?2 AND state = ?5 AND error = ?6 AND next_attempt > ?4
+               AND dp IN (SELECT dp FROM dp_sources WHERE source = ?3)",
+            params![
+                package,
+                version,
+                source,
+                now_ms,
+                JobState::Retrying,
+                NO_SOURCE_YET
+            ],
+        )?;
         Ok(())
     }
 }

@@ -224,10 +224,9 @@ pub fn scale(args: &ScaleArgs) -> Result<(), BenchError> {
             root: root.clone(),
             dps: 0,
         };
-        // The update reaches the pull DP before its source holds it: it is notified again
-        // after this delay rather than SPEC's 30 minutes.
-        let site_role = format!("{SITE_ROLE}pull_retry_delay = \"2s\"\n");
-        hosts.init("ps1", "PS1", &site_role, &mut commands)?;
+        // SPEC's retry delays: an update reaching the pull DP before its source holds it
+        // waits for the source's install, not for the 30-minute pull retry delay.
+        hosts.init("ps1", "PS1", SITE_ROLE, &mut commands)?;
         let dp_role = |kind: &str| -> Result<String, BenchError> {
             Ok(format!(
                 "[dp]\nkind = \"{kind}\"\nhttp = \"127.0.0.1:{}\"\n",
