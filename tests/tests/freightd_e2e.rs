@@ -473,8 +473,9 @@ fn a_pull_dp_waits_for_a_source_pulls_from_the_first_that_works_and_reports_capa
 }
 
 /// With SPEC's pull retry delay (30 minutes), a pull DP whose version no source holds yet
-/// (8212) gets it as soon as a source installs it, for a first version and for an update: the
-/// source's install wakes the waiting job instead of leaving it to its retry delay.
+/// (8212) gets it as soon as a source installs it (the source's install wakes the waiting
+/// job instead of leaving it to its retry delay); and a pull DP's copy distributed with its
+/// source's is held until the source has it, instead of failing to find a source.
 #[test]
 fn a_pull_dp_waiting_for_its_source_starts_when_the_source_installs_not_after_the_retry_delay() {
     let net = Net::new();
@@ -509,8 +510,8 @@ fn a_pull_dp_waiting_for_its_source_starts_when_the_source_installs_not_after_th
     }
     assert_serves(&pull, &id, "1", &src);
 
-    // An update goes to both at once; the pull DP's job usually runs before its source has
-    // the version, and must not then wait 30 minutes.
+    // An update goes to both at once: the pull DP's job is held while its source is given
+    // the version (no 8212, no attempt spent), then runs.
     change_five_percent(&src);
     let v2 = site.act(&id, "update", json!({}));
     assert_eq!(v2["version"], 2);
@@ -519,6 +520,12 @@ fn a_pull_dp_waiting_for_its_source_starts_when_the_source_installs_not_after_th
         assert_eq!((state.as_str(), v), ("Installed", Some(2)), "{dp}");
     }
     assert_serves(&pull, &id, "2", &src);
+    let waited: Vec<_> = site
+        .messages(&id)
+        .into_iter()
+        .filter(|m| m["dp"] == "pull" && m["id"] == 8212 && m["version"] == 2)
+        .collect();
+    assert!(waited.is_empty(), "{waited:?}");
 }
 
 #[test]

@@ -152,7 +152,21 @@ fn admit(
     for mut j in due {
         // A copy outside its window stays queued, so it never holds the DP while a package
         // that may send waits behind it.
-        if !pkgxfer::window_open(&j) || !slots.take(&j, limits) {
+        if !pkgxfer::window_open(&j) {
+            continue;
+        }
+        // A pull DP's copy waits while no source holds the version and one is still being
+        // given it: run now, it would only find no source (8212) and spend an attempt and a
+        // retry delay; it is admitted in the round after that source's job ends.
+        if j.kind == DpKind::Pull
+            && j.action.copies()
+            && site
+                .store
+                .read(|db| db.waits_for_source(&j.dp, &j.package, j.version))?
+        {
+            continue;
+        }
+        if !slots.take(&j, limits) {
             continue;
         }
         // Counted before any byte moves: a crash now costs one attempt, never a duplicate.

@@ -1059,6 +1059,31 @@ impl Db<'_> {
         )?)
     }
 
+    /// Whether pull DP `dp` should wait for a source: none of its sources holds `package` at
+    /// `version` installed, and one of them has a live (queued, running or retrying) install
+    /// job of it.
+    pub fn waits_for_source(&self, dp: &str, package: &str, version: u32) -> Result<bool> {
+        Ok(self.c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM distribution_jobs j JOIN dp_sources s ON s.source = j.dp
+                 WHERE s.dp = ?1 AND j.package = ?2 AND j.version = ?3 AND j.action = ?4
+                   AND j.state IN (?5, ?6, ?7))
+             AND NOT EXISTS (SELECT 1 FROM dp_sources s JOIN package_dp_status st
+                 ON st.dp = s.source AND st.package = ?2
+                 WHERE s.dp = ?1 AND st.state = ?8 AND st.version = ?3)",
+            params![
+                dp,
+                package,
+                version,
+                Action::Install,
+                JobState::Queued,
+                JobState::Running,
+                JobState::Retrying,
+                DpState::Installed
+            ],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Jobs due at `now_ms`, by priority then age.
     pub fn due_jobs(&self, now_ms: i64) -> Result<Vec<JobRow>> {
         let mut st = self.c.prepare(

@@ -1,0 +1,145 @@
+//! Issue 11, "Must show": a package of 1,000,000 small files plus a few large ones on real
+//! `freightd` processes. The site server snapshots it, distributes it to a standard DP and a
+//! pull DP (which pulls from the standard one), then an update with 1% of the small files
+//! changed; only those files' chunks travel, every copy is byte-identical to the source, and
+//! every daemon's peak resident memory over the whole run stays within 200 MiB.
+
+use freight_test_support::many;
+use freight_test_support::tree::difference;
+use freight_tests::hosts::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const FILES: u64 = 1_000_000;
+
+/// The package's small files: `FILES`, or `FREIGHT_MILLION_FILES` to look into a failure on a
+/// smaller tree.
+fn files() -> u64 {
+    std::env::var("FREIGHT_MILLION_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(FILES)
+}
+
+/// Asserts every DP of `id` Installed at `version`, showing the DP's messages when not.
+fn assert_installed(site: &Host, id: &str, version: u64) {
+    for (dp, state, v) in site.status(id) {
+        if (state.as_str(), v) != ("Installed", Some(version)) {
+            let msgs: Vec<String> = site
+                .messages(id)
+                .iter()
+                .filter(|m| m["dp"].as_str() == Some(&dp))
+                .map(|m| m.to_string())
+                .collect();
+            panic!(
+                "{dp}: {state} {v:?}, not Installed {version}:\n{}",
+                msgs.join("\n")
+            );
+        }
+    }
+}
+/// Peak resident memory each daemon may reach (issue 11).
+const LIMIT_MIB: u64 = 200;
+/// Every step here moves a million files through a daemon on 2 shared cores.
+const SETTLE: Duration = Duration::from_secs(1800);
+
+/// Peak resident memory (VmHWM) of process `pid`, MiB.
+fn vm_hwm_mib(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap()
+        >> 10
+}
+
+/// Heavy tier: a million files through three daemons, several minutes on 2 cores.
+#[test]
+fn heavy_a_million_file_package_is_distributed_to_a_standard_and_a_pull_dp_and_updated_in_bounded_memory()
+ {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    let mut dp1 = net.dp("dp1", "DP1", "standard", "share = \"share\"\n");
+    let mut pull = net.dp("pull", "PD1", "pull", "share = \"share\"\n");
+    for h in [&mut site, &mut dp1, &mut pull] {
+        h.start();
+    }
+    pull.trust(&dp1, "dp");
+    dp1.trust(&pull, "pull-dp");
+    site.add_dp(&dp1, "dp1", &[]);
+    site.add_dp(&pull, "pull", &["dp1"]);
+
+    let src = net.p("src");
+    let t = Instant::now();
+    let made = many::generate(&src, files(), 3, 8 << 20, 11).unwrap();
+    eprintln!(
+        "tree of {} files written in {:.0?}",
+        made.files,
+        t.elapsed()
+    );
+
+    let t = Instant::now();
+    let id = site.create("million", &src);
+    eprintln!("create: {:.0?}", t.elapsed());
+    // Both at once: the pull DP's job waits for its source's install.
+    let t = Instant::now();
+    site.act(&id, "distribute", json!({"dps": ["dp1", "pull"]}));
+    site.settle(SETTLE);
+    eprintln!("distribute: {:.0?}", t.elapsed());
+    assert_installed(&site, &id, 1);
+    let first = site.bytes_sent(&id, 1, "dp1", "install");
+
+    // 1% of the small files rewritten.
+    let changed = many::change_every(&src, files(), 100, 7, 1, 11).unwrap();
+    let t = Instant::now();
+    let v2 = site.act(&id, "update", json!({}));
+    assert_eq!(v2["version"], 2);
+    site.settle(SETTLE);
+    eprintln!("update: {:.0?}", t.elapsed());
+    assert_installed(&site, &id, 2);
+    let sent = site.bytes_sent(&id, 2, "dp1", "install");
+    eprintln!(
+        "first copy {first} bytes; update: {} files, {} bytes changed, {sent} bytes sent",
+        changed.files, changed.bytes
+    );
+    // Only the changed files' chunks travel (stored compressed, so at most their size plus
+    // frame overhead; the small files are one chunk each).
+    assert!(
+        sent > 0 && sent <= changed.bytes + changed.files * 64,
+        "update sent {sent} bytes for {} changed bytes",
+        changed.bytes
+    );
+
+    // Every daemon's peak over the whole run.
+    let peaks = [
+        ("site server", vm_hwm_mib(site.pid())),
+        ("dp1", vm_hwm_mib(dp1.pid())),
+        ("pull", vm_hwm_mib(pull.pid())),
+    ];
+    eprintln!("peak RSS MiB: {peaks:?}");
+
+    // Every copy is the source, byte for byte.
+    for dp in ["dp1", "pull"] {
+        let share = net.p(dp).join("share").join(&id);
+        assert_eq!(difference(&src, &share).unwrap(), None, "{dp}'s share");
+    }
+    let sample = many::small_path(&src, 7 + 100 * (files() / 300));
+    let rel = sample.strip_prefix(&src).unwrap().to_str().unwrap();
+    for dp in [&dp1, &pull] {
+        let got = fetch(dp.http.as_ref().unwrap(), &id, "latest", rel);
+        assert_eq!(
+            got,
+            Some(std::fs::read(&sample).unwrap()),
+            "{rel} over HTTP"
+        );
+    }
+    for (who, peak) in peaks {
+        assert!(
+            peak <= LIMIT_MIB,
+            "{who} peaked at {peak} MiB, above {LIMIT_MIB} MiB"
+        );
+    }
+    site.stop();
+    dp1.stop();
+    pull.stop();
+}
