@@ -14,99 +14,38 @@
 use freight_appliance::content::install;
 use freight_core::library::Access;
 use freight_core::{IoMode, Library, LibraryConfig, PackageId, Progress};
+use freight_test_support::loopfs::LoopFs;
 use freight_test_support::{DatasetSpec, generate, ingest_version, noise, rewrite_every_20th};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const PKG: &str = "PS100001";
 /// `_IOR('X', 125, __u32)`.
 const FS_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
 const FS_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// The test's file system: ext4 on a loop device, mounted with no periodic journal commit, no
+/// data ordered before metadata and no flush on rename.
+fn loop_fs(bytes: u64) -> LoopFs {
+    LoopFs::new(bytes, &[], "data=writeback,commit=600,noauto_da_alloc")
 }
 
-/// An ext4 file system on a loop device, mounted at `mnt`.
-struct LoopFs {
-    dev: String,
-    mnt: PathBuf,
-    _img: tempfile::TempDir,
+/// The power cut: the file system stops where it is, nothing unsynced reaches the disk.
+fn cut_power(fs: &LoopFs) {
+    let d = std::fs::File::open(&fs.mnt).unwrap();
+    let flags = FS_GOING_FLAGS_NOLOGFLUSH;
+    // SAFETY: the ioctl reads one u32 from the pointer.
+    let r = unsafe { libc::ioctl(d.as_raw_fd(), FS_IOC_SHUTDOWN, &flags) };
+    assert_eq!(r, 0, "FS_IOC_SHUTDOWN: {}", std::io::Error::last_os_error());
 }
 
-impl LoopFs {
-    fn new(bytes: u64) -> LoopFs {
-        let img = tempfile::tempdir_in("/var/tmp").unwrap();
-        let file = img.path().join("fs.img");
-        std::fs::File::create(&file)
-            .unwrap()
-            .set_len(bytes)
-            .unwrap();
-        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&file));
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&dev));
-        let mnt = img.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let fs = LoopFs {
-            dev,
-            mnt,
-            _img: img,
-        };
-        fs.mount();
-        fs
-    }
-
-    fn mount(&self) {
-        run(Command::new("mount")
-            .args(["-o", "data=writeback,commit=600,noauto_da_alloc"])
-            .arg(&self.dev)
-            .arg(&self.mnt));
-    }
-
-    fn umount(&self) {
-        for _ in 0..50 {
-            if Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .unwrap()
-                .success()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("cannot unmount {}", self.mnt.display());
-    }
-
-    /// The power cut: the file system stops where it is, nothing unsynced reaches the disk.
-    fn cut_power(&self) {
-        let d = std::fs::File::open(&self.mnt).unwrap();
-        let flags = FS_GOING_FLAGS_NOLOGFLUSH;
-        // SAFETY: the ioctl reads one u32 from the pointer.
-        let r = unsafe { libc::ioctl(d.as_raw_fd(), FS_IOC_SHUTDOWN, &flags) };
-        assert_eq!(r, 0, "FS_IOC_SHUTDOWN: {}", std::io::Error::last_os_error());
-    }
-
-    /// After a cut: unmount (every file on it closed) and mount again, as after a reboot.
-    fn reboot(&self) {
-        self.umount();
-        self.mount();
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
+/// After a cut: unmount (every file on it closed) and mount again, as after a reboot.
+fn reboot(fs: &LoopFs) {
+    fs.umount();
+    fs.mount();
 }
 
 fn can_run() -> bool {
@@ -145,7 +84,7 @@ fn heavy_a_materialised_tree_survives_a_power_cut_right_after_it_returns() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     generate(&src, &DatasetSpec::mixed(24 << 20, 7)).unwrap();
-    let fs = LoopFs::new(256 << 20);
+    let fs = loop_fs(256 << 20);
     let lib_dir = fs.mnt.join("lib");
     {
         Library::init(&lib_dir, &LibraryConfig::default()).unwrap();
@@ -155,9 +94,9 @@ fn heavy_a_materialised_tree_survives_a_power_cut_right_after_it_returns() {
         freight_core::materialize::materialize(&lib, &m, &fs.mnt.join("out"), &Progress::default())
             .unwrap();
         write_canary(&fs);
-        fs.cut_power();
+        cut_power(&fs);
     }
-    fs.reboot();
+    reboot(&fs);
     assert_canary_gone(&fs);
     assert_eq!(same(&src, &fs.mnt.join("out")), None);
     let lib = Library::open(&lib_dir, Access::Write, IoMode::from_env()).unwrap();
@@ -200,7 +139,7 @@ fn heavy_every_installed_version_survives_power_cuts_and_the_share_is_never_part
     let first = t.path().join("v1");
     generate(&first, &DatasetSpec::mixed(16 << 20, 9)).unwrap();
     sources.push(first);
-    let fs = LoopFs::new(512 << 20);
+    let fs = loop_fs(512 << 20);
     let (lib_dir, share) = (fs.mnt.join("lib"), fs.mnt.join("share"));
     Library::init(&lib_dir, &LibraryConfig::default()).unwrap();
 
@@ -209,8 +148,8 @@ fn heavy_every_installed_version_survives_power_cuts_and_the_share_is_never_part
     assert!(ingest_and_install(&lib_dir, &share, &sources[0], 1));
     let full = started.elapsed();
     write_canary(&fs);
-    fs.cut_power();
-    fs.reboot();
+    cut_power(&fs);
+    reboot(&fs);
     assert_canary_gone(&fs);
     assert_eq!(
         same(&sources[0], &share.join(PKG)),
@@ -243,10 +182,10 @@ fn heavy_every_installed_version_survives_power_cuts_and_the_share_is_never_part
         };
         std::thread::sleep(delay);
         let cut_while_running = !worker.is_finished();
-        fs.cut_power();
+        cut_power(&fs);
         let reported = worker.join().unwrap();
         hits += usize::from(cut_while_running);
-        fs.reboot();
+        reboot(&fs);
         if reported {
             installed = v;
         }

@@ -9,6 +9,7 @@
 
 pub mod bins;
 pub mod dataset;
+pub mod loopfs;
 pub mod many;
 pub mod netem;
 pub mod synthetic;

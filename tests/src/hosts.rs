@@ -76,6 +76,12 @@ impl Net {
         Net(World::new())
     }
 
+    /// A new folder of hosts in `dir`, on a file system the test throws away whole
+    /// ([`World::in_scratch`]).
+    pub fn in_scratch(dir: &std::path::Path) -> Net {
+        Net(World::in_scratch(dir))
+    }
+
     /// Creates a host folder with its key; `extra` is appended to the config (role sections).
     pub fn host(&self, name: &str, code: &str, extra: &str) -> Host {
         let dir = self.p(name);

@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 
 /// A temporary folder holding sites, libraries and sources by name.
 pub struct World {
-    _t: tempfile::TempDir,
+    /// None when the folder lives on a file system the test discards whole.
+    _t: Option<tempfile::TempDir>,
     /// The folder; removed when the world is dropped.
     pub root: PathBuf,
 }
@@ -23,7 +24,15 @@ impl World {
     pub fn new() -> World {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
-        World { _t: t, root }
+        World { _t: Some(t), root }
+    }
+
+    /// A new, empty folder in `dir`, on a file system the test throws away whole (a
+    /// [`freight_test_support::loopfs::LoopFs`]): it is not removed file by file on drop,
+    /// which for trees of a million files would take minutes.
+    pub fn in_scratch(dir: &std::path::Path) -> World {
+        let root = tempfile::tempdir_in(dir).unwrap().keep();
+        World { _t: None, root }
     }
     /// The path of `name` in the folder.
     pub fn p(&self, name: &str) -> PathBuf {
