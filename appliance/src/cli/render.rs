@@ -347,7 +347,7 @@ fn address_detail(a: &AddressInfo) -> Result<String, CliError> {
 /// Milliseconds as the largest whole unit that writes them exactly: `1m`, `90s`, `1500ms`.
 fn duration_ms(ms: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(3_600_000, "h"), (60_000, "m"), (1000, "s"), (1, "ms")];
-    match UNITS.iter().find(|(n, _)| ms > 0 && ms % n == 0) {
+    match UNITS.iter().find(|(n, _)| ms > 0 && ms.is_multiple_of(*n)) {
         Some((n, unit)) => format!("{}{unit}", ms / n),
         None => format!("{ms}ms"),
     }
