@@ -1253,7 +1253,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 12);
+        assert_eq!(tables, 13, "12 before the hierarchy, and addresses");
     }
 
     #[test]
