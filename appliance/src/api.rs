@@ -23,11 +23,22 @@
 //! GET    /v1/status?package=ID            → [PackageStatus]
 //! GET    /v1/messages?package=ID&since=N  → [StatusMessage] (since: message sequence number)
 //! GET    /v1/progress                     → [JobProgress]  (running copies, for `watch`)
+//! GET    /v1/sites                        → [SiteInfo]     (this site, its parent, its children)
+//! POST   /v1/sites/children     AddSite   → SiteInfo       (add a child, trust its key as child)
+//! PUT    /v1/sites/parent       AddSite   → SiteInfo       (set the parent, trust its key as parent)
+//! GET    /v1/sites/{code}                 → SiteDetail
+//! DELETE /v1/sites/{code}                 → Done           (a child with addresses is refused)
+//! GET    /v1/addresses                    → [AddressInfo]
+//! POST   /v1/addresses          AddAddress → AddressInfo
+//! GET    /v1/addresses/{site}?kind=K      → AddressInfo    (kind may be left out when the site
+//! PUT    /v1/addresses/{site}/schedule?kind=K AddressSchedule → AddressInfo   has one address)
+//! DELETE /v1/addresses/{site}?kind=K      → Done
 //! ```
 //! Errors answer 4xx/5xx with [`ApiError`]: one line naming the object and the fix; every
 //! error, including a malformed request, is answered in that JSON form. Request bodies are
 //! strict: an unknown field is refused by name, so a typo never becomes a default.
 
+pub use crate::model::SenderKind;
 pub use freight_transport::Priority;
 use serde::{Deserialize, Serialize};
 
@@ -290,4 +301,100 @@ pub struct JobProgress {
     pub total: u64,
     /// Bytes sent so far in this attempt.
     pub done: u64,
+}
+
+/// `site add-child` and `site set-parent`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddSite {
+    /// The site's code.
+    pub code: String,
+    /// Its public identity in text form (`freight site identity export` on it); imported into
+    /// the trust store. Without it, the key the trust store already holds for `code` is used.
+    pub identity: Option<String>,
+}
+
+/// A site this site knows: itself, its parent or a child.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SiteInfo {
+    /// Site code.
+    pub code: String,
+    /// `this site`, `parent` or `child`.
+    pub relation: String,
+    /// The fingerprint of the key it was configured with (none for this site: its own key).
+    pub fingerprint: Option<String>,
+    /// That key in the trust store now: `trusted`, `revoked`, `replaced` (another key is
+    /// trusted for the site) or `missing`; `own key` for this site.
+    pub key: String,
+    /// Unix seconds it was added.
+    pub added: Option<i64>,
+    /// The sender kinds of its addresses.
+    pub addresses: Vec<SenderKind>,
+}
+
+/// `site show`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteDetail {
+    /// The site.
+    pub site: SiteInfo,
+    /// Its addresses.
+    pub addresses: Vec<AddressInfo>,
+}
+
+/// `address add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddAddress {
+    /// The child site it sends to.
+    pub site: String,
+    /// Its sender (default standard).
+    #[serde(default = "standard_sender")]
+    pub kind: SenderKind,
+    /// The child's QUIC endpoint, `host:port` (standard addresses only).
+    pub endpoint: Option<String>,
+    /// Its bandwidth windows (default: unlimited, always open).
+    #[serde(default)]
+    pub schedule: AddressSchedule,
+    /// Retries of a failed send (default: the site's `sender_retries`).
+    pub retries: Option<u32>,
+    /// Wait between retries, a duration such as `1m` (default: `sender_retry_delay`).
+    pub retry_delay: Option<String>,
+    /// Sends at once to this site (default: `sender_sends_per_site`).
+    pub max_sends: Option<u32>,
+}
+
+fn standard_sender() -> SenderKind {
+    SenderKind::Standard
+}
+
+/// An address's bandwidth windows, in one of the two written forms (at most one given; none
+/// means unlimited, always open).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressSchedule {
+    /// The compact text form (`Mon-Fri 08:00-18:00 high 2MiB/s; Sat-Sun closed`).
+    pub text: Option<String>,
+    /// The TOML form (a file's contents).
+    pub toml: Option<String>,
+}
+
+/// An address: how this site sends to a child.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AddressInfo {
+    /// The child site.
+    pub site: String,
+    /// Its sender.
+    pub kind: SenderKind,
+    /// The child's QUIC endpoint (standard addresses).
+    pub endpoint: Option<String>,
+    /// Bandwidth windows, canonical compact text.
+    pub schedule: String,
+    /// Retries of a failed send.
+    pub retries: u32,
+    /// Wait between retries, milliseconds.
+    pub retry_delay_ms: u64,
+    /// Sends at once to this site.
+    pub max_sends: u32,
+    /// The settings that follow the site's defaults (`retries`, `retry_delay`, `max_sends`).
+    pub defaults: Vec<String>,
 }

@@ -107,6 +107,16 @@ text_enum! {
 }
 
 text_enum! {
+    /// How a site sends to a child site: the sender of an address (SPEC §1, §4).
+    SenderKind {
+        /// Over the network: QUIC to the child's endpoint.
+        Standard = "standard",
+        /// On media: parcels an administrator carries (`freight courier`).
+        Courier = "courier",
+    }
+}
+
+text_enum! {
     /// A package's state on one DP (SPEC §7).
     DpState {
         /// A copy is planned or running.
@@ -155,6 +165,9 @@ mod tests {
         }
         for d in DpState::ALL {
             assert_eq!(d.as_str().parse::<DpState>().unwrap(), *d);
+        }
+        for k in SenderKind::ALL {
+            assert_eq!(k.as_str().parse::<SenderKind>().unwrap(), *k);
         }
         let e = "branch".parse::<DpKind>().unwrap_err();
         assert!(e.contains("standard, pull"), "{e}");

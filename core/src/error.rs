@@ -211,6 +211,17 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// Content or an instruction from a site this site trusts, but not as its parent: only
+    /// the parent sends packages down (issue 13, authorization by route).
+    #[error(
+        "site {site}: trusted here as {roles}, not as this site's parent; packages are accepted only from the parent (if {site} is it: `freight site set-parent {site}` at the site server, or `freight site identity role {site} --add parent` on a site folder without one)"
+    )]
+    NotFromParent {
+        /// The sending site.
+        site: String,
+        /// What its key is trusted for here.
+        roles: String,
+    },
     /// A delta needs a base version this library does not hold.
     #[error(
         "package {package}: delta needs base version {version}, which this library does not hold; import a full parcel or the base version first"

@@ -185,6 +185,24 @@ fn refusals_name_the_problem_and_change_nothing() {
     w.ok(&args(&w.import_args("v2.parcel")));
     let err = w.fail(&args(&w.import_args("v1.parcel")));
     assert!(err.contains("v1") || err.contains("version 1"), "{err}");
+    // A site trusted, but not as the parent: packages come down from the parent only.
+    std::fs::write(w.p("src/new2.txt"), "newer").unwrap();
+    w.ingest("a-lib", 3, &w.p("src"));
+    w.create(3, "PS1", None, "v3.parcel");
+    let role = |change: &str, role: &str| {
+        let b = w.s("b-site");
+        w.ok(&[
+            "site", "--site", &b, "identity", "role", "CAS", change, role,
+        ]);
+    };
+    role("--add", "child");
+    role("--remove", "parent");
+    let err = w.fail(&args(&w.import_args("v3.parcel")));
+    assert!(
+        err.contains("site CAS: trusted here as child, not as this site's parent"),
+        "{err}"
+    );
+    role("--add", "parent");
     // Revoked key.
     w.ok(&[
         "site",
@@ -196,9 +214,6 @@ fn refusals_name_the_problem_and_change_nothing() {
     ]);
     let list = w.ok(&["site", "--site", &w.s("b-site"), "identity", "list"]);
     assert!(list.contains("revoked"), "{list}");
-    std::fs::write(w.p("src/new2.txt"), "newer").unwrap();
-    w.ingest("a-lib", 3, &w.p("src"));
-    w.create(3, "PS1", None, "v3.parcel");
     let err = w.fail(&args(&w.import_args("v3.parcel")));
     assert!(err.contains("revoked"), "{err}");
     // Nothing of the refused parcels reached B: it holds exactly v2.

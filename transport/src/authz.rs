@@ -17,6 +17,12 @@
 //!
 //! What is deliberately absent: a DP never writes into its site server's library, a pull DP
 //! never commands its source, and a child never sends content or instructions up.
+//!
+//! Authorization by route: on a site server, `parent` and `child` hold only for the keys its
+//! site database configures as its parent and its children (`freight site set-parent`,
+//! `add-child`; [`crate::trust::Relations`]), so content and instructions come only from the
+//! configured parent and status only from configured children, whatever roles a hand-edited
+//! trust store gives.
 
 use freight_core::{PublicIdentity, Role, Roles};
 use std::fmt;
@@ -92,10 +98,18 @@ pub struct Refused {
 
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let may: Vec<&str> = self.request.allowed().iter().map(|r| r.as_str()).collect();
+        let allowed = self.request.allowed();
+        let may: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        // On a site server the hierarchy's roles come from its database, not from a role
+        // added by hand: say so where they are what the request needs.
+        let by_route = if allowed.contains(&Role::Parent) || allowed.contains(&Role::Child) {
+            "; a parent or child site is configured at a site server with `freight site set-parent` or `add-child`"
+        } else {
+            ""
+        };
         write!(
             f,
-            "site {} (key {}) may not {}: it is trusted as {}; only {} may (if it should, `freight site identity role {} --add ROLE` on this host)",
+            "site {} (key {}) may not {}: it is trusted as {}; only {} may (if it should, `freight site identity role {} --add ROLE` on this host{by_route})",
             self.peer.code,
             self.peer.fingerprint(),
             self.request.describe(),

@@ -121,9 +121,46 @@ pub enum Error {
 
 fn bad_schedule_message(input: &str, at: usize, token: &str, reason: &str) -> String {
     let column = input.get(..at).map_or(at, |before| before.chars().count()) + 1;
-    if token.is_empty() {
-        format!("throttle schedule {input:?}, at column {column}: {reason}")
+    // A long schedule is not echoed whole: the offending word and its column say where.
+    let input = if input.chars().count() > LONGEST_ECHOED {
+        format!("of {} bytes", input.len())
     } else {
-        format!("throttle schedule {input:?}, {token:?} at column {column}: {reason}")
+        format!("{input:?}")
+    };
+    if token.is_empty() {
+        return format!("throttle schedule {input}, at column {column}: {reason}");
+    }
+    let token = if token.chars().count() > LONGEST_ECHOED {
+        format!("a word of {} bytes", token.len())
+    } else {
+        format!("{token:?}")
+    };
+    format!("throttle schedule {input}, {token} at column {column}: {reason}")
+}
+
+/// Longest schedule text, or word of one, an error message repeats.
+const LONGEST_ECHOED: usize = 200;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_schedule_is_not_echoed_whole() {
+        let short = bad_schedule_message("Mon closed x", 11, "x", "why");
+        assert_eq!(
+            short,
+            "throttle schedule \"Mon closed x\", \"x\" at column 12: why"
+        );
+        let missing = bad_schedule_message("Mon", 3, "", "why");
+        assert_eq!(missing, "throttle schedule \"Mon\", at column 4: why");
+        let long = "Mon closed; ".repeat(100) + "Mun closed";
+        let e = bad_schedule_message(&long, 1200, "Mun", "unknown day");
+        assert_eq!(
+            e,
+            "throttle schedule of 1210 bytes, \"Mun\" at column 1201: unknown day"
+        );
+        let e = bad_schedule_message(&long, 0, &long, "bad");
+        assert!(e.contains("a word of 1210 bytes"), "{e}");
     }
 }

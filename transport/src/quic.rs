@@ -195,13 +195,17 @@ impl LiveConns {
             .count()
     }
 
-    /// Closes every connection whose peer `trust` no longer authenticates.
+    /// Closes every connection whose peer `trust` no longer authenticates, or whose key holds
+    /// no role here any more (the table's first check, [`Request::Connect`], applied again).
     fn revalidate(&self, trust: &TrustView) {
         let conns = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for (peer, conn) in conns.values() {
             if let Err(e) = trust.authenticate(peer.code, &peer.key) {
                 tracing::warn!(peer = %peer.code, fingerprint = %peer.fingerprint(), error = %e, "closing the connection of a key no longer trusted");
                 conn.close(CLOSE_UNTRUSTED.into(), b"key no longer trusted");
+            } else if trust.roles(peer).is_empty() {
+                tracing::warn!(peer = %peer.code, fingerprint = %peer.fingerprint(), "closing the connection of a key that no longer holds a role here");
+                conn.close(CLOSE_UNTRUSTED.into(), b"no role here");
             }
         }
     }
@@ -504,6 +508,11 @@ impl Node {
         self.tls.code()
     }
 
+    /// This node's public identity (its site code and key).
+    pub fn identity(&self) -> PublicIdentity {
+        self.tls.identity()
+    }
+
     /// The endpoint's tunables.
     pub fn config(&self) -> &NodeConfig {
         &self.config
@@ -568,6 +577,13 @@ impl Node {
     /// an audit trail; a slow reader misses some and is told how many).
     pub fn refusals(&self) -> tokio::sync::broadcast::Receiver<(Refused, SocketAddr)> {
         self.refusals.subscribe()
+    }
+
+    /// Limits the `parent` and `child` roles to the site server's configured `relations`
+    /// ([`crate::trust::Relations`]) and closes the connections of keys left with no role.
+    pub fn set_relations(&self, relations: crate::trust::Relations) {
+        self.tls.trust().set_relations(relations);
+        self.live.revalidate(self.tls.trust());
     }
 
     /// Reads the trust store again now (blocking: call it off the async runtime) and closes

@@ -138,6 +138,8 @@ pub fn authenticate(
 /// One site's TLS material: its certificate and key, and where its trust store is.
 pub struct SiteTls {
     code: SiteCode,
+    /// This site's public identity (its code and the public half of its key).
+    identity: PublicIdentity,
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     trust: Arc<TrustView>,
@@ -169,6 +171,7 @@ impl SiteTls {
     ) -> Result<SiteTls> {
         Ok(SiteTls {
             code: key.code(),
+            identity: key.identity(),
             cert,
             key: PrivateKeyDer::Pkcs8(key.pkcs8_der().to_vec().into()),
             trust: TrustView::load(trust_dir)?,
@@ -184,6 +187,11 @@ impl SiteTls {
     /// The trust store, in memory.
     pub fn trust(&self) -> &Arc<TrustView> {
         &self.trust
+    }
+
+    /// This site's public identity.
+    pub fn identity(&self) -> PublicIdentity {
+        self.identity
     }
 
     fn verifier(&self, expected: Option<SiteCode>) -> Arc<PinnedVerifier> {

@@ -6,9 +6,18 @@
 //! (import, role change, revoke) renames or removes a file in it, which updates the time.
 //! [`TrustView::reload_if_changed`] is cheap to call often; the node calls it from its own
 //! thread and, after a change, closes connections whose peer is no longer trusted.
+//!
+//! On a site server the trust store is not the last word on the hierarchy's roles: the site
+//! database says which site is its parent and which are its children, with the key each was
+//! configured with ([`Relations`]). Once the site server has set them
+//! ([`TrustView::set_relations`]), a key holds the `parent` role only if it is the configured
+//! parent's key and `child` only if it is a configured child's key, whatever the trust store
+//! says (an identity imported by hand with `--role child` grants nothing until
+//! `freight site add-child` configures it). Hosts without a site server (DPs, `freight
+//! transfer`) set none and use the trust store's roles as they are.
 
 use crate::error::Result;
-use freight_core::{PublicIdentity, Roles, SiteCode, TrustStore};
+use freight_core::{PublicIdentity, Role, Roles, SiteCode, TrustStore};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,11 +32,39 @@ struct Snapshot {
     revoked: HashMap<SiteCode, Vec<PublicIdentity>>,
 }
 
+/// A site server's place in the hierarchy as its database configures it: the parent and the
+/// children, each with the key it was configured with. What the authorization table's
+/// `parent` and `child` roles are limited to (see the module documentation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Relations {
+    /// This site's parent.
+    pub parent: Option<PublicIdentity>,
+    /// This site's children.
+    pub children: Vec<PublicIdentity>,
+}
+
+impl Relations {
+    /// `roles` without `parent` unless `peer` is the configured parent, and without `child`
+    /// unless it is a configured child (same site code and same key).
+    pub fn limit(&self, peer: &PublicIdentity, roles: Roles) -> Roles {
+        let mut roles = roles;
+        if self.parent.as_ref() != Some(peer) {
+            roles = roles.without(Role::Parent);
+        }
+        if !self.children.contains(peer) {
+            roles = roles.without(Role::Child);
+        }
+        roles
+    }
+}
+
 /// An in-memory view of one trust store.
 #[derive(Debug)]
 pub struct TrustView {
     dir: PathBuf,
     snap: RwLock<Arc<Snapshot>>,
+    /// The site server's configured relations; `None` on hosts without one.
+    relations: RwLock<Option<Arc<Relations>>>,
     /// Modification times of the store's folder and its `revoked/` folder at the last read.
     stamp: Mutex<Option<(SystemTime, SystemTime)>>,
 }
@@ -39,6 +76,7 @@ impl TrustView {
         let view = TrustView {
             dir: dir.to_path_buf(),
             snap: RwLock::default(),
+            relations: RwLock::default(),
             stamp: Mutex::new(None),
         };
         view.reload()?;
@@ -121,12 +159,23 @@ impl TrustView {
         }
     }
 
-    /// The roles of `peer`'s key here: none unless it is the site's trusted key.
+    /// The roles of `peer`'s key here: none unless it is the site's trusted key; `parent` and
+    /// `child` only as the [`Relations`] allow, once they are set.
     pub fn roles(&self, peer: &PublicIdentity) -> Roles {
-        match self.snapshot().active.get(&peer.code) {
+        let roles = match self.snapshot().active.get(&peer.code) {
             Some((id, roles)) if id.key == peer.key => *roles,
-            _ => Roles::NONE,
+            _ => return Roles::NONE,
+        };
+        match &*self.relations.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(rel) => rel.limit(peer, roles),
+            None => roles,
         }
+    }
+
+    /// Limits the `parent` and `child` roles to `relations` from now on (a site server sets
+    /// them at start-up and after every change of its parent or children).
+    pub fn set_relations(&self, relations: Relations) {
+        *self.relations.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(relations));
     }
 
     /// Trusted entries that hold no role (written before roles existed), for start-up notices.
@@ -185,10 +234,49 @@ mod tests {
         ));
         store.revoke(dp1.code).unwrap();
         assert!(view.reload_if_changed().unwrap());
+        assert_eq!(view.roles(&dp1), Roles::NONE);
         assert!(matches!(
             view.authenticate(dp1.code, &dp1.key),
             Err(freight_core::Error::RevokedKey { .. })
         ));
         assert_eq!(view.roles(&dp1), Roles::NONE);
+    }
+
+    #[test]
+    fn parent_and_child_roles_hold_only_for_the_configured_keys_once_relations_are_set() {
+        let t = tempfile::tempdir().unwrap();
+        let trust_dir = t.path().join("trust");
+        let store = TrustStore::open(&trust_dir).unwrap();
+        let cas = key(t.path(), "CAS").identity();
+        let ss1 = key(t.path(), "SS1").identity();
+        let ss2 = key(t.path(), "SS2").identity();
+        store.import(&cas, Role::Parent).unwrap();
+        store.import(&ss1, Role::Child).unwrap();
+        // SS2 was imported by hand as a child and as an agent, but is not configured.
+        store.import(&ss2, Role::Child).unwrap();
+        store.add_role(ss2.code, Role::Agent).unwrap();
+        let view = TrustView::load(&trust_dir).unwrap();
+        // No relations set (a DP, `freight transfer`): the store's roles as they are.
+        assert_eq!(view.roles(&ss2), Roles::of(Role::Child).with(Role::Agent));
+        view.set_relations(Relations {
+            parent: Some(cas),
+            children: vec![ss1],
+        });
+        assert_eq!(view.roles(&cas), Roles::of(Role::Parent));
+        assert_eq!(view.roles(&ss1), Roles::of(Role::Child));
+        assert_eq!(
+            view.roles(&ss2),
+            Roles::of(Role::Agent),
+            "child only as configured"
+        );
+        // The parent's code with another key configured: no parent role.
+        std::fs::create_dir(t.path().join("x")).unwrap();
+        let other_cas = key(&t.path().join("x"), "CAS").identity();
+        view.set_relations(Relations {
+            parent: Some(other_cas),
+            children: vec![],
+        });
+        assert_eq!(view.roles(&cas), Roles::NONE);
+        assert_eq!(view.roles(&ss1), Roles::NONE);
     }
 }

@@ -2,7 +2,10 @@
 //! a thin mapping onto the site server's actions. It is the only place that knows HTTP status
 //! codes: [`SiteError`]s become them here. Access is the socket file's permissions (0600).
 
-use crate::api::{AddDp, AddGroup, ApiError, CreatePackage, Done, Members, SetSchedule, Targets};
+use crate::api::{
+    AddAddress, AddDp, AddGroup, AddSite, AddressInfo, AddressSchedule, ApiError, CreatePackage,
+    Done, Members, SenderKind, SetSchedule, SiteDetail, SiteInfo, Targets,
+};
 use crate::site_server::SiteServer;
 use crate::site_server::error::SiteError;
 use axum::extract::ConnectInfo;
@@ -26,6 +29,8 @@ impl From<SiteError> for Refusal {
     fn from(e: SiteError) -> Refusal {
         let status = match &e {
             SiteError::NoDp(_)
+            | SiteError::NoSite(_)
+            | SiteError::NoAddress { .. }
             | SiteError::NoSourceDp { .. }
             | SiteError::NoGroup(_)
             | SiteError::NoPackage(_)
@@ -161,6 +166,13 @@ pub fn router(site: Arc<SiteServer>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/messages", get(messages))
         .route("/v1/progress", get(progress))
+        .route("/v1/sites", get(sites))
+        .route("/v1/sites/children", post(add_child))
+        .route("/v1/sites/parent", put(set_parent))
+        .route("/v1/sites/{code}", get(site_detail).delete(remove_site))
+        .route("/v1/addresses", get(addresses).post(add_address))
+        .route("/v1/addresses/{site}", get(address).delete(remove_address))
+        .route("/v1/addresses/{site}/schedule", put(address_schedule))
         .method_not_allowed_fallback(|| async {
             Refusal(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -287,4 +299,49 @@ async fn messages(State(s): S, Q(q): Q<MessagesQuery>) -> R<Vec<crate::api::Stat
 }
 async fn progress(State(s): S) -> R<Vec<crate::api::JobProgress>> {
     Ok(Json(s.jobs()?))
+}
+
+async fn sites(State(s): S) -> R<Vec<SiteInfo>> {
+    Ok(Json(s.sites()?))
+}
+async fn add_child(State(s): S, Body(a): Body<AddSite>) -> R<SiteInfo> {
+    Ok(Json(s.add_child(a)?))
+}
+async fn set_parent(State(s): S, Body(a): Body<AddSite>) -> R<SiteInfo> {
+    Ok(Json(s.set_parent(a)?))
+}
+async fn site_detail(State(s): S, Seg(code): Seg<String>) -> R<SiteDetail> {
+    Ok(Json(s.site_detail(&code)?))
+}
+async fn remove_site(State(s): S, Seg(code): Seg<String>) -> R<Done> {
+    let rel = s.remove_site(&code)?;
+    done(format!("removed {} site {code}", rel.label()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindQuery {
+    kind: Option<SenderKind>,
+}
+
+async fn addresses(State(s): S) -> R<Vec<AddressInfo>> {
+    Ok(Json(s.addresses()?))
+}
+async fn add_address(State(s): S, Body(a): Body<AddAddress>) -> R<AddressInfo> {
+    Ok(Json(s.add_address(a)?))
+}
+async fn address(State(s): S, Seg(site): Seg<String>, Q(q): Q<KindQuery>) -> R<AddressInfo> {
+    Ok(Json(s.address(&site, q.kind)?))
+}
+async fn address_schedule(
+    State(s): S,
+    Seg(site): Seg<String>,
+    Q(q): Q<KindQuery>,
+    Body(b): Body<AddressSchedule>,
+) -> R<AddressInfo> {
+    Ok(Json(s.set_address_schedule(&site, q.kind, &b)?))
+}
+async fn remove_address(State(s): S, Seg(site): Seg<String>, Q(q): Q<KindQuery>) -> R<Done> {
+    let kind = s.remove_address(&site, q.kind)?;
+    done(format!("removed the {kind} address to site {site}"))
 }

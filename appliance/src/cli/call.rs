@@ -9,7 +9,7 @@ use crate::cli::error::CliError;
 use crate::cli::output::print_json;
 use crate::cli::render::{self, Show};
 use crate::cli::watch;
-use crate::cli::{distribution, dp, dpgroup, package, status};
+use crate::cli::{address, distribution, dp, dpgroup, package, status};
 use clap::{Args, Subcommand};
 use hyper::Method;
 use jiff::tz::TimeZone;
@@ -33,6 +33,9 @@ pub struct Conn {
 pub enum AdminCmd {
     /// Distribution points of this site: add, list, show, remove, bandwidth windows.
     Dp(dp::DpArgs),
+    /// Addresses: how this site sends to its child sites (endpoint, sender, weekly
+    /// schedule, retries); `show` draws the week.
+    Address(address::AddressArgs),
     /// Named sets of DPs, to target many at once.
     Dpgroup(dpgroup::GroupArgs),
     /// Packages: create from a source folder, update, list, show, remove.
@@ -99,6 +102,10 @@ async fn run_async(cmd: AdminCmd, quiet: bool) -> Result<(), CliError> {
     let (conn, call) = match cmd {
         AdminCmd::Dp(a) => (a.conn, dp::dp_call(a.cmd, dp::read_identity)?),
         AdminCmd::Dpgroup(a) => (a.conn, dpgroup::group_call(a.cmd)?),
+        AdminCmd::Address(a) => (
+            a.conn,
+            address::address_call(a.cmd, address::read_schedule_file)?,
+        ),
         AdminCmd::Package(a) => (a.conn, package::package_call(a.cmd)?),
         AdminCmd::Distribute(a) => (
             a.conn,
@@ -128,6 +135,20 @@ async fn run_async(cmd: AdminCmd, quiet: bool) -> Result<(), CliError> {
             return watch::run(&client, opts).await;
         }
     };
+    show(conn, call).await
+}
+
+/// Runs one call made elsewhere (`freight site`'s hierarchy verbs) and shows its answer.
+pub(crate) fn run_call(conn: Conn, call: Call) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Output)?;
+    rt.block_on(show(conn, call))
+}
+
+/// Makes `call` and prints its answer: JSON with `--json`, else its human view.
+async fn show(conn: Conn, call: Call) -> Result<(), CliError> {
     let answer: Value = call.send(&AdminClient::new(conn.admin)).await?;
     if conn.json {
         print_json(&answer)
@@ -167,6 +188,10 @@ mod tests {
                 dp::dp_call(a.cmd, |_| Ok("ID-TEXT".into())).unwrap(),
             ),
             AdminCmd::Dpgroup(a) => (a.conn, dpgroup::group_call(a.cmd).unwrap()),
+            AdminCmd::Address(a) => (
+                a.conn,
+                address::address_call(a.cmd, |_| Ok("TOML".into())).unwrap(),
+            ),
             AdminCmd::Package(a) => (a.conn, package::package_call(a.cmd).unwrap()),
             AdminCmd::Distribute(a) => (
                 a.conn,
@@ -260,6 +285,105 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "pull DP a needs a source; pass --source DP (best first)");
+    }
+
+    #[test]
+    fn address_commands_map_to_their_calls() {
+        check(
+            &[
+                "address",
+                "add",
+                "SS1",
+                "--endpoint",
+                "10.0.0.5:4433",
+                "--throttle",
+                "Sat-Sun closed",
+                "--retries",
+                "4",
+                "--retry-delay",
+                "30s",
+            ],
+            Method::POST,
+            "/addresses",
+            Some(
+                json!({"site": "SS1", "kind": "standard", "endpoint": "10.0.0.5:4433",
+                "schedule": {"text": "Sat-Sun closed", "toml": null}, "retries": 4,
+                "retry_delay": "30s", "max_sends": null}),
+            ),
+        );
+        check(
+            &[
+                "address",
+                "add",
+                "SS1",
+                "--kind",
+                "courier",
+                "--file",
+                "/w.toml",
+                "--max-sends",
+                "1",
+            ],
+            Method::POST,
+            "/addresses",
+            Some(json!({"site": "SS1", "kind": "courier", "endpoint": null,
+                "schedule": {"text": null, "toml": "TOML"}, "retries": null,
+                "retry_delay": null, "max_sends": 1})),
+        );
+        check(&["address", "list"], Method::GET, "/addresses", None);
+        check(
+            &["address", "show", "SS1"],
+            Method::GET,
+            "/addresses/SS1",
+            None,
+        );
+        check(
+            &["address", "show", "SS1", "--kind", "courier"],
+            Method::GET,
+            "/addresses/SS1?kind=courier",
+            None,
+        );
+        check(
+            &["address", "schedule", "SS1", "--file", "/w.toml"],
+            Method::PUT,
+            "/addresses/SS1/schedule",
+            Some(json!({"text": null, "toml": "TOML"})),
+        );
+        check(
+            &["address", "schedule", "SS1", "--throttle", "daily 1MiB/s"],
+            Method::PUT,
+            "/addresses/SS1/schedule",
+            Some(json!({"text": "daily 1MiB/s", "toml": null})),
+        );
+        check(
+            &["address", "remove", "SS1", "--kind", "standard"],
+            Method::DELETE,
+            "/addresses/SS1?kind=standard",
+            None,
+        );
+        // One form of schedule at a time, one of them for `schedule`, a known kind.
+        let both = [
+            "address",
+            "schedule",
+            "SS1",
+            "--throttle",
+            "x",
+            "--file",
+            "f",
+        ];
+        assert!(T::try_parse_from(std::iter::once("freight").chain(both)).is_err());
+        let AdminCmd::Address(a) = parse(&["address", "schedule", "SS1"]) else {
+            panic!()
+        };
+        let e = address::address_call(a.cmd, |_| unreachable!("no file given"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "address to SS1: give the schedule: --throttle TEXT or --file FILE (TOML)"
+        );
+        assert!(
+            T::try_parse_from(["freight", "address", "show", "SS1", "--kind", "pigeon"]).is_err()
+        );
     }
 
     #[test]

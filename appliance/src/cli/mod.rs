@@ -5,6 +5,7 @@
 //! through `freightd`'s admin socket ([`call`]: `dp`, `dpgroup`, `package`, `distribute`,
 //! `status`, `watch`, ...); and runs the demonstrations ([`demo`]).
 
+pub mod address;
 pub mod call;
 pub mod demo;
 pub mod distribution;
@@ -22,6 +23,7 @@ pub mod status;
 mod table;
 pub mod transfer;
 pub mod watch;
+pub mod week;
 
 use clap::{Parser, Subcommand};
 use error::CliError;
@@ -45,7 +47,7 @@ struct Cli {
 enum Cmd {
     /// Work on a content library directly (offline).
     Library(library::LibraryArgs),
-    /// This site's identity and the sites it trusts.
+    /// This site's identity and the sites it trusts; its parent and children.
     Site(site::SiteArgs),
     /// Courier parcels: create, inspect, import.
     Parcel(parcel::ParcelArgs),

@@ -8,7 +8,7 @@ use crate::home::Home;
 use clap::{Args, Subcommand};
 use freight_core::instruction::{Instruction, InstructionKind, SignedInstruction};
 use freight_core::parcel::{self, Header};
-use freight_core::site::SiteCode;
+use freight_core::site::{Role, SiteCode};
 use freight_core::units::human;
 use freight_core::{Error, IoMode, Library, PackageId, Progress};
 use std::path::{Path, PathBuf};
@@ -227,6 +227,16 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                             .get(&h.manifest.package)
                             .and_then(|v| v.last().copied());
                         let i = signed.verify(&home.trust, &home.code, newest)?;
+                        // Packages come down from the parent only: a parcel signed by any
+                        // other trusted site (a child, a DP) is refused before anything is
+                        // stored.
+                        let roles = home.trust.roles(i.origin)?;
+                        if !roles.contains(Role::Parent) {
+                            return Err(Error::NotFromParent {
+                                site: i.origin.to_string(),
+                                roles: roles.to_string(),
+                            });
+                        }
                         matches_content(&file, &i, h)
                     },
                     &progress,

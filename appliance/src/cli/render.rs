@@ -2,11 +2,12 @@
 
 use crate::admin::client::mismatch;
 use crate::api::{
-    Done, DpDetail, DpInfo, GroupInfo, JobProgress, PackageDetail, PackageInfo, PackageStatus,
-    StatusMessage, Summary,
+    AddressInfo, Done, DpDetail, DpInfo, GroupInfo, JobProgress, PackageDetail, PackageInfo,
+    PackageStatus, SiteDetail, SiteInfo, StatusMessage, Summary,
 };
 use crate::cli::error::CliError;
 use crate::cli::table::{Table, key_values};
+use crate::cli::week;
 use freight_core::units::human;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -33,6 +34,18 @@ pub enum Show {
     Package(&'static str),
     /// `PackageDetail`.
     PackageDetail,
+    /// `[SiteInfo]` as a table.
+    Sites,
+    /// `SiteInfo` of a parent or child just configured.
+    SiteAdded,
+    /// `SiteDetail`.
+    SiteDetail,
+    /// `[AddressInfo]` as a table.
+    Addresses,
+    /// `AddressInfo` of an address just added.
+    AddressAdded,
+    /// `AddressInfo` with its week as a grid.
+    AddressDetail,
     /// `Done`.
     Done,
 }
@@ -72,6 +85,31 @@ pub fn render(show: Show, answer: serde_json::Value, tz: &TimeZone) -> Result<St
             )
         }
         Show::PackageDetail => package_detail(&typed(answer)?, tz),
+        Show::Sites => site_table(&typed::<Vec<SiteInfo>>(answer)?, tz),
+        Show::SiteAdded => {
+            let s: SiteInfo = typed(answer)?;
+            format!(
+                "site {} is now the {} of this site (key {}, fingerprint {})\n",
+                s.code,
+                s.relation,
+                s.key,
+                opt(&s.fingerprint)
+            )
+        }
+        Show::SiteDetail => site_detail(&typed(answer)?, tz),
+        Show::Addresses => address_table(&typed::<Vec<AddressInfo>>(answer)?),
+        Show::AddressAdded => {
+            let a: AddressInfo = typed(answer)?;
+            format!(
+                "{} address to site {} added ({}); see its week with `freight address show {} --kind {}`\n",
+                a.kind,
+                a.site,
+                a.endpoint.as_deref().unwrap_or("parcels on media"),
+                a.site,
+                a.kind
+            )
+        }
+        Show::AddressDetail => address_detail(&typed(answer)?)?,
         Show::Done => {
             let d: Done = typed(answer)?;
             format!("{}\n", d.done)
@@ -208,6 +246,111 @@ fn dp_detail(d: &DpDetail, tz: &TimeZone) -> String {
     out.push('\n');
     out.push_str(&status_rows(&d.packages, tz).render_or("no packages targeted at this DP"));
     out
+}
+
+fn site_table(sites: &[SiteInfo], tz: &TimeZone) -> String {
+    let mut t = Table::new(&[
+        "SITE",
+        "RELATION",
+        "KEY",
+        "FINGERPRINT",
+        "ADDRESSES",
+        "ADDED",
+    ]);
+    for s in sites {
+        t.row(site_row(s, tz));
+    }
+    t.render()
+}
+
+fn site_row(s: &SiteInfo, tz: &TimeZone) -> Vec<String> {
+    let addresses: Vec<String> = s.addresses.iter().map(|k| k.to_string()).collect();
+    vec![
+        s.code.clone(),
+        s.relation.clone(),
+        s.key.clone(),
+        opt(&s.fingerprint),
+        list_or(&addresses, "-"),
+        opt_time(s.added, tz),
+    ]
+}
+
+fn site_detail(d: &SiteDetail, tz: &TimeZone) -> String {
+    let s = &d.site;
+    let mut out = key_values(&[
+        ("site", format!("{} ({})", s.code, s.relation)),
+        ("key", s.key.clone()),
+        ("fingerprint", opt(&s.fingerprint)),
+        ("added", opt_time(s.added, tz)),
+    ]);
+    out.push('\n');
+    out.push_str(&address_table(&d.addresses));
+    out
+}
+
+fn address_table(addrs: &[AddressInfo]) -> String {
+    let mut t = Table::new(&[
+        "SITE",
+        "KIND",
+        "ENDPOINT",
+        "RETRIES",
+        "RETRY DELAY",
+        "SENDS",
+        "SCHEDULE",
+    ]);
+    for a in addrs {
+        t.row(vec![
+            a.site.clone(),
+            a.kind.to_string(),
+            opt(&a.endpoint),
+            a.retries.to_string(),
+            duration_ms(a.retry_delay_ms),
+            a.max_sends.to_string(),
+            a.schedule.clone(),
+        ]);
+    }
+    t.render_or("no addresses; add one with `freight address add SITE --endpoint HOST:PORT`")
+}
+
+fn address_detail(a: &AddressInfo) -> Result<String, CliError> {
+    let default = |name: &str, v: String| {
+        if a.defaults.iter().any(|d| d == name) {
+            format!("{v} (site default)")
+        } else {
+            v
+        }
+    };
+    let mut out = key_values(&[
+        ("address", format!("{} ({})", a.site, a.kind)),
+        (
+            "endpoint",
+            a.endpoint
+                .clone()
+                .unwrap_or_else(|| "- (parcels on media)".into()),
+        ),
+        ("retries", default("retries", a.retries.to_string())),
+        (
+            "retry delay",
+            default("retry_delay", duration_ms(a.retry_delay_ms)),
+        ),
+        (
+            "sends at once",
+            default("max_sends", a.max_sends.to_string()),
+        ),
+        ("schedule", a.schedule.clone()),
+    ]);
+    out.push('\n');
+    out.push_str(&week::grid(&a.schedule)?);
+    Ok(out)
+}
+
+/// Milliseconds as the largest whole unit that writes them exactly: `1m`, `90s`, `1500ms`.
+fn duration_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(3_600_000, "h"), (60_000, "m"), (1000, "s"), (1, "ms")];
+    match UNITS.iter().find(|(n, _)| ms > 0 && ms.is_multiple_of(*n)) {
+        Some((n, unit)) => format!("{}{unit}", ms / n),
+        None => format!("{ms}ms"),
+    }
 }
 
 fn group_table(groups: &[GroupInfo]) -> String {
@@ -385,6 +528,40 @@ mod tests {
             line,
             "package PS100001 created: tools, version 3, 10 files, 2.0 KiB, hash abababababababab\n"
         );
+    }
+
+    #[test]
+    fn durations_use_the_largest_exact_unit() {
+        assert_eq!(duration_ms(60_000), "1m");
+        assert_eq!(duration_ms(90_000), "90s");
+        assert_eq!(duration_ms(1500), "1500ms");
+        assert_eq!(duration_ms(7_200_000), "2h");
+        assert_eq!(duration_ms(0), "0ms");
+    }
+
+    #[test]
+    fn an_address_shows_its_settings_and_its_week() {
+        let a = AddressInfo {
+            site: "SS1".into(),
+            kind: crate::api::SenderKind::Standard,
+            endpoint: Some("10.0.0.5:4433".into()),
+            schedule: "Sat-Sun closed".into(),
+            retries: 2,
+            retry_delay_ms: 60_000,
+            max_sends: 5,
+            defaults: vec!["retries".into(), "retry_delay".into()],
+        };
+        let out = render(
+            Show::AddressDetail,
+            serde_json::to_value(&a).unwrap(),
+            &utc(),
+        )
+        .unwrap();
+        assert!(out.contains("retries        2 (site default)"), "{out}");
+        assert!(out.contains("retry delay    1m (site default)"), "{out}");
+        assert!(out.contains("sends at once  5\n"), "{out}");
+        assert!(out.contains("\nSat  -- --"), "{out}");
+        assert!(out.contains("\nMon  A. A."), "{out}");
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! admin_socket = "admin.sock"
 //! dp_attempts = 100             # SPEC §6 defaults; durations like "30m", "5s", "500ms"
 //! dp_retry_delay = "30m"
+//! sender_retries = 2            # an address's defaults, where it sets none (SPEC §6)
+//! sender_retry_delay = "1m"
+//! sender_sends_per_site = 3
 //!
 //! [dp]                          # role: distribution point
 //! kind = "standard"             # or "pull"
@@ -120,6 +123,15 @@ pub struct SiteRole {
     /// Sessions per push attempt before it counts as failed (cuts resume within an attempt).
     #[serde(default = "d3u")]
     pub resume_sessions: u32,
+    /// Sender: retries of a failed send to a child site, for addresses that set none.
+    #[serde(default = "d2u")]
+    pub sender_retries: u32,
+    /// Sender: wait between those retries, for addresses that set none.
+    #[serde(default = "d1m", with = "duration")]
+    pub sender_retry_delay: Duration,
+    /// Sender: sends at once to one child site, for addresses that set none.
+    #[serde(default = "d3u")]
+    pub sender_sends_per_site: u32,
 }
 
 /// Settings of the DP role.
@@ -225,6 +237,12 @@ fn d30() -> u32 {
 }
 fn d3u() -> u32 {
     3
+}
+fn d2u() -> u32 {
+    2
+}
+fn d1m() -> Duration {
+    Duration::from_secs(60)
 }
 fn d30m() -> Duration {
     Duration::from_secs(30 * 60)

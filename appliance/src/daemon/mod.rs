@@ -176,6 +176,11 @@ async fn serve(
         );
         tokio::spawn(crate::dp::http_server::serve(listener, app, limits, nofile));
     }
+    // A site server's parent and child roles hold only as its database configures them,
+    // from the first connection on (the site server sets them again after every change).
+    if let Some(store) = &store {
+        node.set_relations(crate::site_server::hierarchy::relations(store)?);
+    }
     tokio::spawn(session::serve(node.clone(), lib.clone(), None, handler));
 
     give_roles(&home, store.as_ref())?;

@@ -147,7 +147,7 @@ impl SiteServer {
 
     /// Makes a trust store change count now: the node reads the store again and closes the
     /// connections of keys it no longer trusts (it would also notice within a second).
-    fn trust_changed(&self) {
+    pub(super) fn trust_changed(&self) {
         if let Err(e) = self.node.reload_trust() {
             tracing::warn!(error = %e, "cannot read the trust store again; the change applies within a second");
         }

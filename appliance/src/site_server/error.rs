@@ -18,6 +18,19 @@ pub enum SiteError {
         /// The pull DP being added.
         dp: String,
     },
+    /// No site of that code is this site's parent or child.
+    #[error(
+        "no site {0} is this site's parent or child; list them with `freight site list`, add a child with `freight site add-child`"
+    )]
+    NoSite(String),
+    /// The child has no address (of that kind).
+    #[error("no {}address to site {site}; list them with `freight address list` or add one with `freight address add`", kind.map_or(String::new(), |k| format!("{k} ")))]
+    NoAddress {
+        /// The child site.
+        site: String,
+        /// The sender kind asked for, if any.
+        kind: Option<crate::model::SenderKind>,
+    },
     /// No DP group of that name.
     #[error("no DP group named {0}; list them with `freight dpgroup list`")]
     NoGroup(String),

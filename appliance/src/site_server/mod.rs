@@ -2,6 +2,7 @@
 //! queue and its loop.
 //!
 //! ```text
+//! admin API ─► hierarchy ──► sites, addresses; the transport's parent/child roles
 //! admin API ─► actions ──► package_targets ──► DistMgr ──► distribution_jobs
 //!                          (its inbox)         plans jobs, │ admits them (3 packages,
 //!                                              settles     │ 5 DP workers each, one copy
@@ -17,6 +18,7 @@
 pub mod actions;
 pub mod distmgr;
 pub mod error;
+pub mod hierarchy;
 pub mod job;
 pub mod pkgxfer;
 pub mod statmgr;

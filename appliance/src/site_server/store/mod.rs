@@ -16,7 +16,11 @@
 //!
 //! # Tables
 //! ```text
-//! sites                 this site and the others it knows: code, parent
+//! sites                 this site, its parent and its children: code, parent, the key a
+//!                       parent or child was configured with, when it was added
+//! addresses             (site, kind): how this site sends to a child: QUIC endpoint
+//!                       (standard), throttle (canonical compact text), retries, retry
+//!                       delay (ms) and sends at once (NULL: the site's default)
 //! dps                   distribution points: name, kind, QUIC and HTTP addresses, site, their
 //!                       key's site code and fingerprint, throttle (compact text)
 //! dp_sources            a pull DP's ranked source DPs
@@ -34,6 +38,7 @@
 //! Times are unix seconds except `distribution_jobs.next_attempt` (milliseconds: retry delays
 //! are short in tests).
 
+pub mod hierarchy;
 pub mod schema;
 pub mod types;
 
@@ -1306,7 +1311,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 12);
+        assert_eq!(tables, 13, "12 before the hierarchy, and addresses");
     }
 
     #[test]

@@ -133,4 +133,33 @@ CREATE TABLE package_ids (
 UPDATE packages SET deleted = 1, purged = 1
     WHERE NOT EXISTS (SELECT 1 FROM package_versions v WHERE v.package = packages.id);
 "#,
+    r#"
+-- The hierarchy (issue 13, item 1). A site row is this site (is_self), its parent (the row
+-- this site's `parent` names) or a child (a row whose `parent` is this site). Parent and
+-- children carry the Ed25519 key they were configured with: the authorization table grants
+-- a peer the parent or child role only for exactly that key.
+ALTER TABLE sites ADD COLUMN key BLOB CHECK (key IS NULL OR length(key) = 32);
+ALTER TABLE sites ADD COLUMN added INTEGER;
+-- A site's own row never names itself as its parent.
+CREATE TRIGGER sites_no_self_parent BEFORE UPDATE OF parent ON sites
+    WHEN NEW.parent = NEW.code
+    BEGIN SELECT RAISE(ABORT, 'a site cannot be its own parent'); END;
+-- Addresses: how this site sends to a child (one per sender kind). Retry and concurrency
+-- settings left NULL follow the site's defaults in freightd.toml (SPEC §6). A child with
+-- addresses cannot be removed (no cascade: the schedules are the administrator's work, and
+-- the Sender's queued requests will name the address).
+CREATE TABLE addresses (
+    site            TEXT NOT NULL REFERENCES sites(code),
+    kind            TEXT NOT NULL CHECK (kind IN ('standard', 'courier')),
+    endpoint        TEXT,
+    throttle        TEXT NOT NULL DEFAULT 'daily unlimited',
+    retries         INTEGER CHECK (retries IS NULL OR retries BETWEEN 0 AND 1000),
+    retry_delay_ms  INTEGER CHECK (retry_delay_ms IS NULL OR retry_delay_ms > 0),
+    max_sends       INTEGER CHECK (max_sends IS NULL OR max_sends BETWEEN 1 AND 1000),
+    created         INTEGER NOT NULL,
+    PRIMARY KEY (site, kind),
+    -- A network sender needs the child's QUIC endpoint; a courier has none.
+    CHECK ((kind = 'standard') = (endpoint IS NOT NULL))
+);
+"#,
 ];

@@ -1,7 +1,7 @@
 //! How the site database stores the appliance's vocabulary ([`crate::model`]): as its words,
 //! converted in one place, so no SQL string literal elsewhere names a state.
 
-pub use crate::model::{Action, DpKind, DpState, JobState};
+pub use crate::model::{Action, DpKind, DpState, JobState, SenderKind};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
 /// Stores an enum of [`crate::model`] as its word.
@@ -21,7 +21,7 @@ macro_rules! sql_text {
     )+};
 }
 
-sql_text!(JobState, Action, DpKind, DpState);
+sql_text!(JobState, Action, DpKind, DpState, SenderKind);
 
 /// A package priority as the database stores it (`low`, `medium`, `high`); the value is the
 /// transport's [`freight_transport::Priority`], the one priority type of the workspace.
