@@ -266,12 +266,13 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let m = manifest();
         let path = t.path().join("m.fmf");
-        let mut bytes = m.encode();
-        let n = bytes.len();
-        bytes[n / 2] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
-        let s = StoredManifest::open(&path, &m.package, m.version).unwrap();
-        assert!(PathIndex::build(s).is_err());
+        let bytes = m.encode();
+        // Cut short, and with bytes after its end: both refused by the one pass.
+        for damaged in [&bytes[..bytes.len() - 5], &[&bytes[..], b"x"].concat()[..]] {
+            std::fs::write(&path, damaged).unwrap();
+            let s = StoredManifest::open(&path, &m.package, m.version).unwrap();
+            assert!(PathIndex::build(s).is_err());
+        }
         let s = stored(t.path(), &m);
         let count = m.entries.len() as u64;
         assert!(s.reader_at(count, s.len() + 1, 1, 64).is_err());
