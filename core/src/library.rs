@@ -2345,35 +2345,6 @@ impl ManifestDir {
     pub fn open_manifest(&self, package: &PackageId, version: u32) -> Result<StoredManifest> {
         StoredManifest::open(&self.path(package, version), package, version)
     }
-
-    /// The stored bytes of one manifest, not yet validated (with [`decode`](Self::decode),
-    /// a reader can check the package hash, BLAKE3 of these bytes, before decoding).
-    pub fn manifest_bytes(&self, package: &PackageId, version: u32) -> Result<Vec<u8>> {
-        let path = self.path(package, version);
-        match std::fs::read(&path) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoSuchVersion {
-                package: package.to_string(),
-                version,
-            }),
-            Err(e) => Err(Error::io(&path, "read manifest", e)),
-        }
-    }
-
-    /// Validates the stored bytes of `version` of `package` (see
-    /// [`manifest_bytes`](Self::manifest_bytes)).
-    pub fn decode(&self, package: &PackageId, version: u32, bytes: &[u8]) -> Result<Manifest> {
-        let path = self.path(package, version);
-        let m = Manifest::decode(bytes, &path.display().to_string())?;
-        if &m.package != package || m.version != version {
-            return Err(Error::BadManifest {
-                what: path.display().to_string(),
-                offset: 0,
-                reason: format!("file holds {} v{}", m.package, m.version),
-            });
-        }
-        Ok(m)
-    }
 }
 
 fn versions_in(pdir: &Path, rd: std::fs::ReadDir) -> Result<Vec<u32>> {
