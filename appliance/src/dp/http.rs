@@ -439,10 +439,10 @@ pub enum LookupError {
 /// [`MAX_HOPS`] of them). `find` gives the entry at exactly a path (a manifest's index, or a
 /// manifest in memory); its error is returned as it is. Resolution never leaves the package:
 /// `..` above the root and missing components are [`LookupError::NotFound`].
-pub fn resolve<E>(
-    find: &mut dyn FnMut(&[u8]) -> Result<Option<Entry>, E>,
-    path: &[u8],
-) -> Result<Result<Entry, LookupError>, E> {
+pub fn resolve<E, F>(mut find: F, path: &[u8]) -> Result<Result<Entry, LookupError>, E>
+where
+    F: FnMut(&[u8]) -> Result<Option<Entry>, E>,
+{
     // The common case in one lookup: an entry at the path itself has only folders above it
     // (every entry's parent is a folder of the manifest), so nothing on the way is a link.
     match find(path)? {
@@ -1081,7 +1081,7 @@ fn find_file(m: &Loaded, path: &[u8]) -> Result<FileInfo, Fail> {
             listing_url(m)
         ))
     };
-    let found = resolve(&mut |p: &[u8]| m.index.find(p), path).map_err(|e| {
+    let found = resolve(|p: &[u8]| m.index.find(p), path).map_err(|e| {
         library_error(
             &format!("the manifest of {} v{}", m.package(), m.version()),
             e,
