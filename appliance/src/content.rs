@@ -9,7 +9,8 @@
 //! [`SharedLibrary::exclusive`]: freight_transport::store::SharedLibrary::exclusive
 
 use freight_core::gc::{GcReport, drop_chunks, gc_dropping, gc_partial};
-use freight_core::{ChunkId, Library, Manifest, PackageId, Progress};
+use freight_core::library::StoredManifest;
+use freight_core::{ChunkId, Library, PackageId, Progress};
 use freight_transport::store::SharedLibrary;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -216,8 +217,8 @@ fn recheck_shares(lib: &Library, p: &PackageId, share: Option<&Path>) -> Result<
             let Some(v) = installed_version(lib, &q) else {
                 continue;
             };
-            let m = lib.manifest(&q, v)?;
-            if !share_holds(&share.join(q.as_str()), &m, &repaired) {
+            let m = lib.manifest_dir().open_manifest(&q, v)?;
+            if !share_holds(&share.join(q.as_str()), &m, &repaired)? {
                 tracing::info!(package = %q, version = v, "rewriting a share copy that uses repaired content");
                 materialise_share(lib, &m, share)?;
             }
@@ -228,30 +229,40 @@ fn recheck_shares(lib: &Library, p: &PackageId, share: Option<&Path>) -> Result<
 }
 
 /// Whether every file of `m` using a chunk in `chunks` is in the tree at `dir` with exactly
-/// the manifest's bytes (size and each chunk's hash).
-fn share_holds(dir: &Path, m: &Manifest, chunks: &HashSet<ChunkId>) -> bool {
+/// the manifest's bytes (size and each chunk's hash). The manifest is streamed, one entry at a
+/// time; only a manifest that cannot be read is an error.
+fn share_holds(
+    dir: &Path,
+    m: &StoredManifest,
+    chunks: &HashSet<ChunkId>,
+) -> Result<bool, ContentError> {
     use std::io::Read;
     use std::os::unix::ffi::OsStrExt;
-    m.entries.iter().all(|e| {
+    let mut buf = Vec::new();
+    for e in m.reader()? {
+        let e = e?;
         let freight_core::manifest::EntryKind::File { size, chunks: refs } = &e.kind else {
-            return true;
+            continue;
         };
         if !refs.iter().any(|c| chunks.contains(&c.id)) {
-            return true;
+            continue;
         }
         let path = dir.join(std::ffi::OsStr::from_bytes(&e.path));
         let Ok(mut f) = std::fs::File::open(&path) else {
-            return false;
+            return Ok(false);
         };
         if f.metadata().map(|md| md.len()).ok() != Some(*size) {
-            return false;
+            return Ok(false);
         }
-        let mut buf = Vec::new();
-        refs.iter().all(|c| {
+        let same = refs.iter().all(|c| {
             buf.resize(c.len as usize, 0);
             f.read_exact(&mut buf).is_ok() && ChunkId::of(&buf) == c.id
-        })
-    })
+        });
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Removes the versions of `p` that `which` selects.
@@ -379,15 +390,16 @@ fn finish_install(
     }
 }
 
-/// The stored manifest of `version`, if its hash is `hash` and no newer version is held.
+/// The stored manifest of `version` (opened for streaming, checked whole in one pass), if
+/// its hash is `hash` and no newer version is held.
 fn check_install(
     lib: &Library,
     p: &PackageId,
     version: u32,
     hash: &str,
-) -> Result<Manifest, ContentError> {
-    let m = lib.manifest(p, version)?;
-    let have = m.hash().to_hex();
+) -> Result<StoredManifest, ContentError> {
+    let m = lib.manifest_dir().open_manifest(p, version)?;
+    let have = m.hash()?.to_hex();
     if have.as_str() != hash {
         return Err(ContentError::HashMismatch {
             package: p.clone(),
@@ -470,14 +482,15 @@ fn staging_path(share: &Path, what: &str) -> Result<PathBuf, ContentError> {
 /// private staging folder, then swapped in with one rename, so `SHARE/PKG` always holds a
 /// complete version, the old one or the new one, and the new one is on disk before the
 /// install is reported. Leftovers of an interrupted install are removed first.
-fn materialise_share(lib: &Library, m: &Manifest, share: &Path) -> Result<(), ContentError> {
+/// The manifest is streamed from its file ([`freight_core::materialize::materialize_from`]).
+fn materialise_share(lib: &Library, m: &StoredManifest, share: &Path) -> Result<(), ContentError> {
     std::fs::create_dir_all(share).map_err(share_error(share))?;
-    clean_staging(share, &m.package);
-    let new = staging_path(share, m.package.as_str())?;
-    let res = freight_core::materialize::materialize(lib, m, &new, &Progress::default())
+    clean_staging(share, m.package());
+    let new = staging_path(share, m.package().as_str())?;
+    let res = freight_core::materialize::materialize_from(lib, m, &new, &Progress::default())
         .and_then(|_| {
             crate::test_pause::point("materialised");
-            freight_core::materialize::replace_tree(&new, &share.join(m.package.as_str()))
+            freight_core::materialize::replace_tree(&new, &share.join(m.package().as_str()))
         })
         .inspect(|_| crate::test_pause::point("swapped"));
     if res.is_err() {

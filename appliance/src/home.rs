@@ -9,8 +9,8 @@
 //! SITE/sequence     last instruction sequence number used
 //! ```
 
-use freight_core::Manifest;
 use freight_core::instruction::{Instruction, InstructionKind};
+use freight_core::library::StoredManifest;
 use freight_core::site::{SiteCode, SiteKey, TrustStore};
 use std::path::{Path, PathBuf};
 
@@ -123,10 +123,12 @@ impl Home {
     pub fn sign_parcel(
         &self,
         to: SiteCode,
-        m: &Manifest,
+        m: &StoredManifest,
         base: Option<u32>,
         notes: String,
     ) -> Result<Vec<u8>, HomeError> {
+        // One checked pass over the stored file for its hash, nothing held.
+        let manifest_hash = *m.hash()?.as_bytes();
         let instr = Instruction {
             kind: if base.is_some() {
                 InstructionKind::Delta
@@ -135,10 +137,10 @@ impl Home {
             },
             origin: self.code,
             destination: to,
-            package: m.package.clone(),
-            version: m.version,
+            package: m.package().clone(),
+            version: m.version(),
             base_version: base,
-            manifest_hash: *m.hash().as_bytes(),
+            manifest_hash,
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),

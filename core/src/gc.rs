@@ -130,7 +130,7 @@ fn gc_with(
     // the chunk index in ID order; what is live is recorded by where it is (pack, offset),
     // sorted again, then met pack by pack with each pack's index.
     let named = lib.referenced_ids()?;
-    let leased = lib.leased_chunks()?;
+    let leased = lib.leased_ids()?;
     let mut report = GcReport::default();
     let spill = lib.spill_dir();
     let mut keeps = Sorter::<KEEP>::new(&spill, SORT_MEMORY);
@@ -138,13 +138,18 @@ fn gc_with(
     {
         let mut names = named.reader();
         let mut cur = names.next_rec()?;
+        let mut leases = leased.reader();
+        let mut lease = leases.next_rec()?;
         let mut err: Option<Error> = None;
         lib.for_each_chunk(&mut |id, loc| {
             while cur.is_some_and(|c| c < id.0) {
                 cur = names.next_rec()?;
             }
+            while lease.is_some_and(|c| c < id.0) {
+                lease = leases.next_rec()?;
+            }
             let is_named = cur == Some(id.0);
-            let is_leased = leased.contains(&id);
+            let is_leased = lease == Some(id.0);
             if is_leased && !is_named {
                 report.chunks_leased += 1;
             }
@@ -161,6 +166,7 @@ fn gc_with(
         }
     }
     std::mem::drop(named);
+    std::mem::drop(leased);
     let keeps = keeps.finish()?;
     // The packs to delete or rewrite.
     let mut empty: Vec<u32> = Vec::new();

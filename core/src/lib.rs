@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod materialize;
 pub mod pack;
 pub mod parcel;
+pub mod path_index;
 pub mod progress;
 pub mod repair;
 pub mod site;

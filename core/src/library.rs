@@ -30,6 +30,7 @@
 //!   location can never return another chunk's bytes.
 
 use crate::chunk_index::{ChunkIndex, Covered};
+use crate::chunk_table::{ChunkTable, ChunkTableBuilder};
 use crate::config::{CONFIG_FILE, LibraryConfig};
 use crate::engine::{Engine, IoMode, Pending};
 use crate::error::{Error, IoContext, Result};
@@ -1549,14 +1550,16 @@ impl Library {
         remove_if_present(&self.lease_path(m), "remove lease")
     }
 
-    /// The chunks under a live lease; leases older than the timeout are removed (when open
-    /// for writing) and protect nothing.
-    pub fn leased_chunks(&self) -> Result<HashSet<ChunkId>> {
+    /// The chunks under a live lease, each once, sorted (collected like
+    /// [`referenced_ids`](Self::referenced_ids): spilled to sorted temporary files past
+    /// [`crate::spill::SORT_MEMORY`], each lease streamed one entry at a time). Leases older
+    /// than the timeout are removed (when open for writing) and protect nothing.
+    pub fn leased_ids(&self) -> Result<Sorted<32>> {
         let dir = self.dir.join("pending");
-        let mut out = HashSet::new();
+        let mut ids = Sorter::<32>::new(&self.spill_dir(), SORT_MEMORY);
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ids.finish(),
             Err(e) => return Err(Error::io(&dir, "list leases", e)),
         };
         for item in rd {
@@ -1578,13 +1581,35 @@ impl Library {
                 }
                 continue;
             }
-            let bytes = std::fs::read(&path).ctx(&path, "read lease")?;
-            match Manifest::decode(&bytes, &path.display().to_string()) {
-                Ok(m) => out.extend(m.chunks().into_keys()),
-                Err(e) => tracing::warn!(error = %e, "ignoring a damaged lease"),
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                // Released between the listing and its reading.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&path, "read lease", e)),
+            };
+            let len = file.metadata().ctx(&path, "stat lease")?.len();
+            let src = FileAt::new(Arc::new(file), 0);
+            // A damaged lease is reported and read no further; the chunks it named before the
+            // damage stay protected, which only keeps more than needed.
+            let res = (|| -> Result<()> {
+                for e in manifest::Reader::new(src, len, &path.display().to_string())? {
+                    if let manifest::EntryKind::File { chunks, .. } = &e?.kind {
+                        for c in chunks {
+                            ids.push(c.id.0)?;
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            match res {
+                Ok(()) => {}
+                Err(e @ Error::BadManifest { .. }) => {
+                    tracing::warn!(error = %e, "ignoring a damaged lease")
+                }
+                Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        ids.finish()
     }
 
     // ---- manifests ----
@@ -1624,13 +1649,15 @@ impl Library {
         self.manifest_dir().manifest(package, version)
     }
 
-    /// All manifests. A version removed between the listing and its reading (by a writer
-    /// beside a reader) is left out, as if listed a moment later.
-    pub fn manifests(&self) -> Result<Vec<Manifest>> {
+    /// Every stored manifest, opened for streaming (each file held open, nothing decoded). A
+    /// version removed between the listing and its opening is left out, as if listed a moment
+    /// later.
+    pub fn stored_manifests(&self) -> Result<Vec<StoredManifest>> {
+        let md = self.manifest_dir();
         let mut out = Vec::new();
         for (p, vs) in self.versions()? {
             for v in vs {
-                match self.manifest(&p, v) {
+                match md.open_manifest(&p, v) {
                     Ok(m) => out.push(m),
                     Err(Error::NoSuchVersion { .. }) => {}
                     Err(e) => return Err(e),
@@ -1785,16 +1812,17 @@ impl Library {
     /// (garbage collection, statistics). Manifests are read one at a time.
     pub fn referenced_ids(&self) -> Result<Sorted<32>> {
         let mut ids = Sorter::<32>::new(&self.spill_dir(), SORT_MEMORY);
+        let md = self.manifest_dir();
         for (p, vs) in self.versions()? {
             for v in vs {
-                let m = match self.manifest(&p, v) {
+                let m = match md.open_manifest(&p, v) {
                     Ok(m) => m,
                     // Removed between the listing and its reading.
                     Err(Error::NoSuchVersion { .. }) => continue,
                     Err(e) => return Err(e),
                 };
-                for e in &m.entries {
-                    if let crate::manifest::EntryKind::File { chunks, .. } = &e.kind {
+                for e in m.reader()? {
+                    if let manifest::EntryKind::File { chunks, .. } = &e?.kind {
                         for c in chunks {
                             ids.push(c.id.0)?;
                         }
@@ -1803,19 +1831,6 @@ impl Library {
             }
         }
         ids.finish()
-    }
-
-    /// How many manifests reference each stored chunk (absent = unreferenced). This holds a
-    /// map entry per referenced chunk (~50 bytes each); whole-library passes use
-    /// [`referenced_ids`](Self::referenced_ids) instead.
-    pub fn refcounts(&self) -> Result<HashMap<ChunkId, u32>> {
-        let mut rc = HashMap::new();
-        for m in self.manifests()? {
-            for id in m.chunks().into_keys() {
-                *rc.entry(id).or_insert(0) += 1;
-            }
-        }
-        Ok(rc)
     }
 }
 
@@ -2041,6 +2056,48 @@ impl StoredManifest {
     /// package hash once the last entry was read.
     pub fn hashing_reader(&self) -> Result<manifest::Reader<FileAt>> {
         self.start(true)
+    }
+
+    /// A reader of the entries from entry number `index` on, which starts at byte `at`: a
+    /// [`manifest::Reader::position`] taken by an earlier reader of this same open file, which
+    /// read the whole manifest (then `count` entries) and checked it. See
+    /// [`manifest::Reader::resume`] for what is checked again; `buffer` is its read buffer.
+    pub fn reader_at(
+        &self,
+        count: u64,
+        at: u64,
+        index: u64,
+        buffer: usize,
+    ) -> Result<manifest::Reader<FileAt>> {
+        manifest::Reader::resume(
+            FileAt {
+                file: self.file.clone(),
+                at,
+            },
+            self.len,
+            &self.path.display().to_string(),
+            &self.package,
+            self.version,
+            count,
+            at,
+            index,
+            buffer,
+        )
+    }
+
+    /// The version's distinct chunks (one streamed pass over the file, every entry checked):
+    /// 36 bytes a chunk, instead of the decoded manifest.
+    pub fn chunk_table(&self) -> Result<ChunkTable> {
+        let what = format!("manifest of {} v{}", self.package, self.version);
+        let mut b = ChunkTableBuilder::new(what);
+        for e in self.reader()? {
+            if let manifest::EntryKind::File { chunks, .. } = &e?.kind {
+                for c in chunks {
+                    b.push(c.id, c.len)?;
+                }
+            }
+        }
+        b.finish()
     }
 
     /// Validates the whole manifest and returns its package hash (one pass over the file).
@@ -2287,35 +2344,6 @@ impl ManifestDir {
     /// checked as it comes, as often as needed ([`StoredManifest::reader`]).
     pub fn open_manifest(&self, package: &PackageId, version: u32) -> Result<StoredManifest> {
         StoredManifest::open(&self.path(package, version), package, version)
-    }
-
-    /// The stored bytes of one manifest, not yet validated (with [`decode`](Self::decode),
-    /// a reader can check the package hash, BLAKE3 of these bytes, before decoding).
-    pub fn manifest_bytes(&self, package: &PackageId, version: u32) -> Result<Vec<u8>> {
-        let path = self.path(package, version);
-        match std::fs::read(&path) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NoSuchVersion {
-                package: package.to_string(),
-                version,
-            }),
-            Err(e) => Err(Error::io(&path, "read manifest", e)),
-        }
-    }
-
-    /// Validates the stored bytes of `version` of `package` (see
-    /// [`manifest_bytes`](Self::manifest_bytes)).
-    pub fn decode(&self, package: &PackageId, version: u32, bytes: &[u8]) -> Result<Manifest> {
-        let path = self.path(package, version);
-        let m = Manifest::decode(bytes, &path.display().to_string())?;
-        if &m.package != package || m.version != version {
-            return Err(Error::BadManifest {
-                what: path.display().to_string(),
-                offset: 0,
-                reason: format!("file holds {} v{}", m.package, m.version),
-            });
-        }
-        Ok(m)
     }
 }
 

@@ -389,6 +389,10 @@ pub struct Reader<R> {
     /// and `a/b/c`, so the folder on top is not always the parent, but every path under
     /// `folder/` comes in one run right after `folder/`.
     open: Vec<Vec<u8>>,
+    /// Set by [`Reader::resume`]: reading starts at an entry past the first, so the folders
+    /// above it are not known and parents are not checked (the manifest was checked whole
+    /// before the position was taken).
+    partial: bool,
     done: bool,
     scratch: Vec<u8>,
 }
@@ -406,6 +410,48 @@ impl<R: Read> Reader<R> {
         Self::start(src, len, what, true)
     }
 
+    /// A reader of the entries of a manifest of `len` bytes from entry number `index` on,
+    /// whose first byte is at `at` (a [`position`](Self::position) taken while the manifest
+    /// was read whole and checked), `src` reading from there. The header is not read again:
+    /// `package`, `version` and the entry `count` are the ones the whole read found. Every
+    /// entry is checked as [`next_entry`](Self::next_entry) checks it (fields, limits, order
+    /// among the entries this reader reads, the end of the input after the last one) except
+    /// that its parent folder is an entry: those folders precede `at`. `buffer` is the read
+    /// buffer's size (a lookup reads a few entries, a listing many).
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume(
+        src: R,
+        len: u64,
+        what: &str,
+        package: &PackageId,
+        version: u32,
+        count: u64,
+        at: u64,
+        index: u64,
+        buffer: usize,
+    ) -> Result<Reader<R>> {
+        let r = Reader {
+            src: std::io::BufReader::with_capacity(buffer.max(64), src),
+            what: what.to_string(),
+            pos: at,
+            len,
+            package: Some(package.clone()),
+            version,
+            count,
+            read: index,
+            hasher: None,
+            prev: None,
+            open: Vec::new(),
+            partial: index > 0,
+            done: false,
+            scratch: Vec::new(),
+        };
+        if at > len || index > count || count > len / 21 {
+            return Err(r.err(at, "resumed past the end of the manifest"));
+        }
+        Ok(r)
+    }
+
     fn start(src: R, len: u64, what: &str, hash: bool) -> Result<Reader<R>> {
         let mut r = Reader {
             src: std::io::BufReader::with_capacity(64 << 10, src),
@@ -419,6 +465,7 @@ impl<R: Read> Reader<R> {
             hasher: hash.then(blake3::Hasher::new),
             prev: None,
             open: Vec::new(),
+            partial: false,
             done: false,
             scratch: Vec::new(),
         };
@@ -460,6 +507,18 @@ impl<R: Read> Reader<R> {
     /// read must match it).
     pub fn entry_count(&self) -> u64 {
         self.count
+    }
+
+    /// The byte offset of the next entry (after the last one: the input's length); with
+    /// [`entries_read`](Self::entries_read), where a [`resume`](Self::resume)d reader can start.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Entries read so far (counting from the first entry of the manifest, also when resumed):
+    /// the number of the next entry.
+    pub fn entries_read(&self) -> u64 {
+        self.read
     }
 
     /// The package hash, once every entry was read by a reader made with
@@ -609,6 +668,9 @@ impl<R: Read> Reader<R> {
             k => return Err(self.err(start, &format!("unknown entry kind {k}"))),
         };
         match &self.prev {
+            None if self.partial => {
+                check_path(&path).map_err(|reason| self.err(start, reason))?;
+            }
             None => {
                 if !path.is_empty() || kind != EntryKind::Dir {
                     return Err(self.err(start, "first entry must be the root directory"));
@@ -619,22 +681,25 @@ impl<R: Read> Reader<R> {
                 if prev.as_slice() >= path.as_slice() {
                     return Err(self.err(start, "entries out of order or duplicated"));
                 }
-                // Drop the folders whose run of entries is over (see `open`).
-                while let Some(top) = self.open.last() {
-                    if top.is_empty() || !past_subtree(top, &path) {
-                        break;
+                // A resumed reader does not know the folders above where it started.
+                if !self.partial {
+                    // Drop the folders whose run of entries is over (see `open`).
+                    while let Some(top) = self.open.last() {
+                        if top.is_empty() || !past_subtree(top, &path) {
+                            break;
+                        }
+                        self.open.pop();
                     }
-                    self.open.pop();
-                }
-                let parent = parent_of(&path);
-                if !self.open.iter().rev().any(|d| d.as_slice() == parent) {
-                    return Err(
-                        self.err(start, "parent of entry is not a directory in the manifest")
-                    );
+                    let parent = parent_of(&path);
+                    if !self.open.iter().rev().any(|d| d.as_slice() == parent) {
+                        return Err(
+                            self.err(start, "parent of entry is not a directory in the manifest")
+                        );
+                    }
                 }
             }
         }
-        if kind == EntryKind::Dir {
+        if kind == EntryKind::Dir && !self.partial {
             self.open.push(path.clone());
         }
         self.prev = Some(path.clone());

@@ -19,16 +19,24 @@
 //! the trailing BLAKE3, and the index must agree with what was read. Import stages chunks in an
 //! uncommitted library transaction, so nothing of a parcel becomes visible until all of it has
 //! verified.
+//!
+//! Neither side holds the manifest: `create` copies the stored manifest file into the parcel
+//! and writes the chunks of its [`ChunkTable`] (36 bytes a chunk, in chunk ID order); the
+//! reader checks the manifest section one entry at a time as it streams past (the one
+//! [`manifest::Reader`]), keeping only its hash and chunk table, and an import copies the
+//! section into a temporary file of the library that is stored as the version once everything
+//! verified ([`Library::commit_manifest_file`]).
 
+use crate::chunk_table::{ChunkTable, ChunkTableBuilder};
 use crate::error::{Error, IoContext, Result};
-use crate::id::ChunkId;
-use crate::library::{Library, check_chunk};
-use crate::manifest::Manifest;
+use crate::id::{ChunkId, PackageId};
+use crate::library::{FileAt, Library, StoredManifest, check_chunk};
+use crate::manifest::{self, EntryKind};
 use crate::pack::{FLAG_ZSTD, Loc};
 use crate::progress::Progress;
 use crate::writer::Writer;
 use crossbeam_channel::bounded;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,10 +47,11 @@ const END_MAGIC: &[u8; 8] = b"FRPEND\0\x01";
 pub const FORMAT: u16 = 1;
 const FLAG_DELTA: u16 = 1;
 const MAX_INSTRUCTION: u32 = 64 << 10;
-/// Largest manifest a parcel carries: 1 GiB (some 7 million files), the transfer protocol's
-/// limit too, so whatever travels over the network also travels by parcel. A defence limit
-/// for the reader (a parcel's manifest is read whole, and only as far as the file holds it);
-/// `create` refuses a larger manifest with an error naming the package.
+/// Largest manifest a parcel carries: 1 GiB (some 7 million files), the most its u32 length
+/// field says with room to spare. The reader streams the manifest (nothing of it is held but
+/// its chunk table), so this is a defence against a length field that lies, checked against
+/// the parcel's size too; `create` refuses a larger manifest with an error naming the
+/// package.
 pub const MAX_MANIFEST: u32 = 1 << 30;
 const RECORD_HEADER: u64 = 32 + 4 + 4 + 1;
 
@@ -55,13 +64,20 @@ pub struct Base {
     pub hash: [u8; 32],
 }
 
-/// Everything before the chunks.
+/// Everything before the chunks, as the reader found it (the manifest checked entry by entry
+/// as it streamed past, never held).
 #[derive(Clone, Debug)]
 pub struct Header {
     /// Signed instruction bytes (verified by the caller).
     pub instruction: Vec<u8>,
-    /// The package version carried.
-    pub manifest: Manifest,
+    /// The package of the version carried.
+    pub package: PackageId,
+    /// The version carried.
+    pub version: u32,
+    /// Entries of its manifest.
+    pub entries: u64,
+    /// Bytes of its manifest.
+    pub manifest_len: u64,
     /// Hash of the manifest's canonical bytes.
     pub manifest_hash: [u8; 32],
     /// Set for a delta parcel.
@@ -118,11 +134,14 @@ fn bad(path: &Path, part: &str, offset: u64, reason: impl Into<String>) -> Error
     }
 }
 
-/// Writes a parcel of `manifest` (minus the chunks of `base`, for a delta) to `out`.
+/// Writes a parcel of the stored version `manifest` (minus the chunks of `base`, for a delta)
+/// to `out`. The manifest file is copied in as it is stored (its hash is the one an instruction
+/// signs: [`StoredManifest::hash`]); its chunks are read in chunk ID order from its
+/// [`ChunkTable`], so memory holds 36 bytes a chunk (and 8 for the index), never the manifest.
 pub fn create(
     lib: &Library,
-    manifest: &Manifest,
-    base: Option<&Manifest>,
+    manifest: &StoredManifest,
+    base: Option<&StoredManifest>,
     instruction: &[u8],
     out: &Path,
     progress: &Progress,
@@ -130,30 +149,41 @@ pub fn create(
     if instruction.len() > MAX_INSTRUCTION as usize {
         return Err(bad(out, "instruction", 0, "instruction too large"));
     }
-    if let Some(id) = lib.missing(manifest).first() {
-        return Err(Error::MissingChunk {
-            id: id.to_hex(),
-            package: manifest.package.to_string(),
-            version: manifest.version,
+    if manifest.len() > u64::from(MAX_MANIFEST) {
+        return Err(Error::BadManifest {
+            what: format!("manifest of {} v{}", manifest.package(), manifest.version()),
+            offset: 0,
+            reason: format!(
+                "{} bytes, more than a parcel carries ({MAX_MANIFEST}); split the package",
+                manifest.len()
+            ),
         });
     }
-    let skip: HashSet<ChunkId> = base
-        .map(|b| b.chunks().into_keys().collect())
-        .unwrap_or_default();
-    // Chunks in file order, once each.
-    let mut seen = HashSet::new();
-    let mut chunks: Vec<(ChunkId, Loc)> = Vec::new();
-    for e in &manifest.entries {
-        if let crate::manifest::EntryKind::File { chunks: cs, .. } = &e.kind {
-            for c in cs {
-                if !skip.contains(&c.id) && seen.insert(c.id) {
-                    chunks.push((c.id, lib.locate(&c.id).expect("checked present")));
-                }
-            }
+    // One checked pass over the manifest for its chunks.
+    let table = manifest.chunk_table()?;
+    if let Some(id) = lib.missing_sorted(table.ids()).first() {
+        return Err(Error::MissingChunk {
+            id: id.to_hex(),
+            package: manifest.package().to_string(),
+            version: manifest.version(),
+        });
+    }
+    let base = match base {
+        Some(b) => Some((b.version(), b.hash()?, b.chunk_table()?)),
+        None => None,
+    };
+    let carried = |id: &ChunkId| {
+        base.as_ref()
+            .is_none_or(|(_, _, t)| t.position(id).is_none())
+    };
+    let (mut count, mut total) = (0u64, 0u64);
+    for (id, len) in table.iter() {
+        if carried(&id) {
+            count += 1;
+            total += u64::from(len);
         }
     }
-    let total: u64 = chunks.iter().map(|(_, l)| l.clen as u64).sum();
-    progress.start("parcel", chunks.len() as u64, total);
+    progress.start("parcel", count, total);
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -179,56 +209,65 @@ pub fn create(
         w.put(&FORMAT.to_le_bytes())?;
         w.put(&(if base.is_some() { FLAG_DELTA } else { 0 }).to_le_bytes())?;
         w.put(&0u32.to_le_bytes())?;
-        if let Some(b) = base {
-            w.put(&b.version.to_le_bytes())?;
-            w.put(b.hash().as_bytes())?;
+        if let Some((version, hash, _)) = &base {
+            w.put(&version.to_le_bytes())?;
+            w.put(hash.as_bytes())?;
         }
         w.put(&(instruction.len() as u32).to_le_bytes())?;
         w.put(instruction)?;
-        let mbytes = manifest.encode();
-        if mbytes.len() > MAX_MANIFEST as usize {
-            return Err(Error::BadManifest {
-                what: format!("manifest of {} v{}", manifest.package, manifest.version),
-                offset: 0,
-                reason: format!(
-                    "{} bytes, more than a parcel carries ({MAX_MANIFEST}); split the package",
-                    mbytes.len()
-                ),
-            });
+        // The stored file as it is, through the open descriptor (a version replaced meanwhile
+        // is still read as it was checked).
+        w.put(&(manifest.len() as u32).to_le_bytes())?;
+        let mut src = FileAt::new(manifest.file().clone(), 0);
+        let mut buf = vec![0u8; 256 << 10];
+        let mut left = manifest.len();
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            src.read_exact(&mut buf[..n])
+                .ctx(manifest.path(), "read manifest")?;
+            w.put(&buf[..n])?;
+            left -= n as u64;
         }
-        w.put(&(mbytes.len() as u32).to_le_bytes())?;
-        w.put(&mbytes)?;
-        w.put(&(chunks.len() as u64).to_le_bytes())?;
-        let mut index = Vec::with_capacity(chunks.len());
+        drop(buf);
+        w.put(&count.to_le_bytes())?;
+        // Each record's offset, in the order written: the index names them again in order.
+        let mut offsets: Vec<u64> = Vec::with_capacity(count as usize);
+        let mut chunk_bytes = 0u64;
         // Reads stay in flight on the engine while earlier chunks are written out.
         let mut reads: VecDeque<(ChunkId, Loc, crate::engine::Pending<Vec<u8>>)> = VecDeque::new();
-        let mut it = chunks.iter();
+        let mut it = table.ids().iter().filter(|id| carried(id));
         loop {
             while reads.len() < 32 {
-                let Some((id, loc)) = it.next() else { break };
-                reads.push_back((*id, *loc, lib.read_stored(loc)?));
+                let Some(id) = it.next() else { break };
+                let loc = lib.locate(id).ok_or_else(|| Error::MissingChunk {
+                    id: id.to_hex(),
+                    package: manifest.package().to_string(),
+                    version: manifest.version(),
+                })?;
+                reads.push_back((*id, loc, lib.read_stored(&loc)?));
             }
             let Some((id, loc, p)) = reads.pop_front() else {
                 break;
             };
             let stored = p.wait().ctx(lib.pack_path(loc.pack), "read pack")?;
-            index.push((id, w.pos));
+            offsets.push(w.pos);
             w.put(&id.0)?;
             w.put(&loc.ulen.to_le_bytes())?;
             w.put(&loc.clen.to_le_bytes())?;
             w.put(&[loc.flags])?;
             w.put(&stored)?;
-            progress.add_bytes(stored.len() as u64);
+            chunk_bytes += stored.len() as u64;
+            progress.add_bytes(u64::from(loc.ulen));
             progress.add_file();
         }
         let index_offset = w.pos;
-        w.put(&(index.len() as u64).to_le_bytes())?;
-        for (id, off) in &index {
+        w.put(&(offsets.len() as u64).to_le_bytes())?;
+        for (id, off) in table.ids().iter().filter(|id| carried(id)).zip(&offsets) {
             w.put(&id.0)?;
             w.put(&off.to_le_bytes())?;
         }
         w.put(&index_offset.to_le_bytes())?;
-        w.put(&(index.len() as u64).to_le_bytes())?;
+        w.put(&(offsets.len() as u64).to_le_bytes())?;
         let sum = *w.hasher.finalize().as_bytes();
         w.put(&sum)?;
         w.put(END_MAGIC)?;
@@ -244,8 +283,8 @@ pub fn create(
             .ctx(dir, "fsync directory")?;
         Ok(CreateReport {
             bytes: size,
-            chunks: index.len() as u64,
-            chunk_bytes: total,
+            chunks: offsets.len() as u64,
+            chunk_bytes,
             delta: base.is_some(),
         })
     })();
@@ -293,21 +332,76 @@ pub struct ParcelReader {
     pos: u64,
     len: u64,
     header: Header,
+    /// The manifest's distinct chunks.
+    chunks: ChunkTable,
     count: u64,
     read: u64,
     offsets: Vec<(ChunkId, u64)>,
 }
 
+/// The manifest section as it streams past: what is read is hashed into the parcel's checksum,
+/// counted, and copied to `sink` (an import's temporary file), never kept.
+struct Section<'a> {
+    r: &'a mut (dyn Read + Send),
+    hasher: &'a mut blake3::Hasher,
+    pos: &'a mut u64,
+    left: u64,
+    sink: Option<&'a mut BufWriter<File>>,
+    /// A failed write to `sink`: the import's own failure, not the parcel's.
+    sink_err: Option<std::io::Error>,
+}
+
+impl Read for Section<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (buf.len() as u64).min(self.left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.r.read(&mut buf[..want])?;
+        self.hasher.update(&buf[..n]);
+        *self.pos += n as u64;
+        self.left -= n as u64;
+        if let Some(sink) = &mut self.sink
+            && let Err(e) = sink.write_all(&buf[..n])
+        {
+            let err = std::io::Error::new(e.kind(), e.to_string());
+            self.sink_err = Some(e);
+            return Err(err);
+        }
+        Ok(n)
+    }
+}
+
 impl ParcelReader {
     /// Opens `path` and reads and checks the header, instruction and manifest sections.
     pub fn open(path: &Path) -> Result<ParcelReader> {
+        Self::open_to(path, None)
+    }
+
+    /// [`open`](Self::open), copying the manifest section's bytes to `sink` as they are read
+    /// (and checked).
+    fn open_to(path: &Path, sink: Option<&mut BufWriter<File>>) -> Result<ParcelReader> {
         let f = File::open(path).ctx(path, "open parcel")?;
         let len = f.metadata().ctx(path, "stat parcel")?.len();
-        ParcelReader::from_reader(Box::new(BufReader::with_capacity(1 << 20, f)), len, path)
+        ParcelReader::start(
+            Box::new(BufReader::with_capacity(1 << 20, f)),
+            len,
+            path,
+            sink,
+        )
     }
 
     /// Reads a parcel of `len` bytes from `r`; `name` labels errors.
     pub fn from_reader(r: Box<dyn Read + Send>, len: u64, name: &Path) -> Result<ParcelReader> {
+        Self::start(r, len, name, None)
+    }
+
+    fn start(
+        r: Box<dyn Read + Send>,
+        len: u64,
+        name: &Path,
+        sink: Option<&mut BufWriter<File>>,
+    ) -> Result<ParcelReader> {
         let path = name;
         let mut pr = ParcelReader {
             path: path.to_path_buf(),
@@ -317,14 +411,14 @@ impl ParcelReader {
             len,
             header: Header {
                 instruction: Vec::new(),
-                manifest: Manifest {
-                    package: crate::PackageId::parse("XXX00000").expect("valid"),
-                    version: 0,
-                    entries: Vec::new(),
-                },
+                package: PackageId::parse("XXX00000").expect("valid"),
+                version: 0,
+                entries: 0,
+                manifest_len: 0,
                 manifest_hash: [0; 32],
                 base: None,
             },
+            chunks: ChunkTable::default(),
             count: 0,
             read: 0,
             offsets: Vec::new(),
@@ -362,13 +456,13 @@ impl ParcelReader {
         if n > MAX_MANIFEST || n as u64 > pr.len - pr.pos {
             return Err(bad(path, "manifest", at, "length exceeds the parcel"));
         }
-        let mbytes = pr.take("manifest", n as usize)?;
-        pr.header.manifest = Manifest::decode(&mbytes, &format!("in parcel {}", path.display()))
-            .map_err(|e| bad(path, "manifest", at + 4, e.to_string()))?;
-        pr.header.manifest_hash = *blake3::hash(&mbytes).as_bytes();
+        pr.read_manifest(u64::from(n), sink).map_err(|e| match e {
+            Error::BadManifest { .. } => bad(path, "manifest", at + 4, e.to_string()),
+            e => e,
+        })?;
         let at = pr.pos;
         pr.count = pr.u64("chunks")?;
-        if pr.count > pr.header.manifest.chunks().len() as u64 {
+        if pr.count > pr.chunks.len() as u64 {
             return Err(bad(
                 path,
                 "chunks",
@@ -377,6 +471,69 @@ impl ParcelReader {
             ));
         }
         Ok(pr)
+    }
+
+    /// Reads the manifest section of `n` bytes one entry at a time, every check of the one
+    /// decoder: its package, version, entry count, hash and chunk table are kept.
+    fn read_manifest(&mut self, n: u64, sink: Option<&mut BufWriter<File>>) -> Result<()> {
+        let what = format!("in parcel {}", self.path.display());
+        let mut section = Section {
+            r: &mut *self.r,
+            hasher: &mut self.hasher,
+            pos: &mut self.pos,
+            left: n,
+            sink,
+            sink_err: None,
+        };
+        let res = (|| {
+            let mut r = manifest::Reader::hashing(&mut section, n, &what)?;
+            let mut table = ChunkTableBuilder::new(what.clone());
+            while let Some(e) = r.next_entry()? {
+                if let EntryKind::File { chunks, .. } = &e.kind {
+                    for c in chunks {
+                        table.push(c.id, c.len)?;
+                    }
+                }
+            }
+            let hash = r
+                .hash()
+                .expect("a hashing reader read to the end has a hash");
+            Ok((
+                r.package().clone(),
+                r.version(),
+                r.entry_count(),
+                hash,
+                table.finish()?,
+            ))
+        })();
+        if let Some(e) = section.sink_err.take() {
+            return Err(Error::io(&self.path, "copy the parcel's manifest", e));
+        }
+        let (package, version, entries, hash, chunks) = match res {
+            Ok(x) => x,
+            // A read that failed is the parcel's: name it so.
+            Err(Error::Io { source, .. }) => {
+                return Err(bad(
+                    &self.path,
+                    "manifest",
+                    self.pos,
+                    format!("read failed: {source}"),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        self.header.package = package;
+        self.header.version = version;
+        self.header.entries = entries;
+        self.header.manifest_len = n;
+        self.header.manifest_hash = *hash.as_bytes();
+        self.chunks = chunks;
+        Ok(())
+    }
+
+    /// The distinct chunks the parcel's manifest names.
+    pub fn manifest_chunks(&self) -> &ChunkTable {
+        &self.chunks
     }
 
     /// The header sections.
@@ -534,9 +691,25 @@ pub fn inspect(path: &Path) -> Result<ParcelInfo> {
     })
 }
 
+/// A temporary file of the library holding a parcel's manifest section until the import stores
+/// it (then it is gone from this name); removed if the import fails (a crash leaves it for the
+/// next opening of the library, which removes temporary files under `pending/`).
+struct TempManifest {
+    path: PathBuf,
+}
+
+impl Drop for TempManifest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Imports a parcel into `lib`. `accept` sees the header first and refuses it with an error
 /// (signature, origin, destination, version rules) before anything is read further.
 /// Nothing becomes visible in the library unless every byte of the parcel verified.
+///
+/// The manifest streams from the parcel into a temporary file of the library, checked as it
+/// goes; only its chunk table (36 bytes a chunk, and a bit each for what arrived) is held.
 pub fn import(
     lib: &mut Library,
     path: &Path,
@@ -544,30 +717,50 @@ pub fn import(
     progress: &Progress,
 ) -> Result<ImportReport> {
     lib.require_write();
-    let mut r = ParcelReader::open(path)?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let pending = lib.dir().join("pending");
+    std::fs::create_dir_all(&pending).ctx(&pending, "create lease folder")?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = TempManifest {
+        path: pending.join(format!(".parcel-{}-{n}.tmp", std::process::id())),
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp.path)
+        .ctx(&tmp.path, "create temporary manifest")?;
+    let mut sink = BufWriter::with_capacity(256 << 10, file);
+    let mut r = ParcelReader::open_to(path, Some(&mut sink))?;
+    sink.into_inner()
+        .map_err(|e| Error::io(&tmp.path, "write temporary manifest", e.into_error()))?;
     let header = r.header().clone();
     accept(&header)?;
-    let m = &header.manifest;
+    let (package, version) = (header.package.clone(), header.version);
     // A delta needs its base: the chunks the parcel leaves out must already be here.
     if let Some(base) = &header.base {
-        let have = lib.manifest(&m.package, base.version);
+        let have = lib
+            .manifest_dir()
+            .open_manifest(&package, base.version)
+            .and_then(|bm| bm.hash());
         match have {
-            Ok(bm) if *bm.hash().as_bytes() == base.hash => {}
+            Ok(h) if *h.as_bytes() == base.hash => {}
             _ => {
                 return Err(Error::MissingBase {
-                    package: m.package.to_string(),
+                    package: package.to_string(),
                     version: base.version,
                 });
             }
         }
     }
+    let table = std::mem::take(&mut r.chunks);
     let total = r.len;
     progress.start("import", r.chunk_count(), total);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let lib_ref: &Library = lib;
     let mut writer = lib_ref.writer(true);
     let parcel_path = path.to_path_buf();
-    let (writer, added) = std::thread::scope(|s| -> Result<(Writer, HashSet<ChunkId>)> {
+    let table_ref = &table;
+    let (writer, added) = std::thread::scope(|s| -> Result<(Writer, Vec<bool>)> {
         let (work_tx, work_rx) = bounded::<Record>(workers * 2);
         let (done_tx, done_rx) = bounded::<Result<Record>>(workers * 2);
         for _ in 0..workers {
@@ -593,19 +786,34 @@ pub fn import(
         }
         drop(work_rx);
         drop(done_tx);
-        let appender = s.spawn(move || -> Result<(Writer, HashSet<ChunkId>)> {
-            let mut added = HashSet::new();
+        let p = &parcel_path;
+        let appender = s.spawn(move || -> Result<(Writer, Vec<bool>)> {
+            // Which of the manifest's chunks this parcel added, by position in its table.
+            let mut added = vec![false; table_ref.len()];
             let mut first_err = None;
             for res in done_rx.iter() {
                 match res {
                     Ok(rec) => {
-                        if first_err.is_none()
-                            && !lib_ref.has_chunk(&rec.id)
-                            && added.insert(rec.id)
-                            && let Err(e) =
+                        if first_err.is_some() {
+                            continue;
+                        }
+                        // A parcel carries only chunks its manifest names.
+                        let Some(i) = table_ref.position(&rec.id) else {
+                            first_err = Some(bad(
+                                p,
+                                &format!("chunk {} ({})", rec.n, rec.id.short()),
+                                rec.offset,
+                                "a chunk the manifest does not name",
+                            ));
+                            continue;
+                        };
+                        if !added[i] && !lib_ref.has_chunk(&rec.id) {
+                            added[i] = true;
+                            if let Err(e) =
                                 writer.append(rec.id, rec.loc.ulen, rec.loc.flags, &rec.data)
-                        {
-                            first_err = Some(e);
+                            {
+                                first_err = Some(e);
+                            }
                         }
                     }
                     Err(e) => {
@@ -652,8 +860,9 @@ pub fn import(
         r.finish()?;
         Ok((w, new))
     })?;
-    for id in m.chunks().into_keys() {
-        if !lib.has_chunk(&id) && !added.contains(&id) {
+    for id in lib.missing_sorted(table.ids()) {
+        let i = table.position(&id).expect("a chunk of the table");
+        if !added[i] {
             return Err(bad(
                 path,
                 "chunks",
@@ -667,12 +876,13 @@ pub fn import(
     }
     let committed = writer.commit()?;
     lib.apply(committed);
-    let created = lib.store_manifest(m)?;
+    // Checked once more entry by entry (and every chunk present), then moved into place.
+    let created = lib.commit_manifest_file(&tmp.path, &package, version)?;
     Ok(ImportReport {
-        package: m.package.to_string(),
-        version: m.version,
-        chunks: header.manifest.chunks().len() as u64,
-        new_chunks: added.len() as u64,
+        package: package.to_string(),
+        version,
+        chunks: table.len() as u64,
+        new_chunks: added.iter().filter(|a| **a).count() as u64,
         created,
     })
 }

@@ -84,8 +84,9 @@ pub fn repair(lib: &mut Library, progress: &Progress) -> Result<RepairReport> {
     }
     for (p, vs) in lib.versions()? {
         for v in vs {
-            let m = lib.manifest(&p, v)?;
-            let missing = lib.missing(&m).len() as u64;
+            // Its distinct chunks (36 bytes each), not the decoded manifest.
+            let chunks = lib.manifest_dir().open_manifest(&p, v)?.chunk_table()?;
+            let missing = lib.missing_sorted(chunks.ids()).len() as u64;
             if missing > 0 {
                 report.lost.push(LostVersion {
                     package: p.to_string(),

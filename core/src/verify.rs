@@ -205,18 +205,21 @@ pub fn verify(
     only: Option<(&PackageId, Option<u32>)>,
     progress: &Progress,
 ) -> Result<VerifyReport> {
+    // Streamed from their files (held open), never decoded whole.
+    let md = lib.manifest_dir();
     let manifests = match only {
-        None => lib.manifests()?,
-        Some((p, Some(v))) => vec![lib.manifest(p, v)?],
+        None => lib.stored_manifests()?,
+        Some((p, Some(v))) => vec![md.open_manifest(p, v)?],
         Some((p, None)) => {
-            let vs = lib
-                .versions()?
-                .remove(p)
-                .ok_or_else(|| Error::NoSuchPackage(p.to_string()))?;
+            let vs = lib.versions_of(p)?;
+            if vs.is_empty() {
+                return Err(Error::NoSuchPackage(p.to_string()));
+            }
             vs.into_iter()
-                .map(|v| lib.manifest(p, v))
+                .map(|v| md.open_manifest(p, v))
                 .collect::<Result<Vec<_>>>()?
         }
     };
-    verify_manifests(lib, &manifests, progress)
+    let sources: Vec<&dyn EntrySource> = manifests.iter().map(|m| m as &dyn EntrySource).collect();
+    verify_sources(lib, &sources, progress)
 }

@@ -102,9 +102,10 @@ impl Fix {
     /// The versions naming any of `ids`.
     fn users(&self, ids: &BTreeSet<ChunkId>) -> BTreeSet<(String, u32)> {
         let lib = Library::open(&self.dir, Access::Read, io()).unwrap();
-        lib.manifests()
+        lib.stored_manifests()
             .unwrap()
             .into_iter()
+            .map(|m| m.load().unwrap())
             .filter(|m| m.chunks().keys().any(|id| ids.contains(id)))
             .map(|m| (m.package.to_string(), m.version))
             .collect()

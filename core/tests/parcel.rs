@@ -47,8 +47,9 @@ fn fixture(big: usize) -> Fixture {
 }
 
 fn create(f: &Fixture, v: u32, base: Option<u32>, out: &Path) -> parcel::CreateReport {
-    let m = f.a.manifest(&pid(), v).unwrap();
-    let b = base.map(|b| f.a.manifest(&pid(), b).unwrap());
+    let md = f.a.manifest_dir();
+    let m = md.open_manifest(&pid(), v).unwrap();
+    let b = base.map(|b| md.open_manifest(&pid(), b).unwrap());
     parcel::create(
         &f.a,
         &m,
@@ -74,10 +75,7 @@ fn full_and_delta_parcels_round_trip() {
     let info = parcel::inspect(&p1).unwrap();
     assert_eq!(info.header.instruction, b"signed-instruction-bytes");
     assert_eq!(
-        (
-            info.header.manifest.package.clone(),
-            info.header.manifest.version
-        ),
+        (info.header.package.clone(), info.header.version),
         (pid(), 1)
     );
     assert_eq!(info.bytes, std::fs::metadata(&p1).unwrap().len());
@@ -240,9 +238,18 @@ fn a_manifest_of_150_000_files_travels_by_parcel() {
     assert!(stored.len() > 12 << 20, "{} bytes", stored.len());
 
     let out = t.path().join("big.parcel");
-    parcel::create(&a, &m, None, b"instr", &out, &Progress::default()).unwrap();
+    let sm = a.manifest_dir().open_manifest(&pid(), 1).unwrap();
+    parcel::create(&a, &sm, None, b"instr", &out, &Progress::default()).unwrap();
     let info = parcel::inspect(&out).unwrap();
-    assert_eq!(info.header.manifest, m);
+    assert_eq!(
+        (
+            &info.header.package,
+            info.header.version,
+            info.header.entries
+        ),
+        (&m.package, m.version, m.entries.len() as u64)
+    );
+    assert_eq!(info.header.manifest_hash, *m.hash().as_bytes());
     let b_dir = t.path().join("b");
     Library::init(&b_dir, &LibraryConfig::default()).unwrap();
     import(&b_dir, &out).unwrap();

@@ -54,7 +54,8 @@ fn content(lib: &Library, m: &Manifest, rel: &str) -> Option<Vec<u8>> {
 /// Every regular file's bytes in every stored version: (version, path, bytes).
 fn every_file(lib: &Library) -> Vec<(u32, String, Vec<u8>)> {
     let mut out = Vec::new();
-    for m in lib.manifests().unwrap() {
+    for m in lib.stored_manifests().unwrap() {
+        let m = m.load().unwrap();
         for e in &m.entries {
             if matches!(e.kind, EntryKind::File { .. }) {
                 let p = e.display_path();
@@ -188,7 +189,8 @@ fn twenty_snapshots_while_swapping(
     );
     assert!(swaps > 20, "the swapper ran ({swaps} swaps)");
     let secret_id = ChunkId::of(secret);
-    for m in lib.manifests().unwrap() {
+    for m in lib.stored_manifests().unwrap() {
+        let m = m.load().unwrap();
         assert!(
             !m.chunks().contains_key(&secret_id),
             "v{} names the secret's chunk",

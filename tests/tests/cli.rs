@@ -408,7 +408,7 @@ fn verify_beside_ingests_and_gc_in_a_loop_never_reports_false_damage() {
     );
     // The same verify still finds real damage: one stored byte flipped.
     let l = Library::open(&lib, Access::Read, None).unwrap();
-    let m = l.manifests().unwrap().pop().unwrap();
+    let m = l.stored_manifests().unwrap().pop().unwrap().load().unwrap();
     let chunk = m.chunks().into_keys().next().unwrap();
     let loc = l.locate(&chunk).unwrap();
     let pack = l.pack_path(loc.pack);

@@ -50,7 +50,8 @@ fn run_ok(mut cmd: Command) -> Duration {
 fn check_library(dir: &Path, ctx: &str) {
     let lib = Library::open(dir, Access::Write, IoMode::from_env())
         .unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
-    for m in lib.manifests().unwrap() {
+    for m in lib.stored_manifests().unwrap() {
+        let m = m.load().unwrap();
         assert!(
             lib.missing(&m).is_empty(),
             "{ctx}: {} v{} names missing chunks",

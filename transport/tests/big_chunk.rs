@@ -84,7 +84,8 @@ async fn a_64_mib_incompressible_chunk_pushes_and_travels_by_parcel() {
     // By parcel.
     let lib = shared.close().await.unwrap();
     let out = t.path().join("big.parcel");
-    parcel::create(&lib, &m, None, b"instr", &out, &Progress::default()).unwrap();
+    let stored = lib.manifest_dir().open_manifest(&m.package, 1).unwrap();
+    parcel::create(&lib, &stored, None, b"instr", &out, &Progress::default()).unwrap();
     let mut dst = library(&t.path().join("dst-lib"));
     parcel::import(&mut dst, &out, |_| Ok(()), &Progress::default()).unwrap();
     assert_eq!(dst.manifest(&m.package, 1).unwrap(), m);

@@ -88,13 +88,12 @@ fn mismatch(path: &Path, reason: String) -> Error {
 
 /// Checks that the verified instruction describes exactly the content the parcel carries.
 fn matches_content(path: &Path, i: &Instruction, h: &Header) -> Result<(), Error> {
-    let m = &h.manifest;
-    if i.package != m.package || i.version != m.version {
+    if i.package != h.package || i.version != h.version {
         return Err(mismatch(
             path,
             format!(
                 "instruction is for {} v{}, content is {} v{}",
-                i.package, i.version, m.package, m.version
+                i.package, i.version, h.package, h.version
             ),
         ));
     }
@@ -141,8 +140,10 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                     .latest(&p)?
                     .ok_or_else(|| Error::NoSuchPackage(p.to_string()))?,
             };
-            let m = lib.manifest(&p, v)?;
-            let bm = base.map(|b| lib.manifest(&p, b)).transpose()?;
+            // Streamed from their files (held open), never decoded whole.
+            let md = lib.manifest_dir();
+            let m = md.open_manifest(&p, v)?;
+            let bm = base.map(|b| md.open_manifest(&p, b)).transpose()?;
             let signed = home.sign_parcel(SiteCode::parse(&to)?, &m, base, notes)?;
             let r = {
                 let _bar = Bar::start(progress.clone(), quiet);
@@ -223,9 +224,7 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                     |h| {
                         let signed = SignedInstruction::decode(&h.instruction)
                             .map_err(|e| mismatch(&file, e.to_string()))?;
-                        let newest = stored
-                            .get(&h.manifest.package)
-                            .and_then(|v| v.last().copied());
+                        let newest = stored.get(&h.package).and_then(|v| v.last().copied());
                         let i = signed.verify(&home.trust, &home.code, newest)?;
                         // Packages come down from the parent only: a parcel signed by any
                         // other trusted site (a child, a DP) is refused before anything is

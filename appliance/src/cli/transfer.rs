@@ -156,7 +156,9 @@ pub fn run(a: TransferArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliEr
                     ))
                 })?,
             };
-            let manifest = lib.manifest(&package, version)?;
+            // Offered from its stored file (read in parts, never decoded whole); checked here so
+            // a missing version fails before any connection.
+            lib.manifest_dir().open_manifest(&package, version)?;
             let cfg = NodeConfig {
                 data_streams: streams.max(1),
                 ..base
@@ -185,7 +187,7 @@ pub fn run(a: TransferArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliEr
                 priority,
             };
             rt.block_on(send(
-                to, peer, tls, cfg, lib, manifest, resume, opts, json, quiet,
+                to, peer, tls, cfg, lib, package, version, resume, opts, json, quiet,
             ))
         }
     }
@@ -264,7 +266,8 @@ async fn send(
     tls: SiteTls,
     cfg: NodeConfig,
     lib: Library,
-    manifest: freight_core::Manifest,
+    package: PackageId,
+    version: u32,
     resume: Resume,
     opts: PushOptions,
     json: bool,
@@ -275,8 +278,16 @@ async fn send(
     let progress = opts.progress.clone().unwrap_or_default();
     let bar = Bar::start(progress, quiet || json);
     let started = Instant::now();
-    let (reports, res) =
-        session::push_resuming(&node, to, peer, &lib, &manifest, &opts, &resume).await;
+    let (reports, res) = session::push_resuming(
+        &node,
+        to,
+        peer,
+        &lib,
+        session::Offer::Stored(&package, version),
+        &opts,
+        &resume,
+    )
+    .await;
     drop(bar);
     node.close();
     tokio::time::timeout(Duration::from_secs(2), node.wait_idle())
@@ -284,8 +295,8 @@ async fn send(
         .ok();
     res?;
     let summary = SendSummary {
-        package: manifest.package.to_string(),
-        version: manifest.version,
+        package: package.to_string(),
+        version,
         peer: peer.to_string(),
         sessions: reports.len(),
         chunks_sent: reports.iter().map(|r| r.chunks_sent).sum(),

@@ -20,15 +20,19 @@
 //! crate's range type drops a range whose numbers overflow instead of refusing it, reads the
 //! unit case-sensitively and refuses a suffix longer than the file, all against RFC 9110 §14.
 //!
-//! A listing is written as it is sent, a few hundred entries at a time, from a manifest shared
-//! by every request that needs it ([`Manifests`]: a small cache, checked against the manifest
-//! file on every request, decoded by at most [`MAX_DECODES`] requests at once); at most
+//! No manifest is ever held whole. Each version asked for gets a sparse index of its stored
+//! manifest file ([`PathIndex`]: every 32nd path and its offset, at most
+//! [`freight_core::path_index::MAX_INDEX_BYTES`]), built in one checked pass and shared by
+//! every request that needs it ([`Manifests`]: a cache bounded by the indexes' memory,
+//! [`MANIFEST_CACHE_BYTES`], checked against the manifest file on every request, built by at
+//! most [`MAX_DECODES`] requests at once). A listing is written as it is sent, a few hundred
+//! entries at a time, read one by one from the held manifest file; at most
 //! [`Limits::max_listings`] listings are sent at once. So a crowd of clients listing a large
-//! package costs one decoded manifest, not one JSON document each.
+//! package costs a read buffer each, not a decoded manifest or a JSON document each.
 //!
-//! A file path is looked up exactly in the manifest ([`resolve`]), following symlinks inside
-//! the package for at most [`MAX_HOPS`] hops, so no request can read anything but the
-//! package's own content.
+//! A file path is looked up exactly in the manifest ([`resolve`]: through the index, a few
+//! entries read from the nearest indexed one), following symlinks inside the package for at
+//! most [`MAX_HOPS`] hops, so no request can read anything but the package's own content.
 //!
 //! A chunk that fails verification is never sent: before the first byte the answer is 500, after
 //! it the body ends with an error (the client sees a truncated transfer) and a warning names the
@@ -43,8 +47,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use freight_core::manifest::{ChunkRef, check_path};
-use freight_core::{ChunkId, Entry, EntryKind, Manifest, ManifestDir, PackageId};
+use freight_core::library::{FileAt, StoredManifest};
+use freight_core::manifest::{ChunkRef, Reader, check_path};
+use freight_core::path_index::PathIndex;
+use freight_core::{ChunkId, Entry, EntryKind, ManifestDir, PackageId};
 use freight_transport::store::SharedLibrary;
 use headers::IfUnmodifiedSince;
 use headers::{ETag, HeaderMapExt, IfMatch, IfModifiedSince, IfNoneMatch, IfRange};
@@ -61,13 +67,14 @@ use tokio::task::JoinHandle;
 /// Symlinks followed at most when resolving one file path.
 pub const MAX_HOPS: usize = 8;
 
-/// Manifests decoded at once (a large one is tens of megabytes while it is decoded).
+/// Manifest indexes built at once (each reads and checks a whole manifest file).
 pub const MAX_DECODES: usize = 2;
 
-/// Decoded manifests kept for the next requests, by their estimated size in memory.
+/// Manifest indexes kept for the next requests, by the memory they hold (each at most
+/// [`freight_core::path_index::MAX_INDEX_BYTES`], so at least eight are kept).
 pub const MANIFEST_CACHE_BYTES: usize = 32 << 20;
 
-/// How long a request waits for a listing slot or a manifest decode before it gets 503. Well
+/// How long a request waits for a listing slot or a manifest index before it gets 503. Well
 /// below the listener's send timeout, which would otherwise cut the waiting connection.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(10);
 
@@ -79,7 +86,7 @@ const LISTING_PIECE: usize = 64 * 1024;
 
 /// What the handlers share: the library (for chunks), its manifests as plain files (read
 /// without waiting for the library: a maintenance job such as a redistribute's repair holds
-/// it for seconds), the decoded manifests and the listing slots.
+/// it for seconds), the manifests' indexes and the listing slots.
 #[derive(Clone)]
 struct Content {
     lib: SharedLibrary,
@@ -135,12 +142,8 @@ impl Shown {
         self.dir.path(pkg, v)
     }
 
-    fn manifest_bytes(&self, pkg: &PackageId, v: u32) -> freight_core::Result<Vec<u8>> {
-        self.dir.manifest_bytes(pkg, v)
-    }
-
-    fn decode(&self, pkg: &PackageId, v: u32, bytes: &[u8]) -> freight_core::Result<Manifest> {
-        self.dir.decode(pkg, v, bytes)
+    fn open(&self, pkg: &PackageId, v: u32) -> freight_core::Result<StoredManifest> {
+        self.dir.open_manifest(pkg, v)
     }
 }
 
@@ -431,18 +434,21 @@ pub enum LookupError {
     TooManyLinks,
 }
 
-fn find<'m>(m: &'m Manifest, path: &[u8]) -> Option<&'m Entry> {
-    m.entries
-        .binary_search_by(|e| e.path.as_slice().cmp(path))
-        .ok()
-        .map(|i| &m.entries[i])
-}
-
-/// The file or directory entry `path` (already checked by [`check_path`]) names in `m`, with
+/// The file or directory entry `path` (already checked by [`check_path`]) names, with
 /// symlinks followed like the file system would (relative to the link's folder, at most
-/// [`MAX_HOPS`] of them). Resolution never leaves the package: `..` above the root and missing
-/// components are [`LookupError::NotFound`].
-pub fn resolve<'m>(m: &'m Manifest, path: &[u8]) -> Result<&'m Entry, LookupError> {
+/// [`MAX_HOPS`] of them). `find` gives the entry at exactly a path (a manifest's index, or a
+/// manifest in memory); its error is returned as it is. Resolution never leaves the package:
+/// `..` above the root and missing components are [`LookupError::NotFound`].
+pub fn resolve<E, F>(mut find: F, path: &[u8]) -> Result<Result<Entry, LookupError>, E>
+where
+    F: FnMut(&[u8]) -> Result<Option<Entry>, E>,
+{
+    // The common case in one lookup: an entry at the path itself has only folders above it
+    // (every entry's parent is a folder of the manifest), so nothing on the way is a link.
+    match find(path)? {
+        Some(e) if !matches!(e.kind, EntryKind::Symlink { .. }) => return Ok(Ok(e)),
+        _ => {}
+    }
     let mut pending: VecDeque<Vec<u8>> = path.split(|&c| c == b'/').map(<[u8]>::to_vec).collect();
     let mut done: Vec<u8> = Vec::new();
     let mut hops = 0;
@@ -459,7 +465,7 @@ pub fn resolve<'m>(m: &'m Manifest, path: &[u8]) -> Result<&'m Entry, LookupErro
             b"" | b"." => continue,
             b".." => {
                 if done.is_empty() {
-                    return Err(LookupError::NotFound);
+                    return Ok(Err(LookupError::NotFound));
                 }
                 let parent = freight_core::manifest::parent_of(&done).len();
                 done.truncate(parent);
@@ -468,15 +474,17 @@ pub fn resolve<'m>(m: &'m Manifest, path: &[u8]) -> Result<&'m Entry, LookupErro
             _ => {}
         }
         let here = join(&done, &comp);
-        let entry = find(m, &here).ok_or(LookupError::NotFound)?;
+        let Some(entry) = find(&here)? else {
+            return Ok(Err(LookupError::NotFound));
+        };
         match &entry.kind {
             EntryKind::Dir => done = here,
             EntryKind::File { .. } if pending.is_empty() => done = here,
-            EntryKind::File { .. } => return Err(LookupError::NotFound),
+            EntryKind::File { .. } => return Ok(Err(LookupError::NotFound)),
             EntryKind::Symlink { target } => {
                 hops += 1;
                 if hops > MAX_HOPS {
-                    return Err(LookupError::TooManyLinks);
+                    return Ok(Err(LookupError::TooManyLinks));
                 }
                 for c in target.split(|&c| c == b'/').rev() {
                     pending.push_front(c.to_vec());
@@ -484,7 +492,7 @@ pub fn resolve<'m>(m: &'m Manifest, path: &[u8]) -> Result<&'m Entry, LookupErro
             }
         }
     }
-    find(m, &done).ok_or(LookupError::NotFound)
+    Ok(find(&done)?.ok_or(LookupError::NotFound))
 }
 
 /// Decodes `%XX` escapes of a raw URL path segment into bytes; `None` for a bad escape.
@@ -675,34 +683,35 @@ fn locate_manifest(dir: &Shown, pkg: &PackageId, ver: VersionSel) -> Result<(u32
 
 type FileId = (u64, u64, u64, i64, i64);
 
-/// A decoded manifest and what every answer from it needs.
-pub struct Loaded {
-    /// The manifest.
-    pub manifest: Arc<Manifest>,
-    /// The identity of the manifest file it was decoded from.
-    file: FileId,
-    /// Its hash (the package hash).
-    pub hash: blake3::Hash,
-    /// Its estimated size in memory.
-    pub bytes: usize,
+/// The identity of an open file (see [`locate_manifest`]).
+fn file_id(f: &std::fs::File) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
-/// Estimated heap bytes of a decoded manifest (what the cache budget counts).
-fn manifest_bytes(m: &Manifest) -> usize {
-    m.entries
-        .iter()
-        .map(|e| {
-            std::mem::size_of::<Entry>()
-                + e.path.capacity()
-                + match &e.kind {
-                    EntryKind::Dir => 0,
-                    EntryKind::File { chunks, .. } => {
-                        chunks.capacity() * std::mem::size_of::<ChunkRef>()
-                    }
-                    EntryKind::Symlink { target } => target.capacity(),
-                }
-        })
-        .sum()
+/// A version's manifest as the content server holds it: its file, open and checked, and the
+/// sparse index of its paths.
+pub struct Loaded {
+    /// The index (with the open manifest file and its hash).
+    pub index: PathIndex,
+    /// The identity of the manifest file it was built from.
+    file: FileId,
+}
+
+impl Loaded {
+    fn package(&self) -> &PackageId {
+        self.index.stored().package()
+    }
+
+    fn version(&self) -> u32 {
+        self.index.stored().version()
+    }
+
+    /// The package hash.
+    pub fn hash(&self) -> blake3::Hash {
+        self.index.hash()
+    }
 }
 
 struct Cached {
@@ -712,11 +721,10 @@ struct Cached {
     loaded: Arc<Loaded>,
 }
 
-/// Decoded manifests shared by the requests that need them. Every request checks the manifest
-/// file's identity (one `stat`); a hit costs nothing more, a miss decodes the file on the
-/// blocking pool, at most [`MAX_DECODES`] at a time. The most recently used manifests are kept
-/// up to [`MANIFEST_CACHE_BYTES`]; one larger than that is never kept, only shared by the
-/// requests that hold it.
+/// Manifest indexes shared by the requests that need them. Every request checks the manifest
+/// file's identity (one `stat`); a hit costs nothing more, a miss builds the index on the
+/// blocking pool (one checked pass over the file), at most [`MAX_DECODES`] at a time. The most
+/// recently used indexes are kept while their memory is within [`MANIFEST_CACHE_BYTES`].
 pub struct Manifests {
     dir: Shown,
     decodes: Semaphore,
@@ -737,43 +745,31 @@ impl Manifests {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let i = cache
             .iter()
-            .position(|c| &c.package == pkg && c.version == v)?;
-        if &cache[i].file != file {
-            // Replaced on disk: the entry stays until the new file is read, in case it holds
-            // the same bytes (see `same_content`); `keep` replaces it.
-            return None;
-        }
+            .position(|c| &c.package == pkg && c.version == v && &c.file == file)?;
         let hit = cache.remove(i);
         let loaded = hit.loaded.clone();
         cache.push(hit);
         Some(loaded)
     }
 
-    /// A decode of `version` of `pkg` held in the cache whose package hash is `hash`, from
-    /// a manifest file since replaced by one of the same bytes.
-    fn same_content(&self, pkg: &PackageId, v: u32, hash: &blake3::Hash) -> Option<Arc<Loaded>> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .iter()
-            .find(|c| &c.package == pkg && c.version == v && &c.loaded.hash == hash)
-            .map(|c| c.loaded.clone())
-    }
-
-    fn keep(&self, package: PackageId, version: u32, file: FileId, loaded: &Arc<Loaded>) {
-        if loaded.bytes > MANIFEST_CACHE_BYTES {
+    fn keep(&self, loaded: &Arc<Loaded>) {
+        let bytes = loaded.index.memory();
+        if bytes > MANIFEST_CACHE_BYTES {
             return;
         }
+        let (package, version) = (loaded.package().clone(), loaded.version());
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        // An older file of the same version (replaced by a redistribute) is done with.
         cache.retain(|c| !(c.package == package && c.version == version));
         cache.push(Cached {
             package,
             version,
-            file,
+            file: loaded.file,
             loaded: loaded.clone(),
         });
-        let mut total: usize = cache.iter().map(|c| c.loaded.bytes).sum();
+        let mut total: usize = cache.iter().map(|c| c.loaded.index.memory()).sum();
         while total > MANIFEST_CACHE_BYTES {
-            total -= cache.remove(0).loaded.bytes;
+            total -= cache.remove(0).loaded.index.memory();
         }
     }
 
@@ -791,46 +787,27 @@ impl Manifests {
             .await
             .map_err(|_| busy("large requests"))?
             .map_err(|_| internal("the manifest reader stopped; restart freightd".into()))?;
-        // Another request may have decoded it while this one waited.
+        // Another request may have built it while this one waited.
         if let Some(hit) = self.lookup(&pkg, v, &file) {
             return Ok(hit);
         }
         let p = pkg.clone();
         let dir = self.dir.clone();
-        let read = blocking(move || match dir.manifest_bytes(&p, v) {
-            Ok(b) => Ok((blake3::hash(&b), b)),
-            Err(freight_core::Error::NoSuchVersion { .. }) => Err(just_removed(&p, v)),
-            Err(e) => Err(library_error(&format!("the manifest of {p} v{v}"), e)),
-        })
-        .await?;
-        let (hash, raw) = read;
-        // The same version stored again (a redistribute) is the same manifest: the decode
-        // already held serves on, found by its hash, instead of decoding megabytes again.
-        if let Some(same) = self.same_content(&pkg, v, &hash) {
-            let loaded = Arc::new(Loaded {
-                file,
-                hash,
-                bytes: same.bytes,
-                manifest: same.manifest.clone(),
-            });
-            self.keep(pkg, v, file, &loaded);
-            return Ok(loaded);
-        }
-        let p = pkg.clone();
-        let dir = self.dir.clone();
         let loaded = blocking(move || {
-            let manifest = dir
-                .decode(&p, v, &raw)
-                .map_err(|e| library_error(&format!("the manifest of {p} v{v}"), e))?;
-            Ok(Arc::new(Loaded {
-                file,
-                hash,
-                bytes: manifest_bytes(&manifest),
-                manifest: Arc::new(manifest),
-            }))
+            let failed = |e| library_error(&format!("the manifest of {p} v{v}"), e);
+            let stored = match dir.open(&p, v) {
+                Ok(s) => s,
+                Err(freight_core::Error::NoSuchVersion { .. }) => return Err(just_removed(&p, v)),
+                Err(e) => return Err(failed(e)),
+            };
+            // The identity of the file opened, which may be newer than the one located.
+            let file = file_id(stored.file())
+                .map_err(|e| failed(freight_core::Error::io(stored.path(), "stat manifest", e)))?;
+            let index = PathIndex::build(stored).map_err(failed)?;
+            Ok(Arc::new(Loaded { index, file }))
         })
         .await?;
-        self.keep(pkg, v, file, &loaded);
+        self.keep(&loaded);
         Ok(loaded)
     }
 }
@@ -919,12 +896,15 @@ fn listed(e: &Entry) -> ListedFile<'_> {
 }
 
 /// A listing being sent: `{"package", "version", "hash", "files": [...]}` written from the
-/// manifest's entries a piece at a time, so no whole listing is ever in memory. Holds its
-/// listing slot until it is finished or dropped.
+/// manifest's entries a piece at a time, read one by one from its held file, so neither the
+/// manifest nor the listing is ever in memory. Holds its listing slot until it is finished or
+/// dropped.
 pub struct ListingWriter {
     loaded: Arc<Loaded>,
-    /// Next entry to write; past the end once the closing bracket is out.
-    next: usize,
+    /// The entries not yet written (opened with the first piece).
+    entries: Option<Reader<FileAt>>,
+    /// Set once the closing bracket is out (or the listing failed).
+    done: bool,
     wrote_entry: bool,
     _slot: Option<OwnedSemaphorePermit>,
 }
@@ -934,38 +914,34 @@ impl ListingWriter {
     pub fn new(loaded: Arc<Loaded>) -> ListingWriter {
         ListingWriter {
             loaded,
-            next: 0,
+            entries: None,
+            done: false,
             wrote_entry: false,
             _slot: None,
         }
     }
-}
 
-impl Iterator for ListingWriter {
-    type Item = Bytes;
-
-    /// The next piece of JSON (about [`LISTING_PIECE`] bytes), `None` after the last.
-    fn next(&mut self) -> Option<Bytes> {
-        let entries = &self.loaded.manifest.entries;
-        if self.next > entries.len() {
-            return None;
-        }
+    fn piece(&mut self) -> freight_core::Result<Bytes> {
         let mut out = Vec::with_capacity(LISTING_PIECE + 4096);
-        if self.next == 0 {
-            let m = &self.loaded.manifest;
+        if self.entries.is_none() {
             let head = ListingHead {
-                package: m.package.as_str(),
-                version: m.version,
-                hash: &self.loaded.hash.to_hex(),
+                package: self.loaded.package().as_str(),
+                version: self.loaded.version(),
+                hash: &self.loaded.hash().to_hex(),
             };
             let head = serde_json::to_vec(&head).expect("plain JSON");
             // `{...}` opened up to its last field, then the file array.
             out.extend_from_slice(&head[..head.len() - 1]);
             out.extend_from_slice(b",\"files\":[");
+            self.entries = Some(self.loaded.index.entries()?);
         }
-        while self.next < entries.len() && out.len() < LISTING_PIECE {
-            let e = &entries[self.next];
-            self.next += 1;
+        let entries = self.entries.as_mut().expect("opened above");
+        while out.len() < LISTING_PIECE {
+            let Some(e) = entries.next_entry()? else {
+                out.extend_from_slice(b"]}");
+                self.done = true;
+                break;
+            };
             // The root is the listing itself.
             if e.path.is_empty() {
                 continue;
@@ -973,14 +949,31 @@ impl Iterator for ListingWriter {
             if self.wrote_entry {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut out, &listed(e)).expect("plain JSON");
+            serde_json::to_writer(&mut out, &listed(&e)).expect("plain JSON");
             self.wrote_entry = true;
         }
-        if self.next == entries.len() {
-            out.extend_from_slice(b"]}");
-            self.next += 1;
+        Ok(Bytes::from(out))
+    }
+}
+
+impl Iterator for ListingWriter {
+    type Item = std::io::Result<Bytes>;
+
+    /// The next piece of JSON (about [`LISTING_PIECE`] bytes), `None` after the last. A
+    /// manifest file that fails to read midway ends the listing with an error (the client sees
+    /// a truncated transfer), logged.
+    fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        if self.done {
+            return None;
         }
-        Some(Bytes::from(out))
+        match self.piece() {
+            Ok(b) => Some(Ok(b)),
+            Err(e) => {
+                self.done = true;
+                tracing::warn!(error = %e, "listing cut short");
+                Some(Err(std::io::Error::other(e.to_string())))
+            }
+        }
     }
 }
 
@@ -996,19 +989,19 @@ async fn listing(
         .map_err(|_| busy("listings"))?
         .map_err(|_| internal("the listing slots are gone; restart freightd".into()))?;
     let loaded = c.manifests.get(&pkg, &ver).await?;
-    let tag = listing_etag(&loaded.hash);
+    let tag = listing_etag(&loaded.hash());
     let mut common = HeaderMap::new();
     common.insert(header::ETAG, HeaderValue::from_str(&tag).expect("hex"));
     match preconditions(&method, &headers, &tag, None) {
         Precondition::Proceed => {}
         Precondition::NotModified => return Ok((StatusCode::NOT_MODIFIED, common).into_response()),
         Precondition::Failed => {
-            let m = &loaded.manifest;
             let f = Fail(
                 StatusCode::PRECONDITION_FAILED,
                 format!(
                     "the listing of {} v{} is {tag} now, not what If-Match names; fetch the listing again",
-                    m.package, m.version
+                    loaded.package(),
+                    loaded.version()
                 ),
             );
             return Ok((common, f).into_response());
@@ -1032,7 +1025,7 @@ async fn listing(
         })
         .await
         .ok()?;
-        Some((Ok::<_, std::convert::Infallible>(piece?), w))
+        Some((piece?, w))
     }));
     Ok((StatusCode::OK, common, body).into_response())
 }
@@ -1041,16 +1034,16 @@ async fn listing(
 /// package and version are known to exist).
 async fn files_root(State(c): State<Content>, Path((pkg, ver)): Path<(String, String)>) -> Fail {
     match c.manifests.get(&pkg, &ver).await {
-        Ok(m) => is_directory(&m.manifest, b""),
+        Ok(m) => is_directory(&m, b""),
         Err(f) => f,
     }
 }
 
-fn listing_url(m: &Manifest) -> String {
-    format!("/packages/{}/{}/", m.package, m.version)
+fn listing_url(m: &Loaded) -> String {
+    format!("/packages/{}/{}/", m.package(), m.version())
 }
 
-fn is_directory(m: &Manifest, path: &[u8]) -> Fail {
+fn is_directory(m: &Loaded, path: &[u8]) -> Fail {
     let what = if path.is_empty() {
         "the root".to_string()
     } else {
@@ -1058,8 +1051,8 @@ fn is_directory(m: &Manifest, path: &[u8]) -> Fail {
     };
     not_found(format!(
         "{what} in {} v{} is a directory, not a file; list the version at {} to see its files",
-        m.package,
-        m.version,
+        m.package(),
+        m.version(),
         listing_url(m)
     ))
 }
@@ -1077,17 +1070,24 @@ struct FileInfo {
     mtime_sec: i64,
 }
 
-fn find_file(m: &Manifest, path: &[u8]) -> Result<FileInfo, Fail> {
+/// Looks `path` up through `m`'s index (blocking: reads the manifest file).
+fn find_file(m: &Loaded, path: &[u8]) -> Result<FileInfo, Fail> {
     let no_file = |extra: &str| {
         not_found(format!(
             "{} v{} has no file {}{extra}; list the version at {}",
-            m.package,
-            m.version,
+            m.package(),
+            m.version(),
             show(path),
             listing_url(m)
         ))
     };
-    let entry = match resolve(m, path) {
+    let found = resolve(|p: &[u8]| m.index.find(p), path).map_err(|e| {
+        library_error(
+            &format!("the manifest of {} v{}", m.package(), m.version()),
+            e,
+        )
+    })?;
+    let entry = match found {
         Ok(e) => e,
         Err(LookupError::NotFound) => return Err(no_file("")),
         Err(LookupError::TooManyLinks) => {
@@ -1096,13 +1096,13 @@ fn find_file(m: &Manifest, path: &[u8]) -> Result<FileInfo, Fail> {
             )));
         }
     };
-    match &entry.kind {
+    match entry.kind {
         EntryKind::File { size, chunks } => Ok(FileInfo {
-            package: m.package.clone(),
-            version: m.version,
+            package: m.package().clone(),
+            version: m.version(),
             path: path.to_vec(),
-            size: *size,
-            chunks: chunks.clone(),
+            size,
+            chunks,
             mtime_sec: entry.mtime_sec,
         }),
         _ => Err(is_directory(m, path)),
@@ -1160,9 +1160,10 @@ async fn file(
     // chunk is looked up again.
     for again in [true, false] {
         let loaded = c.manifests.get(&pkg, &ver).await?;
-        let info = find_file(&loaded.manifest, &path)?;
         let file_id = loaded.file;
-        drop(loaded);
+        let wanted = path.clone();
+        // A few entries read from the manifest file: on the blocking pool.
+        let info = blocking(move || find_file(&loaded, &wanted)).await?;
         let lib = c.lib.clone();
 
         let tag = etag(info.size, &info.chunks);
@@ -1357,6 +1358,20 @@ impl ChunkStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use freight_core::Manifest;
+
+    /// [`resolve`] in a manifest held in memory.
+    fn resolve_in(m: &Manifest, path: &[u8]) -> Result<Entry, LookupError> {
+        let mut find = |p: &[u8]| {
+            Ok::<_, ()>(
+                m.entries
+                    .binary_search_by(|e| e.path.as_slice().cmp(p))
+                    .ok()
+                    .map(|i| m.entries[i].clone()),
+            )
+        };
+        resolve(&mut find, path).expect("in memory")
+    }
 
     fn cref(n: u8, len: u32) -> ChunkRef {
         ChunkRef {
@@ -1623,7 +1638,7 @@ mod tests {
     #[test]
     fn resolution_follows_links_inside_the_package() {
         let m = manifest();
-        let path = |p: &str| resolve(&m, p.as_bytes()).map(|e| e.display_path());
+        let path = |p: &str| resolve_in(&m, p.as_bytes()).map(|e| e.display_path());
         assert_eq!(path("a/b/f.txt"), Ok("a/b/f.txt".into()));
         assert_eq!(path("top"), Ok("a/b/f.txt".into()));
         assert_eq!(path("a/b/up"), Ok("a/g.txt".into()));
@@ -1646,7 +1661,7 @@ mod tests {
         // one) still resolves to nothing outside.
         let mut m = manifest();
         m.entries.push(link("zz", "../../etc/passwd"));
-        assert_eq!(resolve(&m, b"zz"), Err(LookupError::NotFound));
+        assert_eq!(resolve_in(&m, b"zz"), Err(LookupError::NotFound));
         // Chains longer than MAX_HOPS are refused even without a loop.
         let mut m = manifest();
         for i in 0..=MAX_HOPS {
@@ -1656,10 +1671,10 @@ mod tests {
         m.entries.push(file(&format!("l{}", MAX_HOPS + 1)));
         m.entries.sort_by(|x, y| x.path.cmp(&y.path));
         assert_eq!(
-            resolve(&m, b"l1").map(|e| e.display_path()),
+            resolve_in(&m, b"l1").map(|e| e.display_path()),
             Ok("l9".into())
         );
-        assert_eq!(resolve(&m, b"l0"), Err(LookupError::TooManyLinks));
+        assert_eq!(resolve_in(&m, b"l0"), Err(LookupError::TooManyLinks));
     }
 
     #[test]

@@ -73,7 +73,11 @@ pub fn run(
         r2.new_chunks,
         human(r2.stored_bytes)
     );
-    let d = lib.manifest(&pkg, 1)?.diff(&lib.manifest(&pkg, 2)?);
+    let md = lib.manifest_dir();
+    let d = freight_core::manifest::diff_entries(
+        md.open_manifest(&pkg, 1)?.reader()?,
+        md.open_manifest(&pkg, 2)?.reader()?,
+    )?;
     println!(
         "delta v1 -> v2: added {:?}, removed {:?}, changed {:?}; {} new chunks, {}",
         d.added,
@@ -107,8 +111,9 @@ pub fn run(
     println!("PS1 trusts CAS, key fingerprint {}", id.fingerprint());
     let mut ps1_lib = Library::open_or_init(&work.join("library-PS1"), io)?;
     for (v, base) in [(1, None), (2, Some(1))] {
-        let m = lib.manifest(&pkg, v)?;
-        let bm = base.map(|b| lib.manifest(&pkg, b)).transpose()?;
+        let md = lib.manifest_dir();
+        let m = md.open_manifest(&pkg, v)?;
+        let bm = base.map(|b| md.open_manifest(&pkg, b)).transpose()?;
         let signed = cas.sign_parcel(ps1.code, &m, base, format!("demo parcel {v}"))?;
         let file = work.join(format!("CAS00001-v{v}.parcel"));
         let c = {
@@ -151,10 +156,10 @@ pub fn run(
 
     step("materialise v2 and compare with the source");
     let out = work.join("restored");
-    let m2 = lib.manifest(&pkg, 2)?;
+    let m2 = lib.manifest_dir().open_manifest(&pkg, 2)?;
     {
         let _b = Bar::start(progress.clone(), quiet);
-        freight_core::materialize::materialize(&lib, &m2, &out, &progress)?;
+        freight_core::materialize::materialize_from(&lib, &m2, &out, &progress)?;
     }
     let same = std::fs::read(out.join("bin/installer.bin"))?
         == std::fs::read(src.join("bin/installer.bin"))?;
@@ -221,7 +226,6 @@ async fn network_step(
     let lib = SharedLibrary::new(lib);
     let window = "link 1Gbit/s; daily 10%";
     for (v, throttle) in [(1, None), (2, Some(window))] {
-        let m = lib.read().manifest(pkg, v)?;
         let opts = PushOptions {
             progress: Some(progress.clone()),
             limiter: throttle
@@ -234,7 +238,16 @@ async fn network_step(
         let started = std::time::Instant::now();
         let (reports, res) = {
             let _b = Bar::start(progress.clone(), quiet);
-            session::push_resuming(&sender, to, ps2.code, &lib, &m, &opts, &Resume::default()).await
+            session::push_resuming(
+                &sender,
+                to,
+                ps2.code,
+                &lib,
+                session::Offer::Stored(pkg, v),
+                &opts,
+                &Resume::default(),
+            )
+            .await
         };
         res?;
         let sent: u64 = reports.iter().map(|r| r.bytes_sent).sum();
