@@ -134,3 +134,47 @@ fn a_failure_after_committed_steps_leaves_only_garbage_that_gc_reclaims() {
     assert_eq!(r.new_chunks, 400, "{r:?}");
     verify_clean(&lib);
 }
+
+#[test]
+fn a_quick_check_by_one_pass_reads_only_the_files_whose_chunks_the_library_lost() {
+    // The base's chunks are checked against the index in one merged pass, not one by one.
+    freight_core::ingest::set_absent_pass_min(10);
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..300 {
+        std::fs::write(src.join(format!("f{i:04}")), small(i)).unwrap();
+    }
+    let lib_dir = t.path().join("lib");
+    let mut lib = new_lib(&lib_dir, &LibraryConfig::default());
+    ingest_v(&mut lib, &src, "CAS00001", 1).unwrap();
+    let quick = |lib: &mut Library, v: u32| {
+        let opts = freight_core::ingest::IngestOptions {
+            package: pid("CAS00001"),
+            version: Some(v),
+            quick_check: Some(v - 1),
+            skip_if_unchanged_from: None,
+        };
+        freight_core::ingest::ingest(lib, &src, &opts, &Progress::default()).unwrap()
+    };
+    let r = quick(&mut lib, 2);
+    assert_eq!((r.unchanged_files, r.read_bytes), (300, 0), "{r:?}");
+
+    // The library loses the chunks of two files (as a repair drops bad ones).
+    let lost: std::collections::HashSet<_> = [7, 123]
+        .iter()
+        .map(|&i| freight_core::ChunkId::of(&small(i)))
+        .collect();
+    freight_core::gc::drop_chunks(&mut lib, &lost, &Progress::default()).unwrap();
+    let r = quick(&mut lib, 3);
+    assert_eq!(r.unchanged_files, 298, "{r:?}");
+    assert_eq!(
+        r.read_bytes,
+        (small(7).len() + small(123).len()) as u64,
+        "{r:?}"
+    );
+    assert_eq!(r.new_chunks, 2, "{r:?}");
+    let m = lib.manifest(&pid("CAS00001"), 3).unwrap();
+    assert!(lib.missing(&m).is_empty());
+    verify_clean(&lib);
+}
