@@ -6,8 +6,13 @@
 //!   --work--> hashers (one per core): BLAKE3, skip known chunks, zstd the new ones
 //!   --results--> this thread: append new chunks to packs (batched engine writes)
 //! ```
-//! Then the writer commits (data durable, then indexed) and the manifest is stored last.
-//! Any error drops the writer, which rolls the packs back: the library is left unchanged.
+//! The writer commits (data durable, then indexed) every [`COMMIT_EVERY`] new chunks and at
+//! the end, and the manifest is stored last. Any error drops the writer, which rolls back the
+//! step under way: an ingest of fewer new chunks leaves the library unchanged; a larger one
+//! leaves the chunks of its committed steps, named by no manifest, which `gc` reclaims (as
+//! after a crash). Nothing else can meanwhile take them for its own or drop them: the
+//! ingest holds the library for writing (its lock in a process, the store thread's exclusive
+//! access in the daemon), so no gc runs and no transfer stores chunks beside it.
 //!
 //! # What is hashed is what was opened
 //! Files are opened through the walk's [`Opener`](crate::walk::Opener): relative to their
@@ -32,6 +37,7 @@ use crate::library::{FileAt, StoredManifest};
 use crate::manifest::{self, ChunkRef, Entry, EntryKind};
 use crate::pack::FLAG_ZSTD;
 use crate::progress::Progress;
+use crate::spill::{SORT_MEMORY, Sorter};
 use crate::walk::{SourceEntry, SourceKind, Walk};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded, never, unbounded};
@@ -42,7 +48,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 const READ_BLOCK: usize = 4 << 20;
 const READ_AHEAD_BYTES: usize = 16 << 20;
@@ -213,6 +219,101 @@ impl Collecting {
     }
 }
 
+/// New chunks an ingest appends between two commits of its pack writer. Each uncommitted
+/// chunk holds its index entry (56 bytes) in the writer and its ID in the hashers' claimed
+/// set until its step commits, so this, not the package's size, bounds them: a first
+/// snapshot of a million small files held ~290 MiB when it committed once at the end. A step
+/// costs a few fsyncs, so steps of this size cost nothing next to reading their files; an
+/// ingest of fewer new chunks stays one all-or-nothing transaction.
+pub const COMMIT_EVERY: usize = 1 << 16;
+
+/// Test hook: overrides [`COMMIT_EVERY`] (0 restores it), so that tests can make small
+/// ingests commit in many steps.
+#[cfg(any(test, feature = "fault-injection"))]
+pub fn set_commit_every(n: usize) {
+    COMMIT_EVERY_OVERRIDE.store(n, Ordering::Relaxed);
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+static COMMIT_EVERY_OVERRIDE: AtomicUsize = AtomicUsize::new(0);
+
+/// Test hook: overrides [`ABSENT_PASS_MIN`] (0 restores it), so that tests can make a small
+/// base's quick check find the chunks the library lacks in one pass.
+#[cfg(any(test, feature = "fault-injection"))]
+pub fn set_absent_pass_min(n: u64) {
+    ABSENT_PASS_MIN_OVERRIDE.store(n as usize, Ordering::Relaxed);
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+static ABSENT_PASS_MIN_OVERRIDE: AtomicUsize = AtomicUsize::new(0);
+
+fn absent_pass_min() -> u64 {
+    #[cfg(any(test, feature = "fault-injection"))]
+    {
+        let n = ABSENT_PASS_MIN_OVERRIDE.load(Ordering::Relaxed);
+        if n > 0 {
+            return n as u64;
+        }
+    }
+    ABSENT_PASS_MIN
+}
+
+fn commit_every() -> usize {
+    #[cfg(any(test, feature = "fault-injection"))]
+    {
+        let n = COMMIT_EVERY_OVERRIDE.load(Ordering::Relaxed);
+        if n > 0 {
+            return n;
+        }
+    }
+    COMMIT_EVERY
+}
+
+/// The library as the snapshot's threads share it, and the chunks claimed for storing.
+///
+/// A new chunk is claimed by the hasher that meets it first, which alone compresses it for
+/// the writer: every other occurrence (the same chunk in another file, or in the same file)
+/// finds it claimed, or, once the writer's step holding it committed, in the library. So the
+/// claimed set holds only chunks not yet committed. The check and the claim happen under the
+/// library's read lock, the commit of a step (the library takes its entries, the claimed set
+/// forgets them) under its write lock: a chunk is never in neither, so it is stored once.
+struct Shared<'a> {
+    lib: RwLock<&'a mut Library>,
+    claimed: Mutex<HashSet<ChunkId>>,
+}
+
+impl<'a> Shared<'a> {
+    fn read(&self) -> RwLockReadGuard<'_, &'a mut Library> {
+        self.lib.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when `id` is new to the library and this call claimed it: the caller stores it.
+    fn claim(&self, id: &ChunkId) -> bool {
+        let lib = self.read();
+        !lib.has_chunk(id)
+            && self
+                .claimed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(*id)
+    }
+
+    /// Commits what `writer` appended so far and makes it visible: its chunks are found in
+    /// the library from now on, and no longer held as claimed.
+    fn commit_step(&self, writer: &mut crate::writer::Writer) -> Result<()> {
+        // The fsyncs run without the lock: hashers keep finding these chunks claimed.
+        let committed = writer.checkpoint()?;
+        let mut lib = self.lib.write().unwrap_or_else(|e| e.into_inner());
+        let mut claimed = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, _) in &committed.entries {
+            claimed.remove(id);
+        }
+        drop(claimed);
+        lib.apply(committed);
+        Ok(())
+    }
+}
+
 /// Snapshots `src` into `lib` as a new package version.
 ///
 /// The walk, the quick check against the base version and the writing of the manifest all
@@ -242,13 +343,17 @@ pub fn ingest(
 
     let mut writer = lib.writer(true);
     let mut new_chunks = 0u64;
-    let lib_ref: &Library = lib;
-    let mut out = lib_ref.manifest_writer(&opts.package, version)?;
-    let mut record = RecordWriter::create(lib_ref, &opts.package);
-    let claimed: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
+    let mut out = lib.manifest_writer(&opts.package, version)?;
+    let mut record = RecordWriter::create(lib, &opts.package);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let level = lib_ref.config().compression_level;
-    let params = lib_ref.config().chunk;
+    let level = lib.config().compression_level;
+    let params = lib.config().chunk;
+    let engine = lib.engine().clone();
+    let commit_every = commit_every();
+    let shared = Shared {
+        lib: RwLock::new(lib),
+        claimed: Mutex::new(HashSet::new()),
+    };
     let pending = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let mut files = 0u64;
@@ -265,12 +370,12 @@ pub fn ingest(
         let (order_tx, order_rx) = unbounded::<Order>();
         let reader = {
             let (pending, abort) = (&pending, &abort);
-            let engine = lib_ref.engine().clone();
+            let shared = &shared;
             s.spawn(move || {
                 let src = Source {
                     walk,
                     quick,
-                    lib: lib_ref,
+                    lib: shared,
                     order: order_tx,
                     pending,
                     abort,
@@ -287,8 +392,8 @@ pub fn ingest(
         for _ in 0..workers {
             let rx = work_rx.clone();
             let tx = done_tx.clone();
-            let claimed = &claimed;
-            s.spawn(move || hash_and_compress(lib_ref, claimed, level, rx, tx));
+            let shared = &shared;
+            s.spawn(move || hash_and_compress(shared, level, rx, tx));
         }
         drop(work_rx);
         drop(done_tx);
@@ -312,6 +417,9 @@ pub fn ingest(
                             if let Some((flags, stored)) = &d.stored {
                                 writer.append(d.id, d.ulen, *flags, stored)?;
                                 new_chunks += 1;
+                                if writer.uncommitted() >= commit_every {
+                                    shared.commit_step(&mut writer)?;
+                                }
                             }
                             if d.file < next_read && !reading.contains_key(&d.file) {
                                 return Ok(());
@@ -420,6 +528,7 @@ pub fn ingest(
         }
     })?;
 
+    let lib = shared.lib.into_inner().unwrap_or_else(|e| e.into_inner());
     let m = out.finish()?;
     let stored_bytes = writer.bytes_written();
     let committed = writer.commit()?;
@@ -486,17 +595,78 @@ struct QuickBase {
     next: Option<Entry>,
     /// The record's files, when it is the base's.
     record: Option<RecordReader>,
+    /// The base's chunks the library lacks, when found by one pass (see [`absent_chunks`]);
+    /// otherwise each chunk is looked up in the library as its file comes.
+    absent: Option<HashSet<ChunkId>>,
+}
+
+/// Bases naming fewer chunks are checked chunk by chunk: a lookup per chunk costs less than
+/// a pass over the whole chunk index.
+const ABSENT_PASS_MIN: u64 = 50_000;
+/// Base chunks missing from the library kept in memory at most; a base missing more (a
+/// library that lost much of it) is checked chunk by chunk instead.
+const ABSENT_MAX: usize = 1 << 16;
+
+/// The chunks of `base` that `lib` lacks (usually none), found by one merge join of the
+/// base's chunk IDs, sorted in bounded memory, with the chunk index in ID order; `None` when
+/// looking each chunk up is cheaper (a base that names a small part of the library) or when
+/// more than [`ABSENT_MAX`] are missing. A lookup reads and checks a 4 KiB block of every
+/// index run: the quick re-snapshot of a million unchanged files spent a third of its time
+/// in them. The answer holds for the whole ingest: it holds the library, so no chunk goes
+/// away, and a chunk it stores meanwhile only makes a file read that could have been reused.
+fn absent_chunks(lib: &Library, base: &StoredManifest) -> Result<Option<HashSet<ChunkId>>> {
+    let mut ids = Sorter::<32>::new(&lib.spill_dir(), SORT_MEMORY);
+    let mut entries = base.reader()?;
+    while let Some(e) = entries.next_entry()? {
+        if let EntryKind::File { chunks, .. } = &e.kind {
+            for c in chunks {
+                ids.push(c.id.0)?;
+            }
+        }
+    }
+    let ids = ids.finish()?;
+    if ids.len() < absent_pass_min() || ids.len().saturating_mul(8) < lib.chunk_count() as u64 {
+        return Ok(None);
+    }
+    let mut absent = HashSet::new();
+    let mut too_many = false;
+    let mut want = ids.reader();
+    let mut next = want.next_rec()?;
+    let mut note = |id: [u8; 32], absent: &mut HashSet<ChunkId>| {
+        if absent.len() < ABSENT_MAX {
+            absent.insert(ChunkId(id));
+        } else {
+            too_many = true;
+        }
+    };
+    lib.for_each_chunk(&mut |id, _| {
+        while let Some(w) = next.filter(|w| *w < id.0) {
+            note(w, &mut absent);
+            next = want.next_rec()?;
+        }
+        if next == Some(id.0) {
+            next = want.next_rec()?;
+        }
+        Ok(())
+    })?;
+    while let Some(w) = next {
+        note(w, &mut absent);
+        next = want.next_rec()?;
+    }
+    Ok((!too_many).then_some(absent))
 }
 
 impl QuickBase {
     fn open(lib: &Library, base: &StoredManifest) -> Result<QuickBase> {
         let record = RecordReader::open(lib, base)?;
+        let absent = absent_chunks(lib, base)?;
         let mut entries = base.reader()?;
         let next = entries.next_entry()?;
         Ok(QuickBase {
             entries,
             next,
             record,
+            absent,
         })
     }
 
@@ -536,7 +706,10 @@ impl QuickBase {
         let same = bsize == size
             && (n.mtime_sec, n.mtime_nsec) == (e.mtime_sec, e.mtime_nsec)
             && seen.is_none_or(|seen| seen == (e.id.ino, e.ctime))
-            && chunks.iter().all(|c| lib.has_chunk(&c.id));
+            && chunks.iter().all(|c| match &self.absent {
+                Some(absent) => !absent.contains(&c.id),
+                None => lib.has_chunk(&c.id),
+            });
         Ok(same.then_some(chunks))
     }
 }
@@ -844,10 +1017,10 @@ fn plus(t: Time, d: std::time::Duration) -> Time {
 
 /// Where the reader takes its files from: the walk, in manifest order, with the quick check's
 /// base alongside. Entries that need no reading are handed to the writer on the way.
-struct Source<'a> {
+struct Source<'a, 'l> {
     walk: Walk,
     quick: Option<QuickBase>,
-    lib: &'a Library,
+    lib: &'a Shared<'l>,
     order: Sender<Order>,
     pending: &'a AtomicUsize,
     abort: &'a AtomicBool,
@@ -866,7 +1039,7 @@ enum Pulled {
     End,
 }
 
-impl Source<'_> {
+impl Source<'_, '_> {
     /// Hands the writer every entry up to the next file to read, and returns that file.
     fn next_file(&mut self) -> Result<Pulled> {
         loop {
@@ -894,7 +1067,7 @@ impl Source<'_> {
                 ),
                 &SourceKind::File { size } => {
                     let reused = match &mut self.quick {
-                        Some(q) => q.reuse(self.lib, &e, size)?,
+                        Some(q) => q.reuse(&self.lib.read(), &e, size)?,
                         None => None,
                     };
                     match reused {
@@ -929,7 +1102,7 @@ impl Source<'_> {
 /// Reads every file the source hands out through the engine with read-ahead and cuts it into
 /// chunks; a file that changed while read is read again (see the module's documentation).
 fn read_and_chunk(
-    mut src: Source<'_>,
+    mut src: Source<'_, '_>,
     engine: &crate::engine::Engine,
     params: crate::chunker::ChunkParams,
     work: Sender<Work>,
@@ -1135,18 +1308,11 @@ fn read_and_chunk(
     Ok(out)
 }
 
-fn hash_and_compress(
-    lib: &Library,
-    claimed: &Mutex<HashSet<ChunkId>>,
-    level: i32,
-    rx: Receiver<Work>,
-    tx: Sender<Done>,
-) {
+fn hash_and_compress(shared: &Shared<'_>, level: i32, rx: Receiver<Work>, tx: Sender<Done>) {
     let mut comp = zstd::bulk::Compressor::new(level).ok();
     for w in rx.iter() {
         let id = ChunkId::of(&w.data);
-        let is_new =
-            !lib.has_chunk(&id) && claimed.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        let is_new = shared.claim(&id);
         let stored = is_new.then(|| compress(comp.as_mut(), &w.data));
         let d = Done {
             file: w.file,

@@ -1268,7 +1268,7 @@ impl Library {
     ///
     /// One transaction at a time per library: the caller serialises them (two open writers
     /// would both append to the newest pack). Nothing appended is visible until
-    /// [`Writer::commit`] and [`apply`](Self::apply).
+    /// [`Writer::commit`] (or a [`Writer::checkpoint`]) and [`apply`](Self::apply).
     pub fn writer(&self, reuse_last: bool) -> Writer {
         self.require_write();
         let reuse = if reuse_last {

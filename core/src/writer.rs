@@ -1,4 +1,4 @@
-//! Appending chunks to pack files as one all-or-nothing transaction.
+//! Appending chunks to pack files as all-or-nothing transactions.
 //!
 //! A [`Writer`] appends stored chunks (each behind its record header, see [`crate::pack`]) to
 //! packs through the block engine in large batched writes. [`Writer::commit`] makes the data
@@ -8,6 +8,10 @@
 //! tombstone) and existing ones cut back to their committed length, so a failed ingest leaves
 //! the library exactly as it found it. A crash instead of a drop leaves only bytes past the
 //! committed lengths, which the next open for writing cuts (see `Library::open`).
+//!
+//! A long transaction may commit in steps ([`Writer::checkpoint`]), each one exactly like a
+//! commit, so the index entries it holds in memory are bounded by one step: a rollback then
+//! undoes only the step under way.
 //!
 //! Pack numbers come from [`PackNumbers`]: a number that named a visible pack is never used
 //! again, even after that pack was collected.
@@ -502,12 +506,55 @@ impl Writer {
         Ok(())
     }
 
+    /// Index entries appended since the transaction began or since the last
+    /// [`checkpoint`](Self::checkpoint): what is held in memory until it commits.
+    pub fn uncommitted(&self) -> usize {
+        self.sealed
+            .iter()
+            .chain(self.cur.as_ref())
+            .map(|p| p.entries.len())
+            .sum()
+    }
+
     /// Makes everything appended durable, then indexes it. Nothing is visible before this.
     pub fn commit(mut self) -> Result<Committed> {
+        let committed = self.commit_appended()?;
+        self.done = true;
+        Ok(committed)
+    }
+
+    /// Commits what was appended so far, as [`commit`](Self::commit) does, and keeps the
+    /// transaction open for more: a long append (an ingest of a million new chunks) commits
+    /// in steps, so the entries it holds in memory stay bounded by what it appends between
+    /// two checkpoints. A later rollback (drop) undoes only what was appended since: what a
+    /// checkpoint committed stays, as after a [`commit`](Self::commit). When a checkpoint
+    /// fails, nothing of its step is committed and the writer must be dropped.
+    pub fn checkpoint(&mut self) -> Result<Committed> {
+        let committed = self.commit_appended()?;
+        // Sealed packs are complete and committed: nothing of them is left to roll back.
+        self.sealed.clear();
+        if let Some(p) = &mut self.cur {
+            let idx_len = committed
+                .packs
+                .iter()
+                .find(|(n, _)| *n == p.n)
+                .map_or(p.idx_start_len, |(_, info)| info.idx_len);
+            // The open pack is now visible: a rollback cuts it back to here, never deletes it.
+            p.start_len = p.len;
+            p.idx_start_len = idx_len;
+            p.created = false;
+            p.header_moved = false;
+        }
+        Ok(committed)
+    }
+
+    /// The commit itself: data durable, then index entries, then committed lengths. The
+    /// packs' entries are handed over in the result; their rollback state is left for the
+    /// caller to move (only once every pack of the step committed).
+    fn commit_appended(&mut self) -> Result<Committed> {
         self.flush_batch()?;
         self.wait_all()?;
         let mut packs = Vec::new();
-        let mut entries = Vec::new();
         let mut dirs = Vec::new();
         for p in self.sealed.iter().chain(self.cur.as_ref()) {
             p.file.sync_data().ctx(&p.data_path, "fsync pack")?;
@@ -568,9 +615,16 @@ impl Writer {
                     format: FORMAT,
                 },
             ));
-            entries.extend_from_slice(&p.entries);
         }
-        self.done = true;
+        // Every pack of the step committed: its entries move to the result, not copied.
+        let mut entries = Vec::new();
+        for p in self.sealed.iter_mut().chain(self.cur.as_mut()) {
+            if entries.is_empty() {
+                entries = std::mem::take(&mut p.entries);
+            } else {
+                entries.append(&mut p.entries);
+            }
+        }
         Ok(Committed { packs, entries })
     }
 }
