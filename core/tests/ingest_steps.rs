@@ -116,8 +116,11 @@ fn a_failure_after_committed_steps_leaves_only_garbage_that_gc_reclaims() {
     drop(lib);
     let mut lib = Library::open(&lib_dir, Access::Write, io()).unwrap();
     assert_eq!(lib.chunk_count(), after);
-    for m in lib.manifests().unwrap() {
-        assert!(lib.missing(&m).is_empty());
+    for (p, vs) in lib.versions().unwrap() {
+        for v in vs {
+            let m = lib.manifest(&p, v).unwrap();
+            assert!(lib.missing(&m).is_empty(), "{p} v{v}");
+        }
     }
     verify_clean(&lib);
 
