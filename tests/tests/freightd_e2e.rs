@@ -528,6 +528,48 @@ fn a_pull_dp_waiting_for_its_source_starts_when_the_source_installs_not_after_th
     assert!(waited.is_empty(), "{waited:?}");
 }
 
+/// A snapshot large enough to commit its chunks in steps (over 65,536 new chunks) that fails
+/// at its last file leaves no package, and the site server gives back what its committed
+/// steps stored: nobody runs gc on an unattended site server.
+#[test]
+fn a_large_snapshot_that_fails_at_its_end_leaves_no_garbage_on_the_site_server() {
+    let net = Net::new();
+    let mut site = net.site("site", "PS1", "");
+    site.start();
+    let src = net.p("src");
+    // 70,000 files of distinct content: more new chunks than one ingest step holds.
+    freight_test_support::many::generate(&src, 70_000, 0, 0, 3).unwrap();
+    // The walk reaches this last and refuses it: a symlink out of the tree.
+    std::fs::create_dir_all(src.join("zz")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("zz/escape")).unwrap();
+    let (code, body) = site.api(
+        "POST",
+        "/v1/packages",
+        Some(json!({"name": "big", "source": src})),
+    );
+    assert_ne!(code, 200, "{body}");
+    assert!(body.to_string().contains("escape"), "{body}");
+    assert_eq!(
+        site.ok("GET", "/v1/packages", None)
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // The library beside the running daemon: nothing stored, nothing left as garbage.
+    let stats: serde_json::Value = serde_json::from_str(&freight_tests::freight(&[
+        "library",
+        "-l",
+        net.p("site").join("library").to_str().unwrap(),
+        "stats",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(stats["garbage_bytes"], 0, "{stats}");
+    assert_eq!(stats["chunks"], 0, "{stats}");
+    site.stop();
+}
+
 #[test]
 fn sigkill_of_the_site_server_and_dps_at_ten_moments_loses_no_job_and_duplicates_none() {
     let net = Net::new();

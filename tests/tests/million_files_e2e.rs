@@ -68,7 +68,11 @@ fn heavy_a_million_file_package_is_distributed_to_a_standard_and_a_pull_dp_and_u
     // 1 KiB blocks and an inode per 4 KiB (millions of small files), folders of more entries than
     // two levels of 1 KiB index blocks hold (`large_dir`: an install stages a million files in
     // one folder), discarded whole at the end.
-    let fs = LoopFs::new(48 << 30, &["-b", "1024", "-i", "4096", "-O", "large_dir"], "");
+    let fs = LoopFs::new(
+        48 << 30,
+        &["-b", "1024", "-i", "4096", "-O", "large_dir"],
+        "",
+    );
     let net = Net::in_scratch(&fs.mnt);
     let mut site = net.site("site", "PS1", "");
     let mut dp1 = net.dp("dp1", "DP1", "standard", "share = \"share\"\n");

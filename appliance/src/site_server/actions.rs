@@ -290,18 +290,40 @@ impl SiteServer {
         let report = self
             .lib
             .exclusive(move |lib| {
-                ingest(
+                let before = lib.chunk_count();
+                let result = ingest(
                     lib,
                     &src,
                     &IngestOptions {
-                        package: pid,
+                        package: pid.clone(),
                         version: None,
                         // Like rsync: an update reads only files whose size or mtime changed.
                         quick_check: base,
                         skip_if_unchanged_from: base,
                     },
                     &Progress::default(),
-                )
+                );
+                // A large snapshot commits its chunks in steps; one that fails after a step
+                // leaves chunks no version names. Nobody runs gc on an unattended site
+                // server, so they are reclaimed here, in the same exclusive hold: the disk a
+                // failed snapshot (a full disk, a bad file at the end of the tree) took is
+                // given back before anything else writes.
+                if result.is_err() && lib.chunk_count() > before {
+                    match freight_core::gc::gc_partial(lib, 0.25, &Progress::default()) {
+                        Ok(r) => tracing::info!(
+                            package = %pid,
+                            chunks = r.chunks_removed,
+                            bytes = r.bytes_freed,
+                            "reclaimed the chunks of a failed snapshot"
+                        ),
+                        Err(e) => tracing::warn!(
+                            package = %pid,
+                            error = %e,
+                            "could not reclaim the chunks of a failed snapshot; run freight library gc when freightd is stopped"
+                        ),
+                    }
+                }
+                result
             })
             .await?
             .map_err(|source| SiteError::Snapshot {
