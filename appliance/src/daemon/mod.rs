@@ -99,10 +99,16 @@ pub fn run(config: &Path, io: Option<IoMode>) -> Result<(), DaemonError> {
     // per core) and keeps what is freed in each: with the runtime's and the library's threads
     // that alone took a DP tens of megabytes over its memory budget after a large receive.
     // Two arenas cost no measurable speed here.
+    // And a fixed mmap threshold: glibc's default one rises to the size of the largest
+    // mmapped block freed (up to 32 MiB), after which the per-transfer tables of a large
+    // package (a million chunks: tens of MiB each) come from the arenas and stay resident once
+    // freed, adding up across transfers. Fixed at 4 MiB, every block larger than a chunk is
+    // mapped and given back whole when freed; chunk buffers stay in the arenas.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; called before any thread is started.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
     let cfg = DaemonConfig::load(config)?;
     let home = Home::open(&cfg.home)?;
