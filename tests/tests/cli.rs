@@ -459,12 +459,26 @@ fn the_site_demo_distributes_updates_and_redistributes_then_stops_its_daemons() 
         assert_eq!(&cells[2..4], ["Installed", "2"], "{row}");
     }
     for needle in [
-        "8212", // the pull DP waited for a source
         "redistribute package PS100001 on distribution point dp1",
         "demo complete",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing from\n{stdout}");
     }
+    // The pull DP waited for a source: its copy of version 1 went after a source had it.
+    let at = |needle: &str| {
+        stdout
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing from\n{stdout}"))
+    };
+    let pulled = at("sent package PS100001 version 1 to distribution point pd1");
+    let sourced =
+        at("successfully distributed package PS100001 version 1 to distribution point dp1").min(
+            at("successfully distributed package PS100001 version 1 to distribution point dp2"),
+        );
+    assert!(
+        sourced < pulled,
+        "the pull DP did not wait for a source:\n{stdout}"
+    );
     // Stopped cleanly: a daemon removes its admin socket on SIGTERM.
     assert!(!dir.join("ps1/admin.sock").exists());
 }
