@@ -321,6 +321,13 @@ impl Host {
         )
     }
 
+    /// Makes this pull DP and its source DP trust each other in their roles (the pull DP
+    /// fetches from `source`).
+    pub fn pull_from(&self, source: &Host) {
+        self.trust(source, "dp");
+        source.trust(self, "pull-dp");
+    }
+
     /// Registers `dp` at this site (and makes them trust each other).
     pub fn add_dp(&self, dp: &Host, name: &str, sources: &[&str]) {
         dp.trust(self, "site-server");

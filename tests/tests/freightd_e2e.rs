@@ -426,8 +426,7 @@ fn a_pull_dp_waits_for_a_source_pulls_from_the_first_that_works_and_reports_capa
         h.start();
     }
     for s in [&dp1, &dp2] {
-        pull.trust(s, "dp");
-        s.trust(&pull, "pull-dp");
+        pull.pull_from(s);
     }
     site.add_dp(&dp1, "dp1", &[]);
     site.add_dp(&dp2, "dp2", &[]);
@@ -489,8 +488,7 @@ fn a_pull_dp_waiting_for_its_source_starts_when_the_source_installs_not_after_th
     for h in [&mut site, &mut dp1, &mut pull] {
         h.start();
     }
-    pull.trust(&dp1, "dp");
-    dp1.trust(&pull, "pull-dp");
+    pull.pull_from(&dp1);
     site.add_dp(&dp1, "dp1", &[]);
     site.add_dp(&pull, "pull", &["dp1"]);
     let src = net.p("src");

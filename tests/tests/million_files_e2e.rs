@@ -81,8 +81,7 @@ fn heavy_a_million_file_package_is_distributed_to_a_standard_and_a_pull_dp_and_u
     for h in [&mut site, &mut dp1, &mut pull] {
         h.start();
     }
-    pull.trust(&dp1, "dp");
-    dp1.trust(&pull, "pull-dp");
+    pull.pull_from(&dp1);
     site.add_dp(&dp1, "dp1", &[]);
     site.add_dp(&pull, "pull", &["dp1"]);
 

@@ -100,26 +100,24 @@ pub(crate) fn hierarchy_call(
             conn,
             code,
             identity,
-        } => {
-            let body = AddSite {
+        } => (
+            conn,
+            site_call(
+                Method::POST,
+                "/sites/children",
                 code,
-                identity: identity.as_deref().map(read_identity).transpose()?,
-            };
-            let c = Call::new(Method::POST, "/sites/children".into(), Show::SiteAdded);
-            (conn, c.body(&body)?)
-        }
+                identity,
+                read_identity,
+            )?,
+        ),
         HierarchyCmd::SetParent {
             conn,
             code,
             identity,
-        } => {
-            let body = AddSite {
-                code,
-                identity: identity.as_deref().map(read_identity).transpose()?,
-            };
-            let c = Call::new(Method::PUT, "/sites/parent".into(), Show::SiteAdded);
-            (conn, c.body(&body)?)
-        }
+        } => (
+            conn,
+            site_call(Method::PUT, "/sites/parent", code, identity, read_identity)?,
+        ),
         HierarchyCmd::List { conn } => (conn, Call::new(Method::GET, "/sites".into(), Show::Sites)),
         HierarchyCmd::Show { conn, code } => (
             conn,
@@ -314,6 +312,22 @@ pub fn run(a: SiteArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The call naming a child or the parent: the site's code and, when given, its identity file's
+/// text.
+fn site_call(
+    method: Method,
+    path: &str,
+    code: String,
+    identity: Option<PathBuf>,
+    read_identity: impl FnOnce(&Path) -> Result<String, CliError>,
+) -> Result<Call, CliError> {
+    let body = AddSite {
+        code,
+        identity: identity.as_deref().map(read_identity).transpose()?,
+    };
+    Call::new(method, path.into(), Show::SiteAdded).body(&body)
 }
 
 #[cfg(test)]
