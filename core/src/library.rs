@@ -1170,36 +1170,52 @@ impl Library {
     /// The chunks of `ids` (sorted, each once, such as a [`crate::ChunkTable`]'s) that this
     /// library lacks, in order.
     pub fn missing_sorted(&self, ids: &[ChunkId]) -> Vec<ChunkId> {
+        let mut out = Vec::new();
+        self.for_each_missing(ids, &mut |i| out.push(ids[i]));
+        out
+    }
+
+    /// Per position of `ids` (sorted, each once): whether this library lacks that chunk. One
+    /// byte per chunk, where [`missing_sorted`](Self::missing_sorted) takes 32 per missing one.
+    pub fn missing_mask(&self, ids: &[ChunkId]) -> Vec<bool> {
+        let mut mask = vec![false; ids.len()];
+        self.for_each_missing(ids, &mut |i| mask[i] = true);
+        mask
+    }
+
+    /// Calls `f` with the position in `ids` (sorted, each once) of each chunk this library
+    /// lacks, in order.
+    pub fn for_each_missing(&self, ids: &[ChunkId], f: &mut dyn FnMut(usize)) {
         debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids sorted and unique");
+        let one_by_one = |f: &mut dyn FnMut(usize), from: usize| {
+            for (i, id) in ids.iter().enumerate().skip(from) {
+                if !self.has_chunk(id) {
+                    f(i);
+                }
+            }
+        };
         if ids.len() < MERGE_JOIN_MIN || ids.len() * 8 < self.chunk_count() {
-            return ids
-                .iter()
-                .copied()
-                .filter(|id| !self.has_chunk(id))
-                .collect();
+            return one_by_one(f, 0);
         }
         // Most of a large library: one merged pass over the index in ID order beats a block
         // read per chunk.
-        let mut out = Vec::new();
-        let mut want = ids.iter().copied().peekable();
+        let mut at = 0;
         let res = self.for_each_chunk(&mut |id, _| {
-            while let Some(w) = want.next_if(|w| *w < id) {
-                out.push(w);
+            while at < ids.len() && ids[at] < id {
+                f(at);
+                at += 1;
             }
-            want.next_if_eq(&id);
+            if at < ids.len() && ids[at] == id {
+                at += 1;
+            }
             Ok(())
         });
         match res {
-            Ok(()) => {
-                out.extend(want);
-                out
-            }
+            Ok(()) => (at..ids.len()).for_each(&mut *f),
             Err(e) => {
-                tracing::error!("{e}; looking the chunks up one by one instead");
-                ids.iter()
-                    .copied()
-                    .filter(|id| !self.has_chunk(id))
-                    .collect()
+                // Positions before `at` were settled by the pass; the rest are looked up.
+                tracing::error!("{e}; looking the remaining chunks up one by one instead");
+                one_by_one(f, at)
             }
         }
     }

@@ -47,18 +47,34 @@ pub struct Host {
 
 /// A free loopback port (UDP and TCP probed) below the kernel's ephemeral range, so that no
 /// outgoing connection of another process takes it while a host is down between a stop and a
-/// restart; the tiny race with other tests choosing at the same moment is accepted.
+/// restart. Tests run as concurrent processes, each choosing ports long before its daemons
+/// bind them: a port is claimed with a lock file held until this test process exits, so two
+/// tests never choose the same one (a daemon of one test answering another's site looks
+/// like an untrusted peer).
 pub fn free_port() -> u16 {
+    static CLAIMED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
     let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
+    let claims = std::env::temp_dir().join("freight-test-ports");
+    std::fs::create_dir_all(&claims).unwrap();
     let mut rng = rand::rng();
     loop {
         let port = rng.random_range(10_000..first_ephemeral.max(10_001));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(claims.join(port.to_string()))
+            .unwrap();
+        if lock.try_lock().is_err() {
+            continue;
+        }
         if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
             && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
         {
+            CLAIMED.lock().unwrap_or_else(|p| p.into_inner()).push(lock);
             return port;
         }
     }

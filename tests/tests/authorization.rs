@@ -15,7 +15,7 @@ use freight_transport::tls::SiteTls;
 use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -153,6 +153,45 @@ fn the_authorization_table_holds_on_real_processes() {
     assert!(err.lines().count() == 1, "one line: {err}");
     // The refusal is in the site's audit trail.
     assert!(audit_ids(&site).contains(&9101), "no 9101 audit message");
+    // 1b. Nor may a key trusted at the site server as `site-server` by hand: a site server
+    //     has no site server over it; only its configured parent pushes into it.
+    let rogue = net.host("rogue", "PS9", "");
+    site.trust(&rogue, "site-server");
+    rogue.trust(&site, "dp");
+    // The site's trust view notices the import on its next reload.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (out, err) = loop {
+        let out = freight_out(&[
+            "transfer",
+            "--site",
+            rogue.home().to_str().unwrap(),
+            "--library",
+            &evil_lib,
+            "send",
+            "--to",
+            &site.quic,
+            "--peer",
+            "PS1",
+            "--package",
+            &id,
+            "--version",
+            "2",
+            "--attempts",
+            "1",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        if !err.contains("not in the trust store") || Instant::now() > deadline {
+            break (out, err);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !out.status.success(),
+        "a site-server key pushed into a site server"
+    );
+    // Holding no role that counts at a site server, it is refused at the connection.
+    assert!(err.contains("no role here"), "{err}");
+    assert!(err.lines().count() == 1, "one line: {err}");
     // The site's next update is its own version 2 and every DP serves the site's real bytes.
     let first = files(&src)[0].clone();
     std::fs::write(src.join(&first), b"a real change").unwrap();

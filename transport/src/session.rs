@@ -134,6 +134,9 @@ struct Outgoing {
     data: Bytes,
 }
 
+/// Most control messages encoded into one write (a `Need` part is up to 2 MiB).
+const CONTROL_BATCH: usize = 4;
+
 async fn write_control(send: &mut quinn::SendStream, who: &str, msgs: Vec<Message>) -> Result<()> {
     if msgs.is_empty() {
         return Ok(());
@@ -1240,9 +1243,16 @@ async fn drive_receiver(
     let mut ctl = spawn_reader(recv, who.to_string());
     let mut incoming = IncomingManifest::default();
     loop {
-        let msgs: Vec<Message> =
-            std::iter::from_fn(|| session.receiver().poll_transmit()).collect();
-        write_control(send, who, msgs).await?;
+        // In batches: a Need for a million chunks is made part by part as it is written.
+        loop {
+            let msgs: Vec<Message> = std::iter::from_fn(|| session.receiver().poll_transmit())
+                .take(CONTROL_BATCH)
+                .collect();
+            if msgs.is_empty() {
+                break;
+            }
+            write_control(send, who, msgs).await?;
+        }
         if session.receiver().is_done() {
             return Ok(());
         }
@@ -1326,7 +1336,7 @@ async fn perform(
                     Ok(l) => l,
                     Err(e) => return Err(abort_with(session, e)),
                 };
-                session.receiver().lacking(lacking)?;
+                session.receiver().lacking_mask(lacking)?;
             }
             ReceiverEvent::Commit => {
                 let received = incoming.received()?.clone();

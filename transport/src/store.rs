@@ -44,7 +44,7 @@ type Job = Box<dyn FnOnce(&mut Library) + Send>;
 enum Cmd {
     Append(ChunkId, u32, u8, Vec<u8>),
     Flush(oneshot::Sender<Result<()>>),
-    Lacking(ReceivedManifest, oneshot::Sender<Result<Vec<ChunkId>>>),
+    Lacking(ReceivedManifest, oneshot::Sender<Result<Vec<bool>>>),
     Commit(ReceivedManifest, oneshot::Sender<Result<bool>>),
     Stop(oneshot::Sender<Result<()>>),
     Exclusive(Job),
@@ -156,8 +156,8 @@ impl SharedLibrary {
     }
 
     /// Takes a lease on the chunks of `m` (see the module docs), commits what is queued,
-    /// and returns the chunks of `m` the library lacks, in ID order.
-    pub async fn lacking(&self, m: &ReceivedManifest) -> Result<Vec<ChunkId>> {
+    /// and returns which chunks of `m` the library lacks, by position in `m.chunks`.
+    pub async fn lacking(&self, m: &ReceivedManifest) -> Result<Vec<bool>> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Lacking(m.clone(), tx))
@@ -331,7 +331,7 @@ impl Store {
         self.pending_bytes = 0;
     }
 
-    fn lacking(&mut self, m: &ReceivedManifest) -> Result<Vec<ChunkId>> {
+    fn lacking(&mut self, m: &ReceivedManifest) -> Result<Vec<bool>> {
         // The lease first: from here on no collection takes what this transfer relies on,
         // neither chunks already here nor those it is about to send.
         self.lib
@@ -345,17 +345,21 @@ impl Store {
             .lib
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .missing_sorted(m.chunks.ids()))
+            .missing_mask(m.chunks.ids()))
     }
 
     fn commit_manifest(&mut self, m: &ReceivedManifest) -> Result<bool> {
         let _ = self.commit();
         let mut lib = self.lib.write().unwrap_or_else(|e| e.into_inner());
-        let missing = lib.missing_sorted(m.chunks.ids());
-        if let Some((id, line)) = missing
-            .iter()
-            .find_map(|id| self.lost.get(id).map(|l| (id, l)))
-        {
+        // Streamed: a chunk that is still missing matters only when a failed commit lost it.
+        let ids = m.chunks.ids();
+        let mut lost = None;
+        lib.for_each_missing(ids, &mut |i| {
+            if lost.is_none() {
+                lost = self.lost.get(&ids[i]).map(|l| (ids[i], l.clone()));
+            }
+        });
+        if let Some((id, line)) = lost {
             return Err(Error::StoreFailed {
                 package: m.package.to_string(),
                 version: m.version,

@@ -45,9 +45,11 @@ pub struct Relations {
 
 impl Relations {
     /// `roles` without `parent` unless `peer` is the configured parent, and without `child`
-    /// unless it is a configured child (same site code and same key).
+    /// unless it is a configured child (same site code and same key); never `site-server`:
+    /// a site server has no site server over it (its parent is `parent`), so a key trusted as
+    /// one by hand may neither push into its library nor manage it.
     pub fn limit(&self, peer: &PublicIdentity, roles: Roles) -> Roles {
-        let mut roles = roles;
+        let mut roles = roles.without(Role::SiteServer);
         if self.parent.as_ref() != Some(peer) {
             roles = roles.without(Role::Parent);
         }
@@ -278,5 +280,35 @@ mod tests {
         });
         assert_eq!(view.roles(&cas), Roles::NONE);
         assert_eq!(view.roles(&ss1), Roles::NONE);
+    }
+
+    /// On a site server no key is a site server over it: one trusted as `site-server` by hand
+    /// may not push into its library (only the configured parent may) nor manage it.
+    #[test]
+    fn a_site_servers_peers_never_hold_the_site_server_role() {
+        let t = tempfile::tempdir().unwrap();
+        let trust_dir = t.path().join("trust");
+        let store = TrustStore::open(&trust_dir).unwrap();
+        let cas = key(t.path(), "CAS").identity();
+        let ps2 = key(t.path(), "PS2").identity();
+        store.import(&cas, Role::Parent).unwrap();
+        store.add_role(cas.code, Role::SiteServer).unwrap();
+        store.import(&ps2, Role::SiteServer).unwrap();
+        let view = TrustView::load(&trust_dir).unwrap();
+        // A DP's view: its site server may push.
+        assert!(crate::authz::check(&ps2, view.roles(&ps2), crate::authz::Request::Push).is_ok());
+        view.set_relations(Relations {
+            parent: Some(cas),
+            children: vec![],
+        });
+        assert_eq!(view.roles(&ps2), Roles::NONE);
+        assert_eq!(view.roles(&cas), Roles::of(Role::Parent));
+        for req in [crate::authz::Request::Push, crate::authz::Request::ManageDp] {
+            assert!(
+                crate::authz::check(&ps2, view.roles(&ps2), req).is_err(),
+                "{req:?}"
+            );
+        }
+        assert!(crate::authz::check(&cas, view.roles(&cas), crate::authz::Request::Push).is_ok());
     }
 }

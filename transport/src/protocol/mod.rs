@@ -112,8 +112,8 @@ fn version_mismatch(role: &str, min: u16, max: u16) -> String {
 /// ever speaks on the control stream, of [`Transmit`]s for the sender), the negotiated version,
 /// and how a session ends (our Abort queued once, or the peer's Abort received).
 #[derive(Debug)]
-struct Link<T> {
-    outbox: VecDeque<T>,
+pub(super) struct Link<T> {
+    pub(super) outbox: VecDeque<T>,
     protocol_version: Option<u16>,
     aborted: bool,
 }

@@ -93,13 +93,17 @@ pub struct Receiver {
     /// many are.
     missing: Vec<bool>,
     missing_left: usize,
+    /// Where the next `Need` part starts in `missing`, while parts are left to send. Parts
+    /// are made as the outbox drains, so asking for a million chunks holds one part, not
+    /// the whole list.
+    need_from: Option<usize>,
     /// Data streams the sender announced; 0 = chunks come on the control stream.
     data_streams: u16,
     /// Each data stream's progress, by index.
     streams: Vec<DataStream>,
     /// `Done` arrived and waits for the data streams to end.
     done_held: bool,
-    link: Link<Message>,
+    pub(super) link: Link<Message>,
 }
 
 /// Where one data stream of a session is.
@@ -139,6 +143,7 @@ impl Receiver {
             verifier: None,
             missing: Vec::new(),
             missing_left: 0,
+            need_from: None,
             data_streams,
             streams: vec![DataStream::Unopened; usize::from(data_streams)],
             done_held: false,
@@ -147,7 +152,37 @@ impl Receiver {
 
     /// The next message to send, if any; all go on the control stream.
     pub fn poll_transmit(&mut self) -> Option<Message> {
-        self.link.outbox.pop_front()
+        if let Some(m) = self.link.outbox.pop_front() {
+            return Some(m);
+        }
+        self.next_need_part()
+    }
+
+    /// The next `Need` part (or `NeedEnd` after the last) while they are left to send: the
+    /// needed positions of `missing` from `need_from` on. A chunk that already arrived is
+    /// not asked for again.
+    fn next_need_part(&mut self) -> Option<Message> {
+        let from = self.need_from?;
+        if self.link.aborted {
+            self.need_from = None;
+            return None;
+        }
+        let table = &self.verifier.as_ref().expect("verifier set").lens;
+        let per_part = self.need_part.max(1);
+        let mut chunks = Vec::new();
+        let mut at = from;
+        while at < self.missing.len() && chunks.len() < per_part {
+            if self.missing[at] {
+                chunks.push(table.id(at));
+            }
+            at += 1;
+        }
+        if chunks.is_empty() {
+            self.need_from = None;
+            return Some(Message::NeedEnd);
+        }
+        self.need_from = Some(at);
+        Some(Message::Need { chunks })
     }
 
     /// True once `Committed` has been queued.
@@ -498,21 +533,12 @@ impl Receiver {
     }
 
     /// The shell's answer to [`ReceiverEvent::Lookup`]: the manifest's chunk IDs its library
-    /// lacks (duplicates are ignored). Queues them as `Need` parts of at most
-    /// [`MAX_NEED_IDS`] IDs, then `NeedEnd`.
+    /// lacks (duplicates are ignored). [`poll_transmit`](Self::poll_transmit) then yields them
+    /// as `Need` parts of at most [`MAX_NEED_IDS`] IDs, then `NeedEnd`.
     pub fn lacking(&mut self, ids: impl IntoIterator<Item = ChunkId>) -> Result<()> {
-        if self.state != ReceiverState::AwaitLacking {
-            return Err(Error::Misuse(format!(
-                "{}: lacking() called in state {:?}, expected after a Lookup event",
-                self.role(),
-                self.state
-            )));
-        }
+        self.expect_lacking()?;
         let table = self.verifier.as_ref().expect("verifier set").lens.clone();
         let mut missing = vec![false; table.len()];
-        let mut left = 0;
-        let per_part = self.need_part.max(1);
-        let mut part = Vec::new();
         for id in ids {
             let Some(i) = table.position(&id) else {
                 return Err(Error::Misuse(format!(
@@ -521,22 +547,40 @@ impl Receiver {
                     id.short()
                 )));
             };
-            if std::mem::replace(&mut missing[i], true) {
-                continue;
-            }
-            left += 1;
-            part.push(id);
-            if part.len() == per_part {
-                let chunks = std::mem::take(&mut part);
-                self.link.outbox.push_back(Message::Need { chunks });
-            }
+            missing[i] = true;
         }
-        if !part.is_empty() {
-            self.link.outbox.push_back(Message::Need { chunks: part });
+        self.lacking_mask(missing)
+    }
+
+    /// [`lacking`](Self::lacking) by position: `missing[i]` says the library lacks the chunk
+    /// at position `i` of the [`ReceiverEvent::Lookup`]'s table (one byte per chunk, where
+    /// a list of IDs would take 32).
+    pub fn lacking_mask(&mut self, missing: Vec<bool>) -> Result<()> {
+        self.expect_lacking()?;
+        let table_len = self.verifier.as_ref().expect("verifier set").lens.len();
+        if missing.len() != table_len {
+            return Err(Error::Misuse(format!(
+                "{}: lacking_mask() has {} positions, the manifest's table {}",
+                self.role(),
+                missing.len(),
+                table_len
+            )));
         }
-        (self.missing, self.missing_left) = (missing, left);
-        self.link.outbox.push_back(Message::NeedEnd);
+        self.missing_left = missing.iter().filter(|&&m| m).count();
+        self.missing = missing;
+        self.need_from = Some(0);
         self.state = ReceiverState::Receiving;
+        Ok(())
+    }
+
+    fn expect_lacking(&self) -> Result<()> {
+        if self.state != ReceiverState::AwaitLacking {
+            return Err(Error::Misuse(format!(
+                "{}: lacking() called in state {:?}, expected after a Lookup event",
+                self.role(),
+                self.state
+            )));
+        }
         Ok(())
     }
 

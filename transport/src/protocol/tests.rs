@@ -1086,6 +1086,55 @@ fn the_receiver_sends_need_in_bounded_parts_and_an_end() {
     assert_eq!(MAX_NEED_IDS * 32, 1 << 20);
 }
 
+/// `Need` parts are made as they are taken, not queued all at once: a receiver lacking a
+/// million chunks holds one part at a time, and a chunk that arrived before its part was
+/// made is not asked for.
+#[test]
+fn need_parts_are_made_as_they_are_taken_from_a_mask() {
+    let (m, lib) = fixture();
+    let mut r = Receiver::new();
+    r.need_part = 6;
+    r.handle(HELLO).unwrap();
+    let ev = offer_bytes(&mut r, &m, &m.encode()).unwrap();
+    let [ReceiverEvent::Lookup { chunks }] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    let chunks = chunks.clone();
+    // A mask of the wrong length is the shell's mistake.
+    assert!(matches!(
+        r.lacking_mask(vec![true; chunks.len() + 1]),
+        Err(Error::Misuse(_))
+    ));
+    let mut mask = vec![true; chunks.len()];
+    mask[0] = false;
+    r.lacking_mask(mask).unwrap();
+    assert!(matches!(r.poll_transmit(), Some(Message::Hello { .. })));
+    assert!(r.link.outbox.is_empty(), "nothing queued ahead");
+    let Some(Message::Need { chunks: first }) = r.poll_transmit() else {
+        panic!("a Need part first")
+    };
+    assert_eq!(first, (1..7).map(|i| chunks.id(i)).collect::<Vec<_>>());
+    // The last chunk arrives (the peer may send any needed one) before its part is made.
+    let last = chunks.id(chunks.len() - 1);
+    let (ulen, flags, data) = lib[&last].clone();
+    r.handle(Message::Chunk {
+        id: last,
+        ulen,
+        flags,
+        data,
+    })
+    .unwrap();
+    let rest: Vec<ChunkId> = std::iter::from_fn(|| r.poll_transmit())
+        .flat_map(|msg| match msg {
+            Message::Need { chunks } => chunks,
+            Message::NeedEnd => Vec::new(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let want: Vec<ChunkId> = (7..chunks.len() - 1).map(|i| chunks.id(i)).collect();
+    assert_eq!(rest, want);
+}
+
 #[test]
 fn unexpected_order_aborts() {
     let (m, _) = fixture();
