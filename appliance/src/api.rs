@@ -233,6 +233,10 @@ pub struct Targets {
     /// DP group names (distribute only).
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Sites below this one (distribute only): every DP there gets the package, which travels
+    /// to the site through the Sender.
+    #[serde(default)]
+    pub sites: Vec<String>,
 }
 
 /// A package's status on one DP.
@@ -240,6 +244,10 @@ pub struct Targets {
 pub struct PackageStatus {
     /// Package ID.
     pub package: String,
+    /// The DP's site when it is a site below this one (as its reports give it); none for
+    /// this site's own DPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
     /// DP name.
     pub dp: String,
     /// `Install Pending`, `Retrying`, `Installed`, `Failed`, `Removal Pending`, `Removed`.
@@ -312,6 +320,9 @@ pub struct AddSite {
     /// Its public identity in text form (`freight site identity export` on it); imported into
     /// the trust store. Without it, the key the trust store already holds for `code` is used.
     pub identity: Option<String>,
+    /// The parent's QUIC endpoint (`HOST:PORT`), where this site reports status (parent only).
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// A site this site knows: itself, its parent or a child.

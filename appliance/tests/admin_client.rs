@@ -33,6 +33,7 @@ fn dp(name: &str) -> DpInfo {
 fn status(package: &str, dp: &str, state: &str) -> PackageStatus {
     PackageStatus {
         package: package.into(),
+        site: None,
         dp: dp.into(),
         state: state.into(),
         version: Some(1),

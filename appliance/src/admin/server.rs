@@ -166,6 +166,7 @@ pub fn router(site: Arc<SiteServer>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/messages", get(messages))
         .route("/v1/progress", get(progress))
+        .route("/v1/sends", get(sends))
         .route("/v1/sites", get(sites))
         .route("/v1/sites/children", post(add_child))
         .route("/v1/sites/parent", put(set_parent))
@@ -299,6 +300,10 @@ async fn messages(State(s): S, Q(q): Q<MessagesQuery>) -> R<Vec<crate::api::Stat
 }
 async fn progress(State(s): S) -> R<Vec<crate::api::JobProgress>> {
     Ok(Json(s.jobs()?))
+}
+
+async fn sends(State(s): S) -> R<Vec<serde_json::Value>> {
+    Ok(Json(s.sends()?))
 }
 
 async fn sites(State(s): S) -> R<Vec<SiteInfo>> {

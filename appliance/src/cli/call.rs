@@ -109,15 +109,15 @@ async fn run_async(cmd: AdminCmd, quiet: bool) -> Result<(), CliError> {
         AdminCmd::Package(a) => (a.conn, package::package_call(a.cmd)?),
         AdminCmd::Distribute(a) => (
             a.conn,
-            distribution::targets_call("distribute", &a.id, a.dps, a.groups)?,
+            distribution::targets_call("distribute", &a.id, a.dps, a.groups, a.sites)?,
         ),
         AdminCmd::Redistribute(a) => (
             a.conn,
-            distribution::targets_call("redistribute", &a.id, vec![a.dp], vec![])?,
+            distribution::targets_call("redistribute", &a.id, vec![a.dp], vec![], vec![])?,
         ),
         AdminCmd::Validate(a) => (
             a.conn,
-            distribution::targets_call("validate", &a.id, a.dps, vec![])?,
+            distribution::targets_call("validate", &a.id, a.dps, vec![], vec![])?,
         ),
         AdminCmd::Status(a) => return status::status(a).await,
         AdminCmd::Messages(a) => return status::messages(a).await,
@@ -195,15 +195,16 @@ mod tests {
             AdminCmd::Package(a) => (a.conn, package::package_call(a.cmd).unwrap()),
             AdminCmd::Distribute(a) => (
                 a.conn,
-                distribution::targets_call("distribute", &a.id, a.dps, a.groups).unwrap(),
+                distribution::targets_call("distribute", &a.id, a.dps, a.groups, a.sites).unwrap(),
             ),
             AdminCmd::Redistribute(a) => (
                 a.conn,
-                distribution::targets_call("redistribute", &a.id, vec![a.dp], vec![]).unwrap(),
+                distribution::targets_call("redistribute", &a.id, vec![a.dp], vec![], vec![])
+                    .unwrap(),
             ),
             AdminCmd::Validate(a) => (
                 a.conn,
-                distribution::targets_call("validate", &a.id, a.dps, vec![]).unwrap(),
+                distribution::targets_call("validate", &a.id, a.dps, vec![], vec![]).unwrap(),
             ),
             _ => panic!("{args:?} is not a single call"),
         }

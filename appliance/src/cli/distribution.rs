@@ -1,4 +1,5 @@
-//! `freight distribute`, `redistribute` and `validate`: a package to DPs and DP groups.
+//! `freight distribute`, `redistribute` and `validate`: a package to DPs, DP groups and sites
+//! below this one.
 
 use crate::api::Targets;
 use crate::cli::call::{Call, Conn};
@@ -10,7 +11,7 @@ use hyper::Method;
 
 /// Arguments of `freight distribute`.
 #[derive(Args)]
-#[command(group(ArgGroup::new("targets").required(true).multiple(true).args(["dps", "groups"])))]
+#[command(group(ArgGroup::new("targets").required(true).multiple(true).args(["dps", "groups", "sites"])))]
 pub struct DistributeArgs {
     #[command(flatten)]
     pub(crate) conn: Conn,
@@ -22,6 +23,10 @@ pub struct DistributeArgs {
     /// A DP group (repeat, or separate with commas).
     #[arg(long = "group", value_name = "GROUP", value_delimiter = ',')]
     pub(crate) groups: Vec<String>,
+    /// A site below this one (repeat, or separate with commas): the package travels there
+    /// through the Sender and every DP of that site gets it.
+    #[arg(long = "site", value_name = "SITE", value_delimiter = ',')]
+    pub(crate) sites: Vec<String>,
 }
 
 /// Arguments of `freight redistribute`.
@@ -54,11 +59,12 @@ pub(crate) fn targets_call(
     id: &str,
     dps: Vec<String>,
     groups: Vec<String>,
+    sites: Vec<String>,
 ) -> Result<Call, CliError> {
     Call::new(
         Method::POST,
         format!("{}/{verb}", package_path(id)),
         Show::Done,
     )
-    .body(&Targets { dps, groups })
+    .body(&Targets { dps, groups, sites })
 }

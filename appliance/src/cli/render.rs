@@ -150,7 +150,8 @@ fn short_hash(h: &str) -> &str {
     &h[..h.len().min(16)]
 }
 
-/// Per-DP status: package, DP, state, version, last copied, message.
+/// Per-DP status: package, DP (`SITE/DP` for a DP of a site below), state, version, last
+/// copied, message.
 pub fn status_table(rows: &[PackageStatus], tz: &TimeZone) -> String {
     status_rows(rows, tz)
         .render_or("no package is targeted at any DP; target one with `freight distribute`")
@@ -170,7 +171,10 @@ fn status_rows(rows: &[PackageStatus], tz: &TimeZone) -> Table {
     for s in rows {
         t.row(vec![
             s.package.clone(),
-            s.dp.clone(),
+            match &s.site {
+                Some(site) => format!("{site}/{}", s.dp),
+                None => s.dp.clone(),
+            },
             s.state.clone(),
             opt(&s.version),
             opt_time(s.last_copied, tz),
@@ -471,6 +475,7 @@ mod tests {
     fn status(dp: &str, state: &str, version: Option<u32>, copied: Option<i64>) -> PackageStatus {
         PackageStatus {
             package: "PS100001".into(),
+            site: None,
             dp: dp.into(),
             state: state.into(),
             version,

@@ -67,6 +67,9 @@ pub(crate) enum HierarchyCmd {
         /// it, the key this site's trust store already holds for CODE.
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// The parent's QUIC endpoint (`HOST:PORT`), where this site reports status.
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
     },
     /// This site, its parent and its children, with their keys' state.
     List {
@@ -107,6 +110,7 @@ pub(crate) fn hierarchy_call(
                 "/sites/children",
                 code,
                 identity,
+                None,
                 read_identity,
             )?,
         ),
@@ -114,9 +118,17 @@ pub(crate) fn hierarchy_call(
             conn,
             code,
             identity,
+            address,
         } => (
             conn,
-            site_call(Method::PUT, "/sites/parent", code, identity, read_identity)?,
+            site_call(
+                Method::PUT,
+                "/sites/parent",
+                code,
+                identity,
+                address,
+                read_identity,
+            )?,
         ),
         HierarchyCmd::List { conn } => (conn, Call::new(Method::GET, "/sites".into(), Show::Sites)),
         HierarchyCmd::Show { conn, code } => (
@@ -321,11 +333,13 @@ fn site_call(
     path: &str,
     code: String,
     identity: Option<PathBuf>,
+    address: Option<String>,
     read_identity: impl FnOnce(&Path) -> Result<String, CliError>,
 ) -> Result<Call, CliError> {
     let body = AddSite {
         code,
         identity: identity.as_deref().map(read_identity).transpose()?,
+        address,
     };
     Call::new(method, path.into(), Show::SiteAdded).body(&body)
 }

@@ -294,6 +294,7 @@ mod tests {
     fn st(package: &str, dp: &str, state: &str) -> PackageStatus {
         PackageStatus {
             package: package.into(),
+            site: None,
             dp: dp.into(),
             state: state.into(),
             version: None,

@@ -187,19 +187,31 @@ async fn serve(
     if let Some(store) = &store {
         node.set_relations(crate::site_server::hierarchy::relations(store)?);
     }
-    tokio::spawn(session::serve(node.clone(), lib.clone(), None, handler));
-
     give_roles(&home, store.as_ref())?;
+    let home = Arc::new(home);
     let mut socket = None;
+    let mut site_server = None;
     if let (Some(s), Some(store)) = (&cfg.site, store) {
-        let site = SiteServer::new(
-            home.code,
+        site_server = Some(SiteServer::new(
+            home.clone(),
             store,
             lib.clone(),
             node.clone(),
-            home.trust_dir(),
             s.clone(),
-        )?;
+        )?);
+    }
+    // Command streams: a site server answers its parent's instructions and its children's
+    // reports (and passes DP commands on when the host is a DP too).
+    let handler: Option<Arc<dyn CommandHandler>> = match &site_server {
+        Some(site) => Some(Arc::new(crate::site_server::peer::SiteHandler {
+            site: site.clone(),
+            dp: handler,
+        })),
+        None => handler,
+    };
+    tokio::spawn(session::serve(node.clone(), lib.clone(), None, handler));
+
+    if let (Some(s), Some(site)) = (&cfg.site, site_server) {
         let listener = bind_socket(&s.admin_socket)?;
         ready.push(format!("admin {}", s.admin_socket.display()));
         socket = Some(s.admin_socket.clone());

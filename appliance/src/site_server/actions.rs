@@ -253,6 +253,11 @@ impl SiteServer {
             .store
             .read(|db| db.package_source(id))?
             .ok_or_else(|| SiteError::NoPackage(id.to_string()))?;
+        if let Some(origin) = self.store.read(|db| db.package_origin(id))? {
+            return Err(SiteError::Conflict(format!(
+                "package {id} came from site {origin}; update it there and distribute it again"
+            )));
+        }
         let source = PathBuf::from(source);
         check_source(&source)?;
         // The newest version this site recorded itself: the only one the quick check may
@@ -275,6 +280,8 @@ impl SiteServer {
                 !matches!(s, DpState::Removed | DpState::RemovalPending)
             })?;
             db.set_targets(id, &dps, Action::Install, snap.version, now())?;
+            // Sites below that were sent the package get the new version too.
+            db.retarget_sites(id, snap.version, now())?;
             Ok::<_, SiteError>(())
         })?;
         self.distmgr_wake.notify_one();
@@ -363,7 +370,9 @@ impl SiteServer {
         })
     }
 
-    /// `distribute`: targets DPs and the members of DP groups with the newest version.
+    /// `distribute`: targets DPs, the members of DP groups and sites below this one with the
+    /// newest version. A site is a child or a site a child reports; a package that came from
+    /// the parent is distributed here by the parent's instruction, not by hand.
     pub fn distribute(&self, id: &str, t: &Targets) -> SiteResult<usize> {
         let n = self.store.write(|db| {
             let info = require_package(db, id)?;
@@ -377,13 +386,32 @@ impl SiteServer {
             }
             dps.sort();
             dps.dedup();
-            if dps.is_empty() {
+            let mut sites: Vec<String> = Vec::new();
+            for s in &t.sites {
+                let code = freight_core::SiteCode::parse(s)
+                    .map_err(|e| SiteError::Invalid(format!("distribute {id}: {e}")))?;
+                if code == self.code {
+                    return Err(SiteError::Invalid(format!(
+                        "distribute {id}: site {code} is this site; name its DPs (--dp) instead"
+                    )));
+                }
+                if db.next_hop(code.as_str())?.is_none() {
+                    return Err(SiteError::Invalid(format!(
+                        "distribute {id}: site {code} is not below this site (not a child, and no child reports it); add it with `freight site add-child`"
+                    )));
+                }
+                sites.push(code.to_string());
+            }
+            sites.sort();
+            sites.dedup();
+            if dps.is_empty() && sites.is_empty() {
                 return Err(SiteError::Invalid(format!(
-                    "distribute {id}: name a DP (--dp) or a DP group (--group) with members"
+                    "distribute {id}: name a DP (--dp), a DP group (--group) with members or a site below this one (--site)"
                 )));
             }
             db.set_targets(id, &dps, Action::Install, info.version, now())?;
-            Ok(dps.len())
+            db.set_site_targets(id, &sites, "install", info.version, now())?;
+            Ok(dps.len() + sites.len())
         })?;
         self.distmgr_wake.notify_one();
         Ok(n)
@@ -467,9 +495,19 @@ impl SiteServer {
 
     // ---- status ----
 
+    /// The Sender's outbox, newest first: each send request with its state.
+    pub fn sends(&self) -> SiteResult<Vec<serde_json::Value>> {
+        Ok(self.store.read(|db| db.sends())?)
+    }
+
     /// Package status per DP, optionally of one package.
     pub fn status(&self, package: Option<&str>) -> SiteResult<Vec<PackageStatus>> {
-        Ok(self.store.read(|db| db.status(package, None))?)
+        Ok(self.store.read(|db| {
+            let mut rows = db.status(package, None)?;
+            // Then every DP of the sites below, as their reports give it.
+            rows.extend(db.remote_status(package)?);
+            Ok::<_, super::store::StoreError>(rows)
+        })?)
     }
 
     /// Status messages after `since`: the audit trail (`audit`) or everything else.
@@ -604,7 +642,7 @@ fn check_name(what: &str, name: &str) -> SiteResult<()> {
 }
 
 /// Free text (a display name, a path): not empty, at most `max` bytes, no control characters.
-fn check_text(what: &str, text: &str, max: usize) -> SiteResult<()> {
+pub(crate) fn check_text(what: &str, text: &str, max: usize) -> SiteResult<()> {
     if text.trim().is_empty() || text.len() > max || text.chars().any(char::is_control) {
         return Err(SiteError::Invalid(format!(
             "{what} {text:?}: give 1-{max} bytes of text without control characters"

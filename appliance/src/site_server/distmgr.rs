@@ -73,9 +73,15 @@ async fn round(
             .write(|db| db.schedule_validation(now(), every.as_secs() as i64))?;
     }
     plan(site)?;
+    // Packages for sites below: mini-jobs into the Sender's outbox.
+    if super::scheduler::plan(site)? {
+        site.sender_wake.notify_one();
+    }
     purge(site).await?;
     let next = admit(site, slots, jobs)?;
     settle(site)?;
+    // Statuses may have changed this round: the parent hears of them.
+    site.report_wake.notify_one();
     Ok(next)
 }
 

@@ -78,6 +78,22 @@ impl SiteServer {
                 "site {code} is this site; a site cannot be its own {what}"
             )));
         }
+        let address = match (&a.address, rel) {
+            (None, _) => None,
+            (Some(t), Relation::Parent) => {
+                t.parse::<std::net::SocketAddr>().map_err(|_| {
+                    SiteError::Invalid(format!(
+                        "parent site {code}: address {t:?} is not HOST:PORT (e.g. 10.0.0.1:4433)"
+                    ))
+                })?;
+                Some(t.clone())
+            }
+            (Some(_), _) => {
+                return Err(SiteError::Invalid(format!(
+                    "child site {code}: give its endpoint with `freight address add`, not here"
+                )));
+            }
+        };
         let trust = self.trust()?;
         // The key: from the identity given, or the one the trust store holds for the code.
         let identity = match &a.identity {
@@ -142,7 +158,11 @@ impl SiteServer {
             }
             match rel {
                 Relation::Child => db.insert_child(code.as_str(), &key.key, now())?,
-                _ => db.insert_parent(code.as_str(), &key.key, now())?,
+                _ => {
+                    db.insert_parent(code.as_str(), &key.key, address.as_deref(), now())?;
+                    // The new parent hears of everything already here at the first report.
+                    db.log_all_status()?;
+                }
             }
             // Trusted inside the transaction: a refused import leaves no row behind.
             trust
@@ -280,6 +300,8 @@ impl SiteServer {
 
     fn trust_and_relations_changed(&self) {
         self.trust_changed();
+        // A new parent hears what is here at once.
+        self.report_wake.notify_one();
         if let Err(e) = self.apply_relations() {
             tracing::error!(error = %e, "cannot read the hierarchy back; parent and child roles apply after a restart");
         }
@@ -346,6 +368,8 @@ impl SiteServer {
             })?;
             Ok(())
         })?;
+        // Requests waiting for a route to this child may go now.
+        self.sender_wake.notify_one();
         self.address(code.as_str(), Some(a.kind))
     }
 
@@ -383,6 +407,8 @@ impl SiteServer {
             db.set_address_throttle(code.as_str(), row.kind, &throttle.to_text())?;
             Ok::<_, SiteError>(row.kind)
         })?;
+        // A window that opened lets held requests go.
+        self.sender_wake.notify_one();
         self.address(code.as_str(), Some(throttle))
     }
 

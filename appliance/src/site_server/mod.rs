@@ -9,6 +9,11 @@
 //!                                              packages    ▼ per standard DP)
 //!                                                        PkgXferMgr: push / pull / command,
 //!                                                        the job's result in one transaction
+//!              site_targets ──► DistMgr's mini-jobs (scheduler) ──► send_requests
+//!                                                                   │ Sender: push, then the
+//!                                                                   ▼ signed instruction
+//!   child site: peer (command streams) ──► despooler ──► package_targets / site_targets
+//!   child site: status_log ──► report ──► parent's remote_status, remote_sites
 //! ```
 //! Calls go one way: actions and components call the [`store`] (the only SQL), the pure
 //! [`job`] state machine and the [`statmgr`] catalogue; DistMgr hands admitted jobs to
@@ -16,11 +21,16 @@
 //! the other.
 
 pub mod actions;
+pub mod despooler;
 pub mod distmgr;
 pub mod error;
 pub mod hierarchy;
 pub mod job;
+pub mod peer;
 pub mod pkgxfer;
+pub mod report;
+pub mod scheduler;
+pub mod sender;
 pub mod statmgr;
 pub mod store;
 
@@ -34,6 +44,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use store::Store;
 use tokio::sync::Notify;
+
+/// How often a site with a parent looks for status changes to report, besides being woken.
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Unix seconds now.
 pub fn now() -> i64 {
@@ -68,18 +81,26 @@ pub struct SiteServer {
     pub routes_changed: Notify,
     /// Bytes of running copies by job ID (PkgXferMgr counts, `watch` reads).
     pub progress: Mutex<HashMap<i64, Arc<Progress>>>,
+    /// The site's home: its key signs instructions, its sequence numbers them.
+    pub home: Arc<crate::home::Home>,
+    /// Wakes the Sender: its outbox or an address changed.
+    pub sender_wake: Notify,
+    /// Wakes the reporter: a status may have changed.
+    pub report_wake: Notify,
+    /// The sites below this one as last acknowledged by the parent.
+    pub reported_sites: Mutex<Option<Vec<(String, String)>>>,
 }
 
 impl SiteServer {
     /// Assembles the site server; records this site in its database.
     pub fn new(
-        code: SiteCode,
+        home: Arc<crate::home::Home>,
         store: Store,
         lib: SharedLibrary,
         node: Node,
-        trust_dir: PathBuf,
         cfg: SiteRole,
     ) -> SiteResult<Arc<SiteServer>> {
+        let (code, trust_dir) = (home.code, home.trust_dir());
         store.write(|db| db.record_self(code.as_str()))?;
         Ok(Arc::new(SiteServer {
             code,
@@ -91,14 +112,21 @@ impl SiteServer {
             distmgr_wake: Notify::new(),
             routes_changed: Notify::new(),
             progress: Mutex::new(HashMap::new()),
+            home,
+            sender_wake: Notify::new(),
+            report_wake: Notify::new(),
+            reported_sites: Mutex::new(None),
         }))
     }
 
-    /// Starts DistMgr and PkgXferMgr; they run until the process ends.
+    /// Starts DistMgr, PkgXferMgr, the Sender and the status reporter; they run until the
+    /// process ends.
     pub fn start(self: &Arc<SiteServer>) {
         let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
         let (ended_tx, ended_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(distmgr::run(self.clone(), jobs_tx, ended_rx));
         tokio::spawn(pkgxfer::run(self.clone(), jobs_rx, ended_tx));
+        tokio::spawn(sender::run(self.clone()));
+        tokio::spawn(report::run(self.clone(), REPORT_EVERY));
     }
 }

@@ -19,6 +19,13 @@
 //! 8201 warning  PkgXferMgr  a copy to a DP failed; retrying
 //! 8202 error    PkgXferMgr  a copy to a DP failed its last attempt
 //! 8213 warning  PkgXferMgr  a pull DP could not download from any source; retrying
+//! 2334 error    DistMgr     no route to a target site (not a child, and no child reports it)
+//! 4401 error    Despooler   refused an instruction (unknown or revoked site, bad signature,
+//!                           another destination, a package this site made, another hash)
+//! 4402 info     Despooler   dropped an older version: a newer one has already arrived
+//! 4510 info     Sender      sent a package version and its instruction to a site
+//! 4511 warning  Sender      a send to a site failed; retrying
+//! 4512 error    Sender      a send to a site failed its last attempt
 //! 9100 info     audit       an administrator's request on the admin socket (who, what, answer)
 //! 9101 warning  audit       a peer's request the authorization table refused
 //! ```
@@ -32,6 +39,10 @@ pub enum Component {
     PkgXferMgr,
     /// The audit trail: admin actions and refused peer requests.
     Audit,
+    /// Sends package versions and instructions to child sites.
+    Sender,
+    /// Acts on instructions from the parent site.
+    Despooler,
 }
 
 /// The component name of audit messages (`freight messages --audit` shows only these).
@@ -43,6 +54,8 @@ impl Component {
             Component::DistMgr => "SMS_DISTRIBUTION_MANAGER",
             Component::PkgXferMgr => "SMS_PACKAGE_TRANSFER_MANAGER",
             Component::Audit => AUDIT,
+            Component::Sender => "SMS_LAN_SENDER",
+            Component::Despooler => "SMS_DESPOOLER",
         }
     }
 }
@@ -100,6 +113,18 @@ const CATALOGUE: &[Entry] = &[
         "Distribution Manager removed package %1 from distribution point %2; %3 of content no other package uses was freed.",
     ),
     Entry(
+        2333,
+        "info",
+        Component::DistMgr,
+        "Distribution Manager is sending a %1 of package %2 version %3 to site %4 (for site(s) %5).",
+    ),
+    Entry(
+        2334,
+        "error",
+        Component::DistMgr,
+        "Distribution Manager has no route to site %1 for package %2: it is not a child of this site and no child reports it; add it with `freight site add-child` or wait for its parent's report.",
+    ),
+    Entry(
         2342,
         "info",
         Component::DistMgr,
@@ -146,6 +171,42 @@ const CATALOGUE: &[Entry] = &[
         "error",
         Component::DistMgr,
         "Package %1 on distribution point %2 failed validation: it holds %3, this site expects %4; redistribute the package to this DP.",
+    ),
+    Entry(
+        4400,
+        "info",
+        Component::Despooler,
+        "Despooler received package %1 version %2 from site %3 and stored it (signature checked out OK).",
+    ),
+    Entry(
+        4401,
+        "error",
+        Component::Despooler,
+        "Despooler refused an instruction from site %1: %2.",
+    ),
+    Entry(
+        4402,
+        "info",
+        Component::Despooler,
+        "Despooler dropped package %1 version %2 from site %3: a newer version (%4) has already arrived.",
+    ),
+    Entry(
+        4510,
+        "info",
+        Component::Sender,
+        "Sender sent package %1 version %2 to site %3: %4 in %5 s, instruction last.",
+    ),
+    Entry(
+        4511,
+        "warning",
+        Component::Sender,
+        "Sender could not send package %1 version %2 to site %3 (attempt %4 of %5): %6; retrying in %7.",
+    ),
+    Entry(
+        4512,
+        "error",
+        Component::Sender,
+        "Sender gave up sending package %1 version %2 to site %3 after %4 attempt(s): %5; fix the cause and distribute again.",
     ),
     Entry(
         8200,

@@ -238,7 +238,9 @@ async fn act(
     dps: Vec<String>,
     groups: Vec<String>,
 ) -> Result<(), CliError> {
-    let d: Done = targets_call(action, id, dps, groups)?.send(client).await?;
+    let d: Done = targets_call(action, id, dps, groups, vec![])?
+        .send(client)
+        .await?;
     println!("{}", d.done);
     Ok(())
 }

@@ -132,6 +132,19 @@ impl Db<'_> {
             .find(|s| s.relation == Relation::Parent))
     }
 
+    /// The parent's QUIC endpoint, if one was given.
+    pub fn parent_address(&self) -> Result<Option<String>> {
+        Ok(self
+            .c
+            .query_row(
+                "SELECT p.address FROM sites p JOIN sites me ON me.is_self = 1 AND me.parent = p.code",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// This site's children, by code.
     pub fn children(&self) -> Result<Vec<SiteRow>> {
         Ok(self
@@ -176,11 +189,18 @@ impl Db<'_> {
         Ok(())
     }
 
-    /// Records `code` as this site's parent, configured with `key` (there must be none).
-    pub fn insert_parent(&self, code: &str, key: &[u8; 32], added: i64) -> Result<()> {
+    /// Records `code` as this site's parent, configured with `key` (there must be none), at
+    /// QUIC endpoint `address` if given.
+    pub fn insert_parent(
+        &self,
+        code: &str,
+        key: &[u8; 32],
+        address: Option<&str>,
+        added: i64,
+    ) -> Result<()> {
         self.c.execute(
-            "INSERT INTO sites (code, key, added) VALUES (?1, ?2, ?3)",
-            params![code, key.as_slice(), added],
+            "INSERT INTO sites (code, key, added, address) VALUES (?1, ?2, ?3, ?4)",
+            params![code, key.as_slice(), added, address],
         )?;
         self.c
             .execute("UPDATE sites SET parent = ?1 WHERE is_self = 1", [code])?;
@@ -310,7 +330,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = store(t.path());
         s.write(|db| {
-            db.insert_parent("CAS", &[1; 32], 10)?;
+            db.insert_parent("CAS", &[1; 32], None, 10)?;
             db.insert_child("SS1", &[2; 32], 11)?;
             db.insert_child("SS2", &[3; 32], 12)
         })

@@ -40,6 +40,7 @@
 
 pub mod hierarchy;
 pub mod schema;
+pub mod sends;
 pub mod types;
 
 use super::job::{JobEnd, NO_SOURCE_YET, StatusWrite, Transition};
@@ -784,6 +785,7 @@ impl Db<'_> {
                 |r| {
                     Ok(PackageStatus {
                         package: r.get(0)?,
+                        site: None,
                         dp: r.get(1)?,
                         state: r.get::<_, DpState>(2)?.label().to_string(),
                         version: r.get(3)?,

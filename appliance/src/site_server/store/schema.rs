@@ -162,4 +162,95 @@ CREATE TABLE addresses (
     CHECK ((kind = 'standard') = (endpoint IS NOT NULL))
 );
 "#,
+    r#"
+-- Across sites (issue 13). Packages another site sent keep their origin; `NULL` = made here.
+ALTER TABLE packages ADD COLUMN origin TEXT;
+-- The parent's QUIC endpoint, where this site reports status.
+ALTER TABLE sites ADD COLUMN address TEXT;
+-- DistMgr's inbox for sites below this one: the package's newest version is to reach `site`
+-- (a child, or a site below one) and be installed on every DP there.
+CREATE TABLE site_targets (
+    package     TEXT NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    site        TEXT NOT NULL,
+    action      TEXT NOT NULL CHECK (action IN ('install', 'remove', 'none')),
+    version     INTEGER NOT NULL,
+    updated     INTEGER NOT NULL,
+    PRIMARY KEY (package, site)
+);
+-- The Sender's outbox: one mini-job to one child (the next hop), with its signed instruction,
+-- the final sites it is for, and its state. Times in unix ms.
+CREATE TABLE send_requests (
+    id              INTEGER PRIMARY KEY,
+    package         TEXT NOT NULL REFERENCES packages(id) ON DELETE CASCADE,
+    version         INTEGER NOT NULL,
+    base_version    INTEGER,
+    dest            TEXT NOT NULL REFERENCES sites(code),
+    sites           TEXT NOT NULL,
+    priority        TEXT NOT NULL CHECK (priority IN ('low', 'medium', 'high')),
+    instruction     BLOB NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'sending', 'retrying', 'sent', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt    INTEGER NOT NULL,
+    error           TEXT,
+    bytes_sent      INTEGER NOT NULL DEFAULT 0,
+    created         INTEGER NOT NULL,
+    updated         INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX one_live_send ON send_requests(package, dest)
+    WHERE state IN ('queued', 'sending', 'retrying');
+-- Sites below this site's children, as their reports name them: `via` is the child of this
+-- site on the way.
+CREATE TABLE remote_sites (
+    code        TEXT PRIMARY KEY,
+    parent      TEXT NOT NULL,
+    via         TEXT NOT NULL,
+    updated     INTEGER NOT NULL
+);
+-- Package status on DPs of sites below, as their reports give it.
+CREATE TABLE remote_status (
+    package     TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    dp          TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    version     INTEGER,
+    message     TEXT,
+    updated     INTEGER NOT NULL,
+    PRIMARY KEY (package, site, dp)
+);
+-- What this site reports to its parent: every change of a package's status on a DP here or
+-- below, in order, logged only while the site has a parent (setting one logs every current
+-- row). The reporter sends rows past the parent's acknowledged sequence number and deletes
+-- acknowledged ones.
+CREATE TABLE status_log (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    package     TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    dp          TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    version     INTEGER,
+    message     TEXT
+);
+CREATE TABLE report_cursor (
+    one         INTEGER PRIMARY KEY CHECK (one = 1),
+    acked       INTEGER NOT NULL
+);
+INSERT INTO report_cursor VALUES (1, 0);
+CREATE TRIGGER log_dp_status_insert AFTER INSERT ON package_dp_status
+    BEGIN INSERT INTO status_log (package, site, dp, state, version, message)
+        SELECT NEW.package, code, NEW.dp, NEW.state, NEW.version, NEW.message
+        FROM sites WHERE is_self = 1 AND parent IS NOT NULL; END;
+CREATE TRIGGER log_dp_status_update AFTER UPDATE ON package_dp_status
+    BEGIN INSERT INTO status_log (package, site, dp, state, version, message)
+        SELECT NEW.package, code, NEW.dp, NEW.state, NEW.version, NEW.message
+        FROM sites WHERE is_self = 1 AND parent IS NOT NULL; END;
+CREATE TRIGGER log_remote_status_insert AFTER INSERT ON remote_status
+    BEGIN INSERT INTO status_log (package, site, dp, state, version, message)
+        SELECT NEW.package, NEW.site, NEW.dp, NEW.state, NEW.version, NEW.message
+        FROM sites WHERE is_self = 1 AND parent IS NOT NULL; END;
+CREATE TRIGGER log_remote_status_update AFTER UPDATE ON remote_status
+    BEGIN INSERT INTO status_log (package, site, dp, state, version, message)
+        SELECT NEW.package, NEW.site, NEW.dp, NEW.state, NEW.version, NEW.message
+        FROM sites WHERE is_self = 1 AND parent IS NOT NULL; END;
+"#,
 ];

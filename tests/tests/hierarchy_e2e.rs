@@ -1,0 +1,175 @@
+//! End to end: packages down a three-tier hierarchy and status back up (issue 13, items 2–5
+//! and 7) on real `freightd` processes: CAS → PS1 → SS1, a DP at each site. A package made at
+//! the CAS and distributed to its own DP and to the sites below reaches every DP through the
+//! Sender and the Despooler of each hop; the CAS's status shows every DP with its site; an
+//! update moves only new chunks on each hop; refusals of the Despooler are one line each.
+
+use freight_test_support::dataset::{DatasetSpec, generate};
+use freight_tests::hosts::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// Makes `child` a child of `parent` with a standard address, and `parent` the parent of
+/// `child` (reporting to its QUIC endpoint).
+fn link(parent: &Host, child: &Host, extra: Value) {
+    parent.ok(
+        "POST",
+        "/v1/sites/children",
+        Some(json!({"code": child.code, "identity": child.identity()})),
+    );
+    let mut addr = json!({"site": child.code, "kind": "standard", "endpoint": child.quic});
+    if let (Value::Object(a), Value::Object(e)) = (&mut addr, extra) {
+        a.extend(e);
+    }
+    parent.ok("POST", "/v1/addresses", Some(addr));
+    child.ok(
+        "PUT",
+        "/v1/sites/parent",
+        Some(json!({"code": parent.code, "identity": parent.identity(), "address": parent.quic})),
+    );
+}
+
+/// Status rows of `package` at `site`: (site or "", dp, state, version).
+fn rows(site: &Host, package: &str) -> Vec<(String, String, String, Option<u64>)> {
+    let v = site.ok("GET", &format!("/v1/status?package={package}"), None);
+    let mut out: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["site"].as_str().unwrap_or("").to_string(),
+                s["dp"].as_str().unwrap().to_string(),
+                s["state"].as_str().unwrap().to_string(),
+                s["version"].as_u64(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The Sender's outbox at `site`.
+fn sends(site: &Host) -> Vec<Value> {
+    site.ok("GET", "/v1/sends", None)
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits until every row of `package` at `site` names `want` DPs Installed at `version`.
+fn wait_installed(site: &Host, package: &str, want: usize, version: u64) {
+    site.wait_for(&format!("{want} DPs Installed v{version}"), SETTLE, |s| {
+        let r = rows(s, package);
+        r.len() == want
+            && r.iter()
+                .all(|(_, _, st, v)| st == "Installed" && *v == Some(version))
+    });
+}
+
+/// The position of the first message `id` in `ids`, panicking with them all when absent.
+fn at(ids: &[u64], id: u64, who: &str) -> usize {
+    ids.iter()
+        .position(|i| *i == id)
+        .unwrap_or_else(|| panic!("{who}: no message {id} in {ids:?}"))
+}
+
+#[test]
+fn a_package_made_at_the_cas_reaches_dps_at_three_tiers_and_status_rolls_up() {
+    let net = Net::new();
+    let mut cas = net.site("cas", "CAS", "");
+    let mut ps1 = net.site("ps1", "PS1", "");
+    let mut ss1 = net.site("ss1", "SS1", "");
+    let mut dpc = net.dp("dpc", "DPC", "standard", "");
+    let mut dpp = net.dp("dpp", "DPP", "standard", "");
+    let mut dps = net.dp("dps", "DPS", "standard", "");
+    for h in [&mut cas, &mut ps1, &mut ss1, &mut dpc, &mut dpp, &mut dps] {
+        h.start();
+    }
+    cas.add_dp(&dpc, "dpc", &[]);
+    ps1.add_dp(&dpp, "dpp", &[]);
+    ss1.add_dp(&dps, "dps", &[]);
+    link(&cas, &ps1, json!({}));
+    link(&ps1, &ss1, json!({}));
+
+    // The CAS learns of SS1 from PS1's report.
+    let src = net.p("src");
+    generate(&src, &DatasetSpec::mixed(6 << 20, 11)).unwrap();
+    let id = cas.create("office", &src);
+    let body = json!({"dps": ["dpc"], "sites": ["PS1", "SS1"]});
+    cas.wait_for("SS1 known through PS1's report", SETTLE, |c| {
+        c.api(
+            "POST",
+            &format!("/v1/packages/{id}/distribute"),
+            Some(body.clone()),
+        )
+        .0 == 200
+    });
+
+    // Every DP of the hierarchy, at the CAS.
+    wait_installed(&cas, &id, 3, 1);
+    let r = rows(&cas, &id);
+    let names: Vec<(&str, &str)> = r.iter().map(|x| (x.0.as_str(), x.1.as_str())).collect();
+    assert_eq!(names, [("", "dpc"), ("PS1", "dpp"), ("SS1", "dps")]);
+    for dp in [&dpc, &dpp, &dps] {
+        assert_serves(dp, &id, "1", &src);
+    }
+    // A child shows the package it was sent, with its definition.
+    let pkg = ss1.ok("GET", &format!("/v1/packages/{id}"), None);
+    assert_eq!(pkg["package"]["name"], "office");
+    assert_eq!(pkg["package"]["version"], 1);
+
+    // The messages of each hop, in order.
+    let c = cas.message_ids(&id, None);
+    assert!(at(&c, 2333, "CAS") > at(&c, 2376, "CAS"), "{c:?}");
+    assert!(c.contains(&4510), "CAS: {c:?}");
+    let p = ps1.message_ids(&id, None);
+    assert!(at(&p, 4400, "PS1") < at(&p, 2333, "PS1"), "{p:?}");
+    assert!(at(&p, 4400, "PS1") < at(&p, 2330, "PS1"), "{p:?}");
+    let s = ss1.message_ids(&id, None);
+    assert!(at(&s, 4400, "SS1") < at(&s, 2330, "SS1"), "{s:?}");
+    assert!(!s.contains(&2333), "SS1 sends nothing on: {s:?}");
+    // CAS → PS1 carries both sites; PS1 → SS1 only SS1.
+    let first = sends(&cas);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["dest"], "PS1");
+    assert_eq!(first[0]["sites"], json!(["PS1", "SS1"]));
+    assert_eq!(first[0]["state"], "sent");
+    let hop2 = sends(&ps1);
+    assert_eq!(hop2[0]["dest"], "SS1");
+    assert_eq!(hop2[0]["sites"], json!(["SS1"]));
+    let full = first[0]["bytes_sent"].as_u64().unwrap();
+    assert!(full > 1 << 20, "{first:?}");
+
+    // An update: one new small file; each hop moves only the new chunks.
+    std::fs::write(src.join("new-note.txt"), vec![b'n'; 20_000]).unwrap();
+    cas.ok("POST", &format!("/v1/packages/{id}/update"), None);
+    wait_installed(&cas, &id, 3, 2);
+    for dp in [&dpc, &dpp, &dps] {
+        assert_serves(dp, &id, "2", &src);
+    }
+    for (who, site) in [("CAS", &cas), ("PS1", &ps1)] {
+        let s = sends(site);
+        let v2 = s.iter().find(|r| r["version"] == 2).unwrap();
+        assert_eq!(v2["state"], "sent", "{who}: {v2}");
+        assert_eq!(v2["base_version"], 1, "{who}: a delta: {v2}");
+        let bytes = v2["bytes_sent"].as_u64().unwrap();
+        assert!(
+            bytes < 64 << 10,
+            "{who}: the update sent {bytes} bytes (the first version {full})"
+        );
+    }
+
+    // An update made at a child is refused: the package belongs to the CAS.
+    let (code, v) = ps1.api("POST", &format!("/v1/packages/{id}/update"), None);
+    assert_eq!(code, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("came from site CAS"),
+        "{v}"
+    );
+    for h in [&mut cas, &mut ps1, &mut ss1, &mut dpc, &mut dpp, &mut dps] {
+        h.stop();
+    }
+}
