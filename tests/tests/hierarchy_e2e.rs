@@ -2,7 +2,8 @@
 //! and 7) on real `freightd` processes: CAS → PS1 → SS1, a DP at each site. A package made at
 //! the CAS and distributed to its own DP and to the sites below reaches every DP through the
 //! Sender and the Despooler of each hop; the CAS's status shows every DP with its site; an
-//! update moves only new chunks on each hop; refusals of the Despooler are one line each.
+//! update moves only new chunks on each hop; a removal at the CAS removes the package from
+//! every DP of the hierarchy.
 
 use freight_test_support::dataset::{DatasetSpec, generate};
 use freight_tests::hosts::*;
@@ -169,6 +170,33 @@ fn a_package_made_at_the_cas_reaches_dps_at_three_tiers_and_status_rolls_up() {
         v["error"].as_str().unwrap().contains("came from site CAS"),
         "{v}"
     );
+    // A removal at a child of a package its parent sent is refused; at the CAS it removes
+    // the package from every DP in the hierarchy.
+    let (code, v) = ss1.api("DELETE", &format!("/v1/packages/{id}"), None);
+    assert_eq!(code, 409, "{v}");
+    cas.ok("DELETE", &format!("/v1/packages/{id}"), None);
+    cas.wait_for("every DP Removed", SETTLE, |c| {
+        let r = rows(c, &id);
+        r.len() == 3 && r.iter().all(|x| x.2 == "Removed")
+    });
+    let probe = files(&src)[0].clone();
+    for dp in [&dpc, &dpp, &dps] {
+        assert_eq!(
+            fetch(dp.http.as_ref().unwrap(), &id, "latest", &probe),
+            None,
+            "{} still serves the package",
+            dp.name
+        );
+    }
+    for (who, site) in [("PS1", &ps1), ("SS1", &ss1)] {
+        assert!(
+            site.message_ids(&id, None).contains(&4403),
+            "{who}: no 4403"
+        );
+        site.wait_for("the package deleted", SETTLE, |s| {
+            s.api("GET", &format!("/v1/packages/{id}"), None).0 == 404
+        });
+    }
     for h in [&mut cas, &mut ps1, &mut ss1, &mut dpc, &mut dpp, &mut dps] {
         h.stop();
     }

@@ -476,6 +476,13 @@ impl SiteServer {
     pub fn remove_package(&self, id: &str, dp: Option<&str>) -> SiteResult<usize> {
         let n = self.store.write(|db| {
             require_package(db, id)?;
+            if dp.is_none()
+                && let Some(origin) = db.package_origin(id)?
+            {
+                return Err(SiteError::Conflict(format!(
+                    "package {id} came from site {origin}; remove it there (or from one DP here with --dp)"
+                )));
+            }
             let dps: Vec<String> = match dp {
                 Some(d) => {
                     require_dp(db, d)?;
@@ -486,6 +493,8 @@ impl SiteServer {
             db.set_targets(id, &dps, Action::Remove, 0, now())?;
             if dp.is_none() {
                 db.mark_deleted(id)?;
+                // And from every site below that was sent it.
+                db.remove_site_targets(id, now())?;
             }
             Ok::<_, SiteError>(dps.len())
         })?;

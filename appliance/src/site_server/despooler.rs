@@ -118,6 +118,7 @@ async fn despool_now(
     }
     match ins.kind {
         InstructionKind::Package | InstructionKind::Delta => {}
+        InstructionKind::Remove => return remove(site, peer, &package, ins.version),
         other => {
             return Err(refuse(format!(
                 "instruction kind {other:?} for package {package} is not handled by this site's Despooler"
@@ -230,6 +231,48 @@ async fn despool_now(
     })?;
     site.distmgr_wake.notify_one();
     tracing::info!(package = %package, version, from = %peer.code, "despooler: stored and handed to DistMgr");
+    Ok(SiteReply::Stored)
+}
+
+/// A removal from the parent: every DP here that holds the package drops it, the sites below
+/// that were sent it are told the same, and the package is deleted here (DistMgr drops its
+/// copy in the library once its DPs are done).
+fn remove(
+    site: &SiteServer,
+    peer: &PublicIdentity,
+    package: &str,
+    version: u32,
+) -> Result<SiteReply, Refusal> {
+    let t = now();
+    site.store.write(|db| -> Result<(), Refusal> {
+        match db.package_origin(package)? {
+            Some(o) if o == peer.code.as_str() => {}
+            Some(o) => {
+                return Err(refuse(format!(
+                    "package {package} came from site {o}, not from site {}; only its sender may remove it",
+                    peer.code
+                )));
+            }
+            // Never held here (or already gone): nothing to remove, not an error.
+            None if db.packages(Some(package))?.is_empty() => return Ok(()),
+            None => {
+                return Err(refuse(format!(
+                    "package {package} was not sent by a parent; only this site removes it"
+                )));
+            }
+        }
+        let dps = db.package_dps(package, |s| s != crate::model::DpState::Removed)?;
+        db.set_targets(package, &dps, Action::Remove, 0, t)?;
+        db.mark_deleted(package)?;
+        db.remove_site_targets(package, t)?;
+        db.raise(
+            site.code.as_str(),
+            t,
+            &Msg::new(4403, &[&package, &peer.code, &dps.len()]).package(package, version),
+        )?;
+        Ok(())
+    })?;
+    site.distmgr_wake.notify_one();
     Ok(SiteReply::Stored)
 }
 

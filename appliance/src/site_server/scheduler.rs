@@ -19,12 +19,9 @@ use std::collections::BTreeMap;
 pub fn plan(site: &SiteServer) -> SiteResult<bool> {
     let me = site.code.as_str();
     let targets = site.store.read(|db| db.pending_site_targets())?;
-    // (package, hop) → (version, final sites)
-    let mut groups: BTreeMap<(String, String), (u32, Vec<String>)> = BTreeMap::new();
+    // (package, hop, remove) → (version, final sites)
+    let mut groups: BTreeMap<(String, String, bool), (u32, Vec<String>)> = BTreeMap::new();
     for t in targets {
-        if t.action != "install" {
-            continue;
-        }
         let hop = site.store.read(|db| db.next_hop(&t.site))?;
         let Some(hop) = hop else {
             site.store.write(|db| {
@@ -41,82 +38,50 @@ pub fn plan(site: &SiteServer) -> SiteResult<bool> {
             continue;
         }
         let g = groups
-            .entry((t.package, hop))
+            .entry((t.package, hop, t.action == "remove"))
             .or_insert((t.version, Vec::new()));
         g.0 = g.0.max(t.version);
         g.1.push(t.site);
     }
     let mut queued = false;
-    for ((package, hop), (version, sites)) in groups {
-        let info = site.store.read(|db| db.packages(Some(&package)))?;
-        let Some(info) = info.into_iter().next() else {
+    for ((package, hop, remove), (version, sites)) in groups {
+        // A removal and a send of the same package to the same child in one round: the
+        // removal goes first, the send waits for it (one live request per child).
+        if site.store.read(|db| db.live_send(&package, &hop))? {
+            continue;
+        }
+        let Some(job) = mini_job(site, &package, &hop, remove, version, &sites)? else {
             continue;
         };
-        let version = version.max(info.version);
-        let base = site
-            .store
-            .read(|db| db.last_sent(&package, &hop))?
-            .filter(|b| *b < version);
-        let def = Definition {
-            name: info.name.clone(),
-            priority: info.priority,
-            files: info.files,
-            bytes: info.bytes,
-            sites: sites.clone(),
+        let what = match job.ins.kind {
+            InstructionKind::Delta => "delta",
+            InstructionKind::Remove => "removal",
+            _ => "compressed copy",
         };
-        let notes = serde_json::to_string(&def).unwrap_or_default();
-        if notes.len() > freight_core::instruction::MAX_NOTES {
-            return Err(SiteError::Invalid(format!(
-                "package {package}: {} target sites do not fit one instruction; distribute to fewer sites at once",
-                sites.len()
-            )));
-        }
-        let hash = blake3::Hash::from_hex(&info.hash)
-            .map_err(|_| SiteError::Invalid(format!("package {package}: bad stored hash")))?;
-        let ins = Instruction {
-            kind: if base.is_some() {
-                InstructionKind::Delta
-            } else {
-                InstructionKind::Package
-            },
-            origin: site.code,
-            destination: SiteCode::parse(&hop).map_err(|e| SiteError::Invalid(e.to_string()))?,
-            package: PackageId::parse(&package).map_err(|e| SiteError::Invalid(e.to_string()))?,
-            version,
-            base_version: base,
-            manifest_hash: *hash.as_bytes(),
-            created_unix: now(),
-            sequence: site
-                .home
-                .next_sequence()
-                .map_err(|e| SiteError::Invalid(e.to_string()))?,
-            notes,
-        };
-        let signed = ins
+        let signed = job
+            .ins
             .sign(&site.home.key)
             .map_err(|e| SiteError::Invalid(e.to_string()))?
             .encode();
-        let what = if base.is_some() {
-            "delta"
-        } else {
-            "compressed copy"
-        };
         site.store.write(|db| {
             db.queue_send(
                 &package,
-                version,
-                base,
+                job.ins.version,
+                job.ins.base_version,
                 &hop,
                 &sites,
-                info.priority,
+                job.priority,
                 &signed,
                 now_ms(),
             )?;
             db.raise(
                 me,
                 now(),
-                &Msg::new(2333, &[&what, &package, &version, &hop, &sites.join(", ")])
-                    .package(&package, version),
+                &Msg::new(
+                    2333,
+                    &[&what, &package, &job.ins.version, &hop, &sites.join(", ")],
+                )
+                .package(&package, job.ins.version),
             )?;
             for s in &sites {
                 db.site_target_planned(&package, s)?;
@@ -126,4 +91,97 @@ pub fn plan(site: &SiteServer) -> SiteResult<bool> {
         queued = true;
     }
     Ok(queued)
+}
+
+/// A mini-job's instruction and priority.
+struct MiniJob {
+    ins: Instruction,
+    priority: freight_transport::Priority,
+}
+
+/// The instruction for sending `package` (its newest version: whole, or as a delta from what
+/// `hop` acknowledged last) or its removal to `hop`, for `sites`. None when the package is
+/// gone (nothing to send).
+fn mini_job(
+    site: &SiteServer,
+    package: &str,
+    hop: &str,
+    remove: bool,
+    version: u32,
+    sites: &[String],
+) -> SiteResult<Option<MiniJob>> {
+    let (def, version, hash, base) = if remove {
+        let (name, newest) = site.store.read(|db| {
+            Ok::<_, SiteError>((db.package_name(package)?, db.newest_version(package)?))
+        })?;
+        let (Some(name), Some(newest)) = (name, newest) else {
+            return Ok(None);
+        };
+        let hash = site
+            .store
+            .read(|db| db.version_hash(package, newest))?
+            .unwrap_or_default();
+        let def = Definition {
+            name,
+            priority: freight_transport::Priority::High,
+            files: 0,
+            bytes: 0,
+            sites: sites.to_vec(),
+        };
+        (def, newest, hash, None)
+    } else {
+        let Some(info) = site.store.read(|db| db.packages(Some(package)))?.pop() else {
+            return Ok(None);
+        };
+        let version = version.max(info.version);
+        let base = site
+            .store
+            .read(|db| db.last_sent(package, hop))?
+            .filter(|b| *b < version);
+        let hash = blake3::Hash::from_hex(&info.hash)
+            .map_err(|_| SiteError::Invalid(format!("package {package}: bad stored hash")))?
+            .as_bytes()
+            .to_vec();
+        let def = Definition {
+            name: info.name,
+            priority: info.priority,
+            files: info.files,
+            bytes: info.bytes,
+            sites: sites.to_vec(),
+        };
+        (def, version, hash, base)
+    };
+    let notes = serde_json::to_string(&def).unwrap_or_default();
+    if notes.len() > freight_core::instruction::MAX_NOTES {
+        return Err(SiteError::Invalid(format!(
+            "package {package}: {} target sites do not fit one instruction; distribute to fewer sites at once",
+            sites.len()
+        )));
+    }
+    let manifest_hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| SiteError::Invalid(format!("package {package}: bad stored hash")))?;
+    let ins = Instruction {
+        kind: match (remove, base) {
+            (true, _) => InstructionKind::Remove,
+            (false, Some(_)) => InstructionKind::Delta,
+            (false, None) => InstructionKind::Package,
+        },
+        origin: site.code,
+        destination: SiteCode::parse(hop).map_err(|e| SiteError::Invalid(e.to_string()))?,
+        package: PackageId::parse(package).map_err(|e| SiteError::Invalid(e.to_string()))?,
+        version,
+        base_version: base,
+        manifest_hash,
+        created_unix: now(),
+        sequence: site
+            .home
+            .next_sequence()
+            .map_err(|e| SiteError::Invalid(e.to_string()))?,
+        notes,
+    };
+    Ok(Some(MiniJob {
+        priority: def.priority,
+        ins,
+    }))
 }

@@ -13,6 +13,7 @@ use super::store::hierarchy::AddressRow;
 use super::store::sends::SendRow;
 use super::{SiteServer, now, now_ms};
 use crate::model::SenderKind;
+use freight_core::instruction::{Instruction, InstructionKind, SignedInstruction};
 use freight_core::{PackageId, SiteCode};
 use freight_transport::command;
 use freight_transport::session::{self, Offer, PushOptions, Resume};
@@ -153,6 +154,13 @@ async fn send(
     let Ok(pid) = PackageId::parse(&s.package) else {
         return (0, Err(format!("package {}: bad ID", s.package)));
     };
+    // A removal carries no content: the instruction alone.
+    let removal = SignedInstruction::decode(&s.instruction)
+        .and_then(|si| Instruction::decode(&si.body))
+        .is_ok_and(|i| i.kind == InstructionKind::Remove);
+    if removal {
+        return (0, instruct(site, s, target).await);
+    }
     let opts = PushOptions {
         progress: None,
         limiter: Some(limiter),
@@ -177,10 +185,19 @@ async fn send(
         return (bytes, Err(e.to_string()));
     }
     // The instruction last: the child acts only on content it holds whole.
+    (bytes, instruct(site, s, target).await)
+}
+
+/// Hands the signed instruction to the child and reads its answer.
+async fn instruct(
+    site: &SiteServer,
+    s: &SendRow,
+    target: (SocketAddr, SiteCode),
+) -> Result<SiteReply, String> {
     let req = SiteRequest::Despool {
         instruction: super::despooler::to_hex(&s.instruction),
     };
-    let reply = async {
+    async {
         let conn = site
             .node
             .connect(target.0, target.1)
@@ -196,8 +213,7 @@ async fn send(
             )
         })
     }
-    .await;
-    (bytes, reply)
+    .await
 }
 
 fn parse_target(s: &SendRow, a: &AddressRow) -> Result<(SocketAddr, SiteCode), String> {

@@ -23,6 +23,7 @@
 //! 4401 error    Despooler   refused an instruction (unknown or revoked site, bad signature,
 //!                           another destination, a package this site made, another hash)
 //! 4402 info     Despooler   dropped an older version: a newer one has already arrived
+//! 4403 info     Despooler   removing a package as the parent site asked
 //! 4510 info     Sender      sent a package version and its instruction to a site
 //! 4511 warning  Sender      a send to a site failed; retrying
 //! 4512 error    Sender      a send to a site failed its last attempt
@@ -189,6 +190,12 @@ const CATALOGUE: &[Entry] = &[
         "info",
         Component::Despooler,
         "Despooler dropped package %1 version %2 from site %3: a newer version (%4) has already arrived.",
+    ),
+    Entry(
+        4403,
+        "info",
+        Component::Despooler,
+        "Despooler is removing package %1 from this site as site %2 asked (%3 distribution point(s) here).",
     ),
     Entry(
         4510,

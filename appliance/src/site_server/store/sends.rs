@@ -90,6 +90,24 @@ impl Db<'_> {
         Ok(())
     }
 
+    /// The package is removed: every site it was sent to is to remove it too.
+    pub fn remove_site_targets(&self, package: &str, now: i64) -> Result<usize> {
+        Ok(self.c.execute(
+            "UPDATE site_targets SET action = 'remove', updated = ?2 WHERE package = ?1",
+            params![package, now],
+        )?)
+    }
+
+    /// A package's name, deleted or not.
+    pub fn package_name(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .c
+            .query_row("SELECT name FROM packages WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
     /// Site targets waiting to be planned, oldest first.
     pub fn pending_site_targets(&self) -> Result<Vec<SiteTarget>> {
         let mut st = self.c.prepare(
