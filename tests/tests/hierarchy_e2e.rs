@@ -201,3 +201,83 @@ fn a_package_made_at_the_cas_reaches_dps_at_three_tiers_and_status_rolls_up() {
         h.stop();
     }
 }
+
+/// The state of the newest send request of `package` at `site`.
+fn send_state(site: &Host, package: &str) -> Option<Value> {
+    sends(site).into_iter().find(|r| r["package"] == package)
+}
+
+#[test]
+fn the_sender_retries_a_child_that_is_down_then_fails_and_a_closed_window_holds_medium_while_high_goes()
+ {
+    let net = Net::new();
+    let mut cas = net.site("cas", "CAS", "");
+    let mut ps1 = net.site("ps1", "PS1", "");
+    let mut dpp = net.dp("dpp", "DPP", "standard", "");
+    for h in [&mut cas, &mut ps1, &mut dpp] {
+        h.start();
+    }
+    ps1.add_dp(&dpp, "dpp", &[]);
+    link(&cas, &ps1, json!({"retries": 2, "retry_delay": "1s"}));
+
+    // PS1 is down: two retries a second apart, then the send fails with its message.
+    ps1.kill();
+    let src = net.p("src");
+    generate(&src, &DatasetSpec::mixed(1 << 20, 5)).unwrap();
+    let id = cas.create("tools", &src);
+    cas.act(&id, "distribute", json!({"sites": ["PS1"]}));
+    cas.wait_for("the send failed", SETTLE, |c| {
+        send_state(c, &id).is_some_and(|s| s["state"] == "failed")
+    });
+    let s = send_state(&cas, &id).unwrap();
+    assert_eq!(s["attempts"], 3, "{s}");
+    let ids = cas.message_ids(&id, None);
+    assert_eq!(ids.iter().filter(|i| **i == 4511).count(), 2, "{ids:?}");
+    assert_eq!(ids.iter().filter(|i| **i == 4512).count(), 1, "{ids:?}");
+    let failed = cas
+        .messages(&id)
+        .into_iter()
+        .find(|m| m["id"] == 4512)
+        .unwrap();
+    let text = failed["text"].as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains("site PS1") && !text.contains('\n'),
+        "{failed}"
+    );
+
+    // PS1 returns; distributing again sends the package.
+    ps1.start();
+    cas.act(&id, "distribute", json!({"sites": ["PS1"]}));
+    wait_installed(&cas, &id, 1, 1);
+    assert_serves(&dpp, &id, "1", &src);
+
+    // A window closed to medium: a high-priority package goes, a medium one waits in the
+    // outbox until the window opens.
+    cas.ok(
+        "PUT",
+        "/v1/addresses/PS1/schedule?kind=standard",
+        Some(json!({"text": "daily high"})),
+    );
+    let (lo, hi) = (net.p("lo"), net.p("hi"));
+    generate(&lo, &DatasetSpec::mixed(1 << 20, 6)).unwrap();
+    generate(&hi, &DatasetSpec::mixed(1 << 20, 7)).unwrap();
+    let medium = cas.create_with(json!({"name": "medium", "source": lo, "priority": "medium"}));
+    let high = cas.create_with(json!({"name": "high", "source": hi, "priority": "high"}));
+    cas.act(&medium, "distribute", json!({"sites": ["PS1"]}));
+    cas.act(&high, "distribute", json!({"sites": ["PS1"]}));
+    wait_installed(&cas, &high, 1, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let held = send_state(&cas, &medium).unwrap();
+    assert_eq!(held["state"], "queued", "the medium package went: {held}");
+    assert_eq!(held["attempts"], 0, "{held}");
+    cas.ok(
+        "PUT",
+        "/v1/addresses/PS1/schedule?kind=standard",
+        Some(json!({"text": "daily all"})),
+    );
+    wait_installed(&cas, &medium, 1, 1);
+    assert_serves(&dpp, &medium, "1", &lo);
+    for h in [&mut cas, &mut ps1, &mut dpp] {
+        h.stop();
+    }
+}
