@@ -3,8 +3,10 @@
 //! the CAS and distributed to its own DP and to the sites below reaches every DP through the
 //! Sender and the Despooler of each hop; the CAS's status shows every DP with its site; an
 //! update moves only new chunks on each hop; a removal at the CAS removes the package from
-//! every DP of the hierarchy.
+//! every DP of the hierarchy; the Sender retries and obeys windows; the Despooler refuses what
+//! it must, each with one line.
 
+use freight_appliance::site_server::peer::{SiteReply, SiteRequest, encode};
 use freight_test_support::dataset::{DatasetSpec, generate};
 use freight_tests::hosts::*;
 use serde_json::{Value, json};
@@ -278,6 +280,189 @@ fn the_sender_retries_a_child_that_is_down_then_fails_and_a_closed_window_holds_
     wait_installed(&cas, &medium, 1, 1);
     assert_serves(&dpp, &medium, "1", &lo);
     for h in [&mut cas, &mut ps1, &mut dpp] {
+        h.stop();
+    }
+}
+
+/// Sends `ins` signed by `key` to `to` as a Despool request from `node` (which speaks with the
+/// parent's key) and returns the answer.
+fn despool(
+    rt: &tokio::runtime::Runtime,
+    node: &freight_transport::quic::Node,
+    to: &Host,
+    ins: &freight_core::instruction::Instruction,
+    key: &freight_core::SiteKey,
+) -> SiteReply {
+    let signed = ins.sign(key).unwrap().encode();
+    let hex: String = signed.iter().map(|b| format!("{b:02x}")).collect();
+    let req = SiteRequest::Despool { instruction: hex };
+    rt.block_on(async {
+        let conn = node
+            .connect(
+                to.quic.parse().unwrap(),
+                freight_core::SiteCode::parse(&to.code).unwrap(),
+            )
+            .await
+            .unwrap();
+        let reply = freight_transport::command::request(&conn, &encode(&req))
+            .await
+            .unwrap();
+        conn.close("done");
+        serde_json::from_slice(&reply).unwrap()
+    })
+}
+
+fn refused_with(reply: &SiteReply, what: &str, permanent: bool) {
+    match reply {
+        SiteReply::Error {
+            message,
+            permanent: p,
+        } => {
+            assert!(message.contains(what), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+            assert_eq!(*p, permanent, "{message}");
+        }
+        other => panic!("expected a refusal ({what}), got {other:?}"),
+    }
+}
+
+#[test]
+fn the_despooler_refuses_forged_foreign_and_misdirected_instructions_and_drops_older_versions() {
+    use freight_core::instruction::{Instruction, InstructionKind};
+    use freight_core::{PackageId, Role, SiteCode, SiteKey, TrustStore};
+    let net = Net::new();
+    let mut cas = net.site("cas", "CAS", "");
+    let mut ps1 = net.site("ps1", "PS1", "");
+    for h in [&mut cas, &mut ps1] {
+        h.start();
+    }
+    link(&cas, &ps1, json!({}));
+    // A package at PS1 in versions 1 and 2, the real way.
+    let src = net.p("src");
+    generate(&src, &DatasetSpec::mixed(1 << 20, 8)).unwrap();
+    let id = cas.create("kit", &src);
+    cas.act(&id, "distribute", json!({"sites": ["PS1"]}));
+    std::fs::write(src.join("v2.txt"), b"two").unwrap();
+    cas.ok("POST", &format!("/v1/packages/{id}/update"), None);
+    ps1.wait_for("version 2 at PS1", SETTLE, |s| {
+        s.api("GET", &format!("/v1/packages/{id}"), None).1["package"]["version"] == 2
+    });
+    let v1_hash = {
+        let v = ps1.ok("GET", &format!("/v1/packages/{id}"), None);
+        let h = v["versions"][0]["hash"].as_str().unwrap().to_string();
+        let b = blake3::Hash::from_hex(&h).unwrap();
+        *b.as_bytes()
+    };
+
+    // The parent's own key, as a compromised or confused parent would use it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let home = cas.home();
+    let cas_key =
+        SiteKey::load_or_create(&home.join("site.key"), SiteCode::parse("CAS").unwrap()).unwrap();
+    let tls = freight_transport::tls::SiteTls::new(&cas_key, &home.join("trust")).unwrap();
+    let node = {
+        let _g = rt.enter();
+        freight_transport::quic::Node::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls,
+            freight_transport::quic::NodeConfig::default(),
+        )
+        .unwrap()
+    };
+    let base = Instruction {
+        kind: InstructionKind::Package,
+        origin: SiteCode::parse("CAS").unwrap(),
+        destination: SiteCode::parse("PS1").unwrap(),
+        package: PackageId::parse(&id).unwrap(),
+        version: 1,
+        base_version: None,
+        manifest_hash: v1_hash,
+        created_unix: 1_700_000_000,
+        sequence: 1,
+        notes:
+            json!({"name": "kit", "priority": "medium", "files": 1, "bytes": 1, "sites": ["PS1"]})
+                .to_string(),
+    };
+
+    // An older version than PS1 holds: dropped, informational, not an error.
+    assert_eq!(
+        despool(&rt, &node, &ps1, &base, &cas_key),
+        SiteReply::Dropped { newer: 2 }
+    );
+    assert!(ps1.message_ids(&id, None).contains(&4402));
+
+    // Forged: claims to come from CAS, signed by another key.
+    let t = net.p("keys");
+    std::fs::create_dir_all(&t).unwrap();
+    let forger =
+        SiteKey::load_or_create(&t.join("forged.key"), SiteCode::parse("CAS").unwrap()).unwrap();
+    refused_with(
+        &despool(&rt, &node, &ps1, &base, &forger),
+        "signature",
+        true,
+    );
+    // Meant for another site.
+    let other = Instruction {
+        destination: SiteCode::parse("SS9").unwrap(),
+        ..base.clone()
+    };
+    refused_with(&despool(&rt, &node, &ps1, &other, &cas_key), "SS9", true);
+    // Signed by a site PS1 does not know.
+    let stranger =
+        SiteKey::load_or_create(&t.join("xx9.key"), SiteCode::parse("XX9").unwrap()).unwrap();
+    let foreign = Instruction {
+        origin: SiteCode::parse("XX9").unwrap(),
+        ..base.clone()
+    };
+    refused_with(&despool(&rt, &node, &ps1, &foreign, &stranger), "XX9", true);
+    // Signed by a site whose key PS1 revoked.
+    let old = SiteKey::load_or_create(&t.join("rv1.key"), SiteCode::parse("RV1").unwrap()).unwrap();
+    let trust = TrustStore::open(&ps1.home().join("trust")).unwrap();
+    trust.import(&old.identity(), Role::Child).unwrap();
+    trust.revoke(SiteCode::parse("RV1").unwrap()).unwrap();
+    let revoked = Instruction {
+        origin: SiteCode::parse("RV1").unwrap(),
+        ..base.clone()
+    };
+    refused_with(&despool(&rt, &node, &ps1, &revoked, &old), "revoked", true);
+    // A version whose content never arrived: transient, the sender pushes it again.
+    let early = Instruction {
+        version: 9,
+        ..base.clone()
+    };
+    refused_with(
+        &despool(&rt, &node, &ps1, &early, &cas_key),
+        "has not arrived",
+        false,
+    );
+    // A package PS1 made itself may not be replaced from above.
+    let own = Instruction {
+        package: PackageId::parse("PS100001").unwrap(),
+        ..base.clone()
+    };
+    refused_with(
+        &despool(&rt, &node, &ps1, &own, &cas_key),
+        "created at this site",
+        true,
+    );
+    // Every permanent refusal is in PS1's messages (4401), one per refusal.
+    let all = ps1.ok("GET", "/v1/messages", None);
+    let n = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"] == 4401)
+        .count();
+    assert_eq!(n, 5, "{all}");
+    // PS1 still holds version 2 and nothing else changed.
+    let v = ps1.ok("GET", &format!("/v1/packages/{id}"), None);
+    assert_eq!(v["package"]["version"], 2);
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    drop(rt);
+    for h in [&mut cas, &mut ps1] {
         h.stop();
     }
 }
