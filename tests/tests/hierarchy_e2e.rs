@@ -466,3 +466,55 @@ fn the_despooler_refuses_forged_foreign_and_misdirected_instructions_and_drops_o
         h.stop();
     }
 }
+
+#[test]
+fn eight_packages_to_three_child_sites_never_run_more_than_three_sends_to_one_site_or_five_in_all()
+ {
+    let net = Net::new();
+    let mut cas = net.site("cas", "CAS", "");
+    let mut kids: Vec<Host> = ["PS1", "PS2", "PS3"]
+        .iter()
+        .map(|c| net.site(&c.to_lowercase(), c, ""))
+        .collect();
+    cas.start();
+    for k in kids.iter_mut() {
+        k.start();
+        // Slow routes, so that sends overlap long enough to be counted.
+        link(&cas, k, json!({"schedule": {"text": "daily 4MiB/s"}}));
+    }
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let src = net.p(&format!("src{i}"));
+        generate(&src, &DatasetSpec::mixed(3 << 20, 20 + i)).unwrap();
+        ids.push(cas.create(&format!("pkg{i}"), &src));
+    }
+    for id in &ids {
+        cas.act(id, "distribute", json!({"sites": ["PS1", "PS2", "PS3"]}));
+    }
+    let (mut max_site, mut max_all) = (0usize, 0usize);
+    cas.wait_for("24 sends done", SETTLE, |c| {
+        let s = sends(c);
+        let running: Vec<&Value> = s.iter().filter(|r| r["state"] == "sending").collect();
+        max_all = max_all.max(running.len());
+        for k in ["PS1", "PS2", "PS3"] {
+            max_site = max_site.max(running.iter().filter(|r| r["dest"] == k).count());
+        }
+        s.len() == 24 && s.iter().all(|r| r["state"] == "sent")
+    });
+    assert!(max_site <= 3, "{max_site} sends at once to one site");
+    assert!(max_all <= 5, "{max_all} sends at once in all");
+    // The limits were reached, not merely respected by sends that never overlapped.
+    assert_eq!(max_all, 5, "the Sender never ran 5 sends at once");
+    for k in kids.iter() {
+        for id in &ids {
+            assert_eq!(
+                k.ok("GET", &format!("/v1/packages/{id}"), None)["package"]["version"],
+                1
+            );
+        }
+    }
+    cas.stop();
+    for k in kids.iter_mut() {
+        k.stop();
+    }
+}
