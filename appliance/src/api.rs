@@ -59,6 +59,14 @@ pub struct Done {
     pub done: String,
 }
 
+/// `courier create-outgoing` and `courier receive`: the parcel file, an absolute path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParcelPath {
+    /// Absolute path of the parcel file.
+    pub path: String,
+}
+
 /// `dp add`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -235,7 +243,7 @@ pub struct Targets {
     pub groups: Vec<String>,
     /// Sites below this one (distribute only): every DP there gets the package, which travels
     /// to the site through the Sender.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<String>,
 }
 
@@ -321,7 +329,7 @@ pub struct AddSite {
     /// the trust store. Without it, the key the trust store already holds for `code` is used.
     pub identity: Option<String>,
     /// The parent's QUIC endpoint (`HOST:PORT`), where this site reports status (parent only).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
 }
 

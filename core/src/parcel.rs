@@ -704,6 +704,54 @@ impl Drop for TempManifest {
     }
 }
 
+/// The error of a parcel whose instruction does not fit it (at `path`, one line).
+pub fn instruction_mismatch(path: &Path, reason: String) -> Error {
+    Error::BadParcel {
+        path: path.to_path_buf(),
+        part: "instruction".into(),
+        offset: 0,
+        reason,
+    }
+}
+
+/// Checks that the verified instruction `i` describes exactly the content the parcel at
+/// `path` carries (its header `h`): package, version, manifest hash, whole or delta.
+pub fn check_instruction(
+    path: &Path,
+    i: &crate::instruction::Instruction,
+    h: &Header,
+) -> Result<()> {
+    use crate::instruction::InstructionKind;
+    if i.package != h.package || i.version != h.version {
+        return Err(instruction_mismatch(
+            path,
+            format!(
+                "instruction is for {} v{}, content is {} v{}",
+                i.package, i.version, h.package, h.version
+            ),
+        ));
+    }
+    if i.manifest_hash != h.manifest_hash {
+        return Err(instruction_mismatch(
+            path,
+            "manifest hash differs from the signed instruction".into(),
+        ));
+    }
+    let base = h.base.as_ref().map(|b| b.version);
+    let kind_ok = match i.kind {
+        InstructionKind::Delta => base.is_some() && i.base_version == base,
+        InstructionKind::Package => base.is_none(),
+        _ => false,
+    };
+    if !kind_ok {
+        return Err(instruction_mismatch(
+            path,
+            format!("a {:?} instruction cannot carry this content", i.kind),
+        ));
+    }
+    Ok(())
+}
+
 /// Imports a parcel into `lib`. `accept` sees the header first and refuses it with an error
 /// (signature, origin, destination, version rules) before anything is read further.
 /// Nothing becomes visible in the library unless every byte of the parcel verified.

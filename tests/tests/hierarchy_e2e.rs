@@ -469,7 +469,7 @@ fn the_despooler_refuses_forged_foreign_and_misdirected_instructions_and_drops_o
 
 #[test]
 fn eight_packages_to_three_child_sites_never_run_more_than_three_sends_to_one_site_or_five_in_all()
- {
+{
     let net = Net::new();
     let mut cas = net.site("cas", "CAS", "");
     let mut kids: Vec<Host> = ["PS1", "PS2", "PS3"]
@@ -516,5 +516,144 @@ fn eight_packages_to_three_child_sites_never_run_more_than_three_sends_to_one_si
     cas.stop();
     for k in kids.iter_mut() {
         k.stop();
+    }
+}
+
+/// `freight ARGS --admin SOCKET` on `site`: (success, stdout, stderr).
+fn cli(site: &Host, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(freight_test_support::bins::appliance("freight"))
+        .arg("--quiet")
+        .args(args)
+        .args(["--admin", site.admin.as_ref().unwrap().to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn a_courier_route_moves_a_package_as_a_parcel_and_refuses_tampered_and_foreign_ones() {
+    let net = Net::new();
+    let mut cas = net.site("cas", "CAS", "");
+    let mut ps1 = net.site("ps1", "PS1", "");
+    let mut dpp = net.dp("dpp", "DPP", "standard", "");
+    for h in [&mut cas, &mut ps1, &mut dpp] {
+        h.start();
+    }
+    ps1.add_dp(&dpp, "dpp", &[]);
+    // The route down is a courier; status still comes up over the network.
+    cas.ok(
+        "POST",
+        "/v1/sites/children",
+        Some(json!({"code": "PS1", "identity": ps1.identity()})),
+    );
+    cas.ok(
+        "POST",
+        "/v1/addresses",
+        Some(json!({"site": "PS1", "kind": "courier"})),
+    );
+    ps1.ok(
+        "PUT",
+        "/v1/sites/parent",
+        Some(json!({"code": "CAS", "identity": cas.identity(), "address": cas.quic})),
+    );
+    let src = net.p("src");
+    generate(&src, &DatasetSpec::mixed(2 << 20, 9)).unwrap();
+    let id = cas.create("maps", &src);
+    cas.act(&id, "distribute", json!({"sites": ["PS1"]}));
+    cas.wait_for("a courier request", SETTLE, |c| {
+        c.ok("GET", "/v1/courier", None).as_array().unwrap().len() == 1
+    });
+    // The Sender leaves it to the administrator.
+    std::thread::sleep(Duration::from_secs(1));
+    let req = cas.ok("GET", "/v1/courier", None)[0].clone();
+    assert_eq!(req["state"], "queued", "{req}");
+    assert_eq!(req["attempts"], 0, "{req}");
+    let (ok, table, err) = cli(&cas, &["courier", "list"]);
+    assert!(ok, "{err}");
+    assert!(table.contains(&id) && table.contains("queued"), "{table}");
+
+    let parcel = net.p("ps1.parcel");
+    let rid = req["id"].to_string();
+    let (ok, out, err) = cli(
+        &cas,
+        &[
+            "courier",
+            "create-outgoing",
+            &rid,
+            "--out",
+            parcel.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("carry it to PS1"), "{out}");
+    assert_eq!(send_state(&cas, &id).unwrap()["state"], "pending");
+
+    // A tampered copy is refused whole, in one line; PS1 stores nothing.
+    let mut bytes = std::fs::read(&parcel).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    let bad = net.p("tampered.parcel");
+    std::fs::write(&bad, &bytes).unwrap();
+    let (ok, _, err) = cli(&ps1, &["courier", "receive", bad.to_str().unwrap()]);
+    assert!(!ok, "a tampered parcel was received");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(ps1.api("GET", &format!("/v1/packages/{id}"), None).0, 404);
+
+    // A parcel signed by a site PS1 trusts, but not its parent, is refused.
+    let rogue = net.host("rogue", "XX7", "");
+    ps1.trust(&rogue, "child");
+    let rogue_lib = net.s("rogue-lib");
+    freight(&[
+        "library",
+        "--library",
+        &rogue_lib,
+        "ingest",
+        "-p",
+        &id,
+        "-v",
+        "1",
+        src.to_str().unwrap(),
+    ]);
+    let foreign = net.p("foreign.parcel");
+    freight(&[
+        "parcel",
+        "--site",
+        rogue.home().to_str().unwrap(),
+        "--library",
+        &rogue_lib,
+        "create",
+        "-p",
+        &id,
+        "-v",
+        "1",
+        "--to",
+        "PS1",
+        "--out",
+        foreign.to_str().unwrap(),
+    ]);
+    let (ok, _, err) = cli(&ps1, &["courier", "receive", foreign.to_str().unwrap()]);
+    assert!(!ok, "a foreign parcel was received");
+    assert!(err.contains("XX7"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(ps1.api("GET", &format!("/v1/packages/{id}"), None).0, 404);
+
+    // The real one: PS1's DP installs it, and the CAS sees the request confirmed and the DP
+    // Installed once PS1 reports.
+    let (ok, out, err) = cli(&ps1, &["courier", "receive", parcel.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("received"), "{out}");
+    wait_installed(&cas, &id, 1, 1);
+    assert_serves(&dpp, &id, "1", &src);
+    cas.wait_for("the request confirmed", SETTLE, |c| {
+        send_state(c, &id).is_some_and(|s| s["state"] == "confirmed")
+    });
+    assert!(cas.message_ids(&id, None).contains(&4514));
+    assert!(ps1.message_ids(&id, None).contains(&4400));
+    for h in [&mut cas, &mut ps1, &mut dpp] {
+        h.stop();
     }
 }

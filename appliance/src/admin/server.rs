@@ -167,6 +167,9 @@ pub fn router(site: Arc<SiteServer>) -> Router {
         .route("/v1/messages", get(messages))
         .route("/v1/progress", get(progress))
         .route("/v1/sends", get(sends))
+        .route("/v1/courier", get(courier_list))
+        .route("/v1/courier/incoming", post(courier_receive))
+        .route("/v1/courier/{id}/outgoing", post(courier_outgoing))
         .route("/v1/sites", get(sites))
         .route("/v1/sites/children", post(add_child))
         .route("/v1/sites/parent", put(set_parent))
@@ -304,6 +307,20 @@ async fn progress(State(s): S) -> R<Vec<crate::api::JobProgress>> {
 
 async fn sends(State(s): S) -> R<Vec<serde_json::Value>> {
     Ok(Json(s.sends()?))
+}
+
+async fn courier_list(State(s): S) -> R<Vec<serde_json::Value>> {
+    Ok(Json(s.courier_list()?))
+}
+async fn courier_outgoing(
+    State(s): S,
+    Seg(id): Seg<i64>,
+    Body(b): Body<crate::api::ParcelPath>,
+) -> R<Done> {
+    Ok(Json(s.create_outgoing(id, &b.path).await?))
+}
+async fn courier_receive(State(s): S, Body(b): Body<crate::api::ParcelPath>) -> R<Done> {
+    Ok(Json(s.receive_incoming(&b.path).await?))
 }
 
 async fn sites(State(s): S) -> R<Vec<SiteInfo>> {

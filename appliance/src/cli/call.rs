@@ -9,7 +9,7 @@ use crate::cli::error::CliError;
 use crate::cli::output::print_json;
 use crate::cli::render::{self, Show};
 use crate::cli::watch;
-use crate::cli::{address, distribution, dp, dpgroup, package, status};
+use crate::cli::{address, courier, distribution, dp, dpgroup, package, status};
 use clap::{Args, Subcommand};
 use hyper::Method;
 use jiff::tz::TimeZone;
@@ -38,6 +38,11 @@ pub enum AdminCmd {
     Address(address::AddressArgs),
     /// Named sets of DPs, to target many at once.
     Dpgroup(dpgroup::GroupArgs),
+    /// Courier parcels for child sites without a network route: list the requests, write
+    /// one as a parcel, receive one from the parent.
+    Courier(courier::CourierArgs),
+    /// The Sender's outbox: package versions sent or queued for child sites.
+    Sends(SendsArgs),
     /// Packages: create from a source folder, update, list, show, remove.
     Package(package::PackageArgs),
     /// Send a package to DPs and DP groups (only what each DP lacks travels).
@@ -52,6 +57,13 @@ pub enum AdminCmd {
     Messages(status::MessagesArgs),
     /// Live progress bars of running copies, and new status messages as they arrive.
     Watch(status::WatchArgs),
+}
+
+/// Arguments of `freight sends`.
+#[derive(Args)]
+pub struct SendsArgs {
+    #[command(flatten)]
+    pub(crate) conn: Conn,
 }
 
 /// One API call and how to show its answer.
@@ -102,6 +114,8 @@ async fn run_async(cmd: AdminCmd, quiet: bool) -> Result<(), CliError> {
     let (conn, call) = match cmd {
         AdminCmd::Dp(a) => (a.conn, dp::dp_call(a.cmd, dp::read_identity)?),
         AdminCmd::Dpgroup(a) => (a.conn, dpgroup::group_call(a.cmd)?),
+        AdminCmd::Courier(a) => (a.conn, courier::courier_call(a.cmd)?),
+        AdminCmd::Sends(a) => (a.conn, Call::new(Method::GET, "/sends".into(), Show::Sends)),
         AdminCmd::Address(a) => (
             a.conn,
             address::address_call(a.cmd, address::read_schedule_file)?,
@@ -188,6 +202,8 @@ mod tests {
                 dp::dp_call(a.cmd, |_| Ok("ID-TEXT".into())).unwrap(),
             ),
             AdminCmd::Dpgroup(a) => (a.conn, dpgroup::group_call(a.cmd).unwrap()),
+            AdminCmd::Courier(a) => (a.conn, courier::courier_call(a.cmd).unwrap()),
+            AdminCmd::Sends(a) => (a.conn, Call::new(Method::GET, "/sends".into(), Show::Sends)),
             AdminCmd::Address(a) => (
                 a.conn,
                 address::address_call(a.cmd, |_| Ok("TOML".into())).unwrap(),
@@ -482,6 +498,26 @@ mod tests {
             Some(json!({"dps": ["a"], "groups": ["east", "west"]})),
         );
         assert!(T::try_parse_from(["freight", "distribute", "PS100001"]).is_err());
+        check(
+            &["distribute", "PS100001", "--site", "PS1,SS1"],
+            Method::POST,
+            "/packages/PS100001/distribute",
+            Some(json!({"dps": [], "groups": [], "sites": ["PS1", "SS1"]})),
+        );
+        check(
+            &[
+                "courier",
+                "create-outgoing",
+                "7",
+                "--out",
+                "/media/x.parcel",
+            ],
+            Method::POST,
+            "/courier/7/outgoing",
+            Some(json!({"path": "/media/x.parcel"})),
+        );
+        check(&["courier", "list"], Method::GET, "/courier", None);
+        check(&["sends"], Method::GET, "/sends", None);
         check(
             &["redistribute", "PS100001", "--dp", "a"],
             Method::POST,

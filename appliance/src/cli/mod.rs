@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod call;
+pub mod courier;
 pub mod demo;
 pub mod distribution;
 pub mod dp;

@@ -6,12 +6,12 @@ use crate::cli::progress_bar::Bar;
 use crate::cli::site::site_dir;
 use crate::home::Home;
 use clap::{Args, Subcommand};
-use freight_core::instruction::{Instruction, InstructionKind, SignedInstruction};
-use freight_core::parcel::{self, Header};
+use freight_core::instruction::{Instruction, SignedInstruction};
+use freight_core::parcel;
 use freight_core::site::{Role, SiteCode};
 use freight_core::units::human;
 use freight_core::{Error, IoMode, Library, PackageId, Progress};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Arguments of `freight parcel`.
@@ -77,47 +77,6 @@ fn library_dir(l: Option<PathBuf>) -> Result<PathBuf, CliError> {
     })
 }
 
-fn mismatch(path: &Path, reason: String) -> Error {
-    Error::BadParcel {
-        path: path.to_path_buf(),
-        part: "instruction".into(),
-        offset: 0,
-        reason,
-    }
-}
-
-/// Checks that the verified instruction describes exactly the content the parcel carries.
-fn matches_content(path: &Path, i: &Instruction, h: &Header) -> Result<(), Error> {
-    if i.package != h.package || i.version != h.version {
-        return Err(mismatch(
-            path,
-            format!(
-                "instruction is for {} v{}, content is {} v{}",
-                i.package, i.version, h.package, h.version
-            ),
-        ));
-    }
-    if i.manifest_hash != h.manifest_hash {
-        return Err(mismatch(
-            path,
-            "manifest hash differs from the signed instruction".into(),
-        ));
-    }
-    let base = h.base.as_ref().map(|b| b.version);
-    let kind_ok = match i.kind {
-        InstructionKind::Delta => base.is_some() && i.base_version == base,
-        InstructionKind::Package => base.is_none(),
-        _ => false,
-    };
-    if !kind_ok {
-        return Err(mismatch(
-            path,
-            format!("a {:?} instruction cannot carry this content", i.kind),
-        ));
-    }
-    Ok(())
-}
-
 /// Runs one `freight parcel` command.
 pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliError> {
     let progress = Arc::new(Progress::default());
@@ -173,7 +132,7 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
             let status = match a.site.as_deref().map(Home::open).transpose()? {
                 None => "not checked (no --site)".to_string(),
                 Some(home) => match signed.verify(&home.trust, &instr.destination, None) {
-                    Ok(i) => match matches_content(&file, &i, &info.header) {
+                    Ok(i) => match parcel::check_instruction(&file, &i, &info.header) {
                         Ok(()) => format!("valid, signed by {}", i.origin),
                         Err(e) => format!("INVALID: {e}"),
                     },
@@ -223,7 +182,7 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                     &file,
                     |h| {
                         let signed = SignedInstruction::decode(&h.instruction)
-                            .map_err(|e| mismatch(&file, e.to_string()))?;
+                            .map_err(|e| parcel::instruction_mismatch(&file, e.to_string()))?;
                         let newest = stored.get(&h.package).and_then(|v| v.last().copied());
                         let i = signed.verify(&home.trust, &home.code, newest)?;
                         // Packages come down from the parent only: a parcel signed by any
@@ -236,7 +195,7 @@ pub fn run(a: ParcelArgs, io: Option<IoMode>, quiet: bool) -> Result<(), CliErro
                                 roles: roles.to_string(),
                             });
                         }
-                        matches_content(&file, &i, h)
+                        parcel::check_instruction(&file, &i, h)
                     },
                     &progress,
                 )?

@@ -46,6 +46,8 @@ pub enum Show {
     AddressAdded,
     /// `AddressInfo` with its week as a grid.
     AddressDetail,
+    /// Send requests (`freight sends`, `courier list`) as a table.
+    Sends,
     /// `Done`.
     Done,
 }
@@ -114,6 +116,7 @@ pub fn render(show: Show, answer: serde_json::Value, tz: &TimeZone) -> Result<St
             let d: Done = typed(answer)?;
             format!("{}\n", d.done)
         }
+        Show::Sends => sends_table(&answer),
     })
 }
 
@@ -148,6 +151,53 @@ fn list_or(v: &[String], none: &str) -> String {
 
 fn short_hash(h: &str) -> &str {
     &h[..h.len().min(16)]
+}
+
+/// Send requests: ID, package, version (and its base), destination, the sites it is for,
+/// priority, state, attempts, bytes sent, last error.
+fn sends_table(rows: &serde_json::Value) -> String {
+    let mut t = Table::new(&[
+        "ID",
+        "PACKAGE",
+        "VERSION",
+        "TO",
+        "FOR SITES",
+        "PRIORITY",
+        "STATE",
+        "ATTEMPTS",
+        "SENT",
+        "ERROR",
+    ])
+    .right(&[0, 2, 7, 8]);
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    for r in rows.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let version = match r["base_version"].as_u64() {
+            Some(b) => format!("{} (from {b})", r["version"]),
+            None => r["version"].to_string(),
+        };
+        let sites: Vec<String> = r["sites"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(text)
+            .collect();
+        t.row(vec![
+            r["id"].to_string(),
+            text(&r["package"]),
+            version,
+            text(&r["dest"]),
+            sites.join(","),
+            text(&r["priority"]),
+            text(&r["state"]),
+            r["attempts"].to_string(),
+            freight_core::units::human(r["bytes_sent"].as_u64().unwrap_or(0)),
+            text(&r["error"]),
+        ]);
+    }
+    t.render_or(
+        "no send requests; distribute a package to a site below (`freight distribute --site`)",
+    )
 }
 
 /// Per-DP status: package, DP (`SITE/DP` for a DP of a site below), state, version, last

@@ -21,6 +21,7 @@
 //! the other.
 
 pub mod actions;
+pub mod courier;
 pub mod despooler;
 pub mod distmgr;
 pub mod error;

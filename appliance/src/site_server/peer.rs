@@ -33,6 +33,9 @@ pub enum SiteRequest {
         sites: Vec<(String, String)>,
         /// Status changes, by the child's sequence number.
         changes: Vec<StatusChange>,
+        /// Package versions that arrived at the child by courier since its last report.
+        #[serde(default)]
+        received: Vec<(String, u32)>,
     },
 }
 
@@ -113,9 +116,11 @@ async fn answer(site: Arc<SiteServer>, conn: Conn, req: SiteRequest) -> SiteRepl
         SiteRequest::Despool { instruction } => {
             super::despooler::despool(&site, &peer, &instruction).await
         }
-        SiteRequest::Report { sites, changes } => {
-            super::report::receive(&site, &peer, &sites, &changes)
-        }
+        SiteRequest::Report {
+            sites,
+            changes,
+            received,
+        } => super::report::receive(&site, &peer, &sites, &changes, &received),
     }
 }
 

@@ -25,9 +25,10 @@ pub fn receive(
     peer: &PublicIdentity,
     sites: &[(String, String)],
     changes: &[StatusChange],
+    received: &[(String, u32)],
 ) -> SiteReply {
     let child = peer.code.as_str();
-    if changes.len() > BATCH || sites.len() > 100_000 {
+    if changes.len() > BATCH || received.len() > BATCH || sites.len() > 100_000 {
         return SiteReply::Error {
             message: format!(
                 "report from site {child} is larger than {BATCH} changes; run the same Freight version on both"
@@ -62,10 +63,18 @@ pub fn receive(
         }
     }
     let seq = changes.iter().map(|c| c.seq).max().unwrap_or(0);
-    match site
-        .store
-        .write(|db| db.apply_report(child, sites, changes, now()))
-    {
+    match site.store.write(|db| {
+        db.apply_report(child, sites, changes, now())?;
+        // Courier parcels the child received: their requests are confirmed.
+        for (p, v) in db.confirm_courier(child, received, super::now_ms())? {
+            db.raise(
+                site.code.as_str(),
+                now(),
+                &super::statmgr::Msg::new(4514, &[&p, &v, &child]).package(&p, v),
+            )?;
+        }
+        Ok::<_, super::store::StoreError>(())
+    }) {
         Ok(()) => SiteReply::Acked { seq },
         Err(e) => SiteReply::Error {
             message: e.to_string(),
@@ -99,7 +108,7 @@ pub async fn run(site: Arc<SiteServer>, every: Duration) {
 
 /// Sends one batch; true when more are waiting.
 async fn report_once(site: &SiteServer) -> Result<bool, String> {
-    let (parent, address, sites, changes) = {
+    let (parent, address, sites, changes, received) = {
         let r = site.store.read(|db| {
             let parent = db.parent()?;
             let Some(parent) = parent else {
@@ -108,9 +117,10 @@ async fn report_once(site: &SiteServer) -> Result<bool, String> {
             let address = db.parent_address()?;
             let acked = db.report_acked()?;
             let changes = db.status_changes(acked, BATCH)?;
+            let received = db.courier_unreported()?;
             let mut sites = db.sites_below()?;
             sites.push((site.code.to_string(), parent.code.clone()));
-            Ok(Some((parent, address, sites, changes)))
+            Ok(Some((parent, address, sites, changes, received)))
         });
         match r.map_err(|e| e.to_string())? {
             Some(x) => x,
@@ -126,7 +136,7 @@ async fn report_once(site: &SiteServer) -> Result<bool, String> {
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
         == Some(&sites);
-    if changes.is_empty() && sites_known {
+    if changes.is_empty() && received.is_empty() && sites_known {
         return Ok(false);
     }
     let addr: SocketAddr = address
@@ -137,6 +147,7 @@ async fn report_once(site: &SiteServer) -> Result<bool, String> {
     let req = SiteRequest::Report {
         sites: sites.clone(),
         changes,
+        received: received.clone(),
     };
     let conn = site
         .node
@@ -150,7 +161,10 @@ async fn report_once(site: &SiteServer) -> Result<bool, String> {
     match reply {
         SiteReply::Acked { seq } => {
             site.store
-                .write(|db| db.ack_report(seq))
+                .write(|db| {
+                    db.ack_report(seq)?;
+                    db.courier_reported(&received)
+                })
                 .map_err(|e| e.to_string())?;
             *site
                 .reported_sites

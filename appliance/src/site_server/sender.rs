@@ -60,7 +60,9 @@ fn admit(
     limiters: &Arc<Mutex<HashMap<String, RouteLimiter>>>,
 ) -> Result<Duration, super::store::StoreError> {
     let due = site.store.read(|db| db.due_sends(now_ms()))?;
-    let mut closed_window = false;
+    // A due request held back (limits, a closed window) is looked at again when a send ends
+    // (which wakes the Sender) and at least every second, for windows that open.
+    let mut held = false;
     for s in due {
         let address = site
             .store
@@ -68,8 +70,7 @@ fn admit(
             .into_iter()
             .find(|a| a.kind == SenderKind::Standard);
         let Some(address) = address else {
-            // No network address (a courier route or none yet): the request waits in the
-            // outbox; `freight address add` wakes the Sender.
+            // The address went since the query: `freight address add` wakes the Sender.
             continue;
         };
         let per_site = address
@@ -80,6 +81,7 @@ fn admit(
             let r = running.lock().unwrap_or_else(|p| p.into_inner());
             let total: usize = r.values().sum();
             if total >= MAX_SENDS || r.get(&s.dest).copied().unwrap_or(0) >= per_site {
+                held = true;
                 continue;
             }
         }
@@ -92,7 +94,7 @@ fn admit(
             .allowed
             .permits(s.priority)
         {
-            closed_window = true;
+            held = true;
             continue;
         }
         let limiter = {
@@ -128,16 +130,13 @@ fn admit(
             site.sender_wake.notify_one();
         });
     }
+    if held {
+        return Ok(Duration::from_secs(1));
+    }
     let next = site.store.read(|db| db.next_send_due())?;
-    let wait = next.map_or(Duration::from_secs(5), |t| {
+    Ok(next.map_or(Duration::from_secs(5), |t| {
         Duration::from_millis((t - now_ms()).clamp(10, 5000) as u64)
-    });
-    // A closed window is looked at again within a second of its opening.
-    Ok(if closed_window {
-        wait.min(Duration::from_secs(1))
-    } else {
-        wait
-    })
+    }))
 }
 
 /// One attempt: the content, then the instruction. Returns the bytes pushed and the result.

@@ -27,6 +27,8 @@
 //! 4510 info     Sender      sent a package version and its instruction to a site
 //! 4511 warning  Sender      a send to a site failed; retrying
 //! 4512 error    Sender      a send to a site failed its last attempt
+//! 4513 info     Sender      a courier parcel was written for a send request (pending)
+//! 4514 info     Sender      the child site confirmed a courier parcel arrived
 //! 9100 info     audit       an administrator's request on the admin socket (who, what, answer)
 //! 9101 warning  audit       a peer's request the authorization table refused
 //! ```
@@ -214,6 +216,18 @@ const CATALOGUE: &[Entry] = &[
         "error",
         Component::Sender,
         "Sender gave up sending package %1 version %2 to site %3 after %4 attempt(s): %5; fix the cause and distribute again.",
+    ),
+    Entry(
+        4513,
+        "info",
+        Component::Sender,
+        "Courier Sender wrote the parcel of package %1 version %2 for site %3 to %4; the request is pending until site %3 confirms it.",
+    ),
+    Entry(
+        4514,
+        "info",
+        Component::Sender,
+        "Site %3 confirmed it received the parcel of package %1 version %2.",
     ),
     Entry(
         8200,

@@ -34,6 +34,17 @@
 //!                       next attempt (unix ms), last error, bytes sent
 //! package_dp_status     (package, dp): state, version held, last copy, last validation, message
 //! status_messages       ID, severity, component, site, time, package, dp, version, strings
+//! site_targets          (package, site): a site below to send the package to, or remove it
+//!                       from (DistMgr's inbox for sites)
+//! send_requests         the Sender's outbox: package, version (and base for a delta), next
+//!                       hop, final sites, priority, signed instruction, state, attempts,
+//!                       next attempt (unix ms), bytes sent, last error
+//! remote_sites          sites below the children, as their reports name them (`via`: the
+//!                       child on the way)
+//! remote_status         (package, site, dp): status on DPs below, as reported
+//! status_log, report_cursor  status changes to report to the parent, and the last one it
+//!                       acknowledged
+//! courier_received      parcels received by courier, until the parent heard of them
 //! ```
 //! Times are unix seconds except `distribution_jobs.next_attempt` (milliseconds: retry delays
 //! are short in tests).
@@ -1313,7 +1324,10 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 13, "12 before the hierarchy, and addresses");
+        assert_eq!(
+            tables, 21,
+            "12 before the hierarchy, addresses, 7 of sending across sites, and SQLite's sequence table"
+        );
     }
 
     #[test]

@@ -189,7 +189,8 @@ CREATE TABLE send_requests (
     priority        TEXT NOT NULL CHECK (priority IN ('low', 'medium', 'high')),
     instruction     BLOB NOT NULL,
     state           TEXT NOT NULL DEFAULT 'queued'
-                    CHECK (state IN ('queued', 'sending', 'retrying', 'sent', 'failed')),
+                    CHECK (state IN ('queued', 'sending', 'retrying', 'sent', 'failed',
+                                     'pending', 'confirmed')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt    INTEGER NOT NULL,
     error           TEXT,
@@ -199,6 +200,15 @@ CREATE TABLE send_requests (
 );
 CREATE UNIQUE INDEX one_live_send ON send_requests(package, dest)
     WHERE state IN ('queued', 'sending', 'retrying');
+-- A courier request is `pending` once its parcel is written and `confirmed` when the child
+-- reports it received the parcel.
+-- What this site received by courier and has not yet reported to its parent.
+CREATE TABLE courier_received (
+    package     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    reported    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (package, version)
+);
 -- Sites below this site's children, as their reports name them: `via` is the child of this
 -- site on the way.
 CREATE TABLE remote_sites (

@@ -165,13 +165,14 @@ impl Db<'_> {
             .optional()?)
     }
 
-    /// Whether a send of `package` to `dest` is queued, running or retrying.
+    /// Whether a send of `package` to `dest` is queued, running, retrying, or a parcel not
+    /// yet confirmed.
     pub fn live_send(&self, package: &str, dest: &str) -> Result<bool> {
         Ok(self
             .c
             .query_row(
                 "SELECT 1 FROM send_requests WHERE package = ?1 AND dest = ?2
-                   AND state IN ('queued', 'sending', 'retrying')",
+                   AND state IN ('queued', 'sending', 'retrying', 'pending')",
                 params![package, dest],
                 |_| Ok(()),
             )
@@ -182,7 +183,8 @@ impl Db<'_> {
     /// The newest version of `package` sent to `dest` and acknowledged by it.
     pub fn last_sent(&self, package: &str, dest: &str) -> Result<Option<u32>> {
         Ok(self.c.query_row(
-            "SELECT max(version) FROM send_requests WHERE package = ?1 AND dest = ?2 AND state = 'sent'",
+            "SELECT max(version) FROM send_requests WHERE package = ?1 AND dest = ?2
+               AND state IN ('sent', 'confirmed')",
             params![package, dest],
             |r| r.get(0),
         )?)
@@ -224,6 +226,7 @@ impl Db<'_> {
         let mut st = self.c.prepare(
             "SELECT id, package, version, dest, priority, instruction, attempts FROM send_requests
              WHERE state IN ('queued', 'retrying') AND next_attempt <= ?1
+               AND EXISTS (SELECT 1 FROM addresses a WHERE a.site = dest AND a.kind = 'standard')
              ORDER BY CASE priority WHEN 'high' THEN 0 WHEN 'medium' THEN 1 ELSE 2 END, created, id",
         )?;
         let rows = st
@@ -245,7 +248,8 @@ impl Db<'_> {
     /// When the next waiting send request becomes due (unix ms).
     pub fn next_send_due(&self) -> Result<Option<i64>> {
         Ok(self.c.query_row(
-            "SELECT min(next_attempt) FROM send_requests WHERE state IN ('queued', 'retrying')",
+            "SELECT min(next_attempt) FROM send_requests WHERE state IN ('queued', 'retrying')
+               AND EXISTS (SELECT 1 FROM addresses a WHERE a.site = dest AND a.kind = 'standard')",
             [],
             |r| r.get(0),
         )?)
@@ -375,6 +379,113 @@ impl Db<'_> {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    // ---- the courier ----
+
+    /// Send requests to children reached by courier (a courier address and no standard one),
+    /// newest first.
+    pub fn courier_sends(&self) -> Result<Vec<serde_json::Value>> {
+        Ok(self
+            .sends()?
+            .into_iter()
+            .filter(|r| {
+                let dest = r["dest"].as_str().unwrap_or_default();
+                self.courier_only(dest).unwrap_or(false)
+            })
+            .collect())
+    }
+
+    /// Whether `site` is reached only by courier.
+    pub fn courier_only(&self, site: &str) -> Result<bool> {
+        let kinds: Vec<String> = {
+            let mut st = self
+                .c
+                .prepare("SELECT kind FROM addresses WHERE site = ?1")?;
+            st.query_map([site], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        Ok(kinds.iter().any(|k| k == "courier") && !kinds.iter().any(|k| k == "standard"))
+    }
+
+    /// One send request by ID.
+    pub fn send(&self, id: i64) -> Result<Option<(SendRow, Option<u32>, String)>> {
+        Ok(self
+            .c
+            .query_row(
+                "SELECT id, package, version, dest, priority, instruction, attempts, base_version,
+                        state FROM send_requests WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        SendRow {
+                            id: r.get(0)?,
+                            package: r.get(1)?,
+                            version: r.get(2)?,
+                            dest: r.get(3)?,
+                            priority: r.get::<_, StoredPriority>(4)?.0,
+                            instruction: r.get(5)?,
+                            attempts: r.get(6)?,
+                        },
+                        r.get(7)?,
+                        r.get(8)?,
+                    ))
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records that a parcel arrived here by courier, to be confirmed to the parent.
+    pub fn courier_arrived(&self, package: &str, version: u32) -> Result<()> {
+        self.c.execute(
+            "INSERT OR IGNORE INTO courier_received (package, version) VALUES (?1, ?2)",
+            params![package, version],
+        )?;
+        Ok(())
+    }
+
+    /// Courier arrivals not yet reported to the parent.
+    pub fn courier_unreported(&self) -> Result<Vec<(String, u32)>> {
+        let mut st = self.c.prepare(
+            "SELECT package, version FROM courier_received WHERE reported = 0 ORDER BY 1, 2 LIMIT 500",
+        )?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The parent acknowledged these arrivals.
+    pub fn courier_reported(&self, arrivals: &[(String, u32)]) -> Result<()> {
+        for (p, v) in arrivals {
+            self.c.execute(
+                "UPDATE courier_received SET reported = 1 WHERE package = ?1 AND version = ?2",
+                params![p, v],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A child confirmed parcels: their pending requests become confirmed; returns those
+    /// confirmed now.
+    pub fn confirm_courier(
+        &self,
+        child: &str,
+        arrivals: &[(String, u32)],
+        now_ms: i64,
+    ) -> Result<Vec<(String, u32)>> {
+        let mut done = Vec::new();
+        for (p, v) in arrivals {
+            let n = self.c.execute(
+                "UPDATE send_requests SET state = 'confirmed', updated = ?4
+                 WHERE dest = ?1 AND package = ?2 AND version = ?3 AND state = 'pending'",
+                params![child, p, v, now_ms],
+            )?;
+            if n > 0 {
+                done.push((p.clone(), *v));
+            }
+        }
+        Ok(done)
     }
 
     // ---- status reports up the hierarchy ----
