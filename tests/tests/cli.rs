@@ -444,43 +444,62 @@ fn demo(extra: &[&str], dir: &std::path::Path) -> String {
 }
 
 #[test]
-fn the_site_demo_distributes_updates_and_redistributes_then_stops_its_daemons() {
+fn the_site_demo_runs_a_three_tier_hierarchy_and_rolls_status_up_then_stops_its_daemons() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("demo");
     let stdout = demo(&[], &dir);
-    // The last status table: every DP holds version 2.
+    // The last status table, at the CAS: every DP of the hierarchy holds version 2 of the
+    // first package, the DPs of the sites below named SITE/DP.
     let last = stdout.rsplit("== status").next().unwrap();
-    for dp in ["dp1", "dp2", "pd1"] {
+    for dp in ["casdp", "PS1/dp1", "PS1/dp2", "PS1/pd1", "SS1/ssdp"] {
         let row = last
             .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some(dp))
+            .find(|l| l.starts_with("CAS00001") && l.split_whitespace().nth(1) == Some(dp))
             .unwrap_or_else(|| panic!("no status row for {dp} in\n{last}"));
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(&cells[2..4], ["Installed", "2"], "{row}");
     }
     for needle in [
-        "redistribute package PS100001 on distribution point dp1",
+        "[CAS] Distribution Manager is sending a compressed copy of package CAS00001 version 1 to site PS1 (for site(s) PS1, SS1)",
+        "[PS1] Despooler received package CAS00001 version 1 from site CAS",
+        "[SS1] Despooler received package CAS00001 version 1 from site PS1",
+        "[CAS] Distribution Manager is sending a delta of package CAS00001 version 2",
+        "redistribute package CAS00001 on distribution point dp1",
         "demo complete",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing from\n{stdout}");
     }
-    // The pull DP waited for a source: its copy of version 1 went after a source had it.
     let at = |needle: &str| {
         stdout
             .find(needle)
             .unwrap_or_else(|| panic!("{needle:?} missing from\n{stdout}"))
     };
-    let pulled = at("sent package PS100001 version 1 to distribution point pd1");
+    // The pull DP waited for a source: its copy of version 1 went after a source had it.
+    let pulled = at(
+        "[PS1] Package Transfer Manager sent package CAS00001 version 1 to distribution point pd1",
+    );
     let sourced =
-        at("successfully distributed package PS100001 version 1 to distribution point dp1").min(
-            at("successfully distributed package PS100001 version 1 to distribution point dp2"),
+        at("successfully distributed package CAS00001 version 1 to distribution point dp1").min(
+            at("successfully distributed package CAS00001 version 1 to distribution point dp2"),
         );
     assert!(
         sourced < pulled,
         "the pull DP did not wait for a source:\n{stdout}"
     );
+    // The window held the low-priority package while the high-priority one went: the outbox
+    // shown after the hotfix arrived has the wallpapers queued, sent only after it opened.
+    let before_open = &stdout[..at("== the window opens")];
+    let outbox = &before_open[before_open.rfind("CAS's Sender outbox:").unwrap()..];
+    let held = outbox
+        .lines()
+        .find(|l| l.contains("CAS00002") && l.contains("low"))
+        .unwrap_or_else(|| panic!("no outbox row of the low-priority package:\n{stdout}"));
+    assert!(held.contains("queued"), "{held}");
+    assert!(at("[CAS] Sender sent package CAS00002") > at("the window opens"));
     // Stopped cleanly: a daemon removes its admin socket on SIGTERM.
-    assert!(!dir.join("ps1/admin.sock").exists());
+    for s in ["cas", "ps1", "ss1"] {
+        assert!(!dir.join(s).join("admin.sock").exists(), "{s}");
+    }
 }
 
 #[test]

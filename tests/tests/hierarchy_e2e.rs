@@ -111,8 +111,16 @@ fn a_package_made_at_the_cas_reaches_dps_at_three_tiers_and_status_rolls_up() {
         .0 == 200
     });
 
-    // Every DP of the hierarchy, at the CAS.
+    // Every DP of the hierarchy, at the CAS, in its status and its package summary.
     wait_installed(&cas, &id, 3, 1);
+    let below = cas.ok("GET", "/v1/sites/below", None);
+    assert_eq!(below, json!([["PS1", "CAS"], ["SS1", "PS1"]]));
+    let summary = &cas.ok("GET", &format!("/v1/packages/{id}"), None)["package"]["summary"];
+    assert_eq!(
+        (&summary["targeted"], &summary["installed"]),
+        (&json!(3), &json!(3)),
+        "{summary}"
+    );
     let r = rows(&cas, &id);
     let names: Vec<(&str, &str)> = r.iter().map(|x| (x.0.as_str(), x.1.as_str())).collect();
     assert_eq!(names, [("", "dpc"), ("PS1", "dpp"), ("SS1", "dps")]);

@@ -172,6 +172,7 @@ pub fn router(site: Arc<SiteServer>) -> Router {
         .route("/v1/courier/{id}/outgoing", post(courier_outgoing))
         .route("/v1/sites", get(sites))
         .route("/v1/sites/children", post(add_child))
+        .route("/v1/sites/below", get(sites_below))
         .route("/v1/sites/parent", put(set_parent))
         .route("/v1/sites/{code}", get(site_detail).delete(remove_site))
         .route("/v1/addresses", get(addresses).post(add_address))
@@ -325,6 +326,9 @@ async fn courier_receive(State(s): S, Body(b): Body<crate::api::ParcelPath>) -> 
 
 async fn sites(State(s): S) -> R<Vec<SiteInfo>> {
     Ok(Json(s.sites()?))
+}
+async fn sites_below(State(s): S) -> R<Vec<(String, String)>> {
+    Ok(Json(s.sites_below()?))
 }
 async fn add_child(State(s): S, Body(a): Body<AddSite>) -> R<SiteInfo> {
     Ok(Json(s.add_child(a)?))

@@ -504,6 +504,11 @@ impl SiteServer {
 
     // ---- status ----
 
+    /// The sites below this one as `(code, parent)`: its children and what they reported.
+    pub fn sites_below(&self) -> SiteResult<Vec<(String, String)>> {
+        Ok(self.store.read(|db| db.sites_below())?)
+    }
+
     /// The Sender's outbox, newest first: each send request with its state.
     pub fn sends(&self) -> SiteResult<Vec<serde_json::Value>> {
         Ok(self.store.read(|db| db.sends())?)

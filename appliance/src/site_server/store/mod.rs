@@ -667,8 +667,11 @@ impl Db<'_> {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
+        // The summary counts the DPs of the sites below too, as their reports give them.
         let mut st = self.c.prepare(
-            "SELECT state, version FROM package_dp_status WHERE package = ?1 AND state != ?2",
+            "SELECT state, version FROM package_dp_status WHERE package = ?1 AND state != ?2
+             UNION ALL
+             SELECT state, version FROM remote_status WHERE package = ?1 AND state != ?2",
         )?;
         for p in &mut out {
             let rows: Vec<(DpState, Option<u32>)> = st
