@@ -26,6 +26,7 @@ use freight_test_support::tree::disk_usage;
 use serde::Serialize;
 
 mod distribute;
+mod hierarchy;
 mod net;
 mod scale;
 mod serve;
@@ -52,6 +53,9 @@ enum Cmd {
     /// A site server and DPs (real daemons) on loopback: distribute to one DP and to many, and
     /// update, vs `rsync -a` over ssh to localhost of the same tree; peak RSS of the daemons.
     Distribute(distribute::DistributeArgs),
+    /// A package from the CAS to a DP at SS1 through PS1 vs `rsync -a` chained hop by hop,
+    /// and against one hop.
+    Hierarchy(hierarchy::HierarchyArgs),
     /// Real package sizes: a million small files through the library verbs and a site
     /// server, a standard DP and a pull DP; peak RSS of every process.
     Scale(scale::ScaleArgs),
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
         Cmd::Parcel(args) => parcel(&args),
         Cmd::Transfer(args) => transfer::transfer(&args),
         Cmd::Distribute(args) => distribute::distribute(&args),
+        Cmd::Hierarchy(args) => hierarchy::hierarchy(&args),
         Cmd::Scale(args) => scale::scale(&args),
         Cmd::QuicRaw(args) => net::quic_raw(&args),
         Cmd::Throttle(args) => net::throttle(&args),
