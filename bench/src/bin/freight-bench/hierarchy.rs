@@ -302,11 +302,11 @@ pub fn hierarchy(args: &HierarchyArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// A `freight` admin call at a site: (site, arguments) → standard output.
+type AtSite<'a> = dyn Fn(&str, &[&str]) -> Result<String, BenchError> + 'a;
+
 /// Whether the CAS's rolled-up status shows `dp` Installed.
-fn installed(
-    at: &dyn Fn(&str, &[&str]) -> Result<String, BenchError>,
-    dp: &str,
-) -> Result<bool, BenchError> {
+fn installed(at: &AtSite<'_>, dp: &str) -> Result<bool, BenchError> {
     let rows: serde_json::Value = serde_json::from_str(&at("cas", &["status", PACKAGE, "--json"])?)
         .map_err(|e| BenchError::Failed(format!("freight status --json: {e}")))?;
     Ok(rows.as_array().is_some_and(|rows| {
