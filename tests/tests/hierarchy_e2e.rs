@@ -790,3 +790,43 @@ fn heavy_sigkill_of_either_site_server_at_ten_moments_loses_no_send_and_installs
     assert_eq!(integrity(&cas), "ok");
     assert_eq!(integrity(&ps1), "ok");
 }
+
+#[test]
+fn a_rate_limited_address_sends_within_3_percent_of_its_rate() {
+    let net = Net::new();
+    let mut cas = net.site("cas", "CAS", "");
+    let mut ps1 = net.site("ps1", "PS1", "");
+    for h in [&mut cas, &mut ps1] {
+        h.start();
+    }
+    let rate = 2u64 << 20;
+    link(&cas, &ps1, json!({"schedule": {"text": "daily 2MiB/s"}}));
+    let src = net.p("src");
+    std::fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("blob.bin"), 8 << 20, 42);
+    let id = cas.create("blob", &src);
+    cas.act(&id, "distribute", json!({"sites": ["PS1"]}));
+    cas.wait_for("the send", SETTLE, |c| {
+        send_state(c, &id).is_some_and(|s| s["state"] == "sent")
+    });
+    let bytes = send_state(&cas, &id).unwrap()["bytes_sent"]
+        .as_u64()
+        .unwrap();
+    let sent = cas
+        .messages(&id)
+        .into_iter()
+        .find(|m| m["id"] == 4510)
+        .unwrap();
+    // Seconds from the start of the attempt to the child's answer, connection and
+    // instruction included.
+    let secs: f64 = sent["strings"][4].as_str().unwrap().parse().unwrap();
+    let got = bytes as f64 / secs;
+    assert!(bytes >= 8 << 20, "{bytes}");
+    assert!(
+        (got / rate as f64 - 1.0).abs() <= 0.03,
+        "{got:.0} B/s against {rate} B/s ({bytes} bytes in {secs} s)"
+    );
+    for h in [&mut cas, &mut ps1] {
+        h.stop();
+    }
+}

@@ -247,7 +247,7 @@ fn finish(
     let (failure, permanent) = match res {
         Ok(SiteReply::Stored) | Ok(SiteReply::Dropped { .. }) => {
             let human = freight_core::units::human(bytes);
-            let secs = format!("{:.1}", started.elapsed().as_secs_f64());
+            let secs = format!("{:.3}", started.elapsed().as_secs_f64());
             return site.store.write(|db| {
                 db.end_send(s.id, "sent", None, bytes, now_ms(), now_ms())?;
                 db.raise(
