@@ -803,7 +803,7 @@ fn a_rate_limited_address_sends_within_3_percent_of_its_rate() {
     link(&cas, &ps1, json!({"schedule": {"text": "daily 2MiB/s"}}));
     let src = net.p("src");
     std::fs::create_dir_all(&src).unwrap();
-    random_file(&src.join("blob.bin"), 8 << 20, 42);
+    random_file(&src.join("blob.bin"), 16 << 20, 42);
     let id = cas.create("blob", &src);
     cas.act(&id, "distribute", json!({"sites": ["PS1"]}));
     cas.wait_for("the send", SETTLE, |c| {
@@ -817,11 +817,10 @@ fn a_rate_limited_address_sends_within_3_percent_of_its_rate() {
         .into_iter()
         .find(|m| m["id"] == 4510)
         .unwrap();
-    // Seconds from the start of the attempt to the child's answer, connection and
-    // instruction included.
+    // Seconds of the push sessions (the instruction's handover after them is not paced).
     let secs: f64 = sent["strings"][4].as_str().unwrap().parse().unwrap();
     let got = bytes as f64 / secs;
-    assert!(bytes >= 8 << 20, "{bytes}");
+    assert!(bytes >= 16 << 20, "{bytes}");
     assert!(
         (got / rate as f64 - 1.0).abs() <= 0.03,
         "{got:.0} B/s against {rate} B/s ({bytes} bytes in {secs} s)"

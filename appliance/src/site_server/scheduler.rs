@@ -37,6 +37,22 @@ pub fn plan(site: &SiteServer) -> SiteResult<bool> {
         if site.store.read(|db| db.live_send(&t.package, &hop))? {
             continue;
         }
+        // The child already acknowledged this version (another final site through the same
+        // child asked for it): it has it and acts on the sites it was told about; a site
+        // added later gets the next version's instruction, or a redistribute.
+        if t.action == "install"
+            && site
+                .store
+                .read(|db| db.last_sent(&t.package, &hop))?
+                .is_some_and(|v| v >= t.version)
+            && site
+                .store
+                .read(|db| db.sent_for(&t.package, &hop, &t.site, t.version))?
+        {
+            site.store
+                .write(|db| db.site_target_planned(&t.package, &t.site))?;
+            continue;
+        }
         let g = groups
             .entry((t.package, hop, t.action == "remove"))
             .or_insert((t.version, Vec::new()));

@@ -21,7 +21,7 @@ use freight_transport::{RouteLimiter, RouteThrottle, SystemClock};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Sends at once to all child sites (SPEC §6).
 pub const MAX_SENDS: usize = 5;
@@ -115,9 +115,9 @@ fn admit(
             .or_default() += 1;
         let (site, running) = (site.clone(), running.clone());
         tokio::spawn(async move {
-            let started = Instant::now();
-            let (bytes, res) = send(&site, &s, &address, limiter).await;
-            if let Err(e) = finish(&site, &s, &address, bytes, started, res) {
+            let mut pushing = Duration::ZERO;
+            let (bytes, res) = send(&site, &s, &address, limiter, &mut pushing).await;
+            if let Err(e) = finish(&site, &s, &address, bytes, pushing, res) {
                 tracing::error!(send = s.id, error = %e, "could not record a send's result; it runs again");
             }
             if let Some(n) = running
@@ -145,6 +145,7 @@ async fn send(
     s: &SendRow,
     address: &AddressRow,
     limiter: RouteLimiter,
+    pushing: &mut Duration,
 ) -> (u64, Result<SiteReply, String>) {
     let target = match parse_target(s, address) {
         Ok(t) => t,
@@ -180,6 +181,7 @@ async fn send(
     )
     .await;
     let bytes: u64 = reports.iter().map(|r| r.bytes_sent).sum();
+    *pushing = reports.iter().map(|r| r.elapsed).sum();
     if let Err(e) = res {
         return (bytes, Err(e.to_string()));
     }
@@ -234,7 +236,7 @@ fn finish(
     s: &SendRow,
     address: &AddressRow,
     bytes: u64,
-    started: Instant,
+    pushing: Duration,
     res: Result<SiteReply, String>,
 ) -> Result<(), super::store::StoreError> {
     let me = site.code.as_str();
@@ -247,7 +249,8 @@ fn finish(
     let (failure, permanent) = match res {
         Ok(SiteReply::Stored) | Ok(SiteReply::Dropped { .. }) => {
             let human = freight_core::units::human(bytes);
-            let secs = format!("{:.3}", started.elapsed().as_secs_f64());
+            // The push's own time (its sessions), what the address's rate paces.
+            let secs = format!("{:.3}", pushing.as_secs_f64());
             return site.store.write(|db| {
                 db.end_send(s.id, "sent", None, bytes, now_ms(), now_ms())?;
                 db.raise(

@@ -190,6 +190,21 @@ impl Db<'_> {
         )?)
     }
 
+    /// Whether a request of `version` (or newer) of `package` that named final site `site`
+    /// reached `dest` (sent or confirmed).
+    pub fn sent_for(&self, package: &str, dest: &str, site: &str, version: u32) -> Result<bool> {
+        let mut st = self.c.prepare(
+            "SELECT sites FROM send_requests WHERE package = ?1 AND dest = ?2 AND version >= ?3
+               AND state IN ('sent', 'confirmed')",
+        )?;
+        let lists: Vec<String> = st
+            .query_map(params![package, dest, version], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(lists.iter().any(|l| {
+            serde_json::from_str::<Vec<String>>(l).is_ok_and(|v| v.iter().any(|s| s == site))
+        }))
+    }
+
     /// Queues a send request (the Scheduler's output).
     #[allow(clippy::too_many_arguments)]
     pub fn queue_send(
