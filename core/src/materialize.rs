@@ -40,6 +40,8 @@ use std::sync::{Arc, Mutex};
 
 const WINDOW: usize = 64;
 const MAX_WRITES: usize = 32;
+/// Most bytes of writes under way.
+const MAX_WRITE_BYTES: u64 = 16 << 20;
 
 /// What a materialise wrote.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -301,6 +303,7 @@ fn write_tree(
     };
     let engine = lib.engine().clone();
     let mut writes: VecDeque<(usize, u64, Pending<()>)> = VecDeque::new();
+    let mut writing = 0u64;
     let complete = |report: &mut MaterializeReport,
                     (job_no, len, p): (usize, u64, Pending<()>)|
      -> Result<()> {
@@ -341,8 +344,12 @@ fn write_tree(
         let data = data?;
         let len = data.len() as u64;
         writes.push_back((job_no, len, engine.write_at(&f, off, Bytes::from(data))));
-        while writes.len() > MAX_WRITES {
+        writing += len;
+        // Bounded in number and in bytes: the buffers of writes under way are held until the
+        // kernel completes them.
+        while writes.len() > MAX_WRITES || (writing > MAX_WRITE_BYTES && writes.len() > 1) {
             let w = writes.pop_front().expect("write");
+            writing -= w.1;
             complete(&mut report, w)?;
         }
         Ok(())
