@@ -292,8 +292,50 @@ fn the_sender_retries_a_child_that_is_down_then_fails_and_a_closed_window_holds_
     }
 }
 
-/// Sends `ins` signed by `key` to `to` as a Despool request from `node` (which speaks with the
-/// parent's key) and returns the answer.
+/// A QUIC node speaking with `host`'s own key and trust store (what that site, or someone
+/// holding its key, could send), on `rt`.
+fn node_of(host: &Host, rt: &tokio::runtime::Runtime) -> freight_transport::quic::Node {
+    let home = host.home();
+    let key = freight_core::SiteKey::load_or_create(
+        &home.join("site.key"),
+        freight_core::SiteCode::parse(&host.code).unwrap(),
+    )
+    .unwrap();
+    let tls = freight_transport::tls::SiteTls::new(&key, &home.join("trust")).unwrap();
+    let _g = rt.enter();
+    freight_transport::quic::Node::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        tls,
+        freight_transport::quic::NodeConfig::default(),
+    )
+    .unwrap()
+}
+
+/// Sends `req` from `node` to site server `to` and returns its answer.
+fn site_request(
+    rt: &tokio::runtime::Runtime,
+    node: &freight_transport::quic::Node,
+    to: &Host,
+    req: &SiteRequest,
+) -> SiteReply {
+    rt.block_on(async {
+        let conn = node
+            .connect(
+                to.quic.parse().unwrap(),
+                freight_core::SiteCode::parse(&to.code).unwrap(),
+            )
+            .await
+            .unwrap();
+        let reply = freight_transport::command::request(&conn, &encode(req))
+            .await
+            .unwrap();
+        conn.close("done");
+        serde_json::from_slice(&reply).unwrap()
+    })
+}
+
+/// Sends `ins` signed by `key` to `to` as a Despool request from `node` and returns the
+/// answer.
 fn despool(
     rt: &tokio::runtime::Runtime,
     node: &freight_transport::quic::Node,
@@ -303,21 +345,7 @@ fn despool(
 ) -> SiteReply {
     let signed = ins.sign(key).unwrap().encode();
     let hex: String = signed.iter().map(|b| format!("{b:02x}")).collect();
-    let req = SiteRequest::Despool { instruction: hex };
-    rt.block_on(async {
-        let conn = node
-            .connect(
-                to.quic.parse().unwrap(),
-                freight_core::SiteCode::parse(&to.code).unwrap(),
-            )
-            .await
-            .unwrap();
-        let reply = freight_transport::command::request(&conn, &encode(&req))
-            .await
-            .unwrap();
-        conn.close("done");
-        serde_json::from_slice(&reply).unwrap()
-    })
+    site_request(rt, node, to, &SiteRequest::Despool { instruction: hex })
 }
 
 fn refused_with(reply: &SiteReply, what: &str, permanent: bool) {
@@ -367,19 +395,12 @@ fn the_despooler_refuses_forged_foreign_and_misdirected_instructions_and_drops_o
         .enable_all()
         .build()
         .unwrap();
-    let home = cas.home();
-    let cas_key =
-        SiteKey::load_or_create(&home.join("site.key"), SiteCode::parse("CAS").unwrap()).unwrap();
-    let tls = freight_transport::tls::SiteTls::new(&cas_key, &home.join("trust")).unwrap();
-    let node = {
-        let _g = rt.enter();
-        freight_transport::quic::Node::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            tls,
-            freight_transport::quic::NodeConfig::default(),
-        )
-        .unwrap()
-    };
+    let cas_key = SiteKey::load_or_create(
+        &cas.home().join("site.key"),
+        SiteCode::parse("CAS").unwrap(),
+    )
+    .unwrap();
+    let node = node_of(&cas, &rt);
     let base = Instruction {
         kind: InstructionKind::Package,
         origin: SiteCode::parse("CAS").unwrap(),
@@ -454,6 +475,43 @@ fn the_despooler_refuses_forged_foreign_and_misdirected_instructions_and_drops_o
     refused_with(
         &despool(&rt, &node, &ps1, &own, &cas_key),
         "created at this site",
+        true,
+    );
+    // By route: the child may not send its parent instructions, and the parent may not
+    // report status to its child (the authorization table, before anything is read).
+    let as_ps1 = node_of(&ps1, &rt);
+    refused_with(
+        &despool(&rt, &as_ps1, &cas, &base, &cas_key),
+        "may not send instructions",
+        true,
+    );
+    let report = SiteRequest::Report {
+        sites: vec![("XX1".into(), "CAS".into())],
+        changes: vec![],
+        received: vec![],
+    };
+    refused_with(
+        &site_request(&rt, &node, &ps1, &report),
+        "may not report package status",
+        true,
+    );
+    // A child's report naming a site that is not below it is refused whole.
+    let lying = SiteRequest::Report {
+        sites: vec![("PS1".into(), "CAS".into())],
+        changes: vec![freight_appliance::site_server::store::sends::StatusChange {
+            seq: 1,
+            package: id.clone(),
+            site: "SS7".into(),
+            dp: "dp".into(),
+            state: "installed".into(),
+            version: Some(1),
+            message: None,
+        }],
+        received: vec![],
+    };
+    refused_with(
+        &site_request(&rt, &as_ps1, &cas, &lying),
+        "not below it",
         true,
     );
     // Every permanent refusal is in PS1's messages (4401), one per refusal.

@@ -511,7 +511,7 @@ impl SiteServer {
 
     /// The Sender's outbox, newest first: each send request with its state.
     pub fn sends(&self) -> SiteResult<Vec<serde_json::Value>> {
-        Ok(self.store.read(|db| db.sends())?)
+        Ok(self.store.read(|db| db.sends(false))?)
     }
 
     /// Package status per DP, optionally of one package.

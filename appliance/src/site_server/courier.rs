@@ -23,7 +23,7 @@ use std::path::PathBuf;
 impl SiteServer {
     /// `courier list`: the send requests of children reached by courier, newest first.
     pub fn courier_list(&self) -> SiteResult<Vec<serde_json::Value>> {
-        Ok(self.store.read(|db| db.courier_sends())?)
+        Ok(self.store.read(|db| db.sends(true))?)
     }
 
     /// `courier create-outgoing`: writes send request `id` as a parcel at `out` (an absolute

@@ -143,6 +143,21 @@ async fn report_once(site: &SiteServer) -> Result<bool, String> {
         .parse()
         .map_err(|_| format!("parent {}: bad address {address:?}", parent.code))?;
     let code = SiteCode::parse(&parent.code).map_err(|e| e.to_string())?;
+    // A batch is also bounded by its bytes: a command request is at most
+    // `command::MAX_REQUEST`, and 500 changes with long failure lines would not fit.
+    let mut changes = changes;
+    let budget = command::MAX_REQUEST as usize / 2;
+    let mut size = serde_json::to_vec(&sites).map_or(0, |v| v.len());
+    let fit = changes
+        .iter()
+        .position(|c| {
+            size += serde_json::to_vec(c).map_or(0, |v| v.len()) + 1;
+            size > budget
+        })
+        .unwrap_or(changes.len())
+        .max(1);
+    let more = fit < changes.len();
+    changes.truncate(fit);
     let n = changes.len();
     let req = SiteRequest::Report {
         sites: sites.clone(),
@@ -170,7 +185,7 @@ async fn report_once(site: &SiteServer) -> Result<bool, String> {
                 .reported_sites
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(sites);
-            Ok(n == BATCH)
+            Ok(more || n == BATCH)
         }
         SiteReply::Error { message, .. } => Err(format!("parent {}: {message}", parent.code)),
         other => Err(format!("parent {} answered {other:?}", parent.code)),

@@ -85,7 +85,7 @@ pub fn plan(site: &SiteServer) -> SiteResult<bool> {
                 job.ins.version,
                 job.ins.base_version,
                 &hop,
-                &sites,
+                &job.sites,
                 job.priority,
                 &signed,
                 now_ms(),
@@ -95,11 +95,17 @@ pub fn plan(site: &SiteServer) -> SiteResult<bool> {
                 now(),
                 &Msg::new(
                     2333,
-                    &[&what, &package, &job.ins.version, &hop, &sites.join(", ")],
+                    &[
+                        &what,
+                        &package,
+                        &job.ins.version,
+                        &hop,
+                        &job.sites.join(", "),
+                    ],
                 )
                 .package(&package, job.ins.version),
             )?;
-            for s in &sites {
+            for s in &job.sites {
                 db.site_target_planned(&package, s)?;
             }
             Ok::<_, SiteError>(())
@@ -113,6 +119,8 @@ pub fn plan(site: &SiteServer) -> SiteResult<bool> {
 struct MiniJob {
     ins: Instruction,
     priority: freight_transport::Priority,
+    /// The final sites the instruction names (those that fit its notes).
+    sites: Vec<String>,
 }
 
 /// The instruction for sending `package` (its newest version: whole, or as a delta from what
@@ -167,11 +175,19 @@ fn mini_job(
         };
         (def, version, hash, base)
     };
-    let notes = serde_json::to_string(&def).unwrap_or_default();
+    // As many final sites as the signed notes hold; the rest stay pending and go with the
+    // next request to this child (the same version again: a re-delivery that adds sites).
+    let mut def = def;
+    let mut notes = serde_json::to_string(&def).unwrap_or_default();
+    while notes.len() > freight_core::instruction::MAX_NOTES && def.sites.len() > 1 {
+        let over = notes.len() - freight_core::instruction::MAX_NOTES;
+        let drop = (over / 6 + 1).min(def.sites.len() - 1);
+        def.sites.truncate(def.sites.len() - drop);
+        notes = serde_json::to_string(&def).unwrap_or_default();
+    }
     if notes.len() > freight_core::instruction::MAX_NOTES {
         return Err(SiteError::Invalid(format!(
-            "package {package}: {} target sites do not fit one instruction; distribute to fewer sites at once",
-            sites.len()
+            "package {package}: its name does not fit an instruction's notes; rename it"
         )));
     }
     let manifest_hash: [u8; 32] = hash
@@ -198,6 +214,7 @@ fn mini_job(
     };
     Ok(Some(MiniJob {
         priority: def.priority,
+        sites: def.sites,
         ins,
     }))
 }

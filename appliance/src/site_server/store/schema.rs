@@ -241,6 +241,13 @@ CREATE TABLE status_log (
     version     INTEGER,
     message     TEXT
 );
+-- Only a DP's newest state matters to the parent: a change supersedes the unreported ones
+-- before it, so the log holds at most one row per (package, site, DP) however long the
+-- parent is away.
+CREATE INDEX status_log_by_dp ON status_log(package, site, dp);
+CREATE TRIGGER status_log_latest_only AFTER INSERT ON status_log
+    BEGIN DELETE FROM status_log WHERE package = NEW.package AND site = NEW.site
+        AND dp = NEW.dp AND seq < NEW.seq; END;
 CREATE TABLE report_cursor (
     one         INTEGER PRIMARY KEY CHECK (one = 1),
     acked       INTEGER NOT NULL

@@ -8,6 +8,10 @@ use crate::api::PackageStatus;
 use freight_transport::Priority;
 use rusqlite::{OptionalExtension, params};
 
+/// Ended send requests a listing shows beyond the live ones (IDs are never reused, so the
+/// newest are the highest).
+pub const SENDS_SHOWN: i64 = 1000;
+
 /// A site target DistMgr has not planned yet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SiteTarget {
@@ -308,16 +312,22 @@ impl Db<'_> {
         )?)
     }
 
-    /// Send requests as `(id, package, version, dest, state, attempts, bytes, error)`, newest
-    /// first (for `freight sends` and tests).
-    pub fn sends(&self) -> Result<Vec<serde_json::Value>> {
+    /// Send requests, newest first (for `freight sends`, `courier list` and tests): every
+    /// live one and the newest [`SENDS_SHOWN`] in all, the history being unbounded; with
+    /// `courier`, only those to children reached by courier alone.
+    pub fn sends(&self, courier: bool) -> Result<Vec<serde_json::Value>> {
         let mut st = self.c.prepare(
             "SELECT id, package, version, base_version, dest, sites, priority, state, attempts,
                     bytes_sent, error
-             FROM send_requests ORDER BY id DESC",
+             FROM send_requests r
+             WHERE (state IN ('queued', 'sending', 'retrying', 'pending')
+                    OR id > (SELECT coalesce(max(id), 0) FROM send_requests) - ?2)
+               AND (?1 = 0 OR (EXISTS (SELECT 1 FROM addresses a WHERE a.site = r.dest AND a.kind = 'courier')
+                     AND NOT EXISTS (SELECT 1 FROM addresses a WHERE a.site = r.dest AND a.kind = 'standard')))
+             ORDER BY id DESC",
         )?;
         let rows = st
-            .query_map([], |r| {
+            .query_map(params![courier, SENDS_SHOWN], |r| {
                 Ok(serde_json::json!({
                     "id": r.get::<_, i64>(0)?,
                     "package": r.get::<_, String>(1)?,
@@ -397,19 +407,6 @@ impl Db<'_> {
     }
 
     // ---- the courier ----
-
-    /// Send requests to children reached by courier (a courier address and no standard one),
-    /// newest first.
-    pub fn courier_sends(&self) -> Result<Vec<serde_json::Value>> {
-        Ok(self
-            .sends()?
-            .into_iter()
-            .filter(|r| {
-                let dest = r["dest"].as_str().unwrap_or_default();
-                self.courier_only(dest).unwrap_or(false)
-            })
-            .collect())
-    }
 
     /// Whether `site` is reached only by courier.
     pub fn courier_only(&self, site: &str) -> Result<bool> {
@@ -629,5 +626,50 @@ impl Db<'_> {
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::site_server::store::Store;
+
+    fn change(dp: &str, state: &str) -> StatusChange {
+        StatusChange {
+            seq: 0,
+            package: "CAS00001".into(),
+            site: "SS1".into(),
+            dp: dp.into(),
+            state: state.into(),
+            version: Some(1),
+            message: None,
+        }
+    }
+
+    /// However long the parent is away, the log holds one row per DP: its newest state.
+    #[test]
+    fn the_status_log_keeps_only_each_dps_newest_state() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(&t.path().join("site.db")).unwrap();
+        s.write(|db| {
+            db.record_self("PS1")?;
+            db.insert_parent("CAS", &[1; 32], None, 0)?;
+            db.insert_child("SS1", &[2; 32], 0)?;
+            for (i, state) in ["install_pending", "retrying", "retrying", "installed"]
+                .iter()
+                .enumerate()
+            {
+                db.apply_report("SS1", &[], &[change("dp1", state)], i as i64)?;
+            }
+            db.apply_report("SS1", &[], &[change("dp2", "failed")], 9)?;
+            Ok::<_, super::super::StoreError>(())
+        })
+        .unwrap();
+        let log = s.read(|db| db.status_changes(0, 100)).unwrap();
+        let states: Vec<(&str, &str)> = log
+            .iter()
+            .map(|c| (c.dp.as_str(), c.state.as_str()))
+            .collect();
+        assert_eq!(states, [("dp1", "installed"), ("dp2", "failed")]);
     }
 }
