@@ -40,6 +40,7 @@
 //! counts as revoked, so a crash in between never brings a revoked key back.
 
 use crate::error::{Error, IoContext, Result};
+use crate::text::hex;
 use crate::writer::sync_dir;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use std::fmt;
@@ -938,17 +939,6 @@ pub fn fingerprint_of(key: &[u8; 32]) -> String {
         .map(|c| std::str::from_utf8(c).expect("hex"))
         .collect::<Vec<_>>()
         .join("-")
-}
-
-/// Lower-case hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 /// Parses exactly 64 hex digits (either case).

@@ -126,24 +126,28 @@ fn the_authorization_table_holds_on_real_processes() {
         "2",
         evil.to_str().unwrap(),
     ]);
-    let out = freight_out(&[
-        "transfer",
-        "--site",
-        dp1.home().to_str().unwrap(),
-        "--library",
-        &evil_lib,
-        "send",
-        "--to",
-        &site.quic,
-        "--peer",
-        "PS1",
-        "--package",
-        &id,
-        "--version",
-        "2",
-        "--attempts",
-        "1",
-    ]);
+    // A push of the evil library's version 2 to the site server with the key in `home`.
+    let push_v2 = |home: &Path| {
+        freight_out(&[
+            "transfer",
+            "--site",
+            home.to_str().unwrap(),
+            "--library",
+            &evil_lib,
+            "send",
+            "--to",
+            &site.quic,
+            "--peer",
+            "PS1",
+            "--package",
+            &id,
+            "--version",
+            "2",
+            "--attempts",
+            "1",
+        ])
+    };
+    let out = push_v2(&dp1.home());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the push was accepted");
     assert!(
@@ -161,24 +165,7 @@ fn the_authorization_table_holds_on_real_processes() {
     // The site's trust view notices the import on its next reload.
     let deadline = Instant::now() + Duration::from_secs(15);
     let (out, err) = loop {
-        let out = freight_out(&[
-            "transfer",
-            "--site",
-            rogue.home().to_str().unwrap(),
-            "--library",
-            &evil_lib,
-            "send",
-            "--to",
-            &site.quic,
-            "--peer",
-            "PS1",
-            "--package",
-            &id,
-            "--version",
-            "2",
-            "--attempts",
-            "1",
-        ]);
+        let out = push_v2(&rogue.home());
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         if !err.contains("not in the trust store") || Instant::now() > deadline {
             break (out, err);

@@ -34,6 +34,18 @@ fn link(parent: &Host, child: &Host, extra: Value) {
     );
 }
 
+/// Running site servers CAS and PS1 (not yet linked) and a standard DP of PS1, "dpp".
+fn cas_and_ps1_with_a_dp(net: &Net) -> (Host, Host, Host) {
+    let mut cas = net.site("cas", "CAS", "");
+    let mut ps1 = net.site("ps1", "PS1", "");
+    let mut dpp = net.dp("dpp", "DPP", "standard", "");
+    for h in [&mut cas, &mut ps1, &mut dpp] {
+        h.start();
+    }
+    ps1.add_dp(&dpp, "dpp", &[]);
+    (cas, ps1, dpp)
+}
+
 /// Status rows of `package` at `site`: (site or "", dp, state, version).
 fn rows(site: &Host, package: &str) -> Vec<(String, String, String, Option<u64>)> {
     let v = site.ok("GET", &format!("/v1/status?package={package}"), None);
@@ -221,13 +233,7 @@ fn send_state(site: &Host, package: &str) -> Option<Value> {
 fn the_sender_retries_a_child_that_is_down_then_fails_and_a_closed_window_holds_medium_while_high_goes()
  {
     let net = Net::new();
-    let mut cas = net.site("cas", "CAS", "");
-    let mut ps1 = net.site("ps1", "PS1", "");
-    let mut dpp = net.dp("dpp", "DPP", "standard", "");
-    for h in [&mut cas, &mut ps1, &mut dpp] {
-        h.start();
-    }
-    ps1.add_dp(&dpp, "dpp", &[]);
+    let (mut cas, mut ps1, mut dpp) = cas_and_ps1_with_a_dp(&net);
     link(&cas, &ps1, json!({"retries": 2, "retry_delay": "1s"}));
 
     // PS1 is down: two retries a second apart, then the send fails with its message.
@@ -344,8 +350,8 @@ fn despool(
     key: &freight_core::SiteKey,
 ) -> SiteReply {
     let signed = ins.sign(key).unwrap().encode();
-    let hex: String = signed.iter().map(|b| format!("{b:02x}")).collect();
-    site_request(rt, node, to, &SiteRequest::Despool { instruction: hex })
+    let instruction = freight_core::text::hex(&signed);
+    site_request(rt, node, to, &SiteRequest::Despool { instruction })
 }
 
 fn refused_with(reply: &SiteReply, what: &str, permanent: bool) {
@@ -603,13 +609,7 @@ fn cli(site: &Host, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn a_courier_route_moves_a_package_as_a_parcel_and_refuses_tampered_and_foreign_ones() {
     let net = Net::new();
-    let mut cas = net.site("cas", "CAS", "");
-    let mut ps1 = net.site("ps1", "PS1", "");
-    let mut dpp = net.dp("dpp", "DPP", "standard", "");
-    for h in [&mut cas, &mut ps1, &mut dpp] {
-        h.start();
-    }
-    ps1.add_dp(&dpp, "dpp", &[]);
+    let (mut cas, mut ps1, mut dpp) = cas_and_ps1_with_a_dp(&net);
     // The route down is a courier; status still comes up over the network.
     cas.ok(
         "POST",
@@ -756,13 +756,7 @@ fn net_db(site: &Host) -> std::path::PathBuf {
 fn heavy_sigkill_of_either_site_server_at_ten_moments_loses_no_send_and_installs_each_version_once()
 {
     let net = Net::new();
-    let mut cas = net.site("cas", "CAS", "");
-    let mut ps1 = net.site("ps1", "PS1", "");
-    let mut dpp = net.dp("dpp", "DPP", "standard", "");
-    for h in [&mut cas, &mut ps1, &mut dpp] {
-        h.start();
-    }
-    ps1.add_dp(&dpp, "dpp", &[]);
+    let (mut cas, mut ps1, mut dpp) = cas_and_ps1_with_a_dp(&net);
     // A paced route, so that a kill lands in the middle of a send, and retries for the
     // seconds a site is down.
     link(

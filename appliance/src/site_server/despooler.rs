@@ -92,7 +92,10 @@ async fn despool_now(
     hex: &str,
 ) -> Result<SiteReply, Refusal> {
     let me = site.code.as_str();
-    let bytes = decode_hex(hex)
+    // A signed instruction is at most a few KiB: longer text is refused before decoding.
+    let bytes = (hex.len() <= 2 * freight_core::instruction::MAX_ENCODED + 256)
+        .then(|| freight_core::text::unhex(hex))
+        .flatten()
         .ok_or_else(|| refuse(format!("instruction from {} is not hex", peer.code)))?;
     let signed = SignedInstruction::decode(&bytes).map_err(|e| refuse(e.to_string()))?;
     let trust = TrustStore::open(&site.trust_dir).map_err(|e| Refusal {
@@ -185,8 +188,8 @@ async fn despool_now(
         Some(h) if h != ins.manifest_hash => {
             return Err(refuse(format!(
                 "package {package} version {version}: the stored content hashes to {}, the instruction says {}",
-                hex_of(&h),
-                hex_of(&ins.manifest_hash)
+                freight_core::text::hex(&h),
+                freight_core::text::hex(&ins.manifest_hash)
             )));
         }
         Some(_) => {}
@@ -276,23 +279,9 @@ fn remove(
     Ok(SiteReply::Stored)
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 2 * freight_core::instruction::MAX_ENCODED + 256 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Hex of a signed instruction's bytes, as [`despool`] reads it.
 pub fn to_hex(b: &[u8]) -> String {
-    hex_of(b)
+    freight_core::text::hex(b)
 }
 
 impl From<Refusal> for SiteReply {
@@ -301,19 +290,5 @@ impl From<Refusal> for SiteReply {
             message: r.line,
             permanent: r.permanent,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_round_trips_and_refuses_junk() {
-        let b = vec![0u8, 1, 0xab, 0xff];
-        assert_eq!(decode_hex(&to_hex(&b)), Some(b));
-        assert_eq!(decode_hex("abc"), None);
-        assert_eq!(decode_hex("zz"), None);
-        assert_eq!(decode_hex("é1"), None);
     }
 }

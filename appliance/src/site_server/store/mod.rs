@@ -1296,9 +1296,7 @@ impl Db<'_> {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    blake3::Hash::from_slice(b).map_or_else(|_| String::new(), |h| h.to_hex().to_string())
-}
+use freight_core::text::hex;
 
 #[cfg(test)]
 mod tests {
