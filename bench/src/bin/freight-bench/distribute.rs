@@ -5,7 +5,7 @@
 //! - (b) distribute to N DPs vs to one (time ratio);
 //! - (c) update with 5% of the files changed (snapshot + distribution) vs rsync of the changed
 //!   tree onto the previous copy, and the bytes each sent;
-//! - (d) peak RSS of the site server and the DP daemons during (a) (wait4 after SIGTERM).
+//! - (d) peak RSS of the site server and the DP daemons during (a) (freight-measure, after SIGTERM).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! - (a) three tiers: `distribute --site SS1` at the CAS until the CAS's rolled-up status shows
 //!   SS1's DP Installed, vs rsync CAS → PS1 → SS1 → DP (three rsyncs, one after the other);
 //! - (b) one hop: the same package from the CAS to its own DP (time ratio against (a));
-//! - (c) peak RSS of every daemon over the run (wait4 after SIGTERM).
+//! - (c) peak RSS of every daemon over the run (freight-measure, after SIGTERM).
 //!
 //! Each side runs once per `--runs` on fresh hosts (a package cannot be sent to a site twice
 //! without removing it from every tier first, which is not what is measured).

@@ -1,7 +1,7 @@
 //! `freight-bench scale`: Freight at real package sizes. A tree of very many small files (a
 //! million by default) plus a few large ones goes through the library verbs as CLI processes
 //! and through a site server, a standard DP and a pull DP as `freight daemon` processes on
-//! loopback. Every process's peak RSS is measured (wait4) against the 200 MiB goal, and the
+//! loopback. Every process's peak RSS is measured (freight-measure) against the 200 MiB goal, and the
 //! re-snapshot of the unchanged tree against a quarter of the first snapshot's time.
 
 use std::fs;

@@ -1,5 +1,5 @@
 //! Server processes of a benchmark: started, awaited until ready, stopped with SIGTERM and
-//! measured (peak RSS and CPU through wait4).
+//! measured (peak RSS and CPU through `freight-measure`, see `harness::wrap`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +18,8 @@ const SERVE_READY: Duration = Duration::from_secs(60);
 pub struct Serve {
     child: Option<Child>,
     started: Instant,
+    /// Where `freight-measure` reports the server's peak RSS and CPU.
+    report: Option<harness::Report>,
     /// Its standard output after the readiness line, one line at a time.
     lines: mpsc::Receiver<String>,
 }
@@ -29,6 +31,7 @@ impl Serve {
         cmd: &mut Command,
         ready: impl Fn(&str) -> Option<String>,
     ) -> Result<(Serve, String), BenchError> {
+        let report = harness::wrap(cmd).map_err(ctx(format!("measuring {}", command_line(cmd))))?;
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -48,6 +51,7 @@ impl Serve {
         let serve = Serve {
             child: Some(child),
             started,
+            report: Some(report),
             lines,
         };
         let line = serve.lines.recv_timeout(SERVE_READY).map_err(|_| {
@@ -61,11 +65,12 @@ impl Serve {
         Ok((serve, addr))
     }
 
-    /// SIGTERM, then reap with wait4: peak RSS and CPU of the whole serve process.
+    /// SIGTERM, then reap; peak RSS and CPU of the whole serve process.
     pub fn stop(mut self) -> Result<(Measurement, Vec<String>), BenchError> {
         let child = self.child.take().expect("running");
         terminate(&child);
-        let m = harness::wait_measured(child, self.started)?;
+        let report = self.report.take().expect("running");
+        let m = harness::wait_measured(child, self.started, report)?;
         let lines = self.lines.try_iter().collect();
         Ok((m, lines))
     }

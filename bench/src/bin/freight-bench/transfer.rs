@@ -43,7 +43,7 @@ pub struct TransferArgs {
 #[derive(Debug, Serialize)]
 struct ReceiverRun {
     run: usize,
-    /// Peak RSS of `freight transfer serve`, MiB (wait4 after SIGTERM).
+    /// Peak RSS of `freight transfer serve`, MiB (freight-measure, after SIGTERM).
     max_rss_mib: f64,
     /// Its CPU seconds (user + system), readiness and shutdown included.
     cpu_s: f64,
@@ -462,9 +462,9 @@ fn print_transfer(r: &TransferReport) {
     ]);
     print!("{t}");
     println!(
-        "rsync: sender = the local rsync and the ssh it waits for (wait4); the remote rsync under sshd is not measured. \
+        "rsync: sender = the local rsync and the ssh it waits for (freight-measure); the remote rsync under sshd is not measured. \
          freight: sender = `freight transfer send` (connect, handshake, transfer, commit); receiver = `freight transfer serve` \
-         (wait4 after SIGTERM). output bytes: rsync's copy / the receiver's library."
+         (freight-measure, after SIGTERM). output bytes: rsync's copy / the receiver's library."
     );
     println!();
     let yes = |b: bool| if b { "yes" } else { "no" };
