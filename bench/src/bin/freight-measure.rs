@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         }
     }
     drop(child);
-    let micros = |tv: libc::timeval| i64::from(tv.tv_sec) * 1_000_000 + i64::from(tv.tv_usec);
+    let micros = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
     let line = format!(
         "{} {} {}\n",
         usage.ru_maxrss,
