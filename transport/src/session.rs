@@ -26,7 +26,7 @@ use crate::schedule::Priority;
 use crate::store::{ReceivedManifest, SharedLibrary};
 use crate::throttle;
 use bytes::Bytes;
-use freight_core::library::FileAt;
+use freight_core::library::{FileAt, ReadView};
 use freight_core::{ChunkId, Manifest, ManifestChunks, PackageId, Progress, SiteCode};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -253,6 +253,12 @@ pub enum Offer<'a> {
     Stored(&'a PackageId, u32),
     /// A manifest in memory.
     Manifest(&'a Manifest),
+    /// A version that may still be arriving here, named by its manifest hash: a relay (issue
+    /// 13 item 8). Offered from the stored manifest when the library holds the version, else
+    /// from the manifest file of a session receiving it (waiting up to the progress timeout
+    /// for one to register); chunks are sent as they are committed here, each waited for at
+    /// most the progress timeout.
+    Relay(&'a PackageId, u32, [u8; 32]),
 }
 
 impl<'a> From<&'a Manifest> for Offer<'a> {
@@ -265,7 +271,7 @@ impl Offer<'_> {
     /// The offered package version.
     pub fn version(&self) -> (PackageId, u32) {
         match self {
-            Offer::Stored(p, v) => ((*p).clone(), *v),
+            Offer::Stored(p, v) | Offer::Relay(p, v, _) => ((*p).clone(), *v),
             Offer::Manifest(m) => (m.package.clone(), m.version),
         }
     }
@@ -326,7 +332,7 @@ async fn push_inner(
         .map_err(|e| write_error(who, e))?;
     // The manifest is offered from its stored file, read one part at a time.
     let (package, version) = manifest.version();
-    let source = ManifestSource::open(lib, manifest).await?;
+    let source = ManifestSource::open(lib, manifest, conn.config.progress_timeout).await?;
     let mut sender = Sender::offering(
         package.clone(),
         version,
@@ -400,9 +406,18 @@ async fn push_inner(
     let needed = needed.unwrap_or_default();
     // Located once and their packs held open: a collection on this host during the session
     // moves chunks and deletes packs, but cannot take these bytes away (and every read checks
-    // the record it finds names the chunk asked for).
-    let view = lib.read_view(needed, package, version).await;
-    let view = match view {
+    // the record it finds names the chunk asked for). A relay locates what is here now and
+    // the rest as it arrives (`feed_relay`).
+    let relay = matches!(manifest, Offer::Relay(..));
+    let first = if relay {
+        lib.read_view_present(needed, package.clone(), version)
+            .await
+    } else {
+        lib.read_view(needed, package.clone(), version)
+            .await
+            .map(|v| (v, Vec::new()))
+    };
+    let (view, arriving) = match first {
         Ok(v) => v,
         Err(e) => {
             sender.abort(&e.to_string());
@@ -411,11 +426,15 @@ async fn push_inner(
         }
     };
     let clens = || view.chunks().iter().map(|(_, l)| l.clen as u64);
-    report.chunks_needed += view.chunks().len() as u64;
+    report.chunks_needed += (view.chunks().len() + arriving.len()) as u64;
     report.bytes_needed += clens().sum::<u64>();
     report.max_chunk = clens().max().unwrap_or(0);
     if let Some(p) = &opts.progress {
-        p.start("send", view.chunks().len() as u64, clens().sum());
+        p.start(
+            "send",
+            (view.chunks().len() + arriving.len()) as u64,
+            clens().sum(),
+        );
     }
 
     // Data streams pull chunks from one queue, so a slow stream never holds the others up.
@@ -501,26 +520,48 @@ async fn push_inner(
     drop(out_rx);
     let mut out_tx = Some(out_tx);
 
-    // Chunk reads run on a blocking thread with several in flight on the block engine.
+    // Chunk reads run on a blocking thread with several in flight on the block engine, view
+    // by view: one for a stored version, more as chunks arrive for a relay.
     let (read_tx, mut read_rx) = mpsc::channel::<Result<(ChunkId, u32, u8, Vec<u8>)>>(QUEUED);
+    let (view_tx, view_rx) = std::sync::mpsc::channel::<ReadView>();
+    let _ = view_tx.send(view);
+    // Bytes and the largest chunk of the views after the first (a relay's), for the report.
+    let later = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let feeder = match (relay, arriving.is_empty()) {
+        (true, false) => Some(tokio::spawn(feed_relay(
+            lib.clone(),
+            arriving,
+            (package.clone(), version),
+            view_tx,
+            read_tx.clone(),
+            (stall, who.to_string()),
+            (later.clone(), opts.progress.clone()),
+        ))),
+        _ => {
+            drop(view_tx);
+            None
+        }
+    };
     let reader = tokio::task::spawn_blocking(move || {
-        let mut inflight = VecDeque::new();
-        let mut todo = 0..view.chunks().len();
-        loop {
-            while inflight.len() < READ_AHEAD {
-                let Some(i) = todo.next() else { break };
-                inflight.push_back((view.chunks()[i], view.read(i)));
-            }
-            let Some(((id, loc), read)) = inflight.pop_front() else {
-                return;
-            };
-            let item = read
-                .wait()
-                .map(|data| (id, loc.ulen, loc.flags, data))
-                .map_err(Error::from);
-            let failed = item.is_err();
-            if read_tx.blocking_send(item).is_err() || failed {
-                return;
+        for view in view_rx {
+            let mut inflight = VecDeque::new();
+            let mut todo = 0..view.chunks().len();
+            loop {
+                while inflight.len() < READ_AHEAD {
+                    let Some(i) = todo.next() else { break };
+                    inflight.push_back((view.chunks()[i], view.read(i)));
+                }
+                let Some(((id, loc), read)) = inflight.pop_front() else {
+                    break;
+                };
+                let item = read
+                    .wait()
+                    .map(|data| (id, loc.ulen, loc.flags, data))
+                    .map_err(Error::from);
+                let failed = item.is_err();
+                if read_tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
             }
         }
     });
@@ -581,6 +622,11 @@ async fn push_inner(
     .await;
     drop(out_tx);
     tracing::debug!(peer = %who, ok = result.is_ok(), "chunks dispatched");
+    if let Some(f) = &feeder {
+        f.abort();
+    }
+    report.bytes_needed += later.0.load(Ordering::Relaxed);
+    report.max_chunk = report.max_chunk.max(later.1.load(Ordering::Relaxed));
     if let Err(e) = result {
         reader.abort();
         writers.abort_all();
@@ -627,6 +673,66 @@ async fn push_inner(
     Ok(())
 }
 
+/// A relay's chunks that were not here when the receiver asked: each time the store commits,
+/// the ones now present are located and handed to the reader as one more view. A chunk that
+/// does not arrive within `stall` of the last progress ends the push with an error (through
+/// the reader's queue), and the relay's sender retries later from what the receiver holds.
+async fn feed_relay(
+    lib: SharedLibrary,
+    mut arriving: Vec<ChunkId>,
+    (package, version): (PackageId, u32),
+    views: std::sync::mpsc::Sender<ReadView>,
+    errors: mpsc::Sender<Result<(ChunkId, u32, u8, Vec<u8>)>>,
+    (stall, who): (Duration, String),
+    (later, progress): (Arc<(AtomicU64, AtomicU64)>, Option<Arc<Progress>>),
+) {
+    let mut arrivals = lib.arrivals();
+    // Progress is a chunk of this version arriving, not any commit (other sessions' too).
+    let mut deadline = tokio::time::Instant::now() + stall;
+    while !arriving.is_empty() {
+        if tokio::time::timeout_at(deadline, arrivals.changed())
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            let _ = errors
+                .send(Err(Error::Connection {
+                    peer: who.clone(),
+                    reason: format!(
+                        "relaying {package} v{version}: {} chunks did not arrive at this site within {stall:?}",
+                        arriving.len()
+                    ),
+                    remedy: "the send is retried once the version is stored here",
+                }))
+                .await;
+            return;
+        }
+        arrivals.borrow_and_update();
+        let todo = std::mem::take(&mut arriving);
+        let (view, rest) = match lib.read_view_present(todo, package.clone(), version).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = errors.send(Err(e)).await;
+                return;
+            }
+        };
+        arriving = rest;
+        if view.chunks().is_empty() {
+            continue;
+        }
+        deadline = tokio::time::Instant::now() + stall;
+        let bytes: u64 = view.chunks().iter().map(|(_, l)| l.clen as u64).sum();
+        let max = view.chunks().iter().map(|(_, l)| l.clen as u64).max();
+        later.0.fetch_add(bytes, Ordering::Relaxed);
+        later.1.fetch_max(max.unwrap_or(0), Ordering::Relaxed);
+        if let Some(p) = &progress {
+            p.add_total(0, bytes);
+        }
+        if views.send(view).is_err() {
+            return;
+        }
+    }
+}
+
 /// Where a push reads the manifest it offers: the library's stored manifest file, checked,
 /// hashed and its chunks listed in one streamed pass, then read one part at a time (so a large
 /// manifest is never held whole), or, for a manifest the library has not stored, its
@@ -644,14 +750,98 @@ enum ManifestBytes {
 }
 
 impl ManifestSource {
-    /// Opens the offered version's stored manifest and reads it through once.
-    async fn open(lib: &SharedLibrary, offer: Offer<'_>) -> Result<ManifestSource> {
+    /// Opens the offered version's stored manifest (or, for a relay, the manifest file of a
+    /// session receiving it, waited for up to `wait`) and reads it through once.
+    async fn open(lib: &SharedLibrary, offer: Offer<'_>, wait: Duration) -> Result<ManifestSource> {
         let (package, version) = offer.version();
         let p = package.clone();
         let path = lib
             .read_async(move |l| l.manifest_path(&p, version))
             .await?;
-        let opened = tokio::task::spawn_blocking(move || -> Result<Option<ManifestSource>> {
+        let stored = Self::open_file(path, package.clone(), version).await?;
+        if let (Some(s), Offer::Relay(_, _, hash)) = (&stored, offer)
+            && s.hash != hash
+        {
+            return Err(freight_core::Error::BadManifest {
+                what: format!("stored manifest of {package} v{version}"),
+                offset: 0,
+                reason: format!(
+                    "it hashes to {}, the relayed version to {}",
+                    freight_core::text::hex(&s.hash),
+                    freight_core::text::hex(&hash)
+                ),
+            }
+            .into());
+        }
+        match (stored, offer) {
+            (Some(s), _) => Ok(s),
+            (None, Offer::Manifest(m)) => {
+                let bytes = m.encode();
+                Ok(ManifestSource {
+                    len: bytes.len() as u64,
+                    hash: *blake3::hash(&bytes).as_bytes(),
+                    chunks: Arc::new(freight_core::ChunkTable::of(m)?),
+                    bytes: ManifestBytes::Memory(Arc::new(bytes)),
+                })
+            }
+            (None, Offer::Relay(p, v, hash)) => Self::open_incoming(lib, p, v, hash, wait).await,
+            (None, Offer::Stored(p, v)) => Err(freight_core::Error::NoSuchVersion {
+                package: p.to_string(),
+                version: v,
+            }
+            .into()),
+        }
+    }
+
+    /// A relay's manifest: the file of a session receiving `hash` here. Waits up to `wait`
+    /// for one to register; a file gone meanwhile (its session committed) is the stored one.
+    async fn open_incoming(
+        lib: &SharedLibrary,
+        package: &PackageId,
+        version: u32,
+        hash: [u8; 32],
+        wait: Duration,
+    ) -> Result<ManifestSource> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut arrivals = lib.arrivals();
+        loop {
+            arrivals.borrow_and_update();
+            for path in lib.incoming(&hash).into_iter().rev() {
+                if let Some(s) = Self::open_file(path, package.clone(), version).await?
+                    && s.hash == hash
+                {
+                    return Ok(s);
+                }
+            }
+            let p = package.clone();
+            let path = lib
+                .read_async(move |l| l.manifest_path(&p, version))
+                .await?;
+            if let Some(s) = Self::open_file(path, package.clone(), version).await?
+                && s.hash == hash
+            {
+                return Ok(s);
+            }
+            if tokio::time::timeout_at(deadline, arrivals.changed())
+                .await
+                .is_err()
+            {
+                return Err(freight_core::Error::NoSuchVersion {
+                    package: package.to_string(),
+                    version,
+                }
+                .into());
+            }
+        }
+    }
+
+    /// The manifest in the file at `path`, read through once; None when there is no such file.
+    async fn open_file(
+        path: std::path::PathBuf,
+        package: PackageId,
+        version: u32,
+    ) -> Result<Option<ManifestSource>> {
+        tokio::task::spawn_blocking(move || -> Result<Option<ManifestSource>> {
             let file = match std::fs::File::open(&path) {
                 Ok(f) => Arc::new(f),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -680,24 +870,7 @@ impl ManifestSource {
             }))
         })
         .await
-        .map_err(|e| Error::Misuse(format!("reading a manifest panicked: {e}")))??;
-        match (opened, offer) {
-            (Some(s), _) => Ok(s),
-            (None, Offer::Manifest(m)) => {
-                let bytes = m.encode();
-                Ok(ManifestSource {
-                    len: bytes.len() as u64,
-                    hash: *blake3::hash(&bytes).as_bytes(),
-                    chunks: Arc::new(freight_core::ChunkTable::of(m)?),
-                    bytes: ManifestBytes::Memory(Arc::new(bytes)),
-                })
-            }
-            (None, Offer::Stored(p, v)) => Err(freight_core::Error::NoSuchVersion {
-                package: p.to_string(),
-                version: v,
-            }
-            .into()),
-        }
+        .map_err(|e| Error::Misuse(format!("reading a manifest panicked: {e}")))?
     }
 
     /// `len` bytes from `offset`.
@@ -730,6 +903,8 @@ struct IncomingManifest {
     file: Option<(Arc<std::fs::File>, std::path::PathBuf)>,
     /// The complete, checked manifest, for the store thread.
     received: Option<ReceivedManifest>,
+    /// Its registration as a relay's source, from its lease until it is committed or removed.
+    relay: Option<crate::store::IncomingGuard>,
 }
 
 impl IncomingManifest {
@@ -806,12 +981,15 @@ impl IncomingManifest {
             .ok_or_else(|| Error::Misuse("the received manifest was not loaded".into()))
     }
 
-    /// The store thread moved the file into place: nothing to remove any more.
+    /// The store thread moved the file into place: nothing to remove any more (a relay now
+    /// finds the version stored).
     fn committed(&mut self) {
+        self.relay = None;
         self.file = None;
     }
 
     fn remove(&mut self) {
+        self.relay = None;
         if let Some((_, path)) = self.file.take() {
             let _ = std::fs::remove_file(&path);
         }
@@ -1336,6 +1514,8 @@ async fn perform(
                     Ok(l) => l,
                     Err(e) => return Err(abort_with(session, e)),
                 };
+                // Leased, so complete and kept: a relay may offer it from here on.
+                incoming.relay = Some(lib.register_incoming(incoming.received()?));
                 session.receiver().lacking_mask(lacking)?;
             }
             ReceiverEvent::Commit => {

@@ -18,6 +18,12 @@
 //! that batch lost, and only a session whose manifest names one of them is told, when it
 //! commits. Other sessions never see it.
 //!
+//! A site that passes a package on (a relay, issue 13 item 8) offers a version while it is
+//! still arriving: a receiving session registers its complete, checked manifest file by hash
+//! once it has leased it ([`SharedLibrary::register_incoming`]), and every commit of received
+//! chunks is announced ([`SharedLibrary::arrivals`]), so a push can send chunks as soon as they
+//! are stored and verified here, not after the whole version is.
+//!
 //! The library sits behind a blocking lock that maintenance holds for as long as it runs
 //! (seconds for a collection): never take [`SharedLibrary::read`] on an async worker; use
 //! [`SharedLibrary::read_async`], which runs on the blocking pool.
@@ -28,8 +34,9 @@ use freight_core::writer::Writer;
 use freight_core::{ChunkId, ChunkTable, Library, PackageId};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Appended bytes after which the store thread commits on its own, by default.
 pub const COMMIT_BYTES: u64 = 16 << 20;
@@ -72,6 +79,32 @@ pub struct ReceivedManifest {
 pub struct SharedLibrary {
     lib: Arc<RwLock<Library>>,
     tx: mpsc::Sender<Cmd>,
+    /// Counts the store thread's commits and registrations of incoming manifests: what a relay
+    /// waits on for more chunks (or its manifest) to appear.
+    arrivals: Arc<watch::Sender<u64>>,
+    /// Manifests of receiving sessions, by hash (see [`SharedLibrary::register_incoming`]).
+    incoming: Arc<Mutex<HashMap<[u8; 32], Vec<(u64, PathBuf)>>>>,
+}
+
+/// A receiving session's registration of its manifest as a relay's source; removed when
+/// dropped (the session committed, failed or ended).
+#[derive(Debug)]
+pub struct IncomingGuard {
+    incoming: Arc<Mutex<HashMap<[u8; 32], Vec<(u64, PathBuf)>>>>,
+    hash: [u8; 32],
+    token: u64,
+}
+
+impl Drop for IncomingGuard {
+    fn drop(&mut self) {
+        let mut map = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = map.get_mut(&self.hash) {
+            v.retain(|(t, _)| *t != self.token);
+            if v.is_empty() {
+                map.remove(&self.hash);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SharedLibrary {
@@ -92,8 +125,10 @@ impl SharedLibrary {
     pub fn with_commit_bytes(lib: Library, commit_bytes: u64) -> SharedLibrary {
         let lib = Arc::new(RwLock::new(lib));
         let (tx, rx) = mpsc::channel(STORE_QUEUE);
+        let arrivals = Arc::new(watch::Sender::new(0));
         let worker = Store {
             commit_bytes,
+            arrivals: arrivals.clone(),
             lib: lib.clone(),
             writer: None,
             pending: HashSet::new(),
@@ -104,7 +139,67 @@ impl SharedLibrary {
             .name("freight-store".into())
             .spawn(move || worker.run(rx))
             .expect("spawn the store thread");
-        SharedLibrary { lib, tx }
+        SharedLibrary {
+            lib,
+            tx,
+            arrivals,
+            incoming: Arc::default(),
+        }
+    }
+
+    /// Registers the complete, checked and leased manifest file of a receiving session under
+    /// its hash, so that a relay can offer the version before it is stored; the registration
+    /// lasts as long as the guard.
+    pub fn register_incoming(&self, m: &ReceivedManifest) -> IncomingGuard {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let token = NEXT.fetch_add(1, Ordering::Relaxed);
+        let hash = *m.hash.as_bytes();
+        self.incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(hash)
+            .or_default()
+            .push((token, m.file.clone()));
+        self.arrivals.send_modify(|n| *n += 1);
+        IncomingGuard {
+            incoming: self.incoming.clone(),
+            hash,
+            token,
+        }
+    }
+
+    /// The manifest files of receiving sessions whose manifest hashes to `hash`, newest last.
+    /// A file may be gone by the time it is opened (its session committed or ended).
+    pub fn incoming(&self, hash: &[u8; 32]) -> Vec<PathBuf> {
+        self.incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+            .map(|v| v.iter().map(|(_, p)| p.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Announces each commit of received chunks (and each registered incoming manifest): a
+    /// relay looks again when the value changes.
+    pub fn arrivals(&self) -> watch::Receiver<u64> {
+        self.arrivals.subscribe()
+    }
+
+    /// Like [`read_view`](Self::read_view) for the chunks of `ids` the library holds now;
+    /// also returns the others (a relay waits for them to arrive).
+    pub async fn read_view_present(
+        &self,
+        ids: Vec<ChunkId>,
+        package: PackageId,
+        version: u32,
+    ) -> Result<(ReadView, Vec<ChunkId>)> {
+        self.read_async(move |lib| {
+            let (here, missing): (Vec<ChunkId>, Vec<ChunkId>) =
+                ids.into_iter().partition(|id| lib.has_chunk(id));
+            lib.read_view(here, &package, version).map(|v| (v, missing))
+        })
+        .await?
+        .map_err(Error::from)
     }
 
     /// Read access to the library. Blocks while maintenance (gc, install) holds it: call it
@@ -186,7 +281,7 @@ impl SharedLibrary {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Stop(tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())??;
-        let SharedLibrary { lib, tx } = self;
+        let SharedLibrary { lib, tx, .. } = self;
         drop(tx);
         let lib = Arc::try_unwrap(lib).map_err(|_| {
             Error::Misuse(
@@ -224,6 +319,8 @@ fn stopped() -> Error {
 /// The store thread's state.
 struct Store {
     commit_bytes: u64,
+    /// Bumped after each commit (see [`SharedLibrary::arrivals`]).
+    arrivals: Arc<watch::Sender<u64>>,
     lib: Arc<RwLock<Library>>,
     writer: Option<Writer>,
     pending: HashSet<ChunkId>,
@@ -307,6 +404,7 @@ impl Store {
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .apply(committed);
+                self.arrivals.send_modify(|n| *n += 1);
                 Ok(())
             }
             Err(e) => {
