@@ -522,7 +522,7 @@ async fn push_inner(
 
     // Chunk reads run on a blocking thread with several in flight on the block engine, view
     // by view: one for a stored version, more as chunks arrive for a relay.
-    let (read_tx, mut read_rx) = mpsc::channel::<Result<(ChunkId, u32, u8, Vec<u8>)>>(QUEUED);
+    let (read_tx, mut read_rx) = mpsc::channel::<Result<ReadChunk>>(QUEUED);
     let (view_tx, view_rx) = std::sync::mpsc::channel::<ReadView>();
     let _ = view_tx.send(view);
     // Bytes and the largest chunk of the views after the first (a relay's), for the report.
@@ -673,6 +673,9 @@ async fn push_inner(
     Ok(())
 }
 
+/// A chunk read for sending: ID, uncompressed length, flags, stored bytes.
+type ReadChunk = (ChunkId, u32, u8, Vec<u8>);
+
 /// A relay's chunks that were not here when the receiver asked: each time the store commits,
 /// the ones now present are located and handed to the reader as one more view. A chunk that
 /// does not arrive within `stall` of the last progress ends the push with an error (through
@@ -682,7 +685,7 @@ async fn feed_relay(
     mut arriving: Vec<ChunkId>,
     (package, version): (PackageId, u32),
     views: std::sync::mpsc::Sender<ReadView>,
-    errors: mpsc::Sender<Result<(ChunkId, u32, u8, Vec<u8>)>>,
+    errors: mpsc::Sender<Result<ReadChunk>>,
     (stall, who): (Duration, String),
     (later, progress): (Arc<(AtomicU64, AtomicU64)>, Option<Arc<Progress>>),
 ) {

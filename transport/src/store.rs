@@ -74,6 +74,9 @@ pub struct ReceivedManifest {
     pub chunks: Arc<ChunkTable>,
 }
 
+/// Manifest files of receiving sessions by manifest hash, each with its registration's token.
+type Incoming = Arc<Mutex<HashMap<[u8; 32], Vec<(u64, PathBuf)>>>>;
+
 /// A library open for writing, shared by sessions (cheap to clone).
 #[derive(Clone)]
 pub struct SharedLibrary {
@@ -83,14 +86,14 @@ pub struct SharedLibrary {
     /// waits on for more chunks (or its manifest) to appear.
     arrivals: Arc<watch::Sender<u64>>,
     /// Manifests of receiving sessions, by hash (see [`SharedLibrary::register_incoming`]).
-    incoming: Arc<Mutex<HashMap<[u8; 32], Vec<(u64, PathBuf)>>>>,
+    incoming: Incoming,
 }
 
 /// A receiving session's registration of its manifest as a relay's source; removed when
 /// dropped (the session committed, failed or ended).
 #[derive(Debug)]
 pub struct IncomingGuard {
-    incoming: Arc<Mutex<HashMap<[u8; 32], Vec<(u64, PathBuf)>>>>,
+    incoming: Incoming,
     hash: [u8; 32],
     token: u64,
 }
