@@ -198,6 +198,11 @@ impl Host {
             "--role",
             role,
         ]);
+        // A running daemon rereads its trust store within its poll interval (500 ms,
+        // `freight_transport::quic`): wait it out, so a test's next step meets the new trust.
+        if self.child.is_some() {
+            std::thread::sleep(Duration::from_millis(700));
+        }
     }
 
     /// Starts freightd and waits for its readiness line.
@@ -419,6 +424,29 @@ impl Host {
             .filter(|m| dp.is_none() || m["dp"].as_str() == dp || m["dp"].is_null())
             .map(|m| m["id"].as_u64().unwrap())
             .collect()
+    }
+
+    /// The relays of `package` at `version` this site ran (message 4515): destination and
+    /// bytes, from the site database.
+    pub fn relayed(&self, package: &str, version: u32) -> Vec<(String, u64)> {
+        let db = self.config.parent().unwrap().join("site.db");
+        let c =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let mut st = c
+            .prepare(
+                "SELECT strings FROM status_messages WHERE message_id = 4515 AND package = ?1 AND version = ?2 ORDER BY id",
+            )
+            .unwrap();
+        st.query_map(rusqlite::params![package, version], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap()
+        .map(|s| {
+            let v: Vec<String> = serde_json::from_str(&s.unwrap()).unwrap();
+            (v[2].clone(), v[3].parse().unwrap())
+        })
+        .collect()
     }
 
     /// Bytes sent by the jobs of `package` at `version` to `dp` (from the site database).

@@ -165,6 +165,30 @@ fn a_package_made_at_the_cas_reaches_dps_at_three_tiers_and_status_rolls_up() {
     assert_eq!(hop2[0]["sites"], json!(["SS1"]));
     let full = first[0]["bytes_sent"].as_u64().unwrap();
     assert!(full > 1 << 20, "{first:?}");
+    // PS1 relayed the version to SS1 and to its DP while it arrived (4515), and SS1 to its
+    // DP; the Sender's own send from PS1 then found SS1 holding it.
+    let relays = |site: &Host, v| {
+        let mut r = site.relayed(&id, v);
+        r.sort();
+        r
+    };
+    let r1 = relays(&ps1, 1);
+    assert_eq!(
+        r1.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+        ["SS1", "distribution point dpp"],
+        "{r1:?} {:?}",
+        ps1.messages(&id)
+    );
+    let r1s = relays(&ss1, 1);
+    assert_eq!(r1s.len(), 1, "{r1s:?}");
+    assert_eq!(r1s[0].0, "distribution point dps");
+    let relayed_to_ss1 = r1[0].1;
+    let sent_to_ss1 = hop2[0]["bytes_sent"].as_u64().unwrap();
+    // The version crossed the hop about once (relay and send together), not twice.
+    assert!(
+        relayed_to_ss1 + sent_to_ss1 < full + full / 10,
+        "PS1 → SS1: relayed {relayed_to_ss1}, sent {sent_to_ss1}, the version {full}"
+    );
 
     // An update: one new small file; each hop moves only the new chunks.
     std::fs::write(src.join("new-note.txt"), vec![b'n'; 20_000]).unwrap();
@@ -178,7 +202,17 @@ fn a_package_made_at_the_cas_reaches_dps_at_three_tiers_and_status_rolls_up() {
         let v2 = s.iter().find(|r| r["version"] == 2).unwrap();
         assert_eq!(v2["state"], "sent", "{who}: {v2}");
         assert_eq!(v2["base_version"], 1, "{who}: a delta: {v2}");
-        let bytes = v2["bytes_sent"].as_u64().unwrap();
+        // What a relay moved on this hop counts too.
+        let relayed: u64 = match who {
+            "PS1" => ps1
+                .relayed(&id, 2)
+                .iter()
+                .filter(|r| r.0 == "SS1")
+                .map(|r| r.1)
+                .sum(),
+            _ => 0,
+        };
+        let bytes = v2["bytes_sent"].as_u64().unwrap() + relayed;
         assert!(
             bytes < 64 << 10,
             "{who}: the update sent {bytes} bytes (the first version {full})"

@@ -163,7 +163,9 @@ impl SiteServer {
                 ),
             }),
             SiteReply::Error { message, .. } => Err(SiteError::Conflict(message)),
-            SiteReply::Acked { .. } => Err(SiteError::Invalid("unexpected answer".into())),
+            SiteReply::Acked { .. } | SiteReply::Relaying { .. } => {
+                Err(SiteError::Invalid("unexpected answer".into()))
+            }
         }
     }
 }

@@ -65,9 +65,10 @@ pub async fn despool(site: &SiteServer, peer: &PublicIdentity, hex: &str) -> Sit
     }
 }
 
-struct Refusal {
-    line: String,
-    permanent: bool,
+/// Why an instruction is not acted on: one line, and whether sending it again can help.
+pub(super) struct Refusal {
+    pub line: String,
+    pub permanent: bool,
 }
 
 fn refuse(line: impl Into<String>) -> Refusal {
@@ -86,12 +87,22 @@ impl From<StoreError> for Refusal {
     }
 }
 
-async fn despool_now(
+/// An instruction that passed [`check`]: signed by the parent it came from, for this site.
+pub(super) struct Checked {
+    /// The instruction.
+    pub ins: freight_core::instruction::Instruction,
+    /// Its package, as text.
+    pub package: String,
+}
+
+/// The checks every instruction from a parent passes before anything acts on it: hex of a
+/// bounded length, a valid signature by a trusted key, for this site, signed by the site it
+/// came from, and not for a package made here.
+pub(super) fn check(
     site: &SiteServer,
     peer: &PublicIdentity,
     hex: &str,
-) -> Result<SiteReply, Refusal> {
-    let me = site.code.as_str();
+) -> Result<Checked, Refusal> {
     // A signed instruction is at most a few KiB: longer text is refused before decoding.
     let bytes = (hex.len() <= 2 * freight_core::instruction::MAX_ENCODED + 256)
         .then(|| freight_core::text::unhex(hex))
@@ -102,8 +113,8 @@ async fn despool_now(
         line: e.to_string(),
         permanent: false,
     })?;
-    // The version rule is checked below, against the database, so that an older version is
-    // dropped informationally rather than refused.
+    // The version rule is checked by the caller, against the database, so that an older
+    // version is dropped informationally rather than refused.
     let ins = signed
         .verify(&trust, &site.code, None)
         .map_err(|e| refuse(format!("{e}")))?;
@@ -119,15 +130,14 @@ async fn despool_now(
             "package {package} was created at this site; another site may not replace it"
         )));
     }
-    match ins.kind {
-        InstructionKind::Package | InstructionKind::Delta => {}
-        InstructionKind::Remove => return remove(site, peer, &package, ins.version),
-        other => {
-            return Err(refuse(format!(
-                "instruction kind {other:?} for package {package} is not handled by this site's Despooler"
-            )));
-        }
-    }
+    Ok(Checked { ins, package })
+}
+
+/// The package definition in a Package or Delta instruction's signed notes, checked.
+pub(super) fn definition(
+    ins: &freight_core::instruction::Instruction,
+) -> Result<Definition, Refusal> {
+    let package = &ins.package;
     let def: Definition = serde_json::from_str(&ins.notes).map_err(|e| {
         refuse(format!(
             "instruction for package {package} carries no package definition ({e})"
@@ -142,6 +152,26 @@ async fn despool_now(
             )));
         }
     }
+    Ok(def)
+}
+
+async fn despool_now(
+    site: &SiteServer,
+    peer: &PublicIdentity,
+    hex: &str,
+) -> Result<SiteReply, Refusal> {
+    let me = site.code.as_str();
+    let Checked { ins, package } = check(site, peer, hex)?;
+    match ins.kind {
+        InstructionKind::Package | InstructionKind::Delta => {}
+        InstructionKind::Remove => return remove(site, peer, &package, ins.version),
+        other => {
+            return Err(refuse(format!(
+                "instruction kind {other:?} for package {package} is not handled by this site's Despooler"
+            )));
+        }
+    }
+    let def = definition(&ins)?;
     // What the site holds decides whether the version is new.
     if let Some(held) = site.store.read(|db| db.newest_version(&package))?
         && ins.version < held

@@ -13,6 +13,7 @@
 //!                                                                   │ Sender: push, then the
 //!                                                                   ▼ signed instruction
 //!   child site: peer (command streams) ──► despooler ──► package_targets / site_targets
+//!   child site: peer "prepare" ──► relay: pushes to the next sites and DPs while it arrives
 //!   child site: status_log ──► report ──► parent's remote_status, remote_sites
 //! ```
 //! Calls go one way: actions and components call the [`store`] (the only SQL), the pure
@@ -29,6 +30,7 @@ pub mod hierarchy;
 pub mod job;
 pub mod peer;
 pub mod pkgxfer;
+pub mod relay;
 pub mod report;
 pub mod scheduler;
 pub mod sender;
@@ -90,7 +92,20 @@ pub struct SiteServer {
     pub report_wake: Notify,
     /// The sites below this one as last acknowledged by the parent.
     pub reported_sites: Mutex<Option<Vec<(String, String)>>>,
+    /// Route limiters of the addresses to child sites, by site code: one per address, shared
+    /// by the Sender's sends and the relays to that site.
+    pub site_limiters: Limiters,
+    /// Route limiters of the DP routes, by DP name: shared by PkgXferMgr's copies and relays.
+    pub dp_limiters: Limiters,
+    /// Pushes running to each child site (the Sender's sends and relays), against the
+    /// address's limit and [`sender::MAX_SENDS`].
+    pub sends_running: Mutex<HashMap<String, usize>>,
+    /// Relays under way: (package, version, destination site or DP).
+    pub relays: Mutex<std::collections::HashSet<(String, u32, String)>>,
 }
+
+/// Route limiters by destination, each shared by every push on that route.
+pub type Limiters = Arc<Mutex<HashMap<String, freight_transport::RouteLimiter>>>;
 
 impl SiteServer {
     /// Assembles the site server; records this site in its database.
@@ -117,6 +132,10 @@ impl SiteServer {
             sender_wake: Notify::new(),
             report_wake: Notify::new(),
             reported_sites: Mutex::new(None),
+            site_limiters: Arc::default(),
+            dp_limiters: Arc::default(),
+            sends_running: Mutex::default(),
+            relays: Mutex::default(),
         }))
     }
 

@@ -1,5 +1,6 @@
 //! What site servers say to each other on QUIC command streams: a parent hands its child a
-//! signed instruction after the content it names was pushed (the [`despooler`] acts on it),
+//! signed instruction before the content it names is pushed (`prepare`: the child may relay it
+//! onward as it arrives) and again after (`despool`: the [`despooler`] acts on it),
 //! and a child reports status changes and the sites below it to its parent
 //! ([`report`](super::report)). JSON bodies, like the DP commands; content never travels here.
 //!
@@ -23,6 +24,15 @@ pub enum SiteRequest {
     /// Parent → child: act on this signed instruction (hex of its encoding); the content it
     /// names was pushed before.
     Despool {
+        /// Hex of the signed instruction.
+        instruction: String,
+    },
+    /// Parent → child, just before the content is pushed: the same signed instruction, so the
+    /// child can start relaying the version onward while it arrives ([`relay`]). Acting on it
+    /// still waits for `despool`.
+    ///
+    /// [`relay`]: super::relay
+    Prepare {
         /// Hex of the signed instruction.
         instruction: String,
     },
@@ -50,6 +60,11 @@ pub enum SiteReply {
     Dropped {
         /// The version the child holds.
         newer: u32,
+    },
+    /// The child started relaying the prepared version to these sites and DPs (perhaps none).
+    Relaying {
+        /// Child sites and DPs.
+        to: Vec<String>,
     },
     /// The report was applied up to `seq`.
     Acked {
@@ -102,7 +117,7 @@ async fn answer(site: Arc<SiteServer>, conn: Conn, req: SiteRequest) -> SiteRepl
     // Before anything is read or written: instructions only from the configured parent,
     // reports only from configured children (the relations limit those roles).
     let needed = match &req {
-        SiteRequest::Despool { .. } => Request::SendInstruction,
+        SiteRequest::Despool { .. } | SiteRequest::Prepare { .. } => Request::SendInstruction,
         SiteRequest::Report { .. } => Request::ReportStatus,
     };
     if let Err(r) = conn.authorize(needed) {
@@ -116,6 +131,7 @@ async fn answer(site: Arc<SiteServer>, conn: Conn, req: SiteRequest) -> SiteRepl
         SiteRequest::Despool { instruction } => {
             super::despooler::despool(&site, &peer, &instruction).await
         }
+        SiteRequest::Prepare { instruction } => super::relay::prepare(&site, &peer, &instruction),
         SiteRequest::Report {
             sites,
             changes,

@@ -15,7 +15,7 @@ use crate::dp::command::{DpReply, DpRequest, PullState, Source, decode_reply, en
 use freight_core::{PackageId, SiteCode};
 use freight_transport::command;
 use freight_transport::session::{self, Offer, PushOptions, Resume};
-use freight_transport::{RouteLimiter, RouteThrottle, SystemClock};
+use freight_transport::{RouteLimiter, RouteThrottle};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -100,7 +100,7 @@ impl XferError {
     }
 }
 
-type Limiters = Arc<Mutex<HashMap<String, RouteLimiter>>>;
+use super::Limiters;
 
 /// Runs PkgXferMgr until DistMgr stops sending: every job received runs as its own task, and
 /// goes back on `ended` once its result is recorded.
@@ -109,7 +109,7 @@ pub async fn run(
     mut jobs: UnboundedReceiver<JobRow>,
     ended: UnboundedSender<JobRow>,
 ) {
-    let limiters: Limiters = Arc::default();
+    let limiters = site.dp_limiters.clone();
     loop {
         tokio::select! {
             j = jobs.recv() => {
@@ -264,18 +264,6 @@ async fn execute(
     }
 }
 
-/// The limiter of `dp`'s route, with its current windows.
-fn limiter(limiters: &Limiters, dp: &str, throttle: RouteThrottle) -> RouteLimiter {
-    let mut l = limiters.lock().unwrap_or_else(|p| p.into_inner());
-    let lim = l
-        .entry(dp.to_string())
-        .or_insert_with(|| RouteLimiter::new(throttle.clone(), Arc::new(SystemClock)));
-    if lim.throttle() != throttle {
-        lim.set_throttle(throttle);
-    }
-    lim.clone()
-}
-
 async fn push(
     site: &Arc<SiteServer>,
     j: &JobRow,
@@ -294,7 +282,7 @@ async fn push(
     let throttle = RouteThrottle::parse(&p.route.throttle)?;
     let opts = PushOptions {
         progress: Some(track(site, j.id)),
-        limiter: Some(limiter(limiters, &j.dp, throttle)),
+        limiter: Some(super::sender::route_limiter(limiters, &j.dp, throttle)),
         priority: j.priority,
     };
     let resume = Resume {

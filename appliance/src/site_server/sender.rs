@@ -7,7 +7,7 @@
 //! send is retried after the address's delay (2 retries, 1 minute apart, by default); a send
 //! cut by a crash is queued again at start-up and resumes from what the child stored.
 
-use super::peer::{SiteReply, SiteRequest, encode};
+use super::peer::{SiteReply, SiteRequest};
 use super::statmgr::Msg;
 use super::store::hierarchy::AddressRow;
 use super::store::sends::SendRow;
@@ -15,19 +15,14 @@ use super::{SiteServer, now, now_ms};
 use crate::model::SenderKind;
 use freight_core::instruction::{Instruction, InstructionKind, SignedInstruction};
 use freight_core::{PackageId, SiteCode};
-use freight_transport::command;
 use freight_transport::session::{self, Offer, PushOptions, Resume};
 use freight_transport::{RouteLimiter, RouteThrottle, SystemClock};
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Sends at once to all child sites (SPEC §6).
 pub const MAX_SENDS: usize = 5;
-
-/// Running sends per destination site.
-type Running = Arc<Mutex<HashMap<String, usize>>>;
 
 /// Runs the Sender until the process ends.
 pub async fn run(site: Arc<SiteServer>) {
@@ -36,10 +31,8 @@ pub async fn run(site: Arc<SiteServer>) {
         Ok(n) => tracing::info!(sends = n, "interrupted sends queued again"),
         Err(e) => tracing::error!(error = %e, "cannot requeue interrupted sends"),
     }
-    let running: Running = Arc::default();
-    let limiters: Arc<Mutex<HashMap<String, RouteLimiter>>> = Arc::default();
     loop {
-        let wait = match admit(&site, &running, &limiters) {
+        let wait = match admit(&site) {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "Sender could not read its outbox");
@@ -54,11 +47,7 @@ pub async fn run(site: Arc<SiteServer>) {
 }
 
 /// Starts every due send the limits allow; returns how long to wait before looking again.
-fn admit(
-    site: &Arc<SiteServer>,
-    running: &Running,
-    limiters: &Arc<Mutex<HashMap<String, RouteLimiter>>>,
-) -> Result<Duration, super::store::StoreError> {
+fn admit(site: &Arc<SiteServer>) -> Result<Duration, super::store::StoreError> {
     let due = site.store.read(|db| db.due_sends(now_ms()))?;
     // A due request held back (limits, a closed window) is looked at again when a send ends
     // (which wakes the Sender) and at least every second, for windows that open.
@@ -73,18 +62,6 @@ fn admit(
             // The address went since the query: `freight address add` wakes the Sender.
             continue;
         };
-        let per_site = address
-            .max_sends
-            .unwrap_or(site.cfg.sender_sends_per_site)
-            .max(1) as usize;
-        {
-            let r = running.lock().unwrap_or_else(|p| p.into_inner());
-            let total: usize = r.values().sum();
-            if total >= MAX_SENDS || r.get(&s.dest).copied().unwrap_or(0) >= per_site {
-                held = true;
-                continue;
-            }
-        }
         let Ok(throttle) = RouteThrottle::parse(&address.throttle) else {
             continue;
         };
@@ -97,37 +74,23 @@ fn admit(
             held = true;
             continue;
         }
-        let limiter = {
-            let mut l = limiters.lock().unwrap_or_else(|p| p.into_inner());
-            let lim = l
-                .entry(s.dest.clone())
-                .or_insert_with(|| RouteLimiter::new(throttle.clone(), Arc::new(SystemClock)));
-            if lim.throttle() != throttle {
-                lim.set_throttle(throttle);
-            }
-            lim.clone()
-        };
-        site.store.write(|db| db.mark_sending(s.id, now_ms()))?;
-        *running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(s.dest.clone())
-            .or_default() += 1;
-        let (site, running) = (site.clone(), running.clone());
+        if !take_slot(site, &s.dest, &address) {
+            held = true;
+            continue;
+        }
+        let limiter = route_limiter(&site.site_limiters, &s.dest, throttle);
+        if let Err(e) = site.store.write(|db| db.mark_sending(s.id, now_ms())) {
+            free_slot(site, &s.dest);
+            return Err(e);
+        }
+        let site = site.clone();
         tokio::spawn(async move {
             let mut pushing = Duration::ZERO;
             let (bytes, res) = send(&site, &s, &address, limiter, &mut pushing).await;
             if let Err(e) = finish(&site, &s, &address, bytes, pushing, res) {
                 tracing::error!(send = s.id, error = %e, "could not record a send's result; it runs again");
             }
-            if let Some(n) = running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&s.dest)
-            {
-                *n = n.saturating_sub(1);
-            }
-            site.sender_wake.notify_one();
+            free_slot(&site, &s.dest);
         });
     }
     if held {
@@ -137,6 +100,50 @@ fn admit(
     Ok(next.map_or(Duration::from_secs(5), |t| {
         Duration::from_millis((t - now_ms()).clamp(10, 5000) as u64)
     }))
+}
+
+/// Takes one of the pushes to `dest` its address allows (and one of [`MAX_SENDS`]) if free.
+pub(super) fn take_slot(site: &SiteServer, dest: &str, address: &AddressRow) -> bool {
+    let per_site = address
+        .max_sends
+        .unwrap_or(site.cfg.sender_sends_per_site)
+        .max(1) as usize;
+    let mut r = site.sends_running.lock().unwrap_or_else(|p| p.into_inner());
+    let total: usize = r.values().sum();
+    if total >= MAX_SENDS || r.get(dest).copied().unwrap_or(0) >= per_site {
+        return false;
+    }
+    *r.entry(dest.to_string()).or_default() += 1;
+    true
+}
+
+/// Gives back a slot [`take_slot`] took, and lets the Sender look at what it held.
+pub(super) fn free_slot(site: &SiteServer, dest: &str) {
+    if let Some(n) = site
+        .sends_running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(dest)
+    {
+        *n = n.saturating_sub(1);
+    }
+    site.sender_wake.notify_one();
+}
+
+/// The limiter of the route to `dest` in `limiters`, with the route's current windows.
+pub(super) fn route_limiter(
+    limiters: &super::Limiters,
+    dest: &str,
+    throttle: RouteThrottle,
+) -> RouteLimiter {
+    let mut l = limiters.lock().unwrap_or_else(|p| p.into_inner());
+    let lim = l
+        .entry(dest.to_string())
+        .or_insert_with(|| RouteLimiter::new(throttle.clone(), Arc::new(SystemClock)));
+    if lim.throttle() != throttle {
+        lim.set_throttle(throttle);
+    }
+    lim.clone()
 }
 
 /// One attempt: the content, then the instruction. Returns the bytes pushed and the result.
@@ -160,6 +167,18 @@ async fn send(
         .is_ok_and(|i| i.kind == InstructionKind::Remove);
     if removal {
         return (0, instruct(site, s, target).await);
+    }
+    // The instruction first as `prepare`, so the child can pass the content on while it
+    // arrives (a child that cannot, or an older Freight, still gets it the ordinary way).
+    let prepare = SiteRequest::Prepare {
+        instruction: super::despooler::to_hex(&s.instruction),
+    };
+    match super::relay::ask(site, target.0, target.1, &prepare).await {
+        Ok(SiteReply::Relaying { to }) if !to.is_empty() => {
+            tracing::info!(send = s.id, to = %s.dest, relays = ?to, "child relays while it receives")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(send = s.id, error = %e, "prepare not answered"),
     }
     let opts = PushOptions {
         progress: None,
@@ -198,23 +217,7 @@ async fn instruct(
     let req = SiteRequest::Despool {
         instruction: super::despooler::to_hex(&s.instruction),
     };
-    async {
-        let conn = site
-            .node
-            .connect(target.0, target.1)
-            .await
-            .map_err(|e| e.to_string())?;
-        let r = command::request(&conn, &encode(&req)).await;
-        conn.close("done");
-        let body = r.map_err(|e| e.to_string())?;
-        serde_json::from_slice::<SiteReply>(&body).map_err(|e| {
-            format!(
-                "site {} sent an answer this site does not understand ({e}); run the same Freight version on both",
-                s.dest
-            )
-        })
-    }
-    .await
+    super::relay::ask(site, target.0, target.1, &req).await
 }
 
 fn parse_target(s: &SendRow, a: &AddressRow) -> Result<(SocketAddr, SiteCode), String> {

@@ -29,6 +29,8 @@
 //! 4512 error    Sender      a send to a site failed its last attempt
 //! 4513 info     Sender      a courier parcel was written for a send request (pending)
 //! 4514 info     Sender      the child site confirmed a courier parcel arrived
+//! 4515 info     Sender      relayed a package version to a site or DP while it arrived here
+//! 4516 warning  Sender      a relay stopped; the Sender or PkgXferMgr sends the rest later
 //! 9100 info     audit       an administrator's request on the admin socket (who, what, answer)
 //! 9101 warning  audit       a peer's request the authorization table refused
 //! ```
@@ -228,6 +230,18 @@ const CATALOGUE: &[Entry] = &[
         "info",
         Component::Sender,
         "Site %3 confirmed it received the parcel of package %1 version %2.",
+    ),
+    Entry(
+        4515,
+        "info",
+        Component::Sender,
+        "Sender relayed package %1 version %2 to %3 while it arrived from the parent: %4 bytes in %5 s.",
+    ),
+    Entry(
+        4516,
+        "warning",
+        Component::Sender,
+        "Sender stopped relaying package %1 version %2 to %3 after %4 bytes: %5; the rest goes once the version is stored here.",
     ),
     Entry(
         8200,
