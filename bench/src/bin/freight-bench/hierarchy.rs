@@ -4,7 +4,8 @@
 //! - (a) three tiers: `distribute --site SS1` at the CAS until the CAS's rolled-up status shows
 //!   SS1's DP Installed, vs rsync CAS → PS1 → SS1 → DP (three rsyncs, one after the other);
 //! - (b) one hop: the same package from the CAS to its own DP (time ratio against (a));
-//! - (c) peak RSS of every daemon over the run (freight-measure, after SIGTERM).
+//! - (c) peak RSS of every daemon over the run (freight-measure, after SIGTERM);
+//! - the daemons' CPU time during (a) and (b), and the floor it puts under each on two cores.
 //!
 //! Each side runs once per `--runs` on fresh hosts (a package cannot be sent to a site twice
 //! without removing it from every tier first, which is not what is measured).
@@ -60,6 +61,10 @@ struct HierarchyReport {
     /// Medians: three tiers / one hop (goal ≤ 1.3).
     vs_one_hop: f64,
     vs_one_hop_met: bool,
+    /// CPU seconds all daemons used during the three tiers, per run.
+    three_tier_cpu_s: Vec<f64>,
+    /// CPU seconds all daemons used during the one hop, per run.
+    one_hop_cpu_s: Vec<f64>,
     /// Peak RSS per daemon, MiB, the highest over the runs.
     max_rss_mib: Vec<(String, f64)>,
     rss_met: bool,
@@ -85,6 +90,7 @@ pub fn hierarchy(args: &HierarchyArgs) -> Result<(), BenchError> {
     let sshd = Sshd::start(&root.join("ssh"))?;
     let (mut rsync_runs, mut chain_s) = (Vec::new(), Vec::new());
     let (mut tier_s, mut hop_s) = (Vec::new(), Vec::new());
+    let (mut tier_cpu, mut hop_cpu) = (Vec::new(), Vec::new());
     let mut rss: Vec<(String, f64)> = Vec::new();
     let mut difference = None;
     for run in 1..=common.runs {
@@ -234,6 +240,7 @@ pub fn hierarchy(args: &HierarchyArgs) -> Result<(), BenchError> {
         // The CAS routes to SS1 once PS1 reported it: the distribute is refused until then,
         // and the timer starts at the call that is accepted.
         let mut started = Instant::now();
+        let cpu_before = cpu(&daemons);
         wait(Duration::from_secs(60), || {
             started = Instant::now();
             Ok(at("cas", &["distribute", PACKAGE, "--site", "SS1"]).is_ok())
@@ -241,15 +248,20 @@ pub fn hierarchy(args: &HierarchyArgs) -> Result<(), BenchError> {
         .map_err(|_| BenchError::Failed("the CAS never learnt of SS1".into()))?;
         wait(Duration::from_secs(3600), || installed(&at, "SS1/ssdp"))?;
         let s = started.elapsed().as_secs_f64();
-        eprintln!("freight three tiers run {run}: {s:.2} s");
+        let c = cpu(&daemons) - cpu_before;
+        eprintln!("freight three tiers run {run}: {s:.2} s, {c:.1} CPU-s in the daemons");
         tier_s.push(s);
+        tier_cpu.push(c);
         harness::sync_filesystems();
+        let cpu_before = cpu(&daemons);
         let started = Instant::now();
         at("cas", &["distribute", PACKAGE, "--dp", "casdp"])?;
         wait(Duration::from_secs(3600), || installed(&at, "casdp"))?;
         let s = started.elapsed().as_secs_f64();
-        eprintln!("freight one hop run {run}: {s:.2} s");
+        let c = cpu(&daemons) - cpu_before;
+        eprintln!("freight one hop run {run}: {s:.2} s, {c:.1} CPU-s in the daemons");
         hop_s.push(s);
+        hop_cpu.push(c);
         for (name, d, _) in daemons.drain(..) {
             let m = d.stop()?.0.max_rss_mib();
             match rss.iter_mut().find(|r| r.0 == name) {
@@ -286,6 +298,8 @@ pub fn hierarchy(args: &HierarchyArgs) -> Result<(), BenchError> {
         vs_one_hop_met: tiers / hop <= GOAL_VS_ONE_HOP,
         rss_met: rss.iter().all(|r| r.1 <= GOAL_RSS_MIB),
         max_rss_mib: rss,
+        three_tier_cpu_s: tier_cpu,
+        one_hop_cpu_s: hop_cpu,
         rsync_chain_s: chain_s,
         three_tier_s: tier_s,
         one_hop_s: hop_s,
@@ -300,6 +314,15 @@ pub fn hierarchy(args: &HierarchyArgs) -> Result<(), BenchError> {
         )));
     }
     Ok(())
+}
+
+/// CPU seconds the daemons have used so far, all together.
+fn cpu(daemons: &[(String, Serve, String)]) -> f64 {
+    daemons
+        .iter()
+        .filter_map(|d| d.1.cpu_so_far())
+        .map(|c| c.as_secs_f64())
+        .sum()
 }
 
 /// A `freight` admin call at a site: (site, arguments) → standard output.
@@ -354,16 +377,37 @@ fn print_report(r: &HierarchyReport) {
     }
     println!();
     print!("{}", Table::of_runs(&r.rsync_runs));
-    let mut runs = Table::new(["run", "rsync chained s", "three tiers s", "one hop s"]);
+    let mut runs = Table::new([
+        "run",
+        "rsync chained s",
+        "three tiers s",
+        "CPU-s",
+        "one hop s",
+        "CPU-s",
+    ]);
     for i in 0..r.three_tier_s.len() {
         runs.row([
             (i + 1).to_string(),
             format!("{:.2}", r.rsync_chain_s[i]),
             format!("{:.2}", r.three_tier_s[i]),
+            format!("{:.1}", r.three_tier_cpu_s[i]),
             format!("{:.2}", r.one_hop_s[i]),
+            format!("{:.1}", r.one_hop_cpu_s[i]),
         ]);
     }
     print!("{runs}");
+    // The floor two cores put under each: the daemons' CPU time spread over both.
+    let (tc, hc) = (
+        harness::median(&r.three_tier_cpu_s),
+        harness::median(&r.one_hop_cpu_s),
+    );
+    println!(
+        "CPU floor on 2 cores: three tiers {:.1} s, one hop {:.1} s (ratio {:.2}); CPU per GiB per hop: {:.1} s",
+        tc / 2.0,
+        hc / 2.0,
+        tc / hc,
+        hc / (r.dataset.bytes as f64 / (1u64 << 30) as f64)
+    );
     let hop1 = SideStats::of("rsync hop 1", &r.rsync_runs).map_or(f64::NAN, |s| s.median_wall_s);
     println!("rsync one hop (median): {hop1:.2} s");
     for (name, m) in &r.max_rss_mib {

@@ -65,6 +65,23 @@ impl Serve {
         Ok((serve, addr))
     }
 
+    /// CPU time (user + system) the server has used so far, read from `/proc` (the server is
+    /// the child of its `freight-measure`); None when it cannot be read.
+    pub fn cpu_so_far(&self) -> Option<Duration> {
+        let wrapper = self.child.as_ref()?.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children")).ok()?;
+        let pid: u32 = children.split_whitespace().next()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name (which may hold spaces) start after its ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf has no memory preconditions.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+        Some(Duration::from_millis(ticks * 1000 / hz.max(1)))
+    }
+
     /// SIGTERM, then reap; peak RSS and CPU of the whole serve process.
     pub fn stop(mut self) -> Result<(Measurement, Vec<String>), BenchError> {
         let child = self.child.take().expect("running");
