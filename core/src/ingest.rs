@@ -626,33 +626,20 @@ fn absent_chunks(lib: &Library, base: &StoredManifest) -> Result<Option<HashSet<
     }
     let ids = ids.finish()?;
     if ids.len() < absent_pass_min() || ids.len().saturating_mul(8) < lib.chunk_count() as u64 {
+        tracing::debug!(base_chunks = ids.len(), "quick check: chunks looked up one by one");
         return Ok(None);
     }
     let mut absent = HashSet::new();
     let mut too_many = false;
-    let mut want = ids.reader();
-    let mut next = want.next_rec()?;
-    let mut note = |id: [u8; 32], absent: &mut HashSet<ChunkId>| {
+    lib.merge_missing_sorted(&ids, &mut |id| {
         if absent.len() < ABSENT_MAX {
-            absent.insert(ChunkId(id));
+            absent.insert(id);
         } else {
             too_many = true;
         }
-    };
-    lib.for_each_chunk(&mut |id, _| {
-        while let Some(w) = next.filter(|w| *w < id.0) {
-            note(w, &mut absent);
-            next = want.next_rec()?;
-        }
-        if next == Some(id.0) {
-            next = want.next_rec()?;
-        }
         Ok(())
     })?;
-    while let Some(w) = next {
-        note(w, &mut absent);
-        next = want.next_rec()?;
-    }
+    tracing::debug!(absent = absent.len(), too_many, "quick check: base chunks the library lacks");
     Ok((!too_many).then_some(absent))
 }
 

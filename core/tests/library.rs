@@ -646,3 +646,61 @@ fn a_read_only_view_beside_a_writer_changes_nothing_and_survives_its_gc() {
     assert!(r.report.is_clean() && r.damage.is_empty(), "{:?}", r.report);
     assert_eq!(r.report.versions, 1);
 }
+
+/// The chunks of a sorted list with repeats that a library lacks: each distinct one once, in
+/// order, by a lookup per ID and by one merge join with the index alike; an error from the
+/// callback ends the pass.
+#[test]
+fn missing_chunks_of_a_sorted_list_with_repeats_are_named_once() {
+    use freight_core::ChunkId;
+    use freight_core::spill::Sorter;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    generate(&src, &DatasetSpec::mixed(2 << 20, 5)).unwrap();
+    let mut lib = new_lib(&t.path().join("lib"), &LibraryConfig::default());
+    ingest_v(&mut lib, &src, "CAS00001", 1).unwrap();
+    let present: Vec<ChunkId> = lib
+        .manifest(&pid("CAS00001"), 1)
+        .unwrap()
+        .chunks()
+        .into_keys()
+        .collect();
+    assert!(present.len() > 5, "{} chunks", present.len());
+    let absent: Vec<ChunkId> = (0u8..6).map(|i| ChunkId([i.wrapping_mul(41); 32])).collect();
+    let mut sorter = Sorter::<32>::new(t.path(), 1 << 10);
+    for (i, id) in present.iter().chain(&absent).enumerate() {
+        // Every ID twice, some three times.
+        for _ in 0..(2 + i % 2) {
+            sorter.push(id.0).unwrap();
+        }
+    }
+    let ids = sorter.finish().unwrap();
+    let mut want = absent.clone();
+    want.sort();
+    for merge in [false, true] {
+        let mut got = Vec::new();
+        let mut note = |id| {
+            got.push(id);
+            Ok(())
+        };
+        if merge {
+            lib.merge_missing_sorted(&ids, &mut note).unwrap();
+        } else {
+            lib.for_each_missing_sorted(&ids, &mut note).unwrap();
+        }
+        assert_eq!(got, want, "merge join: {merge}");
+        // The first missing one stops the pass.
+        let mut calls = 0;
+        let err = lib
+            .merge_missing_sorted(&ids, &mut |id| {
+                calls += 1;
+                Err(freight_core::Error::MissingChunk {
+                    id: id.to_hex(),
+                    package: "CAS00001".into(),
+                    version: 1,
+                })
+            })
+            .unwrap_err();
+        assert_eq!(calls, 1, "{err}");
+    }
+}
