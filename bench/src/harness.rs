@@ -12,7 +12,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use freight_test_support::tree::walk;
@@ -55,7 +54,7 @@ impl Measurement {
 /// process (nothing reads the pipes while waiting); inherited, null or file stdio is fine. A
 /// child that exits unsuccessfully is not an error here: check [`Measurement::status`].
 pub fn measure(cmd: &mut Command) -> io::Result<Measurement> {
-    let report = wrap(cmd)?;
+    wrap(cmd)?;
     let start = Instant::now();
     let child = cmd.spawn().map_err(|e| {
         io::Error::new(
@@ -63,47 +62,43 @@ pub fn measure(cmd: &mut Command) -> io::Result<Measurement> {
             format!("spawning {}: {e}", cmd.get_program().to_string_lossy()),
         )
     })?;
-    wait_measured(child, start, report)
+    wait_measured(child, start)
 }
 
-/// Where the `freight-measure` of one wrapped command writes its figures.
-#[derive(Debug)]
-pub struct Report {
-    path: PathBuf,
+/// Marks a command [`wrap`] has prepared (in its environment, the one thing of a `Command`
+/// that can be read back), so that measuring it again does not wrap it twice.
+const WRAPPED: &str = "FREIGHT_MEASURE_WRAPPED";
+
+/// Where `freight-measure` reports on the child `pid` of this process: a name both sides can
+/// make without telling each other (the tool knows its own pid and its parent's).
+fn report_path(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("freight-measure-{}-{pid}", std::process::id()))
 }
 
-impl Report {
-    /// Reads (and removes) the report of a command that has ended.
-    fn take(self) -> io::Result<(u64, Duration, Duration)> {
-        let text = fs::read_to_string(&self.path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "freight-measure left no report at {} ({e}): the command did not start",
-                    self.path.display()
-                ),
-            )
-        })?;
-        let _ = fs::remove_file(&self.path);
-        let bad = || io::Error::other(format!("malformed freight-measure report {text:?}"));
-        let mut it = text.split_whitespace().map(|f| f.parse::<u64>());
-        let (Some(Ok(rss)), Some(Ok(user)), Some(Ok(system))) = (it.next(), it.next(), it.next())
-        else {
-            return Err(bad());
-        };
-        Ok((
-            rss,
-            Duration::from_micros(user),
-            Duration::from_micros(system),
-        ))
-    }
-}
-
-impl Drop for Report {
-    fn drop(&mut self) {
-        // A report that was never read (the benchmark failed first) is not left behind.
-        let _ = fs::remove_file(&self.path);
-    }
+/// Reads (and removes) the report on the child `pid`, which has ended.
+fn take_report(pid: u32) -> io::Result<(u64, Duration, Duration)> {
+    let path = report_path(pid);
+    let text = fs::read_to_string(&path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "freight-measure left no report at {} ({e}): the command did not start",
+                path.display()
+            ),
+        )
+    })?;
+    let _ = fs::remove_file(&path);
+    let bad = || io::Error::other(format!("malformed freight-measure report {text:?}"));
+    let mut it = text.split_whitespace().map(|f| f.parse::<u64>());
+    let (Some(Ok(rss)), Some(Ok(user)), Some(Ok(system))) = (it.next(), it.next(), it.next())
+    else {
+        return Err(bad());
+    };
+    Ok((
+        rss,
+        Duration::from_micros(user),
+        Duration::from_micros(system),
+    ))
 }
 
 /// Makes `cmd` run under `freight-measure`, so that its peak RSS is its own.
@@ -116,16 +111,15 @@ impl Drop for Report {
 /// command's usage; the error of a few MiB this leaves is the tool's own peak. Everything else
 /// set on `cmd` (stdio, environment, working folder) applies as before, because the exec
 /// happens in a pre-exec hook, after `Command` has set them up in the child.
-pub fn wrap(cmd: &mut Command) -> io::Result<Report> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
+///
+/// A command is wrapped once (a second call does nothing), so it can be measured run after
+/// run; its program, arguments and environment are taken as they are at the first call.
+pub fn wrap(cmd: &mut Command) -> io::Result<()> {
+    if cmd.get_envs().any(|(k, _)| k == WRAPPED) {
+        return Ok(());
+    }
+    cmd.env(WRAPPED, "1");
     let tool = measure_tool()?;
-    let report = Report {
-        path: std::env::temp_dir().join(format!(
-            "freight-measure-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )),
-    };
     let cstr = |s: &OsStr| {
         CString::new(s.as_bytes()).map_err(|_| {
             io::Error::new(
@@ -134,7 +128,10 @@ pub fn wrap(cmd: &mut Command) -> io::Result<Report> {
             )
         })
     };
-    let mut argv = vec![cstr(tool.as_os_str())?, cstr(report.path.as_os_str())?];
+    let mut argv = vec![
+        cstr(tool.as_os_str())?,
+        cstr(std::env::temp_dir().as_os_str())?,
+    ];
     argv.push(cstr(cmd.get_program())?);
     for a in cmd.get_args() {
         argv.push(cstr(a)?);
@@ -159,7 +156,7 @@ pub fn wrap(cmd: &mut Command) -> io::Result<Report> {
     // SAFETY: the hook runs in the forked child and only calls execve (async-signal-safe) on
     // strings prepared here, before the fork.
     unsafe { cmd.pre_exec(move || exec.run()) };
-    Ok(report)
+    Ok(())
 }
 
 /// An `execve` prepared before the fork: the strings and the NULL-terminated pointer arrays.
@@ -221,11 +218,10 @@ fn measure_tool() -> io::Result<PathBuf> {
     ))
 }
 
-/// Waits for `child` (spawned at `start` from a command given to [`wrap`], which returned
-/// `report`) to exit and measures it like [`measure`]: for a process started in the
-/// background, such as a server that is stopped with a signal. `child` must not have been
-/// waited for yet.
-pub fn wait_measured(child: Child, start: Instant, report: Report) -> io::Result<Measurement> {
+/// Waits for `child` (spawned at `start` from a command given to [`wrap`]) to exit and
+/// measures it like [`measure`]: for a process started in the background, such as a server
+/// that is stopped with a signal. `child` must not have been waited for yet.
+pub fn wait_measured(child: Child, start: Instant) -> io::Result<Measurement> {
     let pid = libc::pid_t::try_from(child.id())
         .map_err(|_| io::Error::other(format!("child pid {} out of range", child.id())))?;
     let mut status: libc::c_int = 0;
@@ -246,7 +242,7 @@ pub fn wait_measured(child: Child, start: Instant, report: Report) -> io::Result
     let wall = start.elapsed();
     // The child is reaped; dropping `Child` neither waits nor kills.
     drop(child);
-    let (max_rss_kib, user, system) = report.take()?;
+    let (max_rss_kib, user, system) = take_report(pid as u32)?;
     Ok(Measurement {
         wall,
         max_rss_kib,

@@ -41,6 +41,16 @@ fn the_environment_and_working_folder_pass_through() {
 }
 
 #[test]
+fn one_command_is_measured_run_after_run() {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exit 4"]);
+    for _ in 0..3 {
+        let m = measure(cmd.stdin(Stdio::null())).unwrap();
+        assert_eq!(m.status.code(), Some(4));
+    }
+}
+
+#[test]
 fn peak_rss_covers_waited_descendants() {
     // The shell waits for dd, which fills a 64 MiB buffer.
     let script = "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; true";
@@ -70,13 +80,13 @@ fn a_big_benchmark_does_not_lend_its_peak_to_a_small_child() {
 fn a_server_stopped_with_sigterm_is_measured() {
     let mut cmd = Command::new("sleep");
     cmd.arg("30").stdin(Stdio::null());
-    let report = wrap(&mut cmd).unwrap();
+    wrap(&mut cmd).unwrap();
     let start = Instant::now();
     let child = cmd.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let m = wait_measured(child, start, report).unwrap();
+    let m = wait_measured(child, start).unwrap();
     assert_eq!(m.status.signal(), Some(libc::SIGTERM));
     assert!(m.wall < Duration::from_secs(10));
     assert!(m.max_rss_kib > 0);

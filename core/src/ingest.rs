@@ -626,7 +626,10 @@ fn absent_chunks(lib: &Library, base: &StoredManifest) -> Result<Option<HashSet<
     }
     let ids = ids.finish()?;
     if ids.len() < absent_pass_min() || ids.len().saturating_mul(8) < lib.chunk_count() as u64 {
-        tracing::debug!(base_chunks = ids.len(), "quick check: chunks looked up one by one");
+        tracing::debug!(
+            base_chunks = ids.len(),
+            "quick check: chunks looked up one by one"
+        );
         return Ok(None);
     }
     let mut absent = HashSet::new();
@@ -639,7 +642,11 @@ fn absent_chunks(lib: &Library, base: &StoredManifest) -> Result<Option<HashSet<
         }
         Ok(())
     })?;
-    tracing::debug!(absent = absent.len(), too_many, "quick check: base chunks the library lacks");
+    tracing::debug!(
+        absent = absent.len(),
+        too_many,
+        "quick check: base chunks the library lacks"
+    );
     Ok((!too_many).then_some(absent))
 }
 

@@ -1255,13 +1255,14 @@ impl Library {
         let mut want = ids.reader();
         let mut next = want.next_rec()?;
         // Takes `w` (missing) to `f` and moves past its repeats.
-        let mut missing = |w: [u8; 32], next: &mut Option<[u8; 32]>, want: &mut SortedReader<'_, 32>| {
-            f(ChunkId(w))?;
-            while *next == Some(w) {
-                *next = want.next_rec()?;
-            }
-            Ok::<_, Error>(())
-        };
+        let mut missing =
+            |w: [u8; 32], next: &mut Option<[u8; 32]>, want: &mut SortedReader<'_, 32>| {
+                f(ChunkId(w))?;
+                while *next == Some(w) {
+                    *next = want.next_rec()?;
+                }
+                Ok::<_, Error>(())
+            };
         self.for_each_chunk(&mut |id, _| {
             while let Some(w) = next.filter(|w| *w < id.0) {
                 missing(w, &mut next, &mut want)?;

@@ -666,7 +666,9 @@ fn missing_chunks_of_a_sorted_list_with_repeats_are_named_once() {
         .into_keys()
         .collect();
     assert!(present.len() > 5, "{} chunks", present.len());
-    let absent: Vec<ChunkId> = (0u8..6).map(|i| ChunkId([i.wrapping_mul(41); 32])).collect();
+    let absent: Vec<ChunkId> = (0u8..6)
+        .map(|i| ChunkId([i.wrapping_mul(41); 32]))
+        .collect();
     let mut sorter = Sorter::<32>::new(t.path(), 1 << 10);
     for (i, id) in present.iter().chain(&absent).enumerate() {
         // Every ID twice, some three times.

@@ -1,5 +1,6 @@
-//! `freight-measure REPORT PROGRAM [ARGS...]`: runs PROGRAM and writes the resource usage of it
-//! (and of the descendants it waited for) to the file REPORT as `maxrss_kib user_us system_us`.
+//! `freight-measure DIR PROGRAM [ARGS...]`: runs PROGRAM and writes the resource usage of it
+//! (and of the descendants it waited for) as `maxrss_kib user_us system_us` to the file
+//! `DIR/freight-measure-<parent pid>-<own pid>`, the name the harness that started it expects.
 //!
 //! Why a process of its own: `wait4` reports a child's peak RSS as the largest of its own
 //! `maxrss`, and Linux seeds that with the high-water mark of the memory image the child's
@@ -36,16 +37,25 @@ extern "C" fn forward(sig: libc::c_int) {
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    let (Some(report), Some(program)) = (args.next(), args.next()) else {
-        eprintln!("usage: freight-measure REPORT PROGRAM [ARGS...]");
+    let (Some(dir), Some(program)) = (args.next(), args.next()) else {
+        eprintln!("usage: freight-measure DIR PROGRAM [ARGS...]");
         return ExitCode::from(2);
     };
+    let report = std::path::Path::new(&dir).join(format!(
+        "freight-measure-{}-{}",
+        std::os::unix::process::parent_id(),
+        std::process::id()
+    ));
     let rest: Vec<OsString> = args.collect();
     for sig in FORWARDED {
         // SAFETY: `forward` only touches atomics and calls kill, both async-signal-safe.
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
     }
-    let child = match Command::new(&program).args(&rest).spawn() {
+    let child = match Command::new(&program)
+        .args(&rest)
+        .env_remove("FREIGHT_MEASURE_WRAPPED")
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!(

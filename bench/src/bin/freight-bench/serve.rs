@@ -18,8 +18,6 @@ const SERVE_READY: Duration = Duration::from_secs(60);
 pub struct Serve {
     child: Option<Child>,
     started: Instant,
-    /// Where `freight-measure` reports the server's peak RSS and CPU.
-    report: Option<harness::Report>,
     /// Its standard output after the readiness line, one line at a time.
     lines: mpsc::Receiver<String>,
 }
@@ -31,7 +29,7 @@ impl Serve {
         cmd: &mut Command,
         ready: impl Fn(&str) -> Option<String>,
     ) -> Result<(Serve, String), BenchError> {
-        let report = harness::wrap(cmd).map_err(ctx(format!("measuring {}", command_line(cmd))))?;
+        harness::wrap(cmd).map_err(ctx(format!("measuring {}", command_line(cmd))))?;
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -51,7 +49,6 @@ impl Serve {
         let serve = Serve {
             child: Some(child),
             started,
-            report: Some(report),
             lines,
         };
         let line = serve.lines.recv_timeout(SERVE_READY).map_err(|_| {
@@ -86,8 +83,7 @@ impl Serve {
     pub fn stop(mut self) -> Result<(Measurement, Vec<String>), BenchError> {
         let child = self.child.take().expect("running");
         terminate(&child);
-        let report = self.report.take().expect("running");
-        let m = harness::wait_measured(child, self.started, report)?;
+        let m = harness::wait_measured(child, self.started)?;
         let lines = self.lines.try_iter().collect();
         Ok((m, lines))
     }
