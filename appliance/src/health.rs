@@ -190,9 +190,19 @@ fn label(v: &str) -> String {
 async fn metrics(State(h): State<Arc<Health>>) -> Response {
     let counts = h.counts().await;
     let mut m = String::new();
-    family(&mut m, "freight_ready", "gauge", "1 once freightd is ready.");
+    family(
+        &mut m,
+        "freight_ready",
+        "gauge",
+        "1 once freightd is ready.",
+    );
     let _ = writeln!(m, "freight_ready {}", u8::from(h.is_ready()));
-    family(&mut m, "freight_build_info", "gauge", "This freightd's version, roles and site.");
+    family(
+        &mut m,
+        "freight_build_info",
+        "gauge",
+        "This freightd's version, roles and site.",
+    );
     let _ = writeln!(
         m,
         "freight_build_info{{version=\"{}\",roles=\"{}\",site=\"{}\"}} 1",
@@ -200,8 +210,17 @@ async fn metrics(State(h): State<Arc<Health>>) -> Response {
         label(&h.roles),
         label(&h.code)
     );
-    family(&mut m, "freight_uptime_seconds", "gauge", "Seconds since freightd started.");
-    let _ = writeln!(m, "freight_uptime_seconds {}", h.started.elapsed().as_secs());
+    family(
+        &mut m,
+        "freight_uptime_seconds",
+        "gauge",
+        "Seconds since freightd started.",
+    );
+    let _ = writeln!(
+        m,
+        "freight_uptime_seconds {}",
+        h.started.elapsed().as_secs()
+    );
     family(
         &mut m,
         "freight_free_bytes",
@@ -287,7 +306,12 @@ async fn metrics(State(h): State<Arc<Health>>) -> Response {
                     label(site)
                 );
             }
-            family(&mut m, "freight_packages", "gauge", "Packages at this site.");
+            family(
+                &mut m,
+                "freight_packages",
+                "gauge",
+                "Packages at this site.",
+            );
             let _ = writeln!(m, "freight_packages {}", c.packages);
             family(
                 &mut m,
@@ -298,11 +322,7 @@ async fn metrics(State(h): State<Arc<Health>>) -> Response {
             let _ = writeln!(m, "freight_installed_copies {}", c.installed_copies);
         }
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m).into_response()
 }
 
 #[cfg(test)]
@@ -416,7 +436,10 @@ mod tests {
             m.contains("freight_route_sent_bytes_total{route=\"dp\",to=\"dp2\"} 24\n"),
             "{m}"
         );
-        assert!(m.contains("freight_queue_depth{queue=\"dp_targets\"} 1\n"), "{m}");
+        assert!(
+            m.contains("freight_queue_depth{queue=\"dp_targets\"} 1\n"),
+            "{m}"
+        );
         let failures: u64 = m
             .lines()
             .find_map(|l| l.strip_prefix("freight_chunk_verify_failures_total "))

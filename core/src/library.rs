@@ -2450,14 +2450,13 @@ pub fn decode_chunk(
     loc: &Loc,
     stored: &[u8],
 ) -> std::result::Result<Vec<u8>, String> {
-    let res = with_raw(loc, stored, |raw| (ChunkId::of(raw), raw.to_vec())).and_then(
-        |(hash, data)| {
+    let res =
+        with_raw(loc, stored, |raw| (ChunkId::of(raw), raw.to_vec())).and_then(|(hash, data)| {
             if hash != *id {
                 return Err("hash mismatch".into());
             }
             Ok(data)
-        },
-    );
+        });
     if res.is_err() {
         crate::counters::chunk_verify_failed();
     }

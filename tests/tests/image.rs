@@ -23,7 +23,10 @@ fn heavy_the_appliance_image_pairs_distributes_upgrades_and_refuses_bad_input() 
         .status()
         .expect("image/test could not be started");
     let took = started.elapsed();
-    assert!(status.success(), "image/test failed ({status}) after {took:?}");
+    assert!(
+        status.success(),
+        "image/test failed ({status}) after {took:?}"
+    );
     assert!(
         took <= BUDGET,
         "image/test passed but took {took:?}, over its {BUDGET:?} budget"

@@ -82,7 +82,9 @@ impl Db<'_> {
             dp_targets_pending: count(
                 "SELECT count(*) FROM package_targets WHERE action != 'none'",
             )?,
-            site_targets_pending: count("SELECT count(*) FROM site_targets WHERE action != 'none'")?,
+            site_targets_pending: count(
+                "SELECT count(*) FROM site_targets WHERE action != 'none'",
+            )?,
             // Every DP, even one nothing was sent to yet: its series starts at 0.
             bytes_to_dps: per_route(
                 "SELECT d.name, COALESCE(SUM(j.bytes_sent), 0) FROM dps d
