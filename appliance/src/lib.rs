@@ -12,6 +12,7 @@ pub mod cli;
 pub mod content;
 pub mod daemon;
 pub mod dp;
+pub mod health;
 pub mod home;
 pub mod logging;
 pub mod model;

@@ -10,6 +10,7 @@ pub mod chunk_table;
 pub mod chunker;
 pub mod codec;
 pub mod config;
+pub mod counters;
 pub mod engine;
 pub mod error;
 pub mod gc;

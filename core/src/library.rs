@@ -2516,17 +2516,28 @@ pub fn decode_chunk(
     loc: &Loc,
     stored: &[u8],
 ) -> std::result::Result<Vec<u8>, String> {
-    let (hash, data) = with_raw(loc, stored, |raw| (ChunkId::of(raw), raw.to_vec()))?;
-    if hash != *id {
-        return Err("hash mismatch".into());
+    let res =
+        with_raw(loc, stored, |raw| (ChunkId::of(raw), raw.to_vec())).and_then(|(hash, data)| {
+            if hash != *id {
+                return Err("hash mismatch".into());
+            }
+            Ok(data)
+        });
+    if res.is_err() {
+        crate::counters::chunk_verify_failed();
     }
-    Ok(data)
+    res
 }
 
 /// Checks stored chunk bytes against their ID without keeping the uncompressed bytes.
 pub fn check_chunk(id: &ChunkId, loc: &Loc, stored: &[u8]) -> std::result::Result<(), String> {
-    if with_raw(loc, stored, ChunkId::of)? != *id {
-        return Err("hash mismatch".into());
+    let res = match with_raw(loc, stored, ChunkId::of) {
+        Ok(hash) if hash == *id => Ok(()),
+        Ok(_) => Err("hash mismatch".into()),
+        Err(e) => Err(e),
+    };
+    if res.is_err() {
+        crate::counters::chunk_verify_failed();
     }
-    Ok(())
+    res
 }

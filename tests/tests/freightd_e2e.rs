@@ -380,8 +380,9 @@ fn freightd_refuses_a_bad_config_a_locked_library_and_an_unreadable_key() {
             .arg(config)
             .output()
             .unwrap();
-        assert!(!out.status.success());
         let err = String::from_utf8(out.stderr).unwrap();
+        // 78: a refused start, which the appliance's unit does not restart.
+        assert_eq!(out.status.code(), Some(78), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         err
     };
@@ -889,6 +890,51 @@ fn validation_runs_on_its_schedule_and_reports_a_corrupt_copy() {
         s.message_ids(&id, None).contains(&2386)
     });
     site.wait_for("Failed", SETTLE, |s| s.status(&id)[0].1 == "Failed");
+}
+
+/// `[health] listen` on a real site server: /health is ready with its queues, and /metrics
+/// count the job of a distribution and the bytes it sent to the DP.
+#[test]
+fn the_health_endpoint_and_metrics_of_a_real_site_server() {
+    let net = Net::new();
+    let health = format!("127.0.0.1:{}", free_port());
+    let (site, _dp) = net.site_and_dp(&format!("[health]\nlisten = \"{health}\"\n"));
+    let src = net.p("src");
+    noise_tree(&src, 3, "health");
+    let id = site.create("h", &src);
+    site.act(&id, "distribute", json!({"dps": ["dp1"]}));
+    site.settle(SETTLE);
+    let get = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{health}{path}"),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let (code, body) = get("/health");
+    assert_eq!(code, "200", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ready", "{body}");
+    assert_eq!(v["site"], "PS1", "{body}");
+    assert_eq!(v["installed_copies"], 1, "{body}");
+    assert_eq!(v["queues"]["jobs_waiting"], 0, "{body}");
+    let (code, m) = get("/metrics");
+    assert_eq!(code, "200", "{m}");
+    assert!(m.contains("freight_jobs{state=\"done\"} 1\n"), "{m}");
+    let sent: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("freight_route_sent_bytes_total{route=\"dp\",to=\"dp1\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent > 0, "{m}");
 }
 
 #[test]

@@ -26,6 +26,7 @@ fn main() {
     let args = Args::parse();
     if let Err(e) = freight_appliance::daemon::run(&args.config, args.io) {
         eprintln!("freightd: {e}");
-        std::process::exit(1);
+        // 78 for a refused start (nothing a restart changes), 1 after readiness.
+        std::process::exit(freight_appliance::daemon::exit_status());
     }
 }

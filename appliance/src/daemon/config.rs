@@ -25,7 +25,13 @@
 //! http_max_connections = 4096   # connections at once; lowered to (RLIMIT_NOFILE - 512) / 2
 //! http_max_per_address = 64     # connections at once from one client address (raise behind NAT)
 //! http_max_listings = 4         # package listings sent at once; more wait up to 10 s, then 503
+//!
+//! [health]                      # optional: monitoring over plain HTTP (see `crate::health`)
+//! listen = "0.0.0.0:9100"       # GET /health (JSON; 503 until ready), GET /metrics (Prometheus)
 //! ```
+//! The health listener is separate from the DP's content server and the admin socket: it says
+//! nothing a monitoring system should not see (counts, free space, versions), takes no
+//! input, and can be firewalled apart. Without a `[health]` section there is none.
 //! Relative paths are taken from the config file's folder. Unknown keys are refused, so a
 //! typo never silently falls back to a default.
 
@@ -82,6 +88,16 @@ pub struct DaemonConfig {
     pub site: Option<SiteRole>,
     /// The DP role.
     pub dp: Option<DpRole>,
+    /// The health endpoint and Prometheus metrics.
+    pub health: Option<HealthRole>,
+}
+
+/// Settings of the health and metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthRole {
+    /// Plain HTTP address of `GET /health` and `GET /metrics`.
+    pub listen: SocketAddr,
 }
 
 /// Settings of the site server role (SPEC §6 defaults).

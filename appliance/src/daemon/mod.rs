@@ -1,6 +1,7 @@
 //! `freightd`: starts the roles of its config, says when it is ready, and stops cleanly on
 //! SIGTERM. Everything that can be wrong with the host (config, key, library lock, ports) is
-//! checked before the readiness line, so a bad start is one line and exit status 1.
+//! checked before the readiness line, so a bad start is one line and exit status
+//! [`EXIT_START_REFUSED`] (78); a failure after readiness exits with status 1.
 
 pub mod config;
 
@@ -21,8 +22,27 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The start of the readiness line; `ROLES CODE; quic ADDR[; http ADDR][; admin SOCKET]` follows.
+/// The start of the readiness line; `ROLES CODE; quic ADDR[; http ADDR][; health ADDR][; admin SOCKET]`
+/// follows.
 pub const READY_PREFIX: &str = "freightd ready: ";
+
+/// Exit status of a start refused before readiness (sysexits' `EX_CONFIG`): the config, the
+/// site folder, the library or the database must change before a new start can succeed, so
+/// the appliance's unit does not restart on it (`RestartPreventExitStatus=78`) and the one
+/// line naming the fix stays the last thing on the console.
+pub const EXIT_START_REFUSED: i32 = 78;
+
+static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The exit status for an error [`run`] returned: [`EXIT_START_REFUSED`] before readiness,
+/// 1 after it (a runtime failure a restart may cure).
+pub fn exit_status() -> i32 {
+    if READY.load(std::sync::atomic::Ordering::Acquire) {
+        1
+    } else {
+        EXIT_START_REFUSED
+    }
+}
 
 /// Reads a readiness line: what follows [`READY_PREFIX`] and its `key value` fields (`quic`,
 /// `http`, `admin`, after the roles); None if `line` is not the readiness line.
@@ -200,6 +220,36 @@ async fn serve(
             s.clone(),
         )?);
     }
+    // Health and metrics: bound before readiness like every other port, answering 503 until
+    // the readiness line.
+    let mut health = None;
+    if let Some(hc) = &cfg.health {
+        let listener = std::net::TcpListener::bind(hc.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| {
+                DaemonError::Listen(format!(
+                    "health endpoint: cannot listen on {} ({e}); choose a free [health] listen address",
+                    hc.listen
+                ))
+            })?;
+        ready.push(format!("health {}", listener.local_addr()?));
+        let mut paths = vec![("library", cfg.library.clone()), ("home", cfg.home.clone())];
+        if let Some(db) = cfg.site.as_ref().and_then(|s| s.database.parent()) {
+            paths.push(("database", db.to_path_buf()));
+        }
+        let view = site_server
+            .clone()
+            .map(|s| s as Arc<dyn crate::health::StoreView>);
+        let h = crate::health::Health::new(roles(&cfg), home.code.as_str(), paths, view);
+        let app = crate::health::router(h.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "health endpoint stopped");
+            }
+        });
+        health = Some(h);
+    }
     // Command streams: a site server answers its parent's instructions and its children's
     // reports (and passes DP commands on when the host is a DP too).
     let handler: Option<Arc<dyn CommandHandler>> = match &site_server {
@@ -243,9 +293,13 @@ async fn serve(
     }
 
     // Readiness: systemd hears it through sd_notify; tests and scripts wait for this line.
+    READY.store(true, std::sync::atomic::Ordering::Release);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     println!("{READY_PREFIX}{}", ready.join("; "));
     std::io::stdout().flush()?;
+    if let Some(h) = &health {
+        h.set_ready();
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

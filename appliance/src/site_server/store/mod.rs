@@ -49,6 +49,7 @@
 //! Times are unix seconds except `distribution_jobs.next_attempt` (milliseconds: retry delays
 //! are short in tests).
 
+pub mod health;
 pub mod hierarchy;
 pub mod schema;
 pub mod sends;
@@ -90,7 +91,7 @@ pub enum StoreError {
     },
     /// The file was written by a newer Freight.
     #[error(
-        "{path}: site database is at schema version {found}, this freight knows up to {known}; upgrade freight (never downgrade a site)"
+        "{path}: site database was written by a newer Freight (schema version {found}, this freight knows up to {known}); upgrade freight (never downgrade a site)"
     )]
     TooNew {
         /// The database file.
@@ -235,6 +236,15 @@ impl Store {
         let out = f(&Db { c: &tx })?;
         tx.commit().map_err(StoreError::from)?;
         Ok(out)
+    }
+
+    /// Runs raw SQL in one transaction: tests set up rows the API has no verb for.
+    #[cfg(test)]
+    pub(crate) fn write_sql_for_tests(&self, sql: &str) {
+        let mut conn = self.conn();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(sql).unwrap();
+        tx.commit().unwrap();
     }
 
     /// Runs `f` on one consistent view of the database (a read transaction).
