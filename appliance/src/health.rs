@@ -29,6 +29,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// The health listener's limits: a few monitoring clients at once, short deadlines (a probe
+/// asks and goes), served by the DP content server's accept loop (`dp::http_server`).
+pub const LIMITS: crate::dp::http_server::Limits = crate::dp::http_server::Limits {
+    header_timeout: std::time::Duration::from_secs(5),
+    idle_timeout: std::time::Duration::from_secs(10),
+    send_timeout: std::time::Duration::from_secs(10),
+    max_connections: 32,
+    max_per_address: 8,
+    max_listings: 1,
+};
+
 /// What the endpoint reports on: the host's identity, its folders and its site database.
 pub struct Health {
     ready: AtomicBool,

@@ -8,7 +8,7 @@ use freight_tests::hosts::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde_json::json;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SETTLE: Duration = Duration::from_secs(90);
 
@@ -935,6 +935,29 @@ fn the_health_endpoint_and_metrics_of_a_real_site_server() {
         .parse()
         .unwrap();
     assert!(sent > 0, "{m}");
+
+    // Idle and slow clients of the monitoring port: 40 connections that never send a request
+    // (more than the listener takes from one address) are closed by the server (its header
+    // deadline, 5 s, or a refusal at once), so they hold nothing for long, and a probe is
+    // answered again afterwards.
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .filter_map(|_| std::net::TcpStream::connect(&health).ok())
+        .collect();
+    assert!(!idle.is_empty());
+    let closed_by = Instant::now() + Duration::from_secs(20);
+    for mut c in idle {
+        let left = closed_by.saturating_duration_since(Instant::now());
+        c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let r = std::io::Read::read(&mut c, &mut buf);
+        assert!(
+            r.is_ok() || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "an idle health connection was still open after 20 s: {r:?}"
+        );
+    }
+    let (code, body) = get("/health");
+    assert_eq!(code, "200", "a probe after 40 idle connections: {body}");
 }
 
 #[test]

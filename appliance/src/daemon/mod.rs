@@ -243,11 +243,15 @@ async fn serve(
             .map(|s| s as Arc<dyn crate::health::StoreView>);
         let h = crate::health::Health::new(roles(&cfg), home.code.as_str(), paths, view);
         let app = crate::health::router(h.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "health endpoint stopped");
-            }
-        });
+        // The content server's accept loop, with a small share of the descriptors: an idle or
+        // slow client of the monitoring port is timed out and evicted like one of the DP's,
+        // and can never take the descriptors the rest of freightd needs.
+        tokio::spawn(crate::dp::http_server::serve(
+            listener,
+            app,
+            crate::health::LIMITS,
+            nofile,
+        ));
         health = Some(h);
     }
     // Command streams: a site server answers its parent's instructions and its children's

@@ -100,9 +100,16 @@ pub struct SiteServer {
     /// Pushes running to each child site (the Sender's sends and relays), against the
     /// address's limit and [`sender::MAX_SENDS`].
     pub sends_running: Mutex<HashMap<String, usize>>,
-    /// Relays under way: (package, version, destination site or DP).
-    pub relays: Mutex<std::collections::HashSet<(String, u32, String)>>,
+    /// Relays under way and the latest ended ones: (package, version, destination site or
+    /// DP) (see `relay`).
+    pub relays: Mutex<(
+        std::collections::HashSet<RelayKey>,
+        std::collections::VecDeque<RelayKey>,
+    )>,
 }
+
+/// A relay: package, version, destination.
+pub type RelayKey = (String, u32, String);
 
 /// Route limiters by destination, each shared by every push on that route.
 pub type Limiters = Arc<Mutex<HashMap<String, freight_transport::RouteLimiter>>>;

@@ -131,7 +131,9 @@ async fn answer(site: Arc<SiteServer>, conn: Conn, req: SiteRequest) -> SiteRepl
         SiteRequest::Despool { instruction } => {
             super::despooler::despool(&site, &peer, &instruction).await
         }
-        SiteRequest::Prepare { instruction } => super::relay::prepare(&site, &peer, &instruction),
+        SiteRequest::Prepare { instruction } => {
+            super::relay::prepare(&site, &peer, &instruction).await
+        }
         SiteRequest::Report {
             sites,
             changes,

@@ -39,7 +39,7 @@ pub const DP_RELAYS: usize = 5;
 
 /// Answers a parent's `prepare`: checks its instruction like the Despooler and starts the
 /// relays it calls for.
-pub fn prepare(site: &Arc<SiteServer>, peer: &PublicIdentity, hex: &str) -> SiteReply {
+pub async fn prepare(site: &Arc<SiteServer>, peer: &PublicIdentity, hex: &str) -> SiteReply {
     let Checked { ins, package } = match despooler::check(site, peer, hex) {
         Ok(c) => c,
         Err(r) => return r.into(),
@@ -66,6 +66,16 @@ pub fn prepare(site: &Arc<SiteServer>, peer: &PublicIdentity, hex: &str) -> Site
                 permanent: false,
             };
         }
+    }
+    // Already whole here (the parent's own send after a relay, or a re-delivery): the
+    // ordinary path sends it on from the library; a relay would add nothing.
+    let (pid, version) = (ins.package.clone(), ins.version);
+    let stored = site
+        .lib
+        .read_async(move |l| l.manifest_dir().open_manifest(&pid, version).is_ok())
+        .await;
+    if stored.unwrap_or(false) {
+        return SiteReply::Relaying { to: Vec::new() };
     }
     SiteReply::Relaying {
         to: start(site, &ins, &def),
@@ -196,19 +206,29 @@ fn start(site: &Arc<SiteServer>, ins: &Instruction, def: &Definition) -> Vec<Str
     started
 }
 
-/// Marks a relay of `ins`'s version to `key` as running; false when one already is.
+/// Marks a relay of `ins`'s version to `key` as running; false when one is running or has
+/// ended lately (a second `prepare` of the same version, such as the parent's own send after
+/// its relay, starts nothing twice).
 fn claim(site: &SiteServer, ins: &Instruction, key: &str) -> bool {
-    site.relays
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert((ins.package.to_string(), ins.version, key.to_string()))
+    let k = (ins.package.to_string(), ins.version, key.to_string());
+    let mut r = site.relays.lock().unwrap_or_else(|p| p.into_inner());
+    if r.1.contains(&k) {
+        return false;
+    }
+    r.0.insert(k)
 }
 
+/// Relays remembered as ended, at most (oldest forgotten first).
+const ENDED_KEPT: usize = 1024;
+
 fn release(site: &SiteServer, ins: &Instruction, key: &str) {
-    site.relays
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&(ins.package.to_string(), ins.version, key.to_string()));
+    let k = (ins.package.to_string(), ins.version, key.to_string());
+    let mut r = site.relays.lock().unwrap_or_else(|p| p.into_inner());
+    r.0.remove(&k);
+    if r.1.len() == ENDED_KEPT {
+        r.1.pop_front();
+    }
+    r.1.push_back(k);
 }
 
 /// This site's `prepare` for child `hop`, naming the final `sites` reached through it: the
