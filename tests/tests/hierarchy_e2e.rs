@@ -563,6 +563,23 @@ fn the_despooler_refuses_forged_foreign_and_misdirected_instructions_and_drops_o
         .filter(|m| m["id"] == 4401)
         .count();
     assert_eq!(n, 5, "{all}");
+    // A `prepare` (the relay's head start) passes the same checks: not from a child, not
+    // forged, not for another site; an older version is dropped.
+    let prepare = |node: &freight_transport::quic::Node, to: &Host, ins: &Instruction, key| {
+        let instruction = freight_core::text::hex(&ins.sign(key).unwrap().encode());
+        site_request(&rt, node, to, &SiteRequest::Prepare { instruction })
+    };
+    refused_with(
+        &prepare(&as_ps1, &cas, &base, &cas_key),
+        "may not send instructions",
+        true,
+    );
+    refused_with(&prepare(&node, &ps1, &base, &forger), "signature", true);
+    refused_with(&prepare(&node, &ps1, &other, &cas_key), "SS9", true);
+    assert_eq!(
+        prepare(&node, &ps1, &base, &cas_key),
+        SiteReply::Dropped { newer: 2 }
+    );
     // PS1 still holds version 2 and nothing else changed.
     let v = ps1.ok("GET", &format!("/v1/packages/{id}"), None);
     assert_eq!(v["package"]["version"], 2);

@@ -673,6 +673,9 @@ async fn push_inner(
     Ok(())
 }
 
+/// Chunks a relay looks up at a time, at most (see `feed_relay`).
+const RELAY_LOOKUPS: usize = 8192;
+
 /// A chunk read for sending: ID, uncompressed length, flags, stored bytes.
 type ReadChunk = (ChunkId, u32, u8, Vec<u8>);
 
@@ -692,10 +695,14 @@ async fn feed_relay(
     let mut arrivals = lib.arrivals();
     // Progress is a chunk of this version arriving, not any commit (other sessions' too).
     let mut deadline = tokio::time::Instant::now() + stall;
+    // Whether the last look found chunks: then the next look needs no new commit (what it
+    // checks may all be here already).
+    let mut found = false;
     while !arriving.is_empty() {
-        if tokio::time::timeout_at(deadline, arrivals.changed())
-            .await
-            .map_or(true, |r| r.is_err())
+        if !found
+            && tokio::time::timeout_at(deadline, arrivals.changed())
+                .await
+                .map_or(true, |r| r.is_err())
         {
             let _ = errors
                 .send(Err(Error::Connection {
@@ -710,16 +717,22 @@ async fn feed_relay(
             return;
         }
         arrivals.borrow_and_update();
-        let todo = std::mem::take(&mut arriving);
-        let (view, rest) = match lib.read_view_present(todo, package.clone(), version).await {
+        // Only the first chunks still missing are looked up at a time: chunks arrive in about
+        // the order this push needs them (both in ID order), and looking up every remaining
+        // chunk at every commit would cost the square of the package's chunk count.
+        let look = arriving.len().min(RELAY_LOOKUPS);
+        let todo: Vec<ChunkId> = arriving.drain(..look).collect();
+        let (view, mut rest) = match lib.read_view_present(todo, package.clone(), version).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = errors.send(Err(e)).await;
                 return;
             }
         };
+        rest.append(&mut arriving);
         arriving = rest;
-        if view.chunks().is_empty() {
+        found = !view.chunks().is_empty();
+        if !found {
             continue;
         }
         deadline = tokio::time::Instant::now() + stall;
