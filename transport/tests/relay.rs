@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use freight_core::{Manifest, PackageId};
-use freight_transport::quic::{Node, NodeConfig};
+use freight_transport::quic::{Conn, Node, NodeConfig};
 use freight_transport::session::{Offer, PushOptions, PushReport, push};
 use freight_transport::store::SharedLibrary;
 use freight_transport::{RouteLimiter, RouteThrottle, SystemClock};
@@ -60,6 +60,29 @@ fn chain(bytes: u64, ps1_cfg: NodeConfig) -> Chain {
     }
 }
 
+impl Chain {
+    /// The package's manifest hash (what a relay offers it by).
+    fn hash(&self) -> [u8; 32] {
+        *blake3::hash(&self.m.encode()).as_bytes()
+    }
+
+    /// Connections CAS → PS1 and PS1 → SS1.
+    async fn links(&self) -> (Conn, Conn) {
+        let up = self
+            .cas
+            .connect(self.ps1.node.local_addr().unwrap(), code("PS1"))
+            .await
+            .unwrap();
+        let down = self
+            .ps1
+            .node
+            .connect(self.ss1.node.local_addr().unwrap(), code("SS1"))
+            .await
+            .unwrap();
+        (up, down)
+    }
+}
+
 fn paced(rate: &str) -> PushOptions {
     PushOptions {
         limiter: Some(RouteLimiter::new(
@@ -73,19 +96,8 @@ fn paced(rate: &str) -> PushOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_middle_site_sends_chunks_on_while_they_arrive() {
     let c = chain(12 << 20, fast_config());
-    let hash = *blake3::hash(&c.m.encode()).as_bytes();
-    let pkg = PackageId::parse("CAS00001").unwrap();
-    let up = c
-        .cas
-        .connect(c.ps1.node.local_addr().unwrap(), code("PS1"))
-        .await
-        .unwrap();
-    let down = c
-        .ps1
-        .node
-        .connect(c.ss1.node.local_addr().unwrap(), code("SS1"))
-        .await
-        .unwrap();
+    let (hash, pkg) = (c.hash(), PackageId::parse("CAS00001").unwrap());
+    let (up, down) = c.links().await;
     // When the first chunks become visible at SS1.
     let mut ss1_arrivals = c.ss1.lib.arrivals();
     let first_at_ss1 = tokio::spawn(async move {
@@ -152,19 +164,8 @@ async fn a_relay_whose_source_dies_ends_with_an_error() {
         ..fast_config()
     };
     let c = chain(12 << 20, cfg);
-    let hash = *blake3::hash(&c.m.encode()).as_bytes();
-    let pkg = PackageId::parse("CAS00001").unwrap();
-    let up = c
-        .cas
-        .connect(c.ps1.node.local_addr().unwrap(), code("PS1"))
-        .await
-        .unwrap();
-    let down = c
-        .ps1
-        .node
-        .connect(c.ss1.node.local_addr().unwrap(), code("SS1"))
-        .await
-        .unwrap();
+    let (hash, pkg) = (c.hash(), PackageId::parse("CAS00001").unwrap());
+    let (up, down) = c.links().await;
     let (cas_lib, m) = (c.cas_lib.clone(), c.m.clone());
     let upstream = tokio::spawn(async move {
         let mut r = PushReport::default();
