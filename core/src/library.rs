@@ -1499,14 +1499,40 @@ impl Library {
         package: &PackageId,
         version: u32,
     ) -> Result<ReadView> {
-        let mut chunks = Vec::with_capacity(ids.len());
-        let mut files: HashMap<u32, (Arc<File>, u8, PathBuf)> = HashMap::new();
-        for id in ids {
-            let loc = self.locate(&id).ok_or_else(|| Error::MissingChunk {
+        self.view_of(ids, &mut |id| {
+            Err(Error::MissingChunk {
                 id: id.to_hex(),
                 package: package.to_string(),
                 version,
-            })?;
+            })
+        })
+    }
+
+    /// Like [`read_view`](Self::read_view) for the chunks of `ids` the library holds; also
+    /// returns the others, in order (a relay waits for them). Each chunk is located once.
+    pub fn read_view_present(&self, ids: Vec<ChunkId>) -> Result<(ReadView, Vec<ChunkId>)> {
+        let mut missing = Vec::new();
+        let view = self.view_of(ids, &mut |id| {
+            missing.push(id);
+            Ok(())
+        })?;
+        Ok((view, missing))
+    }
+
+    /// A view of the chunks of `ids` the library holds; `missing` is told of the others (an
+    /// error from it ends the view).
+    fn view_of(
+        &self,
+        ids: Vec<ChunkId>,
+        missing: &mut dyn FnMut(ChunkId) -> Result<()>,
+    ) -> Result<ReadView> {
+        let mut chunks = Vec::with_capacity(ids.len());
+        let mut files: HashMap<u32, (Arc<File>, u8, PathBuf)> = HashMap::new();
+        for id in ids {
+            let Some(loc) = self.locate(&id) else {
+                missing(id)?;
+                continue;
+            };
             if let std::collections::hash_map::Entry::Vacant(v) = files.entry(loc.pack) {
                 let format = self.packs.get(&loc.pack).map_or(pack::FORMAT, |p| p.format);
                 v.insert((self.pack_file(loc.pack)?, format, self.pack_path(loc.pack)));

@@ -410,8 +410,7 @@ async fn push_inner(
     // the rest as it arrives (`feed_relay`).
     let relay = matches!(manifest, Offer::Relay(..));
     let first = if relay {
-        lib.read_view_present(needed, package.clone(), version)
-            .await
+        lib.read_view_present(needed).await
     } else {
         lib.read_view(needed, package.clone(), version)
             .await
@@ -722,7 +721,7 @@ async fn feed_relay(
         // chunk at every commit would cost the square of the package's chunk count.
         let look = arriving.len().min(RELAY_LOOKUPS);
         let todo: Vec<ChunkId> = arriving.drain(..look).collect();
-        let (view, mut rest) = match lib.read_view_present(todo, package.clone(), version).await {
+        let (view, mut rest) = match lib.read_view_present(todo).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = errors.send(Err(e)).await;

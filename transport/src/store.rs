@@ -190,19 +190,10 @@ impl SharedLibrary {
 
     /// Like [`read_view`](Self::read_view) for the chunks of `ids` the library holds now;
     /// also returns the others (a relay waits for them to arrive).
-    pub async fn read_view_present(
-        &self,
-        ids: Vec<ChunkId>,
-        package: PackageId,
-        version: u32,
-    ) -> Result<(ReadView, Vec<ChunkId>)> {
-        self.read_async(move |lib| {
-            let (here, missing): (Vec<ChunkId>, Vec<ChunkId>) =
-                ids.into_iter().partition(|id| lib.has_chunk(id));
-            lib.read_view(here, &package, version).map(|v| (v, missing))
-        })
-        .await?
-        .map_err(Error::from)
+    pub async fn read_view_present(&self, ids: Vec<ChunkId>) -> Result<(ReadView, Vec<ChunkId>)> {
+        self.read_async(move |lib| lib.read_view_present(ids))
+            .await?
+            .map_err(Error::from)
     }
 
     /// Read access to the library. Blocks while maintenance (gc, install) holds it: call it
